@@ -1,0 +1,1 @@
+"""Real servers the test suites start on loopback: Key Vault, Cosmos DB, PostgreSQL, KMS, SoftHSM."""
