@@ -1,0 +1,91 @@
+"""``init_encryption``: build a product's encryptor from settings, failing fast and clearly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from field_encrypt.cache import DekCache
+from field_encrypt.config import Settings, load_settings
+from field_encrypt.envelope import FieldEncryptor
+from field_encrypt.errors import ConfigurationError
+from field_encrypt.providers.base import KeyProvider
+from field_encrypt.stores.base import DekStore
+
+
+def build_provider(settings: Settings) -> KeyProvider:
+    """The key provider ``settings.key_provider`` names, configured and checked."""
+    match settings.key_provider:
+        case "env":
+            from field_encrypt.providers.env import EnvKeyProvider
+
+            if settings.key is None:
+                raise ConfigurationError(
+                    "FIELD_ENCRYPT_KEY is required when FIELD_ENCRYPT_KEY_PROVIDER=env "
+                    "(base64 of 32 random bytes)"
+                )
+            return EnvKeyProvider(
+                mek_name=settings.mek_name,
+                key=settings.key.get_secret_value(),
+                key_version=settings.key_version,
+                previous_keys=settings.previous_keys.get_secret_value(),
+                disabled_versions=[
+                    v.strip() for v in settings.disabled_versions.split(",") if v.strip()
+                ],
+            )
+        case "local":
+            from field_encrypt.providers.local import LocalKeyProvider
+
+            return LocalKeyProvider(settings.keyring, mek_name=settings.mek_name)
+        case other:
+            return _remote_provider(other, settings)
+
+
+def _remote_provider(name: str, settings: Settings) -> KeyProvider:
+    raise ConfigurationError(f"key provider {name!r} is not available in this build")
+
+
+def build_store(settings: Settings, *, product: str) -> DekStore:
+    """The dek_store in ``settings.database``."""
+    from field_encrypt.stores.sqlite import SqliteDekStore
+    from field_encrypt.stores.sqlite_db import SqliteDatabase
+
+    if "://" in settings.database and not settings.database.startswith("sqlite://"):
+        raise ConfigurationError(
+            f"unsupported FIELD_ENCRYPT_DATABASE scheme: {settings.database.split('://')[0]!r}"
+        )
+    path = settings.database.removeprefix("sqlite:///").removeprefix("sqlite://")
+    return SqliteDekStore(SqliteDatabase(path), product=product)
+
+
+def init_encryption(
+    *,
+    product: str,
+    collections: Mapping[str, Sequence[str]],
+    settings: Settings | None = None,
+    provider: KeyProvider | None = None,
+    store: DekStore | None = None,
+) -> FieldEncryptor:
+    """Build everything from the environment (or the given parts) and prove it works.
+
+    Fails at start-up, with a :class:`ConfigurationError`, on bad or missing settings;
+    with encryption enabled it also checks that the current MEK version can wrap.
+    """
+    settings = settings if settings is not None else load_settings()
+    provider = provider if provider is not None else build_provider(settings)
+    store = store if store is not None else build_store(settings, product=product)
+    cache = DekCache(max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds)
+    encryptor = FieldEncryptor(
+        product=product,
+        provider=provider,
+        store=store,
+        collections=collections,
+        cache=cache,
+        enabled=settings.enabled,
+    )
+    if settings.enabled:
+        current = provider.current_version()
+        if not any(v.version == current and v.enabled for v in provider.versions()):
+            raise ConfigurationError(
+                f"the current version {current!r} of MEK {provider.mek_name!r} is disabled"
+            )
+    return encryptor

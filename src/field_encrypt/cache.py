@@ -1,0 +1,118 @@
+"""DekCache: a bounded, TTL-limited cache of unwrapped DEKs, held as ready AES-GCM ciphers.
+
+The cache is what makes a warm read cost little more than AES-GCM itself, and it is
+also plaintext key material in memory, so it is bounded in size and in age. Entries
+remember the MEK version they were unwrapped under: disabling that version in this
+process evicts them at once (:meth:`DekCache.invalidate_version`); in other processes
+the TTL bounds how long a disabled version's DEKs can still be served.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Counters since the cache was made."""
+
+    hits: int
+    misses: int
+    evictions: int
+    size: int
+
+
+class DekCache:
+    """``dekId -> (cipher, mekVersion)``, oldest evicted first, with a time-to-live per entry."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        ttl_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries < 0 or ttl_seconds < 0:
+            raise ValueError("max_entries and ttl_seconds must not be negative")
+        self.max_entries = max_entries
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._entries: OrderedDict[bytes, tuple[AESGCM, str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+        self._evictions = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"DekCache(size={len(self._entries)}, max_entries={self.max_entries}, "
+            f"ttl_seconds={self.ttl_seconds})"
+        )
+
+    def get(self, dek_id: bytes) -> AESGCM | None:
+        """The cipher for ``dek_id``, or ``None`` when absent or expired."""
+        entry = self.lookup(dek_id)
+        return entry[0] if entry is not None else None
+
+    def lookup(self, dek_id: bytes) -> tuple[AESGCM, str] | None:
+        """``(cipher, mekVersion)`` for ``dek_id``, or ``None`` when absent or expired.
+
+        The hit path takes no lock: a dict read is atomic, and eviction order is
+        insertion order (a DEK is re-inserted when it is unwrapped again after expiry).
+        """
+        entry = self._entries.get(dek_id)
+        if entry is not None and entry[2] > self._clock():
+            self._hits += 1
+            return entry[0], entry[1]
+        with self._lock:
+            self._misses += 1
+            if entry is not None and self._entries.get(dek_id) is entry:
+                del self._entries[dek_id]
+                self._evictions += 1
+        return None
+
+    def put(self, dek_id: bytes, cipher: AESGCM, mek_version: str) -> None:
+        """Remember ``cipher`` for ``dek_id``, unwrapped under ``mek_version``."""
+        if self.max_entries == 0 or self.ttl_seconds == 0:
+            return
+        with self._lock:
+            self._entries[dek_id] = (cipher, mek_version, self._clock() + self.ttl_seconds)
+            self._entries.move_to_end(dek_id)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+                self._evictions += 1
+
+    def invalidate(self, dek_id: bytes) -> None:
+        """Forget one DEK (after a rewrap, re-encrypt or shred)."""
+        with self._lock:
+            self._entries.pop(dek_id, None)
+
+    def invalidate_version(self, mek_version: str) -> int:
+        """Forget every DEK unwrapped under ``mek_version``; how many were dropped."""
+        with self._lock:
+            doomed = [k for k, (_, v, _) in self._entries.items() if v == mek_version]
+            for key in doomed:
+                del self._entries[key]
+            self._evictions += len(doomed)
+            return len(doomed)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._entries.clear()
+
+    def stats(self) -> CacheStats:
+        """Hit, miss and eviction counters, and the current size."""
+        with self._lock:
+            return CacheStats(
+                hits=self._hits,
+                misses=self._misses,
+                evictions=self._evictions,
+                size=len(self._entries),
+            )

@@ -1,0 +1,80 @@
+"""Settings from ``FIELD_ENCRYPT_*`` (and ``AZURE_KEYVAULT_URL``), read with pydantic-settings.
+
+pydantic-settings gives typed parsing, ``SecretStr`` for keys (hidden from reprs) and one
+validation error listing every bad variable, which :func:`load_settings` turns into a
+:class:`~field_encrypt.errors.ConfigurationError` at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from field_encrypt.errors import ConfigurationError
+
+ProviderName = Literal["env", "local", "akv", "aws-kms", "pkcs11"]
+
+
+class Settings(BaseSettings):
+    """Every setting of the library, one environment variable each."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FIELD_ENCRYPT_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    enabled: bool = True
+    key_provider: ProviderName = "local"
+    mek_name: str = "field-encrypt-mek"
+    database: str = "var/field-encrypt.db"
+    """A SQLite file path, or a database URL for the other stores."""
+
+    key: SecretStr | None = None
+    key_version: str = "1"
+    previous_keys: SecretStr = SecretStr("")
+    disabled_versions: str = ""
+
+    keyring: Path = Path("var/keyring.json")
+
+    azure_keyvault_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AZURE_KEYVAULT_URL", "FIELD_ENCRYPT_AZURE_KEYVAULT_URL"),
+    )
+
+    cache_ttl_seconds: float = Field(default=300.0, ge=0)
+    cache_max_entries: int = Field(default=10_000, ge=0)
+
+    @field_validator("mek_name")
+    @classmethod
+    def _mek_name_present(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from ``environ`` (the process environment when ``None``) plus ``overrides``.
+
+    Raises :class:`ConfigurationError` naming every invalid variable (never its value).
+    """
+    try:
+        if environ is None:
+            return Settings(**overrides)  # type: ignore[arg-type]
+        values = {
+            k[len("FIELD_ENCRYPT_") :].lower(): v
+            for k, v in environ.items()
+            if k.startswith("FIELD_ENCRYPT_")
+        }
+        if "AZURE_KEYVAULT_URL" in environ:
+            values["azure_keyvault_url"] = environ["AZURE_KEYVAULT_URL"]
+        values.update({k: str(v) for k, v in overrides.items()})
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"FIELD_ENCRYPT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None

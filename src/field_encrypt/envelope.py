@@ -1,0 +1,268 @@
+"""What applications call: encrypt and decrypt the chosen fields of their documents.
+
+One DEK per document. :meth:`FieldEncryptor.encrypt_document` seals each chosen field
+under the document's DEK (creating and wrapping a fresh one for a new document);
+:meth:`FieldEncryptor.decrypt_document` opens them again, unwrapping the DEK through the
+key provider on a cache miss. Plaintext fields pass through decryption untouched, so
+documents written before encryption was enabled stay readable until the backfill has run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from field_encrypt import token
+from field_encrypt.cache import DekCache
+from field_encrypt.errors import ConfigurationError, DecryptionError
+from field_encrypt.providers.base import KeyProvider, dek_context
+from field_encrypt.stores.base import DekStore
+
+TokenForm = Literal["text", "binary"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    path: str
+    keys: tuple[str, ...]  # the path split on dots
+    binding: bytes  # length-prefixed path: the last part of the associated data
+
+
+@dataclass(frozen=True, slots=True)
+class _Collection:
+    prefix: bytes  # length-prefixed product and collection
+    fields: tuple[_Field, ...]
+    nested: bool
+
+
+class FieldEncryptor:
+    """Field-level envelope encryption for one product.
+
+    ``collections`` maps each collection to the dotted paths of its encrypted fields.
+    ``token_form`` is how new tokens are stored: ``"text"`` (``fe1:`` + base64, for JSON
+    documents) or ``"binary"`` (for binary columns); both forms always decrypt.
+    With ``enabled=False`` new writes stay plaintext; tokens already stored still decrypt.
+    """
+
+    def __init__(
+        self,
+        *,
+        product: str,
+        provider: KeyProvider,
+        store: DekStore,
+        collections: Mapping[str, Sequence[str]],
+        cache: DekCache | None = None,
+        enabled: bool = True,
+        token_form: TokenForm = "text",
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if not product:
+            raise ConfigurationError("a product name is required")
+        if store.product != product:
+            raise ConfigurationError(
+                f"the dek_store belongs to product {store.product!r}, not {product!r}"
+            )
+        if token_form not in ("text", "binary"):
+            raise ConfigurationError(f"token_form must be 'text' or 'binary', not {token_form!r}")
+        self.product = product
+        self.provider = provider
+        self.store = store
+        self.cache = cache if cache is not None else DekCache()
+        self.enabled = enabled
+        self.token_form: TokenForm = token_form
+        self.collections = {name: tuple(paths) for name, paths in collections.items()}
+        self._random = random_bytes
+        self._plans = {
+            name: _Collection(
+                prefix=token.lp(product) + token.lp(name),
+                fields=tuple(_Field(p, tuple(p.split(".")), token.lp(p)) for p in paths),
+                nested=any("." in p for p in paths),
+            )
+            for name, paths in self.collections.items()
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"FieldEncryptor(product={self.product!r}, provider={self.provider.kind!r}, "
+            f"enabled={self.enabled})"
+        )
+
+    # -- documents ---------------------------------------------------------------------
+
+    def encrypt_document(
+        self,
+        collection: str,
+        document_id: str,
+        document: Mapping[str, Any],
+        *,
+        dek_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A copy of ``document`` with its encrypted fields sealed.
+
+        A new document gets a fresh DEK; pass the stored document's ``dek_id`` to keep
+        its DEK on update. ``None`` values and values that are already tokens stay as
+        they are.
+        """
+        plan = self._plan(collection)
+        out = _copy(document, plan)
+        if not self.enabled:
+            return out
+        if dek_id is None:
+            dek_id = self.create_dek()
+        raw_id = bytes.fromhex(dek_id)
+        cipher, mek_version = self._cipher(raw_id)
+        prefix = plan.prefix + token.lp(document_id)
+        text = self.token_form == "text"
+        for f in plan.fields:
+            parent = _parent(out, f.keys)
+            if parent is None:
+                continue
+            value = parent.get(f.keys[-1])
+            if value is None or token.is_token(value):
+                continue
+            raw = token.seal(
+                cipher,
+                self._random(12),
+                dek_id=raw_id,
+                mek_version=mek_version,
+                binding=prefix + f.binding,
+                value=value,
+            )
+            parent[f.keys[-1]] = token.to_text(raw) if text else raw
+        return out
+
+    def decrypt_document(
+        self, collection: str, document_id: str, document: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A copy of ``document`` with its encrypted fields opened (plaintext passes through)."""
+        plan = self._plan(collection)
+        out = _copy(document, plan)
+        prefix = plan.prefix + token.lp(document_id)
+        current = b""
+        cipher: AESGCM | None = None
+        for f in plan.fields:
+            parent = out if len(f.keys) == 1 else _parent(out, f.keys)
+            if parent is None:
+                continue
+            value = parent.get(f.keys[-1])
+            if value.__class__ is not bytes:
+                if not token.is_token(value):
+                    continue
+                value = token.from_text(value)  # type: ignore[arg-type]
+            raw_id = value[1:17]
+            if raw_id != current or cipher is None:
+                cipher = self._cipher(raw_id)[0]
+                current = raw_id
+            parent[f.keys[-1]] = token.open_(cipher, value, prefix + f.binding)
+        return out
+
+    def dek_id_of(self, collection: str, document: Mapping[str, Any]) -> str | None:
+        """The dekId a stored document's fields were sealed under, or ``None`` if plaintext."""
+        for f in self._plan(collection).fields:
+            parent = _parent(document, f.keys)
+            value = parent.get(f.keys[-1]) if parent is not None else None
+            if token.is_token(value):
+                return token.read_header(token.as_binary(value)).dek_id.hex()  # type: ignore[arg-type]
+        return None
+
+    # -- single values -------------------------------------------------------------------
+
+    def encrypt_value(
+        self, collection: str, document_id: str, field_path: str, value: object, *, dek_id: str
+    ) -> str | bytes:
+        """One field's token under the DEK ``dek_id``, in this encryptor's token form."""
+        raw_id = bytes.fromhex(dek_id)
+        cipher, mek_version = self._cipher(raw_id)
+        raw = token.seal(
+            cipher,
+            self._random(12),
+            dek_id=raw_id,
+            mek_version=mek_version,
+            binding=token.binding(self.product, collection, document_id, field_path),
+            value=value,
+        )
+        return token.to_text(raw) if self.token_form == "text" else raw
+
+    def decrypt_value(
+        self, collection: str, document_id: str, field_path: str, value: str | bytes
+    ) -> object:
+        """One field's value from its token (either form)."""
+        raw = token.as_binary(value)
+        cipher = self._cipher(token.read_header(raw).dek_id)[0]
+        return token.open_(
+            cipher, raw, token.binding(self.product, collection, document_id, field_path)
+        )
+
+    # -- DEKs --------------------------------------------------------------------------
+
+    def create_dek(self) -> str:
+        """Generate a DEK, wrap it under the current MEK version, store it; its dekId."""
+        dek_id = uuid.UUID(bytes=self._random(16), version=4).hex
+        dek = self._random(32)
+        wrapped = self.provider.wrap(dek, context=dek_context(self.product, dek_id))
+        self.store.create(
+            dek_id=dek_id,
+            mek_name=self.provider.mek_name,
+            mek_version=wrapped.mek_version,
+            wrapped=wrapped.ciphertext,
+            algorithm=wrapped.algorithm,
+        )
+        self.cache.put(bytes.fromhex(dek_id), AESGCM(dek), wrapped.mek_version)
+        return dek_id
+
+    def shred(self, dek_id: str) -> bool:
+        """Delete a DEK: every field sealed under it becomes permanently unreadable."""
+        self.cache.invalidate(bytes.fromhex(dek_id))
+        return self.store.delete(dek_id)
+
+    def _cipher(self, raw_id: bytes) -> tuple[AESGCM, str]:
+        entry = self.cache.lookup(raw_id)
+        if entry is not None:
+            return entry
+        dek_id = raw_id.hex()
+        record = self.store.get(dek_id)
+        dek = self.provider.unwrap(
+            record.wrapped, version=record.mek_version, context=dek_context(self.product, dek_id)
+        )
+        if len(dek) != 32:
+            raise DecryptionError()
+        cipher = AESGCM(dek)
+        self.cache.put(raw_id, cipher, record.mek_version)
+        return cipher, record.mek_version
+
+    def _plan(self, collection: str) -> _Collection:
+        try:
+            return self._plans[collection]
+        except KeyError:
+            raise ConfigurationError(
+                f"collection {collection!r} has no encrypted fields configured"
+            ) from None
+
+
+def _parent(document: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any] | None:
+    node: Any = document
+    for part in keys[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return None
+    return node if isinstance(node, dict) else None
+
+
+def _copy(document: Mapping[str, Any], plan: _Collection) -> dict[str, Any]:
+    """Copy the document, and each nested dict on an encrypted path, so the input is untouched."""
+    out = dict(document)
+    if plan.nested:
+        for f in plan.fields:
+            node = out
+            for part in f.keys[:-1]:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    break
+                node[part] = child = dict(child)
+                node = child
+    return out

@@ -1,0 +1,124 @@
+"""The one error tree of field-encrypt.
+
+Everything the library raises on purpose is a :class:`FieldEncryptError`::
+
+    FieldEncryptError
+    ├── ConfigurationError            bad or missing settings; raised at start-up
+    ├── DecryptionError               a token or wrapped DEK failed to open (fixed message)
+    ├── UnsupportedFormatError        not a token, or a format version this build does not read
+    ├── KeyProviderError              the key service failed (.cause holds the SDK error)
+    │   ├── KeyVersionDisabledError   the MEK version exists but is disabled
+    │   ├── KeyVersionNotFoundError   no such MEK version
+    │   └── KeyProviderUnavailableError  transient: throttled, timed out, unreachable (retry)
+    ├── StoreError                    the database failed (.cause holds the driver error)
+    │   ├── NotFoundError             no such row (DEK, document, run)
+    │   ├── AlreadyExistsError        a row with that id exists
+    │   ├── ConcurrentUpdateError     compare-and-swap lost: the row changed since it was read
+    │   └── StoreUnavailableError     transient: locked, connection dropped (retry)
+    └── RotationError                 a migration run cannot start or finish
+        └── LeaseHeldError            another run holds the product's migration lease
+
+SDK and driver exceptions are converted once, where the SDK is called; nothing above
+that boundary catches ``Exception``. No message ever carries key material.
+"""
+
+from __future__ import annotations
+
+
+class FieldEncryptError(Exception):
+    """Root of every error field-encrypt raises on purpose."""
+
+
+class ConfigurationError(FieldEncryptError):
+    """Settings are missing, malformed or inconsistent."""
+
+
+class DecryptionError(FieldEncryptError):
+    """A field token or a wrapped DEK failed authentication.
+
+    The message is fixed on purpose: it never says which byte, key or binding failed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("decryption failed")
+
+
+class UnsupportedFormatError(FieldEncryptError):
+    """The value is not a field token, or its format version is unknown to this build."""
+
+
+class KeyProviderError(FieldEncryptError):
+    """The key provider failed; ``cause`` holds the underlying SDK error, if any."""
+
+    def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class KeyVersionDisabledError(KeyProviderError):
+    """The MEK version exists but is disabled: nothing can be wrapped or unwrapped under it."""
+
+
+class KeyVersionNotFoundError(KeyProviderError):
+    """The provider has no MEK version of that name."""
+
+
+class KeyProviderUnavailableError(KeyProviderError):
+    """A transient provider failure (throttling, timeout, 5xx, dropped connection).
+
+    ``retry_after`` is the delay in seconds the service asked for, when it said one.
+    """
+
+    def __init__(
+        self, message: str, *, cause: BaseException | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, cause=cause)
+        self.retry_after = retry_after
+
+
+class StoreError(FieldEncryptError):
+    """The store failed; ``cause`` holds the underlying driver error, if any."""
+
+    def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class NotFoundError(StoreError):
+    """No row with that id."""
+
+
+class AlreadyExistsError(StoreError):
+    """A row with that id already exists."""
+
+
+class ConcurrentUpdateError(StoreError):
+    """A compare-and-swap write lost: the row changed (or vanished) since it was read."""
+
+
+class StoreUnavailableError(StoreError):
+    """A transient store failure (locked database, dropped connection, throttling).
+
+    ``retry_after`` is the delay in seconds the service asked for, when it said one.
+    """
+
+    def __init__(
+        self, message: str, *, cause: BaseException | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, cause=cause)
+        self.retry_after = retry_after
+
+
+class RotationError(FieldEncryptError):
+    """A migration run cannot start or cannot finish."""
+
+
+class LeaseHeldError(RotationError):
+    """Another run holds the product's migration lease."""
+
+
+TRANSIENT_ERRORS: tuple[type[FieldEncryptError], ...] = (
+    KeyProviderUnavailableError,
+    StoreUnavailableError,
+)
+"""Errors worth retrying with backoff."""

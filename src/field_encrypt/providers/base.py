@@ -1,0 +1,84 @@
+"""The KeyProvider protocol: something that wraps and unwraps DEKs under a versioned MEK."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyVersion:
+    """One version of a MEK, as the provider reports it."""
+
+    version: str
+    enabled: bool
+    created_at: dt.datetime
+    current: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrappedDek:
+    """A DEK wrapped under one MEK version. Safe to store; useless without the MEK."""
+
+    mek_version: str
+    ciphertext: bytes = field(repr=False)
+    algorithm: str
+
+
+def dek_context(product: str, dek_id: str) -> bytes:
+    """The binding of a wrapped DEK: it unwraps only as this product's DEK ``dek_id``."""
+    return b"field-encrypt/dek/v1\x00" + product.encode() + b"\x00" + dek_id.encode()
+
+
+@runtime_checkable
+class KeyProvider(Protocol):
+    """A versioned MEK in a key service.
+
+    ``context`` binds a wrapped DEK to its dekId and product (see :func:`dek_context`):
+    providers with associated data (AES-GCM, KMS encryption context) pass it natively;
+    providers without it (RSA-OAEP, AES key wrap) seal a digest of it with the DEK.
+    Wrapping with a disabled version, or unwrapping under one, raises
+    :class:`~field_encrypt.errors.KeyVersionDisabledError`.
+    """
+
+    kind: str
+    """The provider's name in ``FIELD_ENCRYPT_KEY_PROVIDER`` (``local``, ``akv``...)."""
+    mek_name: str
+    """The MEK's name in the key service."""
+    remote: bool
+    """Whether calls cross a network (the rotation engine then runs them concurrently)."""
+
+    def versions(self) -> list[KeyVersion]:
+        """Every version of the MEK, oldest first, with its state."""
+        ...
+
+    def current_version(self) -> str:
+        """The version new DEKs are wrapped under."""
+        ...
+
+    def create_version(self) -> KeyVersion:
+        """Create a new version; it becomes current."""
+        ...
+
+    def set_enabled(self, version: str, enabled: bool) -> KeyVersion:
+        """Enable or disable a version. Nothing is ever deleted."""
+        ...
+
+    def wrap(self, dek: bytes, *, context: bytes, version: str | None = None) -> WrappedDek:
+        """Wrap ``dek`` under ``version`` (the current one when ``None``)."""
+        ...
+
+    def unwrap(self, ciphertext: bytes, *, version: str, context: bytes) -> bytes:
+        """The DEK inside ``ciphertext``; ``DecryptionError`` if it or its binding was altered."""
+        ...
+
+    def rewrap(
+        self, ciphertext: bytes, *, from_version: str, context: bytes, to_version: str | None = None
+    ) -> WrappedDek:
+        """The same DEK wrapped under ``to_version`` (current when ``None``).
+
+        Providers that can re-encrypt server-side (KMS ``ReEncrypt``) do so, and the
+        plaintext DEK never reaches this process.
+        """
+        ...

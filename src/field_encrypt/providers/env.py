@@ -1,0 +1,118 @@
+"""The ``env`` provider: MEK versions from environment variables, for non-production.
+
+``FIELD_ENCRYPT_KEY`` (base64 of 32 bytes) is the current version, named by
+``FIELD_ENCRYPT_KEY_VERSION`` (default ``"1"``). Older versions can be supplied in
+``FIELD_ENCRYPT_PREVIOUS_KEYS`` as ``version=base64`` pairs separated by commas, and
+marked disabled in ``FIELD_ENCRYPT_DISABLED_VERSIONS``, so a rotation can be rehearsed
+from the environment alone. The environment cannot be changed from here: creating or
+enabling a version is done by changing those variables and restarting.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Iterable, Mapping
+
+from field_encrypt.errors import ConfigurationError, KeyVersionNotFoundError
+from field_encrypt.providers.base import KeyVersion, WrappedDek
+from field_encrypt.providers.symmetric import SymmetricKeyring
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class EnvKeyProvider:
+    """Read-only MEK versions taken from the environment at construction."""
+
+    kind = "env"
+    remote = False
+
+    def __init__(
+        self,
+        *,
+        mek_name: str,
+        key: str,
+        key_version: str = "1",
+        previous_keys: str = "",
+        disabled_versions: Iterable[str] = (),
+    ) -> None:
+        self.mek_name = mek_name
+        keys = {
+            v: _decode_key(f"FIELD_ENCRYPT_PREVIOUS_KEYS[{v}]", k) for v, k in _pairs(previous_keys)
+        }
+        if key_version in keys:
+            raise ConfigurationError(
+                f"FIELD_ENCRYPT_PREVIOUS_KEYS repeats the current version {key_version!r}"
+            )
+        keys[key_version] = _decode_key("FIELD_ENCRYPT_KEY", key)
+        disabled = set(disabled_versions)
+        if key_version in disabled:
+            raise ConfigurationError("the current version cannot be listed as disabled")
+        self._order = list(keys)
+        self._current = key_version
+        self._enabled: Mapping[str, bool] = {v: v not in disabled for v in keys}
+        self._keyring = SymmetricKeyring(mek_name, keys, self._enabled)
+
+    def __repr__(self) -> str:
+        return f"EnvKeyProvider(mek_name={self.mek_name!r}, versions={self._order!r})"
+
+    def versions(self) -> list[KeyVersion]:
+        return [
+            KeyVersion(
+                version=v, enabled=self._enabled[v], created_at=_EPOCH, current=v == self._current
+            )
+            for v in self._order
+        ]
+
+    def current_version(self) -> str:
+        return self._current
+
+    def create_version(self) -> KeyVersion:
+        raise ConfigurationError(
+            "the env provider cannot create versions: move FIELD_ENCRYPT_KEY to "
+            "FIELD_ENCRYPT_PREVIOUS_KEYS, set a new FIELD_ENCRYPT_KEY and "
+            "FIELD_ENCRYPT_KEY_VERSION, and restart"
+        )
+
+    def set_enabled(self, version: str, enabled: bool) -> KeyVersion:
+        if version not in self._enabled:
+            raise KeyVersionNotFoundError(f"MEK {self.mek_name!r} has no version {version!r}")
+        raise ConfigurationError(
+            "the env provider cannot change version states: edit FIELD_ENCRYPT_DISABLED_VERSIONS "
+            "and restart"
+        )
+
+    def wrap(self, dek: bytes, *, context: bytes, version: str | None = None) -> WrappedDek:
+        return self._keyring.wrap(dek, context=context, version=version or self._current)
+
+    def unwrap(self, ciphertext: bytes, *, version: str, context: bytes) -> bytes:
+        return self._keyring.unwrap(ciphertext, version=version, context=context)
+
+    def rewrap(
+        self, ciphertext: bytes, *, from_version: str, context: bytes, to_version: str | None = None
+    ) -> WrappedDek:
+        dek = self.unwrap(ciphertext, version=from_version, context=context)
+        return self.wrap(dek, context=context, version=to_version)
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        version, sep, key = item.partition("=")
+        if not sep or not version.strip():
+            raise ConfigurationError(
+                "FIELD_ENCRYPT_PREVIOUS_KEYS must be comma-separated version=base64 pairs"
+            )
+        pairs.append((version.strip(), key.strip()))
+    return pairs
+
+
+def _decode_key(name: str, value: str) -> bytes:
+    try:
+        key = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigurationError(f"{name} is not valid base64") from None
+    if len(key) != 32:
+        raise ConfigurationError(f"{name} must decode to 32 bytes, not {len(key)}")
+    return key

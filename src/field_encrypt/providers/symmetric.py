@@ -1,0 +1,61 @@
+"""Wrapping under in-process AES-256 MEK versions, shared by the ``env`` and ``local`` providers.
+
+Wrap format: ``nonce (12) | AES-256-GCM(MEK, dek, aad=context) | tag (16)``, algorithm
+``A256GCM``. A wrong MEK, a flipped byte or a different dekId binding fails to unwrap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from field_encrypt.errors import (
+    DecryptionError,
+    KeyVersionDisabledError,
+    KeyVersionNotFoundError,
+)
+from field_encrypt.providers.base import WrappedDek
+
+ALGORITHM = "A256GCM"
+
+
+class SymmetricKeyring:
+    """MEK versions held in memory as ready ciphers, with their enabled state."""
+
+    __slots__ = ("_ciphers", "_enabled", "_mek_name")
+
+    def __init__(self, mek_name: str, keys: Mapping[str, bytes], enabled: Mapping[str, bool]):
+        self._mek_name = mek_name
+        self._ciphers = {version: AESGCM(key) for version, key in keys.items()}
+        self._enabled = dict(enabled)
+
+    def __repr__(self) -> str:
+        return f"SymmetricKeyring(mek_name={self._mek_name!r}, versions={list(self._ciphers)!r})"
+
+    def cipher(self, version: str) -> AESGCM:
+        try:
+            cipher = self._ciphers[version]
+        except KeyError:
+            raise KeyVersionNotFoundError(
+                f"MEK {self._mek_name!r} has no version {version!r}"
+            ) from None
+        if not self._enabled.get(version, False):
+            raise KeyVersionDisabledError(f"MEK {self._mek_name!r} version {version!r} is disabled")
+        return cipher
+
+    def wrap(self, dek: bytes, *, context: bytes, version: str) -> WrappedDek:
+        nonce = os.urandom(12)
+        sealed = self.cipher(version).encrypt(nonce, dek, context)
+        return WrappedDek(mek_version=version, ciphertext=nonce + sealed, algorithm=ALGORITHM)
+
+    def unwrap(self, ciphertext: bytes, *, version: str, context: bytes) -> bytes:
+        cipher = self.cipher(version)
+        if len(ciphertext) != 12 + 32 + 16:
+            raise DecryptionError()
+        try:
+            return cipher.decrypt(ciphertext[:12], ciphertext[12:], context)
+        except InvalidTag:
+            raise DecryptionError() from None

@@ -1,0 +1,103 @@
+"""The DekStore protocol and its records."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DekRecord:
+    """One row of the dek_store: a DEK wrapped under one MEK version.
+
+    ``revision`` is the store's compare-and-swap token (a counter, or an ETag); ``row`` is
+    the store's own locator for fast writes in scan order, opaque to everyone else.
+    """
+
+    dek_id: str
+    product: str
+    mek_name: str
+    mek_version: str
+    wrapped: bytes = field(repr=False)
+    algorithm: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    revision: str
+    row: int | str | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrapUpdate:
+    """Replace ``record``'s wrap, only if the row is still at ``record.revision``."""
+
+    record: DekRecord
+    mek_version: str
+    wrapped: bytes = field(repr=False)
+    algorithm: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DekPage:
+    """One page of a scan; ``cursor`` continues it, ``None`` when the scan is done."""
+
+    records: list[DekRecord]
+    cursor: str | None
+
+
+@runtime_checkable
+class DekStore(Protocol):
+    """The durable home of one product's wrapped DEKs.
+
+    Writes that replace a wrap are compare-and-swap on the row's revision, so a stale
+    writer never overwrites a newer wrap and a deleted DEK is never resurrected.
+    """
+
+    product: str
+
+    def create(
+        self, *, dek_id: str, mek_name: str, mek_version: str, wrapped: bytes, algorithm: str
+    ) -> DekRecord:
+        """Insert a new row; ``AlreadyExistsError`` if ``dek_id`` is taken."""
+        ...
+
+    def get(self, dek_id: str) -> DekRecord:
+        """The row for ``dek_id``; ``NotFoundError`` if there is none."""
+        ...
+
+    def get_many(self, dek_ids: Sequence[str]) -> dict[str, DekRecord]:
+        """The rows that exist among ``dek_ids``."""
+        ...
+
+    def delete(self, dek_id: str) -> bool:
+        """Remove the row (crypto-shredding its documents); whether there was one."""
+        ...
+
+    def replace_wraps(self, updates: Sequence[WrapUpdate]) -> list[str]:
+        """Apply the updates whose rows are unchanged, in one batch; the dekIds that lost."""
+        ...
+
+    def scan(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 1000,
+        exclude_version: str | None = None,
+        only_version: str | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> DekPage:
+        """Rows in a stable order after ``cursor`` (keyset pagination, never offsets).
+
+        ``shard=(index, count)`` keeps the rows whose dekId hashes into part ``index``
+        of ``count``, so several workers can split one scan.
+        """
+        ...
+
+    def count_by_version(self) -> dict[str, int]:
+        """How many DEKs each MEK version wraps."""
+        ...
+
+    def count_not_on(self, version: str) -> int:
+        """How many DEKs are not wrapped under ``version`` (the runbook's verify query)."""
+        ...

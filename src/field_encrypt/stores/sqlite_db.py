@@ -1,0 +1,139 @@
+"""One SQLite database file shared by a product's stores: connections and named migrations.
+
+Each thread gets its own connection (WAL journal, ``synchronous=NORMAL``, a busy timeout),
+in autocommit mode; :meth:`SqliteDatabase.transaction` opens ``BEGIN IMMEDIATE`` so writers
+queue instead of failing late. Schema changes are named migrations, applied once each in
+their own transaction and recorded in ``schema_migrations`` (as sqlite-utils does).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from field_encrypt.errors import StoreError, StoreUnavailableError
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One named schema step; ``sql`` may hold several statements."""
+
+    name: str
+    sql: str
+
+
+class SqliteDatabase:
+    """A SQLite file and the per-thread connections to it."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = str(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"SqliteDatabase({self.path!r})"
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            with translate_errors():
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this object opened."""
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error."""
+        conn = self.connection()
+        with translate_errors():
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        with translate_errors():
+            conn.execute("COMMIT")
+
+    def migrate(self, migrations: Sequence[Migration]) -> list[str]:
+        """Apply the pending migrations in order; the names applied now."""
+        conn = self.connection()
+        with translate_errors():
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+        applied = []
+        for migration in migrations:
+            with self.transaction() as tx:
+                done = tx.execute(
+                    "SELECT 1 FROM schema_migrations WHERE name = ?", (migration.name,)
+                ).fetchone()
+                if done:
+                    continue
+                for statement in filter(None, (s.strip() for s in migration.sql.split(";"))):
+                    tx.execute(statement)
+                tx.execute(
+                    "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                    (migration.name, time.time()),
+                )
+                applied.append(migration.name)
+        return applied
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the migrations applied so far, in order."""
+        rows = self.connection().execute(
+            "SELECT name FROM schema_migrations ORDER BY applied_at, name"
+        )
+        return [name for (name,) in rows]
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        """Run one statement on this thread's connection, converting driver errors."""
+        with translate_errors():
+            return self.connection().execute(sql, params)
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        """All rows of one query."""
+        with translate_errors():
+            return self.connection().execute(sql, params).fetchall()
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Convert sqlite3 errors into the library's store errors, once, at the driver boundary."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        message = str(exc)
+        if "locked" in message or "busy" in message:
+            raise StoreUnavailableError("SQLite database is locked", cause=exc) from exc
+        raise StoreError(f"SQLite error: {message}", cause=exc) from exc
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"SQLite error: {exc}", cause=exc) from exc
