@@ -44,17 +44,21 @@ def _remote_provider(name: str, settings: Settings) -> KeyProvider:
     raise ConfigurationError(f"key provider {name!r} is not available in this build")
 
 
+def sqlite_path(settings: Settings) -> str:
+    """The SQLite file ``settings.database`` names (a path or a ``sqlite:///`` URL)."""
+    if "://" in settings.database and not settings.database.startswith("sqlite://"):
+        raise ConfigurationError(
+            f"unsupported FIELD_ENCRYPT_DATABASE scheme: {settings.database.split('://')[0]!r}"
+        )
+    return settings.database.removeprefix("sqlite:///").removeprefix("sqlite://")
+
+
 def build_store(settings: Settings, *, product: str) -> DekStore:
     """The dek_store in ``settings.database``."""
     from field_encrypt.stores.sqlite import SqliteDekStore
     from field_encrypt.stores.sqlite_db import SqliteDatabase
 
-    if "://" in settings.database and not settings.database.startswith("sqlite://"):
-        raise ConfigurationError(
-            f"unsupported FIELD_ENCRYPT_DATABASE scheme: {settings.database.split('://')[0]!r}"
-        )
-    path = settings.database.removeprefix("sqlite:///").removeprefix("sqlite://")
-    return SqliteDekStore(SqliteDatabase(path), product=product)
+    return SqliteDekStore(SqliteDatabase(sqlite_path(settings)), product=product)
 
 
 def init_encryption(

@@ -1,0 +1,69 @@
+"""The DocumentStore protocol: how the rotation tools reach a product's encrypted documents.
+
+Applications keep their documents wherever they like; to let ``re-encrypt``, the
+``encrypt`` backfill, ``decrypt`` and ``verify`` walk them, a product exposes each
+encrypted collection through this small protocol. Writes are compare-and-swap on the
+document's revision, so a migration never overwrites a concurrent application write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredDocument:
+    """A document as stored: encrypted fields hold tokens (or plaintext, before backfill).
+
+    ``dek_id`` is the DEK the document's fields are sealed under (``None`` if plaintext);
+    ``revision`` is the compare-and-swap token.
+    """
+
+    id: str
+    fields: dict[str, Any]
+    dek_id: str | None
+    revision: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DocumentPage:
+    """One page of a document scan; ``cursor`` continues it, ``None`` at the end."""
+
+    documents: list[StoredDocument]
+    cursor: str | None
+
+
+@runtime_checkable
+class DocumentStore(Protocol):
+    """One collection of a product's documents, as the migration tools see it."""
+
+    collection: str
+
+    def scan(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 500,
+        shard: tuple[int, int] | None = None,
+    ) -> DocumentPage:
+        """Documents in a stable order after ``cursor`` (keyset pagination)."""
+        ...
+
+    def get(self, document_id: str) -> StoredDocument:
+        """One document; ``NotFoundError`` if it does not exist."""
+        ...
+
+    def replace_fields(
+        self, document: StoredDocument, fields: dict[str, Any], dek_id: str | None
+    ) -> StoredDocument:
+        """Write new stored field values and dekId, only if unchanged since read.
+
+        Raises ``ConcurrentUpdateError`` if the revision moved, ``NotFoundError`` if the
+        document was deleted meanwhile.
+        """
+        ...
+
+    def count(self) -> int:
+        """How many documents the collection holds."""
+        ...

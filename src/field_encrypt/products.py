@@ -1,0 +1,79 @@
+"""Products: what the cross-product CLI rotates.
+
+A product names its encrypted collections and knows how to open its parts (key
+provider, dek_store, documents, run ledger) from settings. It registers itself under the
+``field_encrypt.products`` entry-point group when its package is installed; ``--product``
+takes that name, or a ``module:attribute`` path for products not installed as packages.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+from field_encrypt.config import Settings
+from field_encrypt.documents import DocumentStore
+from field_encrypt.envelope import FieldEncryptor
+from field_encrypt.errors import ConfigurationError
+from field_encrypt.providers.base import KeyProvider
+from field_encrypt.stores.base import DekStore
+
+ENTRY_POINT_GROUP = "field_encrypt.products"
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+@dataclass(kw_only=True)
+class ProductRuntime:
+    """A product's parts, opened: everything a migration or a check needs."""
+
+    settings: Settings
+    provider: KeyProvider
+    dek_store: DekStore
+    encryptor: FieldEncryptor
+    documents: Mapping[str, DocumentStore]
+    database: Any
+    """The product's database handle, for the ledger and the audit trail (store-specific)."""
+    resources: list[Closeable] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Release connections."""
+        for resource in reversed(self.resources):
+            resource.close()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Product:
+    """A product that encrypts fields: its name, collections and how to open it."""
+
+    name: str
+    collections: Mapping[str, Sequence[str]]
+    open: Callable[[Settings], ProductRuntime]
+    """Build the runtime from settings (the product reads its own extra settings itself)."""
+
+
+def load_product(name: str) -> Product:
+    """The product registered as ``name``, or found at ``module:attribute``."""
+    if ":" in name:
+        module_name, _, attribute = name.partition(":")
+        try:
+            found = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigurationError(f"cannot load product {name!r}: {exc}") from None
+    else:
+        matches = entry_points(group=ENTRY_POINT_GROUP, name=name)
+        if not matches:
+            known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+            raise ConfigurationError(
+                f"unknown product {name!r}; installed products: {', '.join(known) or 'none'}"
+            )
+        found = next(iter(matches)).load()
+    product = found() if callable(found) and not isinstance(found, Product) else found
+    if not isinstance(product, Product):
+        raise ConfigurationError(f"{name!r} does not name a field_encrypt Product")
+    return product

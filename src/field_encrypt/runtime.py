@@ -1,0 +1,43 @@
+"""Open a product's runtime on the embedded default: SQLite for DEKs and documents."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from field_encrypt.bootstrap import build_provider, sqlite_path
+from field_encrypt.cache import DekCache
+from field_encrypt.config import Settings
+from field_encrypt.envelope import FieldEncryptor
+from field_encrypt.products import ProductRuntime
+from field_encrypt.stores.sqlite import SqliteDekStore
+from field_encrypt.stores.sqlite_db import SqliteDatabase
+from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
+
+
+def open_sqlite_runtime(
+    settings: Settings, *, product: str, collections: Mapping[str, Sequence[str]]
+) -> ProductRuntime:
+    """Provider from settings; dek_store and JSON documents in the settings' SQLite file."""
+    database = SqliteDatabase(sqlite_path(settings))
+    provider = build_provider(settings)
+    store = SqliteDekStore(database, product=product)
+    encryptor = FieldEncryptor(
+        product=product,
+        provider=provider,
+        store=store,
+        collections=collections,
+        cache=DekCache(
+            max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds
+        ),
+        enabled=settings.enabled,
+    )
+    documents = {name: SqliteDocumentStore(database, collection=name) for name in collections}
+    return ProductRuntime(
+        settings=settings,
+        provider=provider,
+        dek_store=store,
+        encryptor=encryptor,
+        documents=documents,
+        database=database,
+        resources=[database],
+    )
