@@ -11,6 +11,34 @@
 
 const fs = require("fs");
 
+// Reading a missing document makes the stock handler throw a TypeError, which the package answers
+// with 500. Real Cosmos DB answers 404 NotFound, and stores map that to "not found", so check for
+// the document first with the package's own readOperation (which answers 404) and leave every
+// other case to the stock handler. routes.js copies each handler's `default` when it is first
+// loaded, so this must run before the package's index is required.
+const readDocument = require("@vercel/cosmosdb-server/lib/handler/read-document");
+const { readOperation } = require("@vercel/cosmosdb-server/lib/handler/_document-operations");
+const stockReadDocument = readDocument.default;
+readDocument.default = (account, req, res, params) => {
+  const collection = account.database(params.dbId).collection(params.collId);
+  if (collection.read()) {
+    let result;
+    try {
+      result = readOperation(collection, {
+        partitionKey: req.headers["x-ms-documentdb-partitionkey"],
+        id: params.docId,
+      });
+    } catch {
+      result = undefined; // an unparseable partition key: the stock handler answers it
+    }
+    if (result !== undefined && result.statusCode === 404) {
+      res.statusCode = 404;
+      return result.body;
+    }
+  }
+  return stockReadDocument(account, req, res, params);
+};
+
 const { createHttpsServer } = require("@vercel/cosmosdb-server");
 
 function parseArgs(argv) {
