@@ -174,7 +174,12 @@ class SqliteDekStore:
             where.append("bucket % ? = ?")
             params += [count, index]
         params.append(limit)
-        sql = f"SELECT {_COLUMNS} FROM dek_store WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        # NOT INDEXED: walk by seq. With the (product, mek_version) index the planner
+        # would collect every matching row and sort it again for each page.
+        sql = (
+            f"SELECT {_COLUMNS} FROM dek_store NOT INDEXED "
+            f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        )
         rows = self.database.query(sql, params)
         records = [_record(r) for r in rows]
         next_cursor = str(rows[-1][0]) if len(rows) == limit else None
