@@ -1,4 +1,4 @@
-"""Fixtures shared by the cli and rotation suites: a product environment in a temporary directory."""
+"""Fixtures for the cli and rotation suites: a product environment in a temporary directory."""
 
 from __future__ import annotations
 

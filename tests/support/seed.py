@@ -21,7 +21,9 @@ def seed(runtime: ProductRuntime, count: int, *, start: int = 0, encrypt: bool =
         doc_id = f"doc-{i}"
         if encrypt:
             dek_id = runtime.encryptor.create_dek()
-            fields = runtime.encryptor.encrypt_document("records", doc_id, document(i), dek_id=dek_id)
+            fields = runtime.encryptor.encrypt_document(
+                "records", doc_id, document(i), dek_id=dek_id
+            )
             docs.insert(doc_id, fields, dek_id)
         else:
             docs.insert(doc_id, document(i), None)
