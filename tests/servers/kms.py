@@ -296,7 +296,10 @@ class KmsServer:
             _enforce_key_state(False)
             raise
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="kms-server", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # how long shutdown() may wait
+            name="kms-server",
+            daemon=True,
         )
         self._thread.start()
         return self
