@@ -208,11 +208,17 @@ class FieldEncryptor:
 
     # -- DEKs --------------------------------------------------------------------------
 
-    def create_dek(self) -> str:
-        """Generate a DEK, wrap it under the current MEK version, store it; its dekId."""
+    def create_dek(self, *, version: str | None = None) -> str:
+        """Generate a DEK, wrap it under the current MEK version, store it; its dekId.
+
+        ``version`` picks another wrapping version, e.g. a partition's KEK
+        (``KekTierProvider.dek_version(partition)``).
+        """
         dek_id = uuid.UUID(bytes=self._random(16), version=4).hex
         dek = self._random(32)
-        wrapped = self.provider.wrap(dek, context=dek_context(self.product, dek_id))
+        wrapped = self.provider.wrap(
+            dek, context=dek_context(self.product, dek_id), version=version
+        )
         self.store.create(
             dek_id=dek_id,
             mek_name=self.provider.mek_name,
