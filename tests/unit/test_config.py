@@ -24,7 +24,7 @@ def test_public_api_is_pinned() -> None:
     """The curated public API does not change by accident."""
     assert sorted(field_encrypt.__all__) == [
         "AlreadyExistsError", "CacheStats", "ConcurrentUpdateError", "ConfigurationError",
-        "DecryptionError", "DekCache", "DekPage", "DekRecord", "DekStore", "FieldEncryptError",
+        "DecryptionError", "DekCache", "DekMissingError", "DekPage", "DekRecord", "DekStore", "FieldEncryptError",
         "FieldEncryptor", "KeyProvider", "KeyProviderError", "KeyProviderUnavailableError",
         "KeyVersion", "KeyVersionDisabledError", "KeyVersionNotFoundError", "LeaseHeldError",
         "NotFoundError", "RotationError", "Settings", "StoreError", "StoreUnavailableError",
