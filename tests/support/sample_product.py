@@ -6,6 +6,7 @@ name). Variants for the reliability tests:
 
 * ``counting_product``: the provider is wrapped in a :class:`CountingProvider`, kept in
   :data:`LAST_COUNTER` so an in-process test can read how many calls a command made;
+* ``unreachable_product``: every data-plane call fails transiently, for ever;
 * ``killable_product``: ``SAMPLE_KILL_AT=provider:N`` kills the process with SIGKILL
   just before the N-th data-plane provider call, ``SAMPLE_KILL_AT=store:N`` right after
   the N-th ``replace_wraps`` committed (before the ledger heard of it), and
@@ -139,3 +140,16 @@ def _open_killable(settings: Settings) -> ProductRuntime:
 
 
 killable_product = Product(name=NAME, collections=COLLECTIONS, open=_open_killable)
+
+
+def _open_unreachable(settings: Settings) -> ProductRuntime:
+    runtime = _open(settings)
+    faulty = FaultInjectingProvider(runtime.provider)
+    faulty.outage(float("inf"))
+    runtime.provider = faulty
+    runtime.encryptor.provider = faulty
+    return runtime
+
+
+unreachable_product = Product(name=NAME, collections=COLLECTIONS, open=_open_unreachable)
+"""Every wrap, unwrap and rewrap fails transiently, for ever (the exit code 7 test)."""

@@ -40,7 +40,7 @@ class ExitCode(IntEnum):
 
 def exit_code_for(exc: FieldEncryptError) -> ExitCode:
     """The exit code for an error that ended a command."""
-    if isinstance(exc, RetryBudgetExhausted | TRANSIENT_ERRORS):
+    if isinstance(exc, (RetryBudgetExhausted, *TRANSIENT_ERRORS)):
         return ExitCode.UNAVAILABLE
     if isinstance(exc, RotationError):
         return ExitCode.REFUSED
