@@ -67,7 +67,7 @@ def test_concurrent_writer_is_never_overwritten(runtime: ProductRuntime, clock: 
     mine: dict[str, bytes] = {}
 
     def writer(name: str) -> None:
-        if mine or name != "rewrap":
+        if mine or name != "wrap":
             return
         # Another process rewraps one DEK itself and re-wraps another under the old version.
         for record, version in ((moved, "2"), (touched, "1")):

@@ -7,12 +7,16 @@ the ledger records the cursor. Rows a concurrent writer changed meanwhile are re
 and, if still off target, rewrapped again (a few rounds at most); nothing a concurrent
 writer wrote is ever overwritten.
 
-The check. For providers that rewrap client-side (``local``, ``env``, Key Vault,
-PKCS#11) the DEK passes through this process anyway; the new wrap is unwrapped and
-compared, in constant time, with the DEK the old wrap holds. For a provider that
-rewraps server-side (KMS ``ReEncrypt``) the same two unwraps run as ``Decrypt`` calls:
-the check then costs two extra requests per DEK and is the one moment the DEK enters
-this process (it is dropped at once).
+How each DEK is rewrapped and checked before its new wrap is committed:
+
+* Remote providers (``provider.remote``: Key Vault, KMS, PKCS#11 over the network) get
+  ``provider.rewrap``, server-side where the service can (KMS ``ReEncrypt``: the DEK
+  never reaches this process for the rewrap itself). The check then unwraps the new
+  wrap and the old one and compares them in constant time: two more requests per DEK,
+  run concurrently, and the one moment the DEK enters this process (dropped at once).
+* In-process providers (``local``, ``env``: their ``rewrap`` *is* unwrap then wrap, in
+  this process) are driven as unwrap, wrap, then unwrap of the new wrap compared with
+  the DEK in hand: the same check with one AES operation fewer than the remote path.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 from field_encrypt.errors import (
+    TRANSIENT_ERRORS,
     ConfigurationError,
     DecryptionError,
     KeyProviderError,
@@ -36,7 +41,7 @@ from field_encrypt.stores.base import DekRecord, WrapUpdate
 
 MAX_CONFLICT_ROUNDS: Final = 3
 CALLS_PER_DEK: Final = 3
-"""rewrap, then unwrap of the new and of the old wrap for the check."""
+"""Remote: rewrap, then unwrap of the new and of the old wrap. In-process: unwrap, wrap, unwrap."""
 
 _ITEM_ERRORS = (DecryptionError, UnsupportedFormatError, KeyProviderError)
 """Errors that fail one DEK and let the run go on (transient ones are retried first)."""
@@ -59,6 +64,7 @@ class RewrapJob:
         if self.only == self.target:
             raise ConfigurationError("--old-mek-version is already the target version")
         self.concurrency = options.concurrency if provider.remote else 1
+        self._rewrap_one = self._rewrap_remote if provider.remote else self._rewrap_in_process
         self.counts = self.store.count_by_version()
         if self.only is not None:
             self.estimated_total = self.counts.get(self.only, 0)
@@ -138,19 +144,24 @@ class RewrapJob:
     ) -> tuple[list[WrapUpdate], list[Failure]]:
         """Each record rewrapped and checked, or the reason it could not be."""
         shard = work.shard[0]
+        rewrap_one = self._rewrap_one
 
         def attempt(record: DekRecord) -> WrapUpdate | Failure:
             try:
-                return work.retry.call(self._rewrap_one, record)
+                try:
+                    return rewrap_one(record)
+                except TRANSIENT_ERRORS:
+                    return work.retry.call(rewrap_one, record)
             except _ITEM_ERRORS as exc:
                 return Failure(item=record.dek_id, reason=_reason(exc), shard=shard)
 
         results = list(pool.map(attempt, records)) if pool else [attempt(r) for r in records]
-        updates = [r for r in results if isinstance(r, WrapUpdate)]
-        failures = [r for r in results if isinstance(r, Failure)]
+        updates = [r for r in results if r.__class__ is WrapUpdate]
+        failures = [r for r in results if r.__class__ is Failure]
         return updates, failures
 
-    def _rewrap_one(self, record: DekRecord) -> WrapUpdate:
+    def _rewrap_remote(self, record: DekRecord) -> WrapUpdate:
+        """``provider.rewrap`` (server-side where the service can), then the check."""
         provider = self.provider
         context = dek_context(self.product, record.dek_id)
         new = provider.rewrap(
@@ -168,6 +179,20 @@ class RewrapJob:
             record=record, mek_version=self.target, wrapped=new.ciphertext, algorithm=new.algorithm
         )
 
+    def _rewrap_in_process(self, record: DekRecord) -> WrapUpdate:
+        """What ``rewrap`` is for an in-process provider (unwrap, wrap), then the check."""
+        provider = self.provider
+        context = dek_context(self.product, record.dek_id)
+        dek = provider.unwrap(record.wrapped, version=record.mek_version, context=context)
+        new = provider.wrap(dek, context=context, version=self.target)
+        if new.mek_version != self.target or not hmac.compare_digest(
+            provider.unwrap(new.ciphertext, version=self.target, context=context), dek
+        ):
+            raise KeyProviderError("the new wrap does not unwrap to the same DEK")
+        return WrapUpdate(
+            record=record, mek_version=self.target, wrapped=new.ciphertext, algorithm=new.algorithm
+        )
+
     def _swap_in(
         self, work: ShardWork, updates: list[WrapUpdate], pool: ThreadPoolExecutor | None
     ) -> tuple[Counters, list[Failure]]:
@@ -176,9 +201,10 @@ class RewrapJob:
         failures: list[Failure] = []
         for round_ in range(MAX_CONFLICT_ROUNDS + 1):
             lost = set(work.retry.call(self.store.replace_wraps, updates))
-            for u in updates:
-                if u.record.dek_id not in lost:
-                    self.cache.invalidate(bytes.fromhex(u.record.dek_id))
+            if self.cache.stats().size:  # an empty cache (the CLI's own) has nothing to forget
+                for u in updates:
+                    if u.record.dek_id not in lost:
+                        self.cache.invalidate(bytes.fromhex(u.record.dek_id))
             changed += len(updates) - len(lost)
             if not lost:
                 break
