@@ -41,3 +41,35 @@ def read_all(runtime: ProductRuntime) -> dict[str, dict[str, Any]]:
         if page.cursor is None:
             return out
         cursor = page.cursor
+
+
+def main() -> None:
+    """``python -m tests.support.seed --count N`` seeds; ``--check`` decrypts everything."""
+    import argparse
+    import sys
+
+    from field_encrypt.config import load_settings
+    from tests.support.sample_product import product
+
+    parser = argparse.ArgumentParser(description="Seed or check the sample product.")
+    parser.add_argument("--count", type=int, default=0, help="documents to add")
+    parser.add_argument("--plaintext", action="store_true", help="add them unencrypted")
+    parser.add_argument("--check", action="store_true", help="decrypt every document")
+    args = parser.parse_args()
+    runtime = product.open(load_settings())
+    try:
+        if args.count:
+            start = runtime.documents["records"].count()
+            seed(runtime, args.count, start=start, encrypt=not args.plaintext)
+            print(f"seeded {args.count} documents")
+        if args.check:
+            documents = read_all(runtime)
+            wrong = [k for k, v in documents.items() if v != document(int(k.split("-")[1]))]
+            print(f"{len(documents)} documents read, {len(wrong)} different")
+            sys.exit(1 if wrong else 0)
+    finally:
+        runtime.close()
+
+
+if __name__ == "__main__":
+    main()
