@@ -240,3 +240,30 @@ def test_remote_providers_run_calls_concurrently(runtime: ProductRuntime, clock:
     report = run(runtime, clock, concurrency=4, batch_size=16)
     assert report.status == "completed"
     assert versions_of(runtime) == {"2": 40}
+
+
+def test_a_dead_workers_shard_is_taken_over_after_its_lease_expires(
+    runtime: ProductRuntime, clock: FakeClock
+) -> None:
+    """Worker 1 of 2 finishes its shard; worker 2's dead shard is taken over after the TTL."""
+    seed(runtime, 40)
+    runtime.provider.create_version()
+    ledger = SqliteRunLedger(runtime.database)
+    first = run(runtime, clock, worker=(0, 2), owner="w1")
+    assert first.status == "completed"  # nobody held shard 2: worker 1 did both
+    runtime.provider.create_version()
+    from field_encrypt.rotation import MigrationOptions, prepare_job
+
+    plan = prepare_job(runtime, MigrationOptions(mode="rewrap-deks", worker=(0, 2))).plan
+    open_run, _ = ledger.open_run(
+        product="sample", plan=plan, now=clock.time(), estimated_total=40, skipped_at_start=0
+    )
+    ledger.acquire_shard(open_run.run_id, 1, owner="dead", now=clock.time(), ttl=60)
+    report = run(runtime, clock, worker=(0, 2), owner="w1", lease_ttl=60)
+    assert report.status == "in_progress"  # shard 2 still leased by the dead worker
+    assert 0 < versions_of(runtime).get("3", 0) < 40
+    clock.advance(61)
+    report = run(runtime, clock, worker=(0, 2), owner="w1", lease_ttl=60)
+    assert report.status == "completed" and report.run_id == open_run.run_id
+    assert versions_of(runtime) == {"3": 40}
+    assert report.counters.changed == 40
