@@ -30,6 +30,8 @@ TokenForm = Literal["text", "binary"]
 class _Field:
     path: str
     keys: tuple[str, ...]  # the path split on dots
+    name: str  # the last key
+    flat: bool  # a top-level field
     binding: bytes  # length-prefixed path: the last part of the associated data
 
 
@@ -80,7 +82,10 @@ class FieldEncryptor:
         self._plans = {
             name: _Collection(
                 prefix=token.lp(product) + token.lp(name),
-                fields=tuple(_Field(p, tuple(p.split(".")), token.lp(p)) for p in paths),
+                fields=tuple(
+                    _Field(p, tuple(p.split(".")), p.split(".")[-1], "." not in p, token.lp(p))
+                    for p in paths
+                ),
                 nested=any("." in p for p in paths),
             )
             for name, paths in self.collections.items()
@@ -141,24 +146,27 @@ class FieldEncryptor:
     ) -> dict[str, Any]:
         """A copy of ``document`` with its encrypted fields opened (plaintext passes through)."""
         plan = self._plan(collection)
-        out = _copy(document, plan)
-        prefix = plan.prefix + token.lp(document_id)
+        out = _copy(document, plan) if plan.nested else dict(document)
+        doc_id = document_id.encode()
+        prefix = plan.prefix + len(doc_id).to_bytes(2, "big") + doc_id
         current = b""
         cipher: AESGCM | None = None
+        lookup = self.cache.lookup
         for f in plan.fields:
-            parent = out if len(f.keys) == 1 else _parent(out, f.keys)
+            parent = out if f.flat else _parent(out, f.keys)
             if parent is None:
                 continue
-            value = parent.get(f.keys[-1])
+            value = parent.get(f.name)
             if value.__class__ is not bytes:
                 if not token.is_token(value):
                     continue
                 value = token.from_text(value)  # type: ignore[arg-type]
             raw_id = value[1:17]
-            if raw_id != current or cipher is None:
-                cipher = self._cipher(raw_id)[0]
+            if raw_id != current:
+                entry = lookup(raw_id)
+                cipher = entry[0] if entry is not None else self._load(raw_id)[0]
                 current = raw_id
-            parent[f.keys[-1]] = token.open_(cipher, value, prefix + f.binding)
+            parent[f.name] = token.open_(cipher, value, prefix + f.binding)  # type: ignore[arg-type]
         return out
 
     def dek_id_of(self, collection: str, document: Mapping[str, Any]) -> str | None:
@@ -222,8 +230,10 @@ class FieldEncryptor:
 
     def _cipher(self, raw_id: bytes) -> tuple[AESGCM, str]:
         entry = self.cache.lookup(raw_id)
-        if entry is not None:
-            return entry
+        return entry if entry is not None else self._load(raw_id)
+
+    def _load(self, raw_id: bytes) -> tuple[AESGCM, str]:
+        """Unwrap a DEK through the provider and cache it."""
         dek_id = raw_id.hex()
         record = self.store.get(dek_id)
         dek = self.provider.unwrap(
