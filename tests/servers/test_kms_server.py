@@ -134,6 +134,22 @@ def test_disabled_key_is_refused_like_aws(client: Any) -> None:
     assert opened["Plaintext"] == b"dek"
 
 
+def test_decrypt_naming_another_key_is_incorrect_key_like_aws(client: Any) -> None:
+    """A Decrypt whose KeyId is not the ciphertext's key fails with IncorrectKeyException, as
+    in AWS (moto alone says AccessDeniedException); naming the right key decrypts."""
+    key_id, other = new_key(client), new_key(client)
+    sealed = client.encrypt(KeyId=key_id, Plaintext=b"dek", EncryptionContext=CONTEXT)
+
+    with pytest.raises(client.exceptions.IncorrectKeyException):
+        client.decrypt(
+            CiphertextBlob=sealed["CiphertextBlob"], EncryptionContext=CONTEXT, KeyId=other
+        )
+    opened = client.decrypt(
+        CiphertextBlob=sealed["CiphertextBlob"], EncryptionContext=CONTEXT, KeyId=key_id
+    )
+    assert opened["Plaintext"] == b"dek"
+
+
 def test_key_pending_deletion_is_in_an_invalid_state(client: Any) -> None:
     """A key scheduled for deletion answers KMSInvalidStateException, as AWS does."""
     key_id = new_key(client)
