@@ -29,6 +29,7 @@ threads; one the token drops is reopened on the next call.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import re
 import threading
 from collections.abc import Iterator
@@ -100,6 +101,11 @@ class _Connection:
                 with connection.lock:
                     connection.open()
                 cls._open[connection.key] = connection
+            elif not hmac.compare_digest(pin.encode(), connection._pin.encode()):
+                raise ConfigurationError(
+                    f"token {token_label!r} is already open in this process with another "
+                    "FIELD_ENCRYPT_PKCS11_PIN"
+                )
             connection._users += 1
             return connection
 
@@ -269,7 +275,7 @@ class Pkcs11KeyProvider:
         sealed = binding.seal(dek, context)
         with self._locked("wrap a DEK") as session:
             target = version if version is not None else self._current(session)
-            mek = self._mek(session, target)
+            mek = self._able(session, target, "wrap_key")
             sealed_object = session.create_object(
                 {
                     Attribute.CLASS: ObjectClass.SECRET_KEY,
@@ -288,7 +294,7 @@ class Pkcs11KeyProvider:
 
     def unwrap(self, ciphertext: bytes, *, version: str, context: bytes) -> bytes:
         with self._locked("unwrap a DEK", unwrapping=True) as session:
-            mek = self._mek(session, version)
+            mek = self._able(session, version, "unwrap_key")
             if len(ciphertext) != binding.SEALED_SIZE + 8:
                 raise DecryptionError()
             sealed_object = mek.unwrap_key(
@@ -397,6 +403,23 @@ class Pkcs11KeyProvider:
                     f"token {self.token_label!r} holds two keys labelled {label!r}"
                 )
             key = self._meks[version] = keys[0]
+        return key
+
+    def _able(self, session: Any, version: str, method: str) -> Any:
+        """The MEK object, if it may ``method`` (``wrap_key``, ``unwrap_key``).
+
+        python-pkcs11 gives an object the methods its CKA_WRAP/CKA_UNWRAP allowed when it was
+        looked up; a version enabled since then is looked up again. A key that was already
+        enabled goes to the token, which enforces a later disable itself.
+        """
+        key = self._mek(session, version)
+        if not hasattr(key, method):
+            self._meks.pop(version, None)
+            key = self._mek(session, version)
+            if not hasattr(key, method):
+                raise KeyVersionDisabledError(
+                    f"MEK {self.mek_name!r} version {version!r} is disabled in the token"
+                )
         return key
 
 
