@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     provider_refresh_seconds: float = Field(default=60.0, ge=0)
     """akv, aws-kms: how long the current version and version states are cached."""
 
-    akv_key_size: Literal[2048, 3072, 4096] = 4096
+    akv_key_size: int = 4096
     """akv: the RSA key size of versions this library creates."""
 
     aws_region: str | None = None
@@ -72,6 +72,13 @@ class Settings(BaseSettings):
 
     cache_ttl_seconds: float = Field(default=300.0, ge=0)
     cache_max_entries: int = Field(default=10_000, ge=0)
+
+    @field_validator("akv_key_size")
+    @classmethod
+    def _rsa_key_size(cls, value: int) -> int:
+        if value not in (2048, 3072, 4096):
+            raise ValueError("must be 2048, 3072 or 4096")
+        return value
 
     @field_validator("mek_name")
     @classmethod
