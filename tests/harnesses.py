@@ -254,8 +254,11 @@ def kms() -> Iterator[Any]:
         yield server
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture
 def aws_kms_harness(kms: Any) -> AwsKmsHarness:
+    """The harness on a KMS emptied for this test: listing versions reads the tags of every
+    key in the account, so keys left by earlier tests would only slow each test down."""
+    kms.reset()
     return AwsKmsHarness(kms)
 
 
