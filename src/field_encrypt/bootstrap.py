@@ -100,6 +100,7 @@ def _remote_provider(name: str, settings: Settings) -> KeyProvider:
                 pin=settings.pkcs11_pin.get_secret_value(),
                 mek_name=settings.mek_name,
                 mechanism=settings.pkcs11_mechanism,
+                refresh_seconds=settings.provider_refresh_seconds,
             )
     raise ConfigurationError(f"key provider {name!r} is not available in this build")
 

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     provider_max_attempts: int = Field(default=1, ge=1)
     """akv, aws-kms: attempts per call inside the SDK; 1 leaves every retry to the caller."""
     provider_refresh_seconds: float = Field(default=60.0, ge=0)
-    """akv, aws-kms: how long the current version and version states are cached."""
+    """akv, aws-kms, pkcs11: how long the current version (and akv's version states) is cached."""
 
     akv_key_size: int = 4096
     """akv: the RSA key size of versions this library creates."""

@@ -47,6 +47,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.identity import DefaultAzureCredential
 from azure.keyvault.keys import KeyClient, KeyVaultKey
 from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -116,10 +117,9 @@ class AzureKeyVaultProvider:
         self.vault_url = vault_url.rstrip("/")
         self.mek_name = mek_name
         self.key_size = key_size
+        self._owned_credential: DefaultAzureCredential | None = None
         if credential is None:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
+            credential = self._owned_credential = DefaultAzureCredential()
         self._credential = credential
         retries = max_attempts - 1
         self._options: dict[str, Any] = {
@@ -131,7 +131,7 @@ class AzureKeyVaultProvider:
             "retry_status": 0,  # 429 and 5xx go back to the caller, with retry_after
             **(client_options or {}),
         }
-        self._keys = KeyClient(self.vault_url, credential, **self._options)
+        self._keys = KeyClient(self.vault_url, self._credential, **self._options)
         self._refresh_seconds = refresh_seconds
         self._clock = clock
         self._lock = threading.Lock()
@@ -142,12 +142,14 @@ class AzureKeyVaultProvider:
         return f"AzureKeyVaultProvider(vault_url={self.vault_url!r}, mek_name={self.mek_name!r})"
 
     def close(self) -> None:
-        """Close the SDK clients' connections."""
+        """Close the SDK clients' connections (and the default credential, if it made one)."""
         with self._lock:
             versions, self._versions = self._versions, {}
         for version in versions.values():
             version.crypto.close()
         self._keys.close()
+        if self._owned_credential is not None:
+            self._owned_credential.close()
 
     def __enter__(self) -> AzureKeyVaultProvider:
         return self

@@ -32,7 +32,8 @@ import datetime as dt
 import hmac
 import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, ClassVar, NoReturn
 
@@ -176,6 +177,8 @@ class Pkcs11KeyProvider:
         pin: str,
         mek_name: str,
         mechanism: str = "AES_KEY_WRAP_PAD",
+        refresh_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if mechanism not in MECHANISMS:
             raise ConfigurationError(
@@ -190,6 +193,9 @@ class Pkcs11KeyProvider:
         self._label = re.compile(re.escape(mek_name) + r"-v([1-9][0-9]{0,8})")
         self._meks: dict[str, Any] = {}
         self._generation = 0
+        self._refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._latest: tuple[str, float] | None = None  # the current version, and when it was read
         self._connection: _Connection | None = _Connection.acquire(module, token_label, pin)
         if self._mechanism not in self._connection.mechanisms:
             self.close()
@@ -234,7 +240,7 @@ class Pkcs11KeyProvider:
 
     def current_version(self) -> str:
         with self._locked("find the current MEK version") as session:
-            return self._current(session)
+            return self._cached_current(session)
 
     # -- managing ----------------------------------------------------------------------
 
@@ -258,6 +264,7 @@ class Pkcs11KeyProvider:
                 },
             )
             self._meks[str(number)] = key
+            self._latest = (str(number), self._clock())
         return KeyVersion(version=str(number), enabled=True, created_at=created_at, current=True)
 
     def set_enabled(self, version: str, enabled: bool) -> KeyVersion:
@@ -274,7 +281,7 @@ class Pkcs11KeyProvider:
     def wrap(self, dek: bytes, *, context: bytes, version: str | None = None) -> WrappedDek:
         sealed = binding.seal(dek, context)
         with self._locked("wrap a DEK") as session:
-            target = version if version is not None else self._current(session)
+            target = version if version is not None else self._cached_current(session)
             mek = self._able(session, target, "wrap_key")
             sealed_object = session.create_object(
                 {
@@ -374,6 +381,14 @@ class Pkcs11KeyProvider:
             found[number] = key
         return sorted(found.items(), key=lambda item: item[0])
 
+    def _cached_current(self, session: Any) -> str:
+        """The current version, looked up again after ``refresh_seconds`` (other processes may
+        have created one): finding it scans the token's keys, a round trip each on a network HSM."""
+        latest = self._latest
+        if latest is not None and self._clock() - latest[1] < self._refresh_seconds:
+            return latest[0]
+        return self._current(session)
+
     def _current(self, session: Any) -> str:
         found = self._scan(session)
         if not found:
@@ -383,6 +398,7 @@ class Pkcs11KeyProvider:
             )
         number, key = found[-1]
         self._meks[str(number)] = key
+        self._latest = (str(number), self._clock())
         return str(number)
 
     def _mek(self, session: Any, version: str) -> Any:
