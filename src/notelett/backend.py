@@ -60,6 +60,7 @@ def open_backend(
             max_entries=encryption.cache_max_entries, ttl_seconds=encryption.cache_ttl_seconds
         ),
         enabled=encryption.enabled,
+        allow_plaintext=encryption.allow_plaintext,
         token_form="binary",
     )
     notes = SqliteNotesRepository(database)

@@ -26,13 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from field_encrypt import (
-    DecryptionError,
-    FieldEncryptor,
-    NotFoundError,
-    StoreError,
-    UnsupportedFormatError,
-)
+from field_encrypt import DecryptionError, FieldEncryptor, NotFoundError, StoreError
 from field_encrypt import token as field_token
 from notelett.auth import Principal
 from notelett.errors import (
@@ -246,8 +240,7 @@ class NotesService:
             opened = self.encryptor.decrypt_document(
                 COLLECTION, record.id, {"title": record.title, "body": record.body}
             )
-        except (DecryptionError, UnsupportedFormatError, NotFoundError) as exc:
-            # NotFoundError here means the note's DEK is missing from the dek_store.
+        except DecryptionError as exc:  # tampered, unsupported, or its DEK is missing
             self._on_decrypt_failure()
             raise NoteUnreadableError(
                 note_id=record.id, dek_id=record.dek_id, mek_version=_mek_version(record.title)
@@ -278,5 +271,5 @@ def _mek_version(value: StoredValue) -> str | None:
         return None
     try:
         return field_token.read_header(field_token.as_binary(value)).mek_version
-    except (DecryptionError, UnsupportedFormatError):
+    except DecryptionError:
         return None

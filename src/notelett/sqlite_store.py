@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import sqlite3
 import time
 from typing import Any
 
-from field_encrypt import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
-from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase, translate_errors
+from field_encrypt import ConcurrentUpdateError, NotFoundError
+from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase
 from notelett.errors import InvalidCursorError
 from notelett.repository import NotePage, NoteRecord, StoredValue
 
@@ -81,24 +80,20 @@ class SqliteNotesRepository:
         return f"SqliteNotesRepository({self.database.path!r})"
 
     def insert(self, note: NoteRecord) -> NoteRecord:
-        try:
-            with translate_errors():
-                self.database.connection().execute(
-                    "INSERT INTO notes (id, workspace_id, title, body, tags, dek_id, revision, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
-                    (
-                        note.id,
-                        note.workspace_id,
-                        note.title,
-                        note.body,
-                        json.dumps(list(note.tags)),
-                        note.dek_id,
-                        note.created_at.timestamp(),
-                        note.updated_at.timestamp(),
-                    ),
-                )
-        except sqlite3.IntegrityError as exc:
-            raise AlreadyExistsError(f"note {note.id} cannot be inserted", cause=exc) from exc
+        self.database.execute(  # a taken id raises AlreadyExistsError
+            "INSERT INTO notes (id, workspace_id, title, body, tags, dek_id, revision, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
+            (
+                note.id,
+                note.workspace_id,
+                note.title,
+                note.body,
+                json.dumps(list(note.tags)),
+                note.dek_id,
+                note.created_at.timestamp(),
+                note.updated_at.timestamp(),
+            ),
+        )
         return dataclasses.replace(note, revision=1, deleting=False)
 
     def get(self, note_id: str) -> NoteRecord:

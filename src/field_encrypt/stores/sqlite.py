@@ -9,14 +9,13 @@ through a random text key. ``dek_id`` has its own unique index for point reads, 
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
 from field_encrypt.stores.base import DekPage, DekRecord, WrapUpdate
-from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase, translate_errors
+from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase
 
 MIGRATIONS = (
     Migration(
@@ -66,27 +65,25 @@ class SqliteDekStore:
         self, *, dek_id: str, mek_name: str, mek_version: str, wrapped: bytes, algorithm: str
     ) -> DekRecord:
         now = time.time()
-        conn = self.database.connection()
         try:
-            with translate_errors():
-                cur = conn.execute(
-                    "INSERT INTO dek_store (dek_id, bucket, product, mek_name, mek_version, "
-                    "wrapped, algorithm, created_at, updated_at, revision) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                    (
-                        dek_id,
-                        bucket_of(dek_id),
-                        self.product,
-                        mek_name,
-                        mek_version,
-                        wrapped,
-                        algorithm,
-                        now,
-                        now,
-                    ),
-                )
-        except sqlite3.IntegrityError as exc:
-            raise AlreadyExistsError(f"DEK {dek_id} already exists", cause=exc) from exc
+            cur = self.database.execute(
+                "INSERT INTO dek_store (dek_id, bucket, product, mek_name, mek_version, "
+                "wrapped, algorithm, created_at, updated_at, revision) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                (
+                    dek_id,
+                    bucket_of(dek_id),
+                    self.product,
+                    mek_name,
+                    mek_version,
+                    wrapped,
+                    algorithm,
+                    now,
+                    now,
+                ),
+            )
+        except AlreadyExistsError as exc:
+            raise AlreadyExistsError(f"DEK {dek_id} already exists", cause=exc.cause) from None
         return DekRecord(
             dek_id=dek_id,
             product=self.product,

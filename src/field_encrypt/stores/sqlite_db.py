@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from field_encrypt.errors import StoreError, StoreUnavailableError
+from field_encrypt.errors import AlreadyExistsError, StoreError, StoreUnavailableError
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,5 +135,9 @@ def translate_errors() -> Iterator[None]:
         if "locked" in message or "busy" in message:
             raise StoreUnavailableError("SQLite database is locked", cause=exc) from exc
         raise StoreError(f"SQLite error: {message}", cause=exc) from exc
+    except sqlite3.IntegrityError as exc:
+        if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
+            raise AlreadyExistsError("a row with that key already exists", cause=exc) from exc
+        raise StoreError(f"SQLite constraint failed: {exc}", cause=exc) from exc
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"SQLite error: {exc}", cause=exc) from exc

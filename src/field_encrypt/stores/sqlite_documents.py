@@ -7,7 +7,6 @@ fields hold text tokens inside the JSON.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from field_encrypt.documents import DocumentPage, StoredDocument
@@ -48,15 +47,14 @@ class SqliteDocumentStore:
         self, document_id: str, fields: dict[str, Any], dek_id: str | None
     ) -> StoredDocument:
         """Add a document (for applications and tests; migrations only replace)."""
-
         try:
             self.database.execute(
                 "INSERT INTO documents (collection, id, fields, dek_id, revision) "
                 "VALUES (?, ?, ?, ?, 1)",
                 (self.collection, document_id, json.dumps(fields), dek_id),
             )
-        except sqlite3.IntegrityError as exc:
-            raise AlreadyExistsError(f"document {document_id} exists", cause=exc) from exc
+        except AlreadyExistsError as exc:
+            raise AlreadyExistsError(f"document {document_id} exists", cause=exc.cause) from None
         return StoredDocument(id=document_id, fields=fields, dek_id=dek_id, revision="1")
 
     def delete(self, document_id: str) -> bool:

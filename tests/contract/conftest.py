@@ -1,0 +1,117 @@
+"""The parameters of the contract suites: every provider and every store runs the same tests.
+
+A harness gives the suite what it cannot do through the protocol alone (the ``env``
+provider cannot create versions at run time, so its harness builds it with them).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from field_encrypt.providers.base import KeyProvider
+from field_encrypt.providers.env import EnvKeyProvider
+from field_encrypt.providers.kek_tier import KekTierProvider
+from field_encrypt.providers.local import LocalKeyProvider
+from field_encrypt.stores.base import DekStore
+from field_encrypt.stores.kek import SqliteKekStore
+from field_encrypt.stores.sqlite import SqliteDekStore
+from field_encrypt.stores.sqlite_db import SqliteDatabase
+
+
+class ProviderHarness(Protocol):
+    def make(self, versions: int, disabled: frozenset[int] = frozenset()) -> KeyProvider:
+        """A provider whose MEK has ``versions`` versions (oldest first), the newest current,
+        with the versions at the ``disabled`` positions disabled."""
+        ...
+
+    secrets: list[bytes]
+    """Key material the harness knows of, which must never appear in reprs or errors."""
+
+
+class LocalHarness:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.secrets: list[bytes] = []
+        self._count = 0
+
+    def make(self, versions: int, disabled: frozenset[int] = frozenset()) -> KeyProvider:
+        self._count += 1
+        provider = LocalKeyProvider(self.directory / f"ring{self._count}.json", mek_name="mek")
+        for _ in range(versions - 1):
+            provider.create_version()
+        names = [v.version for v in provider.versions()]
+        for index in disabled:
+            provider.set_enabled(names[index], False)
+        import json
+
+        data = json.loads(provider.path.read_text())
+        self.secrets += [base64.b64decode(v["key"]) for v in data["versions"]]
+        return provider
+
+
+class EnvHarness:
+    def __init__(self) -> None:
+        self.secrets: list[bytes] = []
+
+    def make(self, versions: int, disabled: frozenset[int] = frozenset()) -> KeyProvider:
+        keys = [os.urandom(32) for _ in range(versions)]
+        self.secrets += keys
+        previous = ",".join(
+            f"v{i + 1}={base64.b64encode(k).decode()}" for i, k in enumerate(keys[:-1])
+        )
+        return EnvKeyProvider(
+            mek_name="mek",
+            key=base64.b64encode(keys[-1]).decode(),
+            key_version=f"v{versions}",
+            previous_keys=previous,
+            disabled_versions=[f"v{i + 1}" for i in disabled],
+        )
+
+
+class KekTierHarness:
+    """The KEK tier over a local keyring: it must honour the same contract."""
+
+    def __init__(self, directory: Path) -> None:
+        self.local = LocalHarness(directory)
+        self.directory = directory
+        self.secrets = self.local.secrets
+
+    def make(self, versions: int, disabled: frozenset[int] = frozenset()) -> KeyProvider:
+        mek = self.local.make(versions, disabled)
+        database = SqliteDatabase(self.directory / f"keks{self.local._count}.db")
+        return KekTierProvider(
+            mek, SqliteKekStore(database, product="contract"), product="contract"
+        )
+
+
+PROVIDER_KINDS = ["local", "env", "kek-tier"]
+STORE_KINDS = ["sqlite"]
+
+
+@pytest.fixture(params=PROVIDER_KINDS)
+def provider_harness(request: pytest.FixtureRequest, tmp_path: Path) -> ProviderHarness:
+    kind = request.param
+    if kind == "local":
+        return LocalHarness(tmp_path)
+    if kind == "env":
+        return EnvHarness()
+    if kind == "kek-tier":
+        return KekTierHarness(tmp_path)
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=STORE_KINDS)
+def dek_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DekStore]:
+    kind = request.param
+    if kind == "sqlite":
+        database = SqliteDatabase(tmp_path / "store.db")
+        yield SqliteDekStore(database, product="contract")
+        database.close()
+        return
+    raise AssertionError(kind)

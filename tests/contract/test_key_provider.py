@@ -1,0 +1,162 @@
+"""The KeyProvider contract, written once; every provider runs it (see conftest.py)."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from field_encrypt.errors import (
+    ConfigurationError,
+    DecryptionError,
+    FieldEncryptError,
+    KeyVersionDisabledError,
+    KeyVersionNotFoundError,
+)
+from field_encrypt.providers.base import KeyProvider, dek_context
+
+from .conftest import ProviderHarness
+
+CTX = dek_context("contract", "0" * 32)
+OTHER_CTX = dek_context("contract", "1" * 32)
+
+
+def test_is_a_key_provider(provider_harness: ProviderHarness) -> None:
+    """The provider satisfies the runtime-checkable protocol."""
+    assert isinstance(provider_harness.make(1), KeyProvider)
+
+
+def test_versions_and_states(provider_harness: ProviderHarness) -> None:
+    """Versions are listed oldest first with their state; the newest is current."""
+    provider = provider_harness.make(3, disabled=frozenset({0}))
+    versions = provider.versions()
+    assert len(versions) == 3
+    assert [v.enabled for v in versions] == [False, True, True]
+    assert [v.current for v in versions] == [False, False, True]
+    assert provider.current_version() == versions[-1].version
+    assert len({v.version for v in versions}) == 3
+
+
+def test_round_trip_under_every_enabled_version(provider_harness: ProviderHarness) -> None:
+    """A DEK wrapped under any enabled version unwraps to itself under that version."""
+    provider = provider_harness.make(2)
+    dek = os.urandom(32)
+    for version in provider.versions():
+        wrapped = provider.wrap(dek, context=CTX, version=version.version)
+        assert wrapped.mek_version == version.version
+        assert dek not in wrapped.ciphertext
+        assert provider.unwrap(wrapped.ciphertext, version=version.version, context=CTX) == dek
+
+
+def test_wrap_defaults_to_the_current_version(provider_harness: ProviderHarness) -> None:
+    """Without a version, wrap uses the current one (for the KEK tier: a KEK on the current one)."""
+    provider = provider_harness.make(2)
+    effective = getattr(provider, "effective_version", lambda version: version)
+    assert effective(provider.wrap(os.urandom(32), context=CTX).mek_version) == (
+        provider.current_version()
+    )
+
+
+def test_rewrap_moves_a_dek_to_another_version(provider_harness: ProviderHarness) -> None:
+    """rewrap gives the same DEK under the target version."""
+    provider = provider_harness.make(2)
+    old, new = (v.version for v in provider.versions())
+    dek = os.urandom(32)
+    wrapped = provider.wrap(dek, context=CTX, version=old)
+    moved = provider.rewrap(wrapped.ciphertext, from_version=old, context=CTX, to_version=new)
+    assert moved.mek_version == new
+    assert provider.unwrap(moved.ciphertext, version=new, context=CTX) == dek
+
+
+def test_wrong_binding_is_refused(provider_harness: ProviderHarness) -> None:
+    """A wrapped DEK moved to another dekId does not unwrap."""
+    provider = provider_harness.make(1)
+    wrapped = provider.wrap(os.urandom(32), context=CTX)
+    with pytest.raises(DecryptionError):
+        provider.unwrap(wrapped.ciphertext, version=wrapped.mek_version, context=OTHER_CTX)
+
+
+def test_wrong_version_is_refused(provider_harness: ProviderHarness) -> None:
+    """A DEK presented under another version than the one that wrapped it does not unwrap."""
+    provider = provider_harness.make(2)
+    old, new = (v.version for v in provider.versions())
+    wrapped = provider.wrap(os.urandom(32), context=CTX, version=old)
+    with pytest.raises(DecryptionError):
+        provider.unwrap(wrapped.ciphertext, version=new, context=CTX)
+
+
+def test_every_flipped_byte_is_refused(provider_harness: ProviderHarness) -> None:
+    """Flipping any single byte of a wrapped DEK makes it fail to unwrap."""
+    provider = provider_harness.make(1)
+    wrapped = provider.wrap(os.urandom(32), context=CTX)
+    data = wrapped.ciphertext
+    positions = range(len(data)) if len(data) <= 128 else range(0, len(data), len(data) // 64)
+    for i in positions:
+        tampered = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
+        with pytest.raises(DecryptionError):
+            provider.unwrap(tampered, version=wrapped.mek_version, context=CTX)
+
+
+def test_disabled_version_refuses_wrap_and_unwrap(provider_harness: ProviderHarness) -> None:
+    """Nothing is wrapped or unwrapped under a disabled version."""
+    enabled = provider_harness.make(2)
+    old = enabled.versions()[0].version
+    wrapped = enabled.wrap(os.urandom(32), context=CTX, version=old)
+    disabled = provider_harness.make(2, disabled=frozenset({0}))
+    old = disabled.versions()[0].version
+    with pytest.raises(KeyVersionDisabledError):
+        disabled.wrap(os.urandom(32), context=CTX, version=old)
+    with pytest.raises((KeyVersionDisabledError, DecryptionError)):
+        disabled.unwrap(wrapped.ciphertext, version=old, context=CTX)
+    mine = disabled.wrap(os.urandom(32), context=CTX)
+    with pytest.raises(KeyVersionDisabledError):
+        disabled.rewrap(mine.ciphertext, from_version=mine.mek_version, context=CTX, to_version=old)
+
+
+def test_unknown_version_is_not_found(provider_harness: ProviderHarness) -> None:
+    """An unknown version is KeyVersionNotFoundError, for wrap and unwrap."""
+    provider = provider_harness.make(1)
+    with pytest.raises(KeyVersionNotFoundError):
+        provider.wrap(os.urandom(32), context=CTX, version="no-such-version")
+    with pytest.raises(KeyVersionNotFoundError):
+        provider.unwrap(b"\x00" * 60, version="no-such-version", context=CTX)
+
+
+def test_manage_versions_or_refuse_clearly(provider_harness: ProviderHarness) -> None:
+    """create_version makes a new current version and set_enabled toggles state, or the
+    provider refuses with a ConfigurationError saying how to do it instead."""
+    provider = provider_harness.make(1)
+    try:
+        created = provider.create_version()
+    except ConfigurationError as exc:
+        assert "FIELD_ENCRYPT" in str(exc)
+        return
+    assert created.current and created.enabled
+    assert provider.current_version() == created.version
+    old = provider.versions()[0].version
+    assert provider.set_enabled(old, False).enabled is False
+    assert provider.versions()[0].enabled is False
+    assert provider.set_enabled(old, True).enabled is True
+    with pytest.raises(KeyVersionNotFoundError):
+        provider.set_enabled("no-such-version", False)
+
+
+def test_key_material_stays_out_of_reprs_and_errors(provider_harness: ProviderHarness) -> None:
+    """No repr or error message of the provider contains any key, raw, hex or base64."""
+    provider = provider_harness.make(2, disabled=frozenset({0}))
+    dek = os.urandom(32)
+    wrapped = provider.wrap(dek, context=CTX)
+    texts = [repr(provider), repr(wrapped), str(wrapped), repr(provider.versions())]
+    for call in (
+        lambda: provider.unwrap(wrapped.ciphertext, version=wrapped.mek_version, context=OTHER_CTX),
+        lambda: provider.wrap(dek, context=CTX, version=provider.versions()[0].version),
+        lambda: provider.unwrap(b"garbage", version=wrapped.mek_version, context=CTX),
+    ):
+        with pytest.raises(FieldEncryptError) as info:
+            call()
+        texts += [str(info.value), repr(info.value)]
+    for secret in [*provider_harness.secrets, dek]:
+        forms = [secret.hex(), base64.b64encode(secret).decode(), repr(secret)]
+        for text in texts:
+            assert not any(form in text for form in forms)
