@@ -68,8 +68,10 @@ class TokenVerifier:
                 raise ConfigurationError("HS256 needs a secret of at least 32 bytes")
         elif not jwks:
             raise ConfigurationError("RS256 needs NOTELETT_JWT_JWKS (a JWKS file or https URL)")
-        elif jwks.startswith("https://") or jwks.startswith("http://"):
+        elif jwks.startswith("https://"):
             self._client = jwt.PyJWKClient(jwks, cache_keys=True, lifespan=300, timeout=5)
+        elif "://" in jwks:
+            raise ConfigurationError("NOTELETT_JWT_JWKS must be a file path or an https:// URL")
         else:
             self._keys = _load_jwks_file(Path(jwks))
 

@@ -16,7 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
+from field_encrypt import ConfigurationError
 from notelett import NoteLettSettings, create_app
 from notelett.backend import Backend
 
@@ -180,3 +182,24 @@ def test_token_workspaces_claim_narrows_access(client: TestClient) -> None:
     narrowed = {"Authorization": f"Bearer {make_token('carol', workspaces=['ws-b'])}"}
     assert client.get("/api/notes/?workspaceId=ws-b", headers=narrowed).status_code == 200
     assert client.get("/api/notes/?workspaceId=ws-a", headers=narrowed).status_code == 404
+
+
+def test_rs256_configuration_is_checked_at_construction(
+    settings: NoteLettSettings, backend: Backend, tmp_path: Path
+) -> None:
+    """RS256 without a JWKS, with a plain-http JWKS URL, or with no RSA key fails at start-up."""
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]}))
+    for jwks in (None, "http://idp.test/jwks.json", str(empty), str(tmp_path / "missing.json")):
+        bad = settings.model_copy(update={"jwt_algorithm": "RS256", "jwt_jwks": jwks})
+        with pytest.raises(ConfigurationError):
+            create_app(bad, backend=backend)
+
+
+def test_a_short_hs256_secret_is_refused_at_construction(
+    settings: NoteLettSettings, backend: Backend
+) -> None:
+    """An HS256 secret under 32 bytes fails at start-up."""
+    bad = settings.model_copy(update={"jwt_secret": SecretStr("too-short")})
+    with pytest.raises(ConfigurationError):
+        create_app(bad, backend=backend)
