@@ -19,11 +19,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt import token
 from field_encrypt.cache import DekCache
-from field_encrypt.errors import ConfigurationError, DecryptionError
+from field_encrypt.errors import (
+    ConfigurationError,
+    DecryptionError,
+    DekMissingError,
+    NotFoundError,
+)
 from field_encrypt.providers.base import KeyProvider, dek_context
 from field_encrypt.stores.base import DekStore
 
 TokenForm = Literal["text", "binary"]
+_VERSION_BYTE = bytes((token.VERSION,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,9 @@ class FieldEncryptor:
     ``token_form`` is how new tokens are stored: ``"text"`` (``fe1:`` + base64, for JSON
     documents) or ``"binary"`` (for binary columns); both forms always decrypt.
     With ``enabled=False`` new writes stay plaintext; tokens already stored still decrypt.
+    ``allow_plaintext=False`` (once the ``encrypt`` backfill is done) makes a plaintext
+    value in an encrypted field a :class:`DecryptionError` instead of passing it through,
+    so a stored token cannot be swapped for plaintext.
     """
 
     def __init__(
@@ -60,6 +69,7 @@ class FieldEncryptor:
         collections: Mapping[str, Sequence[str]],
         cache: DekCache | None = None,
         enabled: bool = True,
+        allow_plaintext: bool = True,
         token_form: TokenForm = "text",
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -76,6 +86,7 @@ class FieldEncryptor:
         self.store = store
         self.cache = cache if cache is not None else DekCache()
         self.enabled = enabled
+        self.allow_plaintext = allow_plaintext
         self.token_form: TokenForm = token_form
         self.collections = {name: tuple(paths) for name, paths in collections.items()}
         self._random = random_bytes
@@ -157,10 +168,14 @@ class FieldEncryptor:
             if parent is None:
                 continue
             value = parent.get(f.name)
-            if value.__class__ is not bytes:
-                if not token.is_token(value):
-                    continue
+            if value.__class__ is bytes and value[:1] == _VERSION_BYTE:
+                pass
+            elif token.is_token(value):
                 value = token.from_text(value)  # type: ignore[arg-type]
+            elif value is None or self.allow_plaintext:
+                continue
+            else:
+                raise DecryptionError()
             raw_id = value[1:17]
             if raw_id != current:
                 entry = lookup(raw_id)
@@ -208,11 +223,17 @@ class FieldEncryptor:
 
     # -- DEKs --------------------------------------------------------------------------
 
-    def create_dek(self) -> str:
-        """Generate a DEK, wrap it under the current MEK version, store it; its dekId."""
+    def create_dek(self, *, version: str | None = None) -> str:
+        """Generate a DEK, wrap it under the current MEK version, store it; its dekId.
+
+        ``version`` picks another wrapping version, e.g. a partition's KEK
+        (``KekTierProvider.dek_version(partition)``).
+        """
         dek_id = uuid.UUID(bytes=self._random(16), version=4).hex
         dek = self._random(32)
-        wrapped = self.provider.wrap(dek, context=dek_context(self.product, dek_id))
+        wrapped = self.provider.wrap(
+            dek, context=dek_context(self.product, dek_id), version=version
+        )
         self.store.create(
             dek_id=dek_id,
             mek_name=self.provider.mek_name,
@@ -235,7 +256,10 @@ class FieldEncryptor:
     def _load(self, raw_id: bytes) -> tuple[AESGCM, str]:
         """Unwrap a DEK through the provider and cache it."""
         dek_id = raw_id.hex()
-        record = self.store.get(dek_id)
+        try:
+            record = self.store.get(dek_id)
+        except NotFoundError:
+            raise DekMissingError(dek_id) from None
         dek = self.provider.unwrap(
             record.wrapped, version=record.mek_version, context=dek_context(self.product, dek_id)
         )

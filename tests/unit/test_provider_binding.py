@@ -51,8 +51,10 @@ def test_kms_encryption_context_is_readable_and_injective() -> None:
         dek_context("other", "ab" * 16),
         b"field-encrypt/dek/v1\x00notelett",
         b"field-encrypt/dek/v1\x00a\x00b\x00c",
+        b"field-encrypt/kek/v1\x00notelett\x00" + b"ab" * 16,
         b"",
     ]
     mapped = [aws_kms.encryption_context(c) for c in contexts]
     assert mapped[0] == {"field-encrypt:product": "notelett", "field-encrypt:dekId": "ab" * 16}
+    assert mapped[5] == {"field-encrypt:product": "notelett", "field-encrypt:kekId": "ab" * 16}
     assert len({tuple(sorted(m.items())) for m in mapped}) == len(contexts)

@@ -60,7 +60,10 @@ TAG_MEK = "field-encrypt:mek"
 TAG_VERSION = "field-encrypt:version"
 _KEY_ID = re.compile(r"(mrk-)?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _ALIAS = re.compile(r"[A-Za-z0-9/_-]{1,250}")
-_DEK_PREFIX = b"field-encrypt/dek/v1\x00"
+_NAMED_CONTEXTS = (
+    (b"field-encrypt/dek/v1\x00", "field-encrypt:dekId"),
+    (b"field-encrypt/kek/v1\x00", "field-encrypt:kekId"),
+)
 _DISABLED = frozenset({"DisabledException", "KMSInvalidStateException"})
 _DECRYPTION = frozenset({"InvalidCiphertextException", "IncorrectKeyException"})
 _TRANSIENT = frozenset(
@@ -79,22 +82,24 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def encryption_context(context: bytes) -> dict[str, str]:
-    """The KMS encryption context for a DEK context.
+    """The KMS encryption context for a wrap's context.
 
     A :func:`~field_encrypt.providers.base.dek_context` becomes
-    ``{"field-encrypt:product": product, "field-encrypt:dekId": dekId}``, readable in CloudTrail
-    by auditors; any other context becomes ``{"field-encrypt:context": base64(context)}``.
-    Different contexts always give different encryption contexts.
+    ``{"field-encrypt:product": product, "field-encrypt:dekId": dekId}`` (a KEK tier's
+    ``kek_context``: ``...:kekId``), readable in CloudTrail by auditors; any other context
+    becomes ``{"field-encrypt:context": base64(context)}``. Different contexts always give
+    different encryption contexts.
     """
-    if context.startswith(_DEK_PREFIX):
-        parts = context[len(_DEK_PREFIX) :].split(b"\x00")
+    for prefix, label in _NAMED_CONTEXTS:
+        if not context.startswith(prefix):
+            continue
+        parts = context[len(prefix) :].split(b"\x00")
         if len(parts) == 2 and all(parts):
             try:
-                product, dek_id = (part.decode("utf-8") for part in parts)
+                product, key_id = (part.decode("utf-8") for part in parts)
             except UnicodeDecodeError:
-                pass
-            else:
-                return {"field-encrypt:product": product, "field-encrypt:dekId": dek_id}
+                break
+            return {"field-encrypt:product": product, label: key_id}
     return {"field-encrypt:context": base64.b64encode(context).decode("ascii")}
 
 
