@@ -40,6 +40,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests import figures
+
+    if figures.FIGURES:
+        terminalreporter.section("reliability figures")
+        for line in figures.lines():
+            terminalreporter.line(line)
+        terminalreporter.line(f"written to {figures.write()}")
     if IN_CI and _skipped:
         terminalreporter.section("skips are failures in CI")
         for line in _skipped:

@@ -10,7 +10,10 @@ name). Variants for the reliability tests:
 * ``killable_product``: ``SAMPLE_KILL_AT=provider:N`` kills the process with SIGKILL
   just before the N-th data-plane provider call, ``SAMPLE_KILL_AT=store:N`` right after
   the N-th ``replace_wraps`` committed (before the ledger heard of it), and
-  ``SAMPLE_KILL_AT=document:N`` right after the N-th document write committed.
+  ``SAMPLE_KILL_AT=document:N`` right after the N-th document write committed, and
+  ``SAMPLE_KILL_AT=scan:N`` just before the N-th page is read (dek_store or documents):
+  scan ``N`` comes right after batch ``N-1`` was checkpointed, so ``scan:1..`` are the
+  batch boundaries of a run.
 """
 
 from __future__ import annotations
@@ -68,10 +71,13 @@ class _Countdown:
 class _KillingStore:
     """A DekStore that dies right after its N-th replace_wraps has committed."""
 
-    def __init__(self, inner: DekStore, countdown: _Countdown) -> None:
+    def __init__(
+        self, inner: DekStore, countdown: _Countdown | None, scans: _Countdown | None = None
+    ) -> None:
         self.inner = inner
         self.product = inner.product
         self.countdown = countdown
+        self.scans = scans
 
     def create(self, **kwargs: Any) -> DekRecord:
         return self.inner.create(**kwargs)
@@ -87,10 +93,13 @@ class _KillingStore:
 
     def replace_wraps(self, updates: Sequence[WrapUpdate]) -> list[str]:
         lost = self.inner.replace_wraps(updates)
-        self.countdown.tick()
+        if self.countdown is not None:
+            self.countdown.tick()
         return lost
 
     def scan(self, **kwargs: Any) -> DekPage:
+        if self.scans is not None:
+            self.scans.tick()
         return self.inner.scan(**kwargs)
 
     def count_by_version(self) -> dict[str, int]:
@@ -103,19 +112,28 @@ class _KillingStore:
 class _KillingDocuments:
     """A DocumentStore that dies right after its N-th write has committed."""
 
-    def __init__(self, inner: Any, countdown: _Countdown) -> None:
+    def __init__(
+        self, inner: Any, countdown: _Countdown | None, scans: _Countdown | None = None
+    ) -> None:
         self.inner = inner
         self.collection = inner.collection
         self.countdown = countdown
+        self.scans = scans
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    def scan(self, **kwargs: Any) -> Any:
+        if self.scans is not None:
+            self.scans.tick()
+        return self.inner.scan(**kwargs)
 
     def replace_fields(
         self, document: StoredDocument, fields: dict[str, Any], dek_id: str | None
     ) -> StoredDocument:
         written = self.inner.replace_fields(document, fields, dek_id)
-        self.countdown.tick()
+        if self.countdown is not None:
+            self.countdown.tick()
         return written
 
 
@@ -135,6 +153,12 @@ def _open_killable(settings: Settings) -> ProductRuntime:
     elif where == "document":
         runtime.documents = {
             name: _KillingDocuments(docs, countdown) for name, docs in runtime.documents.items()
+        }
+    elif where == "scan":
+        runtime.dek_store = _KillingStore(runtime.dek_store, None, countdown)
+        runtime.documents = {
+            name: _KillingDocuments(docs, None, countdown)
+            for name, docs in runtime.documents.items()
         }
     return runtime
 

@@ -1,0 +1,169 @@
+"""kill -9 at every batch boundary, and at random points: the invariants hold, resume completes.
+
+Every run is the real ``field-encrypt migrate`` entry point in its own OS process (forked
+from a preloaded server, see ``processes.py``) on the killable sample product, which sends
+itself SIGKILL at a chosen point:
+
+* ``scan:N``: just before page ``N`` is read, i.e. right after batch ``N-1`` was
+  checkpointed (``scan:1`` is before any work; the last one finds the empty page);
+* ``store:N`` (rewrap) / ``document:N`` (document modes): right after a write committed
+  and before the ledger heard of it (``store:N``: the N-th batch of new wraps;
+  ``document:N·B``: the last document of batch ``N``);
+* ``provider:N``: just before the N-th provider call (for the document modes, the first
+  call of a batch comes right after its new DEKs were named in the ledger).
+
+A small run (five batches) is killed systematically at every one of those boundaries, a
+fresh database each time; a larger one is killed again and again at random points, each
+kill resumed by the next run. After each kill the invariants are checked (every document
+reads back its original plaintext, every DEK row unwraps, no document points at a missing
+DEK, SQLite integrity); the same command is first refused while the dead run's lease
+lasts, the lease is then expired (what its TTL does in real time), the same command is run
+again and everything is checked once more, now as a completed run.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from field_encrypt.config import load_settings
+from tests import figures
+from tests.reliability import processes
+from tests.reliability.conftest import scaled
+from tests.reliability.invariants import check
+from tests.support.sample_product import product
+from tests.support.seed import document, seed
+
+KILLABLE = "tests.support.sample_product:killable_product"
+BATCH = 4
+BATCHES = 5
+KILLED = -signal.SIGKILL
+
+
+def _environment(directory: Path) -> dict[str, str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    return {
+        "FIELD_ENCRYPT_KEY_PROVIDER": "local",
+        "FIELD_ENCRYPT_KEYRING": str(directory / "keyring.json"),
+        "FIELD_ENCRYPT_DATABASE": str(directory / "fe.db"),
+        "FIELD_ENCRYPT_ENABLED": "true",
+    }
+
+
+def _prepare(directory: Path, mode: str, count: int) -> tuple[dict[str, str], str]:
+    """A product with ``count`` documents ready for ``mode``; its environment and target."""
+    env = _environment(directory)
+    runtime = product.open(load_settings(env))
+    try:
+        seed(runtime, count, encrypt=mode != "encrypt")
+        if mode != "encrypt":
+            runtime.provider.create_version()
+        return env, runtime.provider.current_version()
+    finally:
+        runtime.close()
+
+
+def _check(env: dict[str, str], count: int, *, completed_on: str | None, where: str) -> None:
+    runtime = product.open(load_settings(env))
+    try:
+        expected = {f"doc-{i}": document(i) for i in range(count)}
+        check(runtime, expected, completed_on=completed_on).assert_ok(where)
+        figures.record("crash consistency", invariant_checks=1)
+    finally:
+        runtime.close()
+
+
+def _expire_leases(db: str) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE rotation_shards SET lease_expires_at = 0 WHERE owner IS NOT NULL")
+    conn.close()
+
+
+def _runs(db: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT mode, status FROM rotation_runs").fetchall()
+    finally:
+        conn.close()
+
+
+def _args(mode: str, batch: int) -> list[str]:
+    return ["migrate", "--product", KILLABLE, "--mode", mode, "--batch-size", str(batch)]
+
+
+def _boundaries(mode: str) -> list[str]:
+    """Every batch boundary of a five-batch run of ``mode`` (see the module docstring)."""
+    scans = [f"scan:{n}" for n in range(1, BATCHES + 2)]
+    if mode == "rewrap-deks":
+        return scans + [f"store:{n}" for n in range(1, BATCHES + 2)]
+    calls_per_document = 2 if mode == "re-encrypt" else 1  # wrap the new DEK (+ unwrap the old)
+    return (
+        scans
+        + [f"document:{n * BATCH}" for n in range(1, BATCHES + 1)]
+        + [f"provider:{n * BATCH * calls_per_document + 1}" for n in range(BATCHES)]
+    )
+
+
+def _kill_then_resume(env: dict[str, str], args: list[str], point: str, count: int) -> None:
+    killed = processes.run(*args, env={**env, "SAMPLE_KILL_AT": point})
+    assert killed.returncode == KILLED, (point, killed.returncode, killed.stderr[-2000:])
+    _check(env, count, completed_on=None, where=f"after kill -9 at {point}")
+    refused = processes.run(*args, env=env)
+    assert refused.returncode == 6, (point, refused.stderr[-2000:])  # the dead run's lease
+    _expire_leases(env["FIELD_ENCRYPT_DATABASE"])
+    figures.record("crash consistency", kills=1, refusals_while_leased=1)
+
+
+@pytest.mark.parametrize("mode", ["rewrap-deks", "re-encrypt", "encrypt"])
+def test_kill_9_at_every_batch_boundary(tmp_path: Path, mode: str) -> None:
+    """Killed at each boundary of a five-batch run, the same command completes the run."""
+    count = BATCH * BATCHES
+    points = _boundaries(mode)
+    for point in points:
+        env, target = _prepare(tmp_path / point.replace(":", "-"), mode, count)
+        args = _args(mode, BATCH)
+        _kill_then_resume(env, args, point, count)
+        resumed = processes.run(*args, env=env)
+        assert resumed.returncode == 0, (point, resumed.stderr[-2000:])
+        _check(env, count, completed_on=target, where=f"after resuming from {point}")
+        assert _runs(env["FIELD_ENCRYPT_DATABASE"]) == [(mode, "completed")]
+        figures.record("crash consistency", crash_points=1, resumes=1)
+    print(f"{mode}: {len(points)} batch boundaries killed and resumed")
+
+
+@pytest.mark.parametrize("mode", ["rewrap-deks", "re-encrypt", "encrypt"])
+def test_kill_9_at_random_points_of_a_larger_run(tmp_path: Path, mode: str) -> None:
+    """Kill after kill at random points, each resumed by the next run: nothing lost."""
+    count = scaled(120, 600)
+    batch = 10
+    kills = scaled(5, 25)
+    env, target = _prepare(tmp_path, mode, count)
+    rng = random.Random(f"{mode}-{count}")
+    args = _args(mode, batch)
+    calls = {"rewrap-deks": 3, "re-encrypt": 2, "encrypt": 1}[mode] * count
+    done = killed = 0
+    for _ in range(kills):
+        where = rng.choice(["provider", "scan", "store" if mode == "rewrap-deks" else "document"])
+        limit = {"provider": calls // 2, "scan": count // batch // 2, "store": count // batch // 2}
+        point = f"{where}:{rng.randint(1, max(1, limit.get(where, count // 3)))}"
+        result = processes.run(*args, env={**env, "SAMPLE_KILL_AT": point})
+        if result.returncode == 0:
+            done += 1
+            break
+        assert result.returncode == KILLED, (point, result.stderr[-2000:])
+        killed += 1
+        _check(env, count, completed_on=None, where=f"after kill -9 at {point}")
+        _expire_leases(env["FIELD_ENCRYPT_DATABASE"])
+    if not done:
+        final = processes.run(*args, env=env)
+        assert final.returncode == 0, final.stderr[-2000:]
+    _check(env, count, completed_on=target, where="after the last resume")
+    assert _runs(env["FIELD_ENCRYPT_DATABASE"]) == [(mode, "completed")]
+    figures.record("crash consistency", crash_points=killed, kills=killed, resumes=killed)
+    print(f"{mode}: {killed} random kills over {count} documents, then completed")
