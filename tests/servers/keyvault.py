@@ -36,7 +36,9 @@ What is simplified:
 
 Fault injection and limits apply to authenticated vault requests only (never to the 401
 challenge or the token endpoint), in this order: the one-shot fault queue (``inject``), then the
-throttle, then the operation, then ``latency`` on crypto calls. Counters are in ``stats``.
+throttle, then the operation, then ``latency`` on crypto calls. Counters are in ``stats``;
+``journal`` lists each authenticated vault request's arrival time and outcome (the fault or
+throttle that answered it, else its operation), so a test can measure a client's backoff.
 
 No key material is printed or logged; the request log is off.
 """
@@ -444,6 +446,7 @@ class KeyVaultServer:
         self._lock = threading.Lock()
         self._stats: collections.Counter[str] = collections.Counter()
         self._faults: collections.deque[FaultKind] = collections.deque()
+        self._journal: list[tuple[float, str]] = []
         self._tokens: set[str] = set()
         self._stopping = threading.Event()
         self._latency = 0.0
@@ -550,6 +553,18 @@ class KeyVaultServer:
         with self._lock:
             self._faults.extend([kind] * count)
 
+    def clear_faults(self) -> None:
+        """Drop the faults still queued."""
+        with self._lock:
+            self._faults.clear()
+
+    @property
+    def journal(self) -> list[tuple[float, str]]:
+        """``(arrival time on the server's clock, outcome)`` of each authenticated vault
+        request: ``fault_<kind>``, ``throttled``, or the operation that ran (``unwrapkey``...)."""
+        with self._lock:
+            return list(self._journal)
+
     @property
     def pending_faults(self) -> int:
         with self._lock:
@@ -570,6 +585,7 @@ class KeyVaultServer:
     def reset_stats(self) -> None:
         with self._lock:
             self._stats.clear()
+            self._journal.clear()
 
     # -- request handling (called from handler threads) -----------------------------------------
 
@@ -604,18 +620,25 @@ class KeyVaultServer:
                 {"error": {"code": "Unauthorized", "message": message}},
                 ("WWW-Authenticate", challenge),
             )
+        arrived = self._clock()
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
             retry_after = self._throttle.admit() if self._throttle else None
             if fault:
                 self._stats[f"fault_{fault}"] += 1
+                self._journal.append((arrived, f"fault_{fault}"))
             elif retry_after is not None:
                 self._stats["throttled"] += 1
+                self._journal.append((arrived, "throttled"))
         if fault:
             return self._fault_reply(fault)
         if retry_after is not None:
             return _Reply.json(429, _THROTTLED, ("Retry-After", str(retry_after)))
-        return self._run_vault(method, segments, query, body)
+        reply = self._run_vault(method, segments, query, body)
+        operation = segments[-1] if method == "POST" else method.lower()
+        with self._lock:
+            self._journal.append((arrived, operation))
+        return reply
 
     def _fault_reply(self, kind: FaultKind) -> _Reply | None:
         if kind == "429":

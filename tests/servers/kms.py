@@ -22,9 +22,11 @@ What was adapted, and why here:
   ciphertext". The same wrapper checks the key inside the ciphertext against ``KeyId`` first.
 - **Faults are injected in front of moto.** A WSGI middleware answers queued faults before
   moto sees the request: ``throttle`` (400 ``ThrottlingException``), ``503``
-  (``ServiceUnavailable``), ``drop`` (connection closed with no response) and ``stall`` (the
+  (``ServiceUnavailable``), ``drop`` (connection closed with no response), ``stall`` (the
   request is held ``stall_seconds``, then moto answers it: the operation happens even if the
-  client has timed out). It also counts calls per operation from the ``X-Amz-Target`` header.
+  client has timed out), ``malformed`` (200 with a truncated JSON body) and ``empty_json``
+  (200 with ``{}``: what a broken proxy or gateway can send). It also counts calls per
+  operation from the ``X-Amz-Target`` header, and keeps a ``journal`` of arrival times.
 - The server is werkzeug's threaded server around moto's own WSGI application, as
   ``ThreadedMotoServer`` does, so the middleware can sit in front and port 0 can be bound.
 
@@ -42,6 +44,7 @@ import io
 import json
 import socket
 import threading
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -66,8 +69,8 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
-FaultKind = Literal["throttle", "503", "drop", "stall"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("throttle", "503", "drop", "stall")
+FaultKind = Literal["throttle", "503", "drop", "stall", "malformed", "empty_json"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("throttle", "503", "drop", "stall", "malformed", "empty_json")
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -181,6 +184,8 @@ def _json_error(status: str, error_type: str, message: str) -> tuple[str, bytes]
 _CANNED = {
     "throttle": _json_error("400 Bad Request", "ThrottlingException", "Rate exceeded"),
     "503": _json_error("503 Service Unavailable", "ServiceUnavailable", "Service Unavailable"),
+    "malformed": ("200 OK", b'{"CiphertextBlob": "AQID'),
+    "empty_json": ("200 OK", b"{}"),
 }
 
 
@@ -193,6 +198,7 @@ class _FaultInjector:
         self._lock = threading.Lock()
         self._faults: deque[_Fault] = deque()
         self.calls: Counter[str] = Counter()
+        self.journal: list[tuple[float, str]] = []
         self.released = threading.Event()  # set on shutdown: stalled requests go on at once
 
     def inject(self, kind: FaultKind, count: int, operation: str | None) -> None:
@@ -203,6 +209,7 @@ class _FaultInjector:
         with self._lock:
             self._faults.clear()
             self.calls.clear()
+            self.journal.clear()
 
     def counts(self) -> Counter[str]:
         with self._lock:
@@ -210,6 +217,7 @@ class _FaultInjector:
 
     def _take_fault(self, operation: str | None) -> FaultKind | None:
         with self._lock:
+            arrived = time.monotonic()
             if operation:
                 self.calls[operation] += 1
             for fault in self._faults:
@@ -217,7 +225,9 @@ class _FaultInjector:
                     fault.remaining -= 1
                     if fault.remaining == 0:
                         self._faults.remove(fault)
+                    self.journal.append((arrived, f"fault_{fault.kind}"))
                     return fault.kind
+            self.journal.append((arrived, operation or "-"))
             return None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -298,6 +308,12 @@ class KmsServer:
         if count < 1:
             raise ValueError("count must be at least 1")
         self._faults.inject(kind, count, operation)
+
+    @property
+    def journal(self) -> list[tuple[float, str]]:
+        """``(arrival time.monotonic(), outcome)`` per request: ``fault_<kind>`` or the operation."""
+        with self._faults._lock:
+            return list(self._faults.journal)
 
     @property
     def calls(self) -> Counter[str]:
