@@ -73,28 +73,51 @@ class Retrier:
 
     def call(self, operation: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``operation(*args, **kwargs)``, retried on transient errors within the budget."""
+        return self._run(None, operation, *args, **kwargs)
+
+    def call_after(
+        self,
+        failure: FieldEncryptError,
+        operation: Callable[P, T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Retry ``operation``, whose first attempt (made by the caller) failed transiently
+        with ``failure``: waits as :meth:`call` would have (``retry_after`` included) first."""
+        return self._run(failure, operation, *args, **kwargs)
+
+    def _run(
+        self,
+        failure: FieldEncryptError | None,
+        operation: Callable[P, T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
         started = self._clock()
         attempt = 0
         while True:
-            try:
-                return operation(*args, **kwargs)
-            except TRANSIENT_ERRORS as exc:
-                attempt += 1
-                retry_after: float | None = getattr(exc, "retry_after", None)
-                delay = self.delay(attempt, retry_after)
-                spent = self._clock() - started
-                if self._gave_up.is_set() or spent + delay > self.policy.budget:
-                    self._gave_up.set()
-                    raise RetryBudgetExhausted(
-                        f"{type(exc).__name__} persisted for {spent:.1f}s "
-                        f"({attempt} attempts, budget {self.policy.budget:g}s): {exc}",
-                        cause=exc,
-                    ) from exc
-                with self._lock:
-                    self.retries += 1
-                if self._on_retry is not None:
-                    self._on_retry(exc, attempt, delay)
-                self._sleep(delay)
+            if failure is None:
+                try:
+                    return operation(*args, **kwargs)
+                except TRANSIENT_ERRORS as exc:
+                    failure = exc
+            attempt += 1
+            retry_after: float | None = getattr(failure, "retry_after", None)
+            delay = self.delay(attempt, retry_after)
+            spent = self._clock() - started
+            if self._gave_up.is_set() or spent + delay > self.policy.budget:
+                self._gave_up.set()
+                raise RetryBudgetExhausted(
+                    f"{type(failure).__name__} persisted for {spent:.1f}s "
+                    f"({attempt} attempts, budget {self.policy.budget:g}s): {failure}",
+                    cause=failure,
+                ) from failure
+            with self._lock:
+                self.retries += 1
+            if self._on_retry is not None:
+                self._on_retry(failure, attempt, delay)
+            self._sleep(delay)
+            failure = None
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Half to all of ``base * 2**(attempt-1)`` (capped), never below ``retry_after``."""

@@ -150,8 +150,8 @@ class RewrapJob:
             try:
                 try:
                     return rewrap_one(record)
-                except TRANSIENT_ERRORS:
-                    return work.retry.call(rewrap_one, record)
+                except TRANSIENT_ERRORS as exc:  # back off (and honour retry_after) first
+                    return work.retry.call_after(exc, rewrap_one, record)
             except _ITEM_ERRORS as exc:
                 return Failure(item=record.dek_id, reason=_reason(exc), shard=shard)
 
