@@ -15,7 +15,9 @@
   context on both sides: the plaintext DEK never leaves KMS.
 - **Retries and timeouts.** botocore makes ``max_attempts`` attempts in total (default 1: no
   SDK retry, so the caller's backoff, normally the rotation engine's, is in charge), with
-  explicit connect and read timeouts so a stalled call fails instead of hanging.
+  explicit connect and read timeouts so a stalled call fails instead of hanging. A 200 whose
+  body lacks the fields it must carry (a truncated or empty body) is transient, never a
+  decryption failure and never an empty wrap.
 
 Every botocore error is converted in :meth:`AwsKmsKeyProvider._boundary`.
 """
@@ -223,7 +225,7 @@ class AwsKmsKeyProvider:
                 KeyId=target, Plaintext=dek, EncryptionContext=encryption_context(context)
             )
         return WrappedDek(
-            mek_version=target, ciphertext=answer["CiphertextBlob"], algorithm=ALGORITHM
+            mek_version=target, ciphertext=_blob(answer, "Encrypt"), algorithm=ALGORITHM
         )
 
     def unwrap(self, ciphertext: bytes, *, version: str, context: bytes) -> bytes:
@@ -234,9 +236,12 @@ class AwsKmsKeyProvider:
                 EncryptionContext=encryption_context(context),
                 KeyId=version,
             )
-        if _key_id(answer.get("KeyId")) != version:
+        plaintext = answer.get("Plaintext")
+        key_id = _key_id(answer.get("KeyId"))
+        if key_id is None or not isinstance(plaintext, bytes):
+            raise _incomplete("Decrypt")
+        if key_id != version:
             raise DecryptionError()
-        plaintext: bytes = answer["Plaintext"]
         return plaintext
 
     def rewrap(
@@ -254,11 +259,13 @@ class AwsKmsKeyProvider:
                 DestinationKeyId=target,
                 DestinationEncryptionContext=bound,
             )
-        if _key_id(answer.get("SourceKeyId")) != from_version:
+        source = _key_id(answer.get("SourceKeyId"))
+        ciphertext = _blob(answer, "ReEncrypt")
+        if source is None:
+            raise _incomplete("ReEncrypt")
+        if source != from_version:
             raise DecryptionError()
-        return WrappedDek(
-            mek_version=target, ciphertext=answer["CiphertextBlob"], algorithm=ALGORITHM
-        )
+        return WrappedDek(mek_version=target, ciphertext=ciphertext, algorithm=ALGORITHM)
 
     # -- KMS ---------------------------------------------------------------------------
 
@@ -335,6 +342,10 @@ class AwsKmsKeyProvider:
             raise KeyProviderError(
                 f"KMS client failed to {action} ({type(exc).__name__})", cause=exc
             ) from exc
+        except (KeyError, TypeError) as exc:  # a 200 whose body lacks what it must carry
+            raise KeyProviderUnavailableError(
+                f"KMS answered without the fields expected while trying to {action}", cause=exc
+            ) from exc
 
     def _convert(self, exc: ClientError, action: str, unwrapping: bool) -> NoReturn:
         code = _code(exc)
@@ -352,6 +363,19 @@ class AwsKmsKeyProvider:
                 where, cause=exc, retry_after=_retry_after(metadata.get("HTTPHeaders", {}))
             ) from exc
         raise KeyProviderError(where, cause=exc) from exc
+
+
+def _incomplete(operation: str) -> KeyProviderUnavailableError:
+    """A 200 whose body lacks what it must carry (truncated, or ``{}``): transient."""
+    return KeyProviderUnavailableError(f"KMS answered {operation} with an incomplete body")
+
+
+def _blob(answer: dict[str, Any], operation: str) -> bytes:
+    """The non-empty ``CiphertextBlob`` of an answer; never an empty or missing wrap."""
+    blob = answer.get("CiphertextBlob")
+    if not isinstance(blob, bytes) or not blob:
+        raise _incomplete(operation)
+    return blob
 
 
 def _key_version(metadata: dict[str, Any], *, current: bool) -> KeyVersion:

@@ -20,7 +20,8 @@ so workload identity, managed identity and federated credentials work unchanged.
   ``refresh_seconds`` (a wrap under a version disabled elsewhere is refused once the cache
   refreshes); the vault enforces the flag on every unwrap, whatever the cache says.
 - **Retries and timeouts.** The SDK never retries a throttled (429) or failed (5xx) call: the
-  caller, normally the rotation engine, backs off and honours ``retry_after``. Connection
+  caller, normally the rotation engine, backs off and honours ``retry_after``. A 200 whose
+  body does not parse, or lacks the key it should carry, is transient too (a proxy cut it). Connection
   and read failures are retried only when ``max_attempts`` > 1 (default 1: no SDK retry).
   Connect and read timeouts are set, so a stalled call fails instead of hanging.
 
@@ -43,6 +44,7 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
+    DecodeError,
     HttpResponseError,
     ServiceRequestError,
     ServiceResponseError,
@@ -225,8 +227,10 @@ class AzureKeyVaultProvider:
             raise DecryptionError()
         with self._boundary(f"unwrap a DEK under version {version}", unwrapping=True):
             result = entry.crypto.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, ciphertext)
-        if not isinstance(result.key, bytes):
-            raise KeyProviderError(f"the vault answered unwrapKey under {version} without a key")
+        if not isinstance(result.key, bytes):  # a 200 with an empty or partial body
+            raise KeyProviderUnavailableError(
+                f"the vault answered unwrapKey under {version} without a key"
+            )
         return binding.open_(result.key, context)
 
     def rewrap(
@@ -265,6 +269,10 @@ class AzureKeyVaultProvider:
         version = key.properties.version
         n, e = getattr(key.key, "n", None), getattr(key.key, "e", None)
         if not version or not isinstance(n, bytes) or not isinstance(e, bytes):
+            if getattr(key.key, "kty", None) is None:  # a 200 with an empty or partial body
+                raise KeyProviderUnavailableError(
+                    f"the vault answered for key {self.mek_name!r} without a key"
+                )
             raise KeyProviderError(
                 f"the vault answered for key {self.mek_name!r} without an RSA key"
             )
@@ -314,7 +322,8 @@ class AzureKeyVaultProvider:
             raise KeyVersionDisabledError(f"{where}: the version is disabled", cause=exc) from exc
         if status == 404:
             raise KeyVersionNotFoundError(f"{where}: no such key or version", cause=exc) from exc
-        if status in (408, 429) or status >= 500:
+        if status in (408, 429) or status >= 500 or isinstance(exc, DecodeError):
+            # A body that does not parse (a truncated 200) is a transport fault: retry.
             raise KeyProviderUnavailableError(
                 where, cause=exc, retry_after=_retry_after(exc)
             ) from exc
