@@ -12,6 +12,7 @@ from field_encrypt.rotation.backfill import DecryptJob, EncryptJob
 from field_encrypt.rotation.ledger import RunLedger
 from field_encrypt.rotation.ratelimit import ThrottledProvider, TokenBucket
 from field_encrypt.rotation.reencrypt import ReencryptJob
+from field_encrypt.rotation.retry import Retrier
 from field_encrypt.rotation.rewrap import RewrapJob
 from field_encrypt.rotation.run import Job, MigrationOptions, RunObserver, RunReport, run_job
 
@@ -49,7 +50,10 @@ def migrate(
     if options.max_rps is not None:
         bucket = TokenBucket(options.max_rps, clock=monotonic, sleep=sleep)
         provider = ThrottledProvider(provider, bucket)
-    job = prepare_job(runtime, options, provider=provider)
+    # Preparing reads the provider (current version) and the store (counts): a throttled
+    # or dropped call there is retried under the same budget as the run's own calls.
+    retrier = Retrier(options.retry, clock=monotonic, sleep=sleep, rng=rng)
+    job = retrier.call(prepare_job, runtime, options, provider=provider)
     return run_job(
         job,
         runtime,

@@ -257,8 +257,8 @@ def run_job(
     )
     if options.dry_run:
         return replace(base, dry_run=job.dry_run(options.max_rps))
-    if job.estimated_total:
-        job.check_ready()
+    if job.estimated_total:  # reads the provider's versions: retried like any call
+        Retrier(options.retry, clock=monotonic, sleep=sleep, rng=rng).call(job.check_ready)
     owner = owner or worker_id()
     started = monotonic()
     run, resumed = ledger.open_run(
