@@ -83,9 +83,20 @@ class SqliteDatabase:
             conn.execute("COMMIT")
 
     def migrate(self, migrations: Sequence[Migration]) -> list[str]:
-        """Apply the pending migrations in order; the names applied now."""
+        """Apply the pending migrations in order; the names applied now.
+
+        Nothing is written (no lock is taken) when every migration is already applied, so
+        opening a store on a file another connection holds locked does not fail.
+        """
         conn = self.connection()
         with translate_errors():
+            known = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+            ).fetchone()
+            if known:
+                done = {name for (name,) in conn.execute("SELECT name FROM schema_migrations")}
+                if all(m.name in done for m in migrations):
+                    return []
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
@@ -93,10 +104,10 @@ class SqliteDatabase:
         applied = []
         for migration in migrations:
             with self.transaction() as tx:
-                done = tx.execute(
+                done_now = tx.execute(
                     "SELECT 1 FROM schema_migrations WHERE name = ?", (migration.name,)
                 ).fetchone()
-                if done:
+                if done_now:
                     continue
                 for statement in filter(None, (s.strip() for s in migration.sql.split(";"))):
                     tx.execute(statement)
