@@ -7,13 +7,19 @@ share: the run and its lease, checkpoints, retries, rate limits and the final re
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from field_encrypt.errors import ConfigurationError, LeaseHeldError
+from field_encrypt.errors import (
+    ConfigurationError,
+    LeaseHeldError,
+    StoreError,
+    StoreUnavailableError,
+)
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation.lease import DEFAULT_TTL, Lease, worker_id
 from field_encrypt.rotation.ledger import (
@@ -183,7 +189,8 @@ class ShardWork:
     ) -> None:
         """Save the cursor, counters, failures and pending items; renew the lease."""
         now = self.clock()
-        self.ledger.checkpoint(
+        self.retry.call(  # a locked or dropped database is retried like any store call
+            self.ledger.checkpoint,
             self.run_id,
             self.shard[0],
             owner=self.lease.owner,
@@ -261,7 +268,11 @@ def run_job(
         Retrier(options.retry, clock=monotonic, sleep=sleep, rng=rng).call(job.check_ready)
     owner = owner or worker_id()
     started = monotonic()
-    run, resumed = ledger.open_run(
+    # Ledger writes are retried on transient store errors (a locked SQLite file, a dropped
+    # PostgreSQL connection) like every other store call of the run.
+    books = Retrier(options.retry, clock=monotonic, sleep=sleep, rng=rng)
+    run, resumed = books.call(
+        ledger.open_run,
         product=product,
         plan=plan,
         now=clock(),
@@ -282,12 +293,17 @@ def run_job(
     tried: set[int] = set()
     while index is not None:
         tried.add(index)
-        current = ledger.get_run(run.run_id)
+        current = books.call(ledger.get_run, run.run_id)
         if run.plan.shards > 1 and current.shard(index).leased(clock()):
             index = _next_free(current, tried, clock())  # another worker of this run has it
             continue
-        state = ledger.acquire_shard(
-            run.run_id, index, owner=owner, now=clock(), ttl=options.lease_ttl
+        state = books.call(
+            ledger.acquire_shard,
+            run.run_id,
+            index,
+            owner=owner,
+            now=clock(),
+            ttl=options.lease_ttl,
         )
         worked = True
         lease = Lease(ledger, run.run_id, index, owner, options.lease_ttl, clock, clock())
@@ -305,28 +321,32 @@ def run_job(
                 job.run_shard(work)
             except RetryBudgetExhausted as exc:
                 processed += work.processed
-                ledger.release_shard(run.run_id, index, owner=owner, now=clock(), done=False)
                 stop_reason = str(exc)
+                if not _release(
+                    ledger, run.run_id, index, owner, clock, monotonic, options, sleep, rng
+                ):
+                    stop_reason += f"; the lease stays until it expires ({options.lease_ttl:g}s)"
                 status = "stopped"
                 observer.event("stopped", {"reason": stop_reason, "cursor": work.cursor})
                 break
             except LeaseHeldError:
                 raise
             except BaseException:
-                # Interrupted (Ctrl-C) or a bug: keep the cursor, free the shard.
-                ledger.release_shard(run.run_id, index, owner=owner, now=clock(), done=False)
+                # Interrupted (Ctrl-C), a store that stayed down, or a bug: keep the cursor,
+                # free the shard if the ledger answers, and let the error through.
+                _release(ledger, run.run_id, index, owner, clock, monotonic, options, sleep, rng)
                 raise
             processed += work.processed
-        ledger.release_shard(run.run_id, index, owner=owner, now=clock(), done=True)
-        index = _next_free(ledger.get_run(run.run_id), tried, clock())
+        books.call(ledger.release_shard, run.run_id, index, owner=owner, now=clock(), done=True)
+        index = _next_free(books.call(ledger.get_run, run.run_id), tried, clock())
     if not worked:
         raise LeaseHeldError(
             f"every unfinished shard of run {run.run_id} is held by another worker"
         )
-    final = ledger.get_run(run.run_id)
+    final = books.call(ledger.get_run, run.run_id)
     if status is None:
         status = final.status if final.finished else "in_progress"
-    failures, failure_count = ledger.failures(run.run_id)
+    failures, failure_count = books.call(ledger.failures, run.run_id)
     return replace(
         base,
         status=status,
@@ -342,6 +362,33 @@ def run_job(
     )
 
 
+def _release(
+    ledger: RunLedger,
+    run_id: str,
+    index: int,
+    owner: str,
+    clock: Callable[[], float],
+    monotonic: Callable[[], float],
+    options: MigrationOptions,
+    sleep: Callable[[float], None],
+    rng: Callable[[], float],
+) -> bool:
+    """Give a shard back after a stop, with a budget of its own; whether the ledger took it.
+
+    Handing the lease back is what lets the same command run again at once, so it may wait
+    up to a quarter of the lease TTL (or the retry budget, if longer). A shard the ledger
+    still could not take back stays leased until its TTL runs out (the run's cursor is
+    saved either way); a failure here never hides the error that stopped the run.
+    """
+    policy = replace(options.retry, budget=max(options.retry.budget, options.lease_ttl / 4))
+    retrier = Retrier(policy, clock=monotonic, sleep=sleep, rng=rng)
+    try:
+        retrier.call(ledger.release_shard, run_id, index, owner=owner, now=clock(), done=False)
+    except (RetryBudgetExhausted, StoreError):
+        return False
+    return True
+
+
 def _next_free(run: RunRecord, tried: set[int], now: float) -> int | None:
     """An unfinished shard of ``run`` that nobody holds (a dead worker's, say), if any."""
     for shard in run.shards:
@@ -354,11 +401,17 @@ def _renewing(sleep: Callable[[float], None], lease: Lease) -> Callable[[float],
     """A sleep that keeps the lease alive while a retry waits."""
 
     def wait(seconds: float) -> None:
-        lease.renew_if_due()
+        _renew(lease)
         sleep(seconds)
-        lease.renew_if_due()
+        _renew(lease)
 
     return wait
+
+
+def _renew(lease: Lease) -> None:
+    """Renew while waiting, if the ledger answers: a lapse shows at the next checkpoint."""
+    with contextlib.suppress(StoreUnavailableError):
+        lease.renew_if_due()
 
 
 def _work(
