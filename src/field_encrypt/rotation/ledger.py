@@ -195,7 +195,8 @@ class RunLedger(Protocol):
         """Take the lease on one shard for ``ttl`` seconds. Atomic.
 
         Raises :class:`LeaseHeldError` if another run of the product holds any live
-        lease, or another owner holds this shard's.
+        lease, another owner holds this shard's, or the run is no longer running (another
+        run with a different plan abandoned it after it was opened).
         """
         ...
 

@@ -161,6 +161,13 @@ class SqliteRunLedger:
     ) -> ShardState:
         with self.database.transaction() as tx:
             run = self._load(tx, run_id)
+            if run.status != "running":
+                # Another run with a different plan was opened between our open_run and
+                # this call and abandoned ours: that run goes on, this one must not.
+                raise LeaseHeldError(
+                    f"migration run {run_id} ({run.plan.mode}) is {run.status}: another run "
+                    "with a different plan took over the product; nothing was done"
+                )
             for other in self._open_runs(tx, run.product):
                 if other.run_id != run_id:
                     _refuse_if_busy(other, now)
