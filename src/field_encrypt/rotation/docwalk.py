@@ -146,6 +146,10 @@ class DocumentJob:
                 skipped += 1
                 self._settle_one(work, step)
             except ITEM_ERRORS as exc:
+                if self._deleted(work, collection, document.id):
+                    skipped += 1  # deleted meanwhile (its DEK with it): nothing to migrate
+                    self._settle_one(work, step)
+                    continue
                 failures.append(
                     Failure(
                         item=f"{collection}/{document.id}",
@@ -175,6 +179,14 @@ class DocumentJob:
                 if not self.select(collection, [document]):
                     raise Skip() from None
         raise ConcurrentUpdateError(f"document {document.id} kept changing during the migration")
+
+    def _deleted(self, work: ShardWork, collection: str, document_id: str) -> bool:
+        """Whether the document is gone now (an application deleted it during the step)."""
+        try:
+            work.retry.call(self.collections[collection].get, document_id)
+        except NotFoundError:
+            return True
+        return False
 
     def _settle(self, work: ShardWork) -> None:
         """Finish or undo the steps a crashed run left pending (see the module docstring)."""
