@@ -166,20 +166,26 @@ class NotesService:
         if not if_match_allows(if_match, record.revision):
             raise PreconditionFailedError()
         dek_id = record.dek_id
+        created = None
         if self.encryptor.enabled and dek_id is None:
-            dek_id = self.encryptor.create_dek()  # a note written before encryption was on
+            dek_id = created = self.encryptor.create_dek()  # a note from before encryption
         elif not self.encryptor.enabled:
             dek_id = None
         title, body = self._encrypt(note_id, content, dek_id)
-        updated = self.notes.replace(
-            note_id,
-            expected_revision=record.revision,
-            title=title,
-            body=body,
-            tags=content.tags,
-            dek_id=dek_id,
-            updated_at=self._clock(),
-        )
+        try:
+            updated = self.notes.replace(
+                note_id,
+                expected_revision=record.revision,
+                title=title,
+                body=body,
+                tags=content.tags,
+                dek_id=dek_id,
+                updated_at=self._clock(),
+            )
+        except StoreError:
+            if created is not None:
+                self.encryptor.shred(created)  # never leave a DEK without its note
+            raise
         if record.dek_id is not None and dek_id is None:
             self.encryptor.shred(record.dek_id)  # written in plaintext now: drop the old DEK
         return _note(updated, content.title, content.body)
