@@ -1,0 +1,403 @@
+"""Writers and a second run racing a migration: nothing deleted comes back, nothing is stale.
+
+* NoteLett's own service creates, updates and deletes notes *between* the rewrap's
+  provider calls (a seeded schedule, so a failure replays): deleted notes stay deleted,
+  their DEK rows do not come back, and every DEK left belongs to a live note.
+* A writer replaces or deletes DEK rows the rewrap has already read, before it writes its
+  batch back: the newer wrap is kept (never a stale one over it), the deleted row stays
+  deleted.
+* A document deleted while re-encrypt or the encrypt backfill migrates it is skipped, not
+  failed, and leaves no DEK behind.
+* Two rewrap runs with different targets started together: one refuses (exit 6), the
+  other completes; the state stays consistent. Interleaved on purpose (a barrier between
+  opening the run and taking its lease), and as two real processes started at once.
+* A NoteLett update that loses its compare-and-swap leaves no DEK behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from field_encrypt import ConcurrentUpdateError, LeaseHeldError, WrapUpdate, load_settings
+from field_encrypt.products import ProductRuntime
+from field_encrypt.providers.base import dek_context
+from field_encrypt.providers.local import LocalKeyProvider
+from field_encrypt.rotation import MigrationOptions, SqliteRunLedger, migrate
+from field_encrypt.testing import FaultInjectingProvider
+from notelett.backend import Backend, open_backend
+from notelett.service import NoteContent, NotesService
+from notelett.settings import NoteLettSettings
+from tests import figures
+from tests.reliability import processes, remote
+from tests.reliability.conftest import scaled
+from tests.reliability.invariants import check
+from tests.service.conftest import add_members
+from tests.support.sample_product import product
+from tests.support.seed import document, seed
+
+
+def _hook(runtime: ProductRuntime, action: Any) -> FaultInjectingProvider:
+    """The engine's provider calls ``action(n)`` before its n-th data-plane call."""
+    hooked = FaultInjectingProvider(runtime.provider)
+    seen = [0]
+
+    def before(_name: str) -> None:
+        seen[0] += 1
+        action(seen[0])
+
+    hooked.before_call(before)
+    runtime.provider = hooked
+    return hooked
+
+
+# -- NoteLett writers during a rewrap ---------------------------------------------------------
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[Backend]:
+    encryption = load_settings({}, keyring=str(tmp_path / "keyring.json"), mek_name="m")
+    provider = LocalKeyProvider(encryption.keyring, mek_name="m", refresh_seconds=0)
+    settings = NoteLettSettings(database=str(tmp_path / "notelett.db"), jwt_secret="s" * 40)  # type: ignore[arg-type]
+    opened = open_backend(encryption, settings, provider=provider)
+    add_members(opened)
+    yield opened
+    opened.close()
+
+
+def test_notelett_writers_during_a_rewrap(backend: Backend) -> None:
+    """Creates, updates and deletes between the rewrap's calls: the invariants hold after."""
+    from notelett.auth import Principal
+
+    service = NotesService(
+        encryptor=backend.encryptor, notes=backend.notes, directory=backend.directory
+    )
+    alice = Principal(user_id="alice")
+    live: dict[str, dict[str, str]] = {}
+    deleted: set[str] = set()
+    deleted_deks: set[str] = set()
+    for i in range(scaled(60, 400)):
+        note = service.create(alice, "ws-a", NoteContent(title=f"t{i}", body=f"b{i}", tags=()))
+        live[note.id] = {"title": note.title, "body": note.body}
+    backend.provider.create_version()
+    rng = random.Random(1234)
+    counts = {"create": 0, "update": 0, "delete": 0}
+
+    def write(_call: int) -> None:
+        kind = rng.choice(["create", "update", "delete", "none"])
+        if kind == "create":
+            note = service.create(alice, "ws-a", NoteContent(title="new", body="n", tags=()))
+            live[note.id] = {"title": "new", "body": "n"}
+        elif kind in ("update", "delete") and live:
+            note_id = rng.choice(sorted(live))
+            current = service.get(alice, note_id)
+            if kind == "update":
+                content = NoteContent(title=f"u{_call}", body="v", tags=())
+                service.update(alice, note_id, content, if_match=current.etag)
+                live[note_id] = {"title": content.title, "body": content.body}
+            else:
+                deleted_deks.add(backend.notes.get(note_id).dek_id or "")
+                service.delete(alice, note_id, if_match=current.etag)
+                del live[note_id]
+                deleted.add(note_id)
+        else:
+            return
+        counts[kind] += 1
+
+    runtime = backend.runtime
+    original = runtime.provider
+    _hook(runtime, write)
+    try:
+        report = migrate(
+            runtime,
+            SqliteRunLedger(runtime.database),
+            MigrationOptions(mode="rewrap-deks", batch_size=5),
+        )
+    finally:
+        runtime.provider = original
+    assert report.status == "completed" and report.failure_count == 0, report.as_dict()
+    check(runtime, live, deleted=deleted, completed_on="2").assert_ok("after the race")
+    stored = set(runtime.dek_store.get_many(sorted(deleted_deks)))
+    assert stored == set(), f"deleted notes' DEKs came back: {stored}"
+    figures.record(
+        "races",
+        writes_during_rewrap=sum(counts.values()),
+        deletes=counts["delete"],
+        conflicts=report.counters.conflicts,
+    )
+    print(f"writes during the rewrap: {counts}, conflicts: {report.counters.conflicts}")
+
+
+# -- a newer wrap, and a deleted row, under the rewrap's feet ---------------------------------
+
+
+def _sample(directory: Path, count: int, *, encrypt: bool = True) -> ProductRuntime:
+    provider = LocalKeyProvider(directory / "keyring.json", mek_name="m", refresh_seconds=0)
+    runtime = remote.open_runtime(directory / "fe.db", provider)
+    seed(runtime, count, encrypt=encrypt)
+    return runtime
+
+
+def test_a_newer_wrap_is_never_overwritten_and_a_deleted_row_never_returns(
+    tmp_path: Path,
+) -> None:
+    """Rows of a batch the rewrap has read are rewrapped or deleted by another writer before
+    the batch is written back: the writer's wrap stays, the deleted row stays gone."""
+    runtime = _sample(tmp_path, 20)
+    provider = runtime.provider
+    target = provider.create_version().version
+    batch = 10
+    second = runtime.dek_store.scan(limit=batch).cursor
+    rows = runtime.dek_store.scan(cursor=second, limit=batch).records
+    newer, gone = rows[2], rows[5]
+    theirs: dict[str, bytes] = {}
+
+    def writer(call: int) -> None:
+        if call != 3 * batch + 1:  # the first call of the second batch: the page is read
+            return
+        context = dek_context(runtime.encryptor.product, newer.dek_id)
+        dek = provider.unwrap(newer.wrapped, version=newer.mek_version, context=context)
+        wrapped = provider.wrap(dek, context=context, version=target)
+        assert (
+            runtime.dek_store.replace_wraps(
+                [
+                    WrapUpdate(
+                        record=newer,
+                        mek_version=target,
+                        wrapped=wrapped.ciphertext,
+                        algorithm=wrapped.algorithm,
+                    )
+                ]
+            )
+            == []
+        )
+        theirs[newer.dek_id] = wrapped.ciphertext
+        assert runtime.dek_store.delete(gone.dek_id)
+        runtime.documents["records"].delete(f"doc-{10 + 5}")
+
+    _hook(runtime, writer)
+    report = migrate(
+        runtime,
+        SqliteRunLedger(runtime.database),
+        MigrationOptions(mode="rewrap-deks", batch_size=batch),
+    )
+    runtime.provider = provider
+    try:
+        assert report.status == "completed", report.as_dict()
+        assert report.counters.conflicts == 2 and report.counters.skipped >= 2, report.as_dict()
+        assert runtime.dek_store.get(newer.dek_id).wrapped == theirs[newer.dek_id]
+        assert runtime.dek_store.get_many([gone.dek_id]) == {}
+        expected = {f"doc-{i}": document(i) for i in range(20) if i != 15}
+        check(runtime, expected, deleted={"doc-15"}, completed_on=target).assert_ok()
+        figures.record("races", stale_wraps_refused=1, resurrections_refused=1)
+    finally:
+        runtime.close()
+
+
+@pytest.mark.parametrize("mode", ["re-encrypt", "encrypt"])
+def test_a_document_deleted_during_its_migration_is_skipped(tmp_path: Path, mode: str) -> None:
+    """The application deletes a document (and shreds its DEK) while the document mode is
+    migrating it: skipped, not failed, and no DEK of it is left."""
+    runtime = _sample(tmp_path, 12, encrypt=mode == "re-encrypt")
+    if mode == "re-encrypt":
+        runtime.provider.create_version()
+    target = runtime.provider.current_version()
+    runtime.close()
+    fresh = remote.open_runtime(
+        tmp_path / "fe.db",
+        LocalKeyProvider(tmp_path / "keyring.json", mek_name="m", refresh_seconds=0),
+    )
+    victim = "doc-5"
+    docs = fresh.documents["records"]
+
+    def app_deletes(call: int) -> None:
+        if call == 6:  # creating doc-5's new DEK (the decrypting encryptor is not hooked)
+            old = docs.get(victim).dek_id
+            docs.delete(victim)
+            if old:
+                fresh.encryptor.shred(old)
+
+    _hook(fresh, app_deletes)
+    try:
+        report = migrate(
+            fresh, SqliteRunLedger(fresh.database), MigrationOptions(mode=mode, batch_size=4)
+        )
+        assert report.status == "completed", report.as_dict()
+        assert report.failure_count == 0, report.failures
+        expected = {f"doc-{i}": document(i) for i in range(12) if f"doc-{i}" != victim}
+        check(fresh, expected, deleted={victim}, completed_on=target).assert_ok(mode)
+        figures.record("races", deleted_during_migration=1)
+    finally:
+        fresh.close()
+
+
+# -- two runs with different targets ----------------------------------------------------------
+
+
+class _Meeting(SqliteRunLedger):
+    """A ledger whose open_run waits for the other run's open_run before going on; the run
+    opened first (the one the second abandons) then tries to take its lease first."""
+
+    def __init__(self, database: Any, barrier: threading.Barrier, shared: dict[str, Any]) -> None:
+        super().__init__(database)
+        self.barrier = barrier
+        self.shared = shared
+
+    def open_run(self, **kwargs: Any) -> Any:
+        opened = super().open_run(**kwargs)
+        with self.shared["lock"]:
+            self.shared["order"].append(opened[0].run_id)
+        self.barrier.wait(10)
+        return opened
+
+    def acquire_shard(self, run_id: str, index: int, **kwargs: Any) -> Any:
+        first, second = self.shared["order"]
+        if run_id == second:
+            assert self.shared["first_tried"].wait(10)
+        try:
+            return super().acquire_shard(run_id, index, **kwargs)
+        finally:
+            if run_id == first:
+                self.shared["first_tried"].set()
+
+
+def test_two_runs_with_different_targets_interleaved(tmp_path: Path) -> None:
+    """Both open their run before either takes a lease: one refuses, the other completes."""
+    runtime = _sample(tmp_path, 30)
+    v2 = runtime.provider.create_version().version
+    v3 = runtime.provider.create_version().version
+    runtime.close()
+    barrier = threading.Barrier(2)
+    shared = {"lock": threading.Lock(), "order": [], "first_tried": threading.Event()}
+    outcome: dict[str, Any] = {}
+
+    def run(target: str) -> None:
+        rt = remote.open_runtime(
+            tmp_path / "fe.db",
+            LocalKeyProvider(tmp_path / "keyring.json", mek_name="m", refresh_seconds=0),
+        )
+        try:
+            outcome[target] = migrate(
+                rt,
+                _Meeting(rt.database, barrier, shared),
+                MigrationOptions(mode="rewrap-deks", new_version=target, batch_size=5),
+            )
+        except LeaseHeldError as exc:
+            outcome[target] = exc
+        finally:
+            rt.close()
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in (v2, v3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    refused = [t for t, o in outcome.items() if isinstance(o, LeaseHeldError)]
+    finished = [t for t, o in outcome.items() if not isinstance(o, LeaseHeldError)]
+    assert len(refused) == 1 and len(finished) == 1, outcome
+    assert outcome[finished[0]].status == "completed"
+    runtime = remote.open_runtime(
+        tmp_path / "fe.db", LocalKeyProvider(tmp_path / "keyring.json", mek_name="m")
+    )
+    try:
+        expected = {f"doc-{i}": document(i) for i in range(30)}
+        check(runtime, expected, completed_on=finished[0]).assert_ok()
+    finally:
+        runtime.close()
+    figures.record("races", concurrent_runs_refused=1)
+
+
+def test_two_cli_processes_with_different_targets_started_together(tmp_path: Path) -> None:
+    """Real processes, started at once, again and again: never two runs at the same time."""
+    rounds = scaled(3, 15)
+    refusals = 0
+    for round_ in range(rounds):
+        directory = tmp_path / f"round-{round_}"
+        directory.mkdir()
+        env = {
+            "FIELD_ENCRYPT_KEY_PROVIDER": "local",
+            "FIELD_ENCRYPT_KEYRING": str(directory / "keyring.json"),
+            "FIELD_ENCRYPT_DATABASE": str(directory / "fe.db"),
+        }
+        runtime = product.open(load_settings(env))
+        seed(runtime, 150)
+        runtime.provider.create_version()
+        runtime.provider.create_version()
+        runtime.close()
+        args = ["migrate", "--product", "tests.support.sample_product:product"]
+        args += ["--mode", "rewrap-deks", "--batch-size", "10", "--json"]
+        started = [processes.start(*args, "--new-mek-version", t, env=env) for t in ("2", "3")]
+        results = [processes.finish(p, w) for p, w in started]
+        codes = sorted(r.returncode for r in results)
+        assert codes in ([0, 0], [0, 6]), [(r.returncode, r.stderr[-500:]) for r in results]
+        refusals += codes == [0, 6]
+        statuses = [json.loads(r.stdout)["status"] for r in results if r.returncode == 0]
+        assert statuses and all(s == "completed" for s in statuses), statuses
+        conn = sqlite3.connect(directory / "fe.db")
+        runs = conn.execute(
+            "SELECT to_version, status, started_at, finished_at FROM rotation_runs "
+            "WHERE status != 'abandoned' ORDER BY finished_at"
+        ).fetchall()
+        conn.close()
+        for earlier, later in itertools.pairwise(runs):
+            assert earlier[3] <= later[2], runs  # the completed runs never overlapped
+        last = runs[-1][0]
+        runtime = product.open(load_settings(env))
+        try:
+            expected = {f"doc-{i}": document(i) for i in range(150)}
+            check(runtime, expected, completed_on=last).assert_ok(f"round {round_}")
+        finally:
+            runtime.close()
+    figures.record("races", cli_race_rounds=rounds, concurrent_runs_refused=refusals)
+    print(f"{rounds} rounds of two processes: {refusals} refused the other's run")
+
+
+def test_an_update_that_loses_its_compare_and_swap_leaves_no_dek(backend: Backend) -> None:
+    """A plaintext note (from before encryption) updated while someone else writes it: the
+    update answers 412 and the DEK it made for the note is gone again."""
+    from notelett.auth import Principal
+    from notelett.repository import NoteRecord
+
+    service = NotesService(
+        encryptor=backend.encryptor, notes=backend.notes, directory=backend.directory
+    )
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    backend.notes.insert(
+        NoteRecord(
+            id="plain",
+            workspace_id="ws-a",
+            title="t",
+            body="b",
+            tags=(),
+            dek_id=None,
+            revision=1,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    original = backend.notes.replace
+
+    def racing_replace(note_id: str, **kwargs: Any) -> Any:
+        original(note_id, **{**kwargs, "dek_id": None, "title": "x", "body": "y"})
+        return original(note_id, **kwargs)  # now stale: the other writer went first
+
+    backend.notes.replace = racing_replace  # type: ignore[method-assign]
+    with pytest.raises(ConcurrentUpdateError):
+        service.update(
+            Principal(user_id="alice"),
+            "plain",
+            NoteContent(title="n", body="m", tags=()),
+            if_match='"1"',
+        )
+    assert backend.runtime.dek_store.count_by_version() == {}
+    figures.record("races", orphan_deks_refused=1)
