@@ -35,7 +35,14 @@ def build_provider(settings: Settings) -> KeyProvider:
         case "local":
             from field_encrypt.providers.local import LocalKeyProvider
 
-            return LocalKeyProvider(settings.keyring, mek_name=settings.mek_name)
+            refresh = (  # the keyring file is re-read at most this often (default 1 s)
+                settings.provider_refresh_seconds
+                if "provider_refresh_seconds" in settings.model_fields_set
+                else 1.0
+            )
+            return LocalKeyProvider(
+                settings.keyring, mek_name=settings.mek_name, refresh_seconds=refresh
+            )
         case other:
             return _remote_provider(other, settings)
 

@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     provider_max_attempts: int = Field(default=1, ge=1)
     """akv, aws-kms: attempts per call inside the SDK; 1 leaves every retry to the caller."""
     provider_refresh_seconds: float = Field(default=60.0, ge=0)
-    """akv, aws-kms, pkcs11: how long the current version (and akv's version states) is cached."""
+    """akv, aws-kms, pkcs11: how long the current version (and akv's version states) is cached;
+    local: how often the keyring file is re-read (1 s unless set). A disabled version's DEKs
+    stay readable in a running process for at most ``cache_ttl_seconds`` plus this."""
 
     akv_key_size: int = 4096
     """akv: the RSA key size of versions this library creates."""
