@@ -1,0 +1,159 @@
+"""Revocation: once a MEK version is disabled, no process serves its DEKs for long.
+
+The documented bound is ``FIELD_ENCRYPT_CACHE_TTL_SECONDS`` plus
+``FIELD_ENCRYPT_PROVIDER_REFRESH_SECONDS`` (the local provider re-reads its keyring that
+often; a DEK unwrapped just before the refresh is then served from the cache for one
+TTL). It is measured against a real NoteLett (uvicorn) process whose cache is warm, and
+checked exactly on a fake clock in process. Enabling the version again restores reads
+within the refresh interval: nothing is cached negatively.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from field_encrypt import DekCache, FieldEncryptor, KeyVersionDisabledError, load_settings
+from field_encrypt.providers.local import LocalKeyProvider
+from field_encrypt.stores.sqlite import SqliteDekStore
+from field_encrypt.stores.sqlite_db import SqliteDatabase
+from field_encrypt.testing import FakeClock
+from notelett import NoteLettSettings
+from notelett.backend import Backend, open_backend
+from tests import figures
+from tests.service.conftest import AUDIENCE, ISSUER, SECRET, add_members, auth
+from tests.service.server import start_server
+
+TTL = 1.0
+REFRESH = 0.5
+SLACK = 0.75  # polling interval, request time and the server's own scheduling
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[Backend]:
+    encryption = load_settings({}, keyring=str(tmp_path / "keyring.json"), mek_name="m")
+    settings = NoteLettSettings(
+        database=str(tmp_path / "notelett.db"),
+        jwt_secret=SECRET,  # type: ignore[arg-type]
+        jwt_issuer=ISSUER,
+        jwt_audience=AUDIENCE,
+    )
+    provider = LocalKeyProvider(encryption.keyring, mek_name="m", refresh_seconds=0)
+    opened = open_backend(encryption, settings, provider=provider)
+    add_members(opened)
+    yield opened
+    opened.close()
+
+
+def _status(http: httpx.Client, note_id: str) -> int:
+    return http.get(f"/api/notes/{note_id}").status_code
+
+
+def _until(
+    http: httpx.Client, note_id: str, wanted: int, timeout: float
+) -> tuple[float, list[int]]:
+    """Poll the note until it answers ``wanted``; (seconds it took, every status seen)."""
+    started = time.monotonic()
+    seen = []
+    while time.monotonic() - started < timeout:
+        status = _status(http, note_id)
+        seen.append(status)
+        if status == wanted:
+            return time.monotonic() - started, seen
+        time.sleep(0.02)  # polling another process
+    raise AssertionError(f"never answered {wanted} within {timeout}s: {seen[-10:]}")
+
+
+def test_a_warm_uvicorn_process_stops_serving_a_disabled_version_within_the_bound(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Disable v1 under a running server with a warm cache: 503 within TTL + refresh; enable
+    it again: 200 within the refresh interval."""
+    provider = backend.provider
+    from notelett.auth import Principal
+    from notelett.service import NoteContent, NotesService
+
+    service = NotesService(
+        encryptor=backend.encryptor, notes=backend.notes, directory=backend.directory
+    )
+    note = service.create(
+        Principal(user_id="alice"), "ws-a", NoteContent(title="t", body="b", tags=())
+    )
+    provider.create_version()  # v2 is current: v1 can be disabled while the service runs
+    encryption = backend.runtime.settings
+    env = {
+        "NOTELETT_DATABASE": str(tmp_path / "notelett.db"),
+        "NOTELETT_JWT_SECRET": SECRET,
+        "NOTELETT_JWT_ISSUER": ISSUER,
+        "NOTELETT_JWT_AUDIENCE": AUDIENCE,
+        "FIELD_ENCRYPT_KEYRING": str(encryption.keyring),
+        "FIELD_ENCRYPT_MEK_NAME": "m",
+        "FIELD_ENCRYPT_CACHE_TTL_SECONDS": str(TTL),
+        "FIELD_ENCRYPT_PROVIDER_REFRESH_SECONDS": str(REFRESH),
+    }
+    server = start_server(env, workdir=tmp_path)
+    try:
+        with httpx.Client(base_url=server.base_url, headers=auth("alice"), timeout=10) as http:
+            for _ in range(3):  # warm: the DEK is unwrapped once, then served from the cache
+                assert _status(http, note.id) == 200
+            provider.set_enabled("1", False)
+            denied_after, seen = _until(http, note.id, 503, TTL + REFRESH + 5)
+            assert denied_after <= TTL + REFRESH + SLACK, (denied_after, seen)
+            assert all(s == 200 for s in seen[:-1])
+            assert [_status(http, note.id) for _ in range(5)] == [503] * 5  # and stays denied
+            body = http.get(f"/api/notes/{note.id}").json()
+            assert body["error"]["code"] == "encryption_unavailable"
+            provider.set_enabled("1", True)
+            restored_after, _ = _until(http, note.id, 200, REFRESH + 5)
+            assert restored_after <= REFRESH + SLACK, restored_after
+    finally:
+        server.stop()
+    figures.record(
+        "revocation",
+        uvicorn_denied_after_s=round(denied_after, 3),
+        uvicorn_restored_after_s=round(restored_after, 3),
+        bound_s=TTL + REFRESH,
+    )
+    print(
+        f"disabled: denied after {denied_after:.3f}s (bound {TTL + REFRESH}s); "
+        f"enabled: served again after {restored_after:.3f}s"
+    )
+
+
+def test_the_bound_is_exact_on_a_fake_clock(tmp_path: Path) -> None:
+    """The worst case (a DEK unwrapped just before the keyring refresh) is served for exactly
+    TTL + refresh after the disable, and not a moment longer."""
+    clock = FakeClock()
+    writer = LocalKeyProvider(tmp_path / "ring.json", mek_name="m", refresh_seconds=0)
+    reader = LocalKeyProvider(
+        tmp_path / "ring.json", mek_name="m", refresh_seconds=REFRESH, clock=clock.monotonic
+    )
+    database = SqliteDatabase(tmp_path / "db.sqlite")
+    encryptor = FieldEncryptor(
+        product="p",
+        provider=reader,
+        store=SqliteDekStore(database, product="p"),
+        collections={"c": ["f"]},
+        cache=DekCache(ttl_seconds=TTL, clock=clock.monotonic),
+    )
+    stored = encryptor.encrypt_document("c", "d", {"f": "secret"})
+    writer.create_version()
+    encryptor.cache.clear()
+    reader.current_version()  # the reader's keyring snapshot is taken now...
+    writer.set_enabled("1", False)  # ...and v1 is disabled right after
+    clock.advance(REFRESH - 0.001)
+    assert encryptor.decrypt_document("c", "d", stored)["f"] == "secret"  # stale snapshot
+    clock.advance(TTL - 0.001)  # served from the cache until TTL + refresh
+    assert encryptor.decrypt_document("c", "d", stored)["f"] == "secret"
+    clock.advance(0.002)
+    with pytest.raises(KeyVersionDisabledError):
+        encryptor.decrypt_document("c", "d", stored)
+    writer.set_enabled("1", True)
+    clock.advance(REFRESH)
+    assert encryptor.decrypt_document("c", "d", stored)["f"] == "secret"  # no negative cache
+    database.close()
+    figures.record("revocation", fake_clock_bound_checked=1)
