@@ -10,15 +10,25 @@ from pathlib import Path
 
 import pytest
 
+from tests import figures
+
 ROOT = Path(__file__).resolve().parents[2]
-SECONDS = int(os.environ.get("FIELD_ENCRYPT_FUZZ_SECONDS", "20"))
+SOAK = os.environ.get("FIELD_ENCRYPT_SOAK", "") not in ("", "0")
+SECONDS = int(os.environ.get("FIELD_ENCRYPT_FUZZ_SECONDS", "600" if SOAK else "20"))
 
 
-@pytest.mark.parametrize("module", ["tests.fuzz.fuzz_token"])
-def test_fuzz_target_finds_no_crash(module: str) -> None:
+@pytest.mark.parametrize("module", ["tests.fuzz.fuzz_token", "tests.fuzz.fuzz_http"])
+def test_fuzz_target_finds_no_crash(module: str, tmp_path: Path) -> None:
     """The fuzzer runs for its budget and exits 0 having executed many inputs."""
     result = subprocess.run(
-        [sys.executable, "-m", module, f"-max_total_time={SECONDS}", "-print_final_stats=1"],
+        [
+            sys.executable,
+            "-m",
+            module,
+            f"-max_total_time={SECONDS}",
+            "-print_final_stats=1",
+            f"-artifact_prefix={tmp_path}/",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -28,4 +38,5 @@ def test_fuzz_target_finds_no_crash(module: str) -> None:
     assert result.returncode == 0, output[-4000:]
     executions = int(re.search(r"Done (\d+) runs", output).group(1))  # type: ignore[union-attr]
     assert executions > 1000, output[-2000:]
+    figures.record("fuzzing", **{f"{module.rpartition('.')[2]}_executions": executions})
     print(f"{module}: {executions} executions in {SECONDS}s")
