@@ -48,9 +48,11 @@ def test_events_are_cloudevents(trail: audit.SqliteAuditTrail) -> None:
 
 
 def test_intact_chain_verifies(trail: audit.SqliteAuditTrail) -> None:
-    """An untouched trail verifies, counting every event."""
+    """An untouched trail verifies, counting every event and naming the head's hash."""
+    assert trail.verify() == audit.ChainReport(events=0, intact=True)
     _fill(trail)
-    assert trail.verify() == audit.ChainReport(events=5, intact=True)
+    head = trail.events()[-1].hash
+    assert trail.verify() == audit.ChainReport(events=5, intact=True, head=head)
 
 
 def _rewrite(database: SqliteDatabase, seq: int, change: dict[str, object]) -> None:
