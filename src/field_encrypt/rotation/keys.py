@@ -130,9 +130,16 @@ def disable_version(
         product,
         dataclasses.replace(note, disabled_at=note.disabled_at or now, retain_until=retain_until),
     )
-    if found.enabled:
+    if found.enabled or note.disabled_at is None:
+        # Also when it was disabled behind our back (in the key service, or by a process
+        # killed before it recorded the change): the trail catches up when it first sees it.
         emit_mek_event(
-            runtime, MEK_VERSION_DISABLED, version, retainUntil=iso(retain_until), via=via
+            runtime,
+            MEK_VERSION_DISABLED,
+            version,
+            retainUntil=iso(retain_until),
+            alreadyDisabled=not found.enabled,
+            via=via,
         )
     return Disabled(
         version=version, retain_until=retain_until, cache_evicted=evicted, was_enabled=found.enabled

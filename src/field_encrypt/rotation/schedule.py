@@ -26,10 +26,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from field_encrypt.audit import ROTATION_STAGE
+from field_encrypt.audit import MEK_VERSION_CREATED, ROTATION_STAGE
 from field_encrypt.errors import ConcurrentUpdateError, LeaseHeldError
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation.keys import DAY, create_version, iso
+from field_encrypt.rotation.keys import DAY, create_version, emit_mek_event, iso
 from field_encrypt.rotation.lease import worker_id
 from field_encrypt.rotation.ledger import Counters, RunLedger, RunRecord
 from field_encrypt.rotation.lifecycle import LifecycleStore, RotationState, Stage
@@ -170,6 +170,21 @@ class _Rotation:
     def create(self, state: RotationState) -> _Next | _Stop:
         current = self.runtime.provider.current_version()
         if current != state.from_version:
+            # Made by an invocation killed before it saved (or by an operator): adopt it,
+            # and record its creation if nobody did.
+            trail = self.runtime.audit
+            subject = f"mek/{self.runtime.provider.mek_name}/{current}"
+            if trail is not None and not trail.events(
+                types=[MEK_VERSION_CREATED], subject=subject, limit=1
+            ):
+                emit_mek_event(
+                    self.runtime,
+                    MEK_VERSION_CREATED,
+                    current,
+                    previousVersion=state.from_version,
+                    recordedLate=True,
+                    via="rotate",
+                )
             return _Next("rewrap", {"to_version": current}, {"adopted": True})
         created = create_version(self.runtime, via="rotate")
         return _Next("rewrap", {"to_version": created.version}, {"adopted": False})
