@@ -171,3 +171,21 @@ def test_reencrypt_pages_name_old_and_new_deks(
         i: (before[i], after[i]) for i in before
     }
     assert runtime.audit.events(types=[audit.DEK_SHREDDED]) == []  # named in the page instead
+
+
+def test_progress_is_per_minute_or_per_50_batches_never_per_dek(runtime: ProductRuntime) -> None:
+    """A slow run records progress once a minute; a fast one once per 50 batches."""
+    from field_encrypt.testing import FakeClock
+    from tests.rotation.helpers import faulty, run
+
+    assert runtime.audit is not None
+    seed(runtime, 12)
+    runtime.provider.create_version()
+    clock = FakeClock()
+    slow = faulty(runtime, clock)
+    slow.before_call(lambda _name: clock.advance(10.0))  # 3 calls per DEK: 30 s per batch of 1
+    report = run(runtime, clock, batch_size=1)
+    assert report.status == "completed"
+    progress = runtime.audit.events(types=[audit.RUN_PROGRESS])
+    assert len(progress) == 6  # 12 batches, 30 s each: one event every second batch
+    assert [e.data["changed"] for e in progress] == [2, 4, 6, 8, 10, 12]

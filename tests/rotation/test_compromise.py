@@ -128,3 +128,23 @@ def test_cli_compromised_then_no_migration_onto_it(
     refused = cli("migrate", "--product", PRODUCT, "--mode", "re-encrypt", "--new-mek-version", "1")
     assert refused.exit_code == ExitCode.REFUSED
     assert "recorded as compromised" in refused.stderr
+
+
+def test_a_version_disabled_by_responders_is_rewrapped_once_enabled(
+    env: dict[str, str], runtime: ProductRuntime
+) -> None:
+    """Disabled in the key service with DEKs still under it: refused (recorded), then finished."""
+    seed(runtime, 4)
+    runtime.provider.create_version()
+    runtime.provider.set_enabled("1", False)
+    refused = cli("keys", "compromised", "1", "--product", PRODUCT)
+    assert refused.exit_code == ExitCode.REFUSED and "enable them" in refused.stderr
+    assert SqliteLifecycleStore(runtime.database).note("sample", "1").compromised
+    assert cli("keys", "enable", "1", "--product", PRODUCT).exit_code == 0
+    done = cli("keys", "compromised", "1", "--product", PRODUCT)
+    assert done.exit_code == 0, done.stderr
+    assert runtime.dek_store.count_by_version() == {"2": 4}
+    assert [(v.version, v.enabled) for v in runtime.provider.versions()] == [
+        ("1", False),
+        ("2", True),
+    ]
