@@ -18,7 +18,9 @@ from field_encrypt import audit
 from field_encrypt.errors import KeyVersionDisabledError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
+from field_encrypt.testing import FakeClock
 from tests.cli.helpers import PRODUCT, cli
+from tests.rotation.helpers import faulty, run
 from tests.support.seed import seed
 
 CLOUDEVENT_ATTRIBUTES = {
@@ -175,9 +177,6 @@ def test_reencrypt_pages_name_old_and_new_deks(
 
 def test_progress_is_per_minute_or_per_50_batches_never_per_dek(runtime: ProductRuntime) -> None:
     """A slow run records progress once a minute; a fast one once per 50 batches."""
-    from field_encrypt.testing import FakeClock
-    from tests.rotation.helpers import faulty, run
-
     assert runtime.audit is not None
     seed(runtime, 12)
     runtime.provider.create_version()
