@@ -75,6 +75,18 @@ def test_refused_while_deks_remain(runtime: ProductRuntime, clock: FakeClock) ->
     ]
 
 
+def test_refused_for_a_dek_left_on_the_version_alone(
+    runtime: ProductRuntime, clock: FakeClock
+) -> None:
+    """One DEK still wrapped under version 1 (no document uses it): refused for that only."""
+    _rotated(runtime, clock)
+    runtime.encryptor.create_dek(version="1")
+    clock.advance(25 * HOUR)
+    report = _retire(runtime, clock)
+    assert _refused(report) == [DEKS_GONE]
+    assert "1 DEKs still wrapped under version 1" in report.refusals[0].detail
+
+
 def test_refused_when_a_sampled_document_does_not_decrypt(
     runtime: ProductRuntime, clock: FakeClock
 ) -> None:
