@@ -1,9 +1,10 @@
-"""Open a product's runtime on the embedded default: SQLite for DEKs and documents."""
+"""Open a product's runtime on the embedded default: SQLite for DEKs, documents and audit."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from field_encrypt.audit import open_audit_trail
 from field_encrypt.bootstrap import build_provider, sqlite_path
 from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings
@@ -17,10 +18,11 @@ from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
 def open_sqlite_runtime(
     settings: Settings, *, product: str, collections: Mapping[str, Sequence[str]]
 ) -> ProductRuntime:
-    """Provider from settings; dek_store and JSON documents in the settings' SQLite file."""
+    """Provider from settings; dek_store, JSON documents and audit trail in the SQLite file."""
     database = SqliteDatabase(sqlite_path(settings))
     provider = build_provider(settings)
     store = SqliteDekStore(database, product=product)
+    trail = open_audit_trail(database, product=product, sink=settings.audit_sink)
     encryptor = FieldEncryptor(
         product=product,
         provider=provider,
@@ -31,6 +33,7 @@ def open_sqlite_runtime(
         ),
         enabled=settings.enabled,
         allow_plaintext=settings.allow_plaintext,
+        audit=trail,
     )
     documents = {name: SqliteDocumentStore(database, collection=name) for name in collections}
     return ProductRuntime(
@@ -41,4 +44,5 @@ def open_sqlite_runtime(
         documents=documents,
         database=database,
         resources=[database],
+        audit=trail,
     )

@@ -1,8 +1,9 @@
 """Open NoteLett's parts from settings: provider, dek_store, encryptor and repositories.
 
 Everything shares one SQLite file (``NOTELETT_DATABASE``, else ``FIELD_ENCRYPT_DATABASE``,
-else ``var/notelett.db``): the dek_store, the notes, the directory and the rotation
-ledger, so the ``field-encrypt`` CLI and the service always agree on where things are.
+else ``var/notelett.db``): the dek_store, the notes, the directory, the rotation ledger and
+the audit trail, so the ``field-encrypt`` CLI and the service always agree on where things
+are (and a note's DELETE records ``dek.shredded`` in the same trail as a rotation).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build_provider
+from field_encrypt.audit import open_audit_trail
 from field_encrypt.products import ProductRuntime
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
@@ -51,6 +53,7 @@ def open_backend(
     database = SqliteDatabase(database_path(settings, encryption))
     provider = provider if provider is not None else build_provider(encryption)
     dek_store = SqliteDekStore(database, product=PRODUCT)
+    trail = open_audit_trail(database, product=PRODUCT, sink=encryption.audit_sink)
     encryptor = FieldEncryptor(
         product=PRODUCT,
         provider=provider,
@@ -62,6 +65,7 @@ def open_backend(
         enabled=encryption.enabled,
         allow_plaintext=encryption.allow_plaintext,
         token_form="binary",
+        audit=trail,
     )
     notes = SqliteNotesRepository(database)
     runtime = ProductRuntime(
@@ -72,5 +76,6 @@ def open_backend(
         documents={COLLECTION: NotesDocumentStore(notes)},
         database=database,
         resources=[database],
+        audit=trail,
     )
     return Backend(runtime=runtime, notes=notes, directory=SqliteWorkspaceDirectory(database))
