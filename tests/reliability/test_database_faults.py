@@ -21,7 +21,14 @@ import pytest
 
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.rotation import MigrationOptions, RetryPolicy, SqliteRunLedger, migrate
+from field_encrypt.rotation import (
+    MigrationOptions,
+    RetryPolicy,
+    SqliteRunLedger,
+    migrate,
+    open_ledger,
+    open_lifecycle,
+)
 from field_encrypt.testing import FaultInjectingProvider
 from tests import figures
 from tests.cli.helpers import cli
@@ -82,7 +89,8 @@ def product_dir(tmp_path: Path) -> Iterator[Path]:
     provider = LocalKeyProvider(tmp_path / "keyring.json", mek_name="m", refresh_seconds=0)
     runtime = remote.open_runtime(tmp_path / "fe.db", provider)
     seed(runtime, DOCUMENTS)
-    SqliteRunLedger(runtime.database)  # the ledger's tables exist, as after any earlier run
+    open_ledger(runtime)  # the ledger's and the key lifecycle's tables exist, as after any
+    open_lifecycle(runtime)  # earlier run of the CLI
     provider.create_version()
     runtime.close()
     yield tmp_path
