@@ -19,13 +19,16 @@
   body lacks the fields it must carry (a truncated or empty body) is transient, never a
   decryption failure and never an empty wrap.
 
-Every botocore error is converted in :meth:`AwsKmsKeyProvider._boundary`.
+Every botocore error is converted in :meth:`AwsKmsKeyProvider._boundary`. botocore's DEBUG
+log of request and response bodies would show the plaintext DEK of every ``Encrypt`` and
+``Decrypt``: importing this module installs a filter that redacts it (``_RedactPlaintext``).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import logging
 import re
 import threading
 import time
@@ -81,6 +84,25 @@ _TRANSIENT = frozenset(
     }
 )
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_PLAINTEXT = re.compile(r"""(["']Plaintext["']\s*:\s*(?:b?["']))[^"']*""")
+
+
+class _RedactPlaintext(logging.Filter):
+    """botocore logs every request's parameters and every response body at DEBUG; for KMS
+    ``Encrypt`` and ``Decrypt`` those carry the plaintext DEK. This filter, on the two
+    botocore loggers that do it, replaces the value with ``<redacted>``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Plaintext" in message:
+            record.msg, record.args = _PLAINTEXT.sub(r"\1<redacted>", message), ()
+        return True
+
+
+_REDACT = _RedactPlaintext()
+for _name in ("botocore.endpoint", "botocore.parsers"):
+    if _REDACT not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_REDACT)
 
 
 def encryption_context(context: bytes) -> dict[str, str]:
