@@ -22,7 +22,7 @@ from notelett.backend import Backend, open_backend
 from notelett.deps import AppState
 from notelett.errors import NoteLettError, handle_error
 from notelett.metrics import Metrics, MetricsMiddleware
-from notelett.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from notelett.middleware import BodyLimitMiddleware, RequestIdMiddleware, RequestTargetMiddleware
 from notelett.models import ErrorOut
 from notelett.routes import diagnostics, notes
 from notelett.service import NotesService
@@ -94,6 +94,7 @@ def create_app(
     app.include_router(notes.router)
     app.include_router(diagnostics.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTargetMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
     return app

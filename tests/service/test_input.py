@@ -149,3 +149,26 @@ def test_unknown_route_and_method_answer_json(client: TestClient) -> None:
     response = client.patch("/api/notes/x", json={}, headers=auth())
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_query_string_that_is_not_ascii_answers_400(client: TestClient) -> None:
+    """Raw non-ASCII bytes in the request target (which uvicorn refuses itself) answer 400
+    from the app too, never a 500 from the trailing-slash redirect (found by fuzzing)."""
+    import asyncio
+
+    messages: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/api/notes/x/", "raw_path": b"/api/notes/x/",
+        "root_path": "", "query_string": b"\xaf=1", "headers": [(b"host", b"t")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    asyncio.run(client.app(scope, receive, send))  # type: ignore[arg-type]
+    assert messages[0]["status"] == 400
