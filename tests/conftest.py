@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["tests.backends"]
+
 
 def require(condition: bool, reason: str) -> None:
     """Skip on a developer's machine when a service cannot run; fail in CI, never skip there."""

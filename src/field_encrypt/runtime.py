@@ -1,4 +1,8 @@
-"""Open a product's runtime on the embedded default: SQLite for DEKs and documents."""
+"""Open a product's runtime: provider, dek_store, documents and encryptor from settings.
+
+:func:`open_runtime` picks SQLite, PostgreSQL or Cosmos DB from ``FIELD_ENCRYPT_DATABASE``;
+:func:`open_sqlite_runtime` is the SQLite case, kept for callers that want only that.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.products import ProductRuntime
+from field_encrypt.stores.databases import open_database, open_dek_store, open_document_store
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
 from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
@@ -32,6 +37,43 @@ def open_sqlite_runtime(
         enabled=settings.enabled,
     )
     documents = {name: SqliteDocumentStore(database, collection=name) for name in collections}
+    return ProductRuntime(
+        settings=settings,
+        provider=provider,
+        dek_store=store,
+        encryptor=encryptor,
+        documents=documents,
+        database=database,
+        resources=[database],
+    )
+
+
+def open_runtime(
+    settings: Settings, *, product: str, collections: Mapping[str, Sequence[str]]
+) -> ProductRuntime:
+    """Provider from settings; dek_store and JSON documents in the database settings name.
+
+    ``runtime.database`` is the shared database object (``SqliteDatabase``,
+    ``PostgresDatabase`` or ``CosmosDatabase``), for the ledger and the audit trail.
+    """
+    provider = build_provider(settings)
+    database = open_database(settings)
+    try:
+        store = open_dek_store(database, product=product)
+        documents = {name: open_document_store(database, collection=name) for name in collections}
+    except BaseException:
+        database.close()
+        raise
+    encryptor = FieldEncryptor(
+        product=product,
+        provider=provider,
+        store=store,
+        collections=collections,
+        cache=DekCache(
+            max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds
+        ),
+        enabled=settings.enabled,
+    )
     return ProductRuntime(
         settings=settings,
         provider=provider,

@@ -20,6 +20,7 @@ from field_encrypt.providers.local import LocalKeyProvider
 from field_encrypt.stores.base import DekStore
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
+from tests.backends import BACKEND_KINDS
 
 
 class ProviderHarness(Protocol):
@@ -73,7 +74,7 @@ class EnvHarness:
 
 
 PROVIDER_KINDS = ["local", "env"]
-STORE_KINDS = ["sqlite"]
+STORE_KINDS = BACKEND_KINDS
 
 
 @pytest.fixture(params=PROVIDER_KINDS)
@@ -93,5 +94,22 @@ def dek_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DekSto
         database = SqliteDatabase(tmp_path / "store.db")
         yield SqliteDekStore(database, product="contract")
         database.close()
+        return
+    if kind == "postgres":
+        from field_encrypt.stores.postgres import PostgresDekStore
+        from field_encrypt.stores.postgres_db import PostgresDatabase
+
+        pg = PostgresDatabase(request.getfixturevalue("postgres_url"))
+        yield PostgresDekStore(pg, product="contract")
+        pg.close()
+        return
+    if kind == "cosmos":
+        from field_encrypt.stores.cosmos import CosmosDekStore
+        from field_encrypt.stores.cosmos_db import CosmosDatabase
+
+        key = request.getfixturevalue("cosmos_server").key
+        cosmos = CosmosDatabase.connect(request.getfixturevalue("cosmos_url"), key=key)
+        yield CosmosDekStore(cosmos, product="contract")
+        cosmos.close()
         return
     raise AssertionError(kind)
