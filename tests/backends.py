@@ -116,7 +116,11 @@ def cosmos_url_for(server: CosmosServer, database: str, **parameters: Any) -> st
 @pytest.fixture
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """A fresh database of the kind in ``request.param`` (one of :data:`BACKEND_KINDS`)."""
-    kind = getattr(request, "param", "sqlite")
+    return backend_for(getattr(request, "param", "sqlite"), request, tmp_path)
+
+
+def backend_for(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """A fresh database of ``kind``, for fixtures parametrized by :data:`BACKEND_KINDS`."""
     if kind == "sqlite":
         url = str(tmp_path / "field-encrypt.db")
         return Backend(kind=kind, url=url, environ={"FIELD_ENCRYPT_DATABASE": url})

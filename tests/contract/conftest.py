@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 
+from field_encrypt.documents import DocumentStore
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.env import EnvKeyProvider
 from field_encrypt.providers.local import LocalKeyProvider
@@ -113,3 +114,18 @@ def dek_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DekSto
         cosmos.close()
         return
     raise AssertionError(kind)
+
+
+OpenCollection = Callable[[str], DocumentStore]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def open_collection(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenCollection]:
+    """Opens generic document stores (any collection) in one fresh database of each kind."""
+    from field_encrypt.stores.databases import open_database, open_document_store
+    from tests.backends import backend_for
+
+    backend = backend_for(request.param, request, tmp_path)
+    database = open_database(backend.settings())
+    yield lambda collection: open_document_store(database, collection=collection)
+    database.close()
