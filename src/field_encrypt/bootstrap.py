@@ -84,6 +84,7 @@ def init_encryption(
         collections=collections,
         cache=cache,
         enabled=settings.enabled,
+        allow_plaintext=settings.allow_plaintext,
     )
     if settings.enabled:
         current = provider.current_version()

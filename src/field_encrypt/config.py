@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     )
 
     enabled: bool = True
+    allow_plaintext: bool = True
+    """Read plaintext found in encrypted fields as is (needed until the backfill is done)."""
     key_provider: ProviderName = "local"
     mek_name: str = "field-encrypt-mek"
     database: str = "var/field-encrypt.db"

@@ -19,17 +19,25 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt import token
 from field_encrypt.cache import DekCache
-from field_encrypt.errors import ConfigurationError, DecryptionError
+from field_encrypt.errors import (
+    ConfigurationError,
+    DecryptionError,
+    DekMissingError,
+    NotFoundError,
+)
 from field_encrypt.providers.base import KeyProvider, dek_context
 from field_encrypt.stores.base import DekStore
 
 TokenForm = Literal["text", "binary"]
+_VERSION_BYTE = bytes((token.VERSION,))
 
 
 @dataclass(frozen=True, slots=True)
 class _Field:
     path: str
     keys: tuple[str, ...]  # the path split on dots
+    name: str  # the last key
+    flat: bool  # a top-level field
     binding: bytes  # length-prefixed path: the last part of the associated data
 
 
@@ -47,6 +55,9 @@ class FieldEncryptor:
     ``token_form`` is how new tokens are stored: ``"text"`` (``fe1:`` + base64, for JSON
     documents) or ``"binary"`` (for binary columns); both forms always decrypt.
     With ``enabled=False`` new writes stay plaintext; tokens already stored still decrypt.
+    ``allow_plaintext=False`` (once the ``encrypt`` backfill is done) makes a plaintext
+    value in an encrypted field a :class:`DecryptionError` instead of passing it through,
+    so a stored token cannot be swapped for plaintext.
     """
 
     def __init__(
@@ -58,6 +69,7 @@ class FieldEncryptor:
         collections: Mapping[str, Sequence[str]],
         cache: DekCache | None = None,
         enabled: bool = True,
+        allow_plaintext: bool = True,
         token_form: TokenForm = "text",
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -74,13 +86,17 @@ class FieldEncryptor:
         self.store = store
         self.cache = cache if cache is not None else DekCache()
         self.enabled = enabled
+        self.allow_plaintext = allow_plaintext
         self.token_form: TokenForm = token_form
         self.collections = {name: tuple(paths) for name, paths in collections.items()}
         self._random = random_bytes
         self._plans = {
             name: _Collection(
                 prefix=token.lp(product) + token.lp(name),
-                fields=tuple(_Field(p, tuple(p.split(".")), token.lp(p)) for p in paths),
+                fields=tuple(
+                    _Field(p, tuple(p.split(".")), p.split(".")[-1], "." not in p, token.lp(p))
+                    for p in paths
+                ),
                 nested=any("." in p for p in paths),
             )
             for name, paths in self.collections.items()
@@ -141,24 +157,31 @@ class FieldEncryptor:
     ) -> dict[str, Any]:
         """A copy of ``document`` with its encrypted fields opened (plaintext passes through)."""
         plan = self._plan(collection)
-        out = _copy(document, plan)
-        prefix = plan.prefix + token.lp(document_id)
+        out = _copy(document, plan) if plan.nested else dict(document)
+        doc_id = document_id.encode()
+        prefix = plan.prefix + len(doc_id).to_bytes(2, "big") + doc_id
         current = b""
         cipher: AESGCM | None = None
+        lookup = self.cache.lookup
         for f in plan.fields:
-            parent = out if len(f.keys) == 1 else _parent(out, f.keys)
+            parent = out if f.flat else _parent(out, f.keys)
             if parent is None:
                 continue
-            value = parent.get(f.keys[-1])
-            if value.__class__ is not bytes:
-                if not token.is_token(value):
-                    continue
+            value = parent.get(f.name)
+            if value.__class__ is bytes and value[:1] == _VERSION_BYTE:
+                pass
+            elif token.is_token(value):
                 value = token.from_text(value)  # type: ignore[arg-type]
+            elif value is None or self.allow_plaintext:
+                continue
+            else:
+                raise DecryptionError()
             raw_id = value[1:17]
-            if raw_id != current or cipher is None:
-                cipher = self._cipher(raw_id)[0]
+            if raw_id != current:
+                entry = lookup(raw_id)
+                cipher = entry[0] if entry is not None else self._load(raw_id)[0]
                 current = raw_id
-            parent[f.keys[-1]] = token.open_(cipher, value, prefix + f.binding)
+            parent[f.name] = token.open_(cipher, value, prefix + f.binding)  # type: ignore[arg-type]
         return out
 
     def dek_id_of(self, collection: str, document: Mapping[str, Any]) -> str | None:
@@ -200,11 +223,17 @@ class FieldEncryptor:
 
     # -- DEKs --------------------------------------------------------------------------
 
-    def create_dek(self) -> str:
-        """Generate a DEK, wrap it under the current MEK version, store it; its dekId."""
+    def create_dek(self, *, version: str | None = None) -> str:
+        """Generate a DEK, wrap it under the current MEK version, store it; its dekId.
+
+        ``version`` picks another wrapping version, e.g. a partition's KEK
+        (``KekTierProvider.dek_version(partition)``).
+        """
         dek_id = uuid.UUID(bytes=self._random(16), version=4).hex
         dek = self._random(32)
-        wrapped = self.provider.wrap(dek, context=dek_context(self.product, dek_id))
+        wrapped = self.provider.wrap(
+            dek, context=dek_context(self.product, dek_id), version=version
+        )
         self.store.create(
             dek_id=dek_id,
             mek_name=self.provider.mek_name,
@@ -222,10 +251,15 @@ class FieldEncryptor:
 
     def _cipher(self, raw_id: bytes) -> tuple[AESGCM, str]:
         entry = self.cache.lookup(raw_id)
-        if entry is not None:
-            return entry
+        return entry if entry is not None else self._load(raw_id)
+
+    def _load(self, raw_id: bytes) -> tuple[AESGCM, str]:
+        """Unwrap a DEK through the provider and cache it."""
         dek_id = raw_id.hex()
-        record = self.store.get(dek_id)
+        try:
+            record = self.store.get(dek_id)
+        except NotFoundError:
+            raise DekMissingError(dek_id) from None
         dek = self.provider.unwrap(
             record.wrapped, version=record.mek_version, context=dek_context(self.product, dek_id)
         )

@@ -5,7 +5,8 @@ Everything the library raises on purpose is a :class:`FieldEncryptError`::
     FieldEncryptError
     ├── ConfigurationError            bad or missing settings; raised at start-up
     ├── DecryptionError               a token or wrapped DEK failed to open (fixed message)
-    ├── UnsupportedFormatError        not a token, or a format version this build does not read
+    │   ├── UnsupportedFormatError    not a token, or a format version this build does not read
+    │   └── DekMissingError           the token's DEK is not in the dek_store (shredded or lost)
     ├── KeyProviderError              the key service failed (.cause holds the SDK error)
     │   ├── KeyVersionDisabledError   the MEK version exists but is disabled
     │   ├── KeyVersionNotFoundError   no such MEK version
@@ -34,17 +35,29 @@ class ConfigurationError(FieldEncryptError):
 
 
 class DecryptionError(FieldEncryptError):
-    """A field token or a wrapped DEK failed authentication.
+    """A field token or a wrapped DEK could not be opened.
 
-    The message is fixed on purpose: it never says which byte, key or binding failed.
+    Catching this catches every way a stored value can fail to decrypt. The base message
+    is fixed on purpose: it never says which byte, key or binding failed.
     """
 
-    def __init__(self) -> None:
-        super().__init__("decryption failed")
+    def __init__(self, message: str = "decryption failed") -> None:
+        super().__init__(message)
 
 
-class UnsupportedFormatError(FieldEncryptError):
+class UnsupportedFormatError(DecryptionError):
     """The value is not a field token, or its format version is unknown to this build."""
+
+
+class DekMissingError(DecryptionError):
+    """The token names a DEK that the dek_store does not hold (crypto-shredded or lost).
+
+    ``dek_id`` says which, so an operator can follow the runbook (restore ``dek_store``).
+    """
+
+    def __init__(self, dek_id: str) -> None:
+        super().__init__(f"decryption failed: DEK {dek_id} is not in the dek_store")
+        self.dek_id = dek_id
 
 
 class KeyProviderError(FieldEncryptError):

@@ -35,6 +35,7 @@ def open_sqlite_runtime(
             max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds
         ),
         enabled=settings.enabled,
+        allow_plaintext=settings.allow_plaintext,
     )
     documents = {name: SqliteDocumentStore(database, collection=name) for name in collections}
     return ProductRuntime(

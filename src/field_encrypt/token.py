@@ -154,14 +154,29 @@ def to_text(raw: bytes) -> str:
     return PREFIX + binascii.b2a_base64(raw, newline=False).decode("ascii")
 
 
+_B64_INDEX: Final = {c: i for i, c in enumerate(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+)}  # fmt: skip
+
+
 def from_text(text: str) -> bytes:
-    """The binary token inside a text token."""
+    """The binary token inside a text token.
+
+    Only the canonical encoding is accepted: base64 leaves unused bits in the last
+    character before ``=`` padding, and a text whose unused bits are not zero would
+    otherwise be a second spelling of the same token.
+    """
     if not text.startswith(PREFIX):
         raise UnsupportedFormatError("not a field-encrypt token")
     try:
-        return binascii.a2b_base64(text[len(PREFIX) :], strict_mode=True)
+        raw = binascii.a2b_base64(text[len(PREFIX) :], strict_mode=True)
     except (binascii.Error, ValueError):
         raise DecryptionError() from None
+    if text[-1] == "=":
+        unused = 0x0F if text[-2] == "=" else 0x03
+        if _B64_INDEX.get(text[-3 if unused == 0x0F else -2], 0) & unused:
+            raise DecryptionError()
+    return raw
 
 
 def is_token(value: object) -> bool:

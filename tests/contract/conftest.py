@@ -17,8 +17,10 @@ import pytest
 from field_encrypt.documents import DocumentStore
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.env import EnvKeyProvider
+from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.providers.local import LocalKeyProvider
 from field_encrypt.stores.base import DekStore
+from field_encrypt.stores.kek import SqliteKekStore
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
 from tests.backends import BACKEND_KINDS
@@ -74,7 +76,23 @@ class EnvHarness:
         )
 
 
-PROVIDER_KINDS = ["local", "env"]
+class KekTierHarness:
+    """The KEK tier over a local keyring: it must honour the same contract."""
+
+    def __init__(self, directory: Path) -> None:
+        self.local = LocalHarness(directory)
+        self.directory = directory
+        self.secrets = self.local.secrets
+
+    def make(self, versions: int, disabled: frozenset[int] = frozenset()) -> KeyProvider:
+        mek = self.local.make(versions, disabled)
+        database = SqliteDatabase(self.directory / f"keks{self.local._count}.db")
+        return KekTierProvider(
+            mek, SqliteKekStore(database, product="contract"), product="contract"
+        )
+
+
+PROVIDER_KINDS = ["local", "env", "kek-tier"]
 STORE_KINDS = BACKEND_KINDS
 
 
@@ -85,6 +103,8 @@ def provider_harness(request: pytest.FixtureRequest, tmp_path: Path) -> Provider
         return LocalHarness(tmp_path)
     if kind == "env":
         return EnvHarness()
+    if kind == "kek-tier":
+        return KekTierHarness(tmp_path)
     raise AssertionError(kind)
 
 

@@ -9,10 +9,9 @@ import pytest
 
 from field_encrypt import (
     DecryptionError,
+    DekMissingError,
     FieldEncryptor,
     KeyVersionDisabledError,
-    NotFoundError,
-    UnsupportedFormatError,
 )
 from field_encrypt import token as tokens
 from field_encrypt.cache import DekCache
@@ -80,17 +79,22 @@ def test_tokens_carry_dek_id_and_mek_version(encryptor: FieldEncryptor) -> None:
     assert header.mek_version == "1"
 
 
-@pytest.mark.parametrize("form", ["text", "binary"])
-def test_every_flipped_byte_is_refused(encryptor: FieldEncryptor, form: str) -> None:
-    """Flipping any single byte of a stored token fails decryption with the one documented error."""
+@pytest.mark.parametrize(("form", "strict"), [("text", False), ("text", True), ("binary", True)])
+def test_every_flipped_byte_is_refused(encryptor: FieldEncryptor, form: str, strict: bool) -> None:
+    """Flipping any single byte of a stored token fails decryption with the one documented error.
+
+    (A binary token whose version byte is flipped looks like plaintext bytes, so binary
+    tokens are only tamper-proof in strict mode, ``allow_plaintext=False``.)
+    """
     encryptor.token_form = form  # type: ignore[assignment]
+    encryptor.allow_plaintext = not strict
     sealed = encryptor.encrypt_document("notes", "n1", NOTE)
     raw = tokens.as_binary(sealed["body"])
     for i in range(len(raw)):
         for bit in (0x01, 0x80):
             bad = raw[:i] + bytes([raw[i] ^ bit]) + raw[i + 1 :]
             value: str | bytes = tokens.to_text(bad) if form == "text" else bad
-            with pytest.raises((DecryptionError, UnsupportedFormatError, NotFoundError)):
+            with pytest.raises(DecryptionError):
                 encryptor.decrypt_document("notes", "n1", {**sealed, "body": value})
 
 
@@ -199,8 +203,9 @@ def test_shred_makes_the_document_unreadable(encryptor: FieldEncryptor) -> None:
     sealed = encryptor.encrypt_document("notes", "n1", NOTE)
     dek_id = encryptor.dek_id_of("notes", sealed) or ""
     assert encryptor.shred(dek_id) is True
-    with pytest.raises(NotFoundError):
+    with pytest.raises(DekMissingError) as info:
         encryptor.decrypt_document("notes", "n1", sealed)
+    assert info.value.dek_id == dek_id
     assert encryptor.shred(dek_id) is False
 
 
@@ -218,6 +223,20 @@ def test_plaintext_fields_pass_through_decryption(encryptor: FieldEncryptor) -> 
     """Documents written before encryption was enabled read as they are (for the backfill)."""
     assert encryptor.decrypt_document("notes", "n1", NOTE) == NOTE
     assert encryptor.dek_id_of("notes", NOTE) is None
+
+
+@pytest.mark.parametrize("form", ["text", "binary"])
+def test_strict_mode_refuses_plaintext(encryptor: FieldEncryptor, form: str) -> None:
+    """With allow_plaintext=False a token swapped for plaintext (or a mangled prefix) is refused."""
+    encryptor.token_form = form  # type: ignore[assignment]
+    sealed = encryptor.encrypt_document("notes", "n1", NOTE)
+    encryptor.allow_plaintext = False
+    assert encryptor.decrypt_document("notes", "n1", sealed) == NOTE
+    mangled = ("fe0:" + sealed["body"][4:]) if form == "text" else b"\x02" + sealed["body"][1:]
+    for value in ("plain text", b"raw", mangled):
+        with pytest.raises(DecryptionError):
+            encryptor.decrypt_document("notes", "n1", {**sealed, "body": value})
+    assert encryptor.decrypt_document("notes", "n1", {**sealed, "body": None})["body"] is None
 
 
 def test_none_and_missing_fields_stay_as_they_are(encryptor: FieldEncryptor) -> None:

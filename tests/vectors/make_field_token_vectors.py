@@ -82,6 +82,15 @@ def _cases() -> list[dict[str, object]]:
     return cases
 
 
+def _noncanonical(token: str) -> str:
+    """The same bytes spelled with a non-zero unused bit before the '=' padding."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    pad = len(token) - len(token.rstrip("="))
+    assert pad, "the chosen vector's token must end in padding"
+    i = len(token) - pad - 1
+    return token[:i] + alphabet[alphabet.index(token[i]) | 1] + token[i + 1 :]
+
+
 def _invalid(cases: list[dict[str, object]]) -> list[dict[str, object]]:
     base = dict(cases[1])
     token = _build(base)
@@ -101,6 +110,7 @@ def _invalid(cases: list[dict[str, object]]) -> list[dict[str, object]]:
         ("too short", text(raw[:20]), "decryption", {}),
         ("unknown format version", text(b"\x02" + raw[1:]), "unsupported", {}),
         ("not base64", "fe1:@@@@", "decryption", {}),
+        ("non-canonical base64 padding bits", _noncanonical(token), "decryption", {}),
         ("wrong document", token, "decryption", {"document_id": "note-999"}),
         ("wrong field", token, "decryption", {"field_path": "title"}),
         ("wrong collection", token, "decryption", {"collection": "drafts"}),

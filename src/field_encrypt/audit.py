@@ -1,0 +1,322 @@
+"""The audit trail (``actiontrail``): tamper-evident domain events for everything that touches keys.
+
+Events are CloudEvents 1.0 shaped (``specversion``, ``type``, ``source``, ``id``, ``time``,
+``subject``, ``datacontenttype``, ``data``) with two extension attributes that chain them:
+``prevhash`` (the ``hash`` of the event before, or 64 zeros for the first) and ``hash``
+(SHA-256 over the canonical JSON of the event without ``hash``). Any edit, deletion,
+insertion or reordering of stored events breaks the chain, and :meth:`AuditTrail.verify`
+names the first broken link.
+
+Events never hold key material: ``data`` takes only text, numbers, booleans, ``None`` and
+lists/dicts of them, and refuses ``bytes`` outright.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from field_encrypt.errors import ConfigurationError
+from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase
+
+GENESIS = "0" * 64
+TYPE_PREFIX = "io.field-encrypt."
+
+# Every event type the library and CLI emit, so documentation and tests can list them.
+MEK_VERSION_CREATED = "io.field-encrypt.mek.version.created"
+MEK_VERSION_ENABLED = "io.field-encrypt.mek.version.enabled"
+MEK_VERSION_DISABLED = "io.field-encrypt.mek.version.disabled"
+MEK_VERSION_RETIRED = "io.field-encrypt.mek.version.retired"
+MEK_VERSION_COMPROMISED = "io.field-encrypt.mek.version.compromised"
+RUN_STARTED = "io.field-encrypt.run.started"
+RUN_PROGRESS = "io.field-encrypt.run.progress"
+RUN_COMPLETED = "io.field-encrypt.run.completed"
+RUN_FAILED = "io.field-encrypt.run.failed"
+DEK_REWRAP_FAILED = "io.field-encrypt.dek.rewrap.failed"
+DEK_SHREDDED = "io.field-encrypt.dek.shredded"
+DOCUMENT_REENCRYPTED = "io.field-encrypt.document.reencrypted"
+DOCUMENT_BACKFILLED = "io.field-encrypt.document.backfilled"
+DECRYPT_DENIED = "io.field-encrypt.decrypt.denied"
+ROTATION_STAGE = "io.field-encrypt.rotation.stage"
+
+EVENT_TYPES = (
+    MEK_VERSION_CREATED, MEK_VERSION_ENABLED, MEK_VERSION_DISABLED, MEK_VERSION_RETIRED,
+    MEK_VERSION_COMPROMISED, RUN_STARTED, RUN_PROGRESS, RUN_COMPLETED, RUN_FAILED,
+    DEK_REWRAP_FAILED, DEK_SHREDDED, DOCUMENT_REENCRYPTED, DOCUMENT_BACKFILLED,
+    DECRYPT_DENIED, ROTATION_STAGE,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEvent:
+    """One stored event. ``seq`` is its position in the product's trail."""
+
+    seq: int
+    id: str
+    type: str
+    source: str
+    subject: str
+    time: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    prevhash: str
+    hash: str
+
+    def cloudevent(self) -> dict[str, Any]:
+        """The event as a CloudEvents 1.0 JSON object (``prevhash``/``hash`` as extensions)."""
+        return {
+            "specversion": "1.0",
+            "id": self.id,
+            "type": self.type,
+            "source": self.source,
+            "subject": self.subject,
+            "time": self.time,
+            "datacontenttype": "application/json",
+            "data": dict(self.data),
+            "prevhash": self.prevhash,
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainReport:
+    """What :meth:`AuditTrail.verify` found."""
+
+    events: int
+    intact: bool
+    first_broken_seq: int | None = None
+    reason: str | None = None
+
+
+def event_hash(event: Mapping[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of a CloudEvent without its ``hash`` attribute."""
+    body = {k: v for k, v in event.items() if k != "hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_data(value: object, path: str = "data") -> None:
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise ConfigurationError(f"audit {path} must not hold bytes (key material is never logged)")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigurationError(f"audit {path} keys must be strings")
+            _check_data(v, f"{path}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_data(v, f"{path}[{i}]")
+    elif not isinstance(value, str | int | float | bool | type(None)):
+        raise ConfigurationError(f"audit {path} has an unsupported type {type(value).__name__}")
+
+
+class AuditSink(Protocol):
+    """Somewhere events are forwarded after they are stored (a file, stdout, a bus)."""
+
+    def send(self, event: Mapping[str, Any]) -> None: ...
+
+
+class JsonLinesSink:
+    """Appends each event as one JSON line to a file, or to a stream such as stdout."""
+
+    def __init__(self, target: str | Path | TextIO) -> None:
+        self._target = target
+
+    def __repr__(self) -> str:
+        return f"JsonLinesSink({getattr(self._target, 'name', self._target)!r})"
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        line = json.dumps(event, sort_keys=True, ensure_ascii=False) + "\n"
+        if isinstance(self._target, str | Path):
+            with open(self._target, "a", encoding="utf-8") as out:
+                out.write(line)
+        else:
+            self._target.write(line)
+            self._target.flush()
+
+
+def sink_from_setting(value: str | None) -> AuditSink | None:
+    """``FIELD_ENCRYPT_AUDIT_SINK``: empty for none, ``stdout``, or a JSON-lines file path."""
+    if not value:
+        return None
+    if value == "stdout":
+        return JsonLinesSink(sys.stdout)
+    return JsonLinesSink(Path(value))
+
+
+class AuditTrail(Protocol):
+    """A product's append-only, hash-chained event log."""
+
+    def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
+        """Append an event (and forward it to the sinks)."""
+        ...
+
+    def events(
+        self,
+        *,
+        types: Sequence[str] = (),
+        subject: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEvent]:
+        """Stored events in order, filtered."""
+        ...
+
+    def verify(self) -> ChainReport:
+        """Walk the chain and say whether it is intact, and where it first breaks."""
+        ...
+
+
+MIGRATIONS = (
+    Migration(
+        "0001_actiontrail",
+        """
+        CREATE TABLE actiontrail (
+            seq INTEGER PRIMARY KEY,
+            product TEXT NOT NULL,
+            id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            time TEXT NOT NULL,
+            event TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX actiontrail_type ON actiontrail (product, type)
+        """,
+    ),
+)
+
+
+class SqliteAuditTrail:
+    """The actiontrail table in the product's SQLite database."""
+
+    def __init__(
+        self,
+        database: SqliteDatabase,
+        *,
+        product: str,
+        sinks: Iterable[AuditSink] = (),
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.database = database
+        self.product = product
+        self.sinks = list(sinks)
+        self._clock = clock
+        database.migrate(MIGRATIONS)
+
+    def __repr__(self) -> str:
+        return f"SqliteAuditTrail({self.database.path!r}, product={self.product!r})"
+
+    def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
+        if not type.startswith(TYPE_PREFIX):
+            raise ConfigurationError(f"audit event type must start with {TYPE_PREFIX!r}")
+        payload = dict(data or {})
+        _check_data(payload)
+        with self.database.transaction() as tx:
+            last = tx.execute(
+                "SELECT hash FROM actiontrail WHERE product = ? ORDER BY seq DESC LIMIT 1",
+                (self.product,),
+            ).fetchone()
+            event: dict[str, Any] = {
+                "specversion": "1.0",
+                "id": uuid.uuid4().hex,
+                "type": type,
+                "source": f"field-encrypt/{self.product}",
+                "subject": subject,
+                "time": self._clock().isoformat(),
+                "datacontenttype": "application/json",
+                "data": payload,
+                "prevhash": last[0] if last else GENESIS,
+            }
+            event["hash"] = event_hash(event)
+            cur = tx.execute(
+                "INSERT INTO actiontrail (product, id, type, subject, time, event, hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.product,
+                    event["id"],
+                    type,
+                    subject,
+                    event["time"],
+                    json.dumps(event, sort_keys=True, ensure_ascii=False),
+                    event["hash"],
+                ),
+            )
+        for sink in self.sinks:
+            sink.send(event)
+        return _event(int(cur.lastrowid or 0), event)
+
+    def events(
+        self,
+        *,
+        types: Sequence[str] = (),
+        subject: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEvent]:
+        where, params = ["product = ?"], [self.product]
+        if types:
+            where.append(f"type IN ({','.join('?' * len(types))})")
+            params += list(types)
+        if subject is not None:
+            where.append("subject = ?")
+            params.append(subject)
+        if since is not None:
+            where.append("time >= ?")
+            params.append(since.isoformat())
+        if until is not None:
+            where.append("time < ?")
+            params.append(until.isoformat())
+        sql = f"SELECT seq, event FROM actiontrail WHERE {' AND '.join(where)} ORDER BY seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_event(seq, json.loads(text)) for seq, text in self.database.query(sql, params)]
+
+    def verify(self) -> ChainReport:
+        rows = self.database.query(
+            "SELECT seq, event, hash FROM actiontrail WHERE product = ? ORDER BY seq",
+            (self.product,),
+        )
+        return verify_chain((seq, json.loads(text), stored) for seq, text, stored in rows)
+
+
+def verify_chain(rows: Iterable[tuple[int, dict[str, Any], str]]) -> ChainReport:
+    """Check a sequence of ``(seq, event, stored hash)`` links; shared by every store."""
+    previous = GENESIS
+    count = 0
+    for seq, event, stored in rows:
+        count += 1
+        if event.get("prevhash") != previous:
+            return ChainReport(
+                events=count, intact=False, first_broken_seq=seq,
+                reason="prevhash does not match the event before (deleted, inserted or reordered)",
+            )  # fmt: skip
+        if event.get("hash") != stored or event_hash(event) != stored:
+            return ChainReport(
+                events=count, intact=False, first_broken_seq=seq,
+                reason="hash does not match the event's content (edited)",
+            )  # fmt: skip
+        previous = stored
+    return ChainReport(events=count, intact=True)
+
+
+def _event(seq: int, event: Mapping[str, Any]) -> AuditEvent:
+    return AuditEvent(
+        seq=seq,
+        id=event["id"],
+        type=event["type"],
+        source=event["source"],
+        subject=event["subject"],
+        time=event["time"],
+        data=event.get("data", {}),
+        prevhash=event["prevhash"],
+        hash=event["hash"],
+    )

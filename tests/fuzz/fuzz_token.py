@@ -1,0 +1,76 @@
+"""Coverage-guided fuzzing (atheris) of the token parser and the document decrypt path.
+
+    .venv/bin/python -m tests.fuzz.fuzz_token -max_total_time=60 [-runs=N]
+
+The target feeds arbitrary bytes, as a binary token and as a text token, to
+``FieldEncryptor.decrypt_document`` (strict and permissive modes), ``token.read_header``
+and ``token.from_text``. Anything raised that is not a ``FieldEncryptError`` is a crash.
+It also seeds the corpus with real tokens so the fuzzer starts from valid structure.
+libFuzzer prints ``Done N runs`` at the end (tests/fuzz/test_fuzz.py reads it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import atheris
+
+with atheris.instrument_imports():
+    from field_encrypt import FieldEncryptor, token
+    from field_encrypt.errors import FieldEncryptError
+    from field_encrypt.providers.local import LocalKeyProvider
+    from field_encrypt.stores.sqlite import SqliteDekStore
+    from field_encrypt.stores.sqlite_db import SqliteDatabase
+
+_tmp = Path(tempfile.mkdtemp(prefix="fuzz-token-"))
+_provider = LocalKeyProvider(_tmp / "ring.json", mek_name="fuzz")
+_store = SqliteDekStore(SqliteDatabase(_tmp / "fuzz.db"), product="fuzz")
+_fe = FieldEncryptor(
+    product="fuzz", provider=_provider, store=_store, collections={"c": ["f", "a.b"]}
+)
+_strict = FieldEncryptor(
+    product="fuzz",
+    provider=_provider,
+    store=_store,
+    collections={"c": ["f", "a.b"]},
+    allow_plaintext=False,
+)
+
+
+def seeds() -> list[bytes]:
+    """Real tokens of a few sizes, binary form, to start the corpus."""
+    out = []
+    for size in (0, 1, 20, 300):
+        doc = _fe.encrypt_document("c", "d", {"f": "x" * size})
+        out.append(token.from_text(doc["f"]))
+    return out
+
+
+def target(data: bytes) -> None:
+    text = "fe1:" + data.decode("latin-1")
+    for value in (data, text, data.decode("latin-1")):
+        for fe in (_fe, _strict):
+            with contextlib.suppress(FieldEncryptError):
+                fe.decrypt_document("c", "d", {"f": value, "a": {"b": value}})
+    with contextlib.suppress(FieldEncryptError):
+        token.read_header(data)
+    with contextlib.suppress(FieldEncryptError):
+        token.from_text(text)
+
+
+def main() -> None:
+    corpus = _tmp / "corpus"
+    corpus.mkdir()
+    for i, seed in enumerate(seeds()):
+        (corpus / f"seed{i}").write_bytes(seed)
+    atheris.Setup([*sys.argv, str(corpus)], target)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
