@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from field_encrypt.errors import ConfigurationError
 
@@ -59,6 +59,21 @@ class Settings(BaseSettings):
         return value
 
 
+class _MappingSettings(Settings):
+    """Settings read from a given mapping only, never from the process environment."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Settings from ``environ`` (the process environment when ``None``) plus ``overrides``.
 
@@ -75,7 +90,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         if "AZURE_KEYVAULT_URL" in environ:
             values["azure_keyvault_url"] = environ["AZURE_KEYVAULT_URL"]
         values.update({k: str(v) for k, v in overrides.items()})
-        return Settings.model_validate(values)
+        return _MappingSettings.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(
             f"FIELD_ENCRYPT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"

@@ -127,3 +127,12 @@ def test_env_rotation_rehearsal(tmp_path: Path) -> None:
     assert fe2.provider.current_version() == "2"
     assert fe2.decrypt_document("c", "1", sealed) == {"f": "secret"}
     assert fe2.store.count_by_version() == {"1": 1}
+
+
+def test_a_given_mapping_ignores_the_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_settings(environ) reads that mapping only, not os.environ."""
+    monkeypatch.setenv("FIELD_ENCRYPT_MEK_NAME", "from-process-env")
+    assert load_settings(_env(tmp_path)).mek_name == "field-encrypt-mek"
+    assert load_settings().mek_name == "from-process-env"

@@ -1,0 +1,99 @@
+"""``create_app``: the NoteLett FastAPI application, built from settings.
+
+Everything is opened and checked here, at construction: a bad setting fails start-up,
+not the first request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import field_encrypt
+from notelett.auth import verifier_from_settings
+from notelett.backend import Backend, open_backend
+from notelett.deps import AppState
+from notelett.errors import NoteLettError, handle_error
+from notelett.metrics import Metrics, MetricsMiddleware
+from notelett.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from notelett.models import ErrorOut
+from notelett.routes import diagnostics, notes
+from notelett.service import NotesService
+from notelett.settings import NoteLettSettings, load_notelett_settings
+
+log = logging.getLogger("notelett")
+
+DESCRIPTION = """\
+Notes whose `title` and `body` are field-encrypted at rest (envelope encryption, one DEK
+per note). Authenticate with `Authorization: Bearer <JWT>`. Every error answers with the
+`Error` shape; a note or workspace that is not yours answers exactly like one that does
+not exist.
+"""
+
+
+def create_app(
+    settings: NoteLettSettings | None = None,
+    *,
+    encryption: field_encrypt.Settings | None = None,
+    backend: Backend | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
+) -> FastAPI:
+    """The app. ``backend`` defaults to one opened from ``settings`` and ``encryption``
+    (``NOTELETT_*`` and ``FIELD_ENCRYPT_*`` from the environment when not given); an app
+    that opened its backend closes it on shutdown."""
+    settings = settings if settings is not None else load_notelett_settings()
+    owns_backend = backend is None
+    if backend is None:
+        encryption = encryption if encryption is not None else field_encrypt.load_settings()
+        backend = open_backend(encryption, settings)
+    verifier = verifier_from_settings(settings)
+    metrics = Metrics(backend.encryptor.cache)
+    service = NotesService(
+        encryptor=backend.encryptor,
+        notes=backend.notes,
+        directory=backend.directory,
+        clock=clock,
+        on_decrypt_failure=metrics.decrypt_failures.inc,
+    )
+    state = AppState(
+        settings=settings, backend=backend, service=service, verifier=verifier, metrics=metrics
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        finished = await run_in_threadpool(service.finish_deletes)
+        if finished:
+            log.info("completed %d interrupted note deletes", finished)
+        yield
+        if owns_backend:
+            backend.close()
+
+    app = FastAPI(
+        title="NoteLett",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses={422: {"model": ErrorOut, "description": "Invalid input"}},
+    )
+    app.state.notelett = state
+    for error in (
+        NoteLettError,
+        field_encrypt.FieldEncryptError,
+        RequestValidationError,
+        StarletteHTTPException,
+        Exception,
+    ):
+        app.add_exception_handler(error, handle_error)
+    app.include_router(notes.router)
+    app.include_router(diagnostics.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)
+    return app

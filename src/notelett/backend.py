@@ -1,0 +1,76 @@
+"""Open NoteLett's parts from settings: provider, dek_store, encryptor and repositories.
+
+Everything shares one SQLite file (``NOTELETT_DATABASE``, else ``FIELD_ENCRYPT_DATABASE``,
+else ``var/notelett.db``): the dek_store, the notes, the directory and the rotation
+ledger, so the ``field-encrypt`` CLI and the service always agree on where things are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build_provider
+from field_encrypt.products import ProductRuntime
+from field_encrypt.stores.sqlite import SqliteDekStore
+from field_encrypt.stores.sqlite_db import SqliteDatabase
+from notelett.documents import NotesDocumentStore
+from notelett.repository import NotesRepository, WorkspaceDirectory
+from notelett.service import COLLECTION, ENCRYPTED_FIELDS
+from notelett.settings import NoteLettSettings, database_path
+from notelett.sqlite_store import SqliteNotesRepository, SqliteWorkspaceDirectory
+
+PRODUCT = "notelett"
+COLLECTIONS = {COLLECTION: list(ENCRYPTED_FIELDS)}
+
+
+@dataclass(kw_only=True)
+class Backend:
+    """The product runtime plus NoteLett's own repositories."""
+
+    runtime: ProductRuntime
+    notes: NotesRepository
+    directory: WorkspaceDirectory
+
+    @property
+    def encryptor(self) -> FieldEncryptor:
+        return self.runtime.encryptor
+
+    @property
+    def provider(self) -> KeyProvider:
+        return self.runtime.provider
+
+    def close(self) -> None:
+        """Close the database connections."""
+        self.runtime.close()
+
+
+def open_backend(
+    encryption: Settings, settings: NoteLettSettings, *, provider: KeyProvider | None = None
+) -> Backend:
+    """Everything NoteLett needs, opened from the two groups of settings."""
+    database = SqliteDatabase(database_path(settings, encryption))
+    provider = provider if provider is not None else build_provider(encryption)
+    dek_store = SqliteDekStore(database, product=PRODUCT)
+    encryptor = FieldEncryptor(
+        product=PRODUCT,
+        provider=provider,
+        store=dek_store,
+        collections=COLLECTIONS,
+        cache=DekCache(
+            max_entries=encryption.cache_max_entries, ttl_seconds=encryption.cache_ttl_seconds
+        ),
+        enabled=encryption.enabled,
+        allow_plaintext=encryption.allow_plaintext,
+        token_form="binary",
+    )
+    notes = SqliteNotesRepository(database)
+    runtime = ProductRuntime(
+        settings=encryption,
+        provider=provider,
+        dek_store=dek_store,
+        encryptor=encryptor,
+        documents={COLLECTION: NotesDocumentStore(notes)},
+        database=database,
+        resources=[database],
+    )
+    return Backend(runtime=runtime, notes=notes, directory=SqliteWorkspaceDirectory(database))

@@ -1,0 +1,122 @@
+"""The ``notelett`` command: ``serve``, ``token``, ``seed``, ``purge``.
+
+Settings come from the environment (``NOTELETT_*`` and ``FIELD_ENCRYPT_*``); with none
+set everything lives under ``var/`` in the current directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+import field_encrypt
+from notelett.auth import mint_dev_token
+from notelett.backend import open_backend
+from notelett.seed import seed as seed_notes
+from notelett.service import NotesService
+from notelett.settings import NoteLettSettings, load_notelett_settings
+
+app = typer.Typer(
+    name="notelett",
+    help="NoteLett: a notes API with field-level envelope encryption.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [NOTELETT_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [NOTELETT_PORT, 4016].")] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the API with uvicorn (in the foreground)."""
+    import uvicorn
+
+    from notelett.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    try:
+        application = create_app(settings)
+    except field_encrypt.ConfigurationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    uvicorn.run(
+        application,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=log_level,
+        access_log=access_log,
+    )
+
+
+@app.command()
+def token(
+    user: Annotated[str, typer.Option(help="The token's subject (a user id).")],
+    workspace: Annotated[
+        list[str] | None,
+        typer.Option(help="Narrow the token to this workspace (repeatable)."),
+    ] = None,
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.", min=1)] = 3600,
+) -> None:
+    """Print an HS256 development token."""
+    typer.echo(mint_dev_token(_settings(), user_id=user, workspaces=workspace, ttl_seconds=ttl))
+
+
+@app.command()
+def seed(
+    notes: Annotated[int, typer.Option(help="How many notes to create.", min=0)] = 200,
+    workspaces: Annotated[int, typer.Option(help="How many workspaces.", min=1)] = 3,
+    if_empty: Annotated[
+        bool, typer.Option("--if-empty", help="Create notes only if there are none yet.")
+    ] = False,
+    host: Annotated[str, typer.Option(help="Host for the printed curl line.")] = "127.0.0.1",
+) -> None:
+    """Fill a demo database; print a development token and a curl line that reads a note."""
+    settings = _settings()
+    backend = open_backend(field_encrypt.load_settings(), settings)
+    try:
+        result = seed_notes(backend, notes=notes, workspaces=workspaces, if_empty=if_empty)
+    finally:
+        backend.close()
+    bearer = mint_dev_token(settings, user_id=result.user, ttl_seconds=12 * 3600)
+    base = f"http://{host}:{settings.port}"
+    typer.echo(f"seeded {result.created} notes in workspaces {', '.join(result.workspaces)}")
+    typer.echo(f"user: {result.user} (member of every seeded workspace)")
+    typer.echo(f"token: {bearer}")
+    if result.sample_note:
+        typer.echo(
+            f"curl -s -H 'Authorization: Bearer {bearer}' {base}/api/notes/{result.sample_note}"
+        )
+    typer.echo(
+        f"curl -s -H 'Authorization: Bearer {bearer}' "
+        f"'{base}/api/notes/?workspaceId={result.workspaces[0]}&limit=5'"
+    )
+
+
+@app.command()
+def purge() -> None:
+    """Finish note deletes that a crash interrupted (the server also does this at start-up)."""
+    backend = open_backend(field_encrypt.load_settings(), _settings())
+    try:
+        service = NotesService(
+            encryptor=backend.encryptor, notes=backend.notes, directory=backend.directory
+        )
+        typer.echo(f"completed {service.finish_deletes()} interrupted deletes")
+    finally:
+        backend.close()
+
+
+def _settings() -> NoteLettSettings:
+    try:
+        return load_notelett_settings()
+    except field_encrypt.ConfigurationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def main() -> None:
+    """Entry point of the ``notelett`` script."""
+    app()

@@ -1,0 +1,100 @@
+"""Prometheus metrics: requests by route template and status, decrypt failures, DEK cache.
+
+Each app has its own registry (two apps in one process never collide). The DEK cache is
+read at scrape time from :meth:`DekCache.stats`, so the hot path pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from field_encrypt import DekCache
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _DekCacheCollector(Collector):
+    def __init__(self, cache: DekCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.cache.stats()
+        hits = CounterMetricFamily("notelett_dek_cache_hits", "DEK cache lookups that hit.")
+        hits.add_metric([], stats.hits)
+        misses = CounterMetricFamily(
+            "notelett_dek_cache_misses", "DEK cache lookups that missed (a DEK was unwrapped)."
+        )
+        misses.add_metric([], stats.misses)
+        evictions = CounterMetricFamily(
+            "notelett_dek_cache_evictions", "DEKs dropped from the cache (size, age, version)."
+        )
+        evictions.add_metric([], stats.evictions)
+        size = GaugeMetricFamily("notelett_dek_cache_entries", "DEKs held in the cache now.")
+        size.add_metric([], stats.size)
+        yield from (hits, misses, evictions, size)
+
+
+class Metrics:
+    """The app's registry and its instruments."""
+
+    def __init__(self, cache: DekCache) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "notelett_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "notelett_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method, route template and status.",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.decrypt_failures = Counter(
+            "notelett_decrypt_failures",
+            "Notes that failed to decrypt (each answered 500 with a correlation id).",
+            registry=self.registry,
+        )
+        self.registry.register(_DekCacheCollector(cache))
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Count and time every request under its route template (``/api/notes/{note_id}``)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_see(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_see)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            labels = (scope["method"], template, str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)

@@ -1,0 +1,126 @@
+"""The storage seams of NoteLett: ``NotesRepository`` and ``WorkspaceDirectory``.
+
+Both deal in *stored* values: a note's ``title`` and ``body`` are field tokens (binary
+or text) or, before encryption was enabled, plaintext. Encryption happens one layer up,
+in :mod:`notelett.service`. SQLite implements both today (:mod:`notelett.sqlite_store`);
+PostgreSQL and Cosmos implementations only have to honour these two protocols.
+
+Errors are the library's store errors: ``NotFoundError``, ``AlreadyExistsError``,
+``ConcurrentUpdateError`` (compare-and-swap on ``revision`` lost), ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+StoredValue = bytes | str | None
+"""A stored encrypted field: a binary token, a text token, or plaintext."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoteRecord:
+    """One note as stored. ``deleting`` marks a note whose deletion has begun."""
+
+    id: str
+    workspace_id: str
+    title: StoredValue = field(repr=False)
+    body: StoredValue = field(repr=False)
+    tags: tuple[str, ...]
+    dek_id: str | None
+    revision: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    deleting: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotePage:
+    """One page of notes; ``cursor`` (opaque, store-specific) continues it, ``None`` at the end."""
+
+    notes: list[NoteRecord]
+    cursor: str | None
+
+
+@runtime_checkable
+class NotesRepository(Protocol):
+    """The durable home of notes. Writes are compare-and-swap on ``revision``."""
+
+    def insert(self, note: NoteRecord) -> NoteRecord:
+        """Add a note at revision 1; ``AlreadyExistsError`` if the id is taken."""
+        ...
+
+    def get(self, note_id: str) -> NoteRecord:
+        """A live note; ``NotFoundError`` if absent or being deleted."""
+        ...
+
+    def list_workspace(self, workspace_id: str, *, cursor: str | None, limit: int) -> NotePage:
+        """A workspace's live notes, newest first (keyset pagination, never offsets)."""
+        ...
+
+    def replace(
+        self,
+        note_id: str,
+        *,
+        expected_revision: int,
+        title: StoredValue,
+        body: StoredValue,
+        tags: tuple[str, ...],
+        dek_id: str | None,
+        updated_at: dt.datetime,
+    ) -> NoteRecord:
+        """Write new values only if the note is still at ``expected_revision``.
+
+        ``ConcurrentUpdateError`` if the revision moved; ``NotFoundError`` if the note is
+        gone or being deleted.
+        """
+        ...
+
+    def mark_deleting(self, note_id: str, *, expected_revision: int | None) -> NoteRecord:
+        """Step 1 of a delete: hide the note from every read (a tombstone).
+
+        Also succeeds on a note already marked, so a retried delete can finish.
+        """
+        ...
+
+    def remove(self, note_id: str) -> bool:
+        """Step 3 of a delete: drop the row; whether there was one."""
+        ...
+
+    def pending_deletes(self, *, limit: int) -> list[NoteRecord]:
+        """Notes marked for deletion whose delete did not finish (a crash, a timeout)."""
+        ...
+
+    def scan(self, *, cursor: str | None, limit: int, shard: tuple[int, int] | None) -> NotePage:
+        """Every live note in a stable order, for the rotation tools."""
+        ...
+
+    def count(self) -> int:
+        """How many live notes there are."""
+        ...
+
+    def ping(self) -> None:
+        """Raise a ``StoreError`` unless the database answers."""
+        ...
+
+
+@runtime_checkable
+class WorkspaceDirectory(Protocol):
+    """Workspaces, users and memberships: who may see which notes."""
+
+    def is_member(self, user_id: str, workspace_id: str) -> bool:
+        """Whether ``user_id`` belongs to ``workspace_id`` (``False`` if either is unknown)."""
+        ...
+
+    def add_workspace(self, workspace_id: str, *, name: str) -> None:
+        """Create a workspace; a no-op if it exists."""
+        ...
+
+    def add_user(self, user_id: str, *, name: str) -> None:
+        """Create a user; a no-op if it exists."""
+        ...
+
+    def add_member(self, user_id: str, workspace_id: str) -> None:
+        """Let ``user_id`` into ``workspace_id``; a no-op if already a member."""
+        ...

@@ -1,0 +1,154 @@
+"""``/api/notes``: create, list, read, replace and delete notes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from notelett.deps import CurrentUser, Service
+from notelett.errors import InvalidCursorError
+from notelett.models import (
+    LIST_DEFAULT_LIMIT,
+    LIST_MAX_LIMIT,
+    ErrorOut,
+    NoteCreate,
+    NoteListOut,
+    NoteOut,
+    NoteUpdate,
+)
+from notelett.service import Note, NoteContent
+
+router = APIRouter(prefix="/api/notes", tags=["notes"])
+
+_CURSOR_PREFIX = "n1:"
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "Malformed JSON or an invalid cursor",
+        401: "Missing or invalid bearer token",
+        404: "No such note or workspace, or not one of yours (the same answer)",
+        412: "If-Match does not match the note's current ETag",
+        413: "Request body above the size limit",
+        422: "Input of the wrong shape: unknown field, wrong type, out of range",
+        428: "If-Match is required",
+        500: "A note failed to decrypt (see correlationId)",
+        503: "Encryption keys or storage temporarily unavailable",
+    }
+    return {code: {"model": ErrorOut, "description": descriptions[code]} for code in codes}
+
+
+_COMMON = (401, 500, 503)
+
+
+def encode_cursor(cursor: str | None) -> str | None:
+    """The opaque form of a repository cursor."""
+    if cursor is None:
+        return None
+    return base64.urlsafe_b64encode((_CURSOR_PREFIX + cursor).encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str | None) -> str | None:
+    """The repository cursor inside an opaque one; :class:`InvalidCursorError` if forged."""
+    if text is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidCursorError() from None
+    if not raw.startswith(_CURSOR_PREFIX):
+        raise InvalidCursorError()
+    return raw[len(_CURSOR_PREFIX) :]
+
+
+def _out(note: Note) -> NoteOut:
+    return NoteOut(
+        id=note.id,
+        workspaceId=note.workspace_id,
+        title=note.title,
+        body=note.body,
+        tags=list(note.tags),
+        revision=note.revision,
+        createdAt=note.created_at,
+        updatedAt=note.updated_at,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=_errors(400, 404, 413, 422, *_COMMON),
+    summary="Create a note",
+)
+def create_note(
+    payload: NoteCreate, user: CurrentUser, service: Service, response: Response
+) -> NoteOut:
+    note = service.create(
+        user,
+        payload.workspace_id,
+        NoteContent(title=payload.title, body=payload.body, tags=tuple(payload.tags)),
+    )
+    response.headers["ETag"] = note.etag
+    response.headers["Location"] = f"/api/notes/{note.id}"
+    return _out(note)
+
+
+@router.get("/", responses=_errors(400, 404, 422, *_COMMON), summary="List a workspace's notes")
+def list_notes(
+    user: CurrentUser,
+    service: Service,
+    workspace_id: Annotated[str, Query(alias="workspaceId", min_length=1, max_length=128)],
+    limit: Annotated[int, Query(ge=1, le=LIST_MAX_LIMIT)] = LIST_DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> NoteListOut:
+    notes, after = service.list(user, workspace_id, cursor=decode_cursor(cursor), limit=limit)
+    return NoteListOut(items=[_out(n) for n in notes], nextCursor=encode_cursor(after))
+
+
+@router.get("/{note_id}", responses=_errors(404, *_COMMON), summary="Read a note")
+def get_note(note_id: str, user: CurrentUser, service: Service, response: Response) -> NoteOut:
+    note = service.get(user, note_id)
+    response.headers["ETag"] = note.etag
+    return _out(note)
+
+
+@router.put(
+    "/{note_id}",
+    responses=_errors(400, 404, 412, 413, 422, 428, *_COMMON),
+    summary="Replace a note's content (If-Match required)",
+)
+def replace_note(
+    note_id: str,
+    payload: NoteUpdate,
+    user: CurrentUser,
+    service: Service,
+    response: Response,
+    if_match: Annotated[str | None, Header(description="The note's current ETag.")] = None,
+) -> NoteOut:
+    note = service.update(
+        user,
+        note_id,
+        NoteContent(title=payload.title, body=payload.body, tags=tuple(payload.tags)),
+        if_match=if_match,
+    )
+    response.headers["ETag"] = note.etag
+    return _out(note)
+
+
+@router.delete(
+    "/{note_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_errors(404, 412, *_COMMON),
+    summary="Delete a note, crypto-shredding its DEK",
+)
+def delete_note(
+    note_id: str,
+    user: CurrentUser,
+    service: Service,
+    if_match: Annotated[str | None, Header(description="Optional: the note's ETag.")] = None,
+) -> Response:
+    service.delete(user, note_id, if_match=if_match)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,275 @@
+"""NotesService: what the routes call. Authorization, encryption and concurrency live here.
+
+A note is visible to a caller only if its workspace is allowed by the token and the
+caller is a member; otherwise it is *not found*, exactly like a note that does not exist.
+
+Deleting a note crypto-shreds it in three steps, ordered so that a crash at any point
+leaves nothing readable and nothing half-visible:
+
+1. mark the row ``deleting`` (compare-and-swap): from here on no read, listing or
+   rotation scan sees the note;
+2. delete its DEK (:meth:`FieldEncryptor.shred`): every backup of the row is now
+   unreadable;
+3. delete the row.
+
+A crash after step 1 or 2 leaves a marked row that :meth:`NotesService.finish_deletes`
+completes (at start-up, and by ``notelett purge``). Shredding *before* removing the row
+is what makes a 204 mean "the DEK is gone"; the reverse order could leave an orphaned DEK
+that still opens old backups.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from field_encrypt import DecryptionError, FieldEncryptor, NotFoundError, StoreError
+from field_encrypt import token as field_token
+from notelett.auth import Principal
+from notelett.errors import (
+    NoteNotFoundError,
+    NoteUnreadableError,
+    PreconditionFailedError,
+    PreconditionRequiredError,
+    WorkspaceNotFoundError,
+)
+from notelett.repository import NoteRecord, NotesRepository, StoredValue, WorkspaceDirectory
+
+COLLECTION = "notes"
+ENCRYPTED_FIELDS = ("title", "body")
+
+log = logging.getLogger("notelett")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Note:
+    """A note as its owner sees it: decrypted."""
+
+    id: str
+    workspace_id: str
+    title: str
+    body: str
+    tags: tuple[str, ...]
+    revision: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @property
+    def etag(self) -> str:
+        return etag_of(self.revision)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoteContent:
+    """What a caller may write."""
+
+    title: str
+    body: str
+    tags: tuple[str, ...]
+
+
+def etag_of(revision: int) -> str:
+    """The strong ETag of a revision."""
+    return f'"{revision}"'
+
+
+def if_match_allows(header: str, revision: int) -> bool:
+    """Whether an ``If-Match`` header matches ``revision`` (strong comparison, RFC 9110)."""
+    wanted = etag_of(revision)
+    return any(tag.strip() in ("*", wanted) for tag in header.split(","))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class NotesService:
+    """Notes for authenticated callers, encrypted at rest through ``encryptor``."""
+
+    def __init__(
+        self,
+        *,
+        encryptor: FieldEncryptor,
+        notes: NotesRepository,
+        directory: WorkspaceDirectory,
+        clock: Callable[[], dt.datetime] | None = None,
+        new_id: Callable[[], str] = _new_id,
+        on_decrypt_failure: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.encryptor = encryptor
+        self.notes = notes
+        self.directory = directory
+        self._clock = clock or _now
+        self._new_id = new_id
+        self._on_decrypt_failure = on_decrypt_failure
+
+    def __repr__(self) -> str:
+        return f"NotesService(encryptor={self.encryptor!r}, notes={self.notes!r})"
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, principal: Principal, note_id: str) -> Note:
+        """A visible note; :class:`NoteNotFoundError` otherwise."""
+        return self._decrypt(self._visible(principal, note_id))
+
+    def list(
+        self, principal: Principal, workspace_id: str, *, cursor: str | None, limit: int
+    ) -> tuple[list[Note], str | None]:
+        """One page of a workspace's notes, newest first, and the cursor of the next page."""
+        self._check_workspace(principal, workspace_id)
+        page = self.notes.list_workspace(workspace_id, cursor=cursor, limit=limit)
+        return [self._decrypt(n) for n in page.notes], page.cursor
+
+    # -- writes --------------------------------------------------------------------------
+
+    def create(self, principal: Principal, workspace_id: str, content: NoteContent) -> Note:
+        """A new note in ``workspace_id``, sealed under a fresh DEK."""
+        self._check_workspace(principal, workspace_id)
+        note_id = self._new_id()
+        dek_id = self.encryptor.create_dek() if self.encryptor.enabled else None
+        title, body = self._encrypt(note_id, content, dek_id)
+        now = self._clock()
+        try:
+            record = self.notes.insert(
+                NoteRecord(
+                    id=note_id,
+                    workspace_id=workspace_id,
+                    title=title,
+                    body=body,
+                    tags=content.tags,
+                    dek_id=dek_id,
+                    revision=1,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        except StoreError:
+            if dek_id is not None:
+                self.encryptor.shred(dek_id)  # never leave a DEK without its note
+            raise
+        return _note(record, content.title, content.body)
+
+    def update(
+        self, principal: Principal, note_id: str, content: NoteContent, *, if_match: str | None
+    ) -> Note:
+        """Replace a note's content if ``if_match`` names its current revision."""
+        record = self._visible(principal, note_id)
+        if if_match is None:
+            raise PreconditionRequiredError()
+        if not if_match_allows(if_match, record.revision):
+            raise PreconditionFailedError()
+        dek_id = record.dek_id
+        if self.encryptor.enabled and dek_id is None:
+            dek_id = self.encryptor.create_dek()  # a note written before encryption was on
+        elif not self.encryptor.enabled:
+            dek_id = None
+        title, body = self._encrypt(note_id, content, dek_id)
+        updated = self.notes.replace(
+            note_id,
+            expected_revision=record.revision,
+            title=title,
+            body=body,
+            tags=content.tags,
+            dek_id=dek_id,
+            updated_at=self._clock(),
+        )
+        if record.dek_id is not None and dek_id is None:
+            self.encryptor.shred(record.dek_id)  # written in plaintext now: drop the old DEK
+        return _note(updated, content.title, content.body)
+
+    def delete(self, principal: Principal, note_id: str, *, if_match: str | None) -> None:
+        """Crypto-shred and delete a note (see the module docstring for the order)."""
+        record = self._visible(principal, note_id)
+        if if_match is not None and not if_match_allows(if_match, record.revision):
+            raise PreconditionFailedError()
+        marked = self.notes.mark_deleting(note_id, expected_revision=record.revision)
+        self._finish_delete(marked)
+
+    def finish_deletes(self, *, batch: int = 100) -> int:
+        """Complete deletes interrupted after step 1; how many were completed."""
+        done = 0
+        while pending := self.notes.pending_deletes(limit=batch):
+            for record in pending:
+                self._finish_delete(record)
+                done += 1
+        return done
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _finish_delete(self, record: NoteRecord) -> None:
+        if record.dek_id is not None:
+            self.encryptor.shred(record.dek_id)
+        self.notes.remove(record.id)
+
+    def _check_workspace(self, principal: Principal, workspace_id: str) -> None:
+        if not (
+            principal.may_use(workspace_id)
+            and self.directory.is_member(principal.user_id, workspace_id)
+        ):
+            raise WorkspaceNotFoundError()
+
+    def _visible(self, principal: Principal, note_id: str) -> NoteRecord:
+        try:
+            record = self.notes.get(note_id)
+        except NotFoundError:
+            raise NoteNotFoundError() from None
+        if not (
+            principal.may_use(record.workspace_id)
+            and self.directory.is_member(principal.user_id, record.workspace_id)
+        ):
+            raise NoteNotFoundError()
+        return record
+
+    def _encrypt(
+        self, note_id: str, content: NoteContent, dek_id: str | None
+    ) -> tuple[StoredValue, StoredValue]:
+        sealed = self.encryptor.encrypt_document(
+            COLLECTION, note_id, {"title": content.title, "body": content.body}, dek_id=dek_id
+        )
+        return sealed["title"], sealed["body"]
+
+    def _decrypt(self, record: NoteRecord) -> Note:
+        try:
+            opened = self.encryptor.decrypt_document(
+                COLLECTION, record.id, {"title": record.title, "body": record.body}
+            )
+        except DecryptionError as exc:  # tampered, unsupported, or its DEK is missing
+            self._on_decrypt_failure()
+            raise NoteUnreadableError(
+                note_id=record.id, dek_id=record.dek_id, mek_version=_mek_version(record.title)
+            ) from exc
+        title, body = opened["title"], opened["body"]
+        if not isinstance(title, str) or not isinstance(body, str):
+            self._on_decrypt_failure()
+            raise NoteUnreadableError(note_id=record.id, dek_id=record.dek_id, mek_version=None)
+        return _note(record, title, body)
+
+
+def _note(record: NoteRecord, title: str, body: str) -> Note:
+    return Note(
+        id=record.id,
+        workspace_id=record.workspace_id,
+        title=title,
+        body=body,
+        tags=record.tags,
+        revision=record.revision,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+
+
+def _mek_version(value: StoredValue) -> str | None:
+    """The MEK version a stored token names in its header (for logs), if it is a token."""
+    if value is None or not field_token.is_token(value):
+        return None
+    try:
+        return field_token.read_header(field_token.as_binary(value)).mek_version
+    except DecryptionError:
+        return None

@@ -1,0 +1,89 @@
+"""NoteLett's own settings, from ``NOTELETT_*`` (the library's stay in ``FIELD_ENCRYPT_*``).
+
+Every default works on a laptop with no environment at all: SQLite in ``var/notelett.db``,
+HS256 development tokens signed with a secret kept in ``var/jwt-secret`` (created on
+first use, mode 0600). Production sets ``NOTELETT_JWT_ALGORITHM=RS256`` and a JWKS.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from field_encrypt import ConfigurationError, Settings
+from field_encrypt.bootstrap import sqlite_path
+
+DEFAULT_DATABASE = "var/notelett.db"
+
+
+class NoteLettSettings(BaseSettings):
+    """Every NoteLett setting, one environment variable each (``NOTELETT_`` + upper name)."""
+
+    model_config = SettingsConfigDict(env_prefix="NOTELETT_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=4016, ge=1, le=65535)
+
+    database: str | None = None
+    """SQLite file for notes and the dek_store; else ``FIELD_ENCRYPT_DATABASE``; else
+    ``var/notelett.db``."""
+
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    jwt_secret: SecretStr | None = None
+    """HS256 secret (at least 32 bytes). When unset, read from (or created in) the secret file."""
+    jwt_secret_file: Path = Path("var/jwt-secret")
+    jwt_jwks: str | None = None
+    """RS256 only: a JWKS file path, or an ``https://`` URL fetched with PyJWKClient."""
+    jwt_issuer: str = "notelett-dev"
+    jwt_audience: str = "notelett"
+    jwt_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+
+    max_body_bytes: int = Field(default=262_144, ge=1024)
+    """Requests with a larger body are refused with 413 before the body is read in full."""
+
+
+def load_notelett_settings(**overrides: object) -> NoteLettSettings:
+    """Settings from the environment plus ``overrides``; ``ConfigurationError`` when invalid."""
+    try:
+        return NoteLettSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"NOTELETT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+def database_path(settings: NoteLettSettings, encryption: Settings) -> str:
+    """The SQLite file NoteLett uses: its own setting, else the library's, else the default."""
+    if settings.database:
+        return settings.database.removeprefix("sqlite:///").removeprefix("sqlite://")
+    if "database" in encryption.model_fields_set:
+        return sqlite_path(encryption)
+    return DEFAULT_DATABASE
+
+
+def hs256_secret(settings: NoteLettSettings) -> bytes:
+    """The HS256 secret: the configured one, or the development file's (created if missing)."""
+    if settings.jwt_secret is not None:
+        secret = settings.jwt_secret.get_secret_value().encode()
+    else:
+        path = settings.jwt_secret_file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass  # another process created it first
+            else:
+                with os.fdopen(fd, "w") as out:
+                    out.write(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+        secret = path.read_text().strip().encode()
+    if len(secret) < 32:
+        raise ConfigurationError("the HS256 secret must be at least 32 bytes long")
+    return secret

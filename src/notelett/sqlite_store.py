@@ -1,0 +1,257 @@
+"""The SQLite implementations of :class:`NotesRepository` and :class:`WorkspaceDirectory`.
+
+Notes live in the same SQLite file as the dek_store. ``title`` and ``body`` are BLOB
+columns holding binary field tokens (no base64 on the hot path); ``seq`` (the rowid)
+orders listings and scans, so pagination is a keyset walk of the ``(workspace_id, seq)``
+index. Schema changes are named migrations recorded by :class:`SqliteDatabase`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import time
+from typing import Any
+
+from field_encrypt import ConcurrentUpdateError, NotFoundError
+from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase
+from notelett.errors import InvalidCursorError
+from notelett.repository import NotePage, NoteRecord, StoredValue
+
+MIGRATIONS = (
+    Migration(
+        "notelett_0001_directory",
+        """
+        CREATE TABLE workspaces (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE memberships (
+            user_id TEXT NOT NULL REFERENCES users (id),
+            workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+            created_at REAL NOT NULL,
+            PRIMARY KEY (user_id, workspace_id)
+        ) WITHOUT ROWID
+        """,
+    ),
+    Migration(
+        "notelett_0002_notes",
+        """
+        CREATE TABLE notes (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+            title BLOB,
+            body BLOB,
+            tags TEXT NOT NULL,
+            dek_id TEXT,
+            revision INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            deleting INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX notes_workspace ON notes (workspace_id, seq);
+        CREATE INDEX notes_dek ON notes (dek_id);
+        CREATE INDEX notes_deleting ON notes (deleting) WHERE deleting = 1
+        """,
+    ),
+)
+
+_COLUMNS = (
+    "seq, id, workspace_id, title, body, tags, dek_id, revision, created_at, updated_at, deleting"
+)
+
+
+class SqliteNotesRepository:
+    """Notes in the product's SQLite file."""
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self.database = database
+        database.migrate(MIGRATIONS)
+
+    def __repr__(self) -> str:
+        return f"SqliteNotesRepository({self.database.path!r})"
+
+    def insert(self, note: NoteRecord) -> NoteRecord:
+        self.database.execute(  # a taken id raises AlreadyExistsError
+            "INSERT INTO notes (id, workspace_id, title, body, tags, dek_id, revision, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
+            (
+                note.id,
+                note.workspace_id,
+                note.title,
+                note.body,
+                json.dumps(list(note.tags)),
+                note.dek_id,
+                note.created_at.timestamp(),
+                note.updated_at.timestamp(),
+            ),
+        )
+        return dataclasses.replace(note, revision=1, deleting=False)
+
+    def get(self, note_id: str) -> NoteRecord:
+        rows = self.database.query(
+            f"SELECT {_COLUMNS} FROM notes WHERE id = ? AND deleting = 0", (note_id,)
+        )
+        if not rows:
+            raise NotFoundError(f"note {note_id} not found")
+        return _record(rows[0])
+
+    def list_workspace(self, workspace_id: str, *, cursor: str | None, limit: int) -> NotePage:
+        before = _position(cursor, default=2**63 - 1)
+        rows = self.database.query(
+            f"SELECT {_COLUMNS} FROM notes WHERE workspace_id = ? AND seq < ? AND deleting = 0 "
+            "ORDER BY seq DESC LIMIT ?",
+            (workspace_id, before, limit + 1),
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return NotePage(
+            notes=[_record(r) for r in rows], cursor=str(rows[-1][0]) if more and rows else None
+        )
+
+    def replace(
+        self,
+        note_id: str,
+        *,
+        expected_revision: int,
+        title: StoredValue,
+        body: StoredValue,
+        tags: tuple[str, ...],
+        dek_id: str | None,
+        updated_at: dt.datetime,
+    ) -> NoteRecord:
+        cur = self.database.execute(
+            "UPDATE notes SET title = ?, body = ?, tags = ?, dek_id = ?, updated_at = ?, "
+            "revision = revision + 1 WHERE id = ? AND revision = ? AND deleting = 0",
+            (
+                title,
+                body,
+                json.dumps(list(tags)),
+                dek_id,
+                updated_at.timestamp(),
+                note_id,
+                expected_revision,
+            ),
+        )
+        if cur.rowcount != 1:
+            self.get(note_id)  # NotFoundError when it is gone or being deleted
+            raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
+        return self.get(note_id)
+
+    def mark_deleting(self, note_id: str, *, expected_revision: int | None) -> NoteRecord:
+        sql = "UPDATE notes SET deleting = 1 WHERE id = ?"
+        params: tuple[object, ...] = (note_id,)
+        if expected_revision is not None:
+            sql += " AND revision = ?"
+            params += (expected_revision,)
+        cur = self.database.execute(sql, params)
+        rows = self.database.query(f"SELECT {_COLUMNS} FROM notes WHERE id = ?", (note_id,))
+        if not rows:
+            raise NotFoundError(f"note {note_id} not found")
+        if cur.rowcount != 1:
+            raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
+        return _record(rows[0])
+
+    def remove(self, note_id: str) -> bool:
+        return self.database.execute("DELETE FROM notes WHERE id = ?", (note_id,)).rowcount > 0
+
+    def pending_deletes(self, *, limit: int) -> list[NoteRecord]:
+        rows = self.database.query(
+            f"SELECT {_COLUMNS} FROM notes WHERE deleting = 1 ORDER BY seq LIMIT ?", (limit,)
+        )
+        return [_record(r) for r in rows]
+
+    def scan(self, *, cursor: str | None, limit: int, shard: tuple[int, int] | None) -> NotePage:
+        where = "seq > ? AND deleting = 0"
+        params: list[object] = [_position(cursor, default=0)]
+        if shard is not None:
+            where += " AND seq % ? = ?"
+            params += [shard[1], shard[0]]
+        rows = self.database.query(
+            f"SELECT {_COLUMNS} FROM notes WHERE {where} ORDER BY seq LIMIT ?", (*params, limit)
+        )
+        return NotePage(
+            notes=[_record(r) for r in rows],
+            cursor=str(rows[-1][0]) if len(rows) == limit else None,
+        )
+
+    def count(self) -> int:
+        ((count,),) = self.database.query("SELECT COUNT(*) FROM notes WHERE deleting = 0")
+        return int(count)
+
+    def ping(self) -> None:
+        self.database.query("SELECT 1")
+
+
+class SqliteWorkspaceDirectory:
+    """Workspaces, users and memberships in the product's SQLite file."""
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self.database = database
+        database.migrate(MIGRATIONS)
+
+    def __repr__(self) -> str:
+        return f"SqliteWorkspaceDirectory({self.database.path!r})"
+
+    def is_member(self, user_id: str, workspace_id: str) -> bool:
+        return bool(
+            self.database.query(
+                "SELECT 1 FROM memberships WHERE user_id = ? AND workspace_id = ?",
+                (user_id, workspace_id),
+            )
+        )
+
+    def add_workspace(self, workspace_id: str, *, name: str) -> None:
+        self.database.execute(
+            "INSERT OR IGNORE INTO workspaces (id, name, created_at) VALUES (?, ?, ?)",
+            (workspace_id, name, time.time()),
+        )
+
+    def add_user(self, user_id: str, *, name: str) -> None:
+        self.database.execute(
+            "INSERT OR IGNORE INTO users (id, name, created_at) VALUES (?, ?, ?)",
+            (user_id, name, time.time()),
+        )
+
+    def add_member(self, user_id: str, workspace_id: str) -> None:
+        self.database.execute(
+            "INSERT OR IGNORE INTO memberships (user_id, workspace_id, created_at) "
+            "VALUES (?, ?, ?)",
+            (user_id, workspace_id, time.time()),
+        )
+
+
+def _position(cursor: str | None, *, default: int) -> int:
+    if cursor is None:
+        return default
+    if not cursor.isdigit():
+        raise InvalidCursorError()
+    return int(cursor)
+
+
+def _time(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+def _record(row: Any) -> NoteRecord:
+    _, note_id, workspace_id, title, body, tags, dek_id, revision, created, updated, deleting = row
+    return NoteRecord(
+        id=note_id,
+        workspace_id=workspace_id,
+        title=title,
+        body=body,
+        tags=tuple(json.loads(tags)),
+        dek_id=dek_id,
+        revision=revision,
+        created_at=_time(created),
+        updated_at=_time(updated),
+        deleting=bool(deleting),
+    )

@@ -1,0 +1,1 @@
+"""NoteLett through its real HTTP app: TestClient, and a real uvicorn process on loopback."""

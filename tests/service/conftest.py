@@ -1,0 +1,128 @@
+"""Fixtures: a NoteLett app on a fresh SQLite file and local keyring, and token makers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+import field_encrypt
+from field_encrypt.providers.local import LocalKeyProvider
+from notelett import NoteLettSettings, create_app
+from notelett.backend import Backend, open_backend
+
+SECRET = "test-secret-" + "s" * 64
+ISSUER = "https://idp.test"
+AUDIENCE = "notelett-test"
+
+# alice belongs to ws-a, bob to ws-b; carol to both.
+MEMBERS = {"alice": ["ws-a"], "bob": ["ws-b"], "carol": ["ws-a", "ws-b"]}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> NoteLettSettings:
+    return NoteLettSettings(
+        database=str(tmp_path / "notelett.db"),
+        jwt_secret=SECRET,  # type: ignore[arg-type]
+        jwt_issuer=ISSUER,
+        jwt_audience=AUDIENCE,
+        jwt_leeway_seconds=0,
+        max_body_bytes=4096,
+    )
+
+
+@pytest.fixture
+def encryption(tmp_path: Path) -> field_encrypt.Settings:
+    return field_encrypt.load_settings(
+        environ={}, keyring=str(tmp_path / "keyring.json"), mek_name="notelett-test-mek"
+    )
+
+
+@pytest.fixture
+def provider(encryption: field_encrypt.Settings) -> LocalKeyProvider:
+    return LocalKeyProvider(encryption.keyring, mek_name=encryption.mek_name, refresh_seconds=0)
+
+
+@pytest.fixture
+def backend(
+    settings: NoteLettSettings, encryption: field_encrypt.Settings, provider: LocalKeyProvider
+) -> Iterator[Backend]:
+    opened = open_backend(encryption, settings, provider=provider)
+    add_members(opened)
+    yield opened
+    opened.close()
+
+
+def add_members(backend: Backend) -> None:
+    for workspace in ("ws-a", "ws-b"):
+        backend.directory.add_workspace(workspace, name=workspace.upper())
+    for user, workspaces in MEMBERS.items():
+        backend.directory.add_user(user, name=user.title())
+        for workspace in workspaces:
+            backend.directory.add_member(user, workspace)
+
+
+@pytest.fixture
+def app(settings: NoteLettSettings, backend: Backend) -> FastAPI:
+    return create_app(settings, backend=backend)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def make_token(
+    user: str = "alice",
+    *,
+    key: Any = SECRET,
+    algorithm: str = "HS256",
+    headers: dict[str, Any] | None = None,
+    drop: tuple[str, ...] = (),
+    **claims: Any,
+) -> str:
+    """A token with sane defaults; ``claims`` override, ``drop`` removes."""
+    now = dt.datetime.now(dt.UTC)
+    body: dict[str, Any] = {
+        "sub": user,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "nbf": now - dt.timedelta(seconds=5),
+        "exp": now + dt.timedelta(minutes=5),
+    }
+    body.update(claims)
+    for name in drop:
+        body.pop(name)
+    return jwt.encode(body, key, algorithm=algorithm, headers=headers)
+
+
+def auth(user: str = "alice", **kwargs: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(user, **kwargs)}"}
+
+
+@pytest.fixture
+def create_note(client: TestClient) -> Callable[..., dict[str, Any]]:
+    def create(
+        user: str = "alice",
+        workspace: str = "ws-a",
+        title: str = "t",
+        body: str = "b",
+        **extra: Any,
+    ) -> dict[str, Any]:
+        response = client.post(
+            "/api/notes",
+            json={"workspaceId": workspace, "title": title, "body": body, **extra},
+            headers=auth(user),
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    return create

@@ -1,0 +1,258 @@
+"""Health, readiness, decryption failures, disabled keys, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from field_encrypt.providers.local import LocalKeyProvider
+from notelett import NoteLettSettings
+from notelett.backend import Backend
+
+from .conftest import SECRET, auth
+
+CreateNote = Callable[..., dict[str, Any]]
+
+
+def _secrets(settings: NoteLettSettings, backend: Backend) -> list[str]:
+    encryption = backend.runtime.settings
+    return [
+        encryption.mek_name,
+        str(encryption.keyring),
+        str(settings.database),
+        SECRET,
+        "Traceback",
+        "sqlite",
+        "fe1:",
+        "dekId",
+    ]
+
+
+def _flip_title_byte(backend: Backend, note_id: str) -> None:
+    record = backend.notes.get(note_id)
+    assert isinstance(record.title, bytes)
+    tampered = bytearray(record.title)
+    tampered[-1] ^= 0x01
+    backend.notes.replace(
+        note_id,
+        expected_revision=record.revision,
+        title=bytes(tampered),
+        body=record.body,
+        tags=record.tags,
+        dek_id=record.dek_id,
+        updated_at=record.updated_at,
+    )
+
+
+def test_health_answers_ok_and_touches_nothing(client: TestClient, backend: Backend) -> None:
+    """/health answers 200 even with the database closed."""
+    backend.close()
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readiness_passes_every_check(client: TestClient) -> None:
+    """With the database up and version 1 enabled, readiness is 200 with three ok lines."""
+    response = client.get("/api/diagnostics/readiness")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert [(c["name"], c["status"]) for c in body["checks"]] == [
+        ("database", "ok"),
+        ("key_provider", "ok"),
+        ("mek_current_version", "ok"),
+    ]
+
+
+def test_readiness_fails_with_503_when_the_current_version_is_disabled(
+    client: TestClient, provider: LocalKeyProvider, settings: NoteLettSettings, backend: Backend
+) -> None:
+    """Disabling the current MEK version fails the canary and the version check."""
+    provider.set_enabled(provider.current_version(), False)
+    response = client.get("/api/diagnostics/readiness")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "fail"
+    statuses = {c["name"]: c["status"] for c in body["checks"]}
+    assert statuses == {"database": "ok", "key_provider": "fail", "mek_current_version": "fail"}
+    for secret in _secrets(settings, backend):
+        assert secret not in response.text
+
+
+def test_readiness_fails_when_the_database_is_unusable(
+    client: TestClient, backend: Backend, tmp_path: Any
+) -> None:
+    """A database that cannot answer fails the database line only."""
+    database = backend.runtime.database
+    database.close()
+    database.path = str(tmp_path / "missing-dir" / "gone" / "x.db")
+    response = client.get("/api/diagnostics/readiness")
+    assert response.status_code == 503
+    statuses = {c["name"]: c["status"] for c in response.json()["checks"]}
+    assert statuses["database"] == "fail"
+    assert "missing-dir" not in response.text
+
+
+def test_a_tampered_note_answers_one_generic_500_with_a_correlation_id(
+    client: TestClient,
+    backend: Backend,
+    settings: NoteLettSettings,
+    create_note: CreateNote,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A decryption failure says nothing but a correlation id; the log has dekId and version."""
+    note = create_note(title="will be tampered")
+    _flip_title_byte(backend, note["id"])
+    with caplog.at_level(logging.ERROR, logger="notelett"):
+        response = client.get(f"/api/notes/{note['id']}", headers=auth())
+    assert response.status_code == 500
+    error = response.json()["error"]
+    correlation_id = response.headers["x-request-id"]
+    assert error == {
+        "code": "internal_error",
+        "message": "internal error",
+        "correlationId": correlation_id,
+    }
+    dek_id = backend.notes.get(note["id"]).dek_id
+    logged = [r.getMessage() for r in caplog.records if correlation_id in r.getMessage()]
+    assert len(logged) == 1
+    assert f"dekId={dek_id}" in logged[0] and "mekVersion=1" in logged[0]
+    for secret in _secrets(settings, backend):
+        assert secret not in response.text
+    listing = client.get("/api/notes/", params={"workspaceId": "ws-a"}, headers=auth())
+    assert listing.status_code == 500
+    metrics = client.get("/metrics").text
+    assert "notelett_decrypt_failures_total 2.0" in metrics
+
+
+def test_a_note_whose_dek_is_missing_answers_500(
+    client: TestClient, backend: Backend, create_note: CreateNote
+) -> None:
+    """A live row whose DEK was lost (not a delete) is a server error, not a 404."""
+    note = create_note()
+    dek_id = backend.notes.get(note["id"]).dek_id
+    assert dek_id is not None
+    backend.encryptor.shred(dek_id)
+    response = client.get(f"/api/notes/{note['id']}", headers=auth())
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+
+
+def test_a_disabled_mek_version_answers_503_with_a_generic_message(
+    client: TestClient,
+    backend: Backend,
+    provider: LocalKeyProvider,
+    settings: NoteLettSettings,
+    create_note: CreateNote,
+) -> None:
+    """Reads that need the disabled version, and writes, answer 503 without naming the key."""
+    note = create_note()
+    provider.set_enabled("1", False)
+    backend.encryptor.cache.clear()
+    read = client.get(f"/api/notes/{note['id']}", headers=auth())
+    write = client.post(
+        "/api/notes", json={"workspaceId": "ws-a", "title": "t", "body": "b"}, headers=auth()
+    )
+    for response in (read, write):
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "encryption_unavailable"
+        assert response.json()["error"]["correlationId"] == response.headers["x-request-id"]
+        assert response.headers["retry-after"] == "5"
+        for secret in _secrets(settings, backend):
+            assert secret not in response.text
+
+
+def test_error_bodies_never_carry_secrets(
+    client: TestClient, backend: Backend, settings: NoteLettSettings, create_note: CreateNote
+) -> None:
+    """No 4xx answer mentions the key name, keyring, database, secret or a token."""
+    note = create_note()
+    path = f"/api/notes/{note['id']}"
+    answers = [
+        client.get(path),
+        client.get(path, headers={"Authorization": "Bearer x.y.z"}),
+        client.get("/api/notes/" + "0" * 32, headers=auth()),
+        client.put(path, json={"title": "t", "body": "b"}, headers=auth()),
+        client.put(path, json={"title": "t", "body": "b"}, headers={**auth(), "If-Match": '"5"'}),
+        client.post("/api/notes", content=b"{", headers=auth()),
+        client.post("/api/notes", json={"x": 1}, headers=auth()),
+        client.post("/api/notes", content=b"x" * 5000, headers=auth()),
+        client.get("/api/notes/", params={"workspaceId": "ws-a", "cursor": "zz"}, headers=auth()),
+    ]
+    for response in answers:
+        assert 400 <= response.status_code < 500
+        assert "correlationId" not in response.json()["error"]
+        for secret in _secrets(settings, backend):
+            assert secret not in response.text, (response.status_code, secret)
+
+
+def test_responses_never_carry_tokens_or_key_names(
+    client: TestClient, backend: Backend, settings: NoteLettSettings, create_note: CreateNote
+) -> None:
+    """Successful answers hold plaintext only: no token prefix, dekId or key name."""
+    note = create_note()
+    dek_id = backend.notes.get(note["id"]).dek_id
+    assert dek_id is not None
+    for response in (
+        client.get(f"/api/notes/{note['id']}", headers=auth()),
+        client.get("/api/notes/", params={"workspaceId": "ws-a"}, headers=auth()),
+        client.get("/api/diagnostics/readiness"),
+    ):
+        assert response.status_code == 200
+        assert dek_id not in response.text
+        for secret in _secrets(settings, backend):
+            assert secret not in response.text
+
+
+def test_metrics_count_requests_by_route_template_and_the_dek_cache(
+    client: TestClient, create_note: CreateNote
+) -> None:
+    """/metrics has requests and latency by route template and status, and cache counters."""
+    note = create_note()
+    for _ in range(3):
+        client.get(f"/api/notes/{note['id']}", headers=auth())
+    client.get("/api/notes/" + "0" * 32, headers=auth())
+    text = client.get("/metrics").text
+    one = 'route="/api/notes/{note_id}"'
+    assert f'notelett_http_requests_total{{method="GET",{one},status="200"}} 3.0' in text
+    assert f'notelett_http_requests_total{{method="GET",{one},status="404"}} 1.0' in text
+    assert 'notelett_http_requests_total{method="POST",route="/api/notes",status="201"} 1.0' in text
+    bucket = f'notelett_http_request_duration_seconds_bucket{{le="0.5",method="GET",{one},'
+    assert bucket + 'status="200"} 3.0' in text
+    assert "notelett_dek_cache_hits_total 4.0" in text  # create seals, then three reads
+    assert "notelett_dek_cache_misses_total 0.0" in text
+    assert note["id"] not in text  # route templates, never concrete paths
+
+
+def test_openapi_documents_models_errors_and_the_bearer_scheme(client: TestClient) -> None:
+    """The OpenAPI document names the response and error models and the security scheme."""
+    doc = client.get("/openapi.json").json()
+    schemes = doc["components"]["securitySchemes"]
+    assert any(s == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", **{
+        k: v for k, v in s.items() if k == "description"}} for s in schemes.values())  # fmt: skip
+    notes = doc["paths"]["/api/notes/{note_id}"]
+    assert notes["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/NoteOut"
+    }
+    put = notes["put"]
+    for status in ("404", "412", "428", "413", "422", "401", "503"):
+        assert put["responses"][status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorOut"
+        }, status
+    assert put["security"]
+    assert {p["name"] for p in put["parameters"]} == {"note_id", "if-match"}
+    listing = doc["paths"]["/api/notes/"]["get"]
+    params = {p["name"]: p for p in listing["parameters"]}
+    assert params["limit"]["schema"]["maximum"] == 200
+    assert params["workspaceId"]["required"] is True
+    assert doc["paths"]["/api/notes"]["post"]["responses"]["201"]
+    schema = doc["components"]["schemas"]["NoteCreate"]
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == {"workspaceId", "title", "body", "tags"}
+    assert "/api/diagnostics/readiness" in doc["paths"] and "/health" in doc["paths"]
+    assert "/metrics" not in doc["paths"]

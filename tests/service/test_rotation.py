@@ -1,0 +1,183 @@
+"""MEK rotation end to end: notes written under v1 stay readable through v2 and after v1 is off.
+
+The runbook, rehearsed against live service processes: create v2 (step 1), wait until the
+running service knows it (step 2), rewrap every DEK (step 3), verify (step 4), disable v1
+(step 5). A uvicorn process started *before* the rotation, with a warm DEK cache, keeps
+answering throughout and afterwards; one started after it reads everything cold.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from fastapi.testclient import TestClient
+
+from field_encrypt import DekStore, KeyProvider, WrapUpdate
+from field_encrypt.providers.base import dek_context
+from notelett import NoteLettSettings, create_app
+from notelett.backend import PRODUCT, Backend
+
+from .conftest import auth
+from .server import NoteLettServer, start_server
+from .test_uvicorn import server_env
+
+
+def rewrap_all(provider: KeyProvider, store: DekStore, *, to_version: str) -> int:
+    """Rewrap every DEK not yet under ``to_version``; how many were rewrapped.
+
+    Test-only stand-in: this loop will be replaced by the ``field-encrypt`` rotation CLI.
+    """
+    done = 0
+    cursor = None
+    while True:
+        page = store.scan(cursor=cursor, limit=7, exclude_version=to_version)
+        updates = []
+        for record in page.records:
+            wrapped = provider.rewrap(
+                record.wrapped,
+                from_version=record.mek_version,
+                to_version=to_version,
+                context=dek_context(PRODUCT, record.dek_id),
+            )
+            updates.append(
+                WrapUpdate(
+                    record=record,
+                    mek_version=wrapped.mek_version,
+                    wrapped=wrapped.ciphertext,
+                    algorithm=wrapped.algorithm,
+                )
+            )
+        assert store.replace_wraps(updates) == []
+        done += len(updates)
+        if page.cursor is None:
+            return done
+        cursor = page.cursor
+
+
+def _wait_for_version(server: NoteLettServer, version: str, timeout: float = 10.0) -> None:
+    """Step 2: poll readiness until the running process canaries under ``version``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        checks = httpx.get(server.base_url + "/api/diagnostics/readiness").json()["checks"]
+        wrap = next(c for c in checks if c["name"] == "key_provider")
+        if wrap["status"] == "ok" and wrap["detail"].endswith(f"version {version}"):
+            return
+        time.sleep(0.05)  # polling another process's state
+    raise AssertionError(f"the service never picked up MEK version {version}")
+
+
+class _Reader(threading.Thread):
+    """Reads notes through a server in a loop and records every non-200 answer."""
+
+    def __init__(self, base_url: str, expected: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        self.base_url = base_url
+        self.expected = expected
+        self.stop = threading.Event()
+        self.reads = 0
+        self.failures: list[tuple[str, int, str]] = []
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base_url, headers=auth("carol"), timeout=10) as http:
+            while not self.stop.is_set():
+                for note_id, title in self.expected.items():
+                    response = http.get(f"/api/notes/{note_id}")
+                    self.reads += 1
+                    if response.status_code != 200 or response.json()["title"] != title:
+                        self.failures.append((note_id, response.status_code, response.text))
+
+
+def _read_each(base_url: str, expected: dict[str, str]) -> None:
+    with httpx.Client(base_url=base_url, headers=auth("carol"), timeout=10) as http:
+        for note_id, title in expected.items():
+            response = http.get(f"/api/notes/{note_id}")
+            assert response.status_code == 200, (note_id, response.text)
+            assert response.json()["title"] == title
+
+
+def _read_all(base_url: str, expected: dict[str, str]) -> None:
+    """Every note, one by one and through both workspaces' listings."""
+    _read_each(base_url, expected)
+    listed: dict[str, str] = {}
+    with httpx.Client(base_url=base_url, headers=auth("carol"), timeout=10) as http:
+        for workspace in ("ws-a", "ws-b"):
+            page = http.get("/api/notes/", params={"workspaceId": workspace, "limit": 200})
+            assert page.status_code == 200, page.text
+            listed.update((n["id"], n["title"]) for n in page.json()["items"])
+    assert listed == expected
+
+
+def _cache_misses(server: NoteLettServer) -> float:
+    metrics = httpx.get(server.base_url + "/metrics").text
+    line = next(x for x in metrics.splitlines() if x.startswith("notelett_dek_cache_misses_total"))
+    return float(line.split()[-1])
+
+
+def test_notes_stay_readable_through_a_rotation_from_v1_to_v2(
+    settings: NoteLettSettings, backend: Backend, tmp_path: Path
+) -> None:
+    """Every note reads through the HTTP API before, during and after rewrap + disable."""
+    provider = backend.provider
+    store = backend.runtime.dek_store
+    env = server_env(settings, backend)
+    old = start_server(env, workdir=tmp_path, name="before-rotation")
+    try:
+        expected: dict[str, str] = {}
+        with httpx.Client(base_url=old.base_url, headers=auth("carol"), timeout=10) as http:
+            for i in range(30):
+                body = {"workspaceId": ("ws-a", "ws-b")[i % 2], "title": f"v1 #{i}", "body": "b"}
+                created = http.post("/api/notes", json=body)
+                assert created.status_code == 201, created.text
+                expected[created.json()["id"]] = body["title"]
+        # Notes written by another process: the old server has never cached their DEKs.
+        with TestClient(create_app(settings, backend=backend)) as other:
+            for i in range(10):
+                body = {"workspaceId": "ws-a", "title": f"cold #{i}", "body": "b"}
+                created = other.post("/api/notes", json=body, headers=auth("carol"))
+                assert created.status_code == 201
+                expected[created.json()["id"]] = body["title"]
+        assert store.count_by_version() == {"1": 40}
+        warm = {k: v for k, v in expected.items() if not v.startswith("cold")}
+        _read_each(old.base_url, warm)  # the old process's cache is warm for these only
+
+        reader = _Reader(old.base_url, warm)
+        reader.start()
+        try:
+            assert provider.create_version().version == "2"  # step 1
+            _wait_for_version(old, "2")  # step 2
+            assert rewrap_all(provider, store, to_version="2") == 40  # step 3
+            assert store.count_not_on("2") == 0  # step 4
+            assert rewrap_all(provider, store, to_version="2") == 0  # idempotent
+            provider.set_enabled("1", False)  # step 5
+            _read_each(old.base_url, {k: v for k, v in expected.items() if k not in warm})
+            _read_all(old.base_url, expected)
+        finally:
+            reader.stop.set()
+            reader.join(timeout=30)
+        assert reader.reads > len(expected)
+        assert reader.failures == []
+
+        new = start_server(env, workdir=tmp_path, name="after-rotation")
+        try:
+            _read_all(new.base_url, expected)
+            for server in (old, new):
+                readiness = httpx.get(server.base_url + "/api/diagnostics/readiness")
+                assert readiness.status_code == 200, readiness.text
+            with httpx.Client(base_url=new.base_url, headers=auth("carol"), timeout=10) as http:
+                created = http.post(
+                    "/api/notes", json={"workspaceId": "ws-a", "title": "v2", "body": "b"}
+                )
+                assert created.status_code == 201
+            expected[created.json()["id"]] = "v2"
+            _read_all(old.base_url, expected)
+        finally:
+            new.stop()
+        assert store.count_by_version() == {"2": 41}
+        assert [(v.version, v.enabled) for v in provider.versions()] == [("1", False), ("2", True)]
+        assert _cache_misses(old) >= 10  # the cold notes really were unwrapped after rotation
+        assert "Traceback" not in old.log()
+    finally:
+        old.stop()
