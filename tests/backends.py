@@ -1,7 +1,7 @@
 """Store backends for tests: one server of each kind per session, a fresh database per test.
 
-A pytest plugin (the root conftest loads it). ``backend`` is parametrized by
-:data:`BACKEND_KINDS` through ``@pytest.mark.parametrize("backend", BACKEND_KINDS,
+A pytest plugin (the root conftest loads it). ``store_backend`` is parametrized by
+:data:`BACKEND_KINDS` through ``@pytest.mark.parametrize("store_backend", BACKEND_KINDS,
 indirect=True)`` or a suite's own fixture; it hands out a :class:`Backend`, whose ``environ``
 is what an operator would export (``FIELD_ENCRYPT_DATABASE`` and, for Cosmos DB,
 ``FIELD_ENCRYPT_COSMOS_KEY``). Servers start on first use only, so a run of SQLite tests never
@@ -114,7 +114,7 @@ def cosmos_url_for(server: CosmosServer, database: str, **parameters: Any) -> st
 
 
 @pytest.fixture
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """A fresh database of the kind in ``request.param`` (one of :data:`BACKEND_KINDS`)."""
     return backend_for(getattr(request, "param", "sqlite"), request, tmp_path)
 

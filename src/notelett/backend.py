@@ -1,23 +1,23 @@
 """Open NoteLett's parts from settings: provider, dek_store, encryptor and repositories.
 
-Everything shares one SQLite file (``NOTELETT_DATABASE``, else ``FIELD_ENCRYPT_DATABASE``,
+Everything shares one database (``NOTELETT_DATABASE``, else ``FIELD_ENCRYPT_DATABASE``,
 else ``var/notelett.db``): the dek_store, the notes, the directory and the rotation
 ledger, so the ``field-encrypt`` CLI and the service always agree on where things are.
+The database is SQLite, PostgreSQL or Cosmos DB, by the URL's form (docs/stores.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build_provider
 from field_encrypt.products import ProductRuntime
-from field_encrypt.stores.sqlite import SqliteDekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
+from field_encrypt.stores.databases import database_kind, open_database, open_dek_store
 from notelett.documents import NotesDocumentStore
 from notelett.repository import NotesRepository, WorkspaceDirectory
 from notelett.service import COLLECTION, ENCRYPTED_FIELDS
-from notelett.settings import NoteLettSettings, database_path
-from notelett.sqlite_store import SqliteNotesRepository, SqliteWorkspaceDirectory
+from notelett.settings import NoteLettSettings, database_url
 
 PRODUCT = "notelett"
 COLLECTIONS = {COLLECTION: list(ENCRYPTED_FIELDS)}
@@ -48,9 +48,15 @@ def open_backend(
     encryption: Settings, settings: NoteLettSettings, *, provider: KeyProvider | None = None
 ) -> Backend:
     """Everything NoteLett needs, opened from the two groups of settings."""
-    database = SqliteDatabase(database_path(settings, encryption))
+    url = database_url(settings, encryption)
     provider = provider if provider is not None else build_provider(encryption)
-    dek_store = SqliteDekStore(database, product=PRODUCT)
+    database = open_database(encryption.model_copy(update={"database": url}))
+    try:
+        dek_store = open_dek_store(database, product=PRODUCT)
+        notes, directory = _repositories(database, database_kind(url))
+    except BaseException:
+        database.close()
+        raise
     encryptor = FieldEncryptor(
         product=PRODUCT,
         provider=provider,
@@ -63,7 +69,6 @@ def open_backend(
         allow_plaintext=encryption.allow_plaintext,
         token_form="binary",
     )
-    notes = SqliteNotesRepository(database)
     runtime = ProductRuntime(
         settings=encryption,
         provider=provider,
@@ -73,4 +78,19 @@ def open_backend(
         database=database,
         resources=[database],
     )
-    return Backend(runtime=runtime, notes=notes, directory=SqliteWorkspaceDirectory(database))
+    return Backend(runtime=runtime, notes=notes, directory=directory)
+
+
+def _repositories(database: Any, kind: str) -> tuple[NotesRepository, WorkspaceDirectory]:
+    """The notes repository and workspace directory of ``kind`` in ``database``."""
+    if kind == "postgres":
+        from notelett.postgres_store import PostgresNotesRepository, PostgresWorkspaceDirectory
+
+        return PostgresNotesRepository(database), PostgresWorkspaceDirectory(database)
+    if kind == "cosmos":
+        from notelett.cosmos_store import CosmosNotesRepository, CosmosWorkspaceDirectory
+
+        return CosmosNotesRepository(database), CosmosWorkspaceDirectory(database)
+    from notelett.sqlite_store import SqliteNotesRepository, SqliteWorkspaceDirectory
+
+    return SqliteNotesRepository(database), SqliteWorkspaceDirectory(database)

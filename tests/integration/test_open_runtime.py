@@ -20,13 +20,13 @@ STORE_CLASSES = {
 }
 
 
-@pytest.mark.parametrize("backend", BACKEND_KINDS, indirect=True)
-def test_a_document_round_trips_through_the_runtime(backend: Backend, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
+def test_a_document_round_trips_through_the_runtime(store_backend: Backend, tmp_path: Path) -> None:
     """Encrypt, store, read back and decrypt a document in the configured database."""
-    settings = backend.settings(keyring=str(tmp_path / "keyring.json"))
+    settings = store_backend.settings(keyring=str(tmp_path / "keyring.json"))
     runtime = open_runtime(settings, product="notelett", collections=COLLECTIONS)
     try:
-        assert type(runtime.dek_store).__name__ == STORE_CLASSES[backend.kind]
+        assert type(runtime.dek_store).__name__ == STORE_CLASSES[store_backend.kind]
         encryptor = runtime.encryptor
         sealed = encryptor.encrypt_document("notes", "n1", {"title": "hello", "tags": ["x"]})
         notes = runtime.documents["notes"]
@@ -41,11 +41,11 @@ def test_a_document_round_trips_through_the_runtime(backend: Backend, tmp_path: 
         runtime.close()
 
 
-@pytest.mark.parametrize("backend", BACKEND_KINDS, indirect=True)
-def test_build_store_picks_the_store_from_the_url(backend: Backend) -> None:
+@pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
+def test_build_store_picks_the_store_from_the_url(store_backend: Backend) -> None:
     """build_store (init_encryption's default) opens the dek_store of the configured kind."""
-    store = build_store(backend.settings(), product="notelett")
-    assert type(store).__name__ == STORE_CLASSES[backend.kind]
+    store = build_store(store_backend.settings(), product="notelett")
+    assert type(store).__name__ == STORE_CLASSES[store_backend.kind]
     store.database.close()  # type: ignore[attr-defined]
 
 

@@ -13,16 +13,20 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from field_encrypt import DekStore, KeyProvider, WrapUpdate
 from field_encrypt.providers.base import dek_context
 from notelett import NoteLettSettings, create_app
 from notelett.backend import PRODUCT, Backend
+from tests.backends import BACKEND_KINDS
 
 from .conftest import auth
 from .server import NoteLettServer, start_server
 from .test_uvicorn import server_env
+
+pytestmark = pytest.mark.parametrize("store_kind", BACKEND_KINDS, indirect=True)
 
 
 def rewrap_all(provider: KeyProvider, store: DekStore, *, to_version: str) -> int:
