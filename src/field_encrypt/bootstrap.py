@@ -41,7 +41,75 @@ def build_provider(settings: Settings) -> KeyProvider:
 
 
 def _remote_provider(name: str, settings: Settings) -> KeyProvider:
+    """A production provider; its SDK is imported here, only when it is the one chosen."""
+    match name:
+        case "akv":
+            if not settings.azure_keyvault_url:
+                raise ConfigurationError(
+                    "AZURE_KEYVAULT_URL is required when FIELD_ENCRYPT_KEY_PROVIDER=akv"
+                )
+            try:
+                from field_encrypt.providers.azure_key_vault import AzureKeyVaultProvider
+            except ImportError as exc:
+                raise _missing_extra(name, "akv", exc) from None
+            return AzureKeyVaultProvider(
+                vault_url=settings.azure_keyvault_url,
+                mek_name=settings.mek_name,
+                key_size=settings.akv_key_size,
+                connect_timeout=settings.provider_connect_timeout_seconds,
+                read_timeout=settings.provider_read_timeout_seconds,
+                max_attempts=settings.provider_max_attempts,
+                refresh_seconds=settings.provider_refresh_seconds,
+            )
+        case "aws-kms":
+            try:
+                from field_encrypt.providers.aws_kms import AwsKmsKeyProvider
+            except ImportError as exc:
+                raise _missing_extra(name, "aws-kms", exc) from None
+            return AwsKmsKeyProvider(
+                mek_name=settings.mek_name,
+                region=settings.aws_region,
+                endpoint_url=settings.aws_kms_endpoint_url,
+                connect_timeout=settings.provider_connect_timeout_seconds,
+                read_timeout=settings.provider_read_timeout_seconds,
+                max_attempts=settings.provider_max_attempts,
+                refresh_seconds=settings.provider_refresh_seconds,
+            )
+        case "pkcs11":
+            missing = [
+                variable
+                for variable, value in (
+                    ("FIELD_ENCRYPT_PKCS11_MODULE", settings.pkcs11_module),
+                    ("FIELD_ENCRYPT_PKCS11_TOKEN", settings.pkcs11_token),
+                    ("FIELD_ENCRYPT_PKCS11_PIN", settings.pkcs11_pin),
+                )
+                if not value
+            ]
+            if missing:
+                raise ConfigurationError(
+                    f"{', '.join(missing)} required when FIELD_ENCRYPT_KEY_PROVIDER=pkcs11"
+                )
+            assert settings.pkcs11_module and settings.pkcs11_token and settings.pkcs11_pin
+            try:
+                from field_encrypt.providers.pkcs11 import Pkcs11KeyProvider
+            except ImportError as exc:
+                raise _missing_extra(name, "pkcs11", exc) from None
+            return Pkcs11KeyProvider(
+                module=settings.pkcs11_module,
+                token_label=settings.pkcs11_token,
+                pin=settings.pkcs11_pin.get_secret_value(),
+                mek_name=settings.mek_name,
+                mechanism=settings.pkcs11_mechanism,
+                refresh_seconds=settings.provider_refresh_seconds,
+            )
     raise ConfigurationError(f"key provider {name!r} is not available in this build")
+
+
+def _missing_extra(name: str, extra: str, exc: ImportError) -> ConfigurationError:
+    return ConfigurationError(
+        f"FIELD_ENCRYPT_KEY_PROVIDER={name} needs the {extra!r} extra "
+        f"(missing module {exc.name!r}): pip install 'field-encrypt[{extra}]'"
+    )
 
 
 def sqlite_path(settings: Settings) -> str:

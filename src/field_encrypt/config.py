@@ -48,8 +48,41 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("AZURE_KEYVAULT_URL", "FIELD_ENCRYPT_AZURE_KEYVAULT_URL"),
     )
 
+    provider_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    """akv, aws-kms: how long to wait for a connection to the key service."""
+    provider_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    """akv, aws-kms: how long to wait for an answer, so a stalled call fails, not hangs."""
+    provider_max_attempts: int = Field(default=1, ge=1)
+    """akv, aws-kms: attempts per call inside the SDK; 1 leaves every retry to the caller."""
+    provider_refresh_seconds: float = Field(default=60.0, ge=0)
+    """akv, aws-kms, pkcs11: how long the current version (and akv's version states) is cached."""
+
+    akv_key_size: int = 4096
+    """akv: the RSA key size of versions this library creates."""
+
+    aws_region: str | None = None
+    """aws-kms: the region (default: the AWS SDK's own, e.g. AWS_REGION)."""
+    aws_kms_endpoint_url: str | None = None
+    """aws-kms: a non-default endpoint (a VPC endpoint, or a local KMS in tests)."""
+
+    pkcs11_module: str | None = None
+    """pkcs11: the path of the HSM's PKCS#11 library."""
+    pkcs11_token: str | None = None
+    """pkcs11: the token label."""
+    pkcs11_pin: SecretStr | None = None
+    """pkcs11: the user PIN."""
+    pkcs11_mechanism: Literal["AES_KEY_WRAP_PAD", "AES_KEY_WRAP_KWP"] = "AES_KEY_WRAP_PAD"
+    """pkcs11: the RFC 5649 mechanism's name in the token (SoftHSM: AES_KEY_WRAP_PAD)."""
+
     cache_ttl_seconds: float = Field(default=300.0, ge=0)
     cache_max_entries: int = Field(default=10_000, ge=0)
+
+    @field_validator("akv_key_size")
+    @classmethod
+    def _rsa_key_size(cls, value: int) -> int:
+        if value not in (2048, 3072, 4096):
+            raise ValueError("must be 2048, 3072 or 4096")
+        return value
 
     @field_validator("mek_name")
     @classmethod

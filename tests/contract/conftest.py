@@ -1,7 +1,10 @@
 """The parameters of the contract suites: every provider and every store runs the same tests.
 
 A harness gives the suite what it cannot do through the protocol alone (the ``env``
-provider cannot create versions at run time, so its harness builds it with them).
+provider cannot create versions at run time, so its harness builds it with them). The
+production providers' harnesses (``tests/harnesses.py``) run them against real local
+servers: the Key Vault server, moto's KMS and a SoftHSM2 token, started once for this
+package, and only when a test of that provider runs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,16 @@ from field_encrypt.stores.kek import SqliteKekStore
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
 from tests.backends import BACKEND_KINDS
+from tests.harnesses import (  # noqa: F401 - package-scoped fixtures used by the harnesses
+    HARNESS_FIXTURES,
+    RemoteHarness,
+    akv_harness,
+    aws_kms_harness,
+    keyvault,
+    kms,
+    pkcs11_harness,
+    softhsm,
+)
 
 
 class ProviderHarness(Protocol):
@@ -92,7 +105,8 @@ class KekTierHarness:
         )
 
 
-PROVIDER_KINDS = ["local", "env", "kek-tier"]
+PROVIDER_KINDS = ["local", "env", "kek-tier", "akv", "aws-kms", "pkcs11"]
+REMOTE_PROVIDER_KINDS = ["akv", "aws-kms"]
 STORE_KINDS = BACKEND_KINDS
 
 
@@ -105,7 +119,15 @@ def provider_harness(request: pytest.FixtureRequest, tmp_path: Path) -> Provider
         return EnvHarness()
     if kind == "kek-tier":
         return KekTierHarness(tmp_path)
-    raise AssertionError(kind)
+    harness: ProviderHarness = request.getfixturevalue(HARNESS_FIXTURES[kind])
+    return harness
+
+
+@pytest.fixture(params=REMOTE_PROVIDER_KINDS)
+def remote_harness(request: pytest.FixtureRequest) -> RemoteHarness:
+    """The providers that call a service over the network, whose server injects faults."""
+    harness: RemoteHarness = request.getfixturevalue(HARNESS_FIXTURES[request.param])
+    return harness
 
 
 @pytest.fixture(params=STORE_KINDS)

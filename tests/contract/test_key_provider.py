@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 
 import pytest
 
@@ -11,12 +12,14 @@ from field_encrypt.errors import (
     ConfigurationError,
     DecryptionError,
     FieldEncryptError,
+    KeyProviderUnavailableError,
     KeyVersionDisabledError,
     KeyVersionNotFoundError,
 )
 from field_encrypt.providers.base import KeyProvider, dek_context
+from tests.harnesses import Fault
 
-from .conftest import ProviderHarness
+from .conftest import ProviderHarness, RemoteHarness
 
 CTX = dek_context("contract", "0" * 32)
 OTHER_CTX = dek_context("contract", "1" * 32)
@@ -160,3 +163,54 @@ def test_key_material_stays_out_of_reprs_and_errors(provider_harness: ProviderHa
         forms = [secret.hex(), base64.b64encode(secret).decode(), repr(secret)]
         for text in texts:
             assert not any(form in text for form in forms)
+
+
+# -- providers that call a service: transient failures, as the rotation engine sees them --------
+
+
+def _warm(harness: RemoteHarness, **options: float) -> tuple[KeyProvider, bytes, bytes]:
+    """A provider that has already wrapped and unwrapped once (credentials, keys, connections
+    ready), the DEK and its wrap."""
+    provider = harness.make(1, **options)
+    dek = os.urandom(32)
+    wrapped = provider.wrap(dek, context=CTX).ciphertext
+    assert provider.unwrap(wrapped, version=provider.current_version(), context=CTX) == dek
+    return provider, dek, wrapped
+
+
+def test_throttling_is_transient_and_left_to_the_caller(remote_harness: RemoteHarness) -> None:
+    """A throttled call is KeyProviderUnavailableError carrying the service's Retry-After, after
+    exactly one request (the SDK does not retry behind the caller's back); a retry succeeds."""
+    provider, dek, wrapped = _warm(remote_harness)
+    version = provider.current_version()
+    before = remote_harness.requests()
+    remote_harness.inject("throttle")
+    with pytest.raises(KeyProviderUnavailableError) as info:
+        provider.unwrap(wrapped, version=version, context=CTX)
+    assert info.value.retry_after == remote_harness.throttle_retry_after
+    assert info.value.cause is not None
+    assert remote_harness.requests() - before == 1
+    assert provider.unwrap(wrapped, version=version, context=CTX) == dek
+
+
+@pytest.mark.parametrize("fault", ["unavailable", "drop"])
+def test_service_failures_are_transient(remote_harness: RemoteHarness, fault: Fault) -> None:
+    """A 5xx answer or a dropped connection is KeyProviderUnavailableError, not retried inside."""
+    provider, dek, wrapped = _warm(remote_harness)
+    version = provider.current_version()
+    before = remote_harness.requests()
+    remote_harness.inject(fault)
+    with pytest.raises(KeyProviderUnavailableError):
+        provider.rewrap(wrapped, from_version=version, context=CTX)
+    assert remote_harness.requests() - before == 1
+    assert provider.unwrap(wrapped, version=version, context=CTX) == dek
+
+
+def test_a_stalled_call_times_out(remote_harness: RemoteHarness) -> None:
+    """A call the service never answers fails after the read timeout instead of hanging."""
+    provider, _, wrapped = _warm(remote_harness, read_timeout=0.3)
+    remote_harness.inject("stall")
+    started = time.monotonic()
+    with pytest.raises(KeyProviderUnavailableError):
+        provider.unwrap(wrapped, version=provider.current_version(), context=CTX)
+    assert time.monotonic() - started < 1.2

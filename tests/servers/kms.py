@@ -16,6 +16,10 @@ What was adapted, and why here:
   ciphertext; a WSGI-level check would have to redo all of that from the request. One
   difference remains: moto decrypts before the check, so a ciphertext that is both invalid
   and under a disabled key is reported as invalid.
+- **A Decrypt naming the wrong key is refused, as in AWS.** moto answers a ``KeyId`` that is
+  not the ciphertext's key with ``AccessDeniedException``; AWS answers
+  ``IncorrectKeyException``, which is what a client must treat as "wrong key for this
+  ciphertext". The same wrapper checks the key inside the ciphertext against ``KeyId`` first.
 - **Faults are injected in front of moto.** A WSGI middleware answers queued faults before
   moto sees the request: ``throttle`` (400 ``ThrottlingException``), ``503``
   (``ServiceUnavailable``), ``drop`` (connection closed with no response) and ``stall`` (the
@@ -49,10 +53,17 @@ import boto3
 from botocore.config import Config
 from moto.core.exceptions import JsonRESTError
 from moto.kms.models import KmsBackend, kms_backends
+from moto.kms.utils import _deserialize_ciphertext_blob
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-__all__ = ["DisabledException", "FaultKind", "KMSInvalidStateException", "KmsServer"]
+__all__ = [
+    "DisabledException",
+    "FaultKind",
+    "IncorrectKeyException",
+    "KMSInvalidStateException",
+    "KmsServer",
+]
 
 HOST = "127.0.0.1"
 FaultKind = Literal["throttle", "503", "drop", "stall"]
@@ -78,6 +89,13 @@ class KMSInvalidStateException(JsonRESTError):
 
     def __init__(self, message: str):
         super().__init__("KMSInvalidStateException", message)
+
+
+class IncorrectKeyException(JsonRESTError):
+    code = 400
+
+    def __init__(self, message: str):
+        super().__init__("IncorrectKeyException", message)
 
 
 _STATE_WORDS = {"PendingDeletion": "pending deletion", "PendingImport": "pending import"}
@@ -111,9 +129,22 @@ def _decrypt_if_enabled(
     encryption_context: dict[str, str],
     key_id: str | None = None,
 ) -> tuple[bytes, str]:
-    plaintext, arn = _moto_decrypt(self, ciphertext_blob, encryption_context, key_id)
+    if key_id is not None:
+        _require_key_matches(self, ciphertext_blob, key_id)
+    plaintext, arn = _moto_decrypt(self, ciphertext_blob, encryption_context, None)
     _require_enabled(self, self.get_key_id(arn))  # the plaintext is dropped if this raises
     return plaintext, arn
+
+
+def _require_key_matches(backend: KmsBackend, ciphertext_blob: bytes, key_id: str) -> None:
+    try:
+        inside = _deserialize_ciphertext_blob(ciphertext_blob=ciphertext_blob).key_id
+    except Exception:  # noqa: BLE001 - moto reports the invalid ciphertext itself
+        return
+    if inside != backend.any_id_to_key_id(key_id):
+        raise IncorrectKeyException(
+            "The key ID in the request does not identify a CMK that can perform this operation."
+        )
 
 
 _patch_lock = threading.Lock()
