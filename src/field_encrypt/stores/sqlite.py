@@ -128,26 +128,40 @@ class SqliteDekStore:
         if not updates:
             return []
         now = time.time()
-        lost: list[str] = []
+        params = [
+            (
+                u.mek_version,
+                u.wrapped,
+                u.algorithm,
+                now,
+                u.record.row,
+                int(u.record.revision),
+                u.record.dek_id,
+            )
+            for u in updates
+        ]
         with self.database.transaction() as tx:
-            for u in updates:
-                cur = tx.execute(
-                    "UPDATE dek_store SET mek_version = ?, wrapped = ?, algorithm = ?, "
-                    "updated_at = ?, revision = revision + 1 "
-                    "WHERE seq = ? AND revision = ? AND dek_id = ?",
-                    (
-                        u.mek_version,
-                        u.wrapped,
-                        u.algorithm,
-                        now,
-                        u.record.row,
-                        int(u.record.revision),
-                        u.record.dek_id,
-                    ),
+            before = tx.total_changes
+            tx.executemany(
+                "UPDATE dek_store SET mek_version = ?, wrapped = ?, algorithm = ?, "
+                "updated_at = ?, revision = revision + 1 "
+                "WHERE seq = ? AND revision = ? AND dek_id = ?",
+                params,
+            )
+            if tx.total_changes - before == len(updates):
+                return []
+            # Some rows moved on since they were read. Inside this write transaction, a row
+            # we updated holds our new wrap (fresh nonce: nobody else can have written it).
+            current: dict[object, bytes] = {}
+            for start in range(0, len(updates), 500):
+                seqs = [u.record.row for u in updates[start : start + 500]]
+                marks = ",".join("?" * len(seqs))
+                current.update(
+                    tx.execute(
+                        f"SELECT seq, wrapped FROM dek_store WHERE seq IN ({marks})", seqs
+                    ).fetchall()
                 )
-                if cur.rowcount != 1:
-                    lost.append(u.record.dek_id)
-        return lost
+        return [u.record.dek_id for u in updates if current.get(u.record.row) != u.wrapped]
 
     def scan(
         self,
@@ -171,7 +185,12 @@ class SqliteDekStore:
             where.append("bucket % ? = ?")
             params += [count, index]
         params.append(limit)
-        sql = f"SELECT {_COLUMNS} FROM dek_store WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        # NOT INDEXED: walk by seq. With the (product, mek_version) index the planner
+        # would collect every matching row and sort it again for each page.
+        sql = (
+            f"SELECT {_COLUMNS} FROM dek_store NOT INDEXED "
+            f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        )
         rows = self.database.query(sql, params)
         records = [_record(r) for r in rows]
         next_cursor = str(rows[-1][0]) if len(rows) == limit else None

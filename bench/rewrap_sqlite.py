@@ -1,0 +1,205 @@
+"""Rewrap throughput on SQLite with the local provider, against the raw floor of the same run.
+
+    .venv/bin/python bench/rewrap_sqlite.py [--sizes 20000] [--batch-size 1000]
+    .venv/bin/python bench/rewrap_sqlite.py --sizes 100000 1000000
+
+For each size, in a fresh subprocess (so its peak RSS is its own): seed that many DEKs
+wrapped under MEK version 1; then, ``--repeat`` times (best kept, as the machine may be
+shared), create a new version and measure
+
+* the floor: AES-GCM unwrap under v1 and wrap under v2 of every DEK with ready ciphers
+  (no provider, no checks), plus a bare batched ``UPDATE ... WHERE seq = ?`` of the same
+  rows in scan order (``executemany``, one transaction per batch);
+* the engine: ``field_encrypt.rotation.migrate(mode="rewrap-deks")``, the path the CLI
+  runs (scan, provider.rewrap, check that the new wrap unwraps to the same DEK,
+  compare-and-swap write, cache invalidation, ledger checkpoint per batch).
+
+Prints DEKs/s for both, the engine's share of the floor's rate, and the peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from field_encrypt.cache import DekCache
+from field_encrypt.config import load_settings
+from field_encrypt.envelope import FieldEncryptor
+from field_encrypt.products import ProductRuntime
+from field_encrypt.providers.base import dek_context
+from field_encrypt.providers.local import LocalKeyProvider
+from field_encrypt.rotation import MigrationOptions, SqliteRunLedger, migrate
+from field_encrypt.stores.sqlite import SqliteDekStore, bucket_of
+from field_encrypt.stores.sqlite_db import SqliteDatabase
+
+PRODUCT = "bench"
+
+
+def seed(db: SqliteDatabase, provider: LocalKeyProvider, size: int) -> None:
+    """``size`` DEKs wrapped under version 1, inserted in bulk."""
+    now = time.time()
+    for start in range(0, size, 50_000):
+        rows = []
+        for _ in range(min(50_000, size - start)):
+            dek_id = uuid.uuid4().hex
+            wrapped = provider.wrap(os.urandom(32), context=dek_context(PRODUCT, dek_id))
+            rows.append(
+                (
+                    dek_id,
+                    bucket_of(dek_id),
+                    PRODUCT,
+                    provider.mek_name,
+                    "1",
+                    wrapped.ciphertext,
+                    wrapped.algorithm,
+                    now,
+                    now,
+                )
+            )
+        with db.transaction() as tx:
+            tx.executemany(
+                "INSERT INTO dek_store (dek_id, bucket, product, mek_name, mek_version, wrapped, "
+                "algorithm, created_at, updated_at, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                rows,
+            )
+
+
+def floor(
+    db: SqliteDatabase, keyring: Path, batch: int, source: str, target: str
+) -> tuple[float, float]:
+    """Seconds for the raw crypto and for the bare batched UPDATE of every row."""
+    versions = json.loads(keyring.read_text())["versions"]
+    keys = {v["version"]: base64.b64decode(v["key"]) for v in versions}
+    old, new = AESGCM(keys[source]), AESGCM(keys[target])
+    crypto = update = 0.0
+    last = 0
+    while True:  # a page at a time, so the floor's memory does not mask the engine's RSS
+        rows = db.query(
+            "SELECT seq, dek_id, wrapped FROM dek_store WHERE seq > ? ORDER BY seq LIMIT ?",
+            (last, batch),
+        )
+        if not rows:
+            return crypto, update
+        last = rows[-1][0]
+        started = time.perf_counter()
+        out = []
+        for seq, dek_id, wrapped in rows:
+            context = dek_context(PRODUCT, dek_id)
+            dek = old.decrypt(wrapped[:12], wrapped[12:], context)
+            nonce = os.urandom(12)
+            out.append((target, nonce + new.encrypt(nonce, dek, context), seq))
+        crypto += time.perf_counter() - started
+        # Write the original wraps back (same rows, same sizes): the engine still has work.
+        originals = [(source, bytes(w), seq) for seq, _, w in rows]
+        started = time.perf_counter()
+        with db.transaction() as tx:
+            tx.executemany(
+                "UPDATE dek_store SET mek_version = ?, wrapped = ? WHERE seq = ?", originals
+            )
+        update += time.perf_counter() - started
+
+
+def one(size: int, batch: int, repeat: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(
+            {
+                "FIELD_ENCRYPT_KEY_PROVIDER": "local",
+                "FIELD_ENCRYPT_KEYRING": f"{tmp}/keyring.json",
+                "FIELD_ENCRYPT_DATABASE": f"{tmp}/bench.db",
+            }
+        )
+        db = SqliteDatabase(settings.database)
+        provider = LocalKeyProvider(settings.keyring, mek_name=settings.mek_name)
+        store = SqliteDekStore(db, product=PRODUCT)
+        t = time.perf_counter()
+        seed(db, provider, size)
+        seeded = time.perf_counter() - t
+        runtime = ProductRuntime(
+            settings=settings,
+            provider=provider,
+            dek_store=store,
+            encryptor=FieldEncryptor(
+                product=PRODUCT, provider=provider, store=store, collections={}, cache=DekCache()
+            ),
+            documents={},
+            database=db,
+        )
+        crypto = update = engine = float("inf")
+        for _ in range(repeat):  # each round rewraps everything onto a fresh version
+            source = provider.current_version()
+            target = provider.create_version().version
+            c, u = floor(db, settings.keyring, batch, source, target)
+            crypto, update = min(crypto, c), min(update, u)
+            t = time.perf_counter()
+            report = migrate(
+                runtime,
+                SqliteRunLedger(db),
+                MigrationOptions(mode="rewrap-deks", batch_size=batch),
+            )
+            engine = min(engine, time.perf_counter() - t)
+            assert report.status == "completed" and report.counters.changed == size, report
+            assert store.count_not_on(target) == 0
+        db.close()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "size": size,
+        "seed_s": seeded,
+        "floor_crypto_s": crypto,
+        "floor_update_s": update,
+        "engine_s": engine,
+        "peak_rss_mb": rss_mb,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000])
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=2, help="rounds per size (best kept)")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.batch_size, args.repeat)))
+        return
+    print(
+        f"{'DEKs':>9} {'floor DEKs/s':>13} {'engine DEKs/s':>14} {'ratio':>6} "
+        f"{'crypto s':>9} {'update s':>9} {'engine s':>9} {'peak RSS':>9}"
+    )
+    for size in args.sizes:
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                str(size),
+                "--batch-size",
+                str(args.batch_size),
+                "--repeat",
+                str(args.repeat),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        r = json.loads(out)
+        floor_s = r["floor_crypto_s"] + r["floor_update_s"]
+        print(
+            f"{size:>9,} {size / floor_s:>13,.0f} {size / r['engine_s']:>14,.0f} "
+            f"{floor_s / r['engine_s']:>6.0%} {r['floor_crypto_s']:>9.2f} "
+            f"{r['floor_update_s']:>9.2f} {r['engine_s']:>9.2f} {r['peak_rss_mb']:>7.0f}MB"
+        )
+
+
+if __name__ == "__main__":
+    main()

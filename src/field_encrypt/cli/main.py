@@ -1,0 +1,588 @@
+"""``field-encrypt``: the operator CLI for MEK rotation (see docs/cli.md for every flag)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from field_encrypt.cli import output
+from field_encrypt.cli.exit_codes import ExitCode, exit_code_for
+from field_encrypt.config import load_settings
+from field_encrypt.errors import ConfigurationError, FieldEncryptError, RotationError
+from field_encrypt.products import ProductRuntime, load_product
+from field_encrypt.rotation import (
+    MigrationOptions,
+    RetryPolicy,
+    RunReport,
+    backup,
+    migrate,
+    open_ledger,
+    preflight,
+    restore,
+    verify,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+app = typer.Typer(
+    name="field-encrypt",
+    help="Rotate master keys (MEKs) and migrate field-encrypted documents, safely.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(
+    help="MEK versions: list, create, disable, enable (nothing is ever deleted).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+ProductOpt = Annotated[
+    str,
+    typer.Option(
+        "--product",
+        help="The product: an installed name (notelett) or module:attribute.",
+        envvar="FIELD_ENCRYPT_PRODUCT",
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="JSON on stdout (and JSON log lines on stderr).")
+]
+
+
+class ModeChoice(StrEnum):
+    rewrap_deks = "rewrap-deks"
+    re_encrypt = "re-encrypt"
+    encrypt = "encrypt"
+    decrypt = "decrypt"
+
+
+def guarded(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn a library error into its exit code and a one-line reason on stderr."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except FieldEncryptError as exc:
+            output.fail_line(str(exc))
+            raise typer.Exit(exit_code_for(exc)) from None
+
+    return run
+
+
+@contextmanager
+def opened(product_name: str) -> Iterator[ProductRuntime]:
+    """The product's runtime from the environment's settings, closed afterwards."""
+    product = load_product(product_name)
+    runtime = product.open(load_settings())
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+def _iso(value: dt.datetime | float | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float | int):
+        value = dt.datetime.fromtimestamp(value, dt.UTC)
+    return value.isoformat(timespec="seconds")
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+@keys_app.command("list")
+@guarded
+def keys_list(product: ProductOpt, json_: JsonOpt = False) -> None:
+    """List MEK versions: state, created, and how many DEKs each one wraps."""
+    with opened(product) as rt:
+        counts = rt.dek_store.count_by_version()
+        rows = [
+            {
+                "version": v.version,
+                "state": "enabled" if v.enabled else "disabled",
+                "current": v.current,
+                "created_at": _iso(v.created_at),
+                "deks": counts.pop(v.version, 0),
+            }
+            for v in rt.provider.versions()
+        ]
+        rows += [
+            {"version": v, "state": "unknown", "current": False, "created_at": "-", "deks": n}
+            for v, n in sorted(counts.items())
+        ]
+    if json_:
+        output.emit_json({"product": product, "versions": rows})
+        return
+    output.stdout().print(
+        output.table(
+            f"MEK versions of {product}",
+            ["version", "state", "current", "created", "DEKs"],
+            [
+                (
+                    r["version"],
+                    r["state"],
+                    "yes" if r["current"] else "",
+                    r["created_at"],
+                    r["deks"],
+                )
+                for r in rows
+            ],
+        )
+    )
+
+
+@keys_app.command("create")
+@guarded
+def keys_create(product: ProductOpt, json_: JsonOpt = False) -> None:
+    """Create a new MEK version; it becomes current (new DEKs are wrapped under it)."""
+    with opened(product) as rt:
+        version = rt.provider.create_version()
+    if json_:
+        output.emit_json({"version": version.version, "current": version.current})
+    else:
+        output.stdout().print(f"created MEK version {version.version} (now current)")
+
+
+@keys_app.command("disable")
+@guarded
+def keys_disable(
+    version: Annotated[str, typer.Argument(help="The MEK version to disable.")],
+    product: ProductOpt,
+    json_: JsonOpt = False,
+) -> None:
+    """Disable a MEK version. Refused while any DEK is wrapped under it; never deletes."""
+    with opened(product) as rt:
+        known = {v.version: v for v in rt.provider.versions()}
+        if version not in known:
+            raise ConfigurationError(f"MEK {rt.provider.mek_name!r} has no version {version!r}")
+        if known[version].current:
+            raise RotationError(
+                f"refusing to disable version {version}: it is the current version "
+                "(create a new one first: field-encrypt keys create)"
+            )
+        still = rt.dek_store.count_by_version().get(version, 0)
+        if still:
+            raise RotationError(
+                f"refusing to disable version {version}: {still} DEKs are still wrapped under "
+                f"it (run field-encrypt migrate --mode rewrap-deks first)"
+            )
+        rt.provider.set_enabled(version, False)
+        dropped = rt.encryptor.cache.invalidate_version(version)
+    if json_:
+        output.emit_json({"version": version, "state": "disabled", "cache_evicted": dropped})
+    else:
+        output.stdout().print(
+            f"disabled MEK version {version} (kept, not deleted: "
+            f"field-encrypt keys enable {version} brings it back)"
+        )
+
+
+@keys_app.command("enable")
+@guarded
+def keys_enable(
+    version: Annotated[str, typer.Argument(help="The MEK version to enable.")],
+    product: ProductOpt,
+    json_: JsonOpt = False,
+) -> None:
+    """Enable a MEK version again (for a rollback, or to restore old backups)."""
+    with opened(product) as rt:
+        rt.provider.set_enabled(version, True)
+    if json_:
+        output.emit_json({"version": version, "state": "enabled"})
+    else:
+        output.stdout().print(f"enabled MEK version {version}")
+
+
+# -- checks -------------------------------------------------------------------------------
+
+
+@app.command("preflight")
+@guarded
+def preflight_command(
+    product: ProductOpt,
+    new_mek_version: Annotated[
+        str | None, typer.Option("--new-mek-version", help="Also check this target version.")
+    ] = None,
+    max_backup_age_hours: Annotated[
+        float, typer.Option("--max-backup-age-hours", help="Oldest acceptable backup.")
+    ] = 24.0,
+    json_: JsonOpt = False,
+) -> None:
+    """Run the runbook's pre-flight checklist; exit 5 if any check fails."""
+    with opened(product) as rt:
+        checks = preflight(
+            rt,
+            open_ledger(rt),
+            target_version=new_mek_version,
+            max_backup_age=max_backup_age_hours * 3600,
+        )
+    ok = all(c.ok for c in checks)
+    if json_:
+        output.emit_json({"product": product, "ok": ok, "checks": [c.as_dict() for c in checks]})
+    else:
+        output.stdout().print(
+            output.table(
+                f"Pre-flight for {product}",
+                ["check", "result", "detail"],
+                [(c.name, "[green]pass[/]" if c.ok else "[red]FAIL[/]", c.detail) for c in checks],
+            )
+        )
+    if not ok:
+        failed = [c.name for c in checks if not c.ok]
+        output.fail_line(f"pre-flight failed: {', '.join(failed)}")
+        raise typer.Exit(ExitCode.NOT_VERIFIED)
+
+
+@app.command("verify")
+@guarded
+def verify_command(
+    product: ProductOpt,
+    mek_version: Annotated[
+        str, typer.Option("--mek-version", help="Every DEK should be on this version.")
+    ],
+    sample: Annotated[
+        int, typer.Option("--sample", min=0, help="Documents to decrypt end to end.")
+    ] = 100,
+    json_: JsonOpt = False,
+) -> None:
+    """Count DEKs off a version, decrypt a sample, find missing and unreferenced DEKs."""
+    with opened(product) as rt:
+        report = verify(rt, mek_version=mek_version, sample=sample)
+    data = report.as_dict()
+    if json_:
+        output.emit_json(data)
+    else:
+        output.stdout().print(
+            output.table(
+                f"Verify {product} against MEK version {mek_version}",
+                ["finding", "count", "examples"],
+                [
+                    ("DEKs not on version " + mek_version, report.not_on_version, ""),
+                    (
+                        f"sampled documents not decrypting (of {report.sampled})",
+                        len(report.undecryptable),
+                        ", ".join(report.undecryptable[:3]),
+                    ),
+                    (
+                        "documents referring to a missing DEK",
+                        report.missing_deks,
+                        ", ".join(report.missing_examples[:3]),
+                    ),
+                    (
+                        "DEKs no document refers to",
+                        report.unreferenced_deks,
+                        ", ".join(report.unreferenced_examples[:3]),
+                    ),
+                ],
+            )
+        )
+    if not report.clean:
+        output.fail_line(
+            f"verification gap: {report.not_on_version} DEKs off version {mek_version}, "
+            f"{len(report.undecryptable)} undecryptable, {report.missing_deks} missing DEKs, "
+            f"{report.unreferenced_deks} unreferenced DEKs"
+        )
+        raise typer.Exit(ExitCode.NOT_VERIFIED)
+    if not json_:
+        output.stdout().print(f"clean: every DEK is on version {mek_version}")
+
+
+@app.command("status")
+@guarded
+def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
+    """MEK versions, DEKs per version, and the latest migration runs with their shards."""
+    with opened(product) as rt:
+        ledger = open_ledger(rt)
+        now = time.time()
+        counts = rt.dek_store.count_by_version()
+        current = rt.provider.current_version()
+        runs = ledger.latest_runs(rt.encryptor.product, limit=5)
+        run_rows = []
+        for run in runs:
+            failures, failure_count = ledger.failures(run.run_id, limit=3)
+            live = run.leases(now)
+            state: str = run.status
+            if not run.finished:
+                state = "in flight" if live else "interrupted (re-run the same command)"
+            run_rows.append(
+                {
+                    "run_id": run.run_id,
+                    "mode": run.plan.mode,
+                    "from_version": run.plan.from_version,
+                    "to_version": run.plan.to_version,
+                    "state": state,
+                    "started_at": _iso(run.started_at),
+                    "finished_at": _iso(run.finished_at),
+                    "estimated_total": run.estimated_total,
+                    **run.counters.as_dict(),
+                    "failures": failure_count,
+                    "failure_examples": [f.item for f in failures],
+                    "shards": [
+                        {
+                            "shard": f"{s.index + 1}/{run.plan.shards}",
+                            "status": s.status,
+                            "owner": s.owner if s.leased(now) else None,
+                            "lease_expires_at": _iso(s.lease_expires_at) if s.leased(now) else None,
+                            **s.counters.as_dict(),
+                        }
+                        for s in run.shards
+                    ],
+                }
+            )
+    data = {"product": product, "current_version": current, "deks_by_version": counts}
+    if json_:
+        output.emit_json({**data, "runs": run_rows})
+        return
+    console = output.stdout()
+    console.print(
+        f"product {product}: current MEK version {current}; DEKs per version: "
+        + (", ".join(f"{v}={n}" for v, n in sorted(counts.items())) or "none")
+    )
+    console.print(
+        output.table(
+            "Latest migration runs",
+            ["run", "mode", "versions", "state", "done/est.", "changed", "failed", "started"],
+            [
+                (
+                    r["run_id"],
+                    r["mode"],
+                    f"{r['from_version'] or '*'}→{r['to_version'] or '-'}",
+                    r["state"],
+                    f"{r['matched']}/{r['estimated_total']}",
+                    r["changed"],
+                    r["failed"],
+                    r["started_at"],
+                )
+                for r in run_rows
+            ],
+        )
+    )
+
+
+# -- migrate ------------------------------------------------------------------------------
+
+
+def _worker(value: str | None) -> tuple[int, int]:
+    if value is None:
+        return (0, 1)
+    index, sep, count = value.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise typer.BadParameter("expected I/N, e.g. 1/4") from None
+    if not sep or n < 1 or not 1 <= i <= n:
+        raise typer.BadParameter("expected I/N with 1 <= I <= N")
+    return (i - 1, n)
+
+
+def migrate_command(
+    product: ProductOpt,
+    mode: Annotated[ModeChoice, typer.Option("--mode", help="What to do.")],
+    old_mek_version: Annotated[
+        str | None,
+        typer.Option("--old-mek-version", help="Only items under this MEK version."),
+    ] = None,
+    new_mek_version: Annotated[
+        str | None,
+        typer.Option("--new-mek-version", help="Target MEK version (default: current)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be done; write nothing.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Items per batch and per DB write.")
+    ] = 1000,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Parallel calls to a remote provider.")
+    ] = 8,
+    max_rps: Annotated[
+        float | None,
+        typer.Option("--max-rps", min=0.001, help="Provider calls per second at most."),
+    ] = None,
+    worker: Annotated[
+        str | None,
+        typer.Option("--worker", help="Run as worker I of N (1-based), owning one shard."),
+    ] = None,
+    retry_budget: Annotated[
+        float,
+        typer.Option("--retry-budget", min=0, help="Seconds an operation may keep failing."),
+    ] = 120.0,
+    lease_ttl: Annotated[
+        float, typer.Option("--lease-ttl", min=1, help="Seconds a dead worker's lease lasts.")
+    ] = 60.0,
+    report_file: Annotated[
+        Path | None, typer.Option("--report", help="Also write the final report as JSON here.")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Rewrap DEKs, re-encrypt, backfill or decrypt documents: resumable and idempotent."""
+    options = MigrationOptions(
+        mode=mode.value,
+        old_version=old_mek_version,
+        new_version=new_mek_version,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        max_rps=max_rps,
+        worker=_worker(worker),
+        retry=RetryPolicy(budget=retry_budget),
+        lease_ttl=lease_ttl,
+        dry_run=dry_run,
+    )
+    live = output.live_terminal(json_)
+    observer: Any = output.ProgressObserver() if live else output.LogObserver()
+    with opened(product) as rt:
+        ledger = open_ledger(rt) if not dry_run else _NoLedger()
+        with observer if live else nullcontext():
+            report = migrate(rt, ledger, options, observer=observer)
+    data = report.as_dict()
+    if report_file is not None:
+        report_file.write_text(json.dumps(data, indent=2) + "\n")
+    if json_:
+        output.emit_json(data)
+    else:
+        _print_report(report)
+    if not live:
+        output.LogObserver().log.info("run_finished", **_log_fields(data))
+    _exit_for(report)
+
+
+def _log_fields(data: dict[str, Any]) -> dict[str, Any]:
+    keep = ("run_id", "mode", "status", "matched", "changed", "skipped", "failed", "remaining")
+    return {k: data[k] for k in keep if k in data}
+
+
+def _print_report(report: RunReport) -> None:
+    console = output.stdout()
+    if report.dry_run is not None:
+        d = report.dry_run
+        eta = f"{d.estimated_seconds:,.0f}s at --max-rps" if d.estimated_seconds else "unthrottled"
+        console.print(
+            output.table(
+                f"Dry run: {report.mode} {report.from_version or '*'}→{report.to_version or '-'}",
+                ["what", "value"],
+                [
+                    ("DEKs per version", ", ".join(f"{v}={n}" for v, n in d.by_version.items())),
+                    ("would migrate", d.matched),
+                    ("would skip", d.skipped),
+                    ("provider calls", d.provider_calls),
+                    ("estimated time", eta),
+                ],
+            )
+        )
+        return
+    c = report.counters
+    label = "rewrapped" if report.mode == "rewrap-deks" else "changed"
+    console.print(
+        output.table(
+            f"{report.mode} run {report.run_id}: {report.status}",
+            ["matched", label, "skipped", "failed", "conflicts", "duration", "rate", "remaining"],
+            [
+                (
+                    c.matched,
+                    c.changed,
+                    c.skipped,
+                    c.failed,
+                    c.conflicts,
+                    f"{report.duration_seconds:.1f}s",
+                    f"{report.rate:,.0f}/s",
+                    "-" if report.remaining is None else report.remaining,
+                )
+            ],
+        )
+    )
+
+
+def _exit_for(report: RunReport) -> None:
+    if report.status == "stopped":
+        output.fail_line(
+            f"stopped, cursor saved (re-run the same command to continue): {report.stop_reason}"
+        )
+        raise typer.Exit(ExitCode.UNAVAILABLE)
+    if report.failure_count:
+        named = ", ".join(f"{f.item} ({f.reason})" for f in report.failures[:3])
+        output.fail_line(
+            f"{report.failure_count} item(s) failed in run {report.run_id}; first: {named}"
+        )
+        raise typer.Exit(ExitCode.ITEMS_FAILED)
+
+
+class _NoLedger:
+    """A dry run never touches the ledger; any call is a bug."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"dry run used the ledger ({name})")
+
+
+app.command("migrate")(guarded(migrate_command))
+
+
+# -- backup -------------------------------------------------------------------------------
+
+
+@app.command("backup")
+@guarded
+def backup_command(
+    product: ProductOpt,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the JSON-lines backup.")],
+    json_: JsonOpt = False,
+) -> None:
+    """Export the dek_store as JSON lines with a SHA-256 checksum (and record the time)."""
+    with opened(product) as rt:
+        record = backup(rt, open_ledger(rt), out)
+    if json_:
+        output.emit_json({"path": record.path, "count": record.count, "sha256": record.checksum})
+    else:
+        output.stdout().print(f"backed up {record.count} DEKs to {record.path}")
+
+
+@app.command("restore")
+@guarded
+def restore_command(
+    product: ProductOpt,
+    in_file: Annotated[Path, typer.Option("--in", help="A file written by backup.")],
+    json_: JsonOpt = False,
+) -> None:
+    """Add the backed-up DEKs the store is missing; never changes an existing row."""
+    with opened(product) as rt:
+        report = restore(rt, in_file)
+    if json_:
+        output.emit_json(report.as_dict())
+    else:
+        output.stdout().print(
+            f"restored {report.inserted} missing DEKs; {report.identical} identical, "
+            f"{report.kept} kept as they are in the store (never overwritten)"
+        )
+
+
+# -- entry points -------------------------------------------------------------------------
+
+encrypt_migrate_app = typer.Typer(
+    name="encrypt-migrate",
+    help="The runbook's cross-product migration command (same as field-encrypt migrate).",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+encrypt_migrate_app.command()(guarded(migrate_command))
+
+
+def main() -> None:
+    """``field-encrypt``."""
+    app()
+
+
+def encrypt_migrate() -> None:
+    """``encrypt-migrate``."""
+    encrypt_migrate_app()

@@ -1,0 +1,161 @@
+"""What the CLI shows: a rich progress bar on a terminal, JSON log lines otherwise.
+
+Results go to stdout (a table, or one JSON document with ``--json``); progress, log
+lines and the one-line reason for a failure go to stderr. Nothing here ever receives
+key material: observers get counters, ids and error class names.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, Any
+
+import structlog
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from field_encrypt.rotation import Counters, RunRecord
+
+
+def stdout() -> Console:
+    return _console(sys.stdout)
+
+
+def stderr() -> Console:
+    return _console(sys.stderr)
+
+
+def _console(file: IO[str]) -> Console:
+    """A console on ``file``; wide when it is not a terminal, so log files keep whole lines."""
+    width = None if file.isatty() else 160
+    return Console(file=file, highlight=False, soft_wrap=True, width=width)
+
+
+def logger() -> Any:
+    """A structlog logger writing one JSON object per line to the current stderr."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    return structlog.get_logger("field-encrypt")
+
+
+def live_terminal(json_mode: bool) -> bool:
+    """Whether to draw a progress bar: stderr is a terminal and ``--json`` was not given."""
+    return not json_mode and sys.stderr.isatty()
+
+
+class LogObserver:
+    """Run events as JSON log lines (``migrate`` when not on a terminal, or ``--json``)."""
+
+    def __init__(self) -> None:
+        self.log = logger()
+        self.done = 0
+
+    def run_started(self, run: RunRecord, *, shard: int, resumed: bool) -> None:
+        self.done = sum(s.counters.matched for s in run.shards)
+        self.log.info(
+            "run_started",
+            run_id=run.run_id,
+            mode=run.plan.mode,
+            from_version=run.plan.from_version,
+            to_version=run.plan.to_version,
+            shard=f"{shard + 1}/{run.plan.shards}",
+            resumed=resumed,
+            estimated_total=run.estimated_total,
+        )
+
+    def batch_done(self, delta: Counters) -> None:
+        self.done += delta.matched
+        if delta.matched or delta.failed:
+            self.log.info("batch", done=self.done, **delta.as_dict())
+
+    def event(self, name: str, fields: Mapping[str, object]) -> None:
+        level = "warning" if name in ("retry", "conflict", "stopped") else "info"
+        getattr(self.log, level)(name, **fields)
+
+
+class ProgressObserver:
+    """A live progress bar with rate and ETA on stderr (``migrate`` on a terminal)."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}/s"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=stderr(),
+            transient=False,
+        )
+        self.task: TaskID | None = None
+        self.console = stderr()
+
+    def __enter__(self) -> ProgressObserver:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def run_started(self, run: RunRecord, *, shard: int, resumed: bool) -> None:
+        done = sum(s.counters.matched for s in run.shards)
+        total = max(run.estimated_total, done)
+        label = f"{run.plan.mode} {run.plan.from_version or '*'}→{run.plan.to_version or '-'}"
+        if run.plan.shards > 1:
+            label += f" shard {shard + 1}/{run.plan.shards}"
+        if resumed:
+            label += " (resumed)"
+        if self.task is None:
+            self.task = self.progress.add_task(label, total=total, completed=done, rate="0")
+        else:
+            self.progress.update(self.task, description=label)
+
+    def batch_done(self, delta: Counters) -> None:
+        if self.task is None:
+            return
+        self.progress.advance(self.task, delta.matched)
+        task = self.progress.tasks[0]
+        self.progress.update(self.task, rate=f"{task.speed or 0:,.0f}")
+
+    def event(self, name: str, fields: Mapping[str, object]) -> None:
+        if name in ("retry", "stopped", "settled"):
+            detail = " ".join(f"{k}={v}" for k, v in fields.items())
+            self.progress.console.print(f"[yellow]{name}[/] {detail}")
+
+
+def emit_json(data: Any, out: IO[str] | None = None) -> None:
+    """One JSON document on stdout."""
+    print(json.dumps(data, indent=2, default=str), file=out or sys.stdout)
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for column in columns:
+        t.add_column(column)
+    for row in rows:
+        t.add_row(*(str(c) for c in row))
+    return t
+
+
+def fail_line(message: str) -> None:
+    """The one-line reason a command failed, on stderr."""
+    print(f"field-encrypt: {message}", file=sys.stderr)

@@ -1,0 +1,258 @@
+"""The loop the document modes share (``re-encrypt``, ``encrypt``, ``decrypt``).
+
+It walks every encrypted collection of the product, shard by shard, in pages; a mode
+says which documents it selects and how it migrates one. Crash safety rests on one
+rule: **a new DEK is named in the ledger before it is created**, and a page's new DEKs
+stay "pending" until the page is checkpointed. A run that resumes first settles each
+pending item by reading its document: committed (the document points at the new DEK)
+means finish the step (re-encrypt deletes the old DEK); not committed means delete the
+leftover new DEK. So no document ever points at a missing DEK, and no orphan DEK made
+by a crashed run survives its resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from field_encrypt import token
+from field_encrypt.documents import DocumentStore, StoredDocument
+from field_encrypt.errors import (
+    ConcurrentUpdateError,
+    ConfigurationError,
+    DecryptionError,
+    KeyProviderError,
+    NotFoundError,
+    UnsupportedFormatError,
+)
+from field_encrypt.products import ProductRuntime
+from field_encrypt.providers.base import KeyProvider, dek_context
+from field_encrypt.rotation.ledger import Counters, Failure
+from field_encrypt.rotation.run import ShardWork
+
+MAX_CONFLICT_ROUNDS: Final = 3
+ITEM_ERRORS = (DecryptionError, UnsupportedFormatError, KeyProviderError, NotFoundError)
+"""Errors that fail one document and let the run go on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A document step not yet settled: ``new`` is the DEK it made, ``old`` the one it had."""
+
+    collection: str
+    document: str
+    new: str | None
+    old: str | None
+
+    def encode(self) -> str:
+        return json.dumps([self.collection, self.document, self.new, self.old])
+
+    @classmethod
+    def decode(cls, text: str) -> Pending:
+        collection, document, new, old = json.loads(text)
+        return cls(collection, document, new, old)
+
+
+class Skip(Exception):
+    """Internal: the document no longer needs this step (changed or deleted meanwhile)."""
+
+
+class DocumentJob:
+    """Base of the document modes; subclasses set ``mode`` and define the three hooks."""
+
+    target: str
+
+    def __init__(self, runtime: ProductRuntime, *, provider: KeyProvider) -> None:
+        self.runtime = runtime
+        self.encryptor = runtime.encryptor
+        self.store = runtime.dek_store
+        self.provider = provider
+        self.product = runtime.encryptor.product
+        self.collections: Mapping[str, DocumentStore] = runtime.documents
+        self.fields = {name: runtime.encryptor.collections[name] for name in runtime.documents}
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def select(self, collection: str, documents: list[StoredDocument]) -> list[StoredDocument]:
+        """The documents of a page this mode migrates."""
+        raise NotImplementedError
+
+    def pending_for(self, collection: str, document: StoredDocument) -> Pending | None:
+        """The new DEK this document's step will create, named before it exists."""
+        return None
+
+    def migrate(self, collection: str, document: StoredDocument, step: Pending | None) -> None:
+        """Migrate one document (compare-and-swap); raise :class:`Skip` if it is moot."""
+        raise NotImplementedError
+
+    def settle_committed(self, step: Pending) -> None:
+        """What is left to do once a pending step's document is known to be committed."""
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run_shard(self, work: ShardWork) -> None:
+        self._settle(work)
+        names = list(self.collections)
+        start, cursor = _position(work.cursor)
+        for index in range(start, len(names)):
+            name = names[index]
+            docs = self.collections[name]
+            cursor = cursor if index == start else None
+            while True:
+                page = work.retry.call(
+                    docs.scan, cursor=cursor, limit=work.batch_size, shard=work.sharding
+                )
+                todo = work.retry.call(self.select, name, page.documents)
+                steps = [self.pending_for(name, d) for d in todo]
+                pending = [s.encode() for s in steps if s is not None]
+                if pending:  # name the new DEKs before creating them
+                    work.checkpoint(cursor=work.cursor, delta=Counters(), pending=pending)
+                delta, failures = self._migrate_page(work, name, todo, steps)
+                done = page.cursor is None
+                work.checkpoint(
+                    cursor=_encode(index + 1, None) if done else _encode(index, page.cursor),
+                    delta=delta
+                    + Counters(matched=len(todo), skipped=len(page.documents) - len(todo)),
+                    failures=failures,
+                )
+                if done:
+                    break
+                cursor = page.cursor
+
+    def _migrate_page(
+        self,
+        work: ShardWork,
+        collection: str,
+        todo: Sequence[StoredDocument],
+        steps: Sequence[Pending | None],
+    ) -> tuple[Counters, list[Failure]]:
+        changed = skipped = conflicts = 0
+        failures: list[Failure] = []
+        for document, step in zip(todo, steps, strict=True):
+            try:
+                if step is not None and step.new is not None:
+                    work.retry.call(self.create_dek, step.new, self.target)
+                conflicts += self._migrate_one(work, collection, document, step)
+                changed += 1
+                if step is not None:
+                    self.settle_committed(step)
+            except Skip:
+                skipped += 1
+                self._settle_one(work, step)
+            except ITEM_ERRORS as exc:
+                failures.append(
+                    Failure(
+                        item=f"{collection}/{document.id}",
+                        reason=f"{type(exc).__name__}: {exc}",
+                        shard=work.shard[0],
+                    )
+                )
+                self._settle_one(work, step)
+        delta = Counters(changed=changed, skipped=skipped, failed=len(failures))
+        return delta + Counters(conflicts=conflicts), failures
+
+    def _migrate_one(
+        self, work: ShardWork, collection: str, document: StoredDocument, step: Pending | None
+    ) -> int:
+        """Migrate with compare-and-swap, re-reading the document after each lost write."""
+        docs = self.collections[collection]
+        for conflicts in range(MAX_CONFLICT_ROUNDS + 1):
+            try:
+                work.retry.call(self.migrate, collection, document, step)
+                return conflicts
+            except ConcurrentUpdateError:
+                work.note("conflict", item=f"{collection}/{document.id}")
+                try:
+                    document = work.retry.call(docs.get, document.id)
+                except NotFoundError:
+                    raise Skip() from None
+                if not self.select(collection, [document]):
+                    raise Skip() from None
+        raise ConcurrentUpdateError(f"document {document.id} kept changing during the migration")
+
+    def _settle(self, work: ShardWork) -> None:
+        """Finish or undo the steps a crashed run left pending (see the module docstring)."""
+        if not work.pending:
+            return
+        for text in work.pending:
+            self._settle_one(work, Pending.decode(text))
+        work.note("settled", count=len(work.pending))
+        work.checkpoint(cursor=work.cursor, delta=Counters(), pending=())
+
+    def _settle_one(self, work: ShardWork, step: Pending | None) -> None:
+        """Committed (the document points at the new DEK): finish; otherwise drop the new DEK."""
+        if step is None or step.new is None:
+            return
+        docs = self.collections[step.collection]
+        try:
+            document: StoredDocument | None = work.retry.call(docs.get, step.document)
+        except NotFoundError:
+            document = None
+        if document is not None and document.dek_id == step.new:
+            self.settle_committed(step)
+        else:
+            self.encryptor.shred(step.new)
+
+    # -- helpers for the modes -----------------------------------------------------------------
+
+    def create_dek(self, dek_id: str, version: str) -> None:
+        """A fresh DEK named ``dek_id``, wrapped under ``version``, stored and cached."""
+        dek = os.urandom(32)
+        wrapped = self.provider.wrap(
+            dek, context=dek_context(self.product, dek_id), version=version
+        )
+        self.store.create(
+            dek_id=dek_id,
+            mek_name=self.provider.mek_name,
+            mek_version=wrapped.mek_version,
+            wrapped=wrapped.ciphertext,
+            algorithm=wrapped.algorithm,
+        )
+        self.encryptor.cache.put(bytes.fromhex(dek_id), AESGCM(dek), wrapped.mek_version)
+
+    def require_enabled(self, version: str) -> None:
+        """``ConfigurationError`` unless ``version`` exists and is enabled."""
+        states = {v.version: v.enabled for v in self.provider.versions()}
+        if not states.get(version, False):
+            state = "disabled" if version in states else "unknown"
+            raise ConfigurationError(f"target MEK version {version!r} is {state}")
+
+    def has_plaintext(self, collection: str, document: StoredDocument) -> bool:
+        return any(
+            v is not None and not token.is_token(v)
+            for v in _values(document, self.fields[collection])
+        )
+
+    def has_tokens(self, collection: str, document: StoredDocument) -> bool:
+        return any(token.is_token(v) for v in _values(document, self.fields[collection]))
+
+
+def new_dek_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _values(document: StoredDocument, paths: Sequence[str]) -> list[Any]:
+    values = []
+    for path in paths:
+        node: Any = document.fields
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        values.append(node)
+    return values
+
+
+def _position(cursor: str | None) -> tuple[int, str | None]:
+    if not cursor:
+        return 0, None
+    index, inner = json.loads(cursor)
+    return int(index), inner
+
+
+def _encode(index: int, cursor: str | None) -> str:
+    return json.dumps([index, cursor])

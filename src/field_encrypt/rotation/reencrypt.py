@@ -1,0 +1,93 @@
+"""``re-encrypt``: every selected document gets a fresh DEK (recovery, or a compromised DEK).
+
+Per document: name the new DEK in the ledger, create it under the target MEK version,
+open the fields with the old DEK and seal them with the new one, write the document
+with compare-and-swap, and only then delete the old DEK. The order is what makes it
+crash-safe (``docwalk`` settles whatever a crash leaves half done).
+
+A document is selected when its DEK is wrapped under a version other than the target
+(with ``--old-mek-version``, under that version): create a new MEK version first, and a
+re-run after completion finds nothing to do. It assumes one DEK per document, as
+:class:`~field_encrypt.envelope.FieldEncryptor` creates them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from field_encrypt.documents import StoredDocument
+from field_encrypt.errors import ConfigurationError
+from field_encrypt.products import ProductRuntime
+from field_encrypt.providers.base import KeyProvider
+from field_encrypt.rotation.docwalk import DocumentJob, Pending, new_dek_id
+from field_encrypt.rotation.ledger import RunPlan
+from field_encrypt.rotation.run import DryRun, MigrationOptions
+
+
+class ReencryptJob(DocumentJob):
+    """Fresh DEKs for the documents whose DEK is off the target version."""
+
+    mode: Final = "re-encrypt"
+
+    def __init__(
+        self, runtime: ProductRuntime, options: MigrationOptions, *, provider: KeyProvider
+    ) -> None:
+        super().__init__(runtime, provider=provider)
+        if not self.encryptor.enabled:
+            raise ConfigurationError("re-encrypt needs FIELD_ENCRYPT_ENABLED=true")
+        self.only = options.old_version
+        self.target = options.new_version or provider.current_version()
+        self.counts = self.store.count_by_version()
+        if self.only is not None:
+            self.estimated_total = self.counts.get(self.only, 0)
+        else:
+            self.estimated_total = sum(n for v, n in self.counts.items() if v != self.target)
+        self.skipped_at_start = 0  # documents left alone are counted as the scan meets them
+        self.plan = RunPlan(
+            mode=self.mode, from_version=self.only, to_version=self.target, shards=options.worker[1]
+        )
+
+    def dry_run(self, max_rps: float | None) -> DryRun:
+        calls = 2 * self.estimated_total  # wrap the new DEK, unwrap the old
+        return DryRun(
+            by_version=dict(self.counts),
+            matched=self.estimated_total,
+            skipped=sum(self.counts.values()) - self.estimated_total,
+            provider_calls=calls,
+            estimated_seconds=calls / max_rps if max_rps else None,
+        )
+
+    def check_ready(self) -> None:
+        self.require_enabled(self.target)
+
+    def remaining(self) -> int:
+        if self.only is not None:
+            return self.store.count_by_version().get(self.only, 0)
+        return self.store.count_not_on(self.target)
+
+    def select(self, collection: str, documents: list[StoredDocument]) -> list[StoredDocument]:
+        records = self.store.get_many([d.dek_id for d in documents if d.dek_id])
+        selected = []
+        for document in documents:
+            if document.dek_id is None:
+                continue
+            record = records.get(document.dek_id)
+            if record is None or (
+                record.mek_version != self.target
+                and (self.only is None or record.mek_version == self.only)
+            ):  # a missing DEK: selected, so the failure is named
+                selected.append(document)
+        return selected
+
+    def pending_for(self, collection: str, document: StoredDocument) -> Pending | None:
+        return Pending(collection, document.id, new_dek_id(), document.dek_id)
+
+    def migrate(self, collection: str, document: StoredDocument, step: Pending | None) -> None:
+        assert step is not None and step.new is not None
+        plain = self.encryptor.decrypt_document(collection, document.id, document.fields)
+        sealed = self.encryptor.encrypt_document(collection, document.id, plain, dek_id=step.new)
+        self.collections[collection].replace_fields(document, sealed, step.new)
+
+    def settle_committed(self, step: Pending) -> None:
+        if step.old is not None and step.old != step.new:
+            self.encryptor.shred(step.old)

@@ -1,0 +1,385 @@
+"""Running a migration: open (or resume) the run, hold a shard's lease, report.
+
+Each mode is a :class:`Job` whose :meth:`Job.run_shard` is one straight loop over its
+shard (see ``rewrap.py``, ``reencrypt.py``, ``backfill.py``); this module is what they
+share: the run and its lease, checkpoints, retries, rate limits and the final report.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from field_encrypt.errors import ConfigurationError, LeaseHeldError
+from field_encrypt.products import ProductRuntime
+from field_encrypt.rotation.lease import DEFAULT_TTL, Lease, worker_id
+from field_encrypt.rotation.ledger import (
+    Counters,
+    Failure,
+    Mode,
+    RunLedger,
+    RunPlan,
+    RunRecord,
+    ShardState,
+)
+from field_encrypt.rotation.retry import Retrier, RetryBudgetExhausted, RetryPolicy
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrationOptions:
+    """What ``field-encrypt migrate`` was asked to do."""
+
+    mode: Mode
+    old_version: str | None = None
+    new_version: str | None = None
+    batch_size: int = 1000
+    concurrency: int = 8
+    max_rps: float | None = None
+    worker: tuple[int, int] = (0, 1)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    lease_ttl: float = DEFAULT_TTL
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        index, count = self.worker
+        if count < 1 or not 0 <= index < count:
+            raise ConfigurationError(f"--worker must be I/N with 0 <= I < N, not {index}/{count}")
+        if self.batch_size < 1 or self.concurrency < 1:
+            raise ConfigurationError("--batch-size and --concurrency must be at least 1")
+        if self.max_rps is not None and self.max_rps <= 0:
+            raise ConfigurationError("--max-rps must be positive")
+        if self.old_version is not None and self.old_version == self.new_version:
+            raise ConfigurationError("--old-mek-version and --new-mek-version are the same")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DryRun:
+    """What a run would do, computed without writing anything."""
+
+    by_version: dict[str, int]
+    matched: int
+    skipped: int
+    provider_calls: int
+    estimated_seconds: float | None
+    """At ``--max-rps``; ``None`` when unthrottled."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunReport:
+    """The outcome of one ``migrate`` invocation (one worker)."""
+
+    product: str
+    mode: Mode
+    from_version: str | None
+    to_version: str | None
+    status: str
+    """``completed``, ``completed_with_failures``, ``stopped`` (retries exhausted; re-run),
+    ``in_progress`` (this worker is done, others still run) or ``dry_run``."""
+    run_id: str | None = None
+    worker: tuple[int, int] = (0, 1)
+    resumed: bool = False
+    counters: Counters = field(default_factory=Counters)
+    processed: int = 0
+    """Items this process handled (for its rate)."""
+    duration_seconds: float = 0.0
+    failures: tuple[Failure, ...] = ()
+    failure_count: int = 0
+    remaining: int | None = None
+    """Items still not in the desired state when the run ended (rewrap: DEKs off target)."""
+    stop_reason: str | None = None
+    dry_run: DryRun | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.processed / self.duration_seconds if self.duration_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        counters = self.counters.as_dict()
+        if self.mode == "rewrap-deks":
+            counters["rewrapped"] = counters["changed"]
+        return {
+            "product": self.product,
+            "mode": self.mode,
+            "run_id": self.run_id,
+            "worker": f"{self.worker[0]}/{self.worker[1]}",
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "status": self.status,
+            "resumed": self.resumed,
+            **counters,
+            "processed": self.processed,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "rate_per_second": round(self.rate, 1),
+            "failure_count": self.failure_count,
+            "failures": [{"item": f.item, "reason": f.reason} for f in self.failures],
+            "remaining": self.remaining,
+            "stop_reason": self.stop_reason,
+            "dry_run": None
+            if self.dry_run is None
+            else {
+                "by_version": self.dry_run.by_version,
+                "matched": self.dry_run.matched,
+                "skipped": self.dry_run.skipped,
+                "provider_calls": self.dry_run.provider_calls,
+                "estimated_seconds": self.dry_run.estimated_seconds,
+            },
+        }
+
+
+class RunObserver(Protocol):
+    """What the CLI (or a test) hears while a run goes on. Never given key material."""
+
+    def run_started(self, run: RunRecord, *, shard: int, resumed: bool) -> None: ...
+
+    def batch_done(self, delta: Counters) -> None: ...
+
+    def event(self, name: str, fields: Mapping[str, object]) -> None: ...
+
+
+class NullObserver:
+    """Hears nothing."""
+
+    def run_started(self, run: RunRecord, *, shard: int, resumed: bool) -> None:
+        pass
+
+    def batch_done(self, delta: Counters) -> None:
+        pass
+
+    def event(self, name: str, fields: Mapping[str, object]) -> None:
+        pass
+
+
+@dataclass(slots=True, kw_only=True)
+class ShardWork:
+    """One shard, as a job's loop sees it: where to start, how to retry, how to save."""
+
+    run_id: str
+    shard: tuple[int, int]
+    cursor: str | None
+    pending: tuple[str, ...]
+    batch_size: int
+    retry: Retrier
+    lease: Lease
+    ledger: RunLedger
+    clock: Callable[[], float]
+    observer: RunObserver
+    processed: int = 0
+
+    @property
+    def sharding(self) -> tuple[int, int] | None:
+        """The ``shard=`` argument for store scans (``None`` when there is one shard)."""
+        return self.shard if self.shard[1] > 1 else None
+
+    def checkpoint(
+        self,
+        *,
+        cursor: str | None,
+        delta: Counters,
+        failures: Sequence[Failure] = (),
+        pending: Sequence[str] = (),
+    ) -> None:
+        """Save the cursor, counters, failures and pending items; renew the lease."""
+        now = self.clock()
+        self.ledger.checkpoint(
+            self.run_id,
+            self.shard[0],
+            owner=self.lease.owner,
+            now=now,
+            ttl=self.lease.ttl,
+            cursor=cursor,
+            delta=delta,
+            failures=failures,
+            pending=pending,
+        )
+        self.lease.renewed(now)
+        self.cursor = cursor
+        self.pending = tuple(pending)
+        self.processed += delta.changed + delta.failed + delta.skipped
+        self.observer.batch_done(delta)
+
+    def note(self, name: str, **fields: object) -> None:
+        self.observer.event(name, fields)
+
+
+class Job(Protocol):
+    """One migration mode, prepared for one product."""
+
+    @property
+    def mode(self) -> Mode: ...
+
+    @property
+    def plan(self) -> RunPlan: ...
+
+    @property
+    def estimated_total(self) -> int: ...
+
+    @property
+    def skipped_at_start(self) -> int: ...
+
+    def dry_run(self, max_rps: float | None) -> DryRun: ...
+
+    def check_ready(self) -> None:
+        """Fail before any write if the run cannot succeed (e.g. target version disabled)."""
+        ...
+
+    def run_shard(self, work: ShardWork) -> None: ...
+
+    def remaining(self) -> int | None: ...
+
+
+def run_job(
+    job: Job,
+    runtime: ProductRuntime,
+    ledger: RunLedger,
+    options: MigrationOptions,
+    *,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: Callable[[], float] = random.random,
+    observer: RunObserver | None = None,
+    owner: str | None = None,
+) -> RunReport:
+    """Run (or resume) ``job`` as worker ``options.worker``; the report of what it did."""
+    observer = observer or NullObserver()
+    product = runtime.encryptor.product
+    plan = job.plan
+    base = RunReport(
+        product=product,
+        mode=job.mode,
+        from_version=plan.from_version,
+        to_version=plan.to_version,
+        worker=options.worker,
+        status="dry_run",
+    )
+    if options.dry_run:
+        return replace(base, dry_run=job.dry_run(options.max_rps))
+    if job.estimated_total:
+        job.check_ready()
+    owner = owner or worker_id()
+    started = monotonic()
+    run, resumed = ledger.open_run(
+        product=product,
+        plan=plan,
+        now=clock(),
+        estimated_total=job.estimated_total,
+        skipped_at_start=job.skipped_at_start,
+    )
+
+    def on_retry(exc: Exception, attempt: int, delay: float) -> None:
+        observer.event(
+            "retry", {"error": type(exc).__name__, "attempt": attempt, "delay": round(delay, 3)}
+        )
+
+    processed = 0
+    stop_reason: str | None = None
+    status: str | None = None
+    worked = False
+    index: int | None = options.worker[0]
+    tried: set[int] = set()
+    while index is not None:
+        tried.add(index)
+        current = ledger.get_run(run.run_id)
+        if run.plan.shards > 1 and current.shard(index).leased(clock()):
+            index = _next_free(current, tried, clock())  # another worker of this run has it
+            continue
+        state = ledger.acquire_shard(
+            run.run_id, index, owner=owner, now=clock(), ttl=options.lease_ttl
+        )
+        worked = True
+        lease = Lease(ledger, run.run_id, index, owner, options.lease_ttl, clock, clock())
+        if state.status != "done":
+            retrier = Retrier(
+                options.retry,
+                clock=monotonic,
+                sleep=_renewing(sleep, lease),
+                rng=rng,
+                on_retry=on_retry,
+            )
+            observer.run_started(current, shard=index, resumed=resumed)
+            work = _work(run, state, options, retrier, lease, ledger, clock, observer)
+            try:
+                job.run_shard(work)
+            except RetryBudgetExhausted as exc:
+                processed += work.processed
+                ledger.release_shard(run.run_id, index, owner=owner, now=clock(), done=False)
+                stop_reason = str(exc)
+                status = "stopped"
+                observer.event("stopped", {"reason": stop_reason, "cursor": work.cursor})
+                break
+            except LeaseHeldError:
+                raise
+            except BaseException:
+                # Interrupted (Ctrl-C) or a bug: keep the cursor, free the shard.
+                ledger.release_shard(run.run_id, index, owner=owner, now=clock(), done=False)
+                raise
+            processed += work.processed
+        ledger.release_shard(run.run_id, index, owner=owner, now=clock(), done=True)
+        index = _next_free(ledger.get_run(run.run_id), tried, clock())
+    if not worked:
+        raise LeaseHeldError(
+            f"every unfinished shard of run {run.run_id} is held by another worker"
+        )
+    final = ledger.get_run(run.run_id)
+    if status is None:
+        status = final.status if final.finished else "in_progress"
+    failures, failure_count = ledger.failures(run.run_id)
+    return replace(
+        base,
+        status=status,
+        run_id=run.run_id,
+        resumed=resumed,
+        counters=final.counters,
+        processed=processed,
+        duration_seconds=monotonic() - started,
+        failures=tuple(failures),
+        failure_count=failure_count,
+        remaining=job.remaining(),
+        stop_reason=stop_reason,
+    )
+
+
+def _next_free(run: RunRecord, tried: set[int], now: float) -> int | None:
+    """An unfinished shard of ``run`` that nobody holds (a dead worker's, say), if any."""
+    for shard in run.shards:
+        if shard.index not in tried and shard.status != "done" and not shard.leased(now):
+            return shard.index
+    return None
+
+
+def _renewing(sleep: Callable[[float], None], lease: Lease) -> Callable[[float], None]:
+    """A sleep that keeps the lease alive while a retry waits."""
+
+    def wait(seconds: float) -> None:
+        lease.renew_if_due()
+        sleep(seconds)
+        lease.renew_if_due()
+
+    return wait
+
+
+def _work(
+    run: RunRecord,
+    state: ShardState,
+    options: MigrationOptions,
+    retrier: Retrier,
+    lease: Lease,
+    ledger: RunLedger,
+    clock: Callable[[], float],
+    observer: RunObserver,
+) -> ShardWork:
+    return ShardWork(
+        run_id=run.run_id,
+        shard=(state.index, run.plan.shards),
+        cursor=state.cursor,
+        pending=state.pending,
+        batch_size=options.batch_size,
+        retry=retrier,
+        lease=lease,
+        ledger=ledger,
+        clock=clock,
+        observer=observer,
+    )

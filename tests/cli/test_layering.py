@@ -1,0 +1,76 @@
+"""The library never imports the CLI's frameworks; the CLI draws a progress bar on a terminal."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+
+from field_encrypt.products import ProductRuntime
+from tests.cli.helpers import PRODUCT, ROOT
+from tests.support.seed import seed
+
+LIBRARY = [
+    "field_encrypt",
+    "field_encrypt.rotation",
+    "field_encrypt.rotation.backup",
+    "field_encrypt.rotation.preflight",
+    "field_encrypt.rotation.verify",
+    "field_encrypt.testing",
+    "field_encrypt.runtime",
+]
+
+
+def test_library_imports_no_cli_framework() -> None:
+    """Importing every library module loads neither typer, click, rich nor structlog."""
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in LIBRARY)
+        + "bad = [m for m in ('typer', 'click', 'rich', 'structlog') if m in sys.modules]\n"
+        + "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_progress_bar_on_a_terminal(env: dict[str, str], runtime: ProductRuntime) -> None:
+    """With stderr on a pseudo-terminal, migrate draws rich progress, not JSON lines."""
+    seed(runtime, 30)
+    runtime.provider.create_version()
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "field_encrypt.cli",
+            "migrate",
+            "--product",
+            PRODUCT,
+            "--mode",
+            "rewrap-deks",
+            "--batch-size",
+            "10",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT), "COLUMNS": "120"},
+        stdout=subprocess.PIPE,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    stdout, _ = proc.communicate(timeout=60)
+    os.close(leader)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "rewrap-deks *→2" in screen and "30/30" in screen and "eta" in screen
+    assert '"event"' not in screen
+    assert b"completed" in stdout

@@ -1,0 +1,155 @@
+"""A sample product for the CLI and rotation tests: ``tests.support.sample_product:product``.
+
+One collection, ``records``, with an encrypted top-level field (``ssn``) and a nested one
+(``profile.note``), opened on the embedded default (SQLite + the provider the settings
+name). Variants for the reliability tests:
+
+* ``counting_product``: the provider is wrapped in a :class:`CountingProvider`, kept in
+  :data:`LAST_COUNTER` so an in-process test can read how many calls a command made;
+* ``unreachable_product``: every data-plane call fails transiently, for ever;
+* ``killable_product``: ``SAMPLE_KILL_AT=provider:N`` kills the process with SIGKILL
+  just before the N-th data-plane provider call, ``SAMPLE_KILL_AT=store:N`` right after
+  the N-th ``replace_wraps`` committed (before the ledger heard of it), and
+  ``SAMPLE_KILL_AT=document:N`` right after the N-th document write committed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from field_encrypt.config import Settings
+from field_encrypt.documents import StoredDocument
+from field_encrypt.products import Product, ProductRuntime
+from field_encrypt.runtime import open_sqlite_runtime
+from field_encrypt.stores.base import DekPage, DekRecord, DekStore, WrapUpdate
+from field_encrypt.testing import CountingProvider, FaultInjectingProvider
+
+NAME = "sample"
+COLLECTIONS = {"records": ["ssn", "profile.note"]}
+LAST_COUNTER: list[CountingProvider] = []
+
+
+def _open(settings: Settings) -> ProductRuntime:
+    return open_sqlite_runtime(settings, product=NAME, collections=COLLECTIONS)
+
+
+product = Product(name=NAME, collections=COLLECTIONS, open=_open)
+
+
+def _open_counting(settings: Settings) -> ProductRuntime:
+    runtime = _open(settings)
+    counter = CountingProvider(runtime.provider)
+    runtime.provider = counter
+    runtime.encryptor.provider = counter
+    LAST_COUNTER.append(counter)
+    return runtime
+
+
+counting_product = Product(name=NAME, collections=COLLECTIONS, open=_open_counting)
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Countdown:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def tick(self) -> None:
+        self.n -= 1
+        if self.n == 0:
+            _kill()
+
+
+class _KillingStore:
+    """A DekStore that dies right after its N-th replace_wraps has committed."""
+
+    def __init__(self, inner: DekStore, countdown: _Countdown) -> None:
+        self.inner = inner
+        self.product = inner.product
+        self.countdown = countdown
+
+    def create(self, **kwargs: Any) -> DekRecord:
+        return self.inner.create(**kwargs)
+
+    def get(self, dek_id: str) -> DekRecord:
+        return self.inner.get(dek_id)
+
+    def get_many(self, dek_ids: Sequence[str]) -> dict[str, DekRecord]:
+        return self.inner.get_many(dek_ids)
+
+    def delete(self, dek_id: str) -> bool:
+        return self.inner.delete(dek_id)
+
+    def replace_wraps(self, updates: Sequence[WrapUpdate]) -> list[str]:
+        lost = self.inner.replace_wraps(updates)
+        self.countdown.tick()
+        return lost
+
+    def scan(self, **kwargs: Any) -> DekPage:
+        return self.inner.scan(**kwargs)
+
+    def count_by_version(self) -> dict[str, int]:
+        return self.inner.count_by_version()
+
+    def count_not_on(self, version: str) -> int:
+        return self.inner.count_not_on(version)
+
+
+class _KillingDocuments:
+    """A DocumentStore that dies right after its N-th write has committed."""
+
+    def __init__(self, inner: Any, countdown: _Countdown) -> None:
+        self.inner = inner
+        self.collection = inner.collection
+        self.countdown = countdown
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def replace_fields(
+        self, document: StoredDocument, fields: dict[str, Any], dek_id: str | None
+    ) -> StoredDocument:
+        written = self.inner.replace_fields(document, fields, dek_id)
+        self.countdown.tick()
+        return written
+
+
+def _open_killable(settings: Settings) -> ProductRuntime:
+    runtime = _open(settings)
+    where, _, count = os.environ.get("SAMPLE_KILL_AT", "").partition(":")
+    if not where:
+        return runtime
+    countdown = _Countdown(int(count))
+    if where == "provider":
+        faulty = FaultInjectingProvider(runtime.provider)
+        faulty.before_call(lambda _name: countdown.tick())
+        runtime.provider = faulty
+        runtime.encryptor.provider = faulty
+    elif where == "store":
+        runtime.dek_store = _KillingStore(runtime.dek_store, countdown)
+    elif where == "document":
+        runtime.documents = {
+            name: _KillingDocuments(docs, countdown) for name, docs in runtime.documents.items()
+        }
+    return runtime
+
+
+killable_product = Product(name=NAME, collections=COLLECTIONS, open=_open_killable)
+
+
+def _open_unreachable(settings: Settings) -> ProductRuntime:
+    runtime = _open(settings)
+    faulty = FaultInjectingProvider(runtime.provider)
+    faulty.outage(float("inf"))
+    runtime.provider = faulty
+    runtime.encryptor.provider = faulty
+    return runtime
+
+
+unreachable_product = Product(name=NAME, collections=COLLECTIONS, open=_open_unreachable)
+"""Every wrap, unwrap and rewrap fails transiently, for ever (the exit code 7 test)."""
