@@ -65,7 +65,7 @@ def open_database(settings: Settings) -> Any:
 
 def open_dek_store(database: Any, *, product: str) -> DekStore:
     """The product's dek_store in ``database`` (from :func:`open_database`)."""
-    match _kind_of(database):
+    match database_kind_of(database):
         case "sqlite":
             from field_encrypt.stores.sqlite import SqliteDekStore
 
@@ -82,7 +82,7 @@ def open_dek_store(database: Any, *, product: str) -> DekStore:
 
 def open_document_store(database: Any, *, collection: str) -> DocumentStore:
     """The generic JSON document store of ``collection`` in ``database``."""
-    match _kind_of(database):
+    match database_kind_of(database):
         case "sqlite":
             from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
 
@@ -97,8 +97,11 @@ def open_document_store(database: Any, *, collection: str) -> DocumentStore:
             return CosmosDocumentStore(database, collection=collection)
 
 
-def _kind_of(database: Any) -> DatabaseKind:
-    """The kind of a database object, without importing the SDKs of the other kinds."""
+def database_kind_of(database: Any) -> DatabaseKind:
+    """The kind of a database object (from :func:`open_database`), importing no SDK.
+
+    ``TypeError`` if it is none of them.
+    """
     kinds: dict[str, DatabaseKind] = {
         "field_encrypt.stores.sqlite_db.SqliteDatabase": "sqlite",
         "field_encrypt.stores.postgres_db.PostgresDatabase": "postgres",
