@@ -8,22 +8,25 @@ Without ``--url`` it starts a throwaway cluster (``tests/servers/postgres.py``: 
 disks. With ``--url`` it creates its table in that (empty) database.
 
 The table holds ``--deks`` DEKs wrapped by a local-keyring provider. For each worker count
-``W`` the run moves every DEK to a new MEK version four times, vacuuming between moves:
+``W`` the run moves every DEK to a new MEK version six times, vacuuming between moves:
 
 1-3. **bare UPDATE**, three ways: ``executemany`` of one UPDATE per row (psycopg pipelines
      it), ``COPY`` into a temporary table plus one ``UPDATE ... FROM``, and one
      ``UPDATE ... FROM unnest(arrays)``. Each of the W processes has its shard's rows already
      read and rewrapped before the clock starts; only the UPDATEs are timed. No
      compare-and-swap, no read, no crypto: the ceiling.
-4.   **rewrap**: W processes each run the rotation loop on their shard,
-     ``scan(shard=(i, W), exclude_version=target)`` -> ``provider.rewrap`` ->
-     ``replace_wraps`` (compare-and-swap), timed end to end.
+4.   **engine**: W processes each run ``field_encrypt.rotation.migrate`` (what
+     ``field-encrypt migrate --worker I/W`` runs) on the PostgreSQL runtime and ledger:
+     keyset scan of its shard, unwrap -> wrap -> unwrap-and-compare check per DEK,
+     compare-and-swap batch write, cache invalidation, one ledger checkpoint per batch.
+5.   **loop**: the same work without the engine: ``scan(shard=(i, W),
+     exclude_version=target)`` -> ``provider.rewrap`` -> ``replace_wraps``; no check, no
+     ledger (what the store alone costs).
+6.   **pipelined**: the loop with batch k's write in flight while batch k+1 is read and
+     rewrapped (psycopg releases the GIL while it waits).
 
 Every process uses the same ``PostgresDatabase`` settings and the same batch size. The figure
-that matters is rewrap DEKs/s divided by the best bare UPDATE's rows/s at the same W.
-
-The rotation engine (``field_encrypt.rotation``) had not landed when this was written, so
-step 4 is the engine's loop written out here (see :func:`rewrap_shard`).
+that matters is the engine's DEKs/s divided by the best bare UPDATE's rows/s at the same W.
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.servers
 
 from sqlalchemy import text
 
+from field_encrypt.config import load_settings
 from field_encrypt.providers.base import dek_context
 from field_encrypt.providers.local import LocalKeyProvider
+from field_encrypt.rotation import MigrationOptions, migrate, open_ledger
+from field_encrypt.runtime import open_runtime
 from field_encrypt.stores.base import DekRecord, WrapUpdate
 from field_encrypt.stores.postgres import PostgresDekStore
 from field_encrypt.stores.postgres_db import PostgresDatabase
@@ -54,7 +60,7 @@ from field_encrypt.stores.sharding import bucket_of
 PRODUCT = "bench"
 MEK = "bench-mek"
 METHODS = ("executemany", "copy", "unnest")
-LOOPS = ("rewrap", "pipelined")
+LOOPS = ("engine", "loop", "pipelined")
 
 
 @dataclass(frozen=True)
@@ -126,8 +132,7 @@ def run(url: str, keyring: str, deks: int, batch: int, workers: list[int], round
         best = rates[best_method]
         print(
             f"  W={count}: bare {best_method} {best:,.0f} rows/s; "
-            f"rewrap {rates['rewrap']:,.0f} DEKs/s ({rates['rewrap'] / best:.0%}), "
-            f"pipelined {rates['pipelined']:,.0f} DEKs/s ({rates['pipelined'] / best:.0%})"
+            + ", ".join(f"{m} {rates[m]:,.0f} DEKs/s ({rates[m] / best:.0%})" for m in LOOPS)
         )
 
 
@@ -197,11 +202,35 @@ def worker(job: Job, ready: Any, go: Any, done: Any) -> None:
     provider = LocalKeyProvider(job.keyring, mek_name=MEK, refresh_seconds=0)
     database = PostgresDatabase(job.url, pool_size=2, max_overflow=0)
     store = PostgresDekStore(database, product=PRODUCT)
-    if job.method in LOOPS:
+    if job.method == "engine":
+        runtime = open_runtime(
+            load_settings(
+                {
+                    "FIELD_ENCRYPT_KEY_PROVIDER": "local",
+                    "FIELD_ENCRYPT_KEYRING": job.keyring,
+                    "FIELD_ENCRYPT_MEK_NAME": MEK,
+                    "FIELD_ENCRYPT_DATABASE": job.url,
+                }
+            ),
+            product=PRODUCT,
+            collections={},
+        )
+        ledger = open_ledger(runtime)  # creates the ledger tables before the clock starts
+        options = MigrationOptions(
+            mode="rewrap-deks",
+            new_version=job.target,
+            batch_size=job.batch,
+            worker=(job.index, job.count),
+        )
+        ready.put(True)
+        go.wait()
+        done.put(migrate(runtime, ledger, options).processed)
+        runtime.close()
+    elif job.method in LOOPS:
         store.count_not_on(job.target)  # connect before the clock starts
         ready.put(True)
         go.wait()
-        loop = rewrap_shard if job.method == "rewrap" else rewrap_shard_pipelined
+        loop = rewrap_shard if job.method == "loop" else rewrap_shard_pipelined
         done.put(loop(store, provider, job))
     else:
         rows = prepared_rows(store, provider, job)
@@ -334,7 +363,7 @@ def bare_unnest(raw: Any, rows: list[tuple[int, str, bytes, str]]) -> None:
         cur.execute(
             "UPDATE dek_store AS d SET mek_version = u.mek_version, wrapped = u.wrapped, "
             "algorithm = u.algorithm, updated_at = clock_timestamp(), revision = d.revision + 1 "
-            "FROM unnest(%s::bigint[], %s::text[], %s::bytea[], %s::text[]) "
+            "FROM unnest(%b::bigint[], %b::text[], %b::bytea[], %b::text[]) "
             "AS u(seq, mek_version, wrapped, algorithm) WHERE d.seq = u.seq",
             [
                 [r[0] for r in rows],

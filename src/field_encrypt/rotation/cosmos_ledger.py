@@ -83,6 +83,7 @@ class CosmosRunLedger:
     def __init__(self, database: CosmosDatabase) -> None:
         self.database = database
         self.container = database.container(CONTAINER)
+        self._products: dict[str, str] = {}  # run id -> product (never changes)
 
     def __repr__(self) -> str:
         return f"CosmosRunLedger({self.database!r})"
@@ -371,16 +372,19 @@ class CosmosRunLedger:
 
     def _decide_for_run(self, run_id: str, decide: Callable[[list[dict[str, Any]]], T]) -> T:
         """``decide`` on the head holding ``run_id``; ``_RunFinished`` if it left the head."""
-        index = self._read(f"run:{run_id}")
-        if index is None:
-            raise NotFoundError(f"no migration run {run_id}")
+        product = self._products.get(run_id)
+        if product is None:
+            index = self._read(f"run:{run_id}")
+            if index is None:
+                raise NotFoundError(f"no migration run {run_id}")
+            product = self._products[run_id] = index["product"]
 
         def decide_on_run(runs: list[dict[str, Any]]) -> T:
             if not any(r["run_id"] == run_id for r in runs):
                 raise _RunFinished(self.get_run(run_id))
             return decide(runs)
 
-        result: T = self._decide(index["product"], decide_on_run)
+        result: T = self._decide(product, decide_on_run)
         return result
 
     def _decide(self, product: str, decide: Callable[[list[dict[str, Any]]], Any]) -> Any:
