@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     cache_ttl_seconds: float = Field(default=300.0, ge=0)
     cache_max_entries: int = Field(default=10_000, ge=0)
 
+    audit_sink: str = ""
+    """Where audit events are forwarded after they are stored in the product's database:
+    empty for nowhere, ``stdout``, or the path of a JSON-lines file."""
+
     @field_validator("akv_key_size")
     @classmethod
     def _rsa_key_size(cls, value: int) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
+from field_encrypt.audit import AuditTrail
 from field_encrypt.config import Settings
 from field_encrypt.documents import DocumentStore
 from field_encrypt.envelope import FieldEncryptor
@@ -40,6 +41,8 @@ class ProductRuntime:
     database: Any
     """The product's database handle, for the ledger and the audit trail (store-specific)."""
     resources: list[Closeable] = field(default_factory=list)
+    audit: AuditTrail | None = None
+    """The product's audit trail (in its database), shared with ``encryptor``; ``None``: none."""
 
     def close(self) -> None:
         """Release connections."""

@@ -1,19 +1,27 @@
-"""Open a product's runtime: provider, dek_store, documents and encryptor from settings.
+"""Open a product's runtime: provider, dek_store, documents, audit trail and encryptor.
 
 :func:`open_runtime` picks SQLite, PostgreSQL or Cosmos DB from ``FIELD_ENCRYPT_DATABASE``;
-:func:`open_sqlite_runtime` is the SQLite case, kept for callers that want only that.
+:func:`open_sqlite_runtime` is the SQLite case, kept for callers that want only that. The
+audit trail lives in SQLite only so far: on the other stores ``runtime.audit`` is ``None``
+and nothing is recorded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from field_encrypt.audit import open_audit_trail
 from field_encrypt.bootstrap import build_provider, sqlite_path
 from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.products import ProductRuntime
-from field_encrypt.stores.databases import open_database, open_dek_store, open_document_store
+from field_encrypt.stores.databases import (
+    database_kind,
+    open_database,
+    open_dek_store,
+    open_document_store,
+)
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
 from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
@@ -22,10 +30,11 @@ from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
 def open_sqlite_runtime(
     settings: Settings, *, product: str, collections: Mapping[str, Sequence[str]]
 ) -> ProductRuntime:
-    """Provider from settings; dek_store and JSON documents in the settings' SQLite file."""
+    """Provider from settings; dek_store, JSON documents and audit trail in the SQLite file."""
     database = SqliteDatabase(sqlite_path(settings))
     provider = build_provider(settings)
     store = SqliteDekStore(database, product=product)
+    trail = open_audit_trail(database, product=product, sink=settings.audit_sink)
     encryptor = FieldEncryptor(
         product=product,
         provider=provider,
@@ -36,6 +45,7 @@ def open_sqlite_runtime(
         ),
         enabled=settings.enabled,
         allow_plaintext=settings.allow_plaintext,
+        audit=trail,
     )
     documents = {name: SqliteDocumentStore(database, collection=name) for name in collections}
     return ProductRuntime(
@@ -46,6 +56,7 @@ def open_sqlite_runtime(
         documents=documents,
         database=database,
         resources=[database],
+        audit=trail,
     )
 
 
@@ -55,8 +66,11 @@ def open_runtime(
     """Provider from settings; dek_store and JSON documents in the database settings name.
 
     ``runtime.database`` is the shared database object (``SqliteDatabase``,
-    ``PostgresDatabase`` or ``CosmosDatabase``), for the ledger and the audit trail.
+    ``PostgresDatabase`` or ``CosmosDatabase``), for the ledger (and, on SQLite, the audit
+    trail).
     """
+    if database_kind(settings.database) == "sqlite":
+        return open_sqlite_runtime(settings, product=product, collections=collections)
     provider = build_provider(settings)
     database = open_database(settings)
     try:
@@ -74,6 +88,7 @@ def open_runtime(
             max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds
         ),
         enabled=settings.enabled,
+        allow_plaintext=settings.allow_plaintext,
     )
     return ProductRuntime(
         settings=settings,

@@ -1,9 +1,11 @@
 """Open NoteLett's parts from settings: provider, dek_store, encryptor and repositories.
 
 Everything shares one database (``NOTELETT_DATABASE``, else ``FIELD_ENCRYPT_DATABASE``,
-else ``var/notelett.db``): the dek_store, the notes, the directory and the rotation
-ledger, so the ``field-encrypt`` CLI and the service always agree on where things are.
-The database is SQLite, PostgreSQL or Cosmos DB, by the URL's form (docs/stores.md).
+else ``var/notelett.db``): the dek_store, the notes, the directory, the rotation ledger and
+the audit trail, so the ``field-encrypt`` CLI and the service always agree on where things
+are (and a note's DELETE records ``dek.shredded`` in the same trail as a rotation). The
+database is SQLite, PostgreSQL or Cosmos DB, by the URL's form (docs/stores.md); the audit
+trail is kept on SQLite only so far (elsewhere there is none).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build_provider
+from field_encrypt.audit import open_audit_trail
 from field_encrypt.products import ProductRuntime
 from field_encrypt.stores.databases import database_kind, open_database, open_dek_store
 from notelett.documents import NotesDocumentStore
@@ -51,9 +54,15 @@ def open_backend(
     url = database_url(settings, encryption)
     provider = provider if provider is not None else build_provider(encryption)
     database = open_database(encryption.model_copy(update={"database": url}))
+    kind = database_kind(url)
     try:
         dek_store = open_dek_store(database, product=PRODUCT)
-        notes, directory = _repositories(database, database_kind(url))
+        notes, directory = _repositories(database, kind)
+        trail = (
+            open_audit_trail(database, product=PRODUCT, sink=encryption.audit_sink)
+            if kind == "sqlite"
+            else None
+        )
     except BaseException:
         database.close()
         raise
@@ -68,6 +77,7 @@ def open_backend(
         enabled=encryption.enabled,
         allow_plaintext=encryption.allow_plaintext,
         token_form="binary",
+        audit=trail,
     )
     runtime = ProductRuntime(
         settings=encryption,
@@ -77,6 +87,7 @@ def open_backend(
         documents={COLLECTION: NotesDocumentStore(notes)},
         database=database,
         resources=[database],
+        audit=trail,
     )
     return Backend(runtime=runtime, notes=notes, directory=directory)
 

@@ -64,11 +64,20 @@ class VerifyReport:
         }
 
 
+def dek_counts(runtime: ProductRuntime) -> dict[str, int]:
+    """How many DEKs each MEK version wraps.
+
+    The one count behind ``verify``, ``keys list``, ``keys disable`` and the retirement
+    gate, so they can never disagree about whether a version still wraps DEKs.
+    """
+    return runtime.dek_store.count_by_version()
+
+
 def verify(runtime: ProductRuntime, *, mek_version: str, sample: int = 100) -> VerifyReport:
     """Check the product's DEKs and documents against ``mek_version``."""
     store = runtime.dek_store
     encryptor = runtime.encryptor
-    by_version = store.count_by_version()
+    by_version = dek_counts(runtime)
     not_on = store.count_not_on(mek_version)
     total = sum(docs.count() for docs in runtime.documents.values())
     stride = max(1, total // sample) if sample > 0 else 0
