@@ -46,7 +46,6 @@ from field_encrypt.rotation.sqlite_ledger import SqliteRunLedger
 from field_encrypt.rotation.sqlite_lifecycle import SqliteLifecycleStore
 from field_encrypt.rotation.verify import VerifyReport, dek_counts, verify
 from field_encrypt.stores.databases import database_kind_of
-from field_encrypt.stores.sqlite_db import SqliteDatabase
 
 
 def open_ledger(runtime: ProductRuntime) -> RunLedger:
@@ -74,11 +73,21 @@ def open_ledger(runtime: ProductRuntime) -> RunLedger:
 
 def open_lifecycle(runtime: ProductRuntime) -> LifecycleStore:
     """Version notes and the rotation state in the product's own database."""
-    if isinstance(runtime.database, SqliteDatabase):
-        return SqliteLifecycleStore(runtime.database)
-    raise ConfigurationError(
-        f"no key lifecycle store for a {type(runtime.database).__name__} database in this build"
-    )
+    try:
+        kind = database_kind_of(runtime.database)
+    except TypeError:
+        raise ConfigurationError(
+            f"no key lifecycle store for a {type(runtime.database).__name__} database in this build"
+        ) from None
+    if kind == "postgres":
+        from field_encrypt.rotation.postgres_lifecycle import PostgresLifecycleStore
+
+        return PostgresLifecycleStore(runtime.database)
+    if kind == "cosmos":
+        from field_encrypt.rotation.cosmos_lifecycle import CosmosLifecycleStore
+
+        return CosmosLifecycleStore(runtime.database)
+    return SqliteLifecycleStore(runtime.database)
 
 
 __all__ = [
