@@ -76,8 +76,8 @@ def _migrate(worker: int, *extra: str) -> list[str]:
         f"{worker}/{WORKERS}",
         "--batch-size",
         "10",
-        "--max-rps",  # about 2.4 s of work per worker, so the three overlap
-        "100",
+        "--max-rps",  # about 4 s of work per worker, so the three overlap
+        "60",
         "--json",
         *extra,
     ]
@@ -96,14 +96,17 @@ def test_workers_split_the_rewrap_through_the_database(
     _, env = shared
     workers = [_start(env, *_migrate(i, "--product", PRODUCT)) for i in range(1, WORKERS + 1)]
     results = [_finish(w) for w in workers]
-    assert [code for code, _, _ in results] == [0] * WORKERS, [err for _, _, err in results]
-    reports = [r for _, r, _ in results if r is not None]
-    assert len({r["run_id"] for r in reports}) == 1  # one run, three workers
+    # A worker that starts late (a loaded machine) may find every shard already held
+    # (exit 6, refused) or the run already done (a new, empty run): both are correct.
+    assert {code for code, _, _ in results} <= {0, 6}, [err[-500:] for _, _, err in results]
+    reports = [r for _, r, _ in results if r is not None and r["processed"]]
+    assert len(reports) >= 2  # the work was split between processes
+    assert len({r["run_id"] for r in reports}) == 1  # one run
     assert sum(r["processed"] for r in reports) == DEKS  # nothing done twice
 
     runtime = product.open(load_settings(env))
     try:
-        run = open_ledger(runtime).latest_runs("sample", limit=1)[0]
+        run = open_ledger(runtime).get_run(reports[0]["run_id"])
         assert run.status == "completed"
         assert [s.status for s in run.shards] == ["done"] * WORKERS
         assert run.counters.changed == DEKS
@@ -129,14 +132,15 @@ def test_a_killed_workers_shard_is_taken_over_and_verify_is_clean(
     assert dead[0] == -signal.SIGKILL
     for code, report, stderr in (first, third):
         # A survivor that finished while the dead lease was live leaves that shard alone;
-        # one that finished after it expired took it over and completed the run.
-        assert code == 0, stderr
-        assert report is not None and report["status"] in ("in_progress", "completed")
+        # one that finished after it expired took it over and completed the run. (One that
+        # started late may find every shard held: refused, exit 6.)
+        assert code in (0, 6), stderr[-500:]
+        assert report is None or report["status"] in ("in_progress", "completed")
 
     runtime = product.open(load_settings(env))
     try:
         ledger = open_ledger(runtime)
-        run = ledger.latest_runs("sample", limit=1)[0]
+        run = ledger.latest_runs("sample")[-1]  # the first run (a late worker may start another)
         if run.status != "completed":
             shard = run.shard(1)
             # Two batches were checkpointed; the third was written but not yet recorded.
