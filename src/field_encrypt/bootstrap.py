@@ -130,11 +130,10 @@ def sqlite_path(settings: Settings) -> str:
 
 
 def build_store(settings: Settings, *, product: str) -> DekStore:
-    """The dek_store in ``settings.database``."""
-    from field_encrypt.stores.sqlite import SqliteDekStore
-    from field_encrypt.stores.sqlite_db import SqliteDatabase
+    """The dek_store in the database ``settings.database`` names (SQLite, PostgreSQL, Cosmos)."""
+    from field_encrypt.stores.databases import open_database, open_dek_store
 
-    return SqliteDekStore(SqliteDatabase(sqlite_path(settings)), product=product)
+    return open_dek_store(open_database(settings), product=product)
 
 
 def init_encryption(
