@@ -53,7 +53,7 @@ from field_encrypt.rotation.ledger import (
     RunRecord,
     ShardState,
 )
-from field_encrypt.rotation.sqlite_ledger import _iso, _new_run_id, _refuse_if_busy
+from field_encrypt.rotation.sqlite_ledger import _abandoned, _iso, _new_run_id, _refuse_if_busy
 from field_encrypt.stores.cosmos_db import CosmosDatabase, first_value, translate_errors
 
 CONTAINER = "rotation_ledger"
@@ -210,6 +210,8 @@ class CosmosRunLedger:
         try:
             return self._decide_for_run(run_id, decide)
         except _RunFinished as finished:  # nothing left to lease
+            if finished.run.status == "abandoned":
+                raise _abandoned(finished.run) from None
             return finished.run.shard(index)
 
     def renew_lease(self, run_id: str, index: int, *, owner: str, now: float, ttl: float) -> None:

@@ -29,7 +29,7 @@ from field_encrypt.rotation.ledger import (
     RunRecord,
     ShardState,
 )
-from field_encrypt.rotation.sqlite_ledger import _iso, _new_run_id, _refuse_if_busy
+from field_encrypt.rotation.sqlite_ledger import _abandoned, _iso, _new_run_id, _refuse_if_busy
 from field_encrypt.stores.postgres_db import Migration, PostgresDatabase
 
 MIGRATIONS = (
@@ -184,6 +184,8 @@ class PostgresRunLedger:
         with self.database.transaction() as tx:
             _lock(tx, self._product_of(tx, run_id))
             run = self._load(tx, run_id)
+            if run.status == "abandoned":
+                raise _abandoned(run)
             for other in self._open_runs(tx, run.product):
                 if other.run_id != run_id:
                     _refuse_if_busy(other, now)

@@ -161,13 +161,8 @@ class SqliteRunLedger:
     ) -> ShardState:
         with self.database.transaction() as tx:
             run = self._load(tx, run_id)
-            if run.status != "running":
-                # Another run with a different plan was opened between our open_run and
-                # this call and abandoned ours: that run goes on, this one must not.
-                raise LeaseHeldError(
-                    f"migration run {run_id} ({run.plan.mode}) is {run.status}: another run "
-                    "with a different plan took over the product; nothing was done"
-                )
+            if run.status == "abandoned":
+                raise _abandoned(run)
             for other in self._open_runs(tx, run.product):
                 if other.run_id != run_id:
                     _refuse_if_busy(other, now)
@@ -346,6 +341,15 @@ def _shard(row: Any) -> ShardState:
         owner=owner,
         lease_expires_at=expires,
         heartbeat_at=heartbeat,
+    )
+
+
+def _abandoned(run: RunRecord) -> LeaseHeldError:
+    """Another run with a different plan was opened between this run's ``open_run`` and
+    its ``acquire_shard``, and abandoned it: that run goes on, this one must not start."""
+    return LeaseHeldError(
+        f"migration run {run.run_id} ({run.plan.mode}) was abandoned: another run with a "
+        "different plan took over the product; nothing was done"
     )
 
 
