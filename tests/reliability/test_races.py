@@ -31,12 +31,13 @@ from field_encrypt import ConcurrentUpdateError, LeaseHeldError, WrapUpdate, loa
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.rotation import MigrationOptions, SqliteRunLedger, migrate
+from field_encrypt.rotation import MigrationOptions, SqliteRunLedger, migrate, open_ledger
 from field_encrypt.testing import FaultInjectingProvider
 from notelett.backend import Backend, open_backend
 from notelett.service import NoteContent, NotesService
 from notelett.settings import NoteLettSettings
 from tests import figures
+from tests.backends import BACKEND_KINDS
 from tests.reliability import processes, remote
 from tests.reliability.conftest import scaled
 from tests.reliability.invariants import check
@@ -242,36 +243,47 @@ def test_a_document_deleted_during_its_migration_is_skipped(tmp_path: Path, mode
 # -- two runs with different targets ----------------------------------------------------------
 
 
-class _Meeting(SqliteRunLedger):
-    """A ledger whose open_run waits for the other run's open_run before going on; the run
-    opened first (the one the second abandons) then tries to take its lease first."""
+class _Meeting:
+    """A run ledger whose open_run waits for the other run's open_run before going on; the
+    run opened first (the one the second abandons) then tries to take its lease first."""
 
-    def __init__(self, database: Any, barrier: threading.Barrier, shared: dict[str, Any]) -> None:
-        super().__init__(database)
+    def __init__(self, inner: Any, barrier: threading.Barrier, shared: dict[str, Any]) -> None:
+        self.inner = inner
         self.barrier = barrier
         self.shared = shared
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
     def open_run(self, **kwargs: Any) -> Any:
-        opened = super().open_run(**kwargs)
+        opened = self.inner.open_run(**kwargs)
         with self.shared["lock"]:
             self.shared["order"].append(opened[0].run_id)
-        self.barrier.wait(10)
+        self.barrier.wait(30)
         return opened
 
     def acquire_shard(self, run_id: str, index: int, **kwargs: Any) -> Any:
         first, second = self.shared["order"]
         if run_id == second:
-            assert self.shared["first_tried"].wait(10)
+            assert self.shared["first_tried"].wait(30)
         try:
-            return super().acquire_shard(run_id, index, **kwargs)
+            return self.inner.acquire_shard(run_id, index, **kwargs)
         finally:
             if run_id == first:
                 self.shared["first_tried"].set()
 
 
-def test_two_runs_with_different_targets_interleaved(tmp_path: Path) -> None:
-    """Both open their run before either takes a lease: one refuses, the other completes."""
-    runtime = _sample(tmp_path, 30)
+@pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
+def test_two_runs_with_different_targets_interleaved(store_backend: Any, tmp_path: Path) -> None:
+    """Both open their run before either takes a lease: one refuses, the other completes
+    (on every store's run ledger)."""
+    env = {
+        **store_backend.environ,
+        "FIELD_ENCRYPT_KEY_PROVIDER": "local",
+        "FIELD_ENCRYPT_KEYRING": str(tmp_path / "keyring.json"),
+    }
+    runtime = product.open(load_settings(env))
+    seed(runtime, 30)
     v2 = runtime.provider.create_version().version
     v3 = runtime.provider.create_version().version
     runtime.close()
@@ -280,14 +292,11 @@ def test_two_runs_with_different_targets_interleaved(tmp_path: Path) -> None:
     outcome: dict[str, Any] = {}
 
     def run(target: str) -> None:
-        rt = remote.open_runtime(
-            tmp_path / "fe.db",
-            LocalKeyProvider(tmp_path / "keyring.json", mek_name="m", refresh_seconds=0),
-        )
+        rt = product.open(load_settings(env))
         try:
             outcome[target] = migrate(
                 rt,
-                _Meeting(rt.database, barrier, shared),
+                _Meeting(open_ledger(rt), barrier, shared),
                 MigrationOptions(mode="rewrap-deks", new_version=target, batch_size=5),
             )
         except LeaseHeldError as exc:
@@ -299,17 +308,15 @@ def test_two_runs_with_different_targets_interleaved(tmp_path: Path) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(120)
     refused = [t for t, o in outcome.items() if isinstance(o, LeaseHeldError)]
     finished = [t for t, o in outcome.items() if not isinstance(o, LeaseHeldError)]
     assert len(refused) == 1 and len(finished) == 1, outcome
     assert outcome[finished[0]].status == "completed"
-    runtime = remote.open_runtime(
-        tmp_path / "fe.db", LocalKeyProvider(tmp_path / "keyring.json", mek_name="m")
-    )
+    runtime = product.open(load_settings(env))
     try:
         expected = {f"doc-{i}": document(i) for i in range(30)}
-        check(runtime, expected, completed_on=finished[0]).assert_ok()
+        check(runtime, expected, completed_on=finished[0]).assert_ok(store_backend.kind)
     finally:
         runtime.close()
     figures.record("races", concurrent_runs_refused=1)
