@@ -8,8 +8,8 @@ ledger keeps its lease exactly as a SIGKILLed process would (its release is drop
 the next run is refused until the clock passes the lease TTL. Disabling a version is what
 ``field-encrypt keys disable`` does to a process (the provider refuses it, the cache
 forgets it); reads of documents under it must then fail with ``KeyVersionDisabledError``
-and nothing else. CI runs ``max_examples=30`` sequences of up to 30 steps;
-``FIELD_ENCRYPT_SOAK=1`` runs 300 of up to 60.
+and nothing else. CI runs ``max_examples=100`` sequences of up to 40 steps;
+``FIELD_ENCRYPT_SOAK=1`` runs 1000 of up to 80.
 """
 
 from __future__ import annotations
@@ -200,11 +200,18 @@ class RotationModel(RuleBasedStateMachine):
         self.clock.advance(seconds)
         self._step("clock_advances")
 
-    @rule(kill_after=st.integers(min_value=1, max_value=12))
-    def rewrap_killed(self, kill_after: int) -> None:
-        """Run (or resume) a rewrap, killed after ``kill_after`` provider calls (if it gets
-        that far)."""
-        self.rewrap(kill_after)
+    def _work_left(self) -> bool:
+        target = self.inner.current_version()
+        return any(v != target for v in self.runtime.dek_store.count_by_version())
+
+    @precondition(lambda self: self._work_left())
+    @rule(share=st.floats(min_value=0.0, max_value=1.0))
+    def rewrap_killed(self, share: float) -> None:
+        """Run (or resume) a rewrap, killed part way: after ``share`` of the provider calls
+        it would make (three per DEK off the target)."""
+        target = self.inner.current_version()
+        off = sum(n for v, n in self.runtime.dek_store.count_by_version().items() if v != target)
+        self.rewrap(1 + int(share * 3 * off))
 
     @rule()
     def rewrap_to_the_end(self) -> None:
@@ -265,8 +272,8 @@ class RotationModel(RuleBasedStateMachine):
 
 
 RotationModel.TestCase.settings = settings(
-    max_examples=scaled(30, 300),
-    stateful_step_count=scaled(30, 60),
+    max_examples=scaled(100, 1000),
+    stateful_step_count=scaled(40, 80),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
