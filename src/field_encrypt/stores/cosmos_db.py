@@ -57,7 +57,7 @@ try:
     )
     from azure.cosmos._retry_options import RetryOptions
     from azure.cosmos.documents import ConnectionPolicy
-    from azure.cosmos.exceptions import CosmosHttpResponseError
+    from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigurationError(
         "the Cosmos DB store needs the 'cosmos' extra: pip install 'field-encrypt[cosmos]'"
@@ -182,7 +182,10 @@ class CosmosDatabase:
                 **client_kwargs,
             )
             if provision:
-                database = client.create_database_if_not_exists(options.database)
+                try:
+                    database = client.create_database_if_not_exists(options.database)
+                except CosmosResourceExistsError:  # another process created it just now
+                    database = client.get_database_client(options.database)
             else:
                 database = client.get_database_client(options.database)
         return cls(
@@ -206,9 +209,12 @@ class CosmosDatabase:
             return found
         with translate_errors():
             if self.provision:
-                container = self.database.create_container_if_not_exists(
-                    id=name, partition_key=PartitionKey(path=PARTITION_KEY_PATH)
-                )
+                try:
+                    container = self.database.create_container_if_not_exists(
+                        id=name, partition_key=PartitionKey(path=PARTITION_KEY_PATH)
+                    )
+                except CosmosResourceExistsError:  # another process created it just now
+                    container = self.database.get_container_client(name)
             else:
                 container = self.database.get_container_client(name)
             try:
