@@ -9,7 +9,9 @@ from field_encrypt.config import Settings, load_settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.providers.base import KeyProvider
+from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.stores.base import DekStore
+from field_encrypt.stores.kek import KekStore
 
 
 def build_provider(settings: Settings) -> KeyProvider:
@@ -38,6 +40,23 @@ def build_provider(settings: Settings) -> KeyProvider:
             return LocalKeyProvider(settings.keyring, mek_name=settings.mek_name)
         case other:
             return _remote_provider(other, settings)
+
+
+def build_key_layout(
+    mek: KeyProvider, settings: Settings, keks: KekStore, *, product: str
+) -> KekTierProvider | None:
+    """The KEK tier over ``mek`` when the product needs one, else ``None`` (use ``mek``).
+
+    ``FIELD_ENCRYPT_KEY_LAYOUT=kek``: new DEKs go under KEKs. ``direct`` with KEKs still in
+    the kek_store (a product moving back out of the tier): new DEKs go under the MEK, and
+    the DEKs still under a KEK keep reading until ``migrate --mode to-direct`` has moved
+    them. Unwrapped KEKs are cached like DEKs (``FIELD_ENCRYPT_CACHE_TTL_SECONDS``,
+    ``FIELD_ENCRYPT_CACHE_MAX_ENTRIES``) and dropped when their MEK version is disabled.
+    """
+    if settings.key_layout == "direct" and not keks.all():
+        return None
+    cache = DekCache(max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds)
+    return KekTierProvider(mek, keks, product=product, layout=settings.key_layout, cache=cache)
 
 
 def _remote_provider(name: str, settings: Settings) -> KeyProvider:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from field_encrypt.bootstrap import build_provider, sqlite_path
+from field_encrypt.bootstrap import build_key_layout, build_provider, sqlite_path
 from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.products import ProductRuntime
+from field_encrypt.providers.base import KeyProvider
+from field_encrypt.stores.kek import SqliteKekStore
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
 from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
@@ -17,9 +19,14 @@ from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
 def open_sqlite_runtime(
     settings: Settings, *, product: str, collections: Mapping[str, Sequence[str]]
 ) -> ProductRuntime:
-    """Provider from settings; dek_store and JSON documents in the settings' SQLite file."""
+    """Provider from settings; dek_store, kek_store and JSON documents in the settings' SQLite
+    file. With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the provider is the KEK tier over the MEK."""
     database = SqliteDatabase(sqlite_path(settings))
-    provider = build_provider(settings)
+    mek = build_provider(settings)
+    tier = build_key_layout(
+        mek, settings, SqliteKekStore(database, product=product), product=product
+    )
+    provider: KeyProvider = tier if tier is not None else mek
     store = SqliteDekStore(database, product=product)
     encryptor = FieldEncryptor(
         product=product,
@@ -41,4 +48,5 @@ def open_sqlite_runtime(
         documents=documents,
         database=database,
         resources=[database],
+        kek_tier=tier,
     )

@@ -1,6 +1,7 @@
 """Open NoteLett's parts from settings: provider, dek_store, encryptor and repositories.
 
-Everything shares one SQLite file (``NOTELETT_DATABASE``, else ``FIELD_ENCRYPT_DATABASE``,
+With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the provider is the KEK tier over the MEK, its
+kek_store in the same database. Everything shares one SQLite file (``NOTELETT_DATABASE``, else ``FIELD_ENCRYPT_DATABASE``,
 else ``var/notelett.db``): the dek_store, the notes, the directory and the rotation
 ledger, so the ``field-encrypt`` CLI and the service always agree on where things are.
 """
@@ -10,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build_provider
+from field_encrypt.bootstrap import build_key_layout
 from field_encrypt.products import ProductRuntime
+from field_encrypt.stores.kek import SqliteKekStore
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
 from notelett.documents import NotesDocumentStore
@@ -49,7 +52,11 @@ def open_backend(
 ) -> Backend:
     """Everything NoteLett needs, opened from the two groups of settings."""
     database = SqliteDatabase(database_path(settings, encryption))
-    provider = provider if provider is not None else build_provider(encryption)
+    mek = provider if provider is not None else build_provider(encryption)
+    tier = build_key_layout(
+        mek, encryption, SqliteKekStore(database, product=PRODUCT), product=PRODUCT
+    )
+    provider = tier if tier is not None else mek
     dek_store = SqliteDekStore(database, product=PRODUCT)
     encryptor = FieldEncryptor(
         product=PRODUCT,
@@ -72,5 +79,6 @@ def open_backend(
         documents={COLLECTION: NotesDocumentStore(notes)},
         database=database,
         resources=[database],
+        kek_tier=tier,
     )
     return Backend(runtime=runtime, notes=notes, directory=SqliteWorkspaceDirectory(database))

@@ -103,7 +103,7 @@ def _rewrap_all(provider: KeyProvider, store: SqliteDekStore, target: str) -> in
 def test_mek_rotation_rewraps_only_the_keks(
     parts: tuple[CountingProvider, KekTierProvider, SqliteDekStore],
 ) -> None:
-    """Rotating the MEK behind the tier costs one remote call per KEK, not per DEK."""
+    """Rotating the MEK behind the tier costs three checked remote calls per KEK, none per DEK."""
     mek, tier, store = parts
     fe = _encryptor(tier, store)
     docs = {f"n{i}": fe.encrypt_document("notes", f"n{i}", DOC) for i in range(200)}
@@ -111,8 +111,8 @@ def test_mek_rotation_rewraps_only_the_keks(
     mek.create_version()
     mek.calls.clear()
     result = tier.rewrap_keks()
-    assert (result.rewrapped, result.remote_calls) == (1, 1)
-    assert sum(mek.calls.values()) == 1
+    assert (result.rewrapped, result.remote_calls) == (1, 3), "unwrap, wrap, checked unwrap"
+    assert sum(mek.calls.values()) == 3
     counts = effective_counts(store.count_by_version(), tier.keks.all())
     assert counts == {"2": 200}, "verify's count sees every DEK on the new version"
     assert tier.rewrap_keks().remote_calls == 0, "a re-run is free"

@@ -30,6 +30,7 @@ from field_encrypt.rotation import (
     restore,
     verify,
 )
+from field_encrypt.usage import dek_counts
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -108,7 +109,7 @@ def _iso(value: dt.datetime | float | None) -> str:
 def keys_list(product: ProductOpt, json_: JsonOpt = False) -> None:
     """List MEK versions: state, created, and how many DEKs each one wraps."""
     with opened(product) as rt:
-        counts = rt.dek_store.count_by_version()
+        counts = dek_counts(rt)
         rows = [
             {
                 "version": v.version,
@@ -173,7 +174,7 @@ def keys_disable(
                 f"refusing to disable version {version}: it is the current version "
                 "(create a new one first: field-encrypt keys create)"
             )
-        still = rt.dek_store.count_by_version().get(version, 0)
+        still = dek_counts(rt).get(version, 0)
         if still:
             raise RotationError(
                 f"refusing to disable version {version}: {still} DEKs are still wrapped under "
@@ -307,7 +308,7 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
     with opened(product) as rt:
         ledger = open_ledger(rt)
         now = time.time()
-        counts = rt.dek_store.count_by_version()
+        counts = dek_counts(rt)
         current = rt.provider.current_version()
         runs = ledger.latest_runs(rt.encryptor.product, limit=5)
         run_rows = []

@@ -19,20 +19,28 @@ in this process). Trade-off: an unwrapped KEK in memory can unwrap every DEK und
 
 from __future__ import annotations
 
+import hmac
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt.cache import DekCache
-from field_encrypt.errors import DecryptionError
+from field_encrypt.errors import DecryptionError, KeyProviderError
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
 from field_encrypt.stores.kek import KEK_PREFIX, KekRecord, KekStore
 
 ALGORITHM = "A256GCM-KEK"
+KEK_CALLS = 3
+"""Remote calls to move one KEK to a new MEK version: unwrap, wrap, unwrap-and-compare."""
+
+Layout = Literal["direct", "kek"]
+"""Where new DEKs go: under the MEK (``direct``) or under the partition's KEK (``kek``)."""
 
 
 def kek_context(product: str, kek_id: str) -> bytes:
@@ -48,12 +56,18 @@ class KekRewrapResult:
     rewrapped: int
     skipped: int
     remote_calls: int
+    moved_kek_ids: tuple[str, ...] = ()
 
 
 class KekTierProvider:
-    """A KeyProvider that puts a tier of KEKs between the MEK and the DEKs."""
+    """A KeyProvider that puts a tier of KEKs between the MEK and the DEKs.
 
-    remote = False
+    ``layout`` says where new DEKs go (``wrap`` with no version): ``"kek"`` under the
+    partition's active KEK, ``"direct"`` under the MEK's current version. Both layouts
+    read both kinds of DEK, so a product can move between them with a migration run
+    while every document stays readable. ``remote`` is the MEK provider's: moving DEKs
+    into or out of the tier calls it once per DEK.
+    """
 
     def __init__(
         self,
@@ -61,16 +75,32 @@ class KekTierProvider:
         keks: KekStore,
         *,
         product: str,
+        layout: Layout = "kek",
         cache: DekCache | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        if layout not in ("direct", "kek"):
+            raise ValueError(f"layout must be 'direct' or 'kek', not {layout!r}")
         self.mek = mek
         self.keks = keks
         self.product = product
+        self.layout: Layout = layout
         self.kind = f"{mek.kind}+kek"
         self.mek_name = mek.mek_name
+        self.remote = mek.remote
         self.cache = cache if cache is not None else DekCache(max_entries=1000)
         self._random = random_bytes
+
+    def with_mek(self, mek: KeyProvider) -> KekTierProvider:
+        """The same tier (KEKs, cache, layout) over another MEK provider, e.g. a throttled one."""
+        return KekTierProvider(
+            mek,
+            self.keks,
+            product=self.product,
+            layout=self.layout,
+            cache=self.cache,
+            random_bytes=self._random,
+        )
 
     def __repr__(self) -> str:
         return f"KekTierProvider(mek={self.mek!r}, product={self.product!r})"
@@ -107,9 +137,13 @@ class KekTierProvider:
             return self.keks.get(version[len(KEK_PREFIX) :]).mek_version
         return version
 
+    def new_dek_version(self) -> str:
+        """Where a new DEK goes by default: the active KEK (``kek`` layout) or the MEK's current."""
+        return self.dek_version() if self.layout == "kek" else self.mek.current_version()
+
     def wrap(self, dek: bytes, *, context: bytes, version: str | None = None) -> WrappedDek:
         if version is None:
-            version = self.dek_version()
+            version = self.new_dek_version()
         if not version.startswith(KEK_PREFIX):
             return self.mek.wrap(dek, context=context, version=version)
         nonce = self._random(12)
@@ -130,7 +164,7 @@ class KekTierProvider:
     def rewrap(
         self, ciphertext: bytes, *, from_version: str, context: bytes, to_version: str | None = None
     ) -> WrappedDek:
-        target = to_version if to_version is not None else self.dek_version()
+        target = to_version if to_version is not None else self.new_dek_version()
         if not from_version.startswith(KEK_PREFIX) and not target.startswith(KEK_PREFIX):
             return self.mek.rewrap(
                 ciphertext, from_version=from_version, context=context, to_version=target
@@ -156,39 +190,88 @@ class KekTierProvider:
         self.cache.put(bytes.fromhex(kek_id), AESGCM(key), wrapped.mek_version)
         return record
 
-    def rewrap_keks(self, to_version: str | None = None) -> KekRewrapResult:
+    def rewrap_keks(
+        self, to_version: str | None = None, *, only_version: str | None = None
+    ) -> KekRewrapResult:
         """MEK rotation under the tier: move every KEK to ``to_version`` (current if None).
 
+        ``only_version`` limits it to the KEKs on that MEK version. Each KEK is unwrapped,
+        wrapped under the target and the new wrap unwrapped again and compared before it is
+        swapped in (:data:`KEK_CALLS` calls: a handful of KEKs, so every one is checked).
         Idempotent: KEKs already there cost nothing. A KEK changed concurrently is re-read
         and tried again.
         """
         target = to_version if to_version is not None else self.mek.current_version()
         matched = rewrapped = skipped = calls = 0
+        moved: list[str] = []
         for record in self.keks.all():
+            if only_version is not None and record.mek_version not in (only_version, target):
+                continue
             matched += 1
             while record.mek_version != target:
-                moved = self.mek.rewrap(
-                    record.wrapped,
-                    from_version=record.mek_version,
-                    context=kek_context(self.product, record.kek_id),
-                    to_version=target,
-                )
-                calls += 1
+                context = kek_context(self.product, record.kek_id)
+                key = self.mek.unwrap(record.wrapped, version=record.mek_version, context=context)
+                new = self.mek.wrap(key, context=context, version=target)
+                calls += KEK_CALLS
+                if new.mek_version != target or not hmac.compare_digest(
+                    self.mek.unwrap(new.ciphertext, version=target, context=context), key
+                ):
+                    raise KeyProviderError(f"the new wrap of KEK {record.kek_id} does not hold it")
                 if self.keks.replace_wrap(
                     record,
-                    mek_version=moved.mek_version,
-                    wrapped=moved.ciphertext,
-                    algorithm=moved.algorithm,
+                    mek_version=new.mek_version,
+                    wrapped=new.ciphertext,
+                    algorithm=new.algorithm,
                 ):
                     self.cache.invalidate(bytes.fromhex(record.kek_id))
                     rewrapped += 1
+                    moved.append(record.kek_id)
                     break
                 record = self.keks.get(record.kek_id)
             else:
                 skipped += 1
         return KekRewrapResult(
-            matched=matched, rewrapped=rewrapped, skipped=skipped, remote_calls=calls
+            matched=matched,
+            rewrapped=rewrapped,
+            skipped=skipped,
+            remote_calls=calls,
+            moved_kek_ids=tuple(moved),
         )
+
+    def delete_unreferenced(
+        self,
+        dek_counts: dict[str, int],
+        *,
+        grace_seconds: float,
+        now: Callable[[], float] = time.time,
+    ) -> tuple[list[str], list[str]]:
+        """Delete the retired KEKs no DEK refers to; ``(deleted, kept-with-reason)``.
+
+        ``dek_counts`` are the dek_store's raw counts per version, read just before. A KEK
+        is deleted only when it is not active, no DEK row names it, and it was retired at
+        least ``grace_seconds`` ago (a writer that read it as active just before it was
+        retired has had that long to store its DEK). Deleting a KEK that a DEK still named
+        would shred that DEK, so anything else is kept, and said why.
+        """
+        deleted: list[str] = []
+        kept: list[str] = []
+        for record in self.keks.all():
+            if record.active:
+                continue
+            refs = dek_counts.get(KEK_PREFIX + record.kek_id, 0)
+            age = now() - record.updated_at.timestamp()
+            if refs:
+                kept.append(f"KEK {record.kek_id} kept: {refs} DEKs still refer to it")
+            elif age < grace_seconds:
+                kept.append(
+                    f"KEK {record.kek_id} kept: retired {age:.0f}s ago, "
+                    f"less than the {grace_seconds:g}s grace (re-run to delete it)"
+                )
+            else:
+                self.cache.invalidate(bytes.fromhex(record.kek_id))
+                if self.keks.delete(record.kek_id):
+                    deleted.append(record.kek_id)
+        return deleted, kept
 
     def shred_partition(self, partition: str) -> int:
         """Destroy every KEK of a partition: all of its DEKs become unreadable. How many."""
