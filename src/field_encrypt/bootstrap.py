@@ -11,7 +11,8 @@ from field_encrypt.errors import ConfigurationError
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.stores.base import DekStore
-from field_encrypt.stores.kek import KekStore
+from field_encrypt.stores.kek import KekStore, SqliteKekStore
+from field_encrypt.stores.sqlite_db import SqliteDatabase
 
 
 def build_provider(settings: Settings) -> KeyProvider:
@@ -158,12 +159,26 @@ def init_encryption(
 ) -> FieldEncryptor:
     """Build everything from the environment (or the given parts) and prove it works.
 
+    Without a given ``provider``, the one the settings name, under the KEK tier when
+    ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` (its kek_store in the dek_store's database).
+
     Fails at start-up, with a :class:`ConfigurationError`, on bad or missing settings;
     with encryption enabled it also checks that the current MEK version can wrap.
     """
     settings = settings if settings is not None else load_settings()
-    provider = provider if provider is not None else build_provider(settings)
     store = store if store is not None else build_store(settings, product=product)
+    if provider is None:
+        provider = build_provider(settings)
+        database = getattr(store, "database", None)
+        if isinstance(database, SqliteDatabase):  # the kek_store lives beside the dek_store
+            tier = build_key_layout(
+                provider, settings, SqliteKekStore(database, product=product), product=product
+            )
+            provider = tier if tier is not None else provider
+        elif settings.key_layout == "kek":
+            raise ConfigurationError(
+                "FIELD_ENCRYPT_KEY_LAYOUT=kek needs a kek_store: this store has none in this build"
+            )
     cache = DekCache(max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds)
     encryptor = FieldEncryptor(
         product=product,

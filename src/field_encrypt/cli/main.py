@@ -66,6 +66,9 @@ class ModeChoice(StrEnum):
     re_encrypt = "re-encrypt"
     encrypt = "encrypt"
     decrypt = "decrypt"
+    to_kek = "to-kek"
+    to_direct = "to-direct"
+    rotate_kek = "rotate-kek"
 
 
 def guarded(command: Callable[P, R]) -> Callable[P, R]:
@@ -205,6 +208,43 @@ def keys_enable(
         output.emit_json({"version": version, "state": "enabled"})
     else:
         output.stdout().print(f"enabled MEK version {version}")
+
+
+@keys_app.command("shred-partition")
+@guarded
+def keys_shred_partition(
+    partition: Annotated[str, typer.Argument(help="The partition (e.g. a workspace id).")],
+    product: ProductOpt,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes-destroy-data", help="Confirm: the partition's data is lost for good."),
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Crypto-shred a partition: delete its KEKs, so every DEK under them is unreadable."""
+    with opened(product) as rt:
+        tier = rt.kek_tier
+        if tier is None:
+            raise ConfigurationError(
+                "the product has no KEK tier (FIELD_ENCRYPT_KEY_LAYOUT=kek): nothing to shred"
+            )
+        keks = [k for k in tier.keks.all() if k.partition == partition]
+        raw = rt.dek_store.count_by_version()
+        deks = sum(raw.get("kek:" + k.kek_id, 0) for k in keks)
+        if not keks:
+            raise ConfigurationError(f"partition {partition!r} has no KEK")
+        if not yes:
+            raise RotationError(
+                f"refusing to shred partition {partition!r} ({len(keks)} KEKs, {deks} DEKs) "
+                "without --yes-destroy-data: its documents become unreadable for good"
+            )
+        deleted = tier.shred_partition(partition)
+    if json_:
+        output.emit_json({"partition": partition, "keks_deleted": deleted, "deks_shredded": deks})
+    else:
+        output.stdout().print(
+            f"shredded partition {partition!r}: {deleted} KEKs deleted, {deks} DEKs unreadable"
+        )
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -427,9 +467,23 @@ def migrate_command(
     report_file: Annotated[
         Path | None, typer.Option("--report", help="Also write the final report as JSON here.")
     ] = None,
+    verify_sample: Annotated[
+        float,
+        typer.Option(
+            "--verify-sample",
+            min=0.0,
+            max=1.0,
+            help="Remote providers: share of new wraps checked besides each batch's first "
+            "(1.0: every DEK, two more calls each).",
+        ),
+    ] = 0.01,
+    partition: Annotated[
+        str, typer.Option("--partition", help="rotate-kek: the partition whose KEK is replaced.")
+    ] = "",
     json_: JsonOpt = False,
 ) -> None:
-    """Rewrap DEKs, re-encrypt, backfill or decrypt documents: resumable and idempotent."""
+    """Rewrap DEKs, re-encrypt, backfill or decrypt documents, or move DEKs between key
+    layouts and KEKs: resumable and idempotent."""
     options = MigrationOptions(
         mode=mode.value,
         old_version=old_mek_version,
@@ -441,6 +495,8 @@ def migrate_command(
         retry=RetryPolicy(budget=retry_budget),
         lease_ttl=lease_ttl,
         dry_run=dry_run,
+        verify_sample=verify_sample,
+        partition=partition,
     )
     live = output.live_terminal(json_)
     observer: Any = output.ProgressObserver() if live else output.LogObserver()
@@ -485,7 +541,7 @@ def _print_report(report: RunReport) -> None:
         )
         return
     c = report.counters
-    label = "rewrapped" if report.mode == "rewrap-deks" else "changed"
+    label = "changed" if report.mode in ("re-encrypt", "encrypt", "decrypt") else "rewrapped"
     console.print(
         output.table(
             f"{report.mode} run {report.run_id}: {report.status}",
