@@ -105,7 +105,7 @@ class RunReport:
 
     def as_dict(self) -> dict[str, Any]:
         counters = self.counters.as_dict()
-        if self.mode == "rewrap-deks":
+        if self.mode not in ("re-encrypt", "encrypt", "decrypt"):  # the rewrap modes
             counters["rewrapped"] = counters["changed"]
         return {
             "product": self.product,
