@@ -71,7 +71,9 @@ def migrate(
     provider = runtime.provider
     tier = runtime.kek_tier
     if options.max_rps is not None:
-        bucket = TokenBucket(options.max_rps, clock=monotonic, sleep=sleep)
+        # No burst: a vault's throttle is a sliding window, and calls saved up and spent at
+        # once push the window over its limit for the rest of the run (429s, then retries).
+        bucket = TokenBucket(options.max_rps, burst=1.0, clock=monotonic, sleep=sleep)
         if tier is not None:
             tier = tier.with_mek(ThrottledProvider(tier.mek, bucket))
             provider = tier if runtime.provider is runtime.kek_tier else provider
