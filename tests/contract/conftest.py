@@ -22,7 +22,7 @@ from field_encrypt.providers.env import EnvKeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.providers.local import LocalKeyProvider
 from field_encrypt.stores.base import DekStore
-from field_encrypt.stores.kek import SqliteKekStore
+from field_encrypt.stores.kek import KekStore, SqliteKekStore
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
 from tests.harnesses import (  # noqa: F401 - package-scoped fixtures used by the harnesses
@@ -134,6 +134,17 @@ def dek_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DekSto
     if kind == "sqlite":
         database = SqliteDatabase(tmp_path / "store.db")
         yield SqliteDekStore(database, product="contract")
+        database.close()
+        return
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=STORE_KINDS)
+def kek_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KekStore]:
+    kind = request.param
+    if kind == "sqlite":
+        database = SqliteDatabase(tmp_path / "keks.db")
+        yield SqliteKekStore(database, product="contract")
         database.close()
         return
     raise AssertionError(kind)
