@@ -95,6 +95,9 @@ def test_mek_rotation_with_the_tier_follows_the_runbook(tier_env: dict[str, str]
     assert _json("verify", "--product", PRODUCT, "--mek-version", "2", "--sample", "150")["clean"]
     status = _json("status", "--product", PRODUCT)
     assert status["deks_by_version"] == {"2": 150}
+    assert [(k["mek_version"], k["deks"], k["active"]) for k in status["keks"]] == [  # type: ignore[attr-defined]
+        ("2", 150, True)
+    ]
     assert status["runs"][0]["mode"] == "rewrap-deks"  # type: ignore[index]
     assert cli("keys", "disable", "1", "--product", PRODUCT).exit_code == 0
     assert _all_read(tier_env, 150)

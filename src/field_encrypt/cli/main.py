@@ -350,6 +350,17 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
         now = time.time()
         counts = dek_counts(rt)
         current = rt.provider.current_version()
+        raw = rt.dek_store.count_by_version() if rt.kek_tier is not None else {}
+        keks: list[dict[str, Any]] = [
+            {
+                "kek_id": k.kek_id,
+                "partition": k.partition,
+                "mek_version": k.mek_version,
+                "active": k.active,
+                "deks": raw.get("kek:" + k.kek_id, 0),
+            }
+            for k in (rt.kek_tier.keks.all() if rt.kek_tier is not None else [])
+        ]
         runs = ledger.latest_runs(rt.encryptor.product, limit=5)
         run_rows = []
         for run in runs:
@@ -383,7 +394,14 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
                     ],
                 }
             )
-    data = {"product": product, "current_version": current, "deks_by_version": counts}
+    data: dict[str, Any] = {
+        "product": product,
+        "current_version": current,
+        "deks_by_version": counts,
+    }
+    if rt.kek_tier is not None:
+        data["layout"] = rt.settings.key_layout
+        data["keks"] = keks
     if json_:
         output.emit_json({**data, "runs": run_rows})
         return
@@ -392,6 +410,15 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
         f"product {product}: current MEK version {current}; DEKs per version: "
         + (", ".join(f"{v}={n}" for v, n in sorted(counts.items())) or "none")
     )
+    if keks:
+        console.print(
+            f"KEK tier ({data['layout']} layout): "
+            + ", ".join(
+                f"{k['kek_id'][:8]} partition={k['partition'] or '-'} on {k['mek_version']}"
+                f"{' active' if k['active'] else ''} ({k['deks']} DEKs)"
+                for k in keks
+            )
+        )
     console.print(
         output.table(
             "Latest migration runs",
