@@ -14,13 +14,14 @@ from field_encrypt.products import ProductRuntime
 from field_encrypt.stores.kek import effective_counts
 
 
-def dek_counts(runtime: ProductRuntime) -> dict[str, int]:
+def dek_counts(runtime: ProductRuntime, *, raw: dict[str, int] | None = None) -> dict[str, int]:
     """DEKs per effective MEK version (a DEK under a KEK counts under its KEK's version).
 
     A DEK naming a KEK that no longer exists stays under its ``kek:`` name: it is on no
-    MEK version, so :func:`count_not_on` always counts it.
+    MEK version, so :func:`count_not_on` always counts it. ``raw``: the dek_store's
+    ``count_by_version()`` when the caller has just read it (saves a second count).
     """
-    raw = runtime.dek_store.count_by_version()
+    raw = raw if raw is not None else runtime.dek_store.count_by_version()
     tier = runtime.kek_tier
     if tier is None:
         return raw

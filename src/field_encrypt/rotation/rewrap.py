@@ -51,7 +51,8 @@ from field_encrypt.providers.kek_tier import KEK_CALLS, KekTierProvider
 from field_encrypt.rotation.ledger import Counters, Failure, Mode, RunPlan
 from field_encrypt.rotation.run import DryRun, MigrationOptions, ShardWork
 from field_encrypt.stores.base import DekRecord, WrapUpdate
-from field_encrypt.stores.kek import KEK_PREFIX, effective_counts
+from field_encrypt.stores.kek import KEK_PREFIX
+from field_encrypt.usage import dek_counts
 
 MAX_CONFLICT_ROUNDS: Final = 3
 CALLS_PER_CHECKED_DEK: Final = 3
@@ -107,7 +108,7 @@ class RewrapJob:
         self._rewrap_one = self._rewrap_remote if provider.remote else self._rewrap_in_process
         self.raw_counts = self.store.count_by_version()
         self.keks = tier.keks.all() if tier is not None else []
-        self.counts = effective_counts(self.raw_counts, self.keks) if tier else self.raw_counts
+        self.counts = dek_counts(runtime, raw=self.raw_counts)  # what the dry run shows
         self.direct_total = sum(n for v, n in self.raw_counts.items() if self.sources(v))
         self.keks_to_move = [k for k in self.keks if self._kek_selected(k.mek_version)]
         self.deks_under_moved_keks = sum(
@@ -191,7 +192,7 @@ class RewrapJob:
         raw = self.store.count_by_version()
         if self.tier is None or self.mode != "rewrap-deks":
             return sum(n for v, n in raw.items() if self.sources(v))
-        counts = effective_counts(raw, self.tier.keks.all())
+        counts = dek_counts(self.runtime, raw=raw)
         if self.only is not None:
             return counts.get(self.only, 0)
         return sum(n for v, n in counts.items() if v != self.target)
