@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from field_encrypt.errors import FieldEncryptError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,4 +84,21 @@ class KeyProvider(Protocol):
         Providers that can re-encrypt server-side (KMS ``ReEncrypt``) do so, and the
         plaintext DEK never reaches this process.
         """
+        ...
+
+
+@runtime_checkable
+class BatchRewrapper(Protocol):
+    """An in-process provider that can rewrap many DEKs in one call, each one checked.
+
+    The rotation engine uses this when a provider offers it: keys are looked up once per
+    batch instead of once per DEK. Each result is the new wrap, or the error that DEK met
+    (the batch goes on); every new wrap has been unwrapped again and compared with the
+    DEK before it is returned.
+    """
+
+    def rewrap_many(
+        self, items: Sequence[tuple[bytes, str, bytes]], *, to_version: str
+    ) -> list[WrappedDek | FieldEncryptError]:
+        """``items`` are ``(wrapped, from_version, context)``; one result per item, in order."""
         ...

@@ -13,9 +13,9 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
-from field_encrypt.errors import ConfigurationError, KeyVersionNotFoundError
+from field_encrypt.errors import ConfigurationError, FieldEncryptError, KeyVersionNotFoundError
 from field_encrypt.providers.base import KeyVersion, WrappedDek
 from field_encrypt.providers.symmetric import SymmetricKeyring
 
@@ -88,6 +88,12 @@ class EnvKeyProvider:
 
     def unwrap(self, ciphertext: bytes, *, version: str, context: bytes) -> bytes:
         return self._keyring.unwrap(ciphertext, version=version, context=context)
+
+    def rewrap_many(
+        self, items: Sequence[tuple[bytes, str, bytes]], *, to_version: str
+    ) -> list[WrappedDek | FieldEncryptError]:
+        """Rewrap a batch in process, each new wrap checked (see ``BatchRewrapper``)."""
+        return self._keyring.rewrap_many(items, to_version=to_version)
 
     def rewrap(
         self, ciphertext: bytes, *, from_version: str, context: bytes, to_version: str | None = None

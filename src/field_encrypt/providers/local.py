@@ -15,13 +15,13 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from field_encrypt.errors import ConfigurationError, KeyVersionNotFoundError
+from field_encrypt.errors import ConfigurationError, FieldEncryptError, KeyVersionNotFoundError
 from field_encrypt.providers.base import KeyVersion, WrappedDek
 from field_encrypt.providers.symmetric import SymmetricKeyring
 
@@ -121,6 +121,13 @@ class LocalKeyProvider:
     def unwrap(self, ciphertext: bytes, *, version: str, context: bytes) -> bytes:
         self._refresh()
         return self._keyring.unwrap(ciphertext, version=version, context=context)
+
+    def rewrap_many(
+        self, items: Sequence[tuple[bytes, str, bytes]], *, to_version: str
+    ) -> list[WrappedDek | FieldEncryptError]:
+        """Rewrap a batch in process, each new wrap checked (see ``BatchRewrapper``)."""
+        self._refresh()
+        return self._keyring.rewrap_many(items, to_version=to_version)
 
     def rewrap(
         self, ciphertext: bytes, *, from_version: str, context: bytes, to_version: str | None = None

@@ -6,14 +6,17 @@ Wrap format: ``nonce (12) | AES-256-GCM(MEK, dek, aad=context) | tag (16)``, alg
 
 from __future__ import annotations
 
+import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt.errors import (
     DecryptionError,
+    FieldEncryptError,
+    KeyProviderError,
     KeyVersionDisabledError,
     KeyVersionNotFoundError,
 )
@@ -59,3 +62,34 @@ class SymmetricKeyring:
             return cipher.decrypt(ciphertext[:12], ciphertext[12:], context)
         except InvalidTag:
             raise DecryptionError() from None
+
+    def rewrap_many(
+        self, items: Sequence[tuple[bytes, str, bytes]], *, to_version: str
+    ) -> list[WrappedDek | FieldEncryptError]:
+        """Unwrap, wrap under ``to_version``, and check each new wrap, with keys looked up once."""
+        target = self.cipher(to_version)
+        ciphers: dict[str, AESGCM] = {}
+        out: list[WrappedDek | FieldEncryptError] = []
+        urandom = os.urandom
+        for wrapped, version, context in items:
+            try:
+                source = ciphers.get(version)
+                if source is None:
+                    source = ciphers[version] = self.cipher(version)
+                if len(wrapped) != 60:
+                    raise DecryptionError()
+                dek = source.decrypt(wrapped[:12], wrapped[12:], context)
+                nonce = urandom(12)
+                sealed = target.encrypt(nonce, dek, context)
+                if not hmac.compare_digest(target.decrypt(nonce, sealed, context), dek):
+                    raise KeyProviderError("the new wrap does not unwrap to the same DEK")
+                out.append(
+                    WrappedDek(
+                        mek_version=to_version, ciphertext=nonce + sealed, algorithm=ALGORITHM
+                    )
+                )
+            except InvalidTag:
+                out.append(DecryptionError())
+            except FieldEncryptError as exc:
+                out.append(exc)
+        return out

@@ -19,7 +19,9 @@ How each DEK is rewrapped and checked before its new wrap is committed:
   nothing of it is committed, and the run stops with :class:`RewrapCheckError`.
 * In-process providers (``local``, ``env``: their ``rewrap`` *is* unwrap then wrap, in
   this process) are driven as unwrap, wrap, then unwrap of the new wrap compared with
-  the DEK in hand: every DEK is checked, a mismatch fails that DEK alone.
+  the DEK in hand: every DEK is checked, a mismatch fails that DEK alone. Those that
+  offer ``rewrap_many`` (``BatchRewrapper``) do this for a whole batch in one call, with
+  each MEK version's cipher looked up once.
 
 The same job moves DEKs between layouts and KEKs (``rotation/layout.py``): only the
 target and the choice of source rows differ. With the KEK tier, ``rewrap-deks`` first
@@ -46,7 +48,7 @@ from field_encrypt.errors import (
     UnsupportedFormatError,
 )
 from field_encrypt.products import ProductRuntime
-from field_encrypt.providers.base import KeyProvider, dek_context
+from field_encrypt.providers.base import BatchRewrapper, KeyProvider, WrappedDek, dek_context
 from field_encrypt.providers.kek_tier import KEK_CALLS, KekTierProvider
 from field_encrypt.rotation.ledger import Counters, Failure, Mode, RunPlan
 from field_encrypt.rotation.run import DryRun, MigrationOptions, ShardWork
@@ -106,6 +108,11 @@ class RewrapJob:
         self.batch_size = options.batch_size
         self._rng = rng
         self._rewrap_one = self._rewrap_remote if provider.remote else self._rewrap_in_process
+        self._batch = (
+            provider.rewrap_many
+            if not provider.remote and isinstance(provider, BatchRewrapper)
+            else None
+        )
         self.raw_counts = self.store.count_by_version()
         self.keks = tier.keks.all() if tier is not None else []
         self.counts = dek_counts(runtime, raw=self.raw_counts)  # what the dry run shows
@@ -140,12 +147,6 @@ class RewrapJob:
         if self.mode != "rewrap-deks" or mek_version == self.target:
             return False
         return self.only is None or mek_version == self.only
-
-    def calls_per_dek(self) -> float:
-        """Provider calls a DEK costs on average: ~1 remote, 3 in-process."""
-        if not self.provider.remote:
-            return float(CALLS_PER_CHECKED_DEK)
-        return 1 + 2 * self.sample
 
     def dry_run(self, max_rps: float | None) -> DryRun:
         n = self.direct_total
@@ -259,6 +260,8 @@ class RewrapJob:
         self, work: ShardWork, records: list[DekRecord], pool: ThreadPoolExecutor | None
     ) -> tuple[list[WrapUpdate], list[Failure]]:
         """Each record rewrapped (and checked, or sampled), or the reason it could not be."""
+        if self._batch is not None:
+            return self._rewrap_batch(work, records)
         shard = work.shard[0]
         rewrap_one = self._rewrap_one
 
@@ -306,6 +309,36 @@ class RewrapJob:
             )
         if chosen:
             work.note("checked", count=len(chosen), of=len(updates))
+
+    def _rewrap_batch(
+        self, work: ShardWork, records: list[DekRecord]
+    ) -> tuple[list[WrapUpdate], list[Failure]]:
+        """An in-process provider's ``rewrap_many``: keys looked up once per batch."""
+        assert self._batch is not None
+        product, target, shard = self.product, self.target, work.shard[0]
+        items = [(r.wrapped, r.mek_version, dek_context(product, r.dek_id)) for r in records]
+        results = work.retry.call(self._batch, items, to_version=target)
+        updates: list[WrapUpdate] = []
+        failures: list[Failure] = []
+        for record, result in zip(records, results, strict=True):
+            if isinstance(result, WrappedDek) and result.mek_version == target:
+                updates.append(
+                    WrapUpdate(
+                        record=record,
+                        mek_version=target,
+                        wrapped=result.ciphertext,
+                        algorithm=result.algorithm,
+                    )
+                )
+            elif isinstance(result, Exception):
+                failures.append(Failure(item=record.dek_id, reason=_reason(result), shard=shard))
+            else:
+                failures.append(
+                    Failure(
+                        item=record.dek_id, reason="wrapped under the wrong version", shard=shard
+                    )
+                )
+        return updates, failures
 
     def _holds_same_dek(self, update: WrapUpdate) -> bool:
         provider = self.provider

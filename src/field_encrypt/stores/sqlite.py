@@ -215,6 +215,10 @@ def _time(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
+_UTC = dt.UTC
+_from_timestamp = dt.datetime.fromtimestamp
+
+
 def _record(row: Any) -> DekRecord:
     seq, dek_id, product, mek_name, mek_version, wrapped, algorithm, created, updated, rev = row
     return DekRecord(
@@ -222,10 +226,10 @@ def _record(row: Any) -> DekRecord:
         product=product,
         mek_name=mek_name,
         mek_version=mek_version,
-        wrapped=bytes(wrapped),
+        wrapped=wrapped,  # sqlite3 returns BLOBs as bytes
         algorithm=algorithm,
-        created_at=_time(created),
-        updated_at=_time(updated),
+        created_at=_from_timestamp(created, _UTC),
+        updated_at=_from_timestamp(updated, _UTC),
         revision=str(rev),
         row=seq,
     )
