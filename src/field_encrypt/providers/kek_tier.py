@@ -9,9 +9,12 @@ envelope and the rewrap engine use it like any other:
   ``"2"`` to ``"kek:<id>"`` moves a DEK into the tier, and the reverse moves it out;
 - a rewrap from ``"kek:<old>"`` to ``"kek:<new>"`` is a KEK rotation, at local speed.
 
-MEK rotation with the tier rewraps the KEKs only (:meth:`KekTierProvider.rewrap_keks`):
-a handful of remote calls whatever the number of DEKs. A DEK's effective MEK version is
-its KEK's (:func:`~field_encrypt.stores.kek.effective_counts`).
+MEK rotation with the tier rewraps the KEKs only (:meth:`KekTierProvider.rewrap_keks`,
+three checked remote calls per KEK) whatever the number of DEKs. A DEK's effective MEK
+version is its KEK's (:func:`~field_encrypt.stores.kek.effective_counts`, applied by
+:func:`field_encrypt.usage.dek_counts`). ``layout`` says where new DEKs go; both layouts
+read both kinds of DEK, so a product moves between them with a migration
+(``rotation/layout.py``). See docs/key-tier.md.
 
 Unwrapped KEKs are cached like DEKs (same TTL; evicted when their MEK version is disabled
 in this process). Trade-off: an unwrapped KEK in memory can unwrap every DEK under it.
