@@ -9,6 +9,12 @@ names the first broken link.
 
 Events never hold key material: ``data`` takes only text, numbers, booleans, ``None`` and
 lists/dicts of them, and refuses ``bytes`` outright.
+
+How the trail reaches the code that emits: a product's runtime builds one trail in its own
+database (:func:`open_audit_trail`) and hands it to its
+:class:`~field_encrypt.envelope.FieldEncryptor` (shred, decrypt denied) and to
+:class:`~field_encrypt.products.ProductRuntime` (the rotation engine and the CLI). Where
+no trail is given, nothing is emitted. ``docs/audit.md`` lists every event and its data.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ import datetime as dt
 import hashlib
 import json
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from field_encrypt.errors import ConfigurationError
+from field_encrypt.errors import ConfigurationError, StoreError
 from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase
 
 GENESIS = "0" * 64
@@ -92,6 +100,9 @@ class ChainReport:
     intact: bool
     first_broken_seq: int | None = None
     reason: str | None = None
+    head: str | None = None
+    """The ``hash`` of the last event (of an intact chain): record it elsewhere, and a
+    later truncation of the trail's tail shows as a head that is no longer there."""
 
 
 def event_hash(event: Mapping[str, Any]) -> str:
@@ -305,7 +316,7 @@ def verify_chain(rows: Iterable[tuple[int, dict[str, Any], str]]) -> ChainReport
                 reason="hash does not match the event's content (edited)",
             )  # fmt: skip
         previous = stored
-    return ChainReport(events=count, intact=True)
+    return ChainReport(events=count, intact=True, head=previous if count else None)
 
 
 def _event(seq: int, event: Mapping[str, Any]) -> AuditEvent:
@@ -320,3 +331,87 @@ def _event(seq: int, event: Mapping[str, Any]) -> AuditEvent:
         prevhash=event["prevhash"],
         hash=event["hash"],
     )
+
+
+def full_type(name: str) -> str:
+    """``mek.version.created`` or the full ``io.field-encrypt.mek.version.created``: the full type."""
+    return name if name.startswith(TYPE_PREFIX) else TYPE_PREFIX + name
+
+
+def open_audit_trail(database: object, *, product: str, sink: str | None = None) -> AuditTrail:
+    """The product's trail in its own database; ``sink`` is ``FIELD_ENCRYPT_AUDIT_SINK``."""
+    sinks = [s for s in (sink_from_setting(sink),) if s is not None]
+    if isinstance(database, SqliteDatabase):
+        return SqliteAuditTrail(database, product=product, sinks=sinks)
+    raise ConfigurationError(
+        f"no audit trail for a {type(database).__name__} database in this build"
+    )
+
+
+class DenialRecorder:
+    """Emits ``decrypt.denied`` without letting a hot loop flood the trail.
+
+    One event per ``(dekId, mekVersion)`` per ``window`` seconds, and at most ``burst``
+    events per window in all; what was held back is counted in the next event
+    (``suppressed``). A trail that cannot be written (the database is locked, say) never
+    hides the denial itself: the failure is counted (``auditWritesFailed``) and reported
+    with the next event that is written.
+    """
+
+    def __init__(
+        self,
+        trail: AuditTrail,
+        *,
+        window: float = 300.0,
+        burst: int = 20,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.trail = trail
+        self.window = window
+        self.burst = burst
+        self.max_keys = max_keys
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], float] = {}
+        self._window_start = float("-inf")
+        self._in_window = 0
+        self._suppressed = 0
+        self._failed = 0
+
+    def __repr__(self) -> str:
+        return f"DenialRecorder(window={self.window}, burst={self.burst})"
+
+    def record(self, *, dek_id: str, mek_version: str, mek_name: str) -> None:
+        """Note one denied unwrap; emit an event unless it repeats one just emitted."""
+        now = self._clock()
+        key = (dek_id, mek_version)
+        with self._lock:
+            if now - self._window_start >= self.window:
+                self._window_start, self._in_window = now, 0
+                self._last = {k: t for k, t in self._last.items() if now - t < self.window}
+            last = self._last.get(key)
+            if (last is not None and now - last < self.window) or self._in_window >= self.burst:
+                self._suppressed += 1
+                return
+            if len(self._last) >= self.max_keys:
+                self._last.pop(next(iter(self._last)))
+            self._last[key] = now
+            self._in_window += 1
+            suppressed, self._suppressed = self._suppressed, 0
+            failed, self._failed = self._failed, 0
+        data: dict[str, Any] = {
+            "dekId": dek_id,
+            "mekName": mek_name,
+            "mekVersion": mek_version,
+            "reason": "KeyVersionDisabledError",
+            "suppressed": suppressed,
+        }
+        if failed:
+            data["auditWritesFailed"] = failed
+        try:
+            self.trail.emit(DECRYPT_DENIED, subject=f"dek/{dek_id}", data=data)
+        except StoreError:
+            with self._lock:
+                self._failed += 1 + failed
+                self._suppressed += suppressed

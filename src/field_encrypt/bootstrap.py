@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from field_encrypt.audit import AuditTrail
 from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings, load_settings
 from field_encrypt.envelope import FieldEncryptor
@@ -156,11 +157,15 @@ def init_encryption(
     settings: Settings | None = None,
     provider: KeyProvider | None = None,
     store: DekStore | None = None,
+    audit: AuditTrail | None = None,
 ) -> FieldEncryptor:
     """Build everything from the environment (or the given parts) and prove it works.
 
     Without a given ``provider``, the one the settings name, under the KEK tier when
     ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` (its kek_store in the dek_store's database).
+
+    ``audit`` (e.g. :func:`field_encrypt.audit.open_audit_trail`) records shreds and
+    denied decryptions; without it nothing is recorded.
 
     Fails at start-up, with a :class:`ConfigurationError`, on bad or missing settings;
     with encryption enabled it also checks that the current MEK version can wrap.
@@ -188,6 +193,7 @@ def init_encryption(
         cache=cache,
         enabled=settings.enabled,
         allow_plaintext=settings.allow_plaintext,
+        audit=audit,
     )
     if settings.enabled:
         current = provider.current_version()

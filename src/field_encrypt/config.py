@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     kek_retire_grace_seconds: float = Field(default=10.0, ge=0)
     """KEK tier: how long a retired KEK must have been retired before a migration deletes it
     (once no DEK refers to it)."""
+    audit_sink: str = ""
+    """Where audit events are forwarded after they are stored in the product's database:
+    empty for nowhere, ``stdout``, or the path of a JSON-lines file."""
 
     @field_validator("akv_key_size")
     @classmethod

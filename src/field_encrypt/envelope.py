@@ -5,6 +5,10 @@ under the document's DEK (creating and wrapping a fresh one for a new document);
 :meth:`FieldEncryptor.decrypt_document` opens them again, unwrapping the DEK through the
 key provider on a cache miss. Plaintext fields pass through decryption untouched, so
 documents written before encryption was enabled stay readable until the backfill has run.
+
+With an audit trail, :meth:`FieldEncryptor.shred` records ``dek.shredded`` and an unwrap
+refused because its MEK version is disabled records ``decrypt.denied`` (deduplicated, see
+:class:`~field_encrypt.audit.DenialRecorder`). Neither event holds key material.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt import token
+from field_encrypt.audit import DEK_SHREDDED, AuditTrail, DenialRecorder
 from field_encrypt.cache import DekCache
 from field_encrypt.errors import (
     ConfigurationError,
     DecryptionError,
     DekMissingError,
+    KeyVersionDisabledError,
     NotFoundError,
 )
 from field_encrypt.providers.base import KeyProvider, dek_context
@@ -58,6 +64,7 @@ class FieldEncryptor:
     ``allow_plaintext=False`` (once the ``encrypt`` backfill is done) makes a plaintext
     value in an encrypted field a :class:`DecryptionError` instead of passing it through,
     so a stored token cannot be swapped for plaintext.
+    ``audit`` is the product's audit trail (``None``: no events).
     """
 
     def __init__(
@@ -72,6 +79,7 @@ class FieldEncryptor:
         allow_plaintext: bool = True,
         token_form: TokenForm = "text",
         random_bytes: Callable[[int], bytes] = os.urandom,
+        audit: AuditTrail | None = None,
     ) -> None:
         if not product:
             raise ConfigurationError("a product name is required")
@@ -90,6 +98,8 @@ class FieldEncryptor:
         self.token_form: TokenForm = token_form
         self.collections = {name: tuple(paths) for name, paths in collections.items()}
         self._random = random_bytes
+        self.audit = audit
+        self._denials = DenialRecorder(audit) if audit is not None else None
         self._plans = {
             name: _Collection(
                 prefix=token.lp(product) + token.lp(name),
@@ -245,9 +255,20 @@ class FieldEncryptor:
         return dek_id
 
     def shred(self, dek_id: str) -> bool:
-        """Delete a DEK: every field sealed under it becomes permanently unreadable."""
+        """Delete a DEK: every field sealed under it becomes permanently unreadable.
+
+        Whether there was one to delete; recorded as ``dek.shredded`` in the audit trail
+        once the delete is committed (a crash in between loses the event, never the delete).
+        """
         self.cache.invalidate(bytes.fromhex(dek_id))
-        return self.store.delete(dek_id)
+        existed = self.store.delete(dek_id)
+        if self.audit is not None:
+            self.audit.emit(
+                DEK_SHREDDED,
+                subject=f"dek/{dek_id}",
+                data={"dekId": dek_id, "existed": existed},
+            )
+        return existed
 
     def _cipher(self, raw_id: bytes) -> tuple[AESGCM, str]:
         entry = self.cache.lookup(raw_id)
@@ -260,9 +281,18 @@ class FieldEncryptor:
             record = self.store.get(dek_id)
         except NotFoundError:
             raise DekMissingError(dek_id) from None
-        dek = self.provider.unwrap(
-            record.wrapped, version=record.mek_version, context=dek_context(self.product, dek_id)
-        )
+        try:
+            dek = self.provider.unwrap(
+                record.wrapped,
+                version=record.mek_version,
+                context=dek_context(self.product, dek_id),
+            )
+        except KeyVersionDisabledError:
+            if self._denials is not None:
+                self._denials.record(
+                    dek_id=dek_id, mek_version=record.mek_version, mek_name=record.mek_name
+                )
+            raise
         if len(dek) != 32:
             raise DecryptionError()
         cipher = AESGCM(dek)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
+from field_encrypt.audit import AuditTrail
 from field_encrypt.config import Settings
 from field_encrypt.documents import DocumentStore
 from field_encrypt.envelope import FieldEncryptor
@@ -44,6 +45,8 @@ class ProductRuntime:
     kek_tier: KekTierProvider | None = None
     """The product's KEK tier when it has one (``FIELD_ENCRYPT_KEY_LAYOUT=kek``, or KEKs
     left from it): DEKs' effective MEK versions are their KEKs' (see ``field_encrypt.usage``)."""
+    audit: AuditTrail | None = None
+    """The product's audit trail (in its database), shared with ``encryptor``; ``None``: none."""
 
     def close(self) -> None:
         """Release connections."""

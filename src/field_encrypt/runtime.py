@@ -1,9 +1,10 @@
-"""Open a product's runtime on the embedded default: SQLite for DEKs and documents."""
+"""Open a product's runtime on the embedded default: SQLite for DEKs, documents and audit."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from field_encrypt.audit import open_audit_trail
 from field_encrypt.bootstrap import build_key_layout, build_provider, sqlite_path
 from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings
@@ -19,8 +20,9 @@ from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
 def open_sqlite_runtime(
     settings: Settings, *, product: str, collections: Mapping[str, Sequence[str]]
 ) -> ProductRuntime:
-    """Provider from settings; dek_store, kek_store and JSON documents in the settings' SQLite
-    file. With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the provider is the KEK tier over the MEK."""
+    """Provider from settings; dek_store, kek_store, JSON documents and audit trail in the
+    settings' SQLite file. With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the provider is the KEK
+    tier over the MEK."""
     database = SqliteDatabase(sqlite_path(settings))
     mek = build_provider(settings)
     tier = build_key_layout(
@@ -28,6 +30,7 @@ def open_sqlite_runtime(
     )
     provider: KeyProvider = tier if tier is not None else mek
     store = SqliteDekStore(database, product=product)
+    trail = open_audit_trail(database, product=product, sink=settings.audit_sink)
     encryptor = FieldEncryptor(
         product=product,
         provider=provider,
@@ -38,6 +41,7 @@ def open_sqlite_runtime(
         ),
         enabled=settings.enabled,
         allow_plaintext=settings.allow_plaintext,
+        audit=trail,
     )
     documents = {name: SqliteDocumentStore(database, collection=name) for name in collections}
     return ProductRuntime(
@@ -48,5 +52,6 @@ def open_sqlite_runtime(
         documents=documents,
         database=database,
         resources=[database],
+        audit=trail,
         kek_tier=tier,
     )

@@ -3,8 +3,10 @@
 With the KEK tier a DEK row records ``mek_version = "kek:<kekId>"``; what protects it is
 its KEK's MEK version, so that is the version it is counted under
 (:func:`~field_encrypt.stores.kek.effective_counts`). ``verify``, ``keys list``,
-``keys disable`` (and ``keys retire``), ``status``, ``preflight`` and the dry run all count
-through :func:`dek_counts`, so the runbook's checks keep their meaning in both layouts:
+``keys disable``, ``keys retire`` (the retirement gate), ``keys compromised``, ``status``,
+``preflight`` and the dry run all count through :func:`dek_counts` (also exported as
+``field_encrypt.rotation.dek_counts``), so they can never disagree about whether a
+version still wraps DEKs, and the runbook's checks keep their meaning in both layouts:
 "0 DEKs off version 2" means no DEK can need version 1 to be read.
 """
 

@@ -1,9 +1,11 @@
 """Open NoteLett's parts from settings: provider, dek_store, encryptor and repositories.
 
 With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the provider is the KEK tier over the MEK, its
-kek_store in the same database. Everything shares one SQLite file (``NOTELETT_DATABASE``, else ``FIELD_ENCRYPT_DATABASE``,
-else ``var/notelett.db``): the dek_store, the notes, the directory and the rotation
-ledger, so the ``field-encrypt`` CLI and the service always agree on where things are.
+kek_store in the same database. Everything shares one SQLite file (``NOTELETT_DATABASE``,
+else ``FIELD_ENCRYPT_DATABASE``, else ``var/notelett.db``): the dek_store, the kek_store,
+the notes, the directory, the rotation ledger and the audit trail, so the ``field-encrypt``
+CLI and the service always agree on where things are (and a note's DELETE records
+``dek.shredded`` in the same trail as a rotation).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build_provider
+from field_encrypt.audit import open_audit_trail
 from field_encrypt.bootstrap import build_key_layout
 from field_encrypt.products import ProductRuntime
 from field_encrypt.stores.kek import SqliteKekStore
@@ -58,6 +61,7 @@ def open_backend(
     )
     provider = tier if tier is not None else mek
     dek_store = SqliteDekStore(database, product=PRODUCT)
+    trail = open_audit_trail(database, product=PRODUCT, sink=encryption.audit_sink)
     encryptor = FieldEncryptor(
         product=PRODUCT,
         provider=provider,
@@ -69,6 +73,7 @@ def open_backend(
         enabled=encryption.enabled,
         allow_plaintext=encryption.allow_plaintext,
         token_form="binary",
+        audit=trail,
     )
     notes = SqliteNotesRepository(database)
     runtime = ProductRuntime(
@@ -79,6 +84,7 @@ def open_backend(
         documents={COLLECTION: NotesDocumentStore(notes)},
         database=database,
         resources=[database],
+        audit=trail,
         kek_tier=tier,
     )
     return Backend(runtime=runtime, notes=notes, directory=SqliteWorkspaceDirectory(database))

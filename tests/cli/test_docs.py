@@ -47,3 +47,13 @@ def test_every_exit_code_is_in_cli_md() -> None:
     text = (DOCS / "cli.md").read_text()
     for code in ExitCode:
         assert re.search(rf"^\| {code.value} \| `{code.name}` \|", text, flags=re.M), code
+
+
+def test_every_audit_event_type_is_in_audit_md() -> None:
+    """docs/audit.md has a row for each event type, by its short name."""
+    from field_encrypt.audit import EVENT_TYPES, TYPE_PREFIX
+
+    text = (DOCS / "audit.md").read_text()
+    for event_type in EVENT_TYPES:
+        short = event_type.removeprefix(TYPE_PREFIX)
+        assert re.search(rf"^\| `{re.escape(short)}` \|", text, flags=re.M), short

@@ -21,6 +21,8 @@ def test_exit_codes_are_pinned() -> None:
         "NOT_VERIFIED": 5,
         "REFUSED": 6,
         "UNAVAILABLE": 7,
+        "WAITING": 8,
+        "HALTED": 9,
     }
 
 

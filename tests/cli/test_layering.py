@@ -13,7 +13,10 @@ from tests.support.seed import seed
 
 LIBRARY = [
     "field_encrypt",
+    "field_encrypt.audit",
     "field_encrypt.rotation",
+    "field_encrypt.rotation.schedule",
+    "field_encrypt.rotation.compromise",
     "field_encrypt.rotation.backup",
     "field_encrypt.rotation.preflight",
     "field_encrypt.rotation.verify",

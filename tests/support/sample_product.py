@@ -10,19 +10,25 @@ name). Variants for the reliability tests:
 * ``killable_product``: ``SAMPLE_KILL_AT=provider:N`` kills the process with SIGKILL
   just before the N-th data-plane provider call, ``SAMPLE_KILL_AT=store:N`` right after
   the N-th ``replace_wraps`` committed (before the ledger heard of it), and
-  ``SAMPLE_KILL_AT=document:N`` right after the N-th document write committed.
+  ``SAMPLE_KILL_AT=document:N`` right after the N-th document write committed;
+  for the scheduled rotation, ``SAMPLE_KILL_AT=stage:NAME`` right after the rotation
+  entered stage NAME (its state saved and its ``rotation.stage`` event stored, before
+  the stage's work), and ``SAMPLE_KILL_AT=control:METHOD`` right after the provider's
+  ``create_version`` or ``set_enabled`` returned (before anyone recorded it).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from field_encrypt.audit import ROTATION_STAGE, AuditEvent, AuditTrail, ChainReport
 from field_encrypt.config import Settings
 from field_encrypt.documents import StoredDocument
 from field_encrypt.products import Product, ProductRuntime
+from field_encrypt.providers.base import KeyProvider, KeyVersion
 from field_encrypt.runtime import open_sqlite_runtime
 from field_encrypt.stores.base import DekPage, DekRecord, DekStore, WrapUpdate
 from field_encrypt.testing import CountingProvider, FaultInjectingProvider
@@ -119,6 +125,50 @@ class _KillingDocuments:
         return written
 
 
+class _KillingTrail:
+    """An audit trail that dies right after storing the event that enters stage ``stage``."""
+
+    def __init__(self, inner: AuditTrail, stage: str) -> None:
+        self.inner = inner
+        self.stage = stage
+
+    def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
+        event = self.inner.emit(type, subject=subject, data=data)
+        if (
+            type == ROTATION_STAGE
+            and (data or {}).get("stage") == self.stage
+            and "previous" in (data or {})
+        ):
+            _kill()
+        return event
+
+    def events(self, **filters: Any) -> list[AuditEvent]:
+        return self.inner.events(**filters)
+
+    def verify(self) -> ChainReport:
+        return self.inner.verify()
+
+
+class _KillingControl(FaultInjectingProvider):
+    """A provider that dies right after one control-plane call (create or enable/disable)."""
+
+    def __init__(self, inner: KeyProvider, method: str) -> None:
+        super().__init__(inner)
+        self.method = method
+
+    def create_version(self) -> KeyVersion:
+        version = self.inner.create_version()
+        if self.method == "create_version":
+            _kill()
+        return version
+
+    def set_enabled(self, version: str, enabled: bool) -> KeyVersion:
+        state = self.inner.set_enabled(version, enabled)
+        if self.method == "set_enabled":
+            _kill()
+        return state
+
+
 def _open_killable(settings: Settings) -> ProductRuntime:
     runtime = _open(settings)
     where, _, count = os.environ.get("SAMPLE_KILL_AT", "").partition(":")
@@ -139,7 +189,25 @@ def _open_killable(settings: Settings) -> ProductRuntime:
     return runtime
 
 
+def _open_killable_rotation(settings: Settings) -> ProductRuntime:
+    where, _, what = os.environ.get("SAMPLE_KILL_AT", "").partition(":")
+    if where not in ("stage", "control"):
+        return _open_killable(settings)
+    runtime = _open(settings)
+    if where == "stage" and runtime.audit is not None:
+        runtime.audit = _KillingTrail(runtime.audit, what)
+    elif where == "control":
+        control = _KillingControl(runtime.provider, what)
+        runtime.provider = control
+        runtime.encryptor.provider = control
+    return runtime
+
+
 killable_product = Product(name=NAME, collections=COLLECTIONS, open=_open_killable)
+killable_rotation_product = Product(
+    name=NAME, collections=COLLECTIONS, open=_open_killable_rotation
+)
+"""``killable_product`` plus the rotation's kill points (``stage:NAME``, ``control:METHOD``)."""
 
 
 def _open_unreachable(settings: Settings) -> ProductRuntime:

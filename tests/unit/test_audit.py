@@ -48,9 +48,11 @@ def test_events_are_cloudevents(trail: audit.SqliteAuditTrail) -> None:
 
 
 def test_intact_chain_verifies(trail: audit.SqliteAuditTrail) -> None:
-    """An untouched trail verifies, counting every event."""
+    """An untouched trail verifies, counting every event and naming the head's hash."""
+    assert trail.verify() == audit.ChainReport(events=0, intact=True)
     _fill(trail)
-    assert trail.verify() == audit.ChainReport(events=5, intact=True)
+    head = trail.events()[-1].hash
+    assert trail.verify() == audit.ChainReport(events=5, intact=True, head=head)
 
 
 def _rewrite(database: SqliteDatabase, seq: int, change: dict[str, object]) -> None:
@@ -154,3 +156,69 @@ def test_products_have_separate_chains(database: SqliteDatabase) -> None:
     first_b = b.emit(audit.RUN_STARTED, subject="r")
     assert first_b.prevhash == audit.GENESIS
     assert a.verify().intact and b.verify().intact
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_denials_are_deduplicated_per_dek_and_version(trail: audit.SqliteAuditTrail) -> None:
+    """A hot loop over one denied DEK records one event per window, then counts the rest."""
+    clock = _Clock()
+    recorder = audit.DenialRecorder(trail, window=60.0, clock=clock)
+    for _ in range(1000):
+        recorder.record(dek_id="a" * 32, mek_version="1", mek_name="m")
+    recorder.record(dek_id="a" * 32, mek_version="2", mek_name="m")
+    clock.now = 61.0
+    recorder.record(dek_id="a" * 32, mek_version="1", mek_name="m")
+    events = trail.events(types=[audit.DECRYPT_DENIED])
+    assert [(e.data["mekVersion"], e.data["suppressed"]) for e in events] == [
+        ("1", 0),
+        ("2", 999),
+        ("1", 0),
+    ]
+    assert events[0].subject == f"dek/{'a' * 32}"
+    assert events[0].data["reason"] == "KeyVersionDisabledError"
+
+
+def test_denials_of_many_deks_are_capped_per_window(trail: audit.SqliteAuditTrail) -> None:
+    """Many distinct DEKs denied at once: at most ``burst`` events per window."""
+    clock = _Clock()
+    recorder = audit.DenialRecorder(trail, window=60.0, burst=5, clock=clock)
+    for i in range(100):
+        recorder.record(dek_id=f"{i:032x}", mek_version="1", mek_name="m")
+    assert len(trail.events()) == 5
+    clock.now = 60.0
+    recorder.record(dek_id="f" * 32, mek_version="1", mek_name="m")
+    last = trail.events()[-1]
+    assert len(trail.events()) == 6 and last.data["suppressed"] == 95
+
+
+def test_a_denial_the_trail_cannot_store_is_reported_later(
+    trail: audit.SqliteAuditTrail, database: SqliteDatabase
+) -> None:
+    """A failed audit write never raises from the denial path; the next event counts it."""
+    clock = _Clock()
+    recorder = audit.DenialRecorder(trail, window=60.0, clock=clock)
+    database.execute("ALTER TABLE actiontrail RENAME TO actiontrail_away")
+    recorder.record(dek_id="a" * 32, mek_version="1", mek_name="m")
+    database.execute("ALTER TABLE actiontrail_away RENAME TO actiontrail")
+    recorder.record(dek_id="b" * 32, mek_version="1", mek_name="m")
+    (event,) = trail.events()
+    assert event.data["auditWritesFailed"] == 1
+
+
+def test_open_audit_trail_refuses_unknown_databases() -> None:
+    """Only databases with an audit trail implementation are accepted."""
+    with pytest.raises(ConfigurationError):
+        audit.open_audit_trail(object(), product="p")
+
+
+def test_full_type_adds_the_namespace() -> None:
+    """Short names get the io.field-encrypt. prefix; full names stay."""
+    assert audit.full_type("dek.shredded") == audit.DEK_SHREDDED
+    assert audit.full_type(audit.DEK_SHREDDED) == audit.DEK_SHREDDED

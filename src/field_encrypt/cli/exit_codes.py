@@ -36,6 +36,10 @@ class ExitCode(IntEnum):
     """Refused for safety: lease held, disable refused, restore would lose data."""
     UNAVAILABLE = 7
     """The provider or store stayed unavailable after retries (cursor saved: re-run)."""
+    WAITING = 8
+    """``rotate``: nothing more to do yet, the soak period is running (call again later)."""
+    HALTED = 9
+    """``rotate``: the stop switch is set; nothing advances until it is cleared."""
 
 
 def exit_code_for(exc: FieldEncryptError) -> ExitCode:

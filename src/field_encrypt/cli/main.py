@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from field_encrypt.cli import output
-from field_encrypt.cli.exit_codes import ExitCode, exit_code_for
-from field_encrypt.config import load_settings
-from field_encrypt.errors import ConfigurationError, FieldEncryptError, RotationError
-from field_encrypt.products import ProductRuntime, load_product
+from field_encrypt.cli.audit import audit_app
+from field_encrypt.cli.common import JsonOpt, ProductOpt, guarded, opened
+from field_encrypt.cli.common import iso as _iso
+from field_encrypt.cli.exit_codes import ExitCode
+from field_encrypt.cli.keys import keys_app
+from field_encrypt.cli.rotate import rotate_command
+from field_encrypt.errors import RotationError
+from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import (
     MigrationOptions,
     RetryPolicy,
@@ -26,14 +27,12 @@ from field_encrypt.rotation import (
     backup,
     migrate,
     open_ledger,
+    open_lifecycle,
     preflight,
     restore,
     verify,
 )
 from field_encrypt.usage import dek_counts
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 app = typer.Typer(
     name="field-encrypt",
@@ -42,23 +41,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-keys_app = typer.Typer(
-    help="MEK versions: list, create, disable, enable (nothing is ever deleted).",
-    no_args_is_help=True,
-)
 app.add_typer(keys_app, name="keys")
-
-ProductOpt = Annotated[
-    str,
-    typer.Option(
-        "--product",
-        help="The product: an installed name (notelett) or module:attribute.",
-        envvar="FIELD_ENCRYPT_PRODUCT",
-    ),
-]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="JSON on stdout (and JSON log lines on stderr).")
-]
+app.add_typer(audit_app, name="audit")
+app.command("rotate")(rotate_command)
 
 
 class ModeChoice(StrEnum):
@@ -69,182 +54,6 @@ class ModeChoice(StrEnum):
     to_kek = "to-kek"
     to_direct = "to-direct"
     rotate_kek = "rotate-kek"
-
-
-def guarded(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn a library error into its exit code and a one-line reason on stderr."""
-
-    @functools.wraps(command)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return command(*args, **kwargs)
-        except FieldEncryptError as exc:
-            output.fail_line(str(exc))
-            raise typer.Exit(exit_code_for(exc)) from None
-
-    return run
-
-
-@contextmanager
-def opened(product_name: str) -> Iterator[ProductRuntime]:
-    """The product's runtime from the environment's settings, closed afterwards."""
-    product = load_product(product_name)
-    runtime = product.open(load_settings())
-    try:
-        yield runtime
-    finally:
-        runtime.close()
-
-
-def _iso(value: dt.datetime | float | None) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float | int):
-        value = dt.datetime.fromtimestamp(value, dt.UTC)
-    return value.isoformat(timespec="seconds")
-
-
-# -- keys ---------------------------------------------------------------------------------
-
-
-@keys_app.command("list")
-@guarded
-def keys_list(product: ProductOpt, json_: JsonOpt = False) -> None:
-    """List MEK versions: state, created, and how many DEKs each one wraps."""
-    with opened(product) as rt:
-        counts = dek_counts(rt)
-        rows = [
-            {
-                "version": v.version,
-                "state": "enabled" if v.enabled else "disabled",
-                "current": v.current,
-                "created_at": _iso(v.created_at),
-                "deks": counts.pop(v.version, 0),
-            }
-            for v in rt.provider.versions()
-        ]
-        rows += [
-            {"version": v, "state": "unknown", "current": False, "created_at": "-", "deks": n}
-            for v, n in sorted(counts.items())
-        ]
-    if json_:
-        output.emit_json({"product": product, "versions": rows})
-        return
-    output.stdout().print(
-        output.table(
-            f"MEK versions of {product}",
-            ["version", "state", "current", "created", "DEKs"],
-            [
-                (
-                    r["version"],
-                    r["state"],
-                    "yes" if r["current"] else "",
-                    r["created_at"],
-                    r["deks"],
-                )
-                for r in rows
-            ],
-        )
-    )
-
-
-@keys_app.command("create")
-@guarded
-def keys_create(product: ProductOpt, json_: JsonOpt = False) -> None:
-    """Create a new MEK version; it becomes current (new DEKs are wrapped under it)."""
-    with opened(product) as rt:
-        version = rt.provider.create_version()
-    if json_:
-        output.emit_json({"version": version.version, "current": version.current})
-    else:
-        output.stdout().print(f"created MEK version {version.version} (now current)")
-
-
-@keys_app.command("disable")
-@guarded
-def keys_disable(
-    version: Annotated[str, typer.Argument(help="The MEK version to disable.")],
-    product: ProductOpt,
-    json_: JsonOpt = False,
-) -> None:
-    """Disable a MEK version. Refused while any DEK is wrapped under it; never deletes."""
-    with opened(product) as rt:
-        known = {v.version: v for v in rt.provider.versions()}
-        if version not in known:
-            raise ConfigurationError(f"MEK {rt.provider.mek_name!r} has no version {version!r}")
-        if known[version].current:
-            raise RotationError(
-                f"refusing to disable version {version}: it is the current version "
-                "(create a new one first: field-encrypt keys create)"
-            )
-        still = dek_counts(rt).get(version, 0)
-        if still:
-            raise RotationError(
-                f"refusing to disable version {version}: {still} DEKs are still wrapped under "
-                f"it (run field-encrypt migrate --mode rewrap-deks first)"
-            )
-        rt.provider.set_enabled(version, False)
-        dropped = rt.encryptor.cache.invalidate_version(version)
-    if json_:
-        output.emit_json({"version": version, "state": "disabled", "cache_evicted": dropped})
-    else:
-        output.stdout().print(
-            f"disabled MEK version {version} (kept, not deleted: "
-            f"field-encrypt keys enable {version} brings it back)"
-        )
-
-
-@keys_app.command("enable")
-@guarded
-def keys_enable(
-    version: Annotated[str, typer.Argument(help="The MEK version to enable.")],
-    product: ProductOpt,
-    json_: JsonOpt = False,
-) -> None:
-    """Enable a MEK version again (for a rollback, or to restore old backups)."""
-    with opened(product) as rt:
-        rt.provider.set_enabled(version, True)
-    if json_:
-        output.emit_json({"version": version, "state": "enabled"})
-    else:
-        output.stdout().print(f"enabled MEK version {version}")
-
-
-@keys_app.command("shred-partition")
-@guarded
-def keys_shred_partition(
-    partition: Annotated[str, typer.Argument(help="The partition (e.g. a workspace id).")],
-    product: ProductOpt,
-    yes: Annotated[
-        bool,
-        typer.Option("--yes-destroy-data", help="Confirm: the partition's data is lost for good."),
-    ] = False,
-    json_: JsonOpt = False,
-) -> None:
-    """Crypto-shred a partition: delete its KEKs, so every DEK under them is unreadable."""
-    with opened(product) as rt:
-        tier = rt.kek_tier
-        if tier is None:
-            raise ConfigurationError(
-                "the product has no KEK tier (FIELD_ENCRYPT_KEY_LAYOUT=kek): nothing to shred"
-            )
-        keks = [k for k in tier.keks.all() if k.partition == partition]
-        raw = rt.dek_store.count_by_version()
-        deks = sum(raw.get("kek:" + k.kek_id, 0) for k in keks)
-        if not keks:
-            raise ConfigurationError(f"partition {partition!r} has no KEK")
-        if not yes:
-            raise RotationError(
-                f"refusing to shred partition {partition!r} ({len(keks)} KEKs, {deks} DEKs) "
-                "without --yes-destroy-data: its documents become unreadable for good"
-            )
-        deleted = tier.shred_partition(partition)
-    if json_:
-        output.emit_json({"partition": partition, "keks_deleted": deleted, "deks_shredded": deks})
-    else:
-        output.stdout().print(
-            f"shredded partition {partition!r}: {deleted} KEKs deleted, {deks} DEKs unreadable"
-        )
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -528,6 +337,8 @@ def migrate_command(
     live = output.live_terminal(json_)
     observer: Any = output.ProgressObserver() if live else output.LogObserver()
     with opened(product) as rt:
+        if not dry_run:
+            _refuse_compromised_target(rt, new_mek_version)
         ledger = open_ledger(rt) if not dry_run else _NoLedger()
         with observer if live else nullcontext():
             report = migrate(rt, ledger, options, observer=observer)
@@ -541,6 +352,16 @@ def migrate_command(
     if not live:
         output.LogObserver().log.info("run_finished", **_log_fields(data))
     _exit_for(report)
+
+
+def _refuse_compromised_target(runtime: ProductRuntime, version: str | None) -> None:
+    """No migration wraps anything new under a version declared compromised."""
+    target = version or runtime.provider.current_version()
+    if open_lifecycle(runtime).note(runtime.encryptor.product, target).compromised:
+        raise RotationError(
+            f"refusing to migrate onto MEK version {target}: it is recorded as compromised "
+            "(field-encrypt keys list)"
+        )
 
 
 def _log_fields(data: dict[str, Any]) -> dict[str, Any]:

@@ -86,6 +86,10 @@ class EncryptJob(_Backfill):
         )
         self.collections[collection].replace_fields(document, sealed, dek_id)
 
+    def audit_item(self, document: StoredDocument, step: Pending | None) -> dict[str, str]:
+        dek_id = document.dek_id or (step.new if step is not None else None)
+        return {"id": document.id, "dekId": dek_id} if dek_id else {"id": document.id}
+
 
 class DecryptJob(_Backfill):
     """Write every encrypted field back as plaintext."""
@@ -112,6 +116,11 @@ class DecryptJob(_Backfill):
     def migrate(self, collection: str, document: StoredDocument, step: Pending | None) -> None:
         plain = self.encryptor.decrypt_document(collection, document.id, document.fields)
         self.collections[collection].replace_fields(document, plain, None)
+
+    def audit_item(self, document: StoredDocument, step: Pending | None) -> dict[str, str]:
+        if document.dek_id is None:
+            return {"id": document.id}
+        return {"id": document.id, "previousDekId": document.dek_id}
 
 
 def _pages(docs: DocumentStore) -> Iterator[DocumentPage]:

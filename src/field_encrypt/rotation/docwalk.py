@@ -8,6 +8,11 @@ pending item by reading its document: committed (the document points at the new 
 means finish the step (re-encrypt deletes the old DEK); not committed means delete the
 leftover new DEK. So no document ever points at a missing DEK, and no orphan DEK made
 by a crashed run survives its resume.
+
+Each page's migrated documents are recorded in the audit trail after the page's
+checkpoint (``document.reencrypted`` or ``document.backfilled``: ids and dekIds), and so
+are steps settled on resume. DEKs a run deletes (the old DEK of a re-encrypted document,
+a crashed step's leftover) are named there, not as separate ``dek.shredded`` events.
 """
 
 from __future__ import annotations
@@ -94,6 +99,10 @@ class DocumentJob:
     def settle_committed(self, step: Pending) -> None:
         """What is left to do once a pending step's document is known to be committed."""
 
+    def audit_item(self, document: StoredDocument, step: Pending | None) -> dict[str, str]:
+        """How a migrated document is named in the audit trail (ids only, never values)."""
+        return {"id": document.id}
+
     # -- the loop ----------------------------------------------------------------------------
 
     def run_shard(self, work: ShardWork) -> None:
@@ -113,7 +122,7 @@ class DocumentJob:
                 pending = [s.encode() for s in steps if s is not None]
                 if pending:  # name the new DEKs before creating them
                     work.checkpoint(cursor=work.cursor, delta=Counters(), pending=pending)
-                delta, failures = self._migrate_page(work, name, todo, steps)
+                delta, failures, migrated = self._migrate_page(work, name, todo, steps)
                 done = page.cursor is None
                 work.checkpoint(
                     cursor=_encode(index + 1, None) if done else _encode(index, page.cursor),
@@ -121,6 +130,7 @@ class DocumentJob:
                     + Counters(matched=len(todo), skipped=len(page.documents) - len(todo)),
                     failures=failures,
                 )
+                work.documents_done(name, migrated)
                 if done:
                     break
                 cursor = page.cursor
@@ -131,15 +141,17 @@ class DocumentJob:
         collection: str,
         todo: Sequence[StoredDocument],
         steps: Sequence[Pending | None],
-    ) -> tuple[Counters, list[Failure]]:
+    ) -> tuple[Counters, list[Failure], list[dict[str, str]]]:
         changed = skipped = conflicts = 0
         failures: list[Failure] = []
+        migrated: list[dict[str, str]] = []
         for document, step in zip(todo, steps, strict=True):
             try:
                 if step is not None and step.new is not None:
                     work.retry.call(self.create_dek, step.new, self.target)
                 conflicts += self._migrate_one(work, collection, document, step)
                 changed += 1
+                migrated.append(self.audit_item(document, step))
                 if step is not None:
                     self.settle_committed(step)
             except Skip:
@@ -155,7 +167,7 @@ class DocumentJob:
                 )
                 self._settle_one(work, step)
         delta = Counters(changed=changed, skipped=skipped, failed=len(failures))
-        return delta + Counters(conflicts=conflicts), failures
+        return delta + Counters(conflicts=conflicts), failures, migrated
 
     def _migrate_one(
         self, work: ShardWork, collection: str, document: StoredDocument, step: Pending | None
@@ -180,15 +192,26 @@ class DocumentJob:
         """Finish or undo the steps a crashed run left pending (see the module docstring)."""
         if not work.pending:
             return
+        committed: dict[str, list[dict[str, str]]] = {}
         for text in work.pending:
-            self._settle_one(work, Pending.decode(text))
+            step = Pending.decode(text)
+            if self._settle_one(work, step):
+                item = {"id": step.document, "dekId": step.new, "previousDekId": step.old}
+                committed.setdefault(step.collection, []).append(
+                    {k: v for k, v in item.items() if v is not None}
+                )
         work.note("settled", count=len(work.pending))
         work.checkpoint(cursor=work.cursor, delta=Counters(), pending=())
+        for collection, items in committed.items():
+            work.documents_done(collection, items, settled=True)
 
-    def _settle_one(self, work: ShardWork, step: Pending | None) -> None:
-        """Committed (the document points at the new DEK): finish; otherwise drop the new DEK."""
+    def _settle_one(self, work: ShardWork, step: Pending | None) -> bool:
+        """Committed (the document points at the new DEK): finish; otherwise drop the new DEK.
+
+        Whether the step had been committed.
+        """
         if step is None or step.new is None:
-            return
+            return False
         docs = self.collections[step.collection]
         try:
             document: StoredDocument | None = work.retry.call(docs.get, step.document)
@@ -196,8 +219,9 @@ class DocumentJob:
             document = None
         if document is not None and document.dek_id == step.new:
             self.settle_committed(step)
-        else:
-            self.encryptor.shred(step.new)
+            return True
+        self.drop_dek(step.new)
+        return False
 
     # -- helpers for the modes -----------------------------------------------------------------
 
@@ -215,6 +239,11 @@ class DocumentJob:
             algorithm=wrapped.algorithm,
         )
         self.encryptor.cache.put(bytes.fromhex(dek_id), AESGCM(dek), wrapped.mek_version)
+
+    def drop_dek(self, dek_id: str) -> None:
+        """Delete a DEK this run made or replaced (named in the run's document events)."""
+        self.encryptor.cache.invalidate(bytes.fromhex(dek_id))
+        self.store.delete(dek_id)
 
     def require_enabled(self, version: str) -> None:
         """``ConfigurationError`` unless ``version`` exists and is enabled."""

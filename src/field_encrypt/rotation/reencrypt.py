@@ -90,4 +90,12 @@ class ReencryptJob(DocumentJob):
 
     def settle_committed(self, step: Pending) -> None:
         if step.old is not None and step.old != step.new:
-            self.encryptor.shred(step.old)
+            self.drop_dek(step.old)
+
+    def audit_item(self, document: StoredDocument, step: Pending | None) -> dict[str, str]:
+        item = {"id": document.id}
+        if step is not None and step.new is not None:
+            item["dekId"] = step.new
+        if document.dek_id is not None:
+            item["previousDekId"] = document.dek_id
+        return item

@@ -2,7 +2,8 @@
 
 Each mode is a :class:`Job` whose :meth:`Job.run_shard` is one straight loop over its
 shard (see ``rewrap.py``, ``reencrypt.py``, ``backfill.py``); this module is what they
-share: the run and its lease, checkpoints, retries, rate limits and the final report.
+share: the run and its lease, checkpoints, retries, rate limits, the final report, and
+the run's audit events (``run_events.py``, into ``ProductRuntime.audit``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from field_encrypt.rotation.ledger import (
     ShardState,
 )
 from field_encrypt.rotation.retry import Retrier, RetryBudgetExhausted, RetryPolicy
+from field_encrypt.rotation.run_events import RunTrail
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,6 +175,7 @@ class ShardWork:
     ledger: RunLedger
     clock: Callable[[], float]
     observer: RunObserver
+    trail: RunTrail
     processed: int = 0
 
     @property
@@ -206,9 +209,16 @@ class ShardWork:
         self.pending = tuple(pending)
         self.processed += delta.changed + delta.failed + delta.skipped
         self.observer.batch_done(delta)
+        self.trail.checkpoint(delta, failures)
 
     def note(self, name: str, **fields: object) -> None:
         self.observer.event(name, fields)
+
+    def documents_done(
+        self, collection: str, items: Sequence[Mapping[str, Any]], *, settled: bool = False
+    ) -> None:
+        """Record a page of migrated documents in the audit trail (after its checkpoint)."""
+        self.trail.documents(collection, items, settled=settled)
 
 
 class Job(Protocol):
@@ -275,6 +285,7 @@ def run_job(
         estimated_total=job.estimated_total,
         skipped_at_start=job.skipped_at_start,
     )
+    trail = RunTrail(runtime.audit, run, worker=options.worker, clock=clock)
 
     def on_retry(exc: Exception, attempt: int, delay: float) -> None:
         observer.event(
@@ -307,7 +318,8 @@ def run_job(
                 on_retry=on_retry,
             )
             observer.run_started(current, shard=index, resumed=resumed)
-            work = _work(run, state, options, retrier, lease, ledger, clock, observer)
+            trail.started(resumed=resumed)
+            work = _work(run, state, options, retrier, lease, ledger, clock, observer, trail)
             try:
                 job.run_shard(work)
             except RetryBudgetExhausted as exc:
@@ -316,12 +328,15 @@ def run_job(
                 stop_reason = str(exc)
                 status = "stopped"
                 observer.event("stopped", {"reason": stop_reason, "cursor": work.cursor})
+                trail.failed(exc, cursor=work.cursor)
                 break
-            except LeaseHeldError:
+            except LeaseHeldError as exc:
+                trail.failed(exc, cursor=work.cursor)
                 raise
-            except BaseException:
+            except BaseException as exc:
                 # Interrupted (Ctrl-C) or a bug: keep the cursor, free the shard.
                 ledger.release_shard(run.run_id, index, owner=owner, now=clock(), done=False)
+                trail.failed(exc, cursor=work.cursor)
                 raise
             processed += work.processed
         ledger.release_shard(run.run_id, index, owner=owner, now=clock(), done=True)
@@ -334,6 +349,14 @@ def run_job(
     if status is None:
         status = final.status if final.finished else "in_progress"
     failures, failure_count = ledger.failures(run.run_id)
+    remaining = job.remaining()
+    duration = monotonic() - started
+    if trail.started_emitted and status == "in_progress":
+        trail.progress(worker_done=True)
+    elif trail.started_emitted and status != "stopped":
+        trail.completed(
+            final, failure_count=failure_count, remaining=remaining, duration_seconds=duration
+        )
     return replace(
         base,
         status=status,
@@ -341,10 +364,10 @@ def run_job(
         resumed=resumed,
         counters=final.counters,
         processed=processed,
-        duration_seconds=monotonic() - started,
+        duration_seconds=duration,
         failures=tuple(failures),
         failure_count=failure_count,
-        remaining=job.remaining(),
+        remaining=remaining,
         stop_reason=stop_reason,
     )
 
@@ -377,6 +400,7 @@ def _work(
     ledger: RunLedger,
     clock: Callable[[], float],
     observer: RunObserver,
+    trail: RunTrail,
 ) -> ShardWork:
     return ShardWork(
         run_id=run.run_id,
@@ -389,4 +413,5 @@ def _work(
         ledger=ledger,
         clock=clock,
         observer=observer,
+        trail=trail,
     )

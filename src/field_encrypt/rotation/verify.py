@@ -22,7 +22,9 @@ from typing import Any
 from field_encrypt.documents import DocumentPage, DocumentStore
 from field_encrypt.errors import FieldEncryptError
 from field_encrypt.products import ProductRuntime
-from field_encrypt.usage import dek_counts
+from field_encrypt.usage import dek_counts  # the one count; re-exported by rotation
+
+__all__ = ["VerifyReport", "dek_counts", "verify"]
 
 EXAMPLES = 5
 

@@ -70,12 +70,16 @@ class SqliteDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error."""
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error.
+
+        Driver errors raised by the statements inside are converted like any other.
+        """
         conn = self.connection()
         with translate_errors():
             conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
+            with translate_errors():
+                yield conn
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -1,0 +1,161 @@
+"""``field-encrypt rotate``: the scheduled rotation, advanced as far as it safely can go.
+
+A scheduler (cron, a CI schedule) calls it again and again; each call prints one line
+saying where the rotation stands and exits with a code the scheduler can act on
+(see docs/cli.md): 0 idle or advanced, 8 waiting for the soak, 9 halted by the stop
+switch, and the usual failure codes when a stage is blocked.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from field_encrypt.cli import output
+from field_encrypt.cli.common import JsonOpt, NowOpt, ProductOpt, clock_from, guarded, iso, opened
+from field_encrypt.cli.exit_codes import ExitCode
+from field_encrypt.errors import ConfigurationError
+from field_encrypt.rotation import (
+    Advance,
+    Policy,
+    advance,
+    load_policy,
+    open_ledger,
+    open_lifecycle,
+    set_halted,
+    state_dict,
+)
+from field_encrypt.rotation.keys import DAY
+
+BLOCKED_EXIT = {
+    "preflight": ExitCode.NOT_VERIFIED,
+    "verify": ExitCode.NOT_VERIFIED,
+    "rewrap-failed": ExitCode.ITEMS_FAILED,
+    "rewrap-stopped": ExitCode.UNAVAILABLE,
+    "retire-gate": ExitCode.REFUSED,
+}
+
+
+@guarded
+def rotate_command(
+    product: ProductOpt,
+    policy_file: Annotated[
+        Path | None,
+        typer.Option("--policy", help="A TOML or JSON policy file (flags override it)."),
+    ] = None,
+    max_age_days: Annotated[
+        float | None,
+        typer.Option("--max-age-days", min=0, help="Start a rotation once the MEK is this old."),
+    ] = None,
+    soak_hours: Annotated[
+        float | None,
+        typer.Option("--soak-hours", min=0, help="Hours between the rewrap and retiring."),
+    ] = None,
+    retention_days: Annotated[
+        float | None,
+        typer.Option("--retention-days", min=0, help="Keep a retired version this long."),
+    ] = None,
+    max_rps: Annotated[
+        float | None,
+        typer.Option("--max-rps", min=0.001, help="Provider calls per second at most."),
+    ] = None,
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Set the stop switch: halt advancing, and exit.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Clear the stop switch, then advance.")
+    ] = False,
+    status: Annotated[
+        bool, typer.Option("--status", help="Show the stage and the policy; change nothing.")
+    ] = False,
+    json_: JsonOpt = False,
+    now: NowOpt = None,
+) -> None:
+    """Run the runbook as a resumable state machine: preflight, create, rewrap, verify, soak, retire."""
+    if sum((stop, resume, status)) > 1:
+        raise ConfigurationError("--stop, --resume and --status exclude each other")
+    policy = load_policy(
+        policy_file,
+        max_age_days=max_age_days,
+        soak_hours=soak_hours,
+        retention_days=retention_days,
+        max_rps=max_rps,
+    )
+    clock, overridden = clock_from(now)
+    if status:
+        _status(product, policy, clock(), json_)
+        return
+    if stop:
+        with opened(product) as rt:
+            state = set_halted(rt, open_lifecycle(rt), True, clock=clock)
+        output.stdout().print(
+            f"{product}: halted at {state.stage} (rotate --resume clears the stop switch)"
+        )
+        return
+    live = output.live_terminal(json_)
+    observer: Any = output.ProgressObserver() if live else output.LogObserver()
+    with opened(product) as rt, observer if live else nullcontext():
+        lifecycle = open_lifecycle(rt)
+        if resume:
+            set_halted(rt, lifecycle, False, clock=clock)
+        result = advance(
+            rt,
+            open_ledger(rt),
+            lifecycle,
+            policy,
+            clock=clock,
+            observer=observer,
+            clock_override=overridden,
+        )
+    if json_:
+        output.emit_json(result.as_dict())
+    else:
+        output.stdout().print(f"{product}: {result.summary}")
+    _exit_for(result)
+
+
+def _exit_for(result: Advance) -> None:
+    if result.outcome in ("idle", "completed"):
+        return
+    if result.outcome == "waiting":
+        raise typer.Exit(ExitCode.WAITING)
+    if result.outcome == "halted":
+        raise typer.Exit(ExitCode.HALTED)
+    assert result.blocked_by is not None
+    failed = [f"{c.name} ({c.detail})" for c in result.checks if not c.ok]
+    output.fail_line(result.summary + (f": {'; '.join(failed)}" if failed else ""))
+    raise typer.Exit(BLOCKED_EXIT[result.blocked_by])
+
+
+def _status(product: str, policy: Policy, now: float, json_: bool) -> None:
+    with opened(product) as rt:
+        state = open_lifecycle(rt).state(rt.encryptor.product)
+        current = next(v for v in rt.provider.versions() if v.current)
+    created = current.created_at.timestamp()
+    data = {
+        **state_dict(state),
+        "current_version": current.version,
+        "current_age_days": round((now - created) / DAY, 2),
+        "next_rotation_due": iso(created + policy.max_age_days * DAY)
+        if state.stage == "idle"
+        else None,
+        "soak_until": iso(state.rewrapped_at + policy.soak_hours * 3600)
+        if state.rewrapped_at is not None and state.stage in ("soak", "retire")
+        else None,
+        "policy": policy.as_dict(),
+        "stop_switch": state.halted or policy.stop,
+    }
+    if json_:
+        output.emit_json(data)
+        return
+    output.stdout().print(
+        output.table(
+            f"Scheduled rotation of {product}",
+            ["what", "value"],
+            [(k, "-" if v is None else v) for k, v in data.items() if k != "policy"]
+            + [(f"policy.{k}", v) for k, v in policy.as_dict().items()],
+        )
+    )

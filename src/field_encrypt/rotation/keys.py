@@ -1,0 +1,183 @@
+"""MEK version operations, each recorded in the audit trail: create, enable, disable, list.
+
+What ``field-encrypt keys`` calls, and what ``retire``, ``compromise`` and the scheduled
+rotation build on, so an operator's command and the automation leave the same events.
+``via`` in each event names the command that acted (``keys disable``, ``rotate``...).
+Nothing here deletes a MEK version: there is no such operation in field-encrypt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from field_encrypt.audit import MEK_VERSION_CREATED, MEK_VERSION_DISABLED, MEK_VERSION_ENABLED
+from field_encrypt.errors import ConfigurationError, RotationError
+from field_encrypt.products import ProductRuntime
+from field_encrypt.providers.base import KeyVersion
+from field_encrypt.rotation.lifecycle import LifecycleStore, VersionNote
+from field_encrypt.rotation.verify import dek_counts
+
+DEFAULT_RETENTION_DAYS = 30.0
+DAY = 86_400.0
+
+
+def iso(seconds: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC time (``None`` stays ``None``)."""
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
+
+
+def emit_mek_event(runtime: ProductRuntime, type: str, version: str, **data: Any) -> None:
+    """One MEK version event (subject ``mek/<name>/<version>``), if the product has a trail."""
+    if runtime.audit is None:
+        return
+    name = runtime.provider.mek_name
+    runtime.audit.emit(
+        type,
+        subject=f"mek/{name}/{version}",
+        data={"mekName": name, "version": version, **data},
+    )
+
+
+def known_version(runtime: ProductRuntime, version: str) -> tuple[KeyVersion, list[KeyVersion]]:
+    """The provider's record of ``version`` and every version; ``ConfigurationError`` if unknown."""
+    versions = runtime.provider.versions()
+    for v in versions:
+        if v.version == version:
+            return v, versions
+    raise ConfigurationError(f"MEK {runtime.provider.mek_name!r} has no version {version!r}")
+
+
+def create_version(runtime: ProductRuntime, *, via: str = "keys create") -> KeyVersion:
+    """A new MEK version, now current (new DEKs are wrapped under it)."""
+    previous = runtime.provider.current_version()
+    version = runtime.provider.create_version()
+    emit_mek_event(runtime, MEK_VERSION_CREATED, version.version, previousVersion=previous, via=via)
+    return version
+
+
+def enable_version(
+    runtime: ProductRuntime, lifecycle: LifecycleStore, version: str, *, via: str = "keys enable"
+) -> KeyVersion:
+    """Enable ``version`` again (a rollback, or to restore old backups).
+
+    A retired version stops being retired (its retention deadline stays); a compromised
+    one stays marked compromised, and the event says so.
+    """
+    known_version(runtime, version)
+    enabled = runtime.provider.set_enabled(version, True)
+    product = runtime.encryptor.product
+    note = lifecycle.note(product, version)
+    if note.retired_at is not None or note.disabled_at is not None:
+        lifecycle.save_note(product, dataclasses.replace(note, retired_at=None, disabled_at=None))
+    emit_mek_event(runtime, MEK_VERSION_ENABLED, version, compromised=note.compromised, via=via)
+    return enabled
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disabled:
+    """What :func:`disable_version` did."""
+
+    version: str
+    retain_until: float
+    cache_evicted: int
+    was_enabled: bool
+
+
+def disable_version(
+    runtime: ProductRuntime,
+    lifecycle: LifecycleStore,
+    version: str,
+    *,
+    retention_days: float = DEFAULT_RETENTION_DAYS,
+    clock: Callable[[], float] = time.time,
+    via: str = "keys disable",
+) -> Disabled:
+    """Disable ``version`` and record its retention deadline; never deletes it.
+
+    Refused (:class:`RotationError`) for the current version and while any DEK is
+    wrapped under it (counted as ``verify`` counts). A deadline already recorded is
+    only ever moved later.
+    """
+    if retention_days < 0:
+        raise ConfigurationError("the retention period must not be negative")
+    found, _ = known_version(runtime, version)
+    if found.current:
+        raise RotationError(
+            f"refusing to disable version {version}: it is the current version "
+            "(create a new one first: field-encrypt keys create)"
+        )
+    still = dek_counts(runtime).get(version, 0)
+    if still:
+        raise RotationError(
+            f"refusing to disable version {version}: {still} DEKs are still wrapped under "
+            f"it (run field-encrypt migrate --mode rewrap-deks first)"
+        )
+    now = clock()
+    if found.enabled:
+        runtime.provider.set_enabled(version, False)
+    evicted = runtime.encryptor.cache.invalidate_version(version)
+    product = runtime.encryptor.product
+    note = lifecycle.note(product, version)
+    retain_until = max(note.retain_until or 0.0, now + retention_days * DAY)
+    lifecycle.save_note(
+        product,
+        dataclasses.replace(note, disabled_at=note.disabled_at or now, retain_until=retain_until),
+    )
+    if found.enabled or note.disabled_at is None:
+        # Also when it was disabled behind our back (in the key service, or by a process
+        # killed before it recorded the change): the trail catches up when it first sees it.
+        emit_mek_event(
+            runtime,
+            MEK_VERSION_DISABLED,
+            version,
+            retainUntil=iso(retain_until),
+            alreadyDisabled=not found.enabled,
+            via=via,
+        )
+    return Disabled(
+        version=version, retain_until=retain_until, cache_evicted=evicted, was_enabled=found.enabled
+    )
+
+
+def version_rows(runtime: ProductRuntime, lifecycle: LifecycleStore) -> list[dict[str, Any]]:
+    """``keys list``: each version's state, DEK count, retention deadline and notes."""
+    counts = dek_counts(runtime)
+    notes = lifecycle.notes(runtime.encryptor.product)
+    rows = []
+    for v in runtime.provider.versions():
+        note = notes.get(v.version, VersionNote(version=v.version))
+        rows.append(
+            {
+                "version": v.version,
+                "state": "enabled" if v.enabled else "disabled",
+                "current": v.current,
+                "created_at": v.created_at.isoformat(timespec="seconds"),
+                "deks": counts.pop(v.version, 0),
+                "retired_at": iso(note.retired_at),
+                "retain_until": iso(note.retain_until),
+                "compromised_at": iso(note.compromised_at),
+                "dek_exposed": note.dek_exposed,
+            }
+        )
+    rows += [
+        {
+            "version": v,
+            "state": "unknown",
+            "current": False,
+            "created_at": None,
+            "deks": n,
+            "retired_at": None,
+            "retain_until": None,
+            "compromised_at": None,
+            "dek_exposed": False,
+        }
+        for v, n in sorted(counts.items())
+    ]
+    return rows
