@@ -53,13 +53,18 @@ DOCUMENT_REENCRYPTED = "io.field-encrypt.document.reencrypted"
 DOCUMENT_BACKFILLED = "io.field-encrypt.document.backfilled"
 DECRYPT_DENIED = "io.field-encrypt.decrypt.denied"
 ROTATION_STAGE = "io.field-encrypt.rotation.stage"
+KEK_CREATED = "io.field-encrypt.kek.created"
+KEK_REWRAPPED = "io.field-encrypt.kek.rewrapped"
+KEK_DELETED = "io.field-encrypt.kek.deleted"
 
 EVENT_TYPES = (
     MEK_VERSION_CREATED, MEK_VERSION_ENABLED, MEK_VERSION_DISABLED, MEK_VERSION_RETIRED,
     MEK_VERSION_COMPROMISED, RUN_STARTED, RUN_PROGRESS, RUN_COMPLETED, RUN_FAILED,
     DEK_REWRAP_FAILED, DEK_SHREDDED, DOCUMENT_REENCRYPTED, DOCUMENT_BACKFILLED,
-    DECRYPT_DENIED, ROTATION_STAGE,
+    DECRYPT_DENIED, ROTATION_STAGE, KEK_CREATED, KEK_REWRAPPED, KEK_DELETED,
 )  # fmt: skip
+KEK_EVENT_TYPES = (KEK_CREATED, KEK_REWRAPPED, KEK_DELETED)
+"""Emitted only by a product with the KEK tier (``FIELD_ENCRYPT_KEY_LAYOUT=kek``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,6 +31,8 @@ def open_sqlite_runtime(
     provider: KeyProvider = tier if tier is not None else mek
     store = SqliteDekStore(database, product=product)
     trail = open_audit_trail(database, product=product, sink=settings.audit_sink)
+    if tier is not None:
+        tier.audit = trail
     encryptor = FieldEncryptor(
         product=product,
         provider=provider,

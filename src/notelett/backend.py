@@ -62,6 +62,8 @@ def open_backend(
     provider = tier if tier is not None else mek
     dek_store = SqliteDekStore(database, product=PRODUCT)
     trail = open_audit_trail(database, product=PRODUCT, sink=encryption.audit_sink)
+    if tier is not None:
+        tier.audit = trail
     encryptor = FieldEncryptor(
         product=PRODUCT,
         provider=provider,

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from field_encrypt import audit
 from field_encrypt.config import load_settings
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import verify
@@ -55,6 +56,21 @@ def _all_read(env: dict[str, str], count: int) -> bool:
     for runtime in _opened(env):
         return read_all(runtime) == {f"doc-{i}": document(i) for i in range(count)}
     return False
+
+
+def _kek_events(env: dict[str, str]) -> list[tuple[str, str, object]]:
+    """The trail's KEK events as ``(type suffix, kekId, reason or version)``; chain intact."""
+    for runtime in _opened(env):
+        assert runtime.audit is not None and runtime.audit.verify().intact
+        return [
+            (
+                e.type.removeprefix(audit.TYPE_PREFIX),
+                e.data["kekId"],
+                e.data.get("reason", e.data.get("toVersion", e.data.get("mekVersion"))),
+            )
+            for e in runtime.audit.events(types=audit.KEK_EVENT_TYPES)
+        ]
+    return []
 
 
 def _json(*args: str) -> dict[str, object]:
@@ -103,6 +119,8 @@ def test_mek_rotation_with_the_tier_follows_the_runbook(tier_env: dict[str, str]
     assert _all_read(tier_env, 150)
     again = _json("migrate", "--product", PRODUCT, "--mode", "rewrap-deks")
     assert (again["matched"], again["rewrapped"]) == (0, 0)
+    kek_id = status["keks"][0]["kek_id"]  # type: ignore[index]
+    assert _kek_events(tier_env) == [("kek.created", kek_id, "1"), ("kek.rewrapped", kek_id, "2")]
 
 
 def test_rewrap_deks_on_the_tier_also_moves_direct_deks(tier_env: dict[str, str]) -> None:
@@ -203,6 +221,11 @@ def test_kek_rotation_is_local_and_deletes_the_old_kek(tier_env: dict[str, str])
         runtime.encryptor.cache.clear()
         assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(40)}
         assert mek.calls["unwrap"] == 1, "40 documents, one KEK unwrap"
+    assert _kek_events(tier_env) == [
+        ("kek.created", old.kek_id, "1"),
+        ("kek.created", new.kek_id, "1"),
+        ("kek.deleted", old.kek_id, "unreferenced"),
+    ]
 
 
 def test_kek_kept_while_a_dek_names_it(tier_env: dict[str, str]) -> None:
@@ -237,6 +260,10 @@ def test_shred_partition_needs_confirmation(tier_env: dict[str, str]) -> None:
     assert refused.exit_code == 6 and "1 DEKs" in refused.output
     done = _json("keys", "shred-partition", "a", "--product", PRODUCT, "--yes-destroy-data")
     assert (done["keks_deleted"], done["deks_shredded"]) == (1, 1)
+    assert [(t, r) for t, _, r in _kek_events(tier_env)][-1] == (
+        "kek.deleted",
+        "partition-shredded",
+    )
     for runtime in _opened(tier_env):
         records = {
             d.id: d for d in runtime.documents["records"].scan(cursor=None, limit=10).documents

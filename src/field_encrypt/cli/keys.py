@@ -312,7 +312,7 @@ def keys_shred_partition(
                 f"refusing to shred partition {partition!r} ({len(keks)} KEKs, {deks} DEKs) "
                 "without --yes-destroy-data: its documents become unreadable for good"
             )
-        deleted = tier.shred_partition(partition)
+        deleted = tier.shred_partition(partition, deks=deks)
     if json_:
         output.emit_json({"partition": partition, "keks_deleted": deleted, "deks_shredded": deks})
     else:

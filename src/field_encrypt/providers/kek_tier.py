@@ -33,6 +33,7 @@ from typing import Literal
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from field_encrypt.audit import KEK_CREATED, KEK_DELETED, KEK_REWRAPPED, AuditTrail
 from field_encrypt.cache import DekCache
 from field_encrypt.errors import DecryptionError, KeyProviderError
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
@@ -80,6 +81,7 @@ class KekTierProvider:
         product: str,
         layout: Layout = "kek",
         cache: DekCache | None = None,
+        audit: AuditTrail | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if layout not in ("direct", "kek"):
@@ -92,6 +94,8 @@ class KekTierProvider:
         self.mek_name = mek.mek_name
         self.remote = mek.remote
         self.cache = cache if cache is not None else DekCache(max_entries=1000)
+        self.audit = audit
+        """Where KEK lifecycle events go (created, rewrapped, deleted); ``None``: nowhere."""
         self._random = random_bytes
 
     def with_mek(self, mek: KeyProvider) -> KekTierProvider:
@@ -102,6 +106,7 @@ class KekTierProvider:
             product=self.product,
             layout=self.layout,
             cache=self.cache,
+            audit=self.audit,
             random_bytes=self._random,
         )
 
@@ -191,6 +196,7 @@ class KekTierProvider:
             algorithm=wrapped.algorithm,
         )
         self.cache.put(bytes.fromhex(kek_id), AESGCM(key), wrapped.mek_version)
+        self._event(KEK_CREATED, record, mekVersion=record.mek_version)
         return record
 
     def rewrap_keks(
@@ -229,6 +235,9 @@ class KekTierProvider:
                     self.cache.invalidate(bytes.fromhex(record.kek_id))
                     rewrapped += 1
                     moved.append(record.kek_id)
+                    self._event(
+                        KEK_REWRAPPED, record, fromVersion=record.mek_version, toVersion=target
+                    )
                     break
                 record = self.keks.get(record.kek_id)
             else:
@@ -274,15 +283,29 @@ class KekTierProvider:
                 self.cache.invalidate(bytes.fromhex(record.kek_id))
                 if self.keks.delete(record.kek_id):
                     deleted.append(record.kek_id)
+                    self._event(KEK_DELETED, record, reason="unreferenced", deks=0)
         return deleted, kept
 
-    def shred_partition(self, partition: str) -> int:
-        """Destroy every KEK of a partition: all of its DEKs become unreadable. How many."""
+    def shred_partition(self, partition: str, *, deks: int | None = None) -> int:
+        """Destroy every KEK of a partition: all of its DEKs become unreadable. How many.
+
+        ``deks``: how many DEK rows name those KEKs, if the caller counted (recorded in the
+        ``kek.deleted`` events).
+        """
         doomed = [k for k in self.keks.all() if k.partition == partition]
         for record in doomed:
             self.cache.invalidate(bytes.fromhex(record.kek_id))
-            self.keks.delete(record.kek_id)
+            if self.keks.delete(record.kek_id):
+                self._event(KEK_DELETED, record, reason="partition-shredded", deks=deks)
         return len(doomed)
+
+    def _event(self, type: str, record: KekRecord, **data: object) -> None:
+        if self.audit is not None:
+            self.audit.emit(
+                type,
+                subject=f"kek/{record.kek_id}",
+                data={"kekId": record.kek_id, "partition": record.partition, **data},
+            )
 
     def _kek(self, kek_id: str) -> AESGCM:
         raw_id = bytes.fromhex(kek_id)
