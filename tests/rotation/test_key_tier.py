@@ -16,6 +16,7 @@ import pytest
 
 from field_encrypt import audit
 from field_encrypt.config import load_settings
+from field_encrypt.errors import DecryptionError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import verify
 from field_encrypt.stores.kek import KEK_PREFIX
@@ -271,5 +272,5 @@ def test_shred_partition_needs_confirmation(tier_env: dict[str, str]) -> None:
         assert runtime.encryptor.decrypt_document("records", "b", records["b"].fields) == document(
             0
         )
-        with pytest.raises(Exception):  # noqa: B017 - NotFoundError: the KEK is gone
+        with pytest.raises(DecryptionError):  # the KEK is gone
             runtime.encryptor.decrypt_document("records", "a", records["a"].fields)

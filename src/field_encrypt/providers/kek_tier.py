@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt.audit import KEK_CREATED, KEK_DELETED, KEK_REWRAPPED, AuditTrail
 from field_encrypt.cache import DekCache
-from field_encrypt.errors import DecryptionError, KeyProviderError
+from field_encrypt.errors import DecryptionError, KeyProviderError, NotFoundError
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
 from field_encrypt.stores.kek import KEK_PREFIX, KekRecord, KekStore
 
@@ -312,7 +312,10 @@ class KekTierProvider:
         entry = self.cache.lookup(raw_id)
         if entry is not None:
             return entry[0]
-        record = self.keks.get(kek_id)
+        try:
+            record = self.keks.get(kek_id)
+        except NotFoundError:
+            raise DecryptionError() from None  # the KEK was shredded: so were its DEKs
         key = self.mek.unwrap(
             record.wrapped,
             version=record.mek_version,
