@@ -10,6 +10,7 @@ CLI and the service always agree on where things are (and a note's DELETE record
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build_provider
@@ -36,6 +37,9 @@ class Backend:
     runtime: ProductRuntime
     notes: NotesRepository
     directory: WorkspaceDirectory
+    dek_version: Callable[[str], str | None] = lambda _workspace: None
+    """The version a workspace's new DEKs are wrapped under (``None``: the provider's
+    default); its own KEK with ``NOTELETT_KEK_PER_WORKSPACE``."""
 
     @property
     def encryptor(self) -> FieldEncryptor:
@@ -89,4 +93,10 @@ def open_backend(
         audit=trail,
         kek_tier=tier,
     )
-    return Backend(runtime=runtime, notes=notes, directory=SqliteWorkspaceDirectory(database))
+    per_workspace = tier is not None and tier.layout == "kek" and settings.kek_per_workspace
+    return Backend(
+        runtime=runtime,
+        notes=notes,
+        directory=SqliteWorkspaceDirectory(database),
+        dek_version=tier.dek_version if per_workspace and tier is not None else lambda _w: None,
+    )

@@ -71,3 +71,39 @@ def test_notes_go_under_a_kek_and_survive_a_mek_rotation(
         for i, note_id in enumerate(ids):
             got = client.get(f"/api/notes/{note_id}", headers=auth())
             assert got.status_code == 200 and got.json()["title"] == f"t{i}"
+
+
+def test_kek_per_workspace_shreds_one_workspace(
+    tmp_path: Path, settings: NoteLettSettings, provider: LocalKeyProvider
+) -> None:
+    """NOTELETT_KEK_PER_WORKSPACE: each workspace's notes go under its own KEK; shredding
+    ws-a's partition makes ws-a's notes unreadable (500) and leaves ws-b's readable."""
+    encryption = field_encrypt.load_settings(
+        environ={"FIELD_ENCRYPT_KEY_LAYOUT": "kek"},
+        keyring=str(tmp_path / "keyring.json"),
+        mek_name="notelett-test-mek",
+    )
+    per_workspace = settings.model_copy(update={"kek_per_workspace": True})
+    backend = open_backend(encryption, per_workspace, provider=provider)
+    add_members(backend)
+    try:
+        tier = backend.runtime.kek_tier
+        assert tier is not None
+        with TestClient(create_app(per_workspace, backend=backend)) as client:
+            ids = {}
+            for workspace in ("ws-a", "ws-b"):
+                answer = client.post(
+                    "/api/notes",
+                    json={"workspaceId": workspace, "title": workspace, "body": "b", "tags": []},
+                    headers=auth("carol"),
+                )
+                assert answer.status_code == 201, answer.text
+                ids[workspace] = answer.json()["id"]
+            assert sorted(k.partition for k in tier.keks.all()) == ["ws-a", "ws-b"]
+            assert tier.shred_partition("ws-a") == 1
+            backend.encryptor.cache.clear()  # what the cache TTL does in a real process
+            assert client.get(f"/api/notes/{ids['ws-a']}", headers=auth("carol")).status_code == 500
+            kept = client.get(f"/api/notes/{ids['ws-b']}", headers=auth("carol"))
+            assert kept.status_code == 200 and kept.json()["title"] == "ws-b"
+    finally:
+        backend.close()

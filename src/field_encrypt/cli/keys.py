@@ -313,6 +313,8 @@ def keys_shred_partition(
                 "without --yes-destroy-data: its documents become unreadable for good"
             )
         deleted = tier.shred_partition(partition, deks=deks)
+        for k in keks:  # this process's cached DEKs of the partition go too
+            rt.encryptor.cache.invalidate_version("kek:" + k.kek_id)
     if json_:
         output.emit_json({"partition": partition, "keks_deleted": deleted, "deks_shredded": deks})
     else:
