@@ -274,3 +274,33 @@ def test_shred_partition_needs_confirmation(tier_env: dict[str, str]) -> None:
         )
         with pytest.raises(DecryptionError):  # the KEK is gone
             runtime.encryptor.decrypt_document("records", "a", records["a"].fields)
+
+
+def test_dek_exposed_compromise_covers_every_dek_under_an_exposed_kek(
+    tier_env: dict[str, str],
+) -> None:
+    """A KEK keeps its key when rewrapped: DEKs created after the compromise was declared,
+    under a KEK that existed before it, are re-encrypted too; the partition gets a new KEK;
+    the exposed KEK is deleted once no DEK names it."""
+    from field_encrypt.rotation import SqliteLifecycleStore, SqliteRunLedger, respond_to_compromise
+
+    for runtime in _opened(tier_env):
+        seed(runtime, 10)
+        assert runtime.kek_tier is not None
+        (exposed,) = runtime.kek_tier.keks.all()
+        ledger, lifecycle = (
+            SqliteRunLedger(runtime.database),
+            SqliteLifecycleStore(runtime.database),
+        )
+        first = respond_to_compromise(runtime, ledger, lifecycle, "1")  # not (yet) DEK-exposed
+        assert first.stopped_at is None and dek_counts(runtime) == {"2": 10}
+        seed(runtime, 5, start=10)  # later writes, still under the same KEK (now on version 2)
+        assert runtime.dek_store.count_by_version() == {KEK_PREFIX + exposed.kek_id: 15}
+        report = respond_to_compromise(runtime, ledger, lifecycle, "1", dek_exposed=True)
+        assert report.stopped_at is None
+        assert report.reencrypt is not None and report.reencrypt.counters.changed == 15
+        assert [k.kek_id for k in runtime.kek_tier.keks.all()] != [exposed.kek_id]
+        assert exposed.kek_id not in {k.kek_id for k in runtime.kek_tier.keks.all()}
+        assert KEK_PREFIX + exposed.kek_id not in runtime.dek_store.count_by_version()
+        runtime.encryptor.cache.clear()
+        assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(15)}
