@@ -304,3 +304,21 @@ def test_dek_exposed_compromise_covers_every_dek_under_an_exposed_kek(
         assert KEK_PREFIX + exposed.kek_id not in runtime.dek_store.count_by_version()
         runtime.encryptor.cache.clear()
         assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(15)}
+
+
+def test_rotate_kek_resumes_after_kill_9_without_a_second_kek(tier_env: dict[str, str]) -> None:
+    """Killed mid-rotation twice, the same command finishes the rotation under way (the
+    partition's retired KEK still named by DEKs) instead of starting another: one new KEK,
+    the old one deleted, every document readable after every kill."""
+    for runtime in _opened(tier_env):
+        seed(runtime, 60)
+        assert runtime.kek_tier is not None
+        (old,) = runtime.kek_tier.keks.all()
+    _killed_then_finished(tier_env, "rotate-kek", ["store:2", "store:2"], 60)
+    for runtime in _opened(tier_env):
+        assert runtime.kek_tier is not None
+        (new,) = runtime.kek_tier.keks.all()
+        assert new.kek_id != old.kek_id and new.active
+        assert runtime.dek_store.count_by_version() == {KEK_PREFIX + new.kek_id: 60}
+    created = [k for t, k, _ in _kek_events(tier_env) if t == "kek.created"]
+    assert created == [old.kek_id, new.kek_id]
