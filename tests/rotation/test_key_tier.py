@@ -302,8 +302,31 @@ def test_dek_exposed_compromise_covers_every_dek_under_an_exposed_kek(
         assert [k.kek_id for k in runtime.kek_tier.keks.all()] != [exposed.kek_id]
         assert exposed.kek_id not in {k.kek_id for k in runtime.kek_tier.keks.all()}
         assert KEK_PREFIX + exposed.kek_id not in runtime.dek_store.count_by_version()
+        (fresh,) = runtime.kek_tier.keks.all()
+        assert runtime.dek_store.count_by_version() == {KEK_PREFIX + fresh.kek_id: 15}
         runtime.encryptor.cache.clear()
         assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(15)}
+
+
+def test_reencrypt_on_the_tier_puts_fresh_deks_under_the_kek(tier_env: dict[str, str]) -> None:
+    """re-encrypt after a MEK rotation selects by effective version: DEKs under a KEK on the
+    old version get fresh DEKs under the active KEK; a re-run finds nothing to do."""
+    for runtime in _opened(tier_env):
+        seed(runtime, 12)
+        runtime.provider.create_version()
+        assert runtime.kek_tier is not None
+        runtime.kek_tier.new_kek("")  # a KEK on version 2 for the fresh DEKs
+    report = _json("migrate", "--product", PRODUCT, "--mode", "re-encrypt")
+    assert (report["changed"], report["remaining"]) == (12, 0)
+    for runtime in _opened(tier_env):
+        assert runtime.kek_tier is not None
+        active = runtime.kek_tier.keks.active("")
+        assert active is not None and active.mek_version == "2"
+        assert runtime.dek_store.count_by_version() == {KEK_PREFIX + active.kek_id: 12}
+        assert dek_counts(runtime) == {"2": 12}
+    assert _all_read(tier_env, 12)
+    again = _json("migrate", "--product", PRODUCT, "--mode", "re-encrypt")
+    assert (again["matched"], again["changed"]) == (0, 0)
 
 
 def test_rotate_kek_resumes_after_kill_9_without_a_second_kek(tier_env: dict[str, str]) -> None:

@@ -270,7 +270,7 @@ class ExposedReencryptJob(ReencryptJob):
             record = records.get(document.dek_id)
             if (
                 record is None
-                or record.mek_version == self.only
+                or self.effective_version(record.mek_version) == self.only
                 or record.created_at < self.created_before
                 or record.mek_version in self.exposed_keks
             ):
