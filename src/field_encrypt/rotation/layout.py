@@ -26,6 +26,7 @@ from field_encrypt.errors import ConfigurationError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
+from field_encrypt.rotation.ledger import Mode
 from field_encrypt.rotation.rewrap import RewrapJob, is_kek_version
 from field_encrypt.rotation.run import MigrationOptions, ShardWork
 from field_encrypt.stores.kek import KEK_PREFIX
@@ -72,14 +73,14 @@ class _TierJob(RewrapJob):
             runtime,
             options,
             provider=provider,
-            mode=self.layout_mode,  # type: ignore[arg-type]
+            mode=self.layout_mode,
             target=target,
             tier=tier,
             sources=sources,
             verify_sample=verify_sample,
         )
 
-    layout_mode: str = ""
+    layout_mode: Mode = "to-kek"
 
     def after_shard(self, work: ShardWork) -> None:
         if work.shard[1] > 1 and self.remaining():
@@ -110,7 +111,7 @@ class _TierJob(RewrapJob):
 class ToKekJob(_TierJob):
     """``to-kek``: DEKs under MEK versions move under the active KEK of the default partition."""
 
-    layout_mode = "to-kek"
+    layout_mode: Mode = "to-kek"
 
     def __init__(
         self,
@@ -144,7 +145,7 @@ class ToKekJob(_TierJob):
 class ToDirectJob(_TierJob):
     """``to-direct``: DEKs under KEKs move back under the MEK; the KEKs are then deleted."""
 
-    layout_mode = "to-direct"
+    layout_mode: Mode = "to-direct"
 
     def __init__(
         self,
@@ -180,7 +181,7 @@ class RotateKekJob(_TierJob):
     starts one by creating a new KEK.
     """
 
-    layout_mode = "rotate-kek"
+    layout_mode: Mode = "rotate-kek"
 
     def __init__(
         self,
