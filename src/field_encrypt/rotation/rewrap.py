@@ -59,7 +59,6 @@ from field_encrypt.usage import dek_counts
 MAX_CONFLICT_ROUNDS: Final = 3
 CALLS_PER_CHECKED_DEK: Final = 3
 """Remote: rewrap, then unwrap of the new and of the old wrap. In-process: unwrap, wrap, unwrap."""
-CALLS_PER_DEK = CALLS_PER_CHECKED_DEK  # the name the dry run and older callers use
 
 _ITEM_ERRORS = (DecryptionError, UnsupportedFormatError, KeyProviderError)
 """Errors that fail one DEK and let the run go on (transient ones are retried first)."""
