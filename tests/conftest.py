@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["tests.backends"]
+
 IN_CI = bool(os.environ.get("CI"))
 _skipped: list[str] = []
 

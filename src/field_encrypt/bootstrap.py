@@ -12,8 +12,7 @@ from field_encrypt.errors import ConfigurationError
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.stores.base import DekStore
-from field_encrypt.stores.kek import KekStore, SqliteKekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
+from field_encrypt.stores.kek import KekStore
 
 
 def build_provider(settings: Settings) -> KeyProvider:
@@ -143,11 +142,10 @@ def sqlite_path(settings: Settings) -> str:
 
 
 def build_store(settings: Settings, *, product: str) -> DekStore:
-    """The dek_store in ``settings.database``."""
-    from field_encrypt.stores.sqlite import SqliteDekStore
-    from field_encrypt.stores.sqlite_db import SqliteDatabase
+    """The dek_store in the database ``settings.database`` names (SQLite, PostgreSQL, Cosmos)."""
+    from field_encrypt.stores.databases import open_database, open_dek_store
 
-    return SqliteDekStore(SqliteDatabase(sqlite_path(settings)), product=product)
+    return open_dek_store(open_database(settings), product=product)
 
 
 def init_encryption(
@@ -174,10 +172,16 @@ def init_encryption(
     store = store if store is not None else build_store(settings, product=product)
     if provider is None:
         provider = build_provider(settings)
+        from field_encrypt.stores.databases import database_kind_of, open_kek_store
+
         database = getattr(store, "database", None)
-        if isinstance(database, SqliteDatabase):  # the kek_store lives beside the dek_store
+        try:
+            database_kind_of(database)
+        except TypeError:  # a store of the application's own: no kek_store beside it
+            database = None
+        if database is not None:  # the kek_store lives beside the dek_store
             tier = build_key_layout(
-                provider, settings, SqliteKekStore(database, product=product), product=product
+                provider, settings, open_kek_store(database, product=product), product=product
             )
             provider = tier if tier is not None else provider
         elif settings.key_layout == "kek":

@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     key_provider: ProviderName = "local"
     mek_name: str = "field-encrypt-mek"
     database: str = "var/field-encrypt.db"
-    """A SQLite file path, or a database URL for the other stores."""
+    """A SQLite file path, a ``postgresql://`` URL or a ``cosmos://`` URL (docs/stores.md)."""
+    cosmos_key: SecretStr | None = None
+    """The Cosmos DB account key; without it the Cosmos store signs in with Entra ID."""
 
     key: SecretStr | None = None
     key_version: str = "1"

@@ -1,4 +1,10 @@
-"""Open a product's runtime on the embedded default: SQLite for DEKs, documents and audit."""
+"""Open a product's runtime: provider, dek_store, documents, audit trail and encryptor.
+
+:func:`open_runtime` picks SQLite, PostgreSQL or Cosmos DB from ``FIELD_ENCRYPT_DATABASE``;
+:func:`open_sqlite_runtime` is the SQLite case, kept for callers that want only that. The
+audit trail lives in SQLite only so far: on the other stores ``runtime.audit`` is ``None``
+and nothing is recorded.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,13 @@ from field_encrypt.config import Settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
+from field_encrypt.stores.databases import (
+    database_kind,
+    open_database,
+    open_dek_store,
+    open_document_store,
+    open_kek_store,
+)
 from field_encrypt.stores.kek import SqliteKekStore
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
@@ -55,5 +68,52 @@ def open_sqlite_runtime(
         database=database,
         resources=[database],
         audit=trail,
+        kek_tier=tier,
+    )
+
+
+def open_runtime(
+    settings: Settings, *, product: str, collections: Mapping[str, Sequence[str]]
+) -> ProductRuntime:
+    """Provider from settings; dek_store, kek_store and JSON documents in the database
+    settings name (the provider is the KEK tier with ``FIELD_ENCRYPT_KEY_LAYOUT=kek``).
+
+    ``runtime.database`` is the shared database object (``SqliteDatabase``,
+    ``PostgresDatabase`` or ``CosmosDatabase``), for the ledger (and, on SQLite, the audit
+    trail).
+    """
+    if database_kind(settings.database) == "sqlite":
+        return open_sqlite_runtime(settings, product=product, collections=collections)
+    mek = build_provider(settings)
+    database = open_database(settings)
+    try:
+        store = open_dek_store(database, product=product)
+        documents = {name: open_document_store(database, collection=name) for name in collections}
+        tier = build_key_layout(
+            mek, settings, open_kek_store(database, product=product), product=product
+        )
+    except BaseException:
+        database.close()
+        raise
+    provider: KeyProvider = tier if tier is not None else mek
+    encryptor = FieldEncryptor(
+        product=product,
+        provider=provider,
+        store=store,
+        collections=collections,
+        cache=DekCache(
+            max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds
+        ),
+        enabled=settings.enabled,
+        allow_plaintext=settings.allow_plaintext,
+    )
+    return ProductRuntime(
+        settings=settings,
+        provider=provider,
+        dek_store=store,
+        encryptor=encryptor,
+        documents=documents,
+        database=database,
+        resources=[database],
         kek_tier=tier,
     )

@@ -1,30 +1,35 @@
 """Open NoteLett's parts from settings: provider, dek_store, encryptor and repositories.
 
 With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the provider is the KEK tier over the MEK, its
-kek_store in the same database. Everything shares one SQLite file (``NOTELETT_DATABASE``,
+kek_store in the same database. Everything shares one database (``NOTELETT_DATABASE``,
 else ``FIELD_ENCRYPT_DATABASE``, else ``var/notelett.db``): the dek_store, the kek_store,
 the notes, the directory, the rotation ledger and the audit trail, so the ``field-encrypt``
 CLI and the service always agree on where things are (and a note's DELETE records
-``dek.shredded`` in the same trail as a rotation).
+``dek.shredded`` in the same trail as a rotation). The database is SQLite, PostgreSQL or
+Cosmos DB, by the URL's form (docs/stores.md); the audit trail is kept on SQLite only so
+far (elsewhere there is none).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build_provider
 from field_encrypt.audit import open_audit_trail
 from field_encrypt.bootstrap import build_key_layout
 from field_encrypt.products import ProductRuntime
-from field_encrypt.stores.kek import SqliteKekStore
-from field_encrypt.stores.sqlite import SqliteDekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
+from field_encrypt.stores.databases import (
+    database_kind,
+    open_database,
+    open_dek_store,
+    open_kek_store,
+)
 from notelett.documents import NotesDocumentStore
 from notelett.repository import NotesRepository, WorkspaceDirectory
 from notelett.service import COLLECTION, ENCRYPTED_FIELDS
-from notelett.settings import NoteLettSettings, database_path
-from notelett.sqlite_store import SqliteNotesRepository, SqliteWorkspaceDirectory
+from notelett.settings import NoteLettSettings, database_url
 
 PRODUCT = "notelett"
 COLLECTIONS = {COLLECTION: list(ENCRYPTED_FIELDS)}
@@ -58,14 +63,25 @@ def open_backend(
     encryption: Settings, settings: NoteLettSettings, *, provider: KeyProvider | None = None
 ) -> Backend:
     """Everything NoteLett needs, opened from the two groups of settings."""
-    database = SqliteDatabase(database_path(settings, encryption))
+    url = database_url(settings, encryption)
     mek = provider if provider is not None else build_provider(encryption)
-    tier = build_key_layout(
-        mek, encryption, SqliteKekStore(database, product=PRODUCT), product=PRODUCT
-    )
+    database = open_database(encryption.model_copy(update={"database": url}))
+    kind = database_kind(url)
+    try:
+        dek_store = open_dek_store(database, product=PRODUCT)
+        tier = build_key_layout(
+            mek, encryption, open_kek_store(database, product=PRODUCT), product=PRODUCT
+        )
+        notes, directory = _repositories(database, kind)
+        trail = (
+            open_audit_trail(database, product=PRODUCT, sink=encryption.audit_sink)
+            if kind == "sqlite"
+            else None
+        )
+    except BaseException:
+        database.close()
+        raise
     provider = tier if tier is not None else mek
-    dek_store = SqliteDekStore(database, product=PRODUCT)
-    trail = open_audit_trail(database, product=PRODUCT, sink=encryption.audit_sink)
     if tier is not None:
         tier.audit = trail
     encryptor = FieldEncryptor(
@@ -81,7 +97,6 @@ def open_backend(
         token_form="binary",
         audit=trail,
     )
-    notes = SqliteNotesRepository(database)
     runtime = ProductRuntime(
         settings=encryption,
         provider=provider,
@@ -97,6 +112,21 @@ def open_backend(
     return Backend(
         runtime=runtime,
         notes=notes,
-        directory=SqliteWorkspaceDirectory(database),
+        directory=directory,
         dek_version=tier.dek_version if per_workspace and tier is not None else lambda _w: None,
     )
+
+
+def _repositories(database: Any, kind: str) -> tuple[NotesRepository, WorkspaceDirectory]:
+    """The notes repository and workspace directory of ``kind`` in ``database``."""
+    if kind == "postgres":
+        from notelett.postgres_store import PostgresNotesRepository, PostgresWorkspaceDirectory
+
+        return PostgresNotesRepository(database), PostgresWorkspaceDirectory(database)
+    if kind == "cosmos":
+        from notelett.cosmos_store import CosmosNotesRepository, CosmosWorkspaceDirectory
+
+        return CosmosNotesRepository(database), CosmosWorkspaceDirectory(database)
+    from notelett.sqlite_store import SqliteNotesRepository, SqliteWorkspaceDirectory
+
+    return SqliteNotesRepository(database), SqliteWorkspaceDirectory(database)

@@ -30,8 +30,9 @@ class NoteLettSettings(BaseSettings):
     port: int = Field(default=4016, ge=1, le=65535)
 
     database: str | None = None
-    """SQLite file for notes and the dek_store; else ``FIELD_ENCRYPT_DATABASE``; else
-    ``var/notelett.db``."""
+    """Where notes and the dek_store live: a SQLite file, ``postgresql://...`` or
+    ``cosmos://...`` (the forms ``FIELD_ENCRYPT_DATABASE`` takes); else
+    ``FIELD_ENCRYPT_DATABASE``; else ``var/notelett.db``."""
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_secret: SecretStr | None = None
@@ -62,6 +63,15 @@ def load_notelett_settings(**overrides: object) -> NoteLettSettings:
             for err in exc.errors()
         )
         raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+def database_url(settings: NoteLettSettings, encryption: Settings) -> str:
+    """The database NoteLett uses: its own setting, else the library's, else the default."""
+    if settings.database:
+        return settings.database
+    if "database" in encryption.model_fields_set:
+        return encryption.database
+    return DEFAULT_DATABASE
 
 
 def database_path(settings: NoteLettSettings, encryption: Settings) -> str:

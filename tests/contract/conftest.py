@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 
+from field_encrypt.documents import DocumentStore
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.env import EnvKeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
@@ -25,6 +26,7 @@ from field_encrypt.stores.base import DekStore
 from field_encrypt.stores.kek import KekStore, SqliteKekStore
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
+from tests.backends import BACKEND_KINDS
 from tests.harnesses import (  # noqa: F401 - package-scoped fixtures used by the harnesses
     HARNESS_FIXTURES,
     RemoteHarness,
@@ -105,7 +107,7 @@ class KekTierHarness:
 
 PROVIDER_KINDS = ["local", "env", "kek-tier", "akv", "aws-kms", "pkcs11"]
 REMOTE_PROVIDER_KINDS = ["akv", "aws-kms"]
-STORE_KINDS = ["sqlite"]
+STORE_KINDS = BACKEND_KINDS
 
 
 @pytest.fixture(params=PROVIDER_KINDS)
@@ -136,15 +138,48 @@ def dek_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DekSto
         yield SqliteDekStore(database, product="contract")
         database.close()
         return
+    if kind == "postgres":
+        from field_encrypt.stores.postgres import PostgresDekStore
+        from field_encrypt.stores.postgres_db import PostgresDatabase
+
+        pg = PostgresDatabase(request.getfixturevalue("postgres_url"))
+        yield PostgresDekStore(pg, product="contract")
+        pg.close()
+        return
+    if kind == "cosmos":
+        from field_encrypt.stores.cosmos import CosmosDekStore
+        from field_encrypt.stores.cosmos_db import CosmosDatabase
+
+        key = request.getfixturevalue("cosmos_server").key
+        cosmos = CosmosDatabase.connect(request.getfixturevalue("cosmos_url"), key=key)
+        yield CosmosDekStore(cosmos, product="contract")
+        cosmos.close()
+        return
     raise AssertionError(kind)
 
 
 @pytest.fixture(params=STORE_KINDS)
 def kek_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KekStore]:
-    kind = request.param
-    if kind == "sqlite":
-        database = SqliteDatabase(tmp_path / "keks.db")
-        yield SqliteKekStore(database, product="contract")
-        database.close()
-        return
-    raise AssertionError(kind)
+    """The product's kek_store in one fresh database of each kind."""
+    from field_encrypt.stores.databases import open_database, open_kek_store
+    from tests.backends import backend_for
+
+    backend = backend_for(request.param, request, tmp_path)
+    database = open_database(backend.settings())
+    yield open_kek_store(database, product="contract")
+    database.close()
+
+
+OpenCollection = Callable[[str], DocumentStore]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def open_collection(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenCollection]:
+    """Opens generic document stores (any collection) in one fresh database of each kind."""
+    from field_encrypt.stores.databases import open_database, open_document_store
+    from tests.backends import backend_for
+
+    backend = backend_for(request.param, request, tmp_path)
+    database = open_database(backend.settings())
+    yield lambda collection: open_document_store(database, collection=collection)
+    database.close()

@@ -16,6 +16,7 @@ import field_encrypt
 from field_encrypt.providers.local import LocalKeyProvider
 from notelett import NoteLettSettings, create_app
 from notelett.backend import Backend, open_backend
+from tests.backends import backend_for
 
 SECRET = "test-secret-" + "s" * 64
 ISSUER = "https://idp.test"
@@ -26,9 +27,23 @@ MEMBERS = {"alice": ["ws-a"], "bob": ["ws-b"], "carol": ["ws-a", "ws-b"]}
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> NoteLettSettings:
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The notes database: SQLite unless a module parametrizes it over ``BACKEND_KINDS``."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database of ``store_kind`` (a SQLite file in tmp_path by default)."""
+    if store_kind == "sqlite":
+        return str(tmp_path / "notelett.db")
+    return backend_for(store_kind, request, tmp_path).url
+
+
+@pytest.fixture
+def settings(database_url: str) -> NoteLettSettings:
     return NoteLettSettings(
-        database=str(tmp_path / "notelett.db"),
+        database=database_url,
         jwt_secret=SECRET,  # type: ignore[arg-type]
         jwt_issuer=ISSUER,
         jwt_audience=AUDIENCE,
@@ -38,9 +53,14 @@ def settings(tmp_path: Path) -> NoteLettSettings:
 
 
 @pytest.fixture
-def encryption(tmp_path: Path) -> field_encrypt.Settings:
+def encryption(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> field_encrypt.Settings:
+    extra = {}
+    if store_kind == "cosmos":
+        extra["cosmos_key"] = request.getfixturevalue("cosmos_server").key
     return field_encrypt.load_settings(
-        environ={}, keyring=str(tmp_path / "keyring.json"), mek_name="notelett-test-mek"
+        environ={}, keyring=str(tmp_path / "keyring.json"), mek_name="notelett-test-mek", **extra
     )
 
 

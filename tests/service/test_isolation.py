@@ -9,7 +9,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.backends import BACKEND_KINDS
+
 from .conftest import auth
+
+pytestmark = pytest.mark.parametrize("store_kind", BACKEND_KINDS, indirect=True)
 
 CreateNote = Callable[..., dict[str, Any]]
 MISSING = "0" * 32

@@ -12,8 +12,11 @@ from field_encrypt import NotFoundError
 from notelett import create_app
 from notelett.backend import Backend
 from notelett.service import NotesService
+from tests.backends import BACKEND_KINDS
 
 from .conftest import auth
+
+pytestmark = pytest.mark.parametrize("store_kind", BACKEND_KINDS, indirect=True)
 
 CreateNote = Callable[..., dict[str, Any]]
 

@@ -13,48 +13,32 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
-from field_encrypt import DekStore, KeyProvider, WrapUpdate
-from field_encrypt.providers.base import dek_context
+from field_encrypt.products import ProductRuntime
+from field_encrypt.rotation import MigrationOptions, migrate, open_ledger
 from notelett import NoteLettSettings, create_app
-from notelett.backend import PRODUCT, Backend
+from notelett.backend import Backend
+from tests.backends import BACKEND_KINDS
 
 from .conftest import auth
 from .server import NoteLettServer, start_server
 from .test_uvicorn import server_env
 
+pytestmark = pytest.mark.parametrize("store_kind", BACKEND_KINDS, indirect=True)
 
-def rewrap_all(provider: KeyProvider, store: DekStore, *, to_version: str) -> int:
-    """Rewrap every DEK not yet under ``to_version``; how many were rewrapped.
 
-    Test-only stand-in: this loop will be replaced by the ``field-encrypt`` rotation CLI.
+def rewrap_all(runtime: ProductRuntime, *, to_version: str) -> int:
+    """Step 3 with the rotation engine (what ``field-encrypt migrate`` runs); DEKs rewrapped.
+
+    The run ledger lives in the same database as the notes, whichever store that is.
     """
-    done = 0
-    cursor = None
-    while True:
-        page = store.scan(cursor=cursor, limit=7, exclude_version=to_version)
-        updates = []
-        for record in page.records:
-            wrapped = provider.rewrap(
-                record.wrapped,
-                from_version=record.mek_version,
-                to_version=to_version,
-                context=dek_context(PRODUCT, record.dek_id),
-            )
-            updates.append(
-                WrapUpdate(
-                    record=record,
-                    mek_version=wrapped.mek_version,
-                    wrapped=wrapped.ciphertext,
-                    algorithm=wrapped.algorithm,
-                )
-            )
-        assert store.replace_wraps(updates) == []
-        done += len(updates)
-        if page.cursor is None:
-            return done
-        cursor = page.cursor
+    options = MigrationOptions(mode="rewrap-deks", new_version=to_version, batch_size=7)
+    report = migrate(runtime, open_ledger(runtime), options)
+    assert report.status == "completed", report
+    assert report.counters.failed == 0
+    return report.counters.changed
 
 
 def _wait_for_version(server: NoteLettServer, version: str, timeout: float = 10.0) -> None:
@@ -148,9 +132,9 @@ def test_notes_stay_readable_through_a_rotation_from_v1_to_v2(
         try:
             assert provider.create_version().version == "2"  # step 1
             _wait_for_version(old, "2")  # step 2
-            assert rewrap_all(provider, store, to_version="2") == 40  # step 3
+            assert rewrap_all(backend.runtime, to_version="2") == 40  # step 3
             assert store.count_not_on("2") == 0  # step 4
-            assert rewrap_all(provider, store, to_version="2") == 0  # idempotent
+            assert rewrap_all(backend.runtime, to_version="2") == 0  # idempotent
             provider.set_enabled("1", False)  # step 5
             _read_each(old.base_url, {k: v for k, v in expected.items() if k not in warm})
             _read_all(old.base_url, expected)

@@ -19,7 +19,9 @@ from .server import NoteLettServer, start_server
 def server_env(settings: NoteLettSettings, backend: Backend) -> dict[str, str]:
     """The environment that points a server process at the test's database and keyring."""
     encryption = backend.runtime.settings
+    key = encryption.cosmos_key
     return {
+        **({"FIELD_ENCRYPT_COSMOS_KEY": key.get_secret_value()} if key is not None else {}),
         "NOTELETT_DATABASE": str(settings.database),
         "NOTELETT_JWT_SECRET": SECRET,
         "NOTELETT_JWT_ISSUER": ISSUER,

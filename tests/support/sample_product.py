@@ -1,8 +1,8 @@
 """A sample product for the CLI and rotation tests: ``tests.support.sample_product:product``.
 
 One collection, ``records``, with an encrypted top-level field (``ssn``) and a nested one
-(``profile.note``), opened on the embedded default (SQLite + the provider the settings
-name). Variants for the reliability tests:
+(``profile.note``), opened on the database ``FIELD_ENCRYPT_DATABASE`` names (SQLite,
+PostgreSQL or Cosmos DB) with the provider the settings name. Variants for the reliability tests:
 
 * ``counting_product``: the provider is wrapped in a :class:`CountingProvider`, kept in
   :data:`LAST_COUNTER` so an in-process test can read how many calls a command made;
@@ -29,7 +29,7 @@ from field_encrypt.config import Settings
 from field_encrypt.documents import StoredDocument
 from field_encrypt.products import Product, ProductRuntime
 from field_encrypt.providers.base import KeyProvider, KeyVersion
-from field_encrypt.runtime import open_sqlite_runtime
+from field_encrypt.runtime import open_runtime
 from field_encrypt.stores.base import DekPage, DekRecord, DekStore, WrapUpdate
 from field_encrypt.testing import CountingProvider, FaultInjectingProvider
 
@@ -39,7 +39,7 @@ LAST_COUNTER: list[CountingProvider] = []
 
 
 def _open(settings: Settings) -> ProductRuntime:
-    return open_sqlite_runtime(settings, product=NAME, collections=COLLECTIONS)
+    return open_runtime(settings, product=NAME, collections=COLLECTIONS)
 
 
 product = Product(name=NAME, collections=COLLECTIONS, open=_open)

@@ -35,7 +35,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt.audit import KEK_CREATED, KEK_DELETED, KEK_REWRAPPED, AuditTrail
 from field_encrypt.cache import DekCache
-from field_encrypt.errors import DecryptionError, KeyProviderError, NotFoundError
+from field_encrypt.errors import (
+    AlreadyExistsError,
+    DecryptionError,
+    KeyProviderError,
+    NotFoundError,
+)
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
 from field_encrypt.stores.kek import KEK_PREFIX, KekRecord, KekStore
 
@@ -136,7 +141,12 @@ class KekTierProvider:
         """``"kek:<id>"`` of the partition's active KEK, creating the KEK if there is none."""
         record = self.keks.active(partition)
         if record is None:
-            record = self.new_kek(partition)
+            try:
+                record = self.new_kek(partition)
+            except AlreadyExistsError:  # another process created it at the same moment
+                record = self.keks.active(partition)
+                if record is None:
+                    raise
         return KEK_PREFIX + record.kek_id
 
     def effective_version(self, version: str) -> str:

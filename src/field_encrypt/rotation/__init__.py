@@ -45,25 +45,49 @@ from field_encrypt.rotation.schedule import Advance, advance, set_halted, state_
 from field_encrypt.rotation.sqlite_ledger import SqliteRunLedger
 from field_encrypt.rotation.sqlite_lifecycle import SqliteLifecycleStore
 from field_encrypt.rotation.verify import VerifyReport, dek_counts, verify
-from field_encrypt.stores.sqlite_db import SqliteDatabase
+from field_encrypt.stores.databases import database_kind_of
 
 
 def open_ledger(runtime: ProductRuntime) -> RunLedger:
-    """The run ledger in the product's own database (``ProductRuntime.database``)."""
-    if isinstance(runtime.database, SqliteDatabase):
-        return SqliteRunLedger(runtime.database)
-    raise ConfigurationError(
-        f"no run ledger for a {type(runtime.database).__name__} database in this build"
-    )
+    """The run ledger in the product's own database (``ProductRuntime.database``).
+
+    SQLite, PostgreSQL or Cosmos DB: every worker of a run, on any machine, must reach the
+    same database, which is all they share.
+    """
+    try:
+        kind = database_kind_of(runtime.database)
+    except TypeError:
+        raise ConfigurationError(
+            f"no run ledger for a {type(runtime.database).__name__} database in this build"
+        ) from None
+    if kind == "postgres":
+        from field_encrypt.rotation.postgres_ledger import PostgresRunLedger
+
+        return PostgresRunLedger(runtime.database)
+    if kind == "cosmos":
+        from field_encrypt.rotation.cosmos_ledger import CosmosRunLedger
+
+        return CosmosRunLedger(runtime.database)
+    return SqliteRunLedger(runtime.database)
 
 
 def open_lifecycle(runtime: ProductRuntime) -> LifecycleStore:
     """Version notes and the rotation state in the product's own database."""
-    if isinstance(runtime.database, SqliteDatabase):
-        return SqliteLifecycleStore(runtime.database)
-    raise ConfigurationError(
-        f"no key lifecycle store for a {type(runtime.database).__name__} database in this build"
-    )
+    try:
+        kind = database_kind_of(runtime.database)
+    except TypeError:
+        raise ConfigurationError(
+            f"no key lifecycle store for a {type(runtime.database).__name__} database in this build"
+        ) from None
+    if kind == "postgres":
+        from field_encrypt.rotation.postgres_lifecycle import PostgresLifecycleStore
+
+        return PostgresLifecycleStore(runtime.database)
+    if kind == "cosmos":
+        from field_encrypt.rotation.cosmos_lifecycle import CosmosLifecycleStore
+
+        return CosmosLifecycleStore(runtime.database)
+    return SqliteLifecycleStore(runtime.database)
 
 
 __all__ = [

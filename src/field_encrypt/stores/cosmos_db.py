@@ -1,0 +1,339 @@
+"""One Azure Cosmos DB database shared by a product's stores: client, containers, errors.
+
+``FIELD_ENCRYPT_DATABASE`` names the account and the database::
+
+    cosmos://myaccount.documents.azure.com:443/?database=notelett
+
+The key comes from ``FIELD_ENCRYPT_COSMOS_KEY``; without it the client signs in with
+``azure.identity.DefaultAzureCredential`` (managed identity, workload identity, ``az login``).
+Other query parameters:
+
+``provision``
+    ``true``: create the database and containers when missing (needs the account key or a
+    control-plane role). ``false``: only check that they exist with the right partition key,
+    and fail at start-up otherwise (data-plane RBAC cannot create containers). Default:
+    ``true`` with a key, ``false`` with Microsoft Entra ID.
+``ca_cert``
+    A PEM file of CAs to verify the endpoint with (the emulator, a test server).
+``throttle_retries``, ``throttle_wait``
+    How often (default 9) and how long in total (default 30 s) the SDK itself retries a 429
+    before the store raises ``StoreUnavailableError`` with ``retry_after`` set.
+``write_concurrency``
+    Threads writing one batch item by item (default 8): Cosmos DB's transactional batch is
+    limited to one logical partition, so a batch of wraps is many point writes.
+
+Errors are converted once, in :func:`translate_errors`: 404 ``NotFoundError``, 409
+``AlreadyExistsError``, 412 ``ConcurrentUpdateError``; 429, 408, 449 and 503 and connection
+failures ``StoreUnavailableError`` (``retry_after`` from ``x-ms-retry-after-ms``); anything else
+``StoreError``.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from field_encrypt.errors import (
+    AlreadyExistsError,
+    ConcurrentUpdateError,
+    ConfigurationError,
+    NotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
+
+try:
+    from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
+    from azure.cosmos import (
+        ContainerProxy,
+        CosmosClient,
+        DatabaseProxy,
+        PartitionKey,
+        SSLConfiguration,
+    )
+    from azure.cosmos._retry_options import RetryOptions
+    from azure.cosmos.documents import ConnectionPolicy
+    from azure.cosmos.exceptions import CosmosHttpResponseError
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ConfigurationError(
+        "the Cosmos DB store needs the 'cosmos' extra: pip install 'field-encrypt[cosmos]'"
+    ) from exc
+
+__all__ = ["CosmosDatabase", "CosmosOptions", "parse_url", "translate_errors"]
+
+PARTITION_KEY_PATH = "/pk"
+"""Every container field-encrypt provisions is partitioned on ``/pk``."""
+
+PARTITIONS = 256
+"""Logical partitions per product (dek_store) or per collection (documents): the ``/pk`` value
+carries one of these numbers, taken from the id's hash bucket, so a point read derives its
+partition key from the id alone. Fixed: changing it moves every item."""
+
+_TRANSIENT_STATUS = frozenset({408, 429, 449, 503})
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CosmosOptions:
+    """What the ``cosmos://`` URL says besides the endpoint."""
+
+    database: str
+    provision: bool | None = None
+    ca_cert: str | None = None
+    throttle_retries: int = 9
+    throttle_wait: float = 30.0
+    write_concurrency: int = 8
+
+
+def parse_url(url: str) -> tuple[str, CosmosOptions]:
+    """The account endpoint (``https://host:port/``) and the options of a ``cosmos://`` URL."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "cosmos" or not parts.hostname:
+        raise ConfigurationError("a Cosmos DB URL looks like cosmos://HOST[:PORT]/?database=NAME")
+    query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    known = {"database", "provision", "ca_cert", "throttle_retries", "throttle_wait"}
+    known.add("write_concurrency")
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise ConfigurationError(f"unknown Cosmos DB URL parameter(s): {', '.join(unknown)}")
+    if not query.get("database"):
+        raise ConfigurationError("the Cosmos DB URL needs ?database=NAME")
+    try:
+        options = CosmosOptions(
+            database=query["database"],
+            provision=_flag(query["provision"]) if "provision" in query else None,
+            ca_cert=query.get("ca_cert") or None,
+            throttle_retries=int(query.get("throttle_retries", 9)),
+            throttle_wait=float(query.get("throttle_wait", 30)),
+            write_concurrency=int(query.get("write_concurrency", 8)),
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid Cosmos DB URL parameter: {exc}") from None
+    if options.write_concurrency < 1 or options.throttle_retries < 0:
+        raise ConfigurationError("write_concurrency must be >= 1 and throttle_retries >= 0")
+    port = f":{parts.port}" if parts.port else ""
+    return f"https://{parts.hostname}{port}/", options
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(f"provision={value!r} (use true or false)")
+
+
+class CosmosDatabase:
+    """A Cosmos DB database, its containers, and a thread pool for item-by-item batches."""
+
+    def __init__(
+        self,
+        database: DatabaseProxy,
+        *,
+        provision: bool = True,
+        write_concurrency: int = 8,
+        client: CosmosClient | None = None,
+    ) -> None:
+        """Wrap an existing ``DatabaseProxy``; ``client`` is closed by :meth:`close` if given."""
+        self.database = database
+        self.provision = provision
+        self.write_concurrency = write_concurrency
+        self._client = client
+        self._containers: dict[str, ContainerProxy] = {}
+        self._executor = ThreadPoolExecutor(write_concurrency, thread_name_prefix="cosmos-write")
+
+    @classmethod
+    def connect(
+        cls, url: str, *, key: str | None = None, credential: Any = None, **client_kwargs: Any
+    ) -> CosmosDatabase:
+        """Open the database a ``cosmos://`` URL names, with ``key`` or an Entra ID credential.
+
+        ``client_kwargs`` go to ``CosmosClient`` (a ``transport=`` for tests, for example).
+        """
+        endpoint, options = parse_url(url)
+        if key is None and credential is None:
+            try:
+                from azure.identity import DefaultAzureCredential
+            except ImportError:
+                raise ConfigurationError(
+                    "set FIELD_ENCRYPT_COSMOS_KEY, or install azure-identity to sign in with "
+                    "Microsoft Entra ID"
+                ) from None
+            credential = DefaultAzureCredential()
+        policy = ConnectionPolicy()
+        policy.RetryOptions = RetryOptions(
+            max_retry_attempt_count=options.throttle_retries,
+            max_wait_time_in_seconds=int(options.throttle_wait),
+        )
+        if options.ca_cert is not None:
+            ssl_config = SSLConfiguration()
+            ssl_config.SSLCaCerts = options.ca_cert
+            client_kwargs.setdefault("ssl_config", ssl_config)
+        provision = options.provision if options.provision is not None else key is not None
+        with translate_errors():
+            client = CosmosClient(
+                endpoint,
+                credential=key if key is not None else credential,
+                connection_policy=policy,
+                **client_kwargs,
+            )
+            if provision:
+                database = client.create_database_if_not_exists(options.database)
+            else:
+                database = client.get_database_client(options.database)
+        return cls(
+            database,
+            provision=provision,
+            write_concurrency=options.write_concurrency,
+            client=client,
+        )
+
+    def __repr__(self) -> str:
+        return f"CosmosDatabase({self.database.id!r})"
+
+    def container(self, name: str) -> ContainerProxy:
+        """The container ``name`` (partitioned on ``/pk``), created first if provisioning.
+
+        Raises ``ConfigurationError`` if it is missing (without provisioning) or is partitioned
+        on another path.
+        """
+        found = self._containers.get(name)
+        if found is not None:
+            return found
+        with translate_errors():
+            if self.provision:
+                container = self.database.create_container_if_not_exists(
+                    id=name, partition_key=PartitionKey(path=PARTITION_KEY_PATH)
+                )
+            else:
+                container = self.database.get_container_client(name)
+            try:
+                properties = container.read()
+            except CosmosHttpResponseError as exc:
+                if exc.status_code != 404:
+                    raise
+                raise ConfigurationError(
+                    f"Cosmos DB container {self.database.id}/{name} does not exist; create it "
+                    f"with partition key {PARTITION_KEY_PATH} (or set provision=true)"
+                ) from None
+        paths = properties.get("partitionKey", {}).get("paths")
+        if paths != [PARTITION_KEY_PATH]:
+            raise ConfigurationError(
+                f"Cosmos DB container {name} is partitioned on {paths}, not {PARTITION_KEY_PATH}"
+            )
+        self._containers[name] = container
+        return container
+
+    def each(self, function: Callable[[T], Any], items: Sequence[T]) -> list[Any]:
+        """``function`` over ``items`` on the write threads; results in order.
+
+        Waits for every call before raising the first error, so nothing is still writing when
+        this returns.
+        """
+        if len(items) <= 1:
+            return [function(item) for item in items]
+        futures = [self._executor.submit(function, item) for item in items]
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        """Stop the write threads and close the client (if this object opened it)."""
+        self._executor.shutdown(wait=True)
+        if self._client is not None:
+            self._client.close()
+
+
+def partition_of(bucket: int) -> int:
+    """The logical partition (0 .. PARTITIONS - 1) of a 16-bit hash bucket."""
+    return bucket * PARTITIONS // 65536
+
+
+def scan_partitions(
+    container: ContainerProxy,
+    *,
+    partition_keys: Sequence[str],
+    where: str,
+    parameters: list[dict[str, Any]],
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to ``limit`` items of ``partition_keys``, in order, resuming after ``cursor``.
+
+    Each partition is one single-partition query (``c.pk = @pk`` is in the WHERE as well as
+    ``partition_key=``, because the test server ignores the latter). The cursor is
+    ``"<position>:<continuation token>"``: Cosmos DB's own token within the partition at that
+    position of ``partition_keys``.
+    """
+    position, token = 0, None
+    if cursor:
+        head, _, rest = cursor.partition(":")
+        position, token = int(head), rest or None
+    query = (
+        f"SELECT * FROM c WHERE c.pk = @pk AND ({where})"
+        if where
+        else ("SELECT * FROM c WHERE c.pk = @pk")
+    )
+    items: list[dict[str, Any]] = []
+    with translate_errors():
+        while position < len(partition_keys) and len(items) < limit:
+            key = partition_keys[position]
+            pages: Any = container.query_items(
+                query,
+                parameters=[{"name": "@pk", "value": key}, *parameters],
+                partition_key=key,
+                max_item_count=limit - len(items),
+            ).by_page(token)
+            page = next(pages, None)
+            if page is not None:
+                items.extend(page)
+            token = pages.continuation_token if page is not None else None
+            if token is None:
+                position += 1
+    if position >= len(partition_keys):
+        return items, None
+    return items, f"{position}:{token or ''}"
+
+
+def first_value(result: Iterable[Any]) -> Any:
+    """The one value of a ``SELECT VALUE COUNT(1)`` query (an iterable holding ``[n]``)."""
+    return next(iter(result))
+
+
+def retry_after(error: CosmosHttpResponseError) -> float | None:
+    """Seconds from the ``x-ms-retry-after-ms`` header, if the service sent one."""
+    headers = getattr(error, "headers", None) or {}
+    value = headers.get("x-ms-retry-after-ms")
+    try:
+        return int(value) / 1000 if value is not None else None
+    except ValueError:
+        return None
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Convert Cosmos DB SDK errors into the library's store errors, once."""
+    try:
+        yield
+    except CosmosHttpResponseError as exc:
+        status = exc.status_code
+        message = f"Cosmos DB answered {status}"
+        if status == 404:
+            raise NotFoundError(message, cause=exc) from exc
+        if status == 409:
+            raise AlreadyExistsError(message, cause=exc) from exc
+        if status == 412:
+            raise ConcurrentUpdateError(message, cause=exc) from exc
+        if status in _TRANSIENT_STATUS:
+            raise StoreUnavailableError(message, cause=exc, retry_after=retry_after(exc)) from exc
+        raise StoreError(message, cause=exc) from exc
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise StoreUnavailableError(f"Cosmos DB unreachable: {exc}", cause=exc) from exc
+    except AzureError as exc:
+        raise StoreError(f"Cosmos DB error: {exc}", cause=exc) from exc

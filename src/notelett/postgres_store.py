@@ -1,0 +1,291 @@
+"""The PostgreSQL implementations of :class:`NotesRepository` and :class:`WorkspaceDirectory`.
+
+Notes live in the same database as the dek_store (``FIELD_ENCRYPT_DATABASE``). A stored field
+is a binary token, a text token or plaintext, so each encrypted field has two columns:
+``title`` (``bytea``) for binary tokens and ``title_text`` (``text``) for the others; at most
+one is set. ``seq`` (an identity column) orders listings and scans, so pagination is a keyset
+walk of the ``(workspace_id, seq)`` index, and ``seq % n`` splits a scan into shards. Schema
+changes are named migrations recorded by :class:`PostgresDatabase`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from field_encrypt import ConcurrentUpdateError, NotFoundError
+from field_encrypt.stores.postgres_db import Migration, PostgresDatabase
+from field_encrypt.stores.sharding import check_shard
+from notelett.errors import InvalidCursorError
+from notelett.repository import NotePage, NoteRecord, StoredValue
+
+MIGRATIONS = (
+    Migration(
+        "notelett_0001_directory",
+        """
+        CREATE TABLE workspaces (
+            id text PRIMARY KEY,
+            name text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE users (
+            id text PRIMARY KEY,
+            name text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE memberships (
+            user_id text NOT NULL REFERENCES users (id),
+            workspace_id text NOT NULL REFERENCES workspaces (id),
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (user_id, workspace_id)
+        );
+        """,
+    ),
+    Migration(
+        "notelett_0002_notes",
+        """
+        CREATE TABLE notes (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            workspace_id text NOT NULL REFERENCES workspaces (id),
+            title bytea,
+            title_text text,
+            body bytea,
+            body_text text,
+            tags text[] NOT NULL,
+            dek_id text,
+            revision bigint NOT NULL,
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL,
+            deleting boolean NOT NULL DEFAULT false,
+            CHECK (title IS NULL OR title_text IS NULL),
+            CHECK (body IS NULL OR body_text IS NULL)
+        );
+        CREATE INDEX notes_workspace ON notes (workspace_id, seq);
+        CREATE INDEX notes_dek ON notes (dek_id);
+        CREATE INDEX notes_deleting ON notes (seq) WHERE deleting;
+        """,
+    ),
+)
+
+_COLUMNS = (
+    "seq, id, workspace_id, title, title_text, body, body_text, tags, dek_id, revision, "
+    "created_at, updated_at, deleting"
+)
+
+
+class PostgresNotesRepository:
+    """Notes in the product's PostgreSQL database."""
+
+    def __init__(self, database: PostgresDatabase) -> None:
+        self.database = database
+        database.migrate(MIGRATIONS)
+
+    def __repr__(self) -> str:
+        return f"PostgresNotesRepository({self.database!r})"
+
+    def insert(self, note: NoteRecord) -> NoteRecord:
+        title, title_text = _split(note.title)
+        body, body_text = _split(note.body)
+        self.database.query(  # a taken id raises AlreadyExistsError
+            "INSERT INTO notes (id, workspace_id, title, title_text, body, body_text, tags, "
+            "dek_id, revision, created_at, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s)",
+            (
+                note.id,
+                note.workspace_id,
+                title,
+                title_text,
+                body,
+                body_text,
+                list(note.tags),
+                note.dek_id,
+                note.created_at,
+                note.updated_at,
+            ),
+        )
+        return dataclasses.replace(note, revision=1, deleting=False)
+
+    def get(self, note_id: str) -> NoteRecord:
+        rows = self.database.query(
+            f"SELECT {_COLUMNS} FROM notes WHERE id = %s AND NOT deleting", (note_id,)
+        )
+        if not rows:
+            raise NotFoundError(f"note {note_id} not found")
+        return _record(rows[0])
+
+    def list_workspace(self, workspace_id: str, *, cursor: str | None, limit: int) -> NotePage:
+        before = _position(cursor, default=2**63 - 1)
+        rows = self.database.query(
+            f"SELECT {_COLUMNS} FROM notes WHERE workspace_id = %s AND seq < %s AND NOT deleting "
+            "ORDER BY seq DESC LIMIT %s",
+            (workspace_id, before, limit + 1),
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return NotePage(
+            notes=[_record(r) for r in rows], cursor=str(rows[-1][0]) if more and rows else None
+        )
+
+    def replace(
+        self,
+        note_id: str,
+        *,
+        expected_revision: int,
+        title: StoredValue,
+        body: StoredValue,
+        tags: tuple[str, ...],
+        dek_id: str | None,
+        updated_at: dt.datetime,
+    ) -> NoteRecord:
+        title_bin, title_text = _split(title)
+        body_bin, body_text = _split(body)
+        rows = self.database.query(
+            "UPDATE notes SET title = %s, title_text = %s, body = %s, body_text = %s, "
+            "tags = %s, dek_id = %s, updated_at = %s, revision = revision + 1 "
+            f"WHERE id = %s AND revision = %s AND NOT deleting RETURNING {_COLUMNS}",
+            (
+                title_bin,
+                title_text,
+                body_bin,
+                body_text,
+                list(tags),
+                dek_id,
+                updated_at,
+                note_id,
+                expected_revision,
+            ),
+        )
+        if not rows:
+            self.get(note_id)  # NotFoundError when it is gone or being deleted
+            raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
+        return _record(rows[0])
+
+    def mark_deleting(self, note_id: str, *, expected_revision: int | None) -> NoteRecord:
+        sql = f"UPDATE notes SET deleting = true WHERE id = %s RETURNING {_COLUMNS}"
+        params: tuple[object, ...] = (note_id,)
+        if expected_revision is not None:
+            sql = (
+                "UPDATE notes SET deleting = true WHERE id = %s AND revision = %s "
+                f"RETURNING {_COLUMNS}"
+            )
+            params += (expected_revision,)
+        rows = self.database.query(sql, params)
+        if rows:
+            return _record(rows[0])
+        if not self.database.query("SELECT 1 FROM notes WHERE id = %s", (note_id,)):
+            raise NotFoundError(f"note {note_id} not found")
+        raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
+
+    def remove(self, note_id: str) -> bool:
+        return bool(self.database.query("DELETE FROM notes WHERE id = %s RETURNING 1", (note_id,)))
+
+    def pending_deletes(self, *, limit: int) -> list[NoteRecord]:
+        rows = self.database.query(
+            f"SELECT {_COLUMNS} FROM notes WHERE deleting ORDER BY seq LIMIT %s", (limit,)
+        )
+        return [_record(r) for r in rows]
+
+    def scan(self, *, cursor: str | None, limit: int, shard: tuple[int, int] | None) -> NotePage:
+        sql = f"SELECT {_COLUMNS} FROM notes WHERE seq > %s AND NOT deleting"
+        params: list[object] = [_position(cursor, default=0)]
+        if shard is not None:
+            index, count = check_shard(shard)
+            sql += " AND seq %% %s = %s"
+            params += [count, index]
+        rows = self.database.query(sql + " ORDER BY seq LIMIT %s", (*params, limit))
+        return NotePage(
+            notes=[_record(r) for r in rows],
+            cursor=str(rows[-1][0]) if len(rows) == limit else None,
+        )
+
+    def count(self) -> int:
+        ((count,),) = self.database.query("SELECT count(*) FROM notes WHERE NOT deleting")
+        return int(count)
+
+    def ping(self) -> None:
+        self.database.query("SELECT 1")
+
+
+class PostgresWorkspaceDirectory:
+    """Workspaces, users and memberships in the product's PostgreSQL database."""
+
+    def __init__(self, database: PostgresDatabase) -> None:
+        self.database = database
+        database.migrate(MIGRATIONS)
+
+    def __repr__(self) -> str:
+        return f"PostgresWorkspaceDirectory({self.database!r})"
+
+    def is_member(self, user_id: str, workspace_id: str) -> bool:
+        return bool(
+            self.database.query(
+                "SELECT 1 FROM memberships WHERE user_id = %s AND workspace_id = %s",
+                (user_id, workspace_id),
+            )
+        )
+
+    def add_workspace(self, workspace_id: str, *, name: str) -> None:
+        self.database.query(
+            "INSERT INTO workspaces (id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (workspace_id, name),
+        )
+
+    def add_user(self, user_id: str, *, name: str) -> None:
+        self.database.query(
+            "INSERT INTO users (id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (user_id, name),
+        )
+
+    def add_member(self, user_id: str, workspace_id: str) -> None:
+        self.database.query(
+            "INSERT INTO memberships (user_id, workspace_id) VALUES (%s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (user_id, workspace_id),
+        )
+
+
+def _split(value: StoredValue) -> tuple[bytes | None, str | None]:
+    """A stored value as its (binary, text) column pair."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value), None
+    return None, value
+
+
+def _position(cursor: str | None, *, default: int) -> int:
+    if cursor is None:
+        return default
+    if not cursor.isdigit() or len(cursor) > 19:
+        raise InvalidCursorError()
+    return int(cursor)
+
+
+def _record(row: tuple[Any, ...]) -> NoteRecord:
+    (
+        _,
+        note_id,
+        workspace_id,
+        title,
+        title_text,
+        body,
+        body_text,
+        tags,
+        dek_id,
+        revision,
+        created,
+        updated,
+        deleting,
+    ) = row
+    return NoteRecord(
+        id=note_id,
+        workspace_id=workspace_id,
+        title=title if title is not None else title_text,
+        body=body if body is not None else body_text,
+        tags=tuple(tags),
+        dek_id=dek_id,
+        revision=int(revision),
+        created_at=created,
+        updated_at=updated,
+        deleting=bool(deleting),
+    )
