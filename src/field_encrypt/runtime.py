@@ -2,8 +2,7 @@
 
 :func:`open_runtime` picks SQLite, PostgreSQL or Cosmos DB from ``FIELD_ENCRYPT_DATABASE``;
 :func:`open_sqlite_runtime` is the SQLite case, kept for callers that want only that. The
-audit trail lives in SQLite only so far: on the other stores ``runtime.audit`` is ``None``
-and nothing is recorded.
+audit trail lives in the same database, whichever it is (``audit.open_audit_trail``).
 """
 
 from __future__ import annotations
@@ -66,8 +65,8 @@ def open_runtime(
     """Provider from settings; dek_store and JSON documents in the database settings name.
 
     ``runtime.database`` is the shared database object (``SqliteDatabase``,
-    ``PostgresDatabase`` or ``CosmosDatabase``), for the ledger (and, on SQLite, the audit
-    trail).
+    ``PostgresDatabase`` or ``CosmosDatabase``), for the ledger; ``runtime.audit`` is the
+    product's audit trail in it.
     """
     if database_kind(settings.database) == "sqlite":
         return open_sqlite_runtime(settings, product=product, collections=collections)
@@ -76,6 +75,7 @@ def open_runtime(
     try:
         store = open_dek_store(database, product=product)
         documents = {name: open_document_store(database, collection=name) for name in collections}
+        trail = open_audit_trail(database, product=product, sink=settings.audit_sink)
     except BaseException:
         database.close()
         raise
@@ -89,6 +89,7 @@ def open_runtime(
         ),
         enabled=settings.enabled,
         allow_plaintext=settings.allow_plaintext,
+        audit=trail,
     )
     return ProductRuntime(
         settings=settings,
@@ -98,4 +99,5 @@ def open_runtime(
         documents=documents,
         database=database,
         resources=[database],
+        audit=trail,
     )
