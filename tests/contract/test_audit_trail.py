@@ -321,3 +321,22 @@ def test_concurrent_writers_never_fork_the_chain(harness: TrailHarness) -> None:
     assert [e.seq for e in events] == list(range(events[0].seq, events[0].seq + 100))
     for name in ("0", "1"):
         assert [e.data["i"] for e in events if e.subject == f"run/{name}"] == list(range(50))
+
+
+@pytest.mark.parametrize("harness", ["cosmos"], indirect=True)
+def test_a_head_left_behind_is_caught_up(harness: TrailHarness) -> None:
+    """Cosmos DB: a writer that died after its event but before the head moved loses nothing.
+
+    The next writer reads forward past the stale head and links to the newest event.
+    """
+    trail = harness.open()
+    _fill(trail, 3)
+    raw = harness.raw
+    assert isinstance(raw, CosmosRaw)
+    head = raw.container.read_item("head", partition_key=PRODUCT)
+    first_hash = raw.read(1)[1]
+    raw.container.upsert_item({**head, "seq": 1, "hash": first_hash})
+    fourth = trail.emit(audit.DEK_SHREDDED, subject="dek/a")
+    assert (fourth.seq, fourth.prevhash) == (4, raw.read(3)[1])
+    assert trail.verify() == audit.ChainReport(events=4, intact=True, head=fourth.hash)
+    assert raw.container.read_item("head", partition_key=PRODUCT)["seq"] == 4
