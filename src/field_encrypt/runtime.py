@@ -2,8 +2,7 @@
 
 :func:`open_runtime` picks SQLite, PostgreSQL or Cosmos DB from ``FIELD_ENCRYPT_DATABASE``;
 :func:`open_sqlite_runtime` is the SQLite case, kept for callers that want only that. The
-audit trail lives in SQLite only so far: on the other stores ``runtime.audit`` is ``None``
-and nothing is recorded.
+audit trail lives in the same database, whichever it is (``audit.open_audit_trail``).
 """
 
 from __future__ import annotations
@@ -79,8 +78,8 @@ def open_runtime(
     settings name (the provider is the KEK tier with ``FIELD_ENCRYPT_KEY_LAYOUT=kek``).
 
     ``runtime.database`` is the shared database object (``SqliteDatabase``,
-    ``PostgresDatabase`` or ``CosmosDatabase``), for the ledger (and, on SQLite, the audit
-    trail).
+    ``PostgresDatabase`` or ``CosmosDatabase``), for the ledger; ``runtime.audit`` is the
+    product's audit trail in it.
     """
     if database_kind(settings.database) == "sqlite":
         return open_sqlite_runtime(settings, product=product, collections=collections)
@@ -92,10 +91,13 @@ def open_runtime(
         tier = build_key_layout(
             mek, settings, open_kek_store(database, product=product), product=product
         )
+        trail = open_audit_trail(database, product=product, sink=settings.audit_sink)
     except BaseException:
         database.close()
         raise
     provider: KeyProvider = tier if tier is not None else mek
+    if tier is not None:
+        tier.audit = trail
     encryptor = FieldEncryptor(
         product=product,
         provider=provider,
@@ -106,6 +108,7 @@ def open_runtime(
         ),
         enabled=settings.enabled,
         allow_plaintext=settings.allow_plaintext,
+        audit=trail,
     )
     return ProductRuntime(
         settings=settings,
@@ -116,4 +119,5 @@ def open_runtime(
         database=database,
         resources=[database],
         kek_tier=tier,
+        audit=trail,
     )

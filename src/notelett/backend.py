@@ -6,8 +6,8 @@ else ``FIELD_ENCRYPT_DATABASE``, else ``var/notelett.db``): the dek_store, the k
 the notes, the directory, the rotation ledger and the audit trail, so the ``field-encrypt``
 CLI and the service always agree on where things are (and a note's DELETE records
 ``dek.shredded`` in the same trail as a rotation). The database is SQLite, PostgreSQL or
-Cosmos DB, by the URL's form (docs/stores.md); the audit trail is kept on SQLite only so
-far (elsewhere there is none).
+Cosmos DB, by the URL's form (docs/stores.md), and the audit trail is kept in it whichever
+it is.
 """
 
 from __future__ import annotations
@@ -73,11 +73,7 @@ def open_backend(
             mek, encryption, open_kek_store(database, product=PRODUCT), product=PRODUCT
         )
         notes, directory = _repositories(database, kind)
-        trail = (
-            open_audit_trail(database, product=PRODUCT, sink=encryption.audit_sink)
-            if kind == "sqlite"
-            else None
-        )
+        trail = open_audit_trail(database, product=PRODUCT, sink=encryption.audit_sink)
     except BaseException:
         database.close()
         raise

@@ -1,4 +1,5 @@
-"""The KEK tier on every store: documents under a KEK, MEK rotation moves the KEK only."""
+"""The KEK tier on every store: documents under a KEK, MEK rotation moves the KEK only,
+and the KEK's lifecycle is in the store's audit trail."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from field_encrypt import audit
 from field_encrypt.rotation import MigrationOptions, migrate, open_ledger
 from field_encrypt.runtime import open_runtime
 from field_encrypt.stores.kek import KEK_PREFIX
@@ -43,6 +45,9 @@ def test_mek_rotation_under_the_tier_on_every_store(store_backend: Backend, tmp_
         report = migrate(runtime, open_ledger(runtime), MigrationOptions(mode="rewrap-deks"))
         assert (report.status, report.counters.changed, report.remaining) == ("completed", 8, 0)
         assert dek_counts(runtime) == {"2": 8} and count_not_on(runtime, "2") == 0
+        assert runtime.audit is not None
+        kinds = [e.type for e in runtime.audit.events(types=audit.KEK_EVENT_TYPES)]
+        assert kinds == [audit.KEK_CREATED, audit.KEK_REWRAPPED]
     finally:
         runtime.close()
     fresh = open_runtime(settings, product="notelett", collections=COLLECTIONS)
