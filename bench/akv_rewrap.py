@@ -1,26 +1,24 @@
-"""Rewrap throughput against a throttled Key Vault: what fraction of the vault's limit a rewrap
-sustains, with zero failed DEKs.
+"""Rewrap throughput of the rotation engine against a throttled Key Vault: what fraction of
+the vault's limit ``field-encrypt migrate --mode rewrap-deks`` sustains, with zero failed DEKs.
 
     .venv/bin/python bench/akv_rewrap.py [--deks 1500] [--limit 500] [--window 10]
-        [--latency 0.02] [--key-size 4096] [--workers 8] [--headroom 0.98]
+        [--latency 0.02] [--key-size 4096] [--concurrency 8] [--max-rps LIMIT/WINDOW]
+        [--verify-sample 0.01] [--batch-size 1000]
 
 It starts the local Key Vault server (``tests/servers/keyvault.py``) with ``--latency``
 seconds added to every crypto call and a sliding-window throttle of ``--limit`` requests per
 ``--window`` seconds. The default, 500 per 10 s, is Azure's published limit for "all other
 transactions" on RSA 4,096-bit *software* keys (the runbook's ``az keyvault key create --kty
-RSA --size 4096``); HSM-protected RSA 4,096-bit keys get 250. It wraps ``--deks`` DEKs under
-version 1 (locally: no vault call), creates version 2, warms the public-key cache, then
-rewraps every DEK to version 2 through ``AzureKeyVaultProvider.rewrap``: one ``unwrapKey``
-per DEK, the wrap being local.
+RSA --size 4096``); HSM-protected RSA 4,096-bit keys get 250. It stores ``--deks`` DEKs wrapped
+under version 1 in a SQLite dek_store (the wrap is local: no vault call), creates version 2,
+warms the public-key cache, then runs the engine the CLI runs, ``field_encrypt.rotation.
+migrate`` with ``--concurrency`` workers and ``--max-rps`` (default: the throttle limit), and
+its sampled check (``--verify-sample``; each batch's first DEK is always checked).
 
-The rewrap loop is deliberately small: a bounded thread pool, one token bucket shared by the
-workers at ``--headroom`` times the limit, and retries on ``KeyProviderUnavailableError`` that
-sleep for its ``retry_after``. ROTATION ENGINE: switch this loop to
-``field_encrypt.rotation.rewrap`` once the CLI branch is merged, so the figure measures the
-engine that runs in production.
-
-The figure: ``calls per second achieved / (limit / window)``, counted from the first call to
-the last answer, plus the number of DEKs that failed (must be 0) and vault calls per DEK.
+The figure: ``vault requests per second / (limit / window)`` over the engine's run (every
+authenticated request, the throttled ones included, as the vault counts them), the same
+without the 429s (requests the vault served), the DEKs that failed (must be 0) and vault
+requests per DEK.
 """
 
 from __future__ import annotations
@@ -28,44 +26,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
+import tempfile
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from field_encrypt.errors import KeyProviderUnavailableError
-from field_encrypt.providers.base import dek_context
+from field_encrypt.config import load_settings
+from field_encrypt.envelope import FieldEncryptor
+from field_encrypt.products import ProductRuntime
+from field_encrypt.providers.base import KeyProvider, dek_context
+from field_encrypt.rotation import MigrationOptions, RunReport, SqliteRunLedger, migrate
+from field_encrypt.stores.sqlite import SqliteDekStore
+from field_encrypt.stores.sqlite_db import SqliteDatabase
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class TokenBucket:
-    """At most ``rate`` acquisitions per second, ``burst`` at once; callers sleep their turn."""
-
-    def __init__(
-        self,
-        rate: float,
-        burst: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.rate, self.burst = rate, burst
-        self._clock, self._sleep = clock, sleep
-        self._tokens = burst
-        self._last = clock()
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            self._tokens -= 1  # reserve a token, possibly one not yet earned
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
-        if wait:
-            self._sleep(wait)
+PRODUCT = "bench"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +53,47 @@ class Result:
     failed: int
     throttled: int
     unwrap_calls: int
+    requests: int
+    report: RunReport
+
+    @property
+    def calls_per_dek(self) -> float:
+        return self.requests / self.deks
+
+    @property
+    def useful_fraction(self) -> float:
+        """Like ``fraction``, counting only the requests the vault served (not the 429s)."""
+        return (self.requests - self.throttled) / self.seconds / self.limit_per_second
+
+
+def seed(runtime: ProductRuntime, provider: KeyProvider, deks: int) -> None:
+    """``deks`` DEK rows wrapped under the current version (Key Vault wraps locally)."""
+    store = runtime.dek_store
+    for _ in range(deks):
+        dek_id = os.urandom(16).hex()
+        wrapped = provider.wrap(os.urandom(32), context=dek_context(PRODUCT, dek_id))
+        store.create(
+            dek_id=dek_id,
+            mek_name=provider.mek_name,
+            mek_version=wrapped.mek_version,
+            wrapped=wrapped.ciphertext,
+            algorithm=wrapped.algorithm,
+        )
+
+
+def open_runtime(provider: KeyProvider, directory: Path) -> ProductRuntime:
+    """A product with no documents: a dek_store and a run ledger in one SQLite file."""
+    database = SqliteDatabase(directory / "bench.db")
+    store = SqliteDekStore(database, product=PRODUCT)
+    return ProductRuntime(
+        settings=load_settings({}),
+        provider=provider,
+        dek_store=store,
+        encryptor=FieldEncryptor(product=PRODUCT, provider=provider, store=store, collections={}),
+        documents={},
+        database=database,
+        resources=[database],
+    )
 
 
 def run(
@@ -87,9 +103,10 @@ def run(
     window: float,
     latency: float,
     key_size: int,
-    workers: int,
-    headroom: float,
-    attempts: int = 8,
+    concurrency: int,
+    max_rps: float | None = None,
+    verify_sample: float = 0.01,
+    batch_size: int = 1000,
 ) -> Result:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # the local Key Vault server lives with the tests
@@ -99,6 +116,7 @@ def run(
     from field_encrypt.providers.azure_key_vault import AzureKeyVaultProvider
 
     with (
+        tempfile.TemporaryDirectory() as tmp,
         KeyVaultServer(latency=latency) as server,
         ClientSecretCredential(
             server.tenant_id,
@@ -119,48 +137,43 @@ def run(
             },
         ) as provider,
     ):
-        old = provider.create_version().version
-        contexts = [dek_context("bench", os.urandom(16).hex()) for _ in range(deks)]
-        wrapped = [provider.wrap(os.urandom(32), context=c).ciphertext for c in contexts]
-        new = provider.create_version().version
-        provider.rewrap(wrapped[0], from_version=old, context=contexts[0], to_version=new)
-        server.reset_stats()
-        server.set_throttle(limit, window)
-
-        bucket = TokenBucket(rate=headroom * limit / window)
-        failed = 0
-        failed_lock = threading.Lock()
-
-        def rewrap(index: int) -> None:
-            nonlocal failed
-            for _ in range(attempts):
-                bucket.acquire()
-                try:
-                    provider.rewrap(
-                        wrapped[index], from_version=old, context=contexts[index], to_version=new
-                    )
-                    return
-                except KeyProviderUnavailableError as exc:
-                    time.sleep(exc.retry_after if exc.retry_after is not None else 1.0)
-            with failed_lock:
-                failed += 1
-
-        started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(rewrap, range(deks)))
-        seconds = time.monotonic() - started
-        stats = server.stats
-    calls = stats.get("unwrapkey", 0) + stats.get("throttled", 0)
-    per_second = calls / seconds
+        runtime = open_runtime(provider, Path(tmp))
+        try:
+            old = provider.create_version().version
+            seed(runtime, provider, deks)
+            new = provider.create_version().version
+            provider.wrap(os.urandom(32), context=b"warm", version=new)  # public key cached
+            provider.versions()
+            options = MigrationOptions(
+                mode="rewrap-deks",
+                old_version=old,
+                new_version=new,
+                batch_size=batch_size,
+                concurrency=concurrency,
+                max_rps=max_rps if max_rps is not None else limit / window,
+                verify_sample=verify_sample,
+            )
+            server.reset_stats()
+            server.set_throttle(limit, window)
+            started = time.monotonic()
+            report = migrate(runtime, SqliteRunLedger(runtime.database), options)
+            seconds = time.monotonic() - started
+            stats = server.stats
+        finally:
+            runtime.close()
+    requests = stats.get("requests", 0) - stats.get("challenges", 0)
+    per_second = requests / seconds
     return Result(
         deks=deks,
         seconds=seconds,
         calls_per_second=per_second,
         limit_per_second=limit / window,
         fraction=per_second / (limit / window),
-        failed=failed,
+        failed=report.failure_count,
         throttled=stats.get("throttled", 0),
         unwrap_calls=stats.get("unwrapkey", 0),
+        requests=requests,
+        report=report,
     )
 
 
@@ -171,8 +184,10 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0, help="seconds")
     parser.add_argument("--latency", type=float, default=0.02, help="seconds per crypto call")
     parser.add_argument("--key-size", type=int, default=4096)
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--headroom", type=float, default=0.98, help="limiter rate / limit")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-rps", type=float, default=None, help="default: limit / window")
+    parser.add_argument("--verify-sample", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=1000)
     args = parser.parse_args()
     result = run(
         deks=args.deks,
@@ -180,20 +195,27 @@ def main() -> None:
         window=args.window,
         latency=args.latency,
         key_size=args.key_size,
-        workers=args.workers,
-        headroom=args.headroom,
+        concurrency=args.concurrency,
+        max_rps=args.max_rps,
+        verify_sample=args.verify_sample,
+        batch_size=args.batch_size,
     )
     print(
-        f"rewrapped {result.deks} DEKs in {result.seconds:.1f} s against a vault limit of "
-        f"{args.limit}/{args.window:g} s, {args.latency * 1000:g} ms latency, RSA {args.key_size}"
+        f"engine rewrapped {result.report.counters.changed} of {result.deks} DEKs in "
+        f"{result.seconds:.1f} s against a vault limit of {args.limit}/{args.window:g} s, "
+        f"{args.latency * 1000:g} ms latency, RSA {args.key_size}, "
+        f"--verify-sample {args.verify_sample:g}"
     )
-    print(f"vault calls per second   {result.calls_per_second:8.2f}")
-    print(f"limit per second         {result.limit_per_second:8.2f}")
-    print(f"fraction of the limit    {result.fraction:8.3f}")
-    print(f"vault calls per DEK      {result.unwrap_calls / result.deks:8.3f}")
-    print(f"throttled (429) answers  {result.throttled:8d}")
-    print(f"failed DEKs              {result.failed:8d}")
-    if result.failed:
+    print(f"vault requests per second {result.calls_per_second:8.2f}")
+    print(f"limit per second          {result.limit_per_second:8.2f}")
+    print(f"fraction of the limit     {result.fraction:8.3f}  (every request the vault counted)")
+    print(f"  served, without 429s    {result.useful_fraction:8.3f}")
+    print(f"vault requests per DEK    {result.calls_per_dek:8.3f}")
+    print(f"unwrapKey calls           {result.unwrap_calls:8d}")
+    print(f"throttled (429) answers   {result.throttled:8d}")
+    print(f"failed DEKs               {result.failed:8d}")
+    print(f"run status                {result.report.status}")
+    if result.failed or result.report.status != "completed":
         raise SystemExit(1)
 
 

@@ -53,13 +53,18 @@ DOCUMENT_REENCRYPTED = "io.field-encrypt.document.reencrypted"
 DOCUMENT_BACKFILLED = "io.field-encrypt.document.backfilled"
 DECRYPT_DENIED = "io.field-encrypt.decrypt.denied"
 ROTATION_STAGE = "io.field-encrypt.rotation.stage"
+KEK_CREATED = "io.field-encrypt.kek.created"
+KEK_REWRAPPED = "io.field-encrypt.kek.rewrapped"
+KEK_DELETED = "io.field-encrypt.kek.deleted"
 
 EVENT_TYPES = (
     MEK_VERSION_CREATED, MEK_VERSION_ENABLED, MEK_VERSION_DISABLED, MEK_VERSION_RETIRED,
     MEK_VERSION_COMPROMISED, RUN_STARTED, RUN_PROGRESS, RUN_COMPLETED, RUN_FAILED,
     DEK_REWRAP_FAILED, DEK_SHREDDED, DOCUMENT_REENCRYPTED, DOCUMENT_BACKFILLED,
-    DECRYPT_DENIED, ROTATION_STAGE,
+    DECRYPT_DENIED, ROTATION_STAGE, KEK_CREATED, KEK_REWRAPPED, KEK_DELETED,
 )  # fmt: skip
+KEK_EVENT_TYPES = (KEK_CREATED, KEK_REWRAPPED, KEK_DELETED)
+"""Emitted only by a product with the KEK tier (``FIELD_ENCRYPT_KEY_LAYOUT=kek``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +115,48 @@ def event_hash(event: Mapping[str, Any]) -> str:
     body = {k: v for k, v in event.items() if k != "hash"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def checked_data(type: str, data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An event's ``data`` as a new dict, after checking the type's namespace and the values.
+
+    Every trail calls this before any I/O, so a refused event leaves nothing stored.
+    """
+    if not type.startswith(TYPE_PREFIX):
+        raise ConfigurationError(f"audit event type must start with {TYPE_PREFIX!r}")
+    payload = dict(data or {})
+    _check_data(payload)
+    return payload
+
+
+def new_event(
+    *,
+    product: str,
+    type: str,
+    subject: str,
+    data: Mapping[str, Any],
+    time: dt.datetime,
+    prevhash: str,
+) -> dict[str, Any]:
+    """The CloudEvent that follows ``prevhash`` in ``product``'s trail, with its ``hash``."""
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": uuid.uuid4().hex,
+        "type": type,
+        "source": f"field-encrypt/{product}",
+        "subject": subject,
+        "time": time.isoformat(),
+        "datacontenttype": "application/json",
+        "data": dict(data),
+        "prevhash": prevhash,
+    }
+    event["hash"] = event_hash(event)
+    return event
+
+
+def stored_text(event: Mapping[str, Any]) -> str:
+    """The JSON text a store keeps for an event (text, so numbers come back as written)."""
+    return json.dumps(event, sort_keys=True, ensure_ascii=False)
 
 
 def _check_data(value: object, path: str = "data") -> None:
@@ -226,27 +273,20 @@ class SqliteAuditTrail:
         return f"SqliteAuditTrail({self.database.path!r}, product={self.product!r})"
 
     def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
-        if not type.startswith(TYPE_PREFIX):
-            raise ConfigurationError(f"audit event type must start with {TYPE_PREFIX!r}")
-        payload = dict(data or {})
-        _check_data(payload)
+        payload = checked_data(type, data)
         with self.database.transaction() as tx:
             last = tx.execute(
                 "SELECT hash FROM actiontrail WHERE product = ? ORDER BY seq DESC LIMIT 1",
                 (self.product,),
             ).fetchone()
-            event: dict[str, Any] = {
-                "specversion": "1.0",
-                "id": uuid.uuid4().hex,
-                "type": type,
-                "source": f"field-encrypt/{self.product}",
-                "subject": subject,
-                "time": self._clock().isoformat(),
-                "datacontenttype": "application/json",
-                "data": payload,
-                "prevhash": last[0] if last else GENESIS,
-            }
-            event["hash"] = event_hash(event)
+            event = new_event(
+                product=self.product,
+                type=type,
+                subject=subject,
+                data=payload,
+                time=self._clock(),
+                prevhash=last[0] if last else GENESIS,
+            )
             cur = tx.execute(
                 "INSERT INTO actiontrail (product, id, type, subject, time, event, hash) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -256,13 +296,13 @@ class SqliteAuditTrail:
                     type,
                     subject,
                     event["time"],
-                    json.dumps(event, sort_keys=True, ensure_ascii=False),
+                    stored_text(event),
                     event["hash"],
                 ),
             )
         for sink in self.sinks:
             sink.send(event)
-        return _event(int(cur.lastrowid or 0), event)
+        return stored_event(int(cur.lastrowid or 0), event)
 
     def events(
         self,
@@ -289,7 +329,8 @@ class SqliteAuditTrail:
         sql = f"SELECT seq, event FROM actiontrail WHERE {' AND '.join(where)} ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [_event(seq, json.loads(text)) for seq, text in self.database.query(sql, params)]
+        rows = self.database.query(sql, params)
+        return [stored_event(seq, json.loads(text)) for seq, text in rows]
 
     def verify(self) -> ChainReport:
         rows = self.database.query(
@@ -319,7 +360,8 @@ def verify_chain(rows: Iterable[tuple[int, dict[str, Any], str]]) -> ChainReport
     return ChainReport(events=count, intact=True, head=previous if count else None)
 
 
-def _event(seq: int, event: Mapping[str, Any]) -> AuditEvent:
+def stored_event(seq: int, event: Mapping[str, Any]) -> AuditEvent:
+    """The :class:`AuditEvent` at ``seq`` of a stored CloudEvent."""
     return AuditEvent(
         seq=seq,
         id=event["id"],
@@ -339,13 +381,36 @@ def full_type(name: str) -> str:
 
 
 def open_audit_trail(database: object, *, product: str, sink: str | None = None) -> AuditTrail:
-    """The product's trail in its own database; ``sink`` is ``FIELD_ENCRYPT_AUDIT_SINK``."""
+    """The product's trail in its own database; ``sink`` is ``FIELD_ENCRYPT_AUDIT_SINK``.
+
+    ``database`` is a ``SqliteDatabase``, ``PostgresDatabase`` or ``CosmosDatabase`` (from
+    ``stores.databases.open_database``); anything else is a ``ConfigurationError``.
+    """
+    from field_encrypt.stores.databases import database_kind_of
+
     sinks = [s for s in (sink_from_setting(sink),) if s is not None]
-    if isinstance(database, SqliteDatabase):
-        return SqliteAuditTrail(database, product=product, sinks=sinks)
-    raise ConfigurationError(
-        f"no audit trail for a {type(database).__name__} database in this build"
-    )
+    try:
+        kind = database_kind_of(database)
+    except TypeError:
+        raise ConfigurationError(
+            f"no audit trail for a {type(database).__name__} database"
+        ) from None
+    match kind:
+        case "sqlite":
+            assert isinstance(database, SqliteDatabase)
+            return SqliteAuditTrail(database, product=product, sinks=sinks)
+        case "postgres":
+            from field_encrypt.stores.postgres_audit import PostgresAuditTrail
+            from field_encrypt.stores.postgres_db import PostgresDatabase
+
+            assert isinstance(database, PostgresDatabase)
+            return PostgresAuditTrail(database, product=product, sinks=sinks)
+        case "cosmos":
+            from field_encrypt.stores.cosmos_audit import CosmosAuditTrail
+            from field_encrypt.stores.cosmos_db import CosmosDatabase
+
+            assert isinstance(database, CosmosDatabase)
+            return CosmosAuditTrail(database, product=product, sinks=sinks)
 
 
 class DenialRecorder:

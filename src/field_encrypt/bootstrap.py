@@ -10,7 +10,9 @@ from field_encrypt.config import Settings, load_settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.providers.base import KeyProvider
+from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.stores.base import DekStore
+from field_encrypt.stores.kek import KekStore
 
 
 def build_provider(settings: Settings) -> KeyProvider:
@@ -46,6 +48,23 @@ def build_provider(settings: Settings) -> KeyProvider:
             )
         case other:
             return _remote_provider(other, settings)
+
+
+def build_key_layout(
+    mek: KeyProvider, settings: Settings, keks: KekStore, *, product: str
+) -> KekTierProvider | None:
+    """The KEK tier over ``mek`` when the product needs one, else ``None`` (use ``mek``).
+
+    ``FIELD_ENCRYPT_KEY_LAYOUT=kek``: new DEKs go under KEKs. ``direct`` with KEKs still in
+    the kek_store (a product moving back out of the tier): new DEKs go under the MEK, and
+    the DEKs still under a KEK keep reading until ``migrate --mode to-direct`` has moved
+    them. Unwrapped KEKs are cached like DEKs (``FIELD_ENCRYPT_CACHE_TTL_SECONDS``,
+    ``FIELD_ENCRYPT_CACHE_MAX_ENTRIES``) and dropped when their MEK version is disabled.
+    """
+    if settings.key_layout == "direct" and not keks.all():
+        return None
+    cache = DekCache(max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds)
+    return KekTierProvider(mek, keks, product=product, layout=settings.key_layout, cache=cache)
 
 
 def _remote_provider(name: str, settings: Settings) -> KeyProvider:
@@ -147,6 +166,9 @@ def init_encryption(
 ) -> FieldEncryptor:
     """Build everything from the environment (or the given parts) and prove it works.
 
+    Without a given ``provider``, the one the settings name, under the KEK tier when
+    ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` (its kek_store in the dek_store's database).
+
     ``audit`` (e.g. :func:`field_encrypt.audit.open_audit_trail`) records shreds and
     denied decryptions; without it nothing is recorded.
 
@@ -154,8 +176,25 @@ def init_encryption(
     with encryption enabled it also checks that the current MEK version can wrap.
     """
     settings = settings if settings is not None else load_settings()
-    provider = provider if provider is not None else build_provider(settings)
     store = store if store is not None else build_store(settings, product=product)
+    if provider is None:
+        provider = build_provider(settings)
+        from field_encrypt.stores.databases import database_kind_of, open_kek_store
+
+        database = getattr(store, "database", None)
+        try:
+            database_kind_of(database)
+        except TypeError:  # a store of the application's own: no kek_store beside it
+            database = None
+        if database is not None:  # the kek_store lives beside the dek_store
+            tier = build_key_layout(
+                provider, settings, open_kek_store(database, product=product), product=product
+            )
+            provider = tier if tier is not None else provider
+        elif settings.key_layout == "kek":
+            raise ConfigurationError(
+                "FIELD_ENCRYPT_KEY_LAYOUT=kek needs a kek_store: this store has none in this build"
+            )
     cache = DekCache(max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds)
     encryptor = FieldEncryptor(
         product=product,

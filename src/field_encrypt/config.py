@@ -77,8 +77,16 @@ class Settings(BaseSettings):
     """pkcs11: the RFC 5649 mechanism's name in the token (SoftHSM: AES_KEY_WRAP_PAD)."""
 
     cache_ttl_seconds: float = Field(default=300.0, ge=0)
+    """How long an unwrapped DEK (and, with the KEK tier, an unwrapped KEK) stays cached."""
     cache_max_entries: int = Field(default=10_000, ge=0)
 
+    key_layout: Literal["direct", "kek"] = "direct"
+    """Where new DEKs are wrapped: under the MEK (``direct``, the runbook's layout) or under
+    a KEK of the intermediate tier (``kek``: MEK rotation rewraps only the KEKs). See
+    docs/key-tier.md."""
+    kek_retire_grace_seconds: float = Field(default=10.0, ge=0)
+    """KEK tier: how long a retired KEK must have been retired before a migration deletes it
+    (once no DEK refers to it)."""
     audit_sink: str = ""
     """Where audit events are forwarded after they are stored in the product's database:
     empty for nowhere, ``stdout``, or the path of a JSON-lines file."""

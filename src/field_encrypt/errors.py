@@ -17,7 +17,8 @@ Everything the library raises on purpose is a :class:`FieldEncryptError`::
     │   ├── ConcurrentUpdateError     compare-and-swap lost: the row changed since it was read
     │   └── StoreUnavailableError     transient: locked, connection dropped (retry)
     └── RotationError                 a migration run cannot start or finish
-        └── LeaseHeldError            another run holds the product's migration lease
+        ├── LeaseHeldError            another run holds the product's migration lease
+        └── RewrapCheckError          a checked new wrap did not hold its DEK (batch not committed)
 
 SDK and driver exceptions are converted once, where the SDK is called; nothing above
 that boundary catches ``Exception``. No message ever carries key material.
@@ -128,6 +129,14 @@ class RotationError(FieldEncryptError):
 
 class LeaseHeldError(RotationError):
     """Another run holds the product's migration lease."""
+
+
+class RewrapCheckError(RotationError):
+    """A rewrap's check found a new wrap that does not unwrap to the same DEK.
+
+    The batch it was in is not committed (every DEK keeps its old wrap) and the run stops:
+    a provider that wraps wrongly once is not trusted with the next batch.
+    """
 
 
 TRANSIENT_ERRORS: tuple[type[FieldEncryptError], ...] = (

@@ -20,6 +20,7 @@ from field_encrypt.documents import DocumentStore
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.providers.base import KeyProvider
+from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.stores.base import DekStore
 
 ENTRY_POINT_GROUP = "field_encrypt.products"
@@ -41,6 +42,9 @@ class ProductRuntime:
     database: Any
     """The product's database handle, for the ledger and the audit trail (store-specific)."""
     resources: list[Closeable] = field(default_factory=list)
+    kek_tier: KekTierProvider | None = None
+    """The product's KEK tier when it has one (``FIELD_ENCRYPT_KEY_LAYOUT=kek``, or KEKs
+    left from it): DEKs' effective MEK versions are their KEKs' (see ``field_encrypt.usage``)."""
     audit: AuditTrail | None = None
     """The product's audit trail (in its database), shared with ``encryptor``; ``None``: none."""
 

@@ -2,8 +2,7 @@
 
 :func:`open_runtime` picks SQLite, PostgreSQL or Cosmos DB from ``FIELD_ENCRYPT_DATABASE``;
 :func:`open_sqlite_runtime` is the SQLite case, kept for callers that want only that. The
-audit trail lives in SQLite only so far: on the other stores ``runtime.audit`` is ``None``
-and nothing is recorded.
+audit trail lives in the same database, whichever it is (``audit.open_audit_trail``).
 """
 
 from __future__ import annotations
@@ -11,17 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from field_encrypt.audit import open_audit_trail
-from field_encrypt.bootstrap import build_provider, sqlite_path
+from field_encrypt.bootstrap import build_key_layout, build_provider, sqlite_path
 from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.products import ProductRuntime
+from field_encrypt.providers.base import KeyProvider
 from field_encrypt.stores.databases import (
     database_kind,
     open_database,
     open_dek_store,
     open_document_store,
+    open_kek_store,
 )
+from field_encrypt.stores.kek import SqliteKekStore
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
 from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
@@ -30,11 +32,19 @@ from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
 def open_sqlite_runtime(
     settings: Settings, *, product: str, collections: Mapping[str, Sequence[str]]
 ) -> ProductRuntime:
-    """Provider from settings; dek_store, JSON documents and audit trail in the SQLite file."""
+    """Provider from settings; dek_store, kek_store, JSON documents and audit trail in the
+    settings' SQLite file. With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the provider is the KEK
+    tier over the MEK."""
     database = SqliteDatabase(sqlite_path(settings))
-    provider = build_provider(settings)
+    mek = build_provider(settings)
+    tier = build_key_layout(
+        mek, settings, SqliteKekStore(database, product=product), product=product
+    )
+    provider: KeyProvider = tier if tier is not None else mek
     store = SqliteDekStore(database, product=product)
     trail = open_audit_trail(database, product=product, sink=settings.audit_sink)
+    if tier is not None:
+        tier.audit = trail
     encryptor = FieldEncryptor(
         product=product,
         provider=provider,
@@ -57,28 +67,37 @@ def open_sqlite_runtime(
         database=database,
         resources=[database],
         audit=trail,
+        kek_tier=tier,
     )
 
 
 def open_runtime(
     settings: Settings, *, product: str, collections: Mapping[str, Sequence[str]]
 ) -> ProductRuntime:
-    """Provider from settings; dek_store and JSON documents in the database settings name.
+    """Provider from settings; dek_store, kek_store and JSON documents in the database
+    settings name (the provider is the KEK tier with ``FIELD_ENCRYPT_KEY_LAYOUT=kek``).
 
     ``runtime.database`` is the shared database object (``SqliteDatabase``,
-    ``PostgresDatabase`` or ``CosmosDatabase``), for the ledger (and, on SQLite, the audit
-    trail).
+    ``PostgresDatabase`` or ``CosmosDatabase``), for the ledger; ``runtime.audit`` is the
+    product's audit trail in it.
     """
     if database_kind(settings.database) == "sqlite":
         return open_sqlite_runtime(settings, product=product, collections=collections)
-    provider = build_provider(settings)
+    mek = build_provider(settings)
     database = open_database(settings)
     try:
         store = open_dek_store(database, product=product)
         documents = {name: open_document_store(database, collection=name) for name in collections}
+        tier = build_key_layout(
+            mek, settings, open_kek_store(database, product=product), product=product
+        )
+        trail = open_audit_trail(database, product=product, sink=settings.audit_sink)
     except BaseException:
         database.close()
         raise
+    provider: KeyProvider = tier if tier is not None else mek
+    if tier is not None:
+        tier.audit = trail
     encryptor = FieldEncryptor(
         product=product,
         provider=provider,
@@ -89,6 +108,7 @@ def open_runtime(
         ),
         enabled=settings.enabled,
         allow_plaintext=settings.allow_plaintext,
+        audit=trail,
     )
     return ProductRuntime(
         settings=settings,
@@ -98,4 +118,6 @@ def open_runtime(
         documents=documents,
         database=database,
         resources=[database],
+        kek_tier=tier,
+        audit=trail,
     )

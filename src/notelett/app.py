@@ -61,6 +61,7 @@ def create_app(
         directory=backend.directory,
         clock=clock,
         on_decrypt_failure=metrics.decrypt_failures.inc,
+        dek_version=backend.dek_version,
     )
     state = AppState(
         settings=settings, backend=backend, service=service, verifier=verifier, metrics=metrics

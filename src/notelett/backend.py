@@ -1,22 +1,31 @@
 """Open NoteLett's parts from settings: provider, dek_store, encryptor and repositories.
 
-Everything shares one database (``NOTELETT_DATABASE``, else ``FIELD_ENCRYPT_DATABASE``,
-else ``var/notelett.db``): the dek_store, the notes, the directory, the rotation ledger and
-the audit trail, so the ``field-encrypt`` CLI and the service always agree on where things
-are (and a note's DELETE records ``dek.shredded`` in the same trail as a rotation). The
-database is SQLite, PostgreSQL or Cosmos DB, by the URL's form (docs/stores.md); the audit
-trail is kept on SQLite only so far (elsewhere there is none).
+With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the provider is the KEK tier over the MEK, its
+kek_store in the same database. Everything shares one database (``NOTELETT_DATABASE``,
+else ``FIELD_ENCRYPT_DATABASE``, else ``var/notelett.db``): the dek_store, the kek_store,
+the notes, the directory, the rotation ledger and the audit trail, so the ``field-encrypt``
+CLI and the service always agree on where things are (and a note's DELETE records
+``dek.shredded`` in the same trail as a rotation). The database is SQLite, PostgreSQL or
+Cosmos DB, by the URL's form (docs/stores.md), and the audit trail is kept in it whichever
+it is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build_provider
 from field_encrypt.audit import open_audit_trail
+from field_encrypt.bootstrap import build_key_layout
 from field_encrypt.products import ProductRuntime
-from field_encrypt.stores.databases import database_kind, open_database, open_dek_store
+from field_encrypt.stores.databases import (
+    database_kind,
+    open_database,
+    open_dek_store,
+    open_kek_store,
+)
 from notelett.documents import NotesDocumentStore
 from notelett.repository import NotesRepository, WorkspaceDirectory
 from notelett.service import COLLECTION, ENCRYPTED_FIELDS
@@ -33,6 +42,9 @@ class Backend:
     runtime: ProductRuntime
     notes: NotesRepository
     directory: WorkspaceDirectory
+    dek_version: Callable[[str], str | None] = lambda _workspace: None
+    """The version a workspace's new DEKs are wrapped under (``None``: the provider's
+    default); its own KEK with ``NOTELETT_KEK_PER_WORKSPACE``."""
 
     @property
     def encryptor(self) -> FieldEncryptor:
@@ -52,20 +64,22 @@ def open_backend(
 ) -> Backend:
     """Everything NoteLett needs, opened from the two groups of settings."""
     url = database_url(settings, encryption)
-    provider = provider if provider is not None else build_provider(encryption)
+    mek = provider if provider is not None else build_provider(encryption)
     database = open_database(encryption.model_copy(update={"database": url}))
     kind = database_kind(url)
     try:
         dek_store = open_dek_store(database, product=PRODUCT)
-        notes, directory = _repositories(database, kind)
-        trail = (
-            open_audit_trail(database, product=PRODUCT, sink=encryption.audit_sink)
-            if kind == "sqlite"
-            else None
+        tier = build_key_layout(
+            mek, encryption, open_kek_store(database, product=PRODUCT), product=PRODUCT
         )
+        notes, directory = _repositories(database, kind)
+        trail = open_audit_trail(database, product=PRODUCT, sink=encryption.audit_sink)
     except BaseException:
         database.close()
         raise
+    provider = tier if tier is not None else mek
+    if tier is not None:
+        tier.audit = trail
     encryptor = FieldEncryptor(
         product=PRODUCT,
         provider=provider,
@@ -88,8 +102,15 @@ def open_backend(
         database=database,
         resources=[database],
         audit=trail,
+        kek_tier=tier,
     )
-    return Backend(runtime=runtime, notes=notes, directory=directory)
+    per_workspace = tier is not None and tier.layout == "kek" and settings.kek_per_workspace
+    return Backend(
+        runtime=runtime,
+        notes=notes,
+        directory=directory,
+        dek_version=tier.dek_version if per_workspace and tier is not None else lambda _w: None,
+    )
 
 
 def _repositories(database: Any, kind: str) -> tuple[NotesRepository, WorkspaceDirectory]:

@@ -103,7 +103,10 @@ def purge() -> None:
     backend = open_backend(field_encrypt.load_settings(), _settings())
     try:
         service = NotesService(
-            encryptor=backend.encryptor, notes=backend.notes, directory=backend.directory
+            encryptor=backend.encryptor,
+            notes=backend.notes,
+            directory=backend.directory,
+            dek_version=backend.dek_version,
         )
         typer.echo(f"completed {service.finish_deletes()} interrupted deletes")
     finally:

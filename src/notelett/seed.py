@@ -98,7 +98,10 @@ def seed(
         directory.add_member(DEMO_USER, workspace_id)
         directory.add_member(f"user-{i}", workspace_id)
     service = NotesService(
-        encryptor=backend.encryptor, notes=backend.notes, directory=backend.directory
+        encryptor=backend.encryptor,
+        notes=backend.notes,
+        directory=backend.directory,
+        dek_version=backend.dek_version,
     )
     principal = Principal(user_id=DEMO_USER)
     count = 0 if if_empty and backend.notes.count() > 0 else notes

@@ -102,8 +102,10 @@ class NotesService:
         clock: Callable[[], dt.datetime] | None = None,
         new_id: Callable[[], str] = _new_id,
         on_decrypt_failure: Callable[[], None] = lambda: None,
+        dek_version: Callable[[str], str | None] = lambda _workspace: None,
     ) -> None:
         self.encryptor = encryptor
+        self._dek_version = dek_version
         self.notes = notes
         self.directory = directory
         self._clock = clock or _now
@@ -133,7 +135,11 @@ class NotesService:
         """A new note in ``workspace_id``, sealed under a fresh DEK."""
         self._check_workspace(principal, workspace_id)
         note_id = self._new_id()
-        dek_id = self.encryptor.create_dek() if self.encryptor.enabled else None
+        dek_id = (
+            self.encryptor.create_dek(version=self._dek_version(workspace_id))
+            if self.encryptor.enabled
+            else None
+        )
         title, body = self._encrypt(note_id, content, dek_id)
         now = self._clock()
         try:
@@ -168,7 +174,10 @@ class NotesService:
         dek_id = record.dek_id
         created = None
         if self.encryptor.enabled and dek_id is None:
-            dek_id = created = self.encryptor.create_dek()  # a note from before encryption
+            # a note written before encryption was on
+            dek_id = created = self.encryptor.create_dek(
+                version=self._dek_version(record.workspace_id)
+            )
         elif not self.encryptor.enabled:
             dek_id = None
         title, body = self._encrypt(note_id, content, dek_id)

@@ -47,6 +47,11 @@ class NoteLettSettings(BaseSettings):
     max_body_bytes: int = Field(default=262_144, ge=1024)
     """Requests with a larger body are refused with 413 before the body is read in full."""
 
+    kek_per_workspace: bool = False
+    """With ``FIELD_ENCRYPT_KEY_LAYOUT=kek``: each workspace's new notes get DEKs under the
+    workspace's own KEK (partition = workspace id), so ``field-encrypt keys shred-partition
+    <workspace>`` crypto-shreds that workspace alone."""
+
 
 def load_notelett_settings(**overrides: object) -> NoteLettSettings:
     """Settings from the environment plus ``overrides``; ``ConfigurationError`` when invalid."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,38 @@ def test_bad_times_are_usage_errors(env: dict[str, str], runtime: ProductRuntime
     """A --since that is not a time exits 2."""
     result = cli("audit", "list", "--product", PRODUCT, "--since", "yesterday")
     assert result.exit_code == ExitCode.USAGE
+
+
+def test_verify_and_list_on_postgres(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same commands read and check the trail in a PostgreSQL database."""
+    import psycopg
+
+    from field_encrypt.config import load_settings
+    from tests.support.sample_product import product
+
+    env = {
+        "FIELD_ENCRYPT_KEY_PROVIDER": "local",
+        "FIELD_ENCRYPT_KEYRING": str(tmp_path / "keyring.json"),
+        "FIELD_ENCRYPT_DATABASE": postgres_url,
+        "FIELD_ENCRYPT_ENABLED": "true",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    runtime = product.open(load_settings(env))
+    try:
+        _events(runtime)
+    finally:
+        runtime.close()
+    report = json.loads(cli("audit", "verify", "--product", PRODUCT, "--json").stdout)
+    assert report["intact"] and report["events"] == 8
+    listed = json.loads(cli("audit", "list", "--product", PRODUCT, "--json").stdout)
+    assert report["head"] == listed[-1]["hash"]
+    shreds = cli("audit", "list", "--product", PRODUCT, "--json", "--type", "dek.shredded")
+    assert len(json.loads(shreds.stdout)) == 3
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("DELETE FROM actiontrail WHERE seq = 5")
+    result = cli("audit", "verify", "--product", PRODUCT)
+    assert result.exit_code == ExitCode.NOT_VERIFIED
+    assert "BROKEN at event 6" in result.stderr

@@ -23,7 +23,7 @@ from field_encrypt.providers.env import EnvKeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.providers.local import LocalKeyProvider
 from field_encrypt.stores.base import DekStore
-from field_encrypt.stores.kek import SqliteKekStore
+from field_encrypt.stores.kek import KekStore, SqliteKekStore
 from field_encrypt.stores.sqlite import SqliteDekStore
 from field_encrypt.stores.sqlite_db import SqliteDatabase
 from tests.backends import BACKEND_KINDS
@@ -156,6 +156,18 @@ def dek_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DekSto
         cosmos.close()
         return
     raise AssertionError(kind)
+
+
+@pytest.fixture(params=STORE_KINDS)
+def kek_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KekStore]:
+    """The product's kek_store in one fresh database of each kind."""
+    from field_encrypt.stores.databases import open_database, open_kek_store
+    from tests.backends import backend_for
+
+    backend = backend_for(request.param, request, tmp_path)
+    database = open_database(backend.settings())
+    yield open_kek_store(database, product="contract")
+    database.close()
 
 
 OpenCollection = Callable[[str], DocumentStore]

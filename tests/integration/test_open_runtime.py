@@ -18,11 +18,16 @@ STORE_CLASSES = {
     "postgres": "PostgresDekStore",
     "cosmos": "CosmosDekStore",
 }
+TRAIL_CLASSES = {
+    "sqlite": "SqliteAuditTrail",
+    "postgres": "PostgresAuditTrail",
+    "cosmos": "CosmosAuditTrail",
+}
 
 
 @pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
 def test_a_document_round_trips_through_the_runtime(store_backend: Backend, tmp_path: Path) -> None:
-    """Encrypt, store, read back and decrypt a document in the configured database."""
+    """Encrypt, store, read back, decrypt and shred in the configured database, audit included."""
     settings = store_backend.settings(keyring=str(tmp_path / "keyring.json"))
     runtime = open_runtime(settings, product="notelett", collections=COLLECTIONS)
     try:
@@ -37,6 +42,10 @@ def test_a_document_round_trips_through_the_runtime(store_backend: Backend, tmp_
         opened = encryptor.decrypt_document("notes", "n1", stored.fields)
         assert opened == {"title": "hello", "tags": ["x"]}
         assert runtime.dek_store.count_by_version() == {runtime.provider.current_version(): 1}
+        assert type(runtime.audit).__name__ == TRAIL_CLASSES[store_backend.kind]
+        assert encryptor.audit is runtime.audit
+        encryptor.shred(dek_id)
+        assert [e.subject for e in runtime.audit.events()] == [f"dek/{dek_id}"]
     finally:
         runtime.close()
 

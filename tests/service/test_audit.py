@@ -5,20 +5,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from field_encrypt import audit
 from field_encrypt.providers.local import LocalKeyProvider
 from notelett.backend import Backend
+from tests.backends import BACKEND_KINDS
 from tests.service.conftest import auth
 
 CreateNote = Callable[..., dict[str, Any]]
 
 
+@pytest.mark.parametrize("store_kind", BACKEND_KINDS, indirect=True)
 def test_delete_records_the_shred(
     client: TestClient, backend: Backend, create_note: CreateNote
 ) -> None:
-    """DELETE goes through FieldEncryptor.shred: one dek.shredded naming the note's DEK."""
+    """DELETE goes through FieldEncryptor.shred: one dek.shredded, in the notes' own database."""
     note = create_note()
     dek_id = backend.notes.get(note["id"]).dek_id
     assert client.delete(f"/api/notes/{note['id']}", headers=auth()).status_code == 204

@@ -27,7 +27,7 @@ def test_public_api_is_pinned() -> None:
         "DecryptionError", "DekCache", "DekMissingError", "DekPage", "DekRecord", "DekStore", "FieldEncryptError",
         "FieldEncryptor", "KeyProvider", "KeyProviderError", "KeyProviderUnavailableError",
         "KeyVersion", "KeyVersionDisabledError", "KeyVersionNotFoundError", "LeaseHeldError",
-        "NotFoundError", "RotationError", "Settings", "StoreError", "StoreUnavailableError",
+        "NotFoundError", "RewrapCheckError", "RotationError", "Settings", "StoreError", "StoreUnavailableError",
         "UnsupportedFormatError", "WrapUpdate", "WrappedDek", "build_provider", "build_store",
         "init_encryption", "load_settings",
     ]  # fmt: skip

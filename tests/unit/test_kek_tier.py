@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from field_encrypt import FieldEncryptor, KeyVersionDisabledError, NotFoundError
+from field_encrypt import DecryptionError, FieldEncryptor, KeyVersionDisabledError
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
 from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.providers.local import LocalKeyProvider
@@ -103,7 +103,7 @@ def _rewrap_all(provider: KeyProvider, store: SqliteDekStore, target: str) -> in
 def test_mek_rotation_rewraps_only_the_keks(
     parts: tuple[CountingProvider, KekTierProvider, SqliteDekStore],
 ) -> None:
-    """Rotating the MEK behind the tier costs one remote call per KEK, not per DEK."""
+    """Rotating the MEK behind the tier costs three checked remote calls per KEK, none per DEK."""
     mek, tier, store = parts
     fe = _encryptor(tier, store)
     docs = {f"n{i}": fe.encrypt_document("notes", f"n{i}", DOC) for i in range(200)}
@@ -111,8 +111,8 @@ def test_mek_rotation_rewraps_only_the_keks(
     mek.create_version()
     mek.calls.clear()
     result = tier.rewrap_keks()
-    assert (result.rewrapped, result.remote_calls) == (1, 1)
-    assert sum(mek.calls.values()) == 1
+    assert (result.rewrapped, result.remote_calls) == (1, 3), "unwrap, wrap, checked unwrap"
+    assert sum(mek.calls.values()) == 3
     counts = effective_counts(store.count_by_version(), tier.keks.all())
     assert counts == {"2": 200}, "verify's count sees every DEK on the new version"
     assert tier.rewrap_keks().remote_calls == 0, "a re-run is free"
@@ -186,7 +186,7 @@ def test_partition_shredding(
     )
     assert tier.shred_partition("tenant-a") == 1
     reader = _encryptor(KekTierProvider(tier.mek, tier.keks, product="p"), store)
-    with pytest.raises(NotFoundError):
+    with pytest.raises(DecryptionError):  # the KEK is gone: as undecryptable as tampering
         reader.decrypt_document("notes", "a", a)
     assert reader.decrypt_document("notes", "b", b) == DOC
 
@@ -202,7 +202,5 @@ def test_kek_wrap_is_bound_to_its_row(
         "UPDATE kek_store SET wrapped = ? WHERE kek_id = ?", (first.wrapped, second.kek_id)
     )
     fresh = KekTierProvider(tier.mek, tier.keks, product="p")
-    from field_encrypt import DecryptionError
-
     with pytest.raises(DecryptionError):
         fresh.wrap(os.urandom(32), context=b"c", version="kek:" + second.kek_id)

@@ -1,4 +1,5 @@
-"""``field-encrypt keys``: MEK versions: list, create, disable, enable, retire, compromised.
+"""``field-encrypt keys``: MEK versions: list, create, disable, enable, retire, compromised;
+and, with the KEK tier, shred-partition (crypto-shredding a partition's KEKs).
 
 There is no command that deletes a MEK version, on purpose: a retired version is kept
 disabled at least until its retention deadline (``keys list`` shows it), and deleting it
@@ -15,6 +16,7 @@ import typer
 from field_encrypt.cli import output
 from field_encrypt.cli.common import JsonOpt, NowOpt, ProductOpt, clock_from, guarded, iso, opened
 from field_encrypt.cli.exit_codes import ExitCode
+from field_encrypt.errors import ConfigurationError, RotationError
 from field_encrypt.rotation import (
     CompromiseReport,
     RetireReport,
@@ -280,3 +282,42 @@ def _exit_for_compromise(report: CompromiseReport) -> None:
         + ", ".join(f"{f.item} ({f.reason})" for f in run.failures[:3])
     )
     raise typer.Exit(ExitCode.ITEMS_FAILED)
+
+
+@keys_app.command("shred-partition")
+@guarded
+def keys_shred_partition(
+    partition: Annotated[str, typer.Argument(help="The partition (e.g. a workspace id).")],
+    product: ProductOpt,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes-destroy-data", help="Confirm: the partition's data is lost for good."),
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Crypto-shred a partition: delete its KEKs, so every DEK under them is unreadable."""
+    with opened(product) as rt:
+        tier = rt.kek_tier
+        if tier is None:
+            raise ConfigurationError(
+                "the product has no KEK tier (FIELD_ENCRYPT_KEY_LAYOUT=kek): nothing to shred"
+            )
+        keks = [k for k in tier.keks.all() if k.partition == partition]
+        raw = rt.dek_store.count_by_version()
+        deks = sum(raw.get("kek:" + k.kek_id, 0) for k in keks)
+        if not keks:
+            raise ConfigurationError(f"partition {partition!r} has no KEK")
+        if not yes:
+            raise RotationError(
+                f"refusing to shred partition {partition!r} ({len(keks)} KEKs, {deks} DEKs) "
+                "without --yes-destroy-data: its documents become unreadable for good"
+            )
+        deleted = tier.shred_partition(partition, deks=deks)
+        for k in keks:  # this process's cached DEKs of the partition go too
+            rt.encryptor.cache.invalidate_version("kek:" + k.kek_id)
+    if json_:
+        output.emit_json({"partition": partition, "keks_deleted": deleted, "deks_shredded": deks})
+    else:
+        output.stdout().print(
+            f"shredded partition {partition!r}: {deleted} KEKs deleted, {deks} DEKs unreadable"
+        )

@@ -32,6 +32,7 @@ from field_encrypt.rotation import (
     restore,
     verify,
 )
+from field_encrypt.usage import dek_counts
 
 app = typer.Typer(
     name="field-encrypt",
@@ -50,6 +51,9 @@ class ModeChoice(StrEnum):
     re_encrypt = "re-encrypt"
     encrypt = "encrypt"
     decrypt = "decrypt"
+    to_kek = "to-kek"
+    to_direct = "to-direct"
+    rotate_kek = "rotate-kek"
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -153,8 +157,19 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
     with opened(product) as rt:
         ledger = open_ledger(rt)
         now = time.time()
-        counts = rt.dek_store.count_by_version()
+        counts = dek_counts(rt)
         current = rt.provider.current_version()
+        raw = rt.dek_store.count_by_version() if rt.kek_tier is not None else {}
+        keks: list[dict[str, Any]] = [
+            {
+                "kek_id": k.kek_id,
+                "partition": k.partition,
+                "mek_version": k.mek_version,
+                "active": k.active,
+                "deks": raw.get("kek:" + k.kek_id, 0),
+            }
+            for k in (rt.kek_tier.keks.all() if rt.kek_tier is not None else [])
+        ]
         runs = ledger.latest_runs(rt.encryptor.product, limit=5)
         run_rows = []
         for run in runs:
@@ -188,7 +203,14 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
                     ],
                 }
             )
-    data = {"product": product, "current_version": current, "deks_by_version": counts}
+    data: dict[str, Any] = {
+        "product": product,
+        "current_version": current,
+        "deks_by_version": counts,
+    }
+    if rt.kek_tier is not None:
+        data["layout"] = rt.settings.key_layout
+        data["keks"] = keks
     if json_:
         output.emit_json({**data, "runs": run_rows})
         return
@@ -197,6 +219,15 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
         f"product {product}: current MEK version {current}; DEKs per version: "
         + (", ".join(f"{v}={n}" for v, n in sorted(counts.items())) or "none")
     )
+    if keks:
+        console.print(
+            f"KEK tier ({data['layout']} layout): "
+            + ", ".join(
+                f"{k['kek_id'][:8]} partition={k['partition'] or '-'} on {k['mek_version']}"
+                f"{' active' if k['active'] else ''} ({k['deks']} DEKs)"
+                for k in keks
+            )
+        )
     console.print(
         output.table(
             "Latest migration runs",
@@ -272,9 +303,23 @@ def migrate_command(
     report_file: Annotated[
         Path | None, typer.Option("--report", help="Also write the final report as JSON here.")
     ] = None,
+    verify_sample: Annotated[
+        float,
+        typer.Option(
+            "--verify-sample",
+            min=0.0,
+            max=1.0,
+            help="Remote providers: share of new wraps checked besides each batch's first "
+            "(1.0: every DEK, two more calls each).",
+        ),
+    ] = 0.01,
+    partition: Annotated[
+        str, typer.Option("--partition", help="rotate-kek: the partition whose KEK is replaced.")
+    ] = "",
     json_: JsonOpt = False,
 ) -> None:
-    """Rewrap DEKs, re-encrypt, backfill or decrypt documents: resumable and idempotent."""
+    """Rewrap DEKs, re-encrypt, backfill or decrypt documents, or move DEKs between key
+    layouts and KEKs: resumable and idempotent."""
     options = MigrationOptions(
         mode=mode.value,
         old_version=old_mek_version,
@@ -286,6 +331,8 @@ def migrate_command(
         retry=RetryPolicy(budget=retry_budget),
         lease_ttl=lease_ttl,
         dry_run=dry_run,
+        verify_sample=verify_sample,
+        partition=partition,
     )
     live = output.live_terminal(json_)
     observer: Any = output.ProgressObserver() if live else output.LogObserver()
@@ -342,7 +389,7 @@ def _print_report(report: RunReport) -> None:
         )
         return
     c = report.counters
-    label = "rewrapped" if report.mode == "rewrap-deks" else "changed"
+    label = "changed" if report.mode in ("re-encrypt", "encrypt", "decrypt") else "rewrapped"
     console.print(
         output.table(
             f"{report.mode} run {report.run_id}: {report.status}",

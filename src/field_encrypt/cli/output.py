@@ -137,7 +137,7 @@ class ProgressObserver:
         self.progress.update(self.task, rate=f"{task.speed or 0:,.0f}")
 
     def event(self, name: str, fields: Mapping[str, object]) -> None:
-        if name in ("retry", "stopped", "settled"):
+        if name in ("retry", "stopped", "settled", "keks_rewrapped", "kek_deleted", "kek_kept"):
             detail = " ".join(f"{k}={v}" for k, v in fields.items())
             self.progress.console.print(f"[yellow]{name}[/] {detail}")
 

@@ -9,9 +9,12 @@ envelope and the rewrap engine use it like any other:
   ``"2"`` to ``"kek:<id>"`` moves a DEK into the tier, and the reverse moves it out;
 - a rewrap from ``"kek:<old>"`` to ``"kek:<new>"`` is a KEK rotation, at local speed.
 
-MEK rotation with the tier rewraps the KEKs only (:meth:`KekTierProvider.rewrap_keks`):
-a handful of remote calls whatever the number of DEKs. A DEK's effective MEK version is
-its KEK's (:func:`~field_encrypt.stores.kek.effective_counts`).
+MEK rotation with the tier rewraps the KEKs only (:meth:`KekTierProvider.rewrap_keks`,
+three checked remote calls per KEK) whatever the number of DEKs. A DEK's effective MEK
+version is its KEK's (:func:`~field_encrypt.stores.kek.effective_counts`, applied by
+:func:`field_encrypt.usage.dek_counts`). ``layout`` says where new DEKs go; both layouts
+read both kinds of DEK, so a product moves between them with a migration
+(``rotation/layout.py``). See docs/key-tier.md.
 
 Unwrapped KEKs are cached like DEKs (same TTL; evicted when their MEK version is disabled
 in this process). Trade-off: an unwrapped KEK in memory can unwrap every DEK under it.
@@ -19,20 +22,34 @@ in this process). Trade-off: an unwrapped KEK in memory can unwrap every DEK und
 
 from __future__ import annotations
 
+import hmac
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from field_encrypt.audit import KEK_CREATED, KEK_DELETED, KEK_REWRAPPED, AuditTrail
 from field_encrypt.cache import DekCache
-from field_encrypt.errors import DecryptionError
+from field_encrypt.errors import (
+    AlreadyExistsError,
+    DecryptionError,
+    KeyProviderError,
+    NotFoundError,
+)
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
 from field_encrypt.stores.kek import KEK_PREFIX, KekRecord, KekStore
 
 ALGORITHM = "A256GCM-KEK"
+KEK_CALLS = 3
+"""Remote calls to move one KEK to a new MEK version: unwrap, wrap, unwrap-and-compare."""
+
+Layout = Literal["direct", "kek"]
+"""Where new DEKs go: under the MEK (``direct``) or under the partition's KEK (``kek``)."""
 
 
 def kek_context(product: str, kek_id: str) -> bytes:
@@ -48,12 +65,18 @@ class KekRewrapResult:
     rewrapped: int
     skipped: int
     remote_calls: int
+    moved_kek_ids: tuple[str, ...] = ()
 
 
 class KekTierProvider:
-    """A KeyProvider that puts a tier of KEKs between the MEK and the DEKs."""
+    """A KeyProvider that puts a tier of KEKs between the MEK and the DEKs.
 
-    remote = False
+    ``layout`` says where new DEKs go (``wrap`` with no version): ``"kek"`` under the
+    partition's active KEK, ``"direct"`` under the MEK's current version. Both layouts
+    read both kinds of DEK, so a product can move between them with a migration run
+    while every document stays readable. ``remote`` is the MEK provider's: moving DEKs
+    into or out of the tier calls it once per DEK.
+    """
 
     def __init__(
         self,
@@ -61,16 +84,36 @@ class KekTierProvider:
         keks: KekStore,
         *,
         product: str,
+        layout: Layout = "kek",
         cache: DekCache | None = None,
+        audit: AuditTrail | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        if layout not in ("direct", "kek"):
+            raise ValueError(f"layout must be 'direct' or 'kek', not {layout!r}")
         self.mek = mek
         self.keks = keks
         self.product = product
+        self.layout: Layout = layout
         self.kind = f"{mek.kind}+kek"
         self.mek_name = mek.mek_name
+        self.remote = mek.remote
         self.cache = cache if cache is not None else DekCache(max_entries=1000)
+        self.audit = audit
+        """Where KEK lifecycle events go (created, rewrapped, deleted); ``None``: nowhere."""
         self._random = random_bytes
+
+    def with_mek(self, mek: KeyProvider) -> KekTierProvider:
+        """The same tier (KEKs, cache, layout) over another MEK provider, e.g. a throttled one."""
+        return KekTierProvider(
+            mek,
+            self.keks,
+            product=self.product,
+            layout=self.layout,
+            cache=self.cache,
+            audit=self.audit,
+            random_bytes=self._random,
+        )
 
     def __repr__(self) -> str:
         return f"KekTierProvider(mek={self.mek!r}, product={self.product!r})"
@@ -98,7 +141,12 @@ class KekTierProvider:
         """``"kek:<id>"`` of the partition's active KEK, creating the KEK if there is none."""
         record = self.keks.active(partition)
         if record is None:
-            record = self.new_kek(partition)
+            try:
+                record = self.new_kek(partition)
+            except AlreadyExistsError:  # another process created it at the same moment
+                record = self.keks.active(partition)
+                if record is None:
+                    raise
         return KEK_PREFIX + record.kek_id
 
     def effective_version(self, version: str) -> str:
@@ -107,9 +155,13 @@ class KekTierProvider:
             return self.keks.get(version[len(KEK_PREFIX) :]).mek_version
         return version
 
+    def new_dek_version(self) -> str:
+        """Where a new DEK goes by default: the active KEK (``kek`` layout) or the MEK's current."""
+        return self.dek_version() if self.layout == "kek" else self.mek.current_version()
+
     def wrap(self, dek: bytes, *, context: bytes, version: str | None = None) -> WrappedDek:
         if version is None:
-            version = self.dek_version()
+            version = self.new_dek_version()
         if not version.startswith(KEK_PREFIX):
             return self.mek.wrap(dek, context=context, version=version)
         nonce = self._random(12)
@@ -130,7 +182,7 @@ class KekTierProvider:
     def rewrap(
         self, ciphertext: bytes, *, from_version: str, context: bytes, to_version: str | None = None
     ) -> WrappedDek:
-        target = to_version if to_version is not None else self.dek_version()
+        target = to_version if to_version is not None else self.new_dek_version()
         if not from_version.startswith(KEK_PREFIX) and not target.startswith(KEK_PREFIX):
             return self.mek.rewrap(
                 ciphertext, from_version=from_version, context=context, to_version=target
@@ -154,56 +206,126 @@ class KekTierProvider:
             algorithm=wrapped.algorithm,
         )
         self.cache.put(bytes.fromhex(kek_id), AESGCM(key), wrapped.mek_version)
+        self._event(KEK_CREATED, record, mekVersion=record.mek_version)
         return record
 
-    def rewrap_keks(self, to_version: str | None = None) -> KekRewrapResult:
+    def rewrap_keks(
+        self, to_version: str | None = None, *, only_version: str | None = None
+    ) -> KekRewrapResult:
         """MEK rotation under the tier: move every KEK to ``to_version`` (current if None).
 
+        ``only_version`` limits it to the KEKs on that MEK version. Each KEK is unwrapped,
+        wrapped under the target and the new wrap unwrapped again and compared before it is
+        swapped in (:data:`KEK_CALLS` calls: a handful of KEKs, so every one is checked).
         Idempotent: KEKs already there cost nothing. A KEK changed concurrently is re-read
         and tried again.
         """
         target = to_version if to_version is not None else self.mek.current_version()
         matched = rewrapped = skipped = calls = 0
+        moved: list[str] = []
         for record in self.keks.all():
+            if only_version is not None and record.mek_version not in (only_version, target):
+                continue
             matched += 1
             while record.mek_version != target:
-                moved = self.mek.rewrap(
-                    record.wrapped,
-                    from_version=record.mek_version,
-                    context=kek_context(self.product, record.kek_id),
-                    to_version=target,
-                )
-                calls += 1
+                context = kek_context(self.product, record.kek_id)
+                key = self.mek.unwrap(record.wrapped, version=record.mek_version, context=context)
+                new = self.mek.wrap(key, context=context, version=target)
+                calls += KEK_CALLS
+                if new.mek_version != target or not hmac.compare_digest(
+                    self.mek.unwrap(new.ciphertext, version=target, context=context), key
+                ):
+                    raise KeyProviderError(f"the new wrap of KEK {record.kek_id} does not hold it")
                 if self.keks.replace_wrap(
                     record,
-                    mek_version=moved.mek_version,
-                    wrapped=moved.ciphertext,
-                    algorithm=moved.algorithm,
+                    mek_version=new.mek_version,
+                    wrapped=new.ciphertext,
+                    algorithm=new.algorithm,
                 ):
                     self.cache.invalidate(bytes.fromhex(record.kek_id))
                     rewrapped += 1
+                    moved.append(record.kek_id)
+                    self._event(
+                        KEK_REWRAPPED, record, fromVersion=record.mek_version, toVersion=target
+                    )
                     break
                 record = self.keks.get(record.kek_id)
             else:
                 skipped += 1
         return KekRewrapResult(
-            matched=matched, rewrapped=rewrapped, skipped=skipped, remote_calls=calls
+            matched=matched,
+            rewrapped=rewrapped,
+            skipped=skipped,
+            remote_calls=calls,
+            moved_kek_ids=tuple(moved),
         )
 
-    def shred_partition(self, partition: str) -> int:
-        """Destroy every KEK of a partition: all of its DEKs become unreadable. How many."""
+    def delete_unreferenced(
+        self,
+        dek_counts: dict[str, int],
+        *,
+        grace_seconds: float,
+        now: Callable[[], float] = time.time,
+    ) -> tuple[list[str], list[str]]:
+        """Delete the retired KEKs no DEK refers to; ``(deleted, kept-with-reason)``.
+
+        ``dek_counts`` are the dek_store's raw counts per version, read just before. A KEK
+        is deleted only when it is not active, no DEK row names it, and it was retired at
+        least ``grace_seconds`` ago (a writer that read it as active just before it was
+        retired has had that long to store its DEK). Deleting a KEK that a DEK still named
+        would shred that DEK, so anything else is kept, and said why.
+        """
+        deleted: list[str] = []
+        kept: list[str] = []
+        for record in self.keks.all():
+            if record.active:
+                continue
+            refs = dek_counts.get(KEK_PREFIX + record.kek_id, 0)
+            age = now() - record.updated_at.timestamp()
+            if refs:
+                kept.append(f"KEK {record.kek_id} kept: {refs} DEKs still refer to it")
+            elif age < grace_seconds:
+                kept.append(
+                    f"KEK {record.kek_id} kept: retired {age:.0f}s ago, "
+                    f"less than the {grace_seconds:g}s grace (re-run to delete it)"
+                )
+            else:
+                self.cache.invalidate(bytes.fromhex(record.kek_id))
+                if self.keks.delete(record.kek_id):
+                    deleted.append(record.kek_id)
+                    self._event(KEK_DELETED, record, reason="unreferenced", deks=0)
+        return deleted, kept
+
+    def shred_partition(self, partition: str, *, deks: int | None = None) -> int:
+        """Destroy every KEK of a partition: all of its DEKs become unreadable. How many.
+
+        ``deks``: how many DEK rows name those KEKs, if the caller counted (recorded in the
+        ``kek.deleted`` events).
+        """
         doomed = [k for k in self.keks.all() if k.partition == partition]
         for record in doomed:
             self.cache.invalidate(bytes.fromhex(record.kek_id))
-            self.keks.delete(record.kek_id)
+            if self.keks.delete(record.kek_id):
+                self._event(KEK_DELETED, record, reason="partition-shredded", deks=deks)
         return len(doomed)
+
+    def _event(self, type: str, record: KekRecord, **data: object) -> None:
+        if self.audit is not None:
+            self.audit.emit(
+                type,
+                subject=f"kek/{record.kek_id}",
+                data={"kekId": record.kek_id, "partition": record.partition, **data},
+            )
 
     def _kek(self, kek_id: str) -> AESGCM:
         raw_id = bytes.fromhex(kek_id)
         entry = self.cache.lookup(raw_id)
         if entry is not None:
             return entry[0]
-        record = self.keks.get(kek_id)
+        try:
+            record = self.keks.get(kek_id)
+        except NotFoundError:
+            raise DecryptionError() from None  # the KEK was shredded: so were its DEKs
         key = self.mek.unwrap(
             record.wrapped,
             version=record.mek_version,

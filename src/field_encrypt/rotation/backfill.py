@@ -20,6 +20,7 @@ from field_encrypt.providers.base import KeyProvider
 from field_encrypt.rotation.docwalk import DocumentJob, Pending, new_dek_id
 from field_encrypt.rotation.ledger import RunPlan
 from field_encrypt.rotation.run import DryRun, MigrationOptions
+from field_encrypt.usage import dek_counts
 
 
 class _Backfill(DocumentJob):
@@ -38,7 +39,7 @@ class _Backfill(DocumentJob):
             for page in _pages(docs)
         )
         return DryRun(
-            by_version=dict(self.store.count_by_version()),
+            by_version=dek_counts(self.runtime),
             matched=matched,
             skipped=self.total_documents - matched,
             provider_calls=matched,

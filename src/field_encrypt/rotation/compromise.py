@@ -14,7 +14,11 @@ command again after a failure or a kill resumes where it stopped:
    document whose DEK was, or may have been, wrapped under the version: those whose DEK
    was created before the compromise was declared and before the version stopped being
    current (plus a margin for processes that cached it), or is still wrapped under it.
-   Each gets a fresh DEK and its old DEK is deleted;
+   Each gets a fresh DEK and its old DEK is deleted. With the KEK tier, a KEK that existed
+   before that cutoff may have been unwrapped through the version, and a KEK's key does not
+   change when it is rewrapped: every DEK under such a KEK is re-encrypted too, whenever
+   it was created, and each partition whose active KEK is one of them gets a new KEK
+   first, so no new DEK goes under an exposed KEK;
 5. **retire** it through the retirement gate with the soak waived (no DEKs left, a
    sample decrypts without it), recording the retention deadline.
 """
@@ -48,6 +52,7 @@ from field_encrypt.rotation.reencrypt import ReencryptJob
 from field_encrypt.rotation.retire import RetireReport, retire
 from field_encrypt.rotation.run import MigrationOptions, RunObserver, RunReport, run_job
 from field_encrypt.rotation.verify import dek_counts
+from field_encrypt.stores.kek import KEK_PREFIX
 
 CACHE_MARGIN: Final = 3600.0
 """Seconds after a version stopped being current during which other processes may still
@@ -159,11 +164,17 @@ def respond_to_compromise(
         provider: KeyProvider = runtime.provider
         if max_rps is not None:
             provider = ThrottledProvider(provider, TokenBucket(max_rps))
+        _replace_exposed_keks(runtime, note.exposed_before)
         job = ExposedReencryptJob(
             runtime, options, provider=provider, created_before=note.exposed_before
         )
         reencrypt = run_job(job, runtime, ledger, options, clock=clock, observer=observer)
         report = dataclasses.replace(report, reencrypt=reencrypt)
+        if runtime.kek_tier is not None and reencrypt.status == "completed":
+            runtime.kek_tier.delete_unreferenced(  # the exposed KEKs no DEK names any more
+                runtime.dek_store.count_by_version(),
+                grace_seconds=runtime.settings.kek_retire_grace_seconds,
+            )
         if report.stopped_at == "re-encrypt":
             return report
     gate = retire(
@@ -197,11 +208,32 @@ def _with_exposure_cutoff(
     return note
 
 
+def _exposed_keks(runtime: ProductRuntime, created_before: float) -> set[str]:
+    """``kek:<id>`` of every KEK created before the cutoff (it may be exposed); none if no tier."""
+    tier = runtime.kek_tier
+    if tier is None:
+        return set()
+    return {
+        KEK_PREFIX + k.kek_id for k in tier.keks.all() if k.created_at.timestamp() < created_before
+    }
+
+
+def _replace_exposed_keks(runtime: ProductRuntime, created_before: float) -> None:
+    """Each partition whose active KEK may be exposed gets a new KEK (idempotent)."""
+    tier = runtime.kek_tier
+    if tier is None:
+        return
+    for record in tier.keks.all():
+        if record.active and record.created_at.timestamp() < created_before:
+            tier.new_kek(record.partition)
+
+
 class ExposedReencryptJob(ReencryptJob):
     """``re-encrypt`` for the documents whose DEK may be exposed through ``version``.
 
-    A document is selected when its DEK was created before ``created_before`` or is
-    still wrapped under the compromised version (or is missing, so the failure is named).
+    A document is selected when its DEK was created before ``created_before``, is still
+    wrapped under the compromised version, or is under a KEK created before the cutoff (or
+    is missing, so the failure is named).
     Its fresh DEK is created now, after the cutoff, so a re-run selects it no more.
     """
 
@@ -217,6 +249,7 @@ class ExposedReencryptJob(ReencryptJob):
             raise ConfigurationError("the compromised version is required")
         super().__init__(runtime, options, provider=provider)
         self.created_before = dt.datetime.fromtimestamp(created_before, dt.UTC)
+        self.exposed_keks = _exposed_keks(runtime, created_before)
         self.estimated_total = sum(self.counts.values())  # an upper bound: creation times
         self.plan = RunPlan(
             mode=self.mode,
@@ -237,8 +270,9 @@ class ExposedReencryptJob(ReencryptJob):
             record = records.get(document.dek_id)
             if (
                 record is None
-                or record.mek_version == self.only
+                or self.effective_version(record.mek_version) == self.only
                 or record.created_at < self.created_before
+                or record.mek_version in self.exposed_keks
             ):
                 selected.append(document)
         return selected

@@ -40,6 +40,7 @@ from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider, dek_context
 from field_encrypt.rotation.ledger import Counters, Failure
 from field_encrypt.rotation.run import ShardWork
+from field_encrypt.stores.kek import KEK_PREFIX
 
 MAX_CONFLICT_ROUNDS: Final = 3
 ITEM_ERRORS = (DecryptionError, UnsupportedFormatError, KeyProviderError, NotFoundError)
@@ -238,10 +239,15 @@ class DocumentJob:
     # -- helpers for the modes -----------------------------------------------------------------
 
     def create_dek(self, dek_id: str, version: str) -> None:
-        """A fresh DEK named ``dek_id``, wrapped under ``version``, stored and cached."""
+        """A fresh DEK named ``dek_id``, wrapped under ``version``, stored and cached.
+
+        With the KEK layout, "under MEK version V" means under the active KEK when that
+        KEK is on V (the DEK's effective version is then V), as the application's own new
+        DEKs are.
+        """
         dek = os.urandom(32)
         wrapped = self.provider.wrap(
-            dek, context=dek_context(self.product, dek_id), version=version
+            dek, context=dek_context(self.product, dek_id), version=self.wrap_version(version)
         )
         self.store.create(
             dek_id=dek_id,
@@ -251,6 +257,24 @@ class DocumentJob:
             algorithm=wrapped.algorithm,
         )
         self.encryptor.cache.put(bytes.fromhex(dek_id), AESGCM(dek), wrapped.mek_version)
+
+    def wrap_version(self, version: str) -> str:
+        """Where a new DEK for MEK version ``version`` goes (the active KEK, with the tier)."""
+        tier = self.runtime.kek_tier
+        if tier is None or tier.layout != "kek" or version.startswith(KEK_PREFIX):
+            return version
+        kek = tier.dek_version("")
+        return kek if tier.effective_version(kek) == version else version
+
+    def effective_version(self, version: str) -> str:
+        """A DEK row's MEK version, seen through its KEK (itself if the KEK is gone)."""
+        tier = self.runtime.kek_tier
+        if tier is None or not version.startswith(KEK_PREFIX):
+            return version
+        try:
+            return tier.effective_version(version)
+        except NotFoundError:
+            return version
 
     def drop_dek(self, dek_id: str) -> None:
         """Delete a DEK this run made or replaced (named in the run's document events)."""

@@ -19,8 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, runtime_checkable
 
-Mode = Literal["rewrap-deks", "re-encrypt", "encrypt", "decrypt"]
-MODES: tuple[Mode, ...] = ("rewrap-deks", "re-encrypt", "encrypt", "decrypt")
+Mode = Literal[
+    "rewrap-deks", "re-encrypt", "encrypt", "decrypt", "to-kek", "to-direct", "rotate-kek"
+]
+MODES: tuple[Mode, ...] = (
+    "rewrap-deks", "re-encrypt", "encrypt", "decrypt", "to-kek", "to-direct", "rotate-kek"
+)  # fmt: skip
 
 RunStatus = Literal["running", "completed", "completed_with_failures", "abandoned"]
 """``running`` until every shard is done (a stopped or killed run stays ``running``)."""

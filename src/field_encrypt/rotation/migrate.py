@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
+from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.rotation.backfill import DecryptJob, EncryptJob
+from field_encrypt.rotation.layout import RotateKekJob, ToDirectJob, ToKekJob
 from field_encrypt.rotation.ledger import RunLedger
 from field_encrypt.rotation.ratelimit import ThrottledProvider, TokenBucket
 from field_encrypt.rotation.reencrypt import ReencryptJob
@@ -18,13 +20,30 @@ from field_encrypt.rotation.run import Job, MigrationOptions, RunObserver, RunRe
 
 
 def prepare_job(
-    runtime: ProductRuntime, options: MigrationOptions, *, provider: KeyProvider | None = None
+    runtime: ProductRuntime,
+    options: MigrationOptions,
+    *,
+    provider: KeyProvider | None = None,
+    tier: KekTierProvider | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Job:
-    """The job for ``options.mode``, with its plan and estimates (reads only)."""
+    """The job for ``options.mode``, with its plan and estimates.
+
+    It reads only, except that a real (not dry) ``to-kek`` or ``rotate-kek`` run creates
+    the KEK it moves DEKs under. ``tier`` is the product's KEK tier as the job should call
+    it (e.g. over a throttled MEK); ``runtime.kek_tier`` by default.
+    """
     provider = provider if provider is not None else runtime.provider
+    tier = tier if tier is not None else runtime.kek_tier
     match options.mode:
         case "rewrap-deks":
-            return RewrapJob(runtime, options, provider=provider)
+            return RewrapJob(runtime, options, provider=provider, tier=tier)
+        case "to-kek":
+            return ToKekJob(runtime, options, provider=provider, sleep=sleep)
+        case "to-direct":
+            return ToDirectJob(runtime, options, provider=provider, sleep=sleep)
+        case "rotate-kek":
+            return RotateKekJob(runtime, options, provider=provider, sleep=sleep)
         case "re-encrypt":
             return ReencryptJob(runtime, options, provider=provider)
         case "encrypt":
@@ -45,15 +64,26 @@ def migrate(
     observer: RunObserver | None = None,
     owner: str | None = None,
 ) -> RunReport:
-    """Run (or resume, or dry-run) one migration as worker ``options.worker``."""
+    """Run (or resume, or dry-run) one migration as worker ``options.worker``.
+
+    ``--max-rps`` throttles calls to the key provider; with the KEK tier, calls to the MEK
+    provider only (what the key service bills and throttles), not the local KEK work.
+    """
     provider = runtime.provider
+    tier = runtime.kek_tier
     if options.max_rps is not None:
-        bucket = TokenBucket(options.max_rps, clock=monotonic, sleep=sleep)
-        provider = ThrottledProvider(provider, bucket)
+        # No burst: a vault's throttle is a sliding window, and calls saved up and spent at
+        # once push the window over its limit for the rest of the run (429s, then retries).
+        bucket = TokenBucket(options.max_rps, burst=1.0, clock=monotonic, sleep=sleep)
+        if tier is not None:
+            tier = tier.with_mek(ThrottledProvider(tier.mek, bucket))
+            provider = tier if runtime.provider is runtime.kek_tier else provider
+        if provider is runtime.provider:
+            provider = ThrottledProvider(provider, bucket)
     # Preparing reads the provider (current version) and the store (counts): a throttled
     # or dropped call there is retried under the same budget as the run's own calls.
     retrier = Retrier(options.retry, clock=monotonic, sleep=sleep, rng=rng)
-    job = retrier.call(prepare_job, runtime, options, provider=provider)
+    job = retrier.call(prepare_job, runtime, options, provider=provider, tier=tier, sleep=sleep)
     return run_job(
         job,
         runtime,

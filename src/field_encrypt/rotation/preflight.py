@@ -18,6 +18,7 @@ from field_encrypt.errors import FieldEncryptError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
 from field_encrypt.rotation.ledger import RunLedger
+from field_encrypt.usage import dek_counts
 
 DEFAULT_MAX_BACKUP_AGE = 24 * 3600.0
 CANARY_DEK_ID = "00000000000000000000000000000000"
@@ -74,7 +75,7 @@ def preflight(
     targets = [current] if target_version in (None, current) else [current, target_version]
     for version in targets:
         checks.append(_round_trip(runtime, version, versions.get(version) is not None))
-    counts = runtime.dek_store.count_by_version()
+    counts = dek_counts(runtime)
     blocked = [
         f"{v} ({n} DEKs, {'disabled' if v in versions else 'unknown'})"
         for v, n in sorted(counts.items())

@@ -22,6 +22,7 @@ from field_encrypt.providers.base import KeyProvider
 from field_encrypt.rotation.docwalk import DocumentJob, Pending, new_dek_id
 from field_encrypt.rotation.ledger import RunPlan
 from field_encrypt.rotation.run import DryRun, MigrationOptions
+from field_encrypt.usage import count_not_on, dek_counts
 
 
 class ReencryptJob(DocumentJob):
@@ -37,7 +38,7 @@ class ReencryptJob(DocumentJob):
             raise ConfigurationError("re-encrypt needs FIELD_ENCRYPT_ENABLED=true")
         self.only = options.old_version
         self.target = options.new_version or provider.current_version()
-        self.counts = self.store.count_by_version()
+        self.counts = dek_counts(runtime)  # effective versions (a DEK under a KEK: its KEK's)
         if self.only is not None:
             self.estimated_total = self.counts.get(self.only, 0)
         else:
@@ -62,8 +63,8 @@ class ReencryptJob(DocumentJob):
 
     def remaining(self) -> int:
         if self.only is not None:
-            return self.store.count_by_version().get(self.only, 0)
-        return self.store.count_not_on(self.target)
+            return dek_counts(self.runtime).get(self.only, 0)
+        return count_not_on(self.runtime, self.target)
 
     def select(self, collection: str, documents: list[StoredDocument]) -> list[StoredDocument]:
         records = self.store.get_many([d.dek_id for d in documents if d.dek_id])
@@ -72,9 +73,9 @@ class ReencryptJob(DocumentJob):
             if document.dek_id is None:
                 continue
             record = records.get(document.dek_id)
-            if record is None or (
-                record.mek_version != self.target
-                and (self.only is None or record.mek_version == self.only)
+            version = None if record is None else self.effective_version(record.mek_version)
+            if version is None or (
+                version != self.target and (self.only is None or version == self.only)
             ):  # a missing DEK: selected, so the failure is named
                 selected.append(document)
         return selected

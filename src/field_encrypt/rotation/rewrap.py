@@ -1,7 +1,7 @@
 """``rewrap-deks``: the same DEKs, wrapped under a new MEK version. Documents are not touched.
 
 One straight path per batch: the store yields DEKs not yet on the target version, the
-provider rewraps each one (and the new wrap is checked to unwrap to the same DEK), the
+provider rewraps each one (and new wraps are checked to unwrap to the same DEK), the
 store swaps the new wraps in with compare-and-swap, the cache forgets those DEKs, and
 the ledger records the cursor. Rows a concurrent writer changed meanwhile are read again
 and, if still off target, rewrapped again (a few rounds at most); nothing a concurrent
@@ -11,19 +11,30 @@ How each DEK is rewrapped and checked before its new wrap is committed:
 
 * Remote providers (``provider.remote``: Key Vault, KMS, PKCS#11 over the network) get
   ``provider.rewrap``, server-side where the service can (KMS ``ReEncrypt``: the DEK
-  never reaches this process for the rewrap itself). The check then unwraps the new
-  wrap and the old one and compares them in constant time: two more requests per DEK,
-  run concurrently, and the one moment the DEK enters this process (dropped at once).
+  never reaches this process for the rewrap itself): **one remote call per DEK**. A
+  sample of the batch is then checked: the first DEK of every batch, plus each other DEK
+  with probability ``MigrationOptions.verify_sample`` (``--verify-sample``, default
+  0.01; 1.0 checks every DEK). A check unwraps the new wrap and the old one and compares
+  them in constant time (two more calls). A sampled mismatch fails the whole batch:
+  nothing of it is committed, and the run stops with :class:`RewrapCheckError`.
 * In-process providers (``local``, ``env``: their ``rewrap`` *is* unwrap then wrap, in
   this process) are driven as unwrap, wrap, then unwrap of the new wrap compared with
-  the DEK in hand: the same check with one AES operation fewer than the remote path.
-  Those that offer ``rewrap_many`` (``BatchRewrapper``) do this for a whole batch in one
-  call, with each MEK version's cipher looked up once.
+  the DEK in hand: every DEK is checked, a mismatch fails that DEK alone. Those that
+  offer ``rewrap_many`` (``BatchRewrapper``) do this for a whole batch in one call, with
+  each MEK version's cipher looked up once.
+
+The same job moves DEKs between layouts and KEKs (``rotation/layout.py``): only the
+target and the choice of source rows differ. With the KEK tier, ``rewrap-deks`` first
+rewraps the KEKs (:meth:`KekTierProvider.rewrap_keks`, a handful of remote calls), then
+the DEKs still wrapped directly under an old MEK version.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
+import random
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
@@ -32,52 +43,85 @@ from field_encrypt.errors import (
     ConfigurationError,
     DecryptionError,
     KeyProviderError,
+    RewrapCheckError,
     RotationError,
     UnsupportedFormatError,
 )
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import BatchRewrapper, KeyProvider, WrappedDek, dek_context
-from field_encrypt.rotation.ledger import Counters, Failure, RunPlan
+from field_encrypt.providers.kek_tier import KEK_CALLS, KekTierProvider
+from field_encrypt.rotation.ledger import Counters, Failure, Mode, RunPlan
 from field_encrypt.rotation.run import DryRun, MigrationOptions, ShardWork
 from field_encrypt.stores.base import DekRecord, WrapUpdate
+from field_encrypt.stores.kek import KEK_PREFIX
+from field_encrypt.usage import dek_counts
 
 MAX_CONFLICT_ROUNDS: Final = 3
-CALLS_PER_DEK: Final = 3
+CALLS_PER_CHECKED_DEK: Final = 3
 """Remote: rewrap, then unwrap of the new and of the old wrap. In-process: unwrap, wrap, unwrap."""
 
 _ITEM_ERRORS = (DecryptionError, UnsupportedFormatError, KeyProviderError)
 """Errors that fail one DEK and let the run go on (transient ones are retried first)."""
 
 
-class RewrapJob:
-    """Rewrap a product's DEKs onto ``to_version`` (the provider's current by default)."""
+def is_kek_version(version: str) -> bool:
+    """Whether a DEK row's version names a KEK of the tier rather than a MEK version."""
+    return version.startswith(KEK_PREFIX)
 
-    mode: Final = "rewrap-deks"
+
+class RewrapJob:
+    """Rewrap a product's DEKs onto ``target`` (``--new-mek-version``, else the current one).
+
+    ``sources`` picks the rows to move by their recorded version (default: any version
+    but the target, or only ``--old-mek-version``). ``tier``: the product's KEK tier,
+    whose KEKs ``rewrap-deks`` moves first.
+    """
 
     def __init__(
-        self, runtime: ProductRuntime, options: MigrationOptions, *, provider: KeyProvider
+        self,
+        runtime: ProductRuntime,
+        options: MigrationOptions,
+        *,
+        provider: KeyProvider,
+        mode: Mode = "rewrap-deks",
+        target: str | None = None,
+        sources: Callable[[str], bool] | None = None,
+        tier: KekTierProvider | None = None,
+        verify_sample: float | None = None,
+        rng: Callable[[], float] = random.random,
     ) -> None:
+        self.mode: Mode = mode
+        self.runtime = runtime
         self.store = runtime.dek_store
         self.cache = runtime.encryptor.cache
         self.product = runtime.encryptor.product
         self.provider = provider
+        self.tier = tier
         self.only = options.old_version
-        self.target = options.new_version or provider.current_version()
+        self.target = target or options.new_version or provider.current_version()
         if self.only == self.target:
             raise ConfigurationError("--old-mek-version is already the target version")
+        self.sources = sources if sources is not None else self._default_sources
         self.concurrency = options.concurrency if provider.remote else 1
+        self.sample = options.verify_sample if verify_sample is None else verify_sample
+        self.batch_size = options.batch_size
+        self._rng = rng
         self._rewrap_one = self._rewrap_remote if provider.remote else self._rewrap_in_process
         self._batch = (
             provider.rewrap_many
             if not provider.remote and isinstance(provider, BatchRewrapper)
             else None
         )
-        self.counts = self.store.count_by_version()
-        if self.only is not None:
-            self.estimated_total = self.counts.get(self.only, 0)
-        else:
-            self.estimated_total = sum(n for v, n in self.counts.items() if v != self.target)
-        self.skipped_at_start = sum(self.counts.values()) - self.estimated_total
+        self.raw_counts = self.store.count_by_version()
+        self.keks = tier.keks.all() if tier is not None else []
+        self.counts = dek_counts(runtime, raw=self.raw_counts)  # what the dry run shows
+        self.direct_total = sum(n for v, n in self.raw_counts.items() if self.sources(v))
+        self.keks_to_move = [k for k in self.keks if self._kek_selected(k.mek_version)]
+        self.deks_under_moved_keks = sum(
+            self.raw_counts.get(KEK_PREFIX + k.kek_id, 0) for k in self.keks_to_move
+        )
+        self.estimated_total = self.direct_total + self.deks_under_moved_keks
+        self.skipped_at_start = sum(self.raw_counts.values()) - self.estimated_total
         self.plan = RunPlan(
             mode=self.mode,
             from_version=self.only,
@@ -85,10 +129,36 @@ class RewrapJob:
             shards=options.worker[1],
         )
 
+    def _default_sources(self, version: str) -> bool:
+        if version == self.target or (self.tier is not None and is_kek_version(version)):
+            return False  # a DEK under a KEK moves with its KEK
+        return self.only is None or version == self.only
+
+    def _mek_of(self, version: str) -> str:
+        """The MEK version behind a DEK row's version (a KEK's, with the tier)."""
+        if self.tier is None or not is_kek_version(version):
+            return version
+        by_id = {k.kek_id: k.mek_version for k in self.keks}
+        return by_id.get(version[len(KEK_PREFIX) :], version)
+
+    def _kek_selected(self, mek_version: str) -> bool:
+        """Whether ``rewrap-deks`` moves a KEK on ``mek_version`` (only with the tier)."""
+        if self.mode != "rewrap-deks" or mek_version == self.target:
+            return False
+        return self.only is None or mek_version == self.only
+
     def dry_run(self, max_rps: float | None) -> DryRun:
-        calls = self.estimated_total * CALLS_PER_DEK
+        n = self.direct_total
+        calls = 0
+        if n:
+            batches = math.ceil(n / self.batch_size)
+            if self.provider.remote:  # the first DEK of each batch is always checked
+                calls = n + 2 * batches + math.ceil(2 * self.sample * max(0, n - batches))
+            else:
+                calls = n * CALLS_PER_CHECKED_DEK
+        calls += KEK_CALLS * len(self.keks_to_move)
         return DryRun(
-            by_version=dict(self.counts),
+            by_version=dict(self.counts if self.mode == "rewrap-deks" else self.raw_counts),
             matched=self.estimated_total,
             skipped=self.skipped_at_start,
             provider_calls=calls,
@@ -97,28 +167,53 @@ class RewrapJob:
 
     def check_ready(self) -> None:
         states = {v.version: v.enabled for v in self.provider.versions()}
-        if not states.get(self.target, False):
+        target_mek = self._mek_of(self.target)
+        if not states.get(target_mek, False):
             raise ConfigurationError(
-                f"target MEK version {self.target!r} is "
-                f"{'disabled' if self.target in states else 'unknown'}"
+                f"target MEK version {target_mek!r} is "
+                f"{'disabled' if target_mek in states else 'unknown'}"
             )
-        sources = [self.only] if self.only else [v for v in self.counts if v != self.target]
-        disabled = [v for v in sources if states.get(v) is False and self.counts.get(v)]
+        needed: dict[str, int] = {}
+        for version, n in self.raw_counts.items():
+            if self.sources(version):
+                mek = self._mek_of(version)
+                needed[mek] = needed.get(mek, 0) + n
+        for k in self.keks_to_move:
+            needed[k.mek_version] = needed.get(k.mek_version, 0) + 1
+        disabled = [v for v, n in needed.items() if n and states.get(v) is False]
         if disabled:
             raise RotationError(
                 f"MEK version(s) {', '.join(disabled)} still wrap "
-                f"{sum(self.counts[v] for v in disabled)} DEKs but are disabled: "
+                f"{sum(needed[v] for v in disabled)} DEKs or KEKs but are disabled: "
                 "enable them (field-encrypt keys enable VERSION) until the rewrap is done"
             )
 
-    def remaining(self) -> int:
+    def remaining(self) -> int | None:
+        raw = self.store.count_by_version()
+        if self.tier is None or self.mode != "rewrap-deks":
+            return sum(n for v, n in raw.items() if self.sources(v))
+        counts = dek_counts(self.runtime, raw=raw)
         if self.only is not None:
-            return self.store.count_by_version().get(self.only, 0)
-        return self.store.count_not_on(self.target)
+            return counts.get(self.only, 0)
+        return sum(n for v, n in counts.items() if v != self.target)
 
     # -- the straight path ---------------------------------------------------------------
 
     def run_shard(self, work: ShardWork) -> None:
+        self.before_shard(work)
+        if self.keks_to_move and work.shard[0] == 0:
+            self._rewrap_keks(work)
+        if not (self.direct_total == 0 and work.cursor is None and self.tier is not None):
+            self._rewrap_deks(work)  # with the tier and no DEK outside it, no row is walked
+        self.after_shard(work)
+
+    def before_shard(self, work: ShardWork) -> None:
+        """What a mode does before its shard's DEKs (``to-direct`` retires the KEKs)."""
+
+    def after_shard(self, work: ShardWork) -> None:
+        """What a mode does once its shard is done (the layout modes delete unused KEKs)."""
+
+    def _rewrap_deks(self, work: ShardWork) -> None:
         pool = ThreadPoolExecutor(self.concurrency) if self.concurrency > 1 else None
         try:
             cursor = work.cursor
@@ -131,25 +226,39 @@ class RewrapJob:
                     only_version=self.only,
                     shard=work.sharding,
                 )
-                updates, failures = self._rewrap(work, page.records, pool)
+                records = [r for r in page.records if self.sources(r.mek_version)]
+                updates, failures = self._rewrap(work, records, pool)
                 delta, more_failures = self._swap_in(work, updates, pool)
                 failures += more_failures
                 work.checkpoint(
                     cursor=page.cursor or cursor,
-                    delta=delta + Counters(matched=len(page.records), failed=len(failures)),
+                    delta=delta + Counters(matched=len(records), failed=len(failures)),
                     failures=failures,
                 )
                 if page.cursor is None:
-                    return
+                    break
                 cursor = page.cursor
         finally:
             if pool is not None:
                 pool.shutdown()
 
+    def _rewrap_keks(self, work: ShardWork) -> None:
+        """With the tier, MEK rotation moves the KEKs: their DEKs follow at no cost."""
+        assert self.tier is not None
+        result = work.retry.call(self.tier.rewrap_keks, self.target, only_version=self.only)
+        moved = sum(self.raw_counts.get(KEK_PREFIX + k, 0) for k in result.moved_kek_ids)
+        work.note(
+            "keks_rewrapped",
+            keks=result.rewrapped,
+            deks=moved,
+            remote_calls=result.remote_calls,
+        )
+        work.checkpoint(cursor=work.cursor, delta=Counters(matched=moved, changed=moved))
+
     def _rewrap(
         self, work: ShardWork, records: list[DekRecord], pool: ThreadPoolExecutor | None
     ) -> tuple[list[WrapUpdate], list[Failure]]:
-        """Each record rewrapped and checked, or the reason it could not be."""
+        """Each record rewrapped (and checked, or sampled), or the reason it could not be."""
         if self._batch is not None:
             return self._rewrap_batch(work, records)
         shard = work.shard[0]
@@ -167,7 +276,38 @@ class RewrapJob:
         results = list(pool.map(attempt, records)) if pool else [attempt(r) for r in records]
         updates = [r for r in results if r.__class__ is WrapUpdate]
         failures = [r for r in results if r.__class__ is Failure]
+        if self.provider.remote and updates:
+            self._check_sample(work, updates, pool)
         return updates, failures
+
+    def _check_sample(
+        self, work: ShardWork, updates: list[WrapUpdate], pool: ThreadPoolExecutor | None
+    ) -> None:
+        """Check the first new wrap of the batch and a ``verify_sample`` share of the rest.
+
+        Raises :class:`RewrapCheckError` (nothing of the batch is committed) on a mismatch.
+        """
+        rng = self._rng
+        sample = self.sample
+        chosen = [u for i, u in enumerate(updates) if i == 0 or sample >= 1.0 or rng() < sample]
+
+        def check(update: WrapUpdate) -> str | None:
+            try:
+                return None if work.retry.call(self._holds_same_dek, update) else "differs"
+            except (DecryptionError, UnsupportedFormatError, KeyProviderError) as exc:
+                return _reason(exc)
+
+        verdicts = list(pool.map(check, chosen)) if pool else [check(u) for u in chosen]
+        bad = [(u, why) for u, why in zip(chosen, verdicts, strict=True) if why is not None]
+        if bad:
+            update, why = bad[0]
+            raise RewrapCheckError(
+                f"the new wrap of DEK {update.record.dek_id} does not unwrap to the same DEK "
+                f"({why}); {len(bad)} of {len(chosen)} checked in this batch failed. Nothing "
+                f"of the batch ({len(updates)} DEKs) was committed; the run stopped"
+            )
+        if chosen:
+            work.note("checked", count=len(chosen), of=len(updates))
 
     def _rewrap_batch(
         self, work: ShardWork, records: list[DekRecord]
@@ -199,21 +339,27 @@ class RewrapJob:
                 )
         return updates, failures
 
-    def _rewrap_remote(self, record: DekRecord) -> WrapUpdate:
-        """``provider.rewrap`` (server-side where the service can), then the check."""
+    def _holds_same_dek(self, update: WrapUpdate) -> bool:
         provider = self.provider
+        record = update.record
         context = dek_context(self.product, record.dek_id)
-        new = provider.rewrap(
+        return hmac.compare_digest(
+            provider.unwrap(update.wrapped, version=update.mek_version, context=context),
+            provider.unwrap(record.wrapped, version=record.mek_version, context=context),
+        )
+
+    def _rewrap_remote(self, record: DekRecord) -> WrapUpdate:
+        """``provider.rewrap``: one remote call (server-side where the service can)."""
+        new = self.provider.rewrap(
             record.wrapped,
             from_version=record.mek_version,
-            context=context,
+            context=dek_context(self.product, record.dek_id),
             to_version=self.target,
         )
-        if new.mek_version != self.target or not hmac.compare_digest(
-            provider.unwrap(new.ciphertext, version=self.target, context=context),
-            provider.unwrap(record.wrapped, version=record.mek_version, context=context),
-        ):
-            raise KeyProviderError("the new wrap does not unwrap to the same DEK")
+        if new.mek_version != self.target:
+            raise KeyProviderError(
+                f"the provider wrapped under {new.mek_version!r}, not {self.target!r}"
+            )
         return WrapUpdate(
             record=record, mek_version=self.target, wrapped=new.ciphertext, algorithm=new.algorithm
         )
@@ -268,9 +414,7 @@ class RewrapJob:
         return Counters(changed=changed, skipped=skipped, conflicts=conflicts), failures
 
     def _selects(self, record: DekRecord) -> bool:
-        if record.mek_version == self.target:
-            return False
-        return self.only is None or record.mek_version == self.only
+        return record.mek_version != self.target and self.sources(record.mek_version)
 
 
 def _reason(exc: Exception) -> str:

@@ -50,6 +50,11 @@ class MigrationOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     lease_ttl: float = DEFAULT_TTL
     dry_run: bool = False
+    verify_sample: float = 0.01
+    """Remote providers: the share of rewrapped DEKs checked besides each batch's first
+    (``--verify-sample``; 1.0 checks every DEK, at two more calls each)."""
+    partition: str = ""
+    """``rotate-kek``: the partition whose KEK is replaced (``--partition``)."""
 
     def __post_init__(self) -> None:
         index, count = self.worker
@@ -59,6 +64,8 @@ class MigrationOptions:
             raise ConfigurationError("--batch-size and --concurrency must be at least 1")
         if self.max_rps is not None and self.max_rps <= 0:
             raise ConfigurationError("--max-rps must be positive")
+        if not 0.0 <= self.verify_sample <= 1.0:
+            raise ConfigurationError("--verify-sample must be between 0 and 1")
         if self.old_version is not None and self.old_version == self.new_version:
             raise ConfigurationError("--old-mek-version and --new-mek-version are the same")
 
@@ -106,7 +113,7 @@ class RunReport:
 
     def as_dict(self) -> dict[str, Any]:
         counters = self.counters.as_dict()
-        if self.mode == "rewrap-deks":
+        if self.mode not in ("re-encrypt", "encrypt", "decrypt"):  # the rewrap modes
             counters["rewrapped"] = counters["changed"]
         return {
             "product": self.product,

@@ -100,7 +100,7 @@ class RunTrail:
     def checkpoint(self, delta: Counters, failures: Sequence[Failure]) -> None:
         """After each checkpoint: per-item failure events, and progress when due."""
         self.done = self.done + delta
-        if self.run.plan.mode == "rewrap-deks":
+        if self.run.plan.mode in ("rewrap-deks", "to-kek", "to-direct", "rotate-kek"):
             for failure in failures:
                 if self._item_events >= MAX_ITEM_EVENTS:
                     self._items_held_back += 1

@@ -3,7 +3,9 @@
 Four findings, all of which must be zero for a clean result:
 
 1. DEKs not wrapped under the given version (the runbook's
-   ``SELECT VALUE COUNT(1) FROM c WHERE c.mekVersion != "<new>"``, expected 0);
+   ``SELECT VALUE COUNT(1) FROM c WHERE c.mekVersion != "<new>"``, expected 0), counted
+   by :func:`field_encrypt.usage.dek_counts`: with the KEK tier a DEK is on its KEK's
+   MEK version;
 2. sampled documents that do not decrypt end to end (an even stride over the documents);
 3. documents that refer to a DEK the dek_store does not have;
 4. DEKs no document refers to (after ``decrypt`` this lists the DEKs it kept on purpose).
@@ -20,6 +22,9 @@ from typing import Any
 from field_encrypt.documents import DocumentPage, DocumentStore
 from field_encrypt.errors import FieldEncryptError
 from field_encrypt.products import ProductRuntime
+from field_encrypt.usage import dek_counts  # the one count; re-exported by rotation
+
+__all__ = ["VerifyReport", "dek_counts", "verify"]
 
 EXAMPLES = 5
 
@@ -64,21 +69,12 @@ class VerifyReport:
         }
 
 
-def dek_counts(runtime: ProductRuntime) -> dict[str, int]:
-    """How many DEKs each MEK version wraps.
-
-    The one count behind ``verify``, ``keys list``, ``keys disable`` and the retirement
-    gate, so they can never disagree about whether a version still wraps DEKs.
-    """
-    return runtime.dek_store.count_by_version()
-
-
 def verify(runtime: ProductRuntime, *, mek_version: str, sample: int = 100) -> VerifyReport:
     """Check the product's DEKs and documents against ``mek_version``."""
     store = runtime.dek_store
     encryptor = runtime.encryptor
-    by_version = dek_counts(runtime)
-    not_on = store.count_not_on(mek_version)
+    by_version = dek_counts(runtime)  # effective versions: a DEK under a KEK counts as its KEK's
+    not_on = sum(n for v, n in by_version.items() if v != mek_version)
     total = sum(docs.count() for docs in runtime.documents.values())
     stride = max(1, total // sample) if sample > 0 else 0
     referenced: set[str] = set()

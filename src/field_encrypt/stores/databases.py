@@ -21,6 +21,7 @@ from field_encrypt.config import Settings
 from field_encrypt.documents import DocumentStore
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.stores.base import DekStore
+from field_encrypt.stores.kek import KekStore
 
 DatabaseKind = Literal["sqlite", "postgres", "cosmos"]
 
@@ -78,6 +79,23 @@ def open_dek_store(database: Any, *, product: str) -> DekStore:
             from field_encrypt.stores.cosmos import CosmosDekStore
 
             return CosmosDekStore(database, product=product)
+
+
+def open_kek_store(database: Any, *, product: str) -> KekStore:
+    """The product's kek_store (the KEK tier's KEKs) in ``database``."""
+    match database_kind_of(database):
+        case "sqlite":
+            from field_encrypt.stores.kek import SqliteKekStore
+
+            return SqliteKekStore(database, product=product)
+        case "postgres":
+            from field_encrypt.stores.postgres_kek import PostgresKekStore
+
+            return PostgresKekStore(database, product=product)
+        case "cosmos":
+            from field_encrypt.stores.cosmos_kek import CosmosKekStore
+
+            return CosmosKekStore(database, product=product)
 
 
 def open_document_store(database: Any, *, collection: str) -> DocumentStore:

@@ -68,6 +68,10 @@ class KekStore(Protocol):
         """Compare-and-swap the KEK's wrap; whether it won."""
         ...
 
+    def retire(self, kek_id: str) -> bool:
+        """Make a KEK no longer active (new DEKs stop going under it); whether it was."""
+        ...
+
     def delete(self, kek_id: str) -> bool:
         """Destroy a KEK (crypto-shredding its DEKs); whether there was one."""
         ...
@@ -163,6 +167,14 @@ class SqliteKekStore:
             "UPDATE kek_store SET mek_version = ?, wrapped = ?, algorithm = ?, updated_at = ?, "
             "revision = revision + 1 WHERE kek_id = ? AND revision = ?",
             (mek_version, wrapped, algorithm, time.time(), record.kek_id, int(record.revision)),
+        )
+        return cur.rowcount == 1
+
+    def retire(self, kek_id: str) -> bool:
+        cur = self.database.execute(
+            "UPDATE kek_store SET active = 0, updated_at = ?, revision = revision + 1 "
+            "WHERE kek_id = ? AND product = ? AND active = 1",
+            (time.time(), kek_id, self.product),
         )
         return cur.rowcount == 1
 

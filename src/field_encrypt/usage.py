@@ -1,0 +1,38 @@
+"""How many DEKs each MEK version wraps: the one count every check and report uses.
+
+With the KEK tier a DEK row records ``mek_version = "kek:<kekId>"``; what protects it is
+its KEK's MEK version, so that is the version it is counted under
+(:func:`~field_encrypt.stores.kek.effective_counts`). ``verify``, ``keys list``,
+``keys disable``, ``keys retire`` (the retirement gate), ``keys compromised``, ``status``,
+``preflight`` and the dry run all count through :func:`dek_counts` (also exported as
+``field_encrypt.rotation.dek_counts``), so they can never disagree about whether a
+version still wraps DEKs, and the runbook's checks keep their meaning in both layouts:
+"0 DEKs off version 2" means no DEK can need version 1 to be read.
+"""
+
+from __future__ import annotations
+
+from field_encrypt.products import ProductRuntime
+from field_encrypt.stores.kek import effective_counts
+
+
+def dek_counts(runtime: ProductRuntime, *, raw: dict[str, int] | None = None) -> dict[str, int]:
+    """DEKs per effective MEK version (a DEK under a KEK counts under its KEK's version).
+
+    A DEK naming a KEK that no longer exists stays under its ``kek:`` name: it is on no
+    MEK version, so :func:`count_not_on` always counts it. ``raw``: the dek_store's
+    ``count_by_version()`` when the caller has just read it (saves a second count).
+    """
+    raw = raw if raw is not None else runtime.dek_store.count_by_version()
+    tier = runtime.kek_tier
+    if tier is None:
+        return raw
+    return effective_counts(raw, tier.keks.all())
+
+
+def count_not_on(runtime: ProductRuntime, version: str) -> int:
+    """DEKs whose effective MEK version is not ``version`` (verify's finding, expected 0)."""
+    return sum(n for v, n in dek_counts(runtime).items() if v != version)
+
+
+__all__ = ["count_not_on", "dek_counts"]
