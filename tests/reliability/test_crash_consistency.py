@@ -45,19 +45,21 @@ BATCHES = 5
 KILLED = -signal.SIGKILL
 
 
-def _environment(directory: Path) -> dict[str, str]:
+def _environment(directory: Path, database: str | None = None) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     return {
         "FIELD_ENCRYPT_KEY_PROVIDER": "local",
         "FIELD_ENCRYPT_KEYRING": str(directory / "keyring.json"),
-        "FIELD_ENCRYPT_DATABASE": str(directory / "fe.db"),
+        "FIELD_ENCRYPT_DATABASE": database or str(directory / "fe.db"),
         "FIELD_ENCRYPT_ENABLED": "true",
     }
 
 
-def _prepare(directory: Path, mode: str, count: int) -> tuple[dict[str, str], str]:
+def _prepare(
+    directory: Path, mode: str, count: int, database: str | None = None
+) -> tuple[dict[str, str], str]:
     """A product with ``count`` documents ready for ``mode``; its environment and target."""
-    env = _environment(directory)
+    env = _environment(directory, database)
     runtime = product.open(load_settings(env))
     try:
         seed(runtime, count, encrypt=mode != "encrypt")
@@ -78,19 +80,28 @@ def _check(env: dict[str, str], count: int, *, completed_on: str | None, where: 
         runtime.close()
 
 
-def _expire_leases(db: str) -> None:
+def _sql(db: str, statement: str) -> list[tuple[Any, ...]]:
+    """Run one statement on the product's database (a SQLite file or a PostgreSQL URL)."""
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db, autocommit=True) as pg:
+            cursor = pg.execute(statement)
+            return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
     conn = sqlite3.connect(db)
-    with conn:
-        conn.execute("UPDATE rotation_shards SET lease_expires_at = 0 WHERE owner IS NOT NULL")
-    conn.close()
+    try:
+        with conn:
+            return conn.execute(statement).fetchall()
+    finally:
+        conn.close()
+
+
+def _expire_leases(db: str) -> None:
+    _sql(db, "UPDATE rotation_shards SET lease_expires_at = 0 WHERE owner IS NOT NULL")
 
 
 def _runs(db: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("SELECT mode, status FROM rotation_runs").fetchall()
-    finally:
-        conn.close()
+    return _sql(db, "SELECT mode, status FROM rotation_runs")
 
 
 def _args(mode: str, batch: int) -> list[str]:
@@ -137,13 +148,26 @@ def test_kill_9_at_every_batch_boundary(tmp_path: Path, mode: str) -> None:
     print(f"{mode}: {len(points)} batch boundaries killed and resumed")
 
 
-@pytest.mark.parametrize("mode", ["rewrap-deks", "re-encrypt", "encrypt"])
-def test_kill_9_at_random_points_of_a_larger_run(tmp_path: Path, mode: str) -> None:
-    """Kill after kill at random points, each resumed by the next run: nothing lost."""
+@pytest.mark.parametrize(
+    ("mode", "store"),
+    [
+        ("rewrap-deks", "sqlite"),
+        ("re-encrypt", "sqlite"),
+        ("encrypt", "sqlite"),
+        ("rewrap-deks", "postgres"),
+        ("re-encrypt", "postgres"),
+    ],
+)
+def test_kill_9_at_random_points_of_a_larger_run(
+    tmp_path: Path, mode: str, store: str, request: pytest.FixtureRequest
+) -> None:
+    """Kill after kill at random points, each resumed by the next run: nothing lost (on
+    SQLite, and on PostgreSQL with its own run ledger)."""
     count = scaled(120, 600)
     batch = 10
     kills = scaled(5, 25)
-    env, target = _prepare(tmp_path, mode, count)
+    database = request.getfixturevalue("postgres_url") if store == "postgres" else None
+    env, target = _prepare(tmp_path, mode, count, database)
     rng = random.Random(f"{mode}-{count}")
     args = _args(mode, batch)
     calls = {"rewrap-deks": 3, "re-encrypt": 2, "encrypt": 1}[mode] * count
@@ -166,4 +190,6 @@ def test_kill_9_at_random_points_of_a_larger_run(tmp_path: Path, mode: str) -> N
     _check(env, count, completed_on=target, where="after the last resume")
     assert _runs(env["FIELD_ENCRYPT_DATABASE"]) == [(mode, "completed")]
     figures.record("crash consistency", crash_points=killed, kills=killed, resumes=killed)
-    print(f"{mode}: {killed} random kills over {count} documents, then completed")
+    if store == "postgres":
+        figures.record("crash consistency", postgres_kills=killed)
+    print(f"{mode} on {store}: {killed} random kills over {count} documents, then completed")
