@@ -31,13 +31,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from field_encrypt.backends.sqlite.db import SqliteDatabase
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.config import load_settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider, dek_context
-from field_encrypt.rotation import MigrationOptions, RunReport, SqliteRunLedger, migrate
-from field_encrypt.stores.sqlite import SqliteDekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
+from field_encrypt.rotation import MigrationOptions, RunReport, migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = "bench"

@@ -20,9 +20,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt import FieldEncryptor
+from field_encrypt.backends.sqlite.db import SqliteDatabase
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.stores.sqlite import SqliteDekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
 
 TITLE = "Quarterly planning notes"
 BODY = "Agenda: budget review, hiring plan, roadmap for Q3; owners and dates to follow."

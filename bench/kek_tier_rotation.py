@@ -34,15 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from field_encrypt.backends.sqlite.db import SqliteDatabase
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore, bucket_of
+from field_encrypt.backends.sqlite.kek_store import SqliteKekStore
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.config import load_settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider, dek_context
 from field_encrypt.providers.kek_tier import KekTierProvider
-from field_encrypt.rotation import MigrationOptions, RunReport, SqliteRunLedger, migrate
-from field_encrypt.stores.kek import SqliteKekStore
-from field_encrypt.stores.sqlite import SqliteDekStore, bucket_of
-from field_encrypt.stores.sqlite_db import SqliteDatabase
+from field_encrypt.rotation import MigrationOptions, RunReport, migrate
 from field_encrypt.usage import count_not_on
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -47,15 +47,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.servers
 
 from sqlalchemy import text
 
+from field_encrypt.backends.base import DekRecord, WrapUpdate
+from field_encrypt.backends.postgres.db import PostgresDatabase
+from field_encrypt.backends.postgres.dek_store import PostgresDekStore
+from field_encrypt.backends.sharding import bucket_of
 from field_encrypt.config import load_settings
 from field_encrypt.providers.base import dek_context
 from field_encrypt.providers.local import LocalKeyProvider
 from field_encrypt.rotation import MigrationOptions, migrate, open_ledger
 from field_encrypt.runtime import open_runtime
-from field_encrypt.stores.base import DekRecord, WrapUpdate
-from field_encrypt.stores.postgres import PostgresDekStore
-from field_encrypt.stores.postgres_db import PostgresDatabase
-from field_encrypt.stores.sharding import bucket_of
 
 PRODUCT = "bench"
 MEK = "bench-mek"

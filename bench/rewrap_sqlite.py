@@ -33,15 +33,16 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from field_encrypt.backends.sqlite.db import SqliteDatabase
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore, bucket_of
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.cache import DekCache
 from field_encrypt.config import load_settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.rotation import MigrationOptions, SqliteRunLedger, migrate
-from field_encrypt.stores.sqlite import SqliteDekStore, bucket_of
-from field_encrypt.stores.sqlite_db import SqliteDatabase
+from field_encrypt.rotation import MigrationOptions, migrate
 
 PRODUCT = "bench"
 

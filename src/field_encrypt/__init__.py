@@ -3,6 +3,7 @@
 The public API is what ``__all__`` lists; a test pins it. Everything else is private.
 """
 
+from field_encrypt.backends.base import DekPage, DekRecord, DekStore, WrapUpdate
 from field_encrypt.bootstrap import build_provider, build_store, init_encryption
 from field_encrypt.cache import CacheStats, DekCache
 from field_encrypt.config import Settings, load_settings
@@ -27,7 +28,6 @@ from field_encrypt.errors import (
     UnsupportedFormatError,
 )
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
-from field_encrypt.stores.base import DekPage, DekRecord, DekStore, WrapUpdate
 
 __all__ = [
     "AlreadyExistsError",

@@ -11,7 +11,7 @@ Events never hold key material: ``data`` takes only text, numbers, booleans, ``N
 lists/dicts of them, and refuses ``bytes`` outright.
 
 How the trail reaches the code that emits: a product's runtime builds one trail in its own
-database (:func:`open_audit_trail`) and hands it to its
+database (:func:`field_encrypt.backends.registry.open_audit_trail`) and hands it to its
 :class:`~field_encrypt.envelope.FieldEncryptor` (shred, decrypt denied) and to
 :class:`~field_encrypt.products.ProductRuntime` (the rotation engine and the CLI). Where
 no trail is given, nothing is emitted. ``docs/audit.md`` lists every event and its data.
@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from field_encrypt.errors import ConfigurationError, StoreError
-from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase
 
 GENESIS = "0" * 64
 TYPE_PREFIX = "io.field-encrypt."
@@ -232,114 +231,6 @@ class AuditTrail(Protocol):
         ...
 
 
-MIGRATIONS = (
-    Migration(
-        "0001_actiontrail",
-        """
-        CREATE TABLE actiontrail (
-            seq INTEGER PRIMARY KEY,
-            product TEXT NOT NULL,
-            id TEXT NOT NULL UNIQUE,
-            type TEXT NOT NULL,
-            subject TEXT NOT NULL,
-            time TEXT NOT NULL,
-            event TEXT NOT NULL,
-            hash TEXT NOT NULL
-        );
-        CREATE INDEX actiontrail_type ON actiontrail (product, type)
-        """,
-    ),
-)
-
-
-class SqliteAuditTrail:
-    """The actiontrail table in the product's SQLite database."""
-
-    def __init__(
-        self,
-        database: SqliteDatabase,
-        *,
-        product: str,
-        sinks: Iterable[AuditSink] = (),
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    ) -> None:
-        self.database = database
-        self.product = product
-        self.sinks = list(sinks)
-        self._clock = clock
-        database.migrate(MIGRATIONS)
-
-    def __repr__(self) -> str:
-        return f"SqliteAuditTrail({self.database.path!r}, product={self.product!r})"
-
-    def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
-        payload = checked_data(type, data)
-        with self.database.transaction() as tx:
-            last = tx.execute(
-                "SELECT hash FROM actiontrail WHERE product = ? ORDER BY seq DESC LIMIT 1",
-                (self.product,),
-            ).fetchone()
-            event = new_event(
-                product=self.product,
-                type=type,
-                subject=subject,
-                data=payload,
-                time=self._clock(),
-                prevhash=last[0] if last else GENESIS,
-            )
-            cur = tx.execute(
-                "INSERT INTO actiontrail (product, id, type, subject, time, event, hash) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    self.product,
-                    event["id"],
-                    type,
-                    subject,
-                    event["time"],
-                    stored_text(event),
-                    event["hash"],
-                ),
-            )
-        for sink in self.sinks:
-            sink.send(event)
-        return stored_event(int(cur.lastrowid or 0), event)
-
-    def events(
-        self,
-        *,
-        types: Sequence[str] = (),
-        subject: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        limit: int | None = None,
-    ) -> list[AuditEvent]:
-        where, params = ["product = ?"], [self.product]
-        if types:
-            where.append(f"type IN ({','.join('?' * len(types))})")
-            params += list(types)
-        if subject is not None:
-            where.append("subject = ?")
-            params.append(subject)
-        if since is not None:
-            where.append("time >= ?")
-            params.append(since.isoformat())
-        if until is not None:
-            where.append("time < ?")
-            params.append(until.isoformat())
-        sql = f"SELECT seq, event FROM actiontrail WHERE {' AND '.join(where)} ORDER BY seq"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        rows = self.database.query(sql, params)
-        return [stored_event(seq, json.loads(text)) for seq, text in rows]
-
-    def verify(self) -> ChainReport:
-        rows = self.database.query(
-            "SELECT seq, event, hash FROM actiontrail WHERE product = ? ORDER BY seq",
-            (self.product,),
-        )
-        return verify_chain((seq, json.loads(text), stored) for seq, text, stored in rows)
-
-
 def verify_chain(rows: Iterable[tuple[int, dict[str, Any], str]]) -> ChainReport:
     """Check a sequence of ``(seq, event, stored hash)`` links; shared by every store."""
     previous = GENESIS
@@ -378,39 +269,6 @@ def stored_event(seq: int, event: Mapping[str, Any]) -> AuditEvent:
 def full_type(name: str) -> str:
     """``mek.version.created`` or the full ``io.field-encrypt.mek.version.created``: the full type."""
     return name if name.startswith(TYPE_PREFIX) else TYPE_PREFIX + name
-
-
-def open_audit_trail(database: object, *, product: str, sink: str | None = None) -> AuditTrail:
-    """The product's trail in its own database; ``sink`` is ``FIELD_ENCRYPT_AUDIT_SINK``.
-
-    ``database`` is a ``SqliteDatabase``, ``PostgresDatabase`` or ``CosmosDatabase`` (from
-    ``stores.databases.open_database``); anything else is a ``ConfigurationError``.
-    """
-    from field_encrypt.stores.databases import database_kind_of
-
-    sinks = [s for s in (sink_from_setting(sink),) if s is not None]
-    try:
-        kind = database_kind_of(database)
-    except TypeError:
-        raise ConfigurationError(
-            f"no audit trail for a {type(database).__name__} database"
-        ) from None
-    match kind:
-        case "sqlite":
-            assert isinstance(database, SqliteDatabase)
-            return SqliteAuditTrail(database, product=product, sinks=sinks)
-        case "postgres":
-            from field_encrypt.stores.postgres_audit import PostgresAuditTrail
-            from field_encrypt.stores.postgres_db import PostgresDatabase
-
-            assert isinstance(database, PostgresDatabase)
-            return PostgresAuditTrail(database, product=product, sinks=sinks)
-        case "cosmos":
-            from field_encrypt.stores.cosmos_audit import CosmosAuditTrail
-            from field_encrypt.stores.cosmos_db import CosmosDatabase
-
-            assert isinstance(database, CosmosDatabase)
-            return CosmosAuditTrail(database, product=product, sinks=sinks)
 
 
 class DenialRecorder:

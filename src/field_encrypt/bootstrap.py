@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from field_encrypt.audit import AuditTrail
+from field_encrypt.backends.base import DekStore, KekStore
 from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings, load_settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
-from field_encrypt.stores.base import DekStore
-from field_encrypt.stores.kek import KekStore
 
 
 def build_provider(settings: Settings) -> KeyProvider:
@@ -139,18 +138,9 @@ def _missing_extra(name: str, extra: str, exc: ImportError) -> ConfigurationErro
     )
 
 
-def sqlite_path(settings: Settings) -> str:
-    """The SQLite file ``settings.database`` names (a path or a ``sqlite:///`` URL)."""
-    if "://" in settings.database and not settings.database.startswith("sqlite://"):
-        raise ConfigurationError(
-            f"unsupported FIELD_ENCRYPT_DATABASE scheme: {settings.database.split('://')[0]!r}"
-        )
-    return settings.database.removeprefix("sqlite:///").removeprefix("sqlite://")
-
-
 def build_store(settings: Settings, *, product: str) -> DekStore:
     """The dek_store in the database ``settings.database`` names (SQLite, PostgreSQL, Cosmos)."""
-    from field_encrypt.stores.databases import open_database, open_dek_store
+    from field_encrypt.backends.registry import open_database, open_dek_store
 
     return open_dek_store(open_database(settings), product=product)
 
@@ -169,7 +159,7 @@ def init_encryption(
     Without a given ``provider``, the one the settings name, under the KEK tier when
     ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` (its kek_store in the dek_store's database).
 
-    ``audit`` (e.g. :func:`field_encrypt.audit.open_audit_trail`) records shreds and
+    ``audit`` (e.g. :func:`field_encrypt.backends.registry.open_audit_trail`) records shreds and
     denied decryptions; without it nothing is recorded.
 
     Fails at start-up, with a :class:`ConfigurationError`, on bad or missing settings;
@@ -179,7 +169,7 @@ def init_encryption(
     store = store if store is not None else build_store(settings, product=product)
     if provider is None:
         provider = build_provider(settings)
-        from field_encrypt.stores.databases import database_kind_of, open_kek_store
+        from field_encrypt.backends.registry import database_kind_of, open_kek_store
 
         database = getattr(store, "database", None)
         try:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt import token
 from field_encrypt.audit import DEK_SHREDDED, AuditTrail, DenialRecorder
+from field_encrypt.backends.base import DekStore
 from field_encrypt.cache import DekCache
 from field_encrypt.errors import (
     ConfigurationError,
@@ -32,7 +33,6 @@ from field_encrypt.errors import (
     NotFoundError,
 )
 from field_encrypt.providers.base import KeyProvider, dek_context
-from field_encrypt.stores.base import DekStore
 
 TokenForm = Literal["text", "binary"]
 _VERSION_BYTE = bytes((token.VERSION,))

@@ -15,13 +15,13 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from field_encrypt.audit import AuditTrail
+from field_encrypt.backends.base import DekStore
 from field_encrypt.config import Settings
 from field_encrypt.documents import DocumentStore
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
-from field_encrypt.stores.base import DekStore
 
 ENTRY_POINT_GROUP = "field_encrypt.products"
 

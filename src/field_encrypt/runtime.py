@@ -2,31 +2,32 @@
 
 :func:`open_runtime` picks SQLite, PostgreSQL or Cosmos DB from ``FIELD_ENCRYPT_DATABASE``;
 :func:`open_sqlite_runtime` is the SQLite case, kept for callers that want only that. The
-audit trail lives in the same database, whichever it is (``audit.open_audit_trail``).
+audit trail lives in the same database, whichever it is (``backends.registry.open_audit_trail``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from field_encrypt.audit import open_audit_trail
-from field_encrypt.bootstrap import build_key_layout, build_provider, sqlite_path
+from field_encrypt.backends.registry import (
+    database_kind,
+    open_audit_trail,
+    open_database,
+    open_dek_store,
+    open_document_store,
+    open_kek_store,
+    sqlite_path,
+)
+from field_encrypt.backends.sqlite.db import SqliteDatabase
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
+from field_encrypt.backends.sqlite.documents import SqliteDocumentStore
+from field_encrypt.backends.sqlite.kek_store import SqliteKekStore
+from field_encrypt.bootstrap import build_key_layout, build_provider
 from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
-from field_encrypt.stores.databases import (
-    database_kind,
-    open_database,
-    open_dek_store,
-    open_document_store,
-    open_kek_store,
-)
-from field_encrypt.stores.kek import SqliteKekStore
-from field_encrypt.stores.sqlite import SqliteDekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
-from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
 
 
 def open_sqlite_runtime(

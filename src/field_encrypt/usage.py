@@ -2,7 +2,7 @@
 
 With the KEK tier a DEK row records ``mek_version = "kek:<kekId>"``; what protects it is
 its KEK's MEK version, so that is the version it is counted under
-(:func:`~field_encrypt.stores.kek.effective_counts`). ``verify``, ``keys list``,
+(:func:`~field_encrypt.backends.base.effective_counts`). ``verify``, ``keys list``,
 ``keys disable``, ``keys retire`` (the retirement gate), ``keys compromised``, ``status``,
 ``preflight`` and the dry run all count through :func:`dek_counts` (also exported as
 ``field_encrypt.rotation.dek_counts``), so they can never disagree about whether a
@@ -12,8 +12,8 @@ version still wraps DEKs, and the runbook's checks keep their meaning in both la
 
 from __future__ import annotations
 
+from field_encrypt.backends.base import effective_counts
 from field_encrypt.products import ProductRuntime
-from field_encrypt.stores.kek import effective_counts
 
 
 def dek_counts(runtime: ProductRuntime, *, raw: dict[str, int] | None = None) -> dict[str, int]:

@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build_provider
-from field_encrypt.audit import open_audit_trail
-from field_encrypt.bootstrap import build_key_layout
-from field_encrypt.products import ProductRuntime
-from field_encrypt.stores.databases import (
+from field_encrypt.backends.registry import (
     database_kind,
+    open_audit_trail,
     open_database,
     open_dek_store,
     open_kek_store,
 )
+from field_encrypt.bootstrap import build_key_layout
+from field_encrypt.products import ProductRuntime
 from notelett.documents import NotesDocumentStore
-from notelett.repository import NotesRepository, WorkspaceDirectory
+from notelett.repositories.base import NotesRepository, WorkspaceDirectory
 from notelett.service import COLLECTION, ENCRYPTED_FIELDS
 from notelett.settings import NoteLettSettings, database_url
 
@@ -116,13 +116,16 @@ def open_backend(
 def _repositories(database: Any, kind: str) -> tuple[NotesRepository, WorkspaceDirectory]:
     """The notes repository and workspace directory of ``kind`` in ``database``."""
     if kind == "postgres":
-        from notelett.postgres_store import PostgresNotesRepository, PostgresWorkspaceDirectory
+        from notelett.repositories.postgres import (
+            PostgresNotesRepository,
+            PostgresWorkspaceDirectory,
+        )
 
         return PostgresNotesRepository(database), PostgresWorkspaceDirectory(database)
     if kind == "cosmos":
-        from notelett.cosmos_store import CosmosNotesRepository, CosmosWorkspaceDirectory
+        from notelett.repositories.cosmos import CosmosNotesRepository, CosmosWorkspaceDirectory
 
         return CosmosNotesRepository(database), CosmosWorkspaceDirectory(database)
-    from notelett.sqlite_store import SqliteNotesRepository, SqliteWorkspaceDirectory
+    from notelett.repositories.sqlite import SqliteNotesRepository, SqliteWorkspaceDirectory
 
     return SqliteNotesRepository(database), SqliteWorkspaceDirectory(database)

@@ -11,7 +11,7 @@ from typing import Any
 
 from field_encrypt import ConcurrentUpdateError
 from field_encrypt.documents import DocumentPage, StoredDocument
-from notelett.repository import NoteRecord, NotesRepository
+from notelett.repositories.base import NoteRecord, NotesRepository
 from notelett.service import COLLECTION, ENCRYPTED_FIELDS
 
 

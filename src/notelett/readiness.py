@@ -14,7 +14,7 @@ import os
 
 from field_encrypt import FieldEncryptError, KeyProvider
 from notelett.models import CheckOut, ReadinessOut
-from notelett.repository import NotesRepository
+from notelett.repositories.base import NotesRepository
 
 log = logging.getLogger("notelett.readiness")
 

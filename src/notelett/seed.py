@@ -10,7 +10,7 @@ import random
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
-from field_encrypt.stores.sqlite_db import SqliteDatabase
+from field_encrypt.backends.sqlite.db import SqliteDatabase
 from notelett.auth import Principal
 from notelett.backend import Backend
 from notelett.service import NoteContent, NotesService

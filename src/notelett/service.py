@@ -36,7 +36,7 @@ from notelett.errors import (
     PreconditionRequiredError,
     WorkspaceNotFoundError,
 )
-from notelett.repository import NoteRecord, NotesRepository, StoredValue, WorkspaceDirectory
+from notelett.repositories.base import NoteRecord, NotesRepository, StoredValue, WorkspaceDirectory
 
 COLLECTION = "notes"
 ENCRYPTED_FIELDS = ("title", "body")

@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from field_encrypt import ConfigurationError, Settings
-from field_encrypt.bootstrap import sqlite_path
+from field_encrypt.backends.registry import sqlite_path
 
 DEFAULT_DATABASE = "var/notelett.db"
 

@@ -15,9 +15,10 @@ import sqlite3
 from pathlib import Path
 
 from field_encrypt import audit
+from field_encrypt.backends.sqlite.lifecycle import SqliteLifecycleStore
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.config import load_settings
-from field_encrypt.rotation import SqliteLifecycleStore, verify
+from field_encrypt.rotation import verify
 from tests.cli.helpers import PRODUCT, cli, cli_process
 from tests.support.sample_product import product
 from tests.support.seed import document, read_all, seed

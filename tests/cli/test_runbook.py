@@ -20,9 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from field_encrypt.backends.sqlite.lifecycle import SqliteLifecycleStore
 from field_encrypt.config import load_settings
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation import SqliteLifecycleStore, verify
+from field_encrypt.rotation import verify
 from tests.cli.test_docs import commands
 from tests.support.sample_product import product
 from tests.support.seed import document, read_all

@@ -17,15 +17,15 @@ from typing import Protocol
 
 import pytest
 
+from field_encrypt.backends.base import DekStore, KekStore
+from field_encrypt.backends.sqlite.db import SqliteDatabase
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
+from field_encrypt.backends.sqlite.kek_store import SqliteKekStore
 from field_encrypt.documents import DocumentStore
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.env import EnvKeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.stores.base import DekStore
-from field_encrypt.stores.kek import KekStore, SqliteKekStore
-from field_encrypt.stores.sqlite import SqliteDekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
 from tests.backends import BACKEND_KINDS
 from tests.harnesses import (  # noqa: F401 - package-scoped fixtures used by the harnesses
     HARNESS_FIXTURES,
@@ -139,16 +139,16 @@ def dek_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DekSto
         database.close()
         return
     if kind == "postgres":
-        from field_encrypt.stores.postgres import PostgresDekStore
-        from field_encrypt.stores.postgres_db import PostgresDatabase
+        from field_encrypt.backends.postgres.db import PostgresDatabase
+        from field_encrypt.backends.postgres.dek_store import PostgresDekStore
 
         pg = PostgresDatabase(request.getfixturevalue("postgres_url"))
         yield PostgresDekStore(pg, product="contract")
         pg.close()
         return
     if kind == "cosmos":
-        from field_encrypt.stores.cosmos import CosmosDekStore
-        from field_encrypt.stores.cosmos_db import CosmosDatabase
+        from field_encrypt.backends.cosmos.db import CosmosDatabase
+        from field_encrypt.backends.cosmos.dek_store import CosmosDekStore
 
         key = request.getfixturevalue("cosmos_server").key
         cosmos = CosmosDatabase.connect(request.getfixturevalue("cosmos_url"), key=key)
@@ -161,7 +161,7 @@ def dek_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DekSto
 @pytest.fixture(params=STORE_KINDS)
 def kek_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KekStore]:
     """The product's kek_store in one fresh database of each kind."""
-    from field_encrypt.stores.databases import open_database, open_kek_store
+    from field_encrypt.backends.registry import open_database, open_kek_store
     from tests.backends import backend_for
 
     backend = backend_for(request.param, request, tmp_path)
@@ -176,7 +176,7 @@ OpenCollection = Callable[[str], DocumentStore]
 @pytest.fixture(params=STORE_KINDS)
 def open_collection(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenCollection]:
     """Opens generic document stores (any collection) in one fresh database of each kind."""
-    from field_encrypt.stores.databases import open_database, open_document_store
+    from field_encrypt.backends.registry import open_database, open_document_store
     from tests.backends import backend_for
 
     backend = backend_for(request.param, request, tmp_path)

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 import pytest
 
 from field_encrypt import ConfigurationError, audit
-from field_encrypt.stores.databases import open_database
+from field_encrypt.backends.registry import open_audit_trail, open_database
+from field_encrypt.backends.sqlite.audit import SqliteAuditTrail
 from tests.backends import BACKEND_KINDS, backend_for
 
 PRODUCT = "notelett"
@@ -98,7 +99,7 @@ class CosmosRaw:
         self.container = client.get_database_client(name).get_container_client("actiontrail")
 
     def _id(self, seq: int) -> str:
-        from field_encrypt.stores.cosmos_audit import event_id
+        from field_encrypt.backends.cosmos.audit import event_id
 
         return event_id(seq)
 
@@ -132,12 +133,12 @@ class TrailHarness:
         database = open_database(self.backend.settings())
         self._databases.append(database)
         if clock is None:
-            return audit.open_audit_trail(database, product=product)
-        trail_class: Any = audit.SqliteAuditTrail
+            return open_audit_trail(database, product=product)
+        trail_class: Any = SqliteAuditTrail
         if self.kind == "postgres":
-            from field_encrypt.stores.postgres_audit import PostgresAuditTrail as trail_class
+            from field_encrypt.backends.postgres.audit import PostgresAuditTrail as trail_class
         elif self.kind == "cosmos":
-            from field_encrypt.stores.cosmos_audit import CosmosAuditTrail as trail_class
+            from field_encrypt.backends.cosmos.audit import CosmosAuditTrail as trail_class
         trail: audit.AuditTrail = trail_class(database, product=product, clock=clock)
         return trail
 

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
+from field_encrypt.backends.base import DekRecord, DekStore, WrapUpdate
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
-from field_encrypt.stores.base import DekRecord, DekStore, WrapUpdate
 
 
 def _new(store: DekStore, version: str = "1") -> DekRecord:

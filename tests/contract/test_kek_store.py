@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
+from field_encrypt.backends.base import KekRecord, KekStore
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
-from field_encrypt.stores.kek import KekRecord, KekStore
 
 
 def _new(store: KekStore, partition: str = "", version: str = "1") -> KekRecord:

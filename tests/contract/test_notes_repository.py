@@ -13,7 +13,7 @@ import pytest
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 from notelett.backend import _repositories
 from notelett.errors import InvalidCursorError
-from notelett.repository import NoteRecord, NotesRepository, WorkspaceDirectory
+from notelett.repositories.base import NoteRecord, NotesRepository, WorkspaceDirectory
 from tests.backends import BACKEND_KINDS, backend_for
 
 
@@ -21,7 +21,7 @@ from tests.backends import BACKEND_KINDS, backend_for
 def repos(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[NotesRepository, WorkspaceDirectory]]:
-    from field_encrypt.stores.databases import database_kind, open_database
+    from field_encrypt.backends.registry import database_kind, open_database
 
     backend = backend_for(request.param, request, tmp_path)
     database = open_database(backend.settings())

@@ -21,10 +21,10 @@ import atheris
 
 with atheris.instrument_imports():
     from field_encrypt import FieldEncryptor, token
+    from field_encrypt.backends.sqlite.db import SqliteDatabase
+    from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
     from field_encrypt.errors import FieldEncryptError
     from field_encrypt.providers.local import LocalKeyProvider
-    from field_encrypt.stores.sqlite import SqliteDekStore
-    from field_encrypt.stores.sqlite_db import SqliteDatabase
 
 _tmp = Path(tempfile.mkdtemp(prefix="fuzz-token-"))
 _provider = LocalKeyProvider(_tmp / "ring.json", mek_name="fuzz")

@@ -9,15 +9,15 @@ from collections.abc import Iterator
 import pytest
 from azure.cosmos import CosmosClient, PartitionKey
 
+from field_encrypt.backends.base import DekRecord, WrapUpdate
+from field_encrypt.backends.cosmos.db import CosmosDatabase, parse_url
+from field_encrypt.backends.cosmos.dek_store import CosmosDekStore
 from field_encrypt.errors import (
     ConfigurationError,
     NotFoundError,
     StoreError,
     StoreUnavailableError,
 )
-from field_encrypt.stores.base import DekRecord, WrapUpdate
-from field_encrypt.stores.cosmos import CosmosDekStore
-from field_encrypt.stores.cosmos_db import CosmosDatabase, parse_url
 from tests.backends import cosmos_url_for
 from tests.servers.cosmos import CosmosServer
 from tests.servers.cosmos_faults import Fault, FaultTransport

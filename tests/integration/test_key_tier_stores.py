@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from field_encrypt import audit
+from field_encrypt.backends.base import KEK_PREFIX
 from field_encrypt.rotation import MigrationOptions, migrate, open_ledger
 from field_encrypt.runtime import open_runtime
-from field_encrypt.stores.kek import KEK_PREFIX
 from field_encrypt.usage import count_not_on, dek_counts
 from tests.backends import BACKEND_KINDS, Backend
 

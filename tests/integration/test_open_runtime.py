@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from field_encrypt.backends.registry import database_kind
 from field_encrypt.bootstrap import build_store
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.runtime import open_runtime
-from field_encrypt.stores.databases import database_kind
 from tests.backends import BACKEND_KINDS, Backend
 
 COLLECTIONS = {"notes": ["title", "body"]}

@@ -10,15 +10,15 @@ import psycopg
 import pytest
 import sqlalchemy
 
+from field_encrypt.backends.base import DekRecord, WrapUpdate
+from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
+from field_encrypt.backends.postgres.dek_store import PostgresDekStore
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConfigurationError,
     StoreError,
     StoreUnavailableError,
 )
-from field_encrypt.stores.base import DekRecord, WrapUpdate
-from field_encrypt.stores.postgres import PostgresDekStore
-from field_encrypt.stores.postgres_db import Migration, PostgresDatabase
 from tests.servers.postgres import PostgresServer
 
 

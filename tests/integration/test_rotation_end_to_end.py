@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
+from field_encrypt.backends.base import DekStore, WrapUpdate
+from field_encrypt.backends.sqlite.db import SqliteDatabase
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
 from field_encrypt.cache import DekCache
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.errors import KeyVersionDisabledError
 from field_encrypt.providers.base import KeyProvider, dek_context
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.stores.base import DekStore, WrapUpdate
-from field_encrypt.stores.sqlite import SqliteDekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
 from tests.harnesses import HARNESS_FIXTURES
 
 PRODUCT = "notelett"

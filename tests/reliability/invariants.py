@@ -24,9 +24,9 @@ from typing import Any
 
 from field_encrypt import DekCache, FieldEncryptError, FieldEncryptor, KeyProvider
 from field_encrypt import token as tokens
+from field_encrypt.backends.sqlite.db import SqliteDatabase
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
-from field_encrypt.stores.sqlite_db import SqliteDatabase
 
 
 @dataclass

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from field_encrypt import DekCache, FieldEncryptor, KeyProvider, load_settings
+from field_encrypt.backends.sqlite.db import SqliteDatabase
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
+from field_encrypt.backends.sqlite.documents import SqliteDocumentStore
 from field_encrypt.config import Settings
 from field_encrypt.products import Product, ProductRuntime
-from field_encrypt.stores.sqlite import SqliteDekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
-from field_encrypt.stores.sqlite_documents import SqliteDocumentStore
 from tests.support.sample_product import COLLECTIONS, NAME
 
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.local import LocalKeyProvider
 from field_encrypt.rotation import (
     MigrationOptions,
     RetryPolicy,
-    SqliteRunLedger,
     migrate,
     open_ledger,
     open_lifecycle,

@@ -36,8 +36,9 @@ from field_encrypt import (
     NotFoundError,
     RotationError,
 )
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.rotation import MigrationOptions, SqliteRunLedger, migrate
+from field_encrypt.rotation import MigrationOptions, migrate
 from field_encrypt.testing import FakeClock, FaultInjectingProvider
 from tests import figures
 from tests.reliability import remote

@@ -20,14 +20,9 @@ from typing import Any
 import pytest
 
 from field_encrypt import KeyProvider
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation import (
-    MigrationOptions,
-    RetryBudgetExhausted,
-    RetryPolicy,
-    SqliteRunLedger,
-    migrate,
-)
+from field_encrypt.rotation import MigrationOptions, RetryBudgetExhausted, RetryPolicy, migrate
 from field_encrypt.testing import FaultInjectingProvider
 from tests import figures
 from tests.cli.helpers import cli

@@ -27,10 +27,11 @@ from typing import Any
 import pytest
 
 from field_encrypt import ConcurrentUpdateError, LeaseHeldError, WrapUpdate, load_settings
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.rotation import MigrationOptions, SqliteRunLedger, migrate, open_ledger
+from field_encrypt.rotation import MigrationOptions, migrate, open_ledger
 from field_encrypt.testing import FaultInjectingProvider
 from notelett.backend import Backend, open_backend
 from notelett.service import NoteContent, NotesService
@@ -372,7 +373,7 @@ def test_an_update_that_loses_its_compare_and_swap_leaves_no_dek(backend: Backen
     """A plaintext note (from before encryption) updated while someone else writes it: the
     update answers 412 and the DEK it made for the note is gone again."""
     from notelett.auth import Principal
-    from notelett.repository import NoteRecord
+    from notelett.repositories.base import NoteRecord
 
     service = NotesService(
         encryptor=backend.encryptor, notes=backend.notes, directory=backend.directory

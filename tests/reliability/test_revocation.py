@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from field_encrypt import DekCache, FieldEncryptor, KeyVersionDisabledError, load_settings
+from field_encrypt.backends.sqlite.db import SqliteDatabase
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.stores.sqlite import SqliteDekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
 from field_encrypt.testing import FakeClock
 from notelett import NoteLettSettings
 from notelett.backend import Backend, open_backend

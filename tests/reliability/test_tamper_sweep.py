@@ -16,13 +16,13 @@ import pytest
 
 from field_encrypt import DecryptionError, FieldEncryptor
 from field_encrypt import token as tokens
+from field_encrypt.backends.sqlite.db import SqliteDatabase
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
+from field_encrypt.backends.sqlite.kek_store import SqliteKekStore
 from field_encrypt.providers.base import KeyProvider, dek_context
 from field_encrypt.providers.env import EnvKeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.stores.kek import SqliteKekStore
-from field_encrypt.stores.sqlite import SqliteDekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
 
 SIZES = [0, 1, 16, 100, 1000]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation import MigrationOptions, RunReport, SqliteRunLedger, migrate
+from field_encrypt.rotation import MigrationOptions, RunReport, migrate
 from field_encrypt.testing import FakeClock, FaultInjectingProvider
 
 

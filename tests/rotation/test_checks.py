@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation import BackupRecord, RunPlan, SqliteRunLedger, preflight, verify
+from field_encrypt.rotation import BackupRecord, RunPlan, preflight, verify
 from field_encrypt.testing import FakeClock
 from tests.support.seed import seed
 

@@ -7,15 +7,11 @@ import json
 from pathlib import Path
 
 from field_encrypt import audit
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
+from field_encrypt.backends.sqlite.lifecycle import SqliteLifecycleStore
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation import (
-    CompromiseReport,
-    SqliteLifecycleStore,
-    SqliteRunLedger,
-    respond_to_compromise,
-    verify,
-)
+from field_encrypt.rotation import CompromiseReport, respond_to_compromise, verify
 from field_encrypt.testing import FakeClock
 from tests.cli.helpers import PRODUCT, cli
 from tests.rotation.helpers import run

@@ -7,14 +7,9 @@ import json
 import pytest
 
 from field_encrypt import token
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation import (
-    Counters,
-    MigrationOptions,
-    SqliteRunLedger,
-    prepare_job,
-    verify,
-)
+from field_encrypt.rotation import Counters, MigrationOptions, prepare_job, verify
 from field_encrypt.rotation.docwalk import Pending
 from field_encrypt.testing import FakeClock
 from tests.rotation.helpers import faulty, run, versions_of

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 import pytest
 
 from field_encrypt import audit
+from field_encrypt.backends.base import KEK_PREFIX
 from field_encrypt.config import load_settings
 from field_encrypt.errors import DecryptionError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import verify
-from field_encrypt.stores.kek import KEK_PREFIX
 from field_encrypt.testing import CountingProvider
 from field_encrypt.usage import count_not_on, dek_counts
 from tests.cli.helpers import PRODUCT, cli, cli_process
@@ -282,7 +282,9 @@ def test_dek_exposed_compromise_covers_every_dek_under_an_exposed_kek(
     """A KEK keeps its key when rewrapped: DEKs created after the compromise was declared,
     under a KEK that existed before it, are re-encrypted too; the partition gets a new KEK;
     the exposed KEK is deleted once no DEK names it."""
-    from field_encrypt.rotation import SqliteLifecycleStore, SqliteRunLedger, respond_to_compromise
+    from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
+    from field_encrypt.backends.sqlite.lifecycle import SqliteLifecycleStore
+    from field_encrypt.rotation import respond_to_compromise
 
     for runtime in _opened(tier_env):
         seed(runtime, 10)

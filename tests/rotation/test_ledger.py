@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from field_encrypt.backends.registry import database_kind_of, open_database
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.errors import LeaseHeldError, RotationError
-from field_encrypt.rotation import Counters, Failure, RunLedger, RunPlan, SqliteRunLedger
-from field_encrypt.stores.databases import database_kind_of, open_database
+from field_encrypt.rotation import Counters, Failure, RunLedger, RunPlan
 from tests.backends import BACKEND_KINDS, backend_for
 
 PLAN = RunPlan(mode="rewrap-deks", from_version=None, to_version="2", shards=3)
@@ -32,11 +33,11 @@ def ledger_in(database: Any) -> RunLedger:
     """A ledger of the database's kind (as ``open_ledger`` picks it for a runtime)."""
     kind = database_kind_of(database)
     if kind == "postgres":
-        from field_encrypt.rotation.postgres_ledger import PostgresRunLedger
+        from field_encrypt.backends.postgres.ledger import PostgresRunLedger
 
         return PostgresRunLedger(database)
     if kind == "cosmos":
-        from field_encrypt.rotation.cosmos_ledger import CosmosRunLedger
+        from field_encrypt.backends.cosmos.ledger import CosmosRunLedger
 
         return CosmosRunLedger(database)
     return SqliteRunLedger(database)

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from field_encrypt.backends.registry import open_database
 from field_encrypt.errors import ConcurrentUpdateError
 from field_encrypt.rotation import LifecycleStore, open_lifecycle
 from field_encrypt.rotation.lifecycle import RotationState, VersionNote
-from field_encrypt.stores.databases import open_database
 from tests.backends import BACKEND_KINDS, backend_for
 
 

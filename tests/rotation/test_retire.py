@@ -13,17 +13,12 @@ import time
 import pytest
 
 from field_encrypt import audit
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
+from field_encrypt.backends.sqlite.lifecycle import SqliteLifecycleStore
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.errors import ConfigurationError, RotationError
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation import (
-    SqliteLifecycleStore,
-    SqliteRunLedger,
-    create_version,
-    enable_version,
-    retire,
-    version_rows,
-)
+from field_encrypt.rotation import create_version, enable_version, retire, version_rows
 from field_encrypt.rotation.retire import DEKS_GONE, SAMPLE_READS, SOAK_PASSED, RetireReport
 from field_encrypt.testing import FakeClock
 from tests.cli.helpers import PRODUCT, cli

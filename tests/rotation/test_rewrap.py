@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from field_encrypt.backends.base import WrapUpdate
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.errors import LeaseHeldError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
-from field_encrypt.rotation import RetryPolicy, SqliteRunLedger
-from field_encrypt.stores.base import WrapUpdate
+from field_encrypt.rotation import RetryPolicy
 from field_encrypt.testing import FakeClock
 from tests.rotation.helpers import faulty, run, versions_of
 from tests.support.seed import document, read_all, seed

@@ -10,19 +10,11 @@ from pathlib import Path
 import pytest
 
 from field_encrypt import audit
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
+from field_encrypt.backends.sqlite.lifecycle import SqliteLifecycleStore
 from field_encrypt.errors import ConfigurationError, LeaseHeldError
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation import (
-    Advance,
-    Policy,
-    SqliteLifecycleStore,
-    SqliteRunLedger,
-    advance,
-    backup,
-    load_policy,
-    set_halted,
-    verify,
-)
+from field_encrypt.rotation import Advance, Policy, advance, backup, load_policy, set_halted, verify
 from field_encrypt.testing import FakeClock
 from tests.support.seed import document, read_all, seed
 

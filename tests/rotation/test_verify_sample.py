@@ -6,10 +6,11 @@ import os
 
 import pytest
 
+from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.errors import RewrapCheckError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider, WrappedDek
-from field_encrypt.rotation import MigrationOptions, SqliteRunLedger, prepare_job
+from field_encrypt.rotation import MigrationOptions, prepare_job
 from field_encrypt.testing import CountingProvider, FakeClock
 from tests.rotation.helpers import run, versions_of
 from tests.support.seed import document, read_all, seed

@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 import field_encrypt
+from field_encrypt.backends.base import KEK_PREFIX
 from field_encrypt.providers.local import LocalKeyProvider
 from field_encrypt.rotation import MigrationOptions, migrate, open_ledger, verify
-from field_encrypt.stores.kek import KEK_PREFIX
 from field_encrypt.testing import CountingProvider
 from field_encrypt.usage import dek_counts
 from notelett import NoteLettSettings, create_app

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from field_encrypt import ConcurrentUpdateError, NotFoundError, load_settings
+from field_encrypt.backends.sqlite.db import SqliteDatabase
 from field_encrypt.documents import DocumentStore
 from field_encrypt.products import load_product
-from field_encrypt.stores.sqlite_db import SqliteDatabase
 from notelett.backend import Backend
 
 from .conftest import add_members, auth

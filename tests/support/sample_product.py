@@ -28,12 +28,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from field_encrypt.audit import ROTATION_STAGE, AuditEvent, AuditTrail, ChainReport
+from field_encrypt.backends.base import DekPage, DekRecord, DekStore, WrapUpdate
 from field_encrypt.config import Settings
 from field_encrypt.documents import StoredDocument
 from field_encrypt.products import Product, ProductRuntime
 from field_encrypt.providers.base import KeyProvider, KeyVersion
 from field_encrypt.runtime import open_runtime
-from field_encrypt.stores.base import DekPage, DekRecord, DekStore, WrapUpdate
 from field_encrypt.testing import CountingProvider, FaultInjectingProvider
 
 NAME = "sample"

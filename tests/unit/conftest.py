@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from field_encrypt import FieldEncryptor
+from field_encrypt.backends.sqlite.db import SqliteDatabase
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
 from field_encrypt.cache import DekCache
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.stores.sqlite import SqliteDekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
 
 COLLECTIONS = {"notes": ["title", "body", "meta.secret"]}
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from field_encrypt import ConfigurationError, audit
-from field_encrypt.stores.sqlite_db import SqliteDatabase
+from field_encrypt.backends.registry import open_audit_trail
+from field_encrypt.backends.sqlite.audit import SqliteAuditTrail
+from field_encrypt.backends.sqlite.db import SqliteDatabase
 
 
 @pytest.fixture
@@ -25,14 +27,14 @@ def database(tmp_path: Path) -> Iterator[SqliteDatabase]:
 
 
 @pytest.fixture
-def trail(database: SqliteDatabase) -> audit.SqliteAuditTrail:
+def trail(database: SqliteDatabase) -> SqliteAuditTrail:
     times = iter(
         dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i) for i in range(1000)
     )
-    return audit.SqliteAuditTrail(database, product="notelett", clock=lambda: next(times))
+    return SqliteAuditTrail(database, product="notelett", clock=lambda: next(times))
 
 
-def _fill(trail: audit.SqliteAuditTrail, n: int = 5) -> None:
+def _fill(trail: SqliteAuditTrail, n: int = 5) -> None:
     for i in range(n):
         trail.emit(audit.MEK_VERSION_CREATED, subject=f"mek/v{i}", data={"version": str(i)})
 
@@ -40,9 +42,7 @@ def _fill(trail: audit.SqliteAuditTrail, n: int = 5) -> None:
 @pytest.mark.parametrize(
     "data", [{"dek": b"\x00" * 32}, {"nested": [{"k": bytearray(4)}]}, {"x": object()}]
 )
-def test_key_material_cannot_be_logged(
-    trail: audit.SqliteAuditTrail, data: dict[str, object]
-) -> None:
+def test_key_material_cannot_be_logged(trail: SqliteAuditTrail, data: dict[str, object]) -> None:
     """Bytes (and other non-JSON values) are refused in event data, and nothing is stored."""
     with pytest.raises(ConfigurationError):
         trail.emit(audit.RUN_STARTED, subject="run/1", data=data)
@@ -53,7 +53,7 @@ def test_sinks_receive_each_event(database: SqliteDatabase, tmp_path: Path) -> N
     """Events go to a JSON-lines file and a stream after they are stored."""
     stream = io.StringIO()
     path = tmp_path / "events.jsonl"
-    trail = audit.SqliteAuditTrail(
+    trail = SqliteAuditTrail(
         database, product="p", sinks=[audit.JsonLinesSink(path), audit.JsonLinesSink(stream)]
     )
     stored = trail.emit(audit.MEK_VERSION_DISABLED, subject="mek/v1", data={"version": "1"})
@@ -70,7 +70,7 @@ class _Clock:
         return self.now
 
 
-def test_denials_are_deduplicated_per_dek_and_version(trail: audit.SqliteAuditTrail) -> None:
+def test_denials_are_deduplicated_per_dek_and_version(trail: SqliteAuditTrail) -> None:
     """A hot loop over one denied DEK records one event per window, then counts the rest."""
     clock = _Clock()
     recorder = audit.DenialRecorder(trail, window=60.0, clock=clock)
@@ -89,7 +89,7 @@ def test_denials_are_deduplicated_per_dek_and_version(trail: audit.SqliteAuditTr
     assert events[0].data["reason"] == "KeyVersionDisabledError"
 
 
-def test_denials_of_many_deks_are_capped_per_window(trail: audit.SqliteAuditTrail) -> None:
+def test_denials_of_many_deks_are_capped_per_window(trail: SqliteAuditTrail) -> None:
     """Many distinct DEKs denied at once: at most ``burst`` events per window."""
     clock = _Clock()
     recorder = audit.DenialRecorder(trail, window=60.0, burst=5, clock=clock)
@@ -103,7 +103,7 @@ def test_denials_of_many_deks_are_capped_per_window(trail: audit.SqliteAuditTrai
 
 
 def test_a_denial_the_trail_cannot_store_is_reported_later(
-    trail: audit.SqliteAuditTrail, database: SqliteDatabase
+    trail: SqliteAuditTrail, database: SqliteDatabase
 ) -> None:
     """A failed audit write never raises from the denial path; the next event counts it."""
     clock = _Clock()
@@ -119,7 +119,7 @@ def test_a_denial_the_trail_cannot_store_is_reported_later(
 def test_open_audit_trail_refuses_unknown_databases() -> None:
     """Only field-encrypt's databases (SQLite, PostgreSQL, Cosmos DB) are accepted."""
     with pytest.raises(ConfigurationError):
-        audit.open_audit_trail(object(), product="p")
+        open_audit_trail(object(), product="p")
 
 
 def test_full_type_adds_the_namespace() -> None:

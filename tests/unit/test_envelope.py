@@ -14,9 +14,9 @@ from field_encrypt import (
     KeyVersionDisabledError,
 )
 from field_encrypt import token as tokens
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
 from field_encrypt.cache import DekCache
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.stores.sqlite import SqliteDekStore
 
 from .conftest import COLLECTIONS
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from field_encrypt import DecryptionError, FieldEncryptor, KeyVersionDisabledError
+from field_encrypt.backends.base import WrapUpdate, effective_counts
+from field_encrypt.backends.sqlite.db import SqliteDatabase
+from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
+from field_encrypt.backends.sqlite.kek_store import SqliteKekStore
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
 from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.providers.local import LocalKeyProvider
-from field_encrypt.stores.base import WrapUpdate
-from field_encrypt.stores.kek import SqliteKekStore, effective_counts
-from field_encrypt.stores.sqlite import SqliteDekStore
-from field_encrypt.stores.sqlite_db import SqliteDatabase
 
 DOC = {"title": "t", "body": "b"}
 

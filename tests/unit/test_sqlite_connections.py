@@ -6,7 +6,7 @@ import os
 import threading
 from pathlib import Path
 
-from field_encrypt.stores.sqlite_db import SqliteDatabase
+from field_encrypt.backends.sqlite.db import SqliteDatabase
 
 
 def _open_files(path: Path) -> int:

@@ -11,7 +11,7 @@ envelope and the rewrap engine use it like any other:
 
 MEK rotation with the tier rewraps the KEKs only (:meth:`KekTierProvider.rewrap_keks`,
 three checked remote calls per KEK) whatever the number of DEKs. A DEK's effective MEK
-version is its KEK's (:func:`~field_encrypt.stores.kek.effective_counts`, applied by
+version is its KEK's (:func:`~field_encrypt.backends.base.effective_counts`, applied by
 :func:`field_encrypt.usage.dek_counts`). ``layout`` says where new DEKs go; both layouts
 read both kinds of DEK, so a product moves between them with a migration
 (``rotation/layout.py``). See docs/key-tier.md.
@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt.audit import KEK_CREATED, KEK_DELETED, KEK_REWRAPPED, AuditTrail
+from field_encrypt.backends.base import KEK_PREFIX, KekRecord, KekStore
 from field_encrypt.cache import DekCache
 from field_encrypt.errors import (
     AlreadyExistsError,
@@ -42,7 +43,6 @@ from field_encrypt.errors import (
     NotFoundError,
 )
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
-from field_encrypt.stores.kek import KEK_PREFIX, KekRecord, KekStore
 
 ALGORITHM = "A256GCM-KEK"
 KEK_CALLS = 3

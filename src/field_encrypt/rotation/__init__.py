@@ -5,7 +5,7 @@ The operator CLI (``field_encrypt.cli``) is a thin layer over what this package 
 applications and tests can call the same functions directly.
 """
 
-from field_encrypt.errors import ConfigurationError
+from field_encrypt.backends.registry import open_lifecycle_store, open_run_ledger
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation.backup import RestoreReport, backup, restore
 from field_encrypt.rotation.compromise import CompromiseReport, respond_to_compromise
@@ -42,10 +42,7 @@ from field_encrypt.rotation.retire import RetireReport, retire
 from field_encrypt.rotation.retry import Retrier, RetryBudgetExhausted, RetryPolicy
 from field_encrypt.rotation.run import DryRun, MigrationOptions, RunObserver, RunReport
 from field_encrypt.rotation.schedule import Advance, advance, set_halted, state_dict
-from field_encrypt.rotation.sqlite_ledger import SqliteRunLedger
-from field_encrypt.rotation.sqlite_lifecycle import SqliteLifecycleStore
 from field_encrypt.rotation.verify import VerifyReport, dek_counts, verify
-from field_encrypt.stores.databases import database_kind_of
 
 
 def open_ledger(runtime: ProductRuntime) -> RunLedger:
@@ -54,40 +51,12 @@ def open_ledger(runtime: ProductRuntime) -> RunLedger:
     SQLite, PostgreSQL or Cosmos DB: every worker of a run, on any machine, must reach the
     same database, which is all they share.
     """
-    try:
-        kind = database_kind_of(runtime.database)
-    except TypeError:
-        raise ConfigurationError(
-            f"no run ledger for a {type(runtime.database).__name__} database in this build"
-        ) from None
-    if kind == "postgres":
-        from field_encrypt.rotation.postgres_ledger import PostgresRunLedger
-
-        return PostgresRunLedger(runtime.database)
-    if kind == "cosmos":
-        from field_encrypt.rotation.cosmos_ledger import CosmosRunLedger
-
-        return CosmosRunLedger(runtime.database)
-    return SqliteRunLedger(runtime.database)
+    return open_run_ledger(runtime.database)
 
 
 def open_lifecycle(runtime: ProductRuntime) -> LifecycleStore:
     """Version notes and the rotation state in the product's own database."""
-    try:
-        kind = database_kind_of(runtime.database)
-    except TypeError:
-        raise ConfigurationError(
-            f"no key lifecycle store for a {type(runtime.database).__name__} database in this build"
-        ) from None
-    if kind == "postgres":
-        from field_encrypt.rotation.postgres_lifecycle import PostgresLifecycleStore
-
-        return PostgresLifecycleStore(runtime.database)
-    if kind == "cosmos":
-        from field_encrypt.rotation.cosmos_lifecycle import CosmosLifecycleStore
-
-        return CosmosLifecycleStore(runtime.database)
-    return SqliteLifecycleStore(runtime.database)
+    return open_lifecycle_store(runtime.database)
 
 
 __all__ = [
@@ -117,8 +86,6 @@ __all__ = [
     "RunRecord",
     "RunReport",
     "ShardState",
-    "SqliteLifecycleStore",
-    "SqliteRunLedger",
     "Stage",
     "ThrottledProvider",
     "TokenBucket",

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from field_encrypt.audit import MEK_VERSION_COMPROMISED
+from field_encrypt.backends.base import KEK_PREFIX
 from field_encrypt.documents import StoredDocument
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.products import ProductRuntime
@@ -52,7 +53,6 @@ from field_encrypt.rotation.reencrypt import ReencryptJob
 from field_encrypt.rotation.retire import RetireReport, retire
 from field_encrypt.rotation.run import MigrationOptions, RunObserver, RunReport, run_job
 from field_encrypt.rotation.verify import dek_counts
-from field_encrypt.stores.kek import KEK_PREFIX
 
 CACHE_MARGIN: Final = 3600.0
 """Seconds after a version stopped being current during which other processes may still

@@ -27,6 +27,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt import token
+from field_encrypt.backends.base import KEK_PREFIX
 from field_encrypt.documents import DocumentStore, StoredDocument
 from field_encrypt.errors import (
     ConcurrentUpdateError,
@@ -40,7 +41,6 @@ from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider, dek_context
 from field_encrypt.rotation.ledger import Counters, Failure
 from field_encrypt.rotation.run import ShardWork
-from field_encrypt.stores.kek import KEK_PREFIX
 
 MAX_CONFLICT_ROUNDS: Final = 3
 ITEM_ERRORS = (DecryptionError, UnsupportedFormatError, KeyProviderError, NotFoundError)

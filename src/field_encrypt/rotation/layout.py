@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from field_encrypt.backends.base import KEK_PREFIX
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
@@ -29,7 +30,6 @@ from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.rotation.ledger import Mode
 from field_encrypt.rotation.rewrap import RewrapJob, is_kek_version
 from field_encrypt.rotation.run import MigrationOptions, ShardWork
-from field_encrypt.stores.kek import KEK_PREFIX
 
 NEW_KEK = "kek:<new>"
 """The target a dry run of ``rotate-kek`` (or a first ``to-kek``) reports: nothing is created."""

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
+from field_encrypt.backends.base import KEK_PREFIX, DekRecord, WrapUpdate
 from field_encrypt.errors import (
     TRANSIENT_ERRORS,
     ConfigurationError,
@@ -52,8 +53,6 @@ from field_encrypt.providers.base import BatchRewrapper, KeyProvider, WrappedDek
 from field_encrypt.providers.kek_tier import KEK_CALLS, KekTierProvider
 from field_encrypt.rotation.ledger import Counters, Failure, Mode, RunPlan
 from field_encrypt.rotation.run import DryRun, MigrationOptions, ShardWork
-from field_encrypt.stores.base import DekRecord, WrapUpdate
-from field_encrypt.stores.kek import KEK_PREFIX
 from field_encrypt.usage import dek_counts
 
 MAX_CONFLICT_ROUNDS: Final = 3

@@ -2,7 +2,7 @@
 
 Both deal in *stored* values: a note's ``title`` and ``body`` are field tokens (binary
 or text) or, before encryption was enabled, plaintext. Encryption happens one layer up,
-in :mod:`notelett.service`. SQLite implements both today (:mod:`notelett.sqlite_store`);
+in :mod:`notelett.service`. SQLite implements both today (:mod:`notelett.repositories.sqlite`);
 PostgreSQL and Cosmos implementations only have to honour these two protocols.
 
 Errors are the library's store errors: ``NotFoundError``, ``AlreadyExistsError``,

@@ -12,10 +12,10 @@ import json
 
 from sqlalchemy import text
 
+from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
+from field_encrypt.backends.sqlite.lifecycle import _state
 from field_encrypt.errors import ConcurrentUpdateError
 from field_encrypt.rotation.lifecycle import RotationState, VersionNote
-from field_encrypt.rotation.sqlite_lifecycle import _state
-from field_encrypt.stores.postgres_db import Migration, PostgresDatabase
 
 MIGRATIONS = (
     Migration(

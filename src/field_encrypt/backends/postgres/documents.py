@@ -1,6 +1,6 @@
 """A generic PostgreSQL DocumentStore: JSON documents in one ``documents`` table.
 
-The PostgreSQL twin of :mod:`field_encrypt.stores.sqlite_documents`, for products without
+The PostgreSQL twin of :mod:`field_encrypt.backends.sqlite.documents`, for products without
 tables of their own. ``fields`` is ``jsonb``; encrypted fields hold text tokens inside it.
 Rows are keyed by ``(collection, id)``; ``seq`` orders scans and ``seq % n`` splits them into
 shards. Writes are compare-and-swap on ``revision``.
@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, MetaData, Table, Text, func, select
 from sqlalchemy.dialects.postgresql import JSONB
 
+from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
+from field_encrypt.backends.sharding import check_shard
 from field_encrypt.documents import DocumentPage, StoredDocument
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
-from field_encrypt.stores.postgres_db import Migration, PostgresDatabase
-from field_encrypt.stores.sharding import check_shard
 
 MIGRATIONS = (
     Migration(

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase
 from field_encrypt.errors import LeaseHeldError, NotFoundError, RotationError
 from field_encrypt.rotation.ledger import (
     BackupRecord,
@@ -23,7 +24,6 @@ from field_encrypt.rotation.ledger import (
     RunRecord,
     ShardState,
 )
-from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase
 
 MIGRATIONS = (
     Migration(

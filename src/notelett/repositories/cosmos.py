@@ -34,11 +34,11 @@ from typing import Any
 from azure.core import MatchConditions
 
 from field_encrypt import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
-from field_encrypt.stores.cosmos_db import CosmosDatabase, first_value, translate_errors
-from field_encrypt.stores.cosmos_documents import partition_key
-from field_encrypt.stores.sharding import bucket_of, check_shard
+from field_encrypt.backends.cosmos.db import CosmosDatabase, first_value, translate_errors
+from field_encrypt.backends.cosmos.documents import partition_key
+from field_encrypt.backends.sharding import bucket_of, check_shard
 from notelett.errors import InvalidCursorError
-from notelett.repository import NotePage, NoteRecord, StoredValue
+from notelett.repositories.base import NotePage, NoteRecord, StoredValue
 
 NOTES = "notes"
 DIRECTORY = "directory"

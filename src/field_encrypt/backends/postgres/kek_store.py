@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy import text
 
+from field_encrypt.backends.base import KekRecord
+from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
-from field_encrypt.stores.kek import KekRecord
-from field_encrypt.stores.postgres_db import Migration, PostgresDatabase
 
 MIGRATIONS = (
     Migration(
@@ -47,7 +47,7 @@ _COLUMNS = (
 
 
 class PostgresKekStore:
-    """:class:`~field_encrypt.stores.kek.KekStore` on a :class:`PostgresDatabase`."""
+    """:class:`~field_encrypt.backends.base.KekStore` on a :class:`PostgresDatabase`."""
 
     def __init__(self, database: PostgresDatabase, *, product: str) -> None:
         self.database = database

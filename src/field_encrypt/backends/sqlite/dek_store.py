@@ -13,9 +13,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from field_encrypt.backends.base import DekPage, DekRecord, WrapUpdate
+from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
-from field_encrypt.stores.base import DekPage, DekRecord, WrapUpdate
-from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase
 
 MIGRATIONS = (
     Migration(

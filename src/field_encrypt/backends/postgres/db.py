@@ -12,7 +12,7 @@ Settings come from the URL (``FIELD_ENCRYPT_DATABASE``); the query parameters in
 
     postgresql://user:pass@db.internal:5432/notelett?sslmode=verify-full&pool_size=10
 
-Schema changes are named migrations (as in :mod:`field_encrypt.stores.sqlite_db`): each runs
+Schema changes are named migrations (as in :mod:`field_encrypt.backends.sqlite.db`): each runs
 in its own transaction (PostgreSQL DDL is transactional) under a transaction-level advisory
 lock, so processes starting together apply it exactly once, and is recorded in
 ``schema_migrations``.
@@ -26,13 +26,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from field_encrypt.backends.sqlite.db import Migration
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConfigurationError,
     StoreError,
     StoreUnavailableError,
 )
-from field_encrypt.stores.sqlite_db import Migration
 
 try:
     import psycopg

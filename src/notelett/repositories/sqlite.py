@@ -15,9 +15,9 @@ import time
 from typing import Any
 
 from field_encrypt import ConcurrentUpdateError, NotFoundError
-from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase
+from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase
 from notelett.errors import InvalidCursorError
-from notelett.repository import NotePage, NoteRecord, StoredValue
+from notelett.repositories.base import NotePage, NoteRecord, StoredValue
 
 MIGRATIONS = (
     Migration(

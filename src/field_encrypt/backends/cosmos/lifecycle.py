@@ -15,11 +15,11 @@ from typing import Any
 
 from azure.core import MatchConditions
 
+from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
+from field_encrypt.backends.cosmos.ledger import CONTAINER, PARTITION
+from field_encrypt.backends.sqlite.lifecycle import _state
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
-from field_encrypt.rotation.cosmos_ledger import CONTAINER, PARTITION
 from field_encrypt.rotation.lifecycle import RotationState, VersionNote
-from field_encrypt.rotation.sqlite_lifecycle import _state
-from field_encrypt.stores.cosmos_db import CosmosDatabase, translate_errors
 
 
 class CosmosLifecycleStore:

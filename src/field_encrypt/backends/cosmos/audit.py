@@ -49,13 +49,13 @@ from field_encrypt.audit import (
     stored_text,
     verify_chain,
 )
+from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConcurrentUpdateError,
     NotFoundError,
     StoreUnavailableError,
 )
-from field_encrypt.stores.cosmos_db import CosmosDatabase, translate_errors
 
 CONTAINER = "actiontrail"
 HEAD = "head"

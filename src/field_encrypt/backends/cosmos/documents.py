@@ -1,6 +1,6 @@
 """A generic Cosmos DB DocumentStore: one container per collection.
 
-The Cosmos DB twin of :mod:`field_encrypt.stores.sqlite_documents`. Items look like
+The Cosmos DB twin of :mod:`field_encrypt.backends.sqlite.documents`. Items look like
 ``{"id": ..., "pk": "<2 hex digits>", "fields": {...}, "dekId": ...}``; the container is named
 after the collection and partitioned on ``/pk``, one of 256 hash buckets of the document id
 (the first byte of its SHA-256, or its first two hex digits if it starts with four), so a
@@ -15,9 +15,7 @@ from typing import Any
 
 from azure.core import MatchConditions
 
-from field_encrypt.documents import DocumentPage, StoredDocument
-from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
-from field_encrypt.stores.cosmos_db import (
+from field_encrypt.backends.cosmos.db import (
     PARTITIONS,
     CosmosDatabase,
     first_value,
@@ -25,7 +23,9 @@ from field_encrypt.stores.cosmos_db import (
     scan_partitions,
     translate_errors,
 )
-from field_encrypt.stores.sharding import bucket_of, check_shard
+from field_encrypt.backends.sharding import bucket_of, check_shard
+from field_encrypt.documents import DocumentPage, StoredDocument
+from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 
 
 def partition_key(document_id: str) -> str:

@@ -1,4 +1,10 @@
-"""The DekStore protocol and its records."""
+"""What every backend implements: the DekStore and KekStore protocols and their records.
+
+The other backend protocols live beside the code that uses them:
+:class:`~field_encrypt.documents.DocumentStore`, :class:`~field_encrypt.audit.AuditTrail`,
+:class:`~field_encrypt.rotation.ledger.RunLedger` and
+:class:`~field_encrypt.rotation.lifecycle.LifecycleStore`.
+"""
 
 from __future__ import annotations
 
@@ -101,3 +107,79 @@ class DekStore(Protocol):
     def count_not_on(self, version: str) -> int:
         """How many DEKs are not wrapped under ``version`` (the runbook's verify query)."""
         ...
+
+
+KEK_PREFIX = "kek:"
+"""A DEK row wrapped under a KEK records ``mek_version = "kek:" + kekId``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KekRecord:
+    """One KEK, wrapped under one MEK version."""
+
+    kek_id: str
+    product: str
+    partition: str
+    mek_name: str
+    mek_version: str
+    wrapped: bytes = field(repr=False)
+    algorithm: str
+    active: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    revision: str
+
+
+@runtime_checkable
+class KekStore(Protocol):
+    """The durable home of a product's wrapped KEKs."""
+
+    product: str
+
+    def create(
+        self, *, kek_id: str, partition: str, mek_name: str, mek_version: str,
+        wrapped: bytes, algorithm: str,
+    ) -> KekRecord:  # fmt: skip
+        """Insert a new active KEK for ``partition``; it replaces the previous active one."""
+        ...
+
+    def get(self, kek_id: str) -> KekRecord:
+        """One KEK; ``NotFoundError`` if there is none."""
+        ...
+
+    def active(self, partition: str = "") -> KekRecord | None:
+        """The partition's active KEK, if any."""
+        ...
+
+    def all(self) -> list[KekRecord]:
+        """Every KEK of the product, oldest first."""
+        ...
+
+    def replace_wrap(
+        self, record: KekRecord, *, mek_version: str, wrapped: bytes, algorithm: str
+    ) -> bool:
+        """Compare-and-swap the KEK's wrap; whether it won."""
+        ...
+
+    def retire(self, kek_id: str) -> bool:
+        """Make a KEK no longer active (new DEKs stop going under it); whether it was."""
+        ...
+
+    def delete(self, kek_id: str) -> bool:
+        """Destroy a KEK (crypto-shredding its DEKs); whether there was one."""
+        ...
+
+
+def effective_counts(dek_counts: dict[str, int], keks: Sequence[KekRecord]) -> dict[str, int]:
+    """DEKs per MEK version, counting a DEK wrapped under a KEK as on its KEK's MEK version.
+
+    A DEK that names a KEK which no longer exists stays under its ``kek:`` name, so it is
+    never counted as being on any MEK version.
+    """
+    by_id = {k.kek_id: k.mek_version for k in keks}
+    out: dict[str, int] = {}
+    for version, count in dek_counts.items():
+        if version.startswith(KEK_PREFIX):
+            version = by_id.get(version[len(KEK_PREFIX) :], version)
+        out[version] = out.get(version, 0) + count
+    return out

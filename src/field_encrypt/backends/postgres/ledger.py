@@ -20,6 +20,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
+from field_encrypt.backends.sqlite.ledger import _abandoned, _iso, _new_run_id, _refuse_if_busy
 from field_encrypt.errors import LeaseHeldError, NotFoundError
 from field_encrypt.rotation.ledger import (
     BackupRecord,
@@ -29,8 +31,6 @@ from field_encrypt.rotation.ledger import (
     RunRecord,
     ShardState,
 )
-from field_encrypt.rotation.sqlite_ledger import _abandoned, _iso, _new_run_id, _refuse_if_busy
-from field_encrypt.stores.postgres_db import Migration, PostgresDatabase
 
 MIGRATIONS = (
     Migration(

@@ -15,10 +15,10 @@ import datetime as dt
 from typing import Any
 
 from field_encrypt import ConcurrentUpdateError, NotFoundError
-from field_encrypt.stores.postgres_db import Migration, PostgresDatabase
-from field_encrypt.stores.sharding import check_shard
+from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
+from field_encrypt.backends.sharding import check_shard
 from notelett.errors import InvalidCursorError
-from notelett.repository import NotePage, NoteRecord, StoredValue
+from notelett.repositories.base import NotePage, NoteRecord, StoredValue
 
 MIGRATIONS = (
     Migration(

@@ -22,16 +22,16 @@ from typing import Any
 
 from azure.core import MatchConditions
 
+from field_encrypt.backends.base import KekRecord
+from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
-from field_encrypt.stores.cosmos_db import CosmosDatabase, translate_errors
-from field_encrypt.stores.kek import KekRecord
 
 CONTAINER = "kek_store"
 MAX_ROUNDS = 5
 
 
 class CosmosKekStore:
-    """:class:`~field_encrypt.stores.kek.KekStore` on a :class:`CosmosDatabase`."""
+    """:class:`~field_encrypt.backends.base.KekStore` on a :class:`CosmosDatabase`."""
 
     def __init__(self, database: CosmosDatabase, *, product: str) -> None:
         self.database = database

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase
 from field_encrypt.documents import DocumentPage, StoredDocument
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
-from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase
 
 MIGRATIONS = (
     Migration(

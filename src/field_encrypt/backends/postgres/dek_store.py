@@ -11,7 +11,7 @@ compares this with ``executemany`` and with ``COPY`` into a temporary table.
 Indexes: ``dek_id`` unique (point reads), ``(product, seq)`` (scans), ``(product,
 mek_version)`` (the runbook's "how many DEKs are not on version V" count, and the per-version
 counts, read from the index). ``bucket`` holds the first four hex digits of the dekId
-(:func:`~field_encrypt.stores.sharding.bucket_of`); ``scan(shard=(i, n))`` keeps
+(:func:`~field_encrypt.backends.sharding.bucket_of`); ``scan(shard=(i, n))`` keeps
 ``bucket % n = i``.
 """
 
@@ -33,10 +33,10 @@ from sqlalchemy import (
     select,
 )
 
+from field_encrypt.backends.base import DekPage, DekRecord, WrapUpdate
+from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
+from field_encrypt.backends.sharding import bucket_of, check_shard
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
-from field_encrypt.stores.base import DekPage, DekRecord, WrapUpdate
-from field_encrypt.stores.postgres_db import Migration, PostgresDatabase
-from field_encrypt.stores.sharding import bucket_of, check_shard
 
 MIGRATIONS = (
     Migration(

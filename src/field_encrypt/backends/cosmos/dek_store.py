@@ -30,9 +30,8 @@ from typing import Any
 
 from azure.core import MatchConditions
 
-from field_encrypt.errors import ConcurrentUpdateError, NotFoundError
-from field_encrypt.stores.base import DekPage, DekRecord, WrapUpdate
-from field_encrypt.stores.cosmos_db import (
+from field_encrypt.backends.base import DekPage, DekRecord, WrapUpdate
+from field_encrypt.backends.cosmos.db import (
     PARTITIONS,
     CosmosDatabase,
     first_value,
@@ -40,7 +39,8 @@ from field_encrypt.stores.cosmos_db import (
     scan_partitions,
     translate_errors,
 )
-from field_encrypt.stores.sharding import bucket_of, check_shard
+from field_encrypt.backends.sharding import bucket_of, check_shard
+from field_encrypt.errors import ConcurrentUpdateError, NotFoundError
 
 CONTAINER = "dek_store"
 

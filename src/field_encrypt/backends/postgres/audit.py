@@ -1,6 +1,6 @@
 """The audit trail (``actiontrail``) in the product's PostgreSQL database.
 
-The same events and chain as :class:`~field_encrypt.audit.SqliteAuditTrail`. An append is
+The same events and chain as :class:`~field_encrypt.backends.sqlite.audit.SqliteAuditTrail`. An append is
 one transaction that first takes a transaction-level advisory lock on the product
 (``pg_advisory_xact_lock``, as the run ledger does), then reads the product's last
 ``(seq, hash)`` and inserts the next event at ``seq + 1``: two writers on two machines are
@@ -34,7 +34,7 @@ from field_encrypt.audit import (
     stored_text,
     verify_chain,
 )
-from field_encrypt.stores.postgres_db import Migration, PostgresDatabase
+from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
 
 MIGRATIONS = (
     Migration(

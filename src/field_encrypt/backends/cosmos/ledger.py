@@ -38,6 +38,8 @@ from typing import Any, TypeVar
 
 from azure.core import MatchConditions
 
+from field_encrypt.backends.cosmos.db import CosmosDatabase, first_value, translate_errors
+from field_encrypt.backends.sqlite.ledger import _abandoned, _iso, _new_run_id, _refuse_if_busy
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConcurrentUpdateError,
@@ -53,8 +55,6 @@ from field_encrypt.rotation.ledger import (
     RunRecord,
     ShardState,
 )
-from field_encrypt.rotation.sqlite_ledger import _abandoned, _iso, _new_run_id, _refuse_if_busy
-from field_encrypt.stores.cosmos_db import CosmosDatabase, first_value, translate_errors
 
 CONTAINER = "rotation_ledger"
 PARTITION = "ledger"

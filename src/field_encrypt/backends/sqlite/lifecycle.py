@@ -6,9 +6,9 @@ import dataclasses
 import json
 from typing import Any
 
+from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase
 from field_encrypt.errors import ConcurrentUpdateError
 from field_encrypt.rotation.lifecycle import RotationState, VersionNote
-from field_encrypt.stores.sqlite_db import Migration, SqliteDatabase
 
 MIGRATIONS = (
     Migration(

@@ -1,0 +1,1 @@
+"""The Azure Cosmos DB backend, on ``azure-cosmos`` (the ``cosmos`` extra)."""

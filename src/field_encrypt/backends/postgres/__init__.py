@@ -1,0 +1,1 @@
+"""The PostgreSQL backend, on SQLAlchemy Core and psycopg (the ``postgres`` extra)."""

@@ -1,0 +1,1 @@
+"""The SQLite backend: the embedded default, on the standard library's ``sqlite3``."""
