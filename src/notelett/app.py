@@ -7,6 +7,7 @@ not the first request.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import field_encrypt
+import field_encrypt.metrics
+from field_encrypt.usage import dek_counts
 from notelett.auth import verifier_from_settings
 from notelett.backend import Backend, open_backend
 from notelett.deps import AppState
@@ -54,7 +57,13 @@ def create_app(
         encryption = encryption if encryption is not None else field_encrypt.load_settings()
         backend = open_backend(encryption, settings)
     verifier = verifier_from_settings(settings)
-    metrics = Metrics(backend.encryptor.cache)
+    runtime = backend.runtime
+    key_state = field_encrypt.metrics.KeyStateCollector(
+        product=runtime.encryptor.product,
+        provider=runtime.provider,
+        counts=functools.partial(dek_counts, runtime),
+    )
+    metrics = Metrics(backend.encryptor.cache, key_state=key_state)
     service = NotesService(
         encryptor=backend.encryptor,
         notes=backend.notes,

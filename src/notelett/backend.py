@@ -20,6 +20,7 @@ from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build
 from field_encrypt.audit import open_audit_trail
 from field_encrypt.bootstrap import build_key_layout
 from field_encrypt.products import ProductRuntime
+from field_encrypt.providers.observed import observed
 from field_encrypt.stores.databases import (
     database_kind,
     open_database,
@@ -64,7 +65,7 @@ def open_backend(
 ) -> Backend:
     """Everything NoteLett needs, opened from the two groups of settings."""
     url = database_url(settings, encryption)
-    mek = provider if provider is not None else build_provider(encryption)
+    mek = provider if provider is not None else observed(build_provider(encryption))
     database = open_database(encryption.model_copy(update={"database": url}))
     kind = database_kind(url)
     try:

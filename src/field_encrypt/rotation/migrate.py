@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Callable
 
+from field_encrypt import metrics
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
@@ -75,6 +76,7 @@ def migrate(
         # No burst: a vault's throttle is a sliding window, and calls saved up and spent at
         # once push the window over its limit for the rest of the run (429s, then retries).
         bucket = TokenBucket(options.max_rps, burst=1.0, clock=monotonic, sleep=sleep)
+        metrics.rate_limited((tier.mek if tier is not None else provider).kind, options.max_rps)
         if tier is not None:
             tier = tier.with_mek(ThrottledProvider(tier.mek, bucket))
             provider = tier if runtime.provider is runtime.kek_tier else provider

@@ -189,6 +189,29 @@ def set_halted(
         return state
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timing:
+    """When the scheduled rotation next needs attention (epoch seconds; ``None``: not now)."""
+
+    next_due: float | None
+    """Idle: when the current version reaches ``max_age_days`` and a rotation starts."""
+    soak_until: float | None
+    """Soak or retire: when the soak after the rewrap ends."""
+    last_success: float | None
+    """When the last rotation completed."""
+
+
+def timing(state: RotationState, policy: Policy, current_created: float) -> Timing:
+    """The rotation's due times, from its state, its policy and the current version's age."""
+    return Timing(
+        next_due=current_created + policy.max_age_days * 86400.0 if state.stage == "idle" else None,
+        soak_until=state.rewrapped_at + policy.soak_hours * 3600.0
+        if state.rewrapped_at is not None and state.stage in ("soak", "retire")
+        else None,
+        last_success=state.last_completed_at,
+    )
+
+
 def state_dict(state: RotationState) -> dict[str, Any]:
     """The rotation state for ``rotate --status`` (times as ISO 8601)."""
     return {
