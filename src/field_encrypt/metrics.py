@@ -336,6 +336,9 @@ class RunMetrics:
             i.processed.labels(*self.labels).set(self.done)
             i.running.labels(*self.labels).set(1)
             i.progress_at.labels(*self.labels).set(self.clock())
+            for result in ("changed", "skipped", "failed"):  # series exist from the start, at 0
+                i.items.labels(*self.labels, result)
+            i.conflicts.labels(*self.labels)
         _forward(self.inner, "run_started", run, shard=shard, resumed=resumed)
 
     def batch_done(self, delta: Counters) -> None:
