@@ -66,14 +66,21 @@ def test_every_manifest_is_valid_against_the_api_schema(version: str) -> None:
 
 def test_pods_are_non_root_read_only_limited_and_use_workload_identity() -> None:
     """Each pod runs as non-root with a read-only root filesystem, no privilege escalation,
-    no capabilities and resource limits, under the service account that carries the
-    workload-identity client id, labelled to get the federated token."""
-    account = by_kind("ServiceAccount")
-    assert account["metadata"]["annotations"]["azure.workload.identity/client-id"]
+    no capabilities and resource limits, under a service account that carries a
+    workload-identity client id, labelled to get the federated token; the service and the
+    rotation jobs have different identities (the jobs may create key versions)."""
+    accounts = {
+        d["metadata"]["name"]: d["metadata"]["annotations"]["azure.workload.identity/client-id"]
+        for d in documents()
+        if d["kind"] == "ServiceAccount"
+    }
+    used = {owner: t["spec"]["serviceAccountName"] for owner, t in pod_specs().items()}
+    assert used["Deployment"] != used["CronJob"] == used["Job"]
+    assert len(set(accounts.values())) == len(accounts)
     for owner, template in pod_specs().items():
         spec = template["spec"]
         assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true", owner
-        assert spec["serviceAccountName"] == account["metadata"]["name"], owner
+        assert accounts[spec["serviceAccountName"]], owner
         assert spec["securityContext"]["runAsNonRoot"] is True, owner
         for container in spec.get("initContainers", []) + spec["containers"]:
             context = container["securityContext"]
