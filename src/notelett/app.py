@@ -30,6 +30,7 @@ from notelett.models import ErrorOut
 from notelett.routes import diagnostics, notes
 from notelett.service import NotesService
 from notelett.settings import NoteLettSettings, load_notelett_settings
+from notelett.tracing import TracingMiddleware, add_trace_ids
 
 log = logging.getLogger("notelett")
 
@@ -106,5 +107,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTargetMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(TracingMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    add_trace_ids()
     return app

@@ -228,12 +228,13 @@ def test_textfile_is_written_whole_and_a_dead_pushgateway_does_not_stop_the_run(
 
 
 def test_without_prometheus_client_the_library_records_nothing_and_says_which_extra() -> None:
-    """With prometheus-client absent, providers are not wrapped, hooks are no-ops, and
-    asking to publish names the ``metrics`` extra."""
+    """With prometheus-client (and OpenTelemetry) absent, providers are not wrapped, hooks
+    are no-ops, and asking to publish names the ``metrics`` extra."""
     script = textwrap.dedent(
         """
         import sys
-        sys.modules["prometheus_client"] = None  # as if the extra were not installed
+        sys.modules["prometheus_client"] = None  # as if the extras were not installed
+        sys.modules["opentelemetry"] = None
         from field_encrypt import metrics
         from field_encrypt.errors import ConfigurationError
         from field_encrypt.providers.observed import observed

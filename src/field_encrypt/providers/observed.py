@@ -1,4 +1,4 @@
-"""A KeyProvider that counts and times every call of the provider it wraps.
+"""A KeyProvider that counts, times and traces every call of the provider it wraps.
 
 The one place provider calls are measured (``field_encrypt.metrics``): ``open_runtime``
 and NoteLett wrap the provider they build in :func:`observed`, so every provider, remote
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from field_encrypt import metrics
+from field_encrypt import metrics, tracing
 from field_encrypt.errors import FieldEncryptError
 from field_encrypt.providers.base import BatchRewrapper, KeyProvider, KeyVersion, WrappedDek
 
@@ -35,17 +35,23 @@ class ObservedProvider:
         return getattr(self.inner, name)
 
     def _call(self, operation: str, call: Callable[[], T]) -> T:
-        started = time.perf_counter()
-        failure: FieldEncryptError | None = None
-        try:
-            return call()
-        except FieldEncryptError as exc:
-            failure = exc
-            raise
-        finally:
-            metrics.provider_call(
-                self.kind, operation, metrics.outcome_of(failure), time.perf_counter() - started
-            )
+        with tracing.span(
+            f"field_encrypt.provider.{operation}",
+            kind="client",
+            provider=self.kind,
+            operation=operation,
+        ) as traced:
+            started = time.perf_counter()
+            failure: FieldEncryptError | None = None
+            try:
+                return call()
+            except FieldEncryptError as exc:
+                failure = exc
+                raise
+            finally:
+                outcome = metrics.outcome_of(failure)
+                metrics.provider_call(self.kind, operation, outcome, time.perf_counter() - started)
+                tracing.annotate(traced, outcome=outcome)
 
     def versions(self) -> list[KeyVersion]:
         return self._call("versions", self.inner.versions)
@@ -90,8 +96,9 @@ class ObservedBatchProvider(ObservedProvider):
 
 
 def observed(provider: KeyProvider) -> KeyProvider:
-    """``provider``, measured (itself when the ``metrics`` extra is not installed)."""
-    if not metrics.ENABLED or isinstance(provider, ObservedProvider):
+    """``provider``, measured and traced (itself when neither the ``metrics`` nor the
+    ``otel`` extra is installed)."""
+    if not (metrics.ENABLED or tracing.INSTALLED) or isinstance(provider, ObservedProvider):
         return provider
     if isinstance(provider, BatchRewrapper):
         return ObservedBatchProvider(provider)

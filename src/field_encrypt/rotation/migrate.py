@@ -6,7 +6,7 @@ import random
 import time
 from collections.abc import Callable
 
-from field_encrypt import metrics
+from field_encrypt import metrics, tracing
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
@@ -86,15 +86,21 @@ def migrate(
     # or dropped call there is retried under the same budget as the run's own calls.
     retrier = Retrier(options.retry, clock=monotonic, sleep=sleep, rng=rng)
     job = retrier.call(prepare_job, runtime, options, provider=provider, tier=tier, sleep=sleep)
-    return run_job(
-        job,
-        runtime,
-        ledger,
-        options,
-        clock=clock,
-        monotonic=monotonic,
-        sleep=sleep,
-        rng=rng,
-        observer=observer,
-        owner=owner,
-    )
+    with tracing.span(
+        "field_encrypt.rotation.run",
+        product=runtime.encryptor.product,
+        mode=options.mode,
+        worker=f"{options.worker[0] + 1}/{options.worker[1]}",
+    ):
+        return run_job(
+            job,
+            runtime,
+            ledger,
+            options,
+            clock=clock,
+            monotonic=monotonic,
+            sleep=sleep,
+            rng=rng,
+            observer=observer,
+            owner=owner,
+        )

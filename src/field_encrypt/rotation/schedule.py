@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from field_encrypt import tracing
 from field_encrypt.audit import ROTATION_STAGE
 from field_encrypt.errors import ConcurrentUpdateError, LeaseHeldError
 from field_encrypt.products import ProductRuntime
@@ -83,6 +84,26 @@ def advance(
     clock_override: bool = False,
 ) -> Advance:
     """Advance the product's rotation as far as it safely can; what happened."""
+    with tracing.span(
+        "field_encrypt.rotation.advance", product=runtime.encryptor.product
+    ) as traced:
+        result = _advance(
+            runtime, ledger, lifecycle, policy, clock, observer, owner, clock_override
+        )
+        tracing.annotate(traced, outcome=result.outcome, stage=result.stage)
+        return result
+
+
+def _advance(
+    runtime: ProductRuntime,
+    ledger: RunLedger,
+    lifecycle: LifecycleStore,
+    policy: Policy,
+    clock: Callable[[], float],
+    observer: RunObserver | None,
+    owner: str | None,
+    clock_override: bool,
+) -> Advance:
     product = runtime.encryptor.product
     rotation = Rotation(
         runtime,
@@ -114,7 +135,8 @@ def advance(
         while True:
             if state.halted:
                 return _halted(product, state, by_policy=False, entered=entered)
-            result = rotation.step(state)
+            with tracing.span("field_encrypt.rotation.stage", product=product, stage=state.stage):
+                result = rotation.step(state)
             if isinstance(result, Stop):
                 if result.outcome == "blocked" and state.blocked != result.summary:
                     state = rotation.apply(state, blocked=result.summary)
