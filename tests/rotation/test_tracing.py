@@ -70,3 +70,26 @@ def test_a_scheduled_rotation_traces_its_stages_run_store_batches_and_provider_c
     values = " ".join(str(v) for _k, v in attributes(spans))
     for dek in deks:
         assert dek[:16] not in values
+
+
+def test_the_clis_json_log_lines_carry_the_runs_trace_id(env: dict[str, str]) -> None:
+    """With tracing on, each batch line ``migrate --json`` logs names the run span's trace."""
+    import json
+
+    from field_encrypt.config import load_settings
+    from tests.cli.helpers import PRODUCT, cli
+    from tests.support.sample_product import product
+
+    opened = product.open(load_settings(env))
+    seed(opened, 6)
+    opened.provider.create_version()
+    opened.close()
+    with traced() as spans:
+        result = cli(
+            "migrate", "--product", PRODUCT, "--mode", "rewrap-deks", "--batch-size", "3", "--json"
+        )
+    assert result.exit_code == 0, result.output
+    run = next(s for s in spans if s.name == "field_encrypt.rotation.run")
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    batches = [line for line in lines if line.get("event") == "batch"]
+    assert batches and {line["trace_id"] for line in batches} == {f"{run.context.trace_id:032x}"}
