@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from field_encrypt.errors import (
     DecryptionError,
@@ -231,11 +231,21 @@ def registry() -> CollectorRegistry | None:
 # -- hooks (each a no-op without prometheus-client) ---------------------------------------
 
 
+_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
 def provider_call(provider: str, operation: str, outcome: str, seconds: float) -> None:
     """Count one key-provider call and observe its duration."""
-    if (i := _get()) is not None:
-        i.calls.labels(provider, operation, outcome).inc()
-        i.latency.labels(provider, operation).observe(seconds)
+    key = (provider, operation, outcome)
+    pair = _children.get(key)
+    if pair is None:  # label lookups take a lock: done once per label set
+        if (i := _get()) is None:
+            return
+        pair = _children.setdefault(
+            key, (i.calls.labels(*key), i.latency.labels(provider, operation))
+        )
+    pair[0].inc()
+    pair[1].observe(seconds)
 
 
 def retried(error: FieldEncryptError) -> None:

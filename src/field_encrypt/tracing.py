@@ -47,13 +47,13 @@ ATTRIBUTES = frozenset(
 """Every attribute key a span may carry; :func:`span` refuses any other."""
 
 _ENV = ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-_state = {"enabled": False}
+_state: dict[str, bool | None] = {"enabled": False, "environment": None}
 
 
 def enable(on: bool = True) -> bool:
     """Trace from now on (the application has configured a tracer provider), or stop;
     whether it was enabled before."""
-    previous, _state["enabled"] = _state["enabled"], on
+    previous, _state["enabled"] = bool(_state["enabled"]), on
     return previous
 
 
@@ -63,10 +63,13 @@ def active() -> bool:
         return False
     if _state["enabled"]:
         return True
-    return (
-        any(os.environ.get(name) for name in _ENV)
-        and os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true"
-    )
+    configured = _state["environment"]
+    if configured is None:  # read once: the hot path (every provider call) asks
+        configured = any(os.environ.get(name) for name in _ENV) and (
+            os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true"
+        )
+        _state["environment"] = configured
+    return configured
 
 
 @contextmanager
