@@ -28,6 +28,7 @@ from field_encrypt.config import Settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
+from field_encrypt.providers.observed import observed
 
 
 def open_sqlite_runtime(
@@ -37,7 +38,7 @@ def open_sqlite_runtime(
     settings' SQLite file. With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the provider is the KEK
     tier over the MEK."""
     database = SqliteDatabase(sqlite_path(settings))
-    mek = build_provider(settings)
+    mek = observed(build_provider(settings))  # every provider call measured
     tier = build_key_layout(
         mek, settings, SqliteKekStore(database, product=product), product=product
     )
@@ -84,7 +85,7 @@ def open_runtime(
     """
     if database_kind(settings.database) == "sqlite":
         return open_sqlite_runtime(settings, product=product, collections=collections)
-    mek = build_provider(settings)
+    mek = observed(build_provider(settings))  # every provider call measured
     database = open_database(settings)
     try:
         store = open_dek_store(database, product=product)

@@ -7,6 +7,7 @@ not the first request.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import field_encrypt
+import field_encrypt.metrics
+from field_encrypt.usage import dek_counts
 from notelett.auth import verifier_from_settings
 from notelett.backend import Backend, open_backend
 from notelett.deps import AppState
@@ -27,6 +30,7 @@ from notelett.models import ErrorOut
 from notelett.routes import diagnostics, notes
 from notelett.service import NotesService
 from notelett.settings import NoteLettSettings, load_notelett_settings
+from notelett.tracing import TracingMiddleware, add_trace_ids
 
 log = logging.getLogger("notelett")
 
@@ -54,7 +58,13 @@ def create_app(
         encryption = encryption if encryption is not None else field_encrypt.load_settings()
         backend = open_backend(encryption, settings)
     verifier = verifier_from_settings(settings)
-    metrics = Metrics(backend.encryptor.cache)
+    runtime = backend.runtime
+    key_state = field_encrypt.metrics.KeyStateCollector(
+        product=runtime.encryptor.product,
+        provider=runtime.provider,
+        counts=functools.partial(dek_counts, runtime),
+    )
+    metrics = Metrics(backend.encryptor.cache, key_state=key_state)
     service = NotesService(
         encryptor=backend.encryptor,
         notes=backend.notes,
@@ -97,5 +107,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTargetMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(TracingMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    add_trace_ids()
     return app

@@ -26,6 +26,7 @@ from field_encrypt.backends.registry import (
 )
 from field_encrypt.bootstrap import build_key_layout
 from field_encrypt.products import ProductRuntime
+from field_encrypt.providers.observed import observed
 from notelett.documents import NotesDocumentStore
 from notelett.repositories.base import NotesRepository, WorkspaceDirectory
 from notelett.service import COLLECTION, ENCRYPTED_FIELDS
@@ -64,7 +65,7 @@ def open_backend(
 ) -> Backend:
     """Everything NoteLett needs, opened from the two groups of settings."""
     url = database_url(settings, encryption)
-    mek = provider if provider is not None else build_provider(encryption)
+    mek = provider if provider is not None else observed(build_provider(encryption))
     database = open_database(encryption.model_copy(update={"database": url}))
     kind = database_kind(url)
     try:

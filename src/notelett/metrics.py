@@ -2,6 +2,9 @@
 
 Each app has its own registry (two apps in one process never collide). The DEK cache is
 read at scrape time from :meth:`DekCache.stats`, so the hot path pays nothing for it.
+The registry also holds the library's metrics (key-provider calls, retries:
+``field_encrypt.metrics``), the key state (current MEK version, DEKs per version, read
+at most once a minute) and the process and Python collectors.
 """
 
 from __future__ import annotations
@@ -9,12 +12,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from field_encrypt import DekCache
+from field_encrypt import metrics as library
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -43,7 +55,9 @@ class _DekCacheCollector(Collector):
 class Metrics:
     """The app's registry and its instruments."""
 
-    def __init__(self, cache: DekCache) -> None:
+    def __init__(
+        self, cache: DekCache, *, key_state: library.KeyStateCollector | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "notelett_http_requests",
@@ -64,6 +78,11 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_DekCacheCollector(cache))
+        self.registry.register(library.LibraryCollector())
+        if key_state is not None:
+            self.registry.register(key_state)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
 
     def render(self) -> bytes:
         """The text exposition of every metric."""

@@ -11,8 +11,10 @@ slice of the suite. It records, through hooks on the library in the test process
 
 and collects what could leak them: each test's captured stdout, stderr and log records
 (at DEBUG, every logger), the bodies of every HTTP answer with a 4xx or 5xx status, the
-output of every subprocess a test ran, and every ``*.log`` file under the run's
-temporary directory (the uvicorn servers' logs). At the end it looks for each secret in
+output of every subprocess a test ran, every ``*.log`` file under the run's
+temporary directory (the uvicorn servers' logs), and every OpenTelemetry span the
+run made in this process (tracing is on for the whole run: names, attributes, events,
+status), through an exporter of the SDK. At the end it looks for each secret in
 every form it could take in text: hex, base64 (standard and URL-safe, with and without
 padding), a Python ``bytes`` repr, and the token or canary as is. The JSON report (path
 in ``$SECRET_SCAN_REPORT``) lists how many of each secret were recorded, how much text was
@@ -37,6 +39,7 @@ SECRETS: dict[str, set[bytes]] = {"mek": set(), "dek": set()}
 TOKENS: set[str] = set()
 CANARIES: set[str] = set()
 TEXTS: list[tuple[str, str]] = []
+SPANS: list[int] = []
 CANARY = re.compile(r"CANARY-[0-9a-f]{32}")
 PREFIX = 16  # bytes of a key that identify it
 
@@ -166,8 +169,37 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
+def _trace() -> None:
+    """Turn tracing on for the run and scan every span it finishes."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    from field_encrypt import tracing
+
+    class ToTexts(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            for span in spans:
+                assert isinstance(span, ReadableSpan)
+                SPANS.append(1)
+                seen = {
+                    "name": span.name,
+                    "attributes": dict(span.attributes or {}),
+                    "events": [(e.name, dict(e.attributes or {})) for e in span.events],
+                    "status": span.status.description,
+                }
+                _text(f"span {span.name}", json.dumps(seen, default=repr))
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(ToTexts()))
+    trace.set_tracer_provider(provider)
+    tracing.enable(True)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     _install()
+    _trace()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -245,6 +277,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             "bearer_tokens": len(TOKENS),
             "plaintext_canaries": len(CANARIES),
         },
+        "spans_scanned": len(SPANS),
         "texts_scanned": len(TEXTS),
         "characters_scanned": sum(len(t) for _, t in TEXTS),
         "hits": hits[:50],

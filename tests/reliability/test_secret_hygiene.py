@@ -5,7 +5,8 @@ provider contract and integration tests against the real servers) runs in a sepa
 pytest with the scanning plugin ``tests/reliability/secret_scan.py`` and
 ``--log-level=DEBUG``: every MEK, DEK, bearer token and note plaintext canary the tests
 make is recorded, and every log line, captured output, HTTP error body, subprocess output
-and server log is searched for each of them in hex, base64 and repr forms. Zero hits.
+and server log, and every OpenTelemetry span (tracing on for the whole slice), is searched
+for each of them in hex, base64 and repr forms. Zero hits.
 """
 
 from __future__ import annotations
@@ -59,10 +60,12 @@ def test_a_debug_run_of_the_suite_leaks_no_secret(tmp_path: Path) -> None:
     secrets = report["secrets"]
     assert secrets["meks"] > 0 and secrets["deks"] > 100 and secrets["bearer_tokens"] > 10
     assert secrets["plaintext_canaries"] > 0
+    assert report["spans_scanned"] > 100  # HTTP, provider, store and rotation spans
     figures.record(
         "secret hygiene",
         **{f"{k}_recorded": v for k, v in secrets.items()},
         texts_scanned=report["texts_scanned"],
+        spans_scanned=report["spans_scanned"],
         characters_scanned=report["characters_scanned"],
         hits=report["hit_count"],
     )

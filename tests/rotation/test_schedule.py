@@ -217,3 +217,20 @@ def test_policy_files_and_flags(tmp_path: Path) -> None:
         load_policy(toml)
     with pytest.raises(ConfigurationError, match="cannot read"):
         load_policy(tmp_path / "missing.toml")
+
+
+def test_policy_file_names_every_problem_at_once(tmp_path: Path) -> None:
+    """The pydantic schema reports each bad key (type, bound, unknown) in one error."""
+    toml = tmp_path / "p.toml"
+    toml.write_text('batch_size = 0\nmax_rps = 0\nsample = 1.5\nsoak = 1\nstop = "no"\n')
+    with pytest.raises(ConfigurationError) as caught:
+        load_policy(toml)
+    message = str(caught.value)
+    for part in (
+        "batch_size must be at least 1",
+        "max_rps must be positive",
+        "sample must be a whole number",
+        "unknown setting soak",
+        "stop must be true or false",
+    ):
+        assert part in message

@@ -229,6 +229,27 @@ def test_metrics_count_requests_by_route_template_and_the_dek_cache(
     assert note["id"] not in text  # route templates, never concrete paths
 
 
+def test_metrics_include_the_key_state_the_library_and_the_process(
+    client: TestClient, create_note: CreateNote, backend: Backend
+) -> None:
+    """/metrics also has the current MEK version, DEKs per version, provider calls and the
+    process and Python collectors, with no key material."""
+    create_note()
+    text = client.get("/metrics").text
+    current = backend.provider.current_version()
+    assert (
+        f'field_encrypt_deks{{current="true",mek_version="{current}",product="notelett"}} 1.0'
+        in text
+    )
+    assert f'version="{current}"' in text and "field_encrypt_mek_info{" in text
+    assert 'field_encrypt_key_state_up{product="notelett"} 1.0' in text
+    assert "# TYPE field_encrypt_provider_calls_total counter" in text  # the library's too
+    assert "process_cpu_seconds_total" in text and "python_info{" in text
+    encryption = backend.runtime.settings
+    for secret in (encryption.mek_name, str(encryption.keyring), SECRET, "Traceback", "fe1:"):
+        assert secret not in text
+
+
 def test_openapi_documents_models_errors_and_the_bearer_scheme(client: TestClient) -> None:
     """The OpenAPI document names the response and error models and the security scheme."""
     doc = client.get("/openapi.json").json()

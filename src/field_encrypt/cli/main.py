@@ -11,12 +11,14 @@ from typing import Annotated, Any
 
 import typer
 
-from field_encrypt.cli import output
+from field_encrypt import metrics
+from field_encrypt.cli import output, publishing
 from field_encrypt.cli.audit import audit_app
 from field_encrypt.cli.common import JsonOpt, ProductOpt, guarded, opened
 from field_encrypt.cli.common import iso as _iso
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.cli.keys import keys_app
+from field_encrypt.cli.publishing import PushgatewayOpt, TextfileOpt
 from field_encrypt.cli.rotate import rotate_command
 from field_encrypt.errors import RotationError
 from field_encrypt.products import ProductRuntime
@@ -316,6 +318,8 @@ def migrate_command(
     partition: Annotated[
         str, typer.Option("--partition", help="rotate-kek: the partition whose KEK is replaced.")
     ] = "",
+    metrics_pushgateway: PushgatewayOpt = None,
+    metrics_textfile: TextfileOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Rewrap DEKs, re-encrypt, backfill or decrypt documents, or move DEKs between key
@@ -340,8 +344,24 @@ def migrate_command(
         if not dry_run:
             _refuse_compromised_target(rt, new_mek_version)
         ledger = open_ledger(rt) if not dry_run else _NoLedger()
-        with observer if live else nullcontext():
-            report = migrate(rt, ledger, options, observer=observer)
+        pub = publishing.publisher(
+            rt,
+            command=mode.value,
+            worker=worker or "1/1",
+            pushgateway=metrics_pushgateway,
+            textfile=metrics_textfile,
+        )
+        measured = metrics.RunMetrics(
+            observer, product=rt.encryptor.product, mode=mode.value, publish=pub.publish
+        )
+        status = "failed"
+        with publishing.published(pub), measured if live else nullcontext():
+            try:
+                report = migrate(rt, ledger, options, observer=measured)
+                status = report.status
+            finally:
+                if not dry_run:
+                    metrics.run_ended(rt.encryptor.product, mode.value, status)
     data = report.as_dict()
     if report_file is not None:
         report_file.write_text(json.dumps(data, indent=2) + "\n")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import IO, Any
 
 import structlog
@@ -25,6 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from field_encrypt import tracing
 from field_encrypt.rotation import Counters, RunRecord
 
 
@@ -46,6 +47,7 @@ def logger() -> Any:
     """A structlog logger writing one JSON object per line to the current stderr."""
     structlog.configure(
         processors=[
+            _trace_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer(sort_keys=False),
@@ -54,6 +56,16 @@ def logger() -> Any:
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger("field-encrypt")
+
+
+def _trace_id(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """The current trace id on a line logged inside a span (only when tracing is on)."""
+    trace_id = tracing.trace_id()
+    if trace_id is not None:
+        event["trace_id"] = trace_id
+    return event
 
 
 def live_terminal(json_mode: bool) -> bool:

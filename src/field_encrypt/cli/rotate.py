@@ -8,16 +8,20 @@ switch, and the usual failure codes when a stage is blocked.
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from field_encrypt.cli import output
+from field_encrypt import metrics
+from field_encrypt.cli import output, publishing
 from field_encrypt.cli.common import JsonOpt, NowOpt, ProductOpt, clock_from, guarded, iso, opened
 from field_encrypt.cli.exit_codes import ExitCode
-from field_encrypt.errors import ConfigurationError
+from field_encrypt.cli.publishing import PushgatewayOpt, TextfileOpt
+from field_encrypt.errors import ConfigurationError, FieldEncryptError
+from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import (
     Advance,
     Policy,
@@ -29,6 +33,8 @@ from field_encrypt.rotation import (
     state_dict,
 )
 from field_encrypt.rotation.keys import DAY
+from field_encrypt.rotation.lifecycle import STAGES, LifecycleStore
+from field_encrypt.rotation.schedule import timing
 
 BLOCKED_EXIT = {
     "preflight": ExitCode.NOT_VERIFIED,
@@ -71,6 +77,8 @@ def rotate_command(
     status: Annotated[
         bool, typer.Option("--status", help="Show the stage and the policy; change nothing.")
     ] = False,
+    metrics_pushgateway: PushgatewayOpt = None,
+    metrics_textfile: TextfileOpt = None,
     json_: JsonOpt = False,
     now: NowOpt = None,
 ) -> None:
@@ -97,19 +105,35 @@ def rotate_command(
         return
     live = output.live_terminal(json_)
     observer: Any = output.ProgressObserver() if live else output.LogObserver()
-    with opened(product) as rt, observer if live else nullcontext():
-        lifecycle = open_lifecycle(rt)
-        if resume:
-            set_halted(rt, lifecycle, False, clock=clock)
-        result = advance(
-            rt,
-            open_ledger(rt),
-            lifecycle,
-            policy,
-            clock=clock,
-            observer=observer,
-            clock_override=overridden,
+    with opened(product) as rt:
+        pub = publishing.publisher(
+            rt, command="rotate", pushgateway=metrics_pushgateway, textfile=metrics_textfile
         )
+        measured = metrics.RunMetrics(
+            observer, product=rt.encryptor.product, mode="rewrap-deks", publish=pub.publish
+        )
+        lifecycle = open_lifecycle(rt)
+        with publishing.published(pub), measured if live else nullcontext():
+            ended = "failed"
+            try:
+                if resume:
+                    set_halted(rt, lifecycle, False, clock=clock)
+                result = advance(
+                    rt,
+                    open_ledger(rt),
+                    lifecycle,
+                    policy,
+                    clock=clock,
+                    observer=measured,
+                    clock_override=overridden,
+                )
+                ended = result.rewrap.status if result.rewrap is not None else ended
+            finally:
+                if measured.started_run:
+                    metrics.run_ended(rt.encryptor.product, "rewrap-deks", ended)
+                if pub.active:  # metrics never stop (or hide why) a rotation
+                    with contextlib.suppress(FieldEncryptError):
+                        _record_state(rt, lifecycle, policy, clock())
     if json_:
         output.emit_json(result.as_dict())
     else:
@@ -130,21 +154,38 @@ def _exit_for(result: Advance) -> None:
     raise typer.Exit(BLOCKED_EXIT[result.blocked_by])
 
 
+def _record_state(
+    rt: ProductRuntime, lifecycle: LifecycleStore, policy: Policy, now: float
+) -> None:
+    """Where the rotation stands, for the published metrics (one read of each)."""
+    state = lifecycle.state(rt.encryptor.product)
+    current = next(v for v in rt.provider.versions() if v.current)
+    due = timing(state, policy, current.created_at.timestamp())
+    metrics.record_rotation_state(
+        rt.encryptor.product,
+        stage=state.stage,
+        stages=STAGES,
+        blocked=state.blocked is not None,
+        halted=state.halted or policy.stop,
+        last_success=due.last_success,
+        next_due=due.next_due,
+        soak_until=due.soak_until,
+        now=now,
+    )
+
+
 def _status(product: str, policy: Policy, now: float, json_: bool) -> None:
     with opened(product) as rt:
         state = open_lifecycle(rt).state(rt.encryptor.product)
         current = next(v for v in rt.provider.versions() if v.current)
     created = current.created_at.timestamp()
+    due = timing(state, policy, created)
     data = {
         **state_dict(state),
         "current_version": current.version,
         "current_age_days": round((now - created) / DAY, 2),
-        "next_rotation_due": iso(created + policy.max_age_days * DAY)
-        if state.stage == "idle"
-        else None,
-        "soak_until": iso(state.rewrapped_at + policy.soak_hours * 3600)
-        if state.rewrapped_at is not None and state.stage in ("soak", "retire")
-        else None,
+        "next_rotation_due": iso(due.next_due) if due.next_due is not None else None,
+        "soak_until": iso(due.soak_until) if due.soak_until is not None else None,
         "policy": policy.as_dict(),
         "stop_switch": state.halted or policy.stop,
     }

@@ -59,6 +59,7 @@ from field_encrypt.errors import (
 )
 from field_encrypt.providers import binding
 from field_encrypt.providers.base import KeyVersion, WrappedDek
+from field_encrypt.retry_after import retry_after_from
 
 ALGORITHM = "KMS-SYMMETRIC_DEFAULT"
 TAG_MEK = "field-encrypt:mek"
@@ -420,8 +421,5 @@ def _code(exc: ClientError) -> str:
 
 
 def _retry_after(headers: dict[str, str]) -> float | None:
-    value = headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
+    """``Retry-After`` in seconds (a number or an HTTP date), if the service sent one."""
+    return retry_after_from(headers)

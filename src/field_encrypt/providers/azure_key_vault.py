@@ -31,7 +31,6 @@ Every Azure SDK error is converted in :meth:`AzureKeyVaultProvider._boundary`.
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import re
 import threading
 import time
@@ -66,6 +65,7 @@ from field_encrypt.errors import (
 )
 from field_encrypt.providers import binding
 from field_encrypt.providers.base import KeyVersion, WrappedDek
+from field_encrypt.retry_after import retry_after_from
 
 ALGORITHM = "RSA-OAEP-256+CTX"
 KEY_SIZES = (2048, 3072, 4096)
@@ -341,16 +341,4 @@ def _inner_code(exc: HttpResponseError) -> str | None:
 
 def _retry_after(exc: HttpResponseError) -> float | None:
     """``Retry-After`` in seconds (a number or an HTTP date), if the service sent one."""
-    headers = getattr(exc.response, "headers", None) or {}
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+    return retry_after_from(getattr(exc.response, "headers", None))

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from field_encrypt import token
+from field_encrypt import token, tracing
 from field_encrypt.backends.base import KEK_PREFIX
 from field_encrypt.documents import DocumentStore, StoredDocument
 from field_encrypt.errors import (
@@ -115,9 +115,11 @@ class DocumentJob:
             docs = self.collections[name]
             cursor = cursor if index == start else None
             while True:
-                page = work.retry.call(
-                    docs.scan, cursor=cursor, limit=work.batch_size, shard=work.sharding
-                )
+                with tracing.span("field_encrypt.store.scan", store=name) as traced:
+                    page = work.retry.call(
+                        docs.scan, cursor=cursor, limit=work.batch_size, shard=work.sharding
+                    )
+                    tracing.annotate(traced, items=len(page.documents))
                 todo = work.retry.call(self.select, name, page.documents)
                 steps = [self.pending_for(name, d) for d in todo]
                 pending = [s.encode() for s in steps if s is not None]

@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Callable
 
+from field_encrypt import metrics, tracing
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
@@ -75,6 +76,7 @@ def migrate(
         # No burst: a vault's throttle is a sliding window, and calls saved up and spent at
         # once push the window over its limit for the rest of the run (429s, then retries).
         bucket = TokenBucket(options.max_rps, burst=1.0, clock=monotonic, sleep=sleep)
+        metrics.rate_limited((tier.mek if tier is not None else provider).kind, options.max_rps)
         if tier is not None:
             tier = tier.with_mek(ThrottledProvider(tier.mek, bucket))
             provider = tier if runtime.provider is runtime.kek_tier else provider
@@ -84,15 +86,21 @@ def migrate(
     # or dropped call there is retried under the same budget as the run's own calls.
     retrier = Retrier(options.retry, clock=monotonic, sleep=sleep, rng=rng)
     job = retrier.call(prepare_job, runtime, options, provider=provider, tier=tier, sleep=sleep)
-    return run_job(
-        job,
-        runtime,
-        ledger,
-        options,
-        clock=clock,
-        monotonic=monotonic,
-        sleep=sleep,
-        rng=rng,
-        observer=observer,
-        owner=owner,
-    )
+    with tracing.span(
+        "field_encrypt.rotation.run",
+        product=runtime.encryptor.product,
+        mode=options.mode,
+        worker=f"{options.worker[0] + 1}/{options.worker[1]}",
+    ):
+        return run_job(
+            job,
+            runtime,
+            ledger,
+            options,
+            clock=clock,
+            monotonic=monotonic,
+            sleep=sleep,
+            rng=rng,
+            observer=observer,
+            owner=owner,
+        )

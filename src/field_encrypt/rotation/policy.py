@@ -2,7 +2,9 @@
 
 Read from a TOML or JSON file (``rotate --policy FILE``) whose keys are the fields of
 :class:`Policy` (``max_age_days = 25``; dashes are accepted for underscores), then
-overridden by flags. Unknown keys are refused, so a typo never silently means "default".
+overridden by flags. The file and flags are validated together by a pydantic model
+(:class:`PolicyFile`: strict types, bounds, unknown keys refused, so a typo never
+silently means "default"); every problem is named in one ``ConfigurationError``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from field_encrypt.errors import ConfigurationError
 
@@ -55,40 +59,57 @@ class Policy:
 
 
 FIELDS = frozenset(f.name for f in dataclasses.fields(Policy))
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    name: bool
-    if name == "stop"
-    else int
-    if name in ("batch_size", "concurrency", "sample")
-    else (int, float)
-    for name in FIELDS
-}
-_TYPE_NAMES: dict[type | tuple[type, ...], str] = {
-    bool: "true or false",
-    int: "a whole number",
-    (int, float): "a number",
-}
+_DEFAULTS = Policy()
+
+
+class PolicyFile(BaseModel):
+    """The policy file's schema (with the flags applied): what :func:`load_policy` accepts."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    max_age_days: float = Field(default=_DEFAULTS.max_age_days, ge=0)
+    soak_hours: float = Field(default=_DEFAULTS.soak_hours, ge=0)
+    retention_days: float = Field(default=_DEFAULTS.retention_days, ge=0)
+    max_rps: float | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=_DEFAULTS.batch_size, ge=1)
+    concurrency: int = Field(default=_DEFAULTS.concurrency, ge=1)
+    sample: int = Field(default=_DEFAULTS.sample, ge=0)
+    max_backup_age_hours: float = Field(default=_DEFAULTS.max_backup_age_hours, ge=0)
+    stop: bool = False
 
 
 def load_policy(path: Path | None = None, **overrides: object) -> Policy:
     """The policy in ``path`` (TOML, or JSON for ``.json``), with non-``None`` overrides."""
     values: dict[str, Any] = dict(_read(path)) if path is not None else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(values) - FIELDS)
-    if unknown:
+    try:
+        checked = PolicyFile.model_validate(values)
+    except ValidationError as exc:
         raise ConfigurationError(
-            f"rotation policy: unknown setting(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(FIELDS))}"
-        )
-    for name, value in values.items():
-        expected = _TYPES[name]
-        if value is None and name == "max_rps":
-            continue
-        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
-            raise ConfigurationError(
-                f"rotation policy: {name} must be {_TYPE_NAMES[expected]}, not {value!r}"
-            )
-    return Policy(**values)
+            "rotation policy: " + "; ".join(_problem(e) for e in exc.errors())
+        ) from None
+    return Policy(**checked.model_dump(exclude_unset=True))
+
+
+_WANTS = {
+    "bool_type": "must be true or false",
+    "int_type": "must be a whole number",
+    "float_type": "must be a number",
+    "greater_than_equal": "must not be negative",
+    "greater_than": "must be positive",
+}
+
+
+def _problem(error: Any) -> str:
+    """One validation error as a sentence naming the setting."""
+    name = ".".join(str(p) for p in error["loc"] if not isinstance(p, int))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown setting {name}; known: {', '.join(sorted(FIELDS))}"
+    if kind == "greater_than_equal" and error.get("ctx", {}).get("ge") == 1:
+        return f"{name} must be at least 1, not {error['input']!r}"
+    want = _WANTS.get(kind, str(error["msg"]).lower())
+    return f"{name} {want}, not {error['input']!r}"
 
 
 def _read(path: Path) -> Mapping[str, Any]:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
+from field_encrypt import metrics
 from field_encrypt.errors import TRANSIENT_ERRORS, FieldEncryptError, RotationError
 
 T = TypeVar("T")
@@ -114,6 +115,7 @@ class Retrier:
                 ) from failure
             with self._lock:
                 self.retries += 1
+            metrics.retried(failure)
             if self._on_retry is not None:
                 self._on_retry(failure, attempt, delay)
             self._sleep(delay)

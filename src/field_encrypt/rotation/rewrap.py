@@ -38,6 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
+from field_encrypt import tracing
 from field_encrypt.backends.base import KEK_PREFIX, DekRecord, WrapUpdate
 from field_encrypt.errors import (
     TRANSIENT_ERRORS,
@@ -217,14 +218,16 @@ class RewrapJob:
         try:
             cursor = work.cursor
             while True:
-                page = work.retry.call(
-                    self.store.scan,
-                    cursor=cursor,
-                    limit=work.batch_size,
-                    exclude_version=self.target,
-                    only_version=self.only,
-                    shard=work.sharding,
-                )
+                with tracing.span("field_encrypt.store.scan", store="dek_store") as traced:
+                    page = work.retry.call(
+                        self.store.scan,
+                        cursor=cursor,
+                        limit=work.batch_size,
+                        exclude_version=self.target,
+                        only_version=self.only,
+                        shard=work.sharding,
+                    )
+                    tracing.annotate(traced, items=len(page.records))
                 records = [r for r in page.records if self.sources(r.mek_version)]
                 updates, failures = self._rewrap(work, records, pool)
                 delta, more_failures = self._swap_in(work, updates, pool)
@@ -384,7 +387,10 @@ class RewrapJob:
         changed = skipped = conflicts = 0
         failures: list[Failure] = []
         for round_ in range(MAX_CONFLICT_ROUNDS + 1):
-            lost = set(work.retry.call(self.store.replace_wraps, updates))
+            with tracing.span(
+                "field_encrypt.store.replace_wraps", store="dek_store", items=len(updates)
+            ):
+                lost = set(work.retry.call(self.store.replace_wraps, updates))
             if self.cache.stats().size:  # an empty cache (the CLI's own) has nothing to forget
                 for u in updates:
                     if u.record.dek_id not in lost:
@@ -395,7 +401,8 @@ class RewrapJob:
             conflicts += len(lost)
             work.note("conflict", count=len(lost))
             ids = sorted(lost)
-            current = work.retry.call(self.store.get_many, ids)
+            with tracing.span("field_encrypt.store.get_many", store="dek_store", items=len(ids)):
+                current = work.retry.call(self.store.get_many, ids)
             again = [r for i in ids if (r := current.get(i)) is not None and self._selects(r)]
             skipped += len(lost) - len(again)  # deleted, or moved to the target by someone else
             if round_ == MAX_CONFLICT_ROUNDS:

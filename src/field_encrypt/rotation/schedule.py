@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from field_encrypt import tracing
 from field_encrypt.audit import ROTATION_STAGE
 from field_encrypt.errors import ConcurrentUpdateError, LeaseHeldError
 from field_encrypt.products import ProductRuntime
@@ -83,6 +84,26 @@ def advance(
     clock_override: bool = False,
 ) -> Advance:
     """Advance the product's rotation as far as it safely can; what happened."""
+    with tracing.span(
+        "field_encrypt.rotation.advance", product=runtime.encryptor.product
+    ) as traced:
+        result = _advance(
+            runtime, ledger, lifecycle, policy, clock, observer, owner, clock_override
+        )
+        tracing.annotate(traced, outcome=result.outcome, stage=result.stage)
+        return result
+
+
+def _advance(
+    runtime: ProductRuntime,
+    ledger: RunLedger,
+    lifecycle: LifecycleStore,
+    policy: Policy,
+    clock: Callable[[], float],
+    observer: RunObserver | None,
+    owner: str | None,
+    clock_override: bool,
+) -> Advance:
     product = runtime.encryptor.product
     rotation = Rotation(
         runtime,
@@ -114,7 +135,8 @@ def advance(
         while True:
             if state.halted:
                 return _halted(product, state, by_policy=False, entered=entered)
-            result = rotation.step(state)
+            with tracing.span("field_encrypt.rotation.stage", product=product, stage=state.stage):
+                result = rotation.step(state)
             if isinstance(result, Stop):
                 if result.outcome == "blocked" and state.blocked != result.summary:
                     state = rotation.apply(state, blocked=result.summary)
@@ -187,6 +209,29 @@ def set_halted(
                 },
             )
         return state
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timing:
+    """When the scheduled rotation next needs attention (epoch seconds; ``None``: not now)."""
+
+    next_due: float | None
+    """Idle: when the current version reaches ``max_age_days`` and a rotation starts."""
+    soak_until: float | None
+    """Soak or retire: when the soak after the rewrap ends."""
+    last_success: float | None
+    """When the last rotation completed."""
+
+
+def timing(state: RotationState, policy: Policy, current_created: float) -> Timing:
+    """The rotation's due times, from its state, its policy and the current version's age."""
+    return Timing(
+        next_due=current_created + policy.max_age_days * 86400.0 if state.stage == "idle" else None,
+        soak_until=state.rewrapped_at + policy.soak_hours * 3600.0
+        if state.rewrapped_at is not None and state.stage in ("soak", "retire")
+        else None,
+        last_success=state.last_completed_at,
+    )
 
 
 def state_dict(state: RotationState) -> dict[str, Any]:

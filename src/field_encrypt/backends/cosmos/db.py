@@ -45,6 +45,7 @@ from field_encrypt.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from field_encrypt.retry_after import retry_after_from
 
 try:
     from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
@@ -55,8 +56,6 @@ try:
         PartitionKey,
         SSLConfiguration,
     )
-    from azure.cosmos._retry_options import RetryOptions
-    from azure.cosmos.documents import ConnectionPolicy
     from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigurationError(
@@ -113,8 +112,9 @@ def parse_url(url: str) -> tuple[str, CosmosOptions]:
         )
     except ValueError as exc:
         raise ConfigurationError(f"invalid Cosmos DB URL parameter: {exc}") from None
-    if options.write_concurrency < 1 or options.throttle_retries < 0:
-        raise ConfigurationError("write_concurrency must be >= 1 and throttle_retries >= 0")
+    if options.write_concurrency < 1 or options.throttle_retries < 1:
+        # the SDK reads retry_total=0 as "use the default", so at least one retry
+        raise ConfigurationError("write_concurrency and throttle_retries must be >= 1")
     port = f":{parts.port}" if parts.port else ""
     return f"https://{parts.hostname}{port}/", options
 
@@ -164,11 +164,6 @@ class CosmosDatabase:
                     "Microsoft Entra ID"
                 ) from None
             credential = DefaultAzureCredential()
-        policy = ConnectionPolicy()
-        policy.RetryOptions = RetryOptions(
-            max_retry_attempt_count=options.throttle_retries,
-            max_wait_time_in_seconds=int(options.throttle_wait),
-        )
         if options.ca_cert is not None:
             ssl_config = SSLConfiguration()
             ssl_config.SSLCaCerts = options.ca_cert
@@ -178,7 +173,10 @@ class CosmosDatabase:
             client = CosmosClient(
                 endpoint,
                 credential=key if key is not None else credential,
-                connection_policy=policy,
+                # the SDK's public retry settings: 429s retried this often, waiting at most
+                # this long in all (they also bound its own retries of dropped connections)
+                retry_total=options.throttle_retries,
+                retry_backoff_max=int(options.throttle_wait),
                 **client_kwargs,
             )
             if provision:
@@ -313,13 +311,8 @@ def first_value(result: Iterable[Any]) -> Any:
 
 
 def retry_after(error: CosmosHttpResponseError) -> float | None:
-    """Seconds from the ``x-ms-retry-after-ms`` header, if the service sent one."""
-    headers = getattr(error, "headers", None) or {}
-    value = headers.get("x-ms-retry-after-ms")
-    try:
-        return int(value) / 1000 if value is not None else None
-    except ValueError:
-        return None
+    """Seconds from ``x-ms-retry-after-ms`` (or ``Retry-After``), if the service sent one."""
+    return retry_after_from(getattr(error, "headers", None))
 
 
 @contextmanager
