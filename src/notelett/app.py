@@ -23,7 +23,7 @@ from notelett.deps import AppState
 from notelett.errors import NoteLettError, handle_error
 from notelett.metrics import Metrics, MetricsMiddleware
 from notelett.middleware import BodyLimitMiddleware, RequestIdMiddleware, RequestTargetMiddleware
-from notelett.models import ErrorOut
+from notelett.openapi import openapi_document
 from notelett.routes import diagnostics, notes
 from notelett.service import NotesService
 from notelett.settings import NoteLettSettings, load_notelett_settings
@@ -81,8 +81,9 @@ def create_app(
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        responses={422: {"model": ErrorOut, "description": "Invalid input"}},
+        redirect_slashes=False,  # the middleware drops a trailing slash: no redirect, no Host
     )
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.state.notelett = state
     for error in (
         NoteLettError,

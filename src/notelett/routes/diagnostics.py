@@ -14,7 +14,11 @@ from notelett.readiness import check_readiness
 router = APIRouter(tags=["diagnostics"])
 
 
-@router.get("/health", summary="Liveness: answers while the process runs; touches nothing")
+@router.get(
+    "/health",
+    summary="Liveness: answers while the process runs; touches nothing",
+    operation_id="getHealth",
+)
 async def health() -> HealthOut:
     return HealthOut(status="ok")
 
@@ -24,6 +28,7 @@ async def health() -> HealthOut:
     response_model=ReadinessOut,
     summary="Readiness: database, key provider canary, current MEK version enabled",
     responses={503: {"model": ReadinessOut, "description": "At least one check failed"}},
+    operation_id="getReadiness",
 )
 async def readiness(state: State) -> JSONResponse:
     backend = state.backend

@@ -43,6 +43,16 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 _COMMON = (401, 500, 503)
 
+_ETAG = {
+    "ETag": {"description": "The note's revision, as a strong ETag", "schema": {"type": "string"}}
+}
+_LOCATION = {"Location": {"description": "The new note's path", "schema": {"type": "string"}}}
+
+
+def _with(success: int, headers: dict[str, Any], *codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses ``codes`` plus the headers of the ``success`` response."""
+    return {success: {"headers": headers}, **_errors(*codes)}
+
 
 def encode_cursor(cursor: str | None) -> str | None:
     """The opaque form of a repository cursor."""
@@ -80,8 +90,9 @@ def _out(note: Note) -> NoteOut:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=_errors(400, 404, 413, 422, *_COMMON),
+    responses=_with(201, {**_ETAG, **_LOCATION}, 400, 404, 413, 422, *_COMMON),
     summary="Create a note",
+    operation_id="createNote",
 )
 def create_note(
     payload: NoteCreate, user: CurrentUser, service: Service, response: Response
@@ -96,7 +107,12 @@ def create_note(
     return _out(note)
 
 
-@router.get("/", responses=_errors(400, 404, 422, *_COMMON), summary="List a workspace's notes")
+@router.get(
+    "",
+    responses=_errors(400, 404, 422, *_COMMON),
+    summary="List a workspace's notes",
+    operation_id="listNotes",
+)
 def list_notes(
     user: CurrentUser,
     service: Service,
@@ -108,7 +124,12 @@ def list_notes(
     return NoteListOut(items=[_out(n) for n in notes], nextCursor=encode_cursor(after))
 
 
-@router.get("/{note_id}", responses=_errors(404, *_COMMON), summary="Read a note")
+@router.get(
+    "/{note_id}",
+    responses=_with(200, _ETAG, 404, *_COMMON),
+    summary="Read a note",
+    operation_id="getNote",
+)
 def get_note(note_id: str, user: CurrentUser, service: Service, response: Response) -> NoteOut:
     note = service.get(user, note_id)
     response.headers["ETag"] = note.etag
@@ -117,8 +138,9 @@ def get_note(note_id: str, user: CurrentUser, service: Service, response: Respon
 
 @router.put(
     "/{note_id}",
-    responses=_errors(400, 404, 412, 413, 422, 428, *_COMMON),
+    responses=_with(200, _ETAG, 400, 404, 412, 413, 422, 428, *_COMMON),
     summary="Replace a note's content (If-Match required)",
+    operation_id="replaceNote",
 )
 def replace_note(
     note_id: str,
@@ -143,6 +165,7 @@ def replace_note(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=_errors(404, 412, *_COMMON),
     summary="Delete a note, crypto-shredding its DEK",
+    operation_id="deleteNote",
 )
 def delete_note(
     note_id: str,
