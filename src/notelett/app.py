@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import field_encrypt
 from notelett.auth import verifier_from_settings
 from notelett.backend import Backend, open_backend
+from notelett.cursors import CursorCodec
 from notelett.deps import AppState
 from notelett.errors import NoteLettError, handle_error
 from notelett.metrics import Metrics, MetricsMiddleware
@@ -26,7 +27,7 @@ from notelett.middleware import BodyLimitMiddleware, RequestIdMiddleware, Reques
 from notelett.openapi import openapi_document
 from notelett.routes import diagnostics, notes
 from notelett.service import NotesService
-from notelett.settings import NoteLettSettings, load_notelett_settings
+from notelett.settings import NoteLettSettings, hs256_secret, load_notelett_settings
 
 log = logging.getLogger("notelett")
 
@@ -64,7 +65,12 @@ def create_app(
         dek_version=backend.dek_version,
     )
     state = AppState(
-        settings=settings, backend=backend, service=service, verifier=verifier, metrics=metrics
+        settings=settings,
+        backend=backend,
+        service=service,
+        verifier=verifier,
+        metrics=metrics,
+        cursors=cursor_codec(settings),
     )
 
     @asynccontextmanager
@@ -100,3 +106,17 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def cursor_codec(settings: NoteLettSettings) -> CursorCodec:
+    """The cursor codec: keyed by the cursor secret, else the HS256 secret, else random."""
+    if settings.cursor_secret is not None:
+        secret = settings.cursor_secret.get_secret_value().encode()
+        if len(secret) < 32:
+            raise field_encrypt.ConfigurationError(
+                "NOTELETT_CURSOR_SECRET must be at least 32 bytes long"
+            )
+        return CursorCodec.from_secret(secret)
+    if settings.jwt_algorithm == "HS256":
+        return CursorCodec.from_secret(hs256_secret(settings))
+    return CursorCodec.ephemeral()

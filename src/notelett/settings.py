@@ -40,6 +40,9 @@ class NoteLettSettings(BaseSettings):
     jwt_secret_file: Path = Path("var/jwt-secret")
     jwt_jwks: str | None = None
     """RS256 only: a JWKS file path, or an ``https://`` URL fetched with PyJWKClient."""
+    cursor_secret: SecretStr | None = None
+    """Signs listing cursors (at least 32 bytes); unset: derived from the HS256 secret,
+    or a per-process key with RS256."""
     jwt_issuer: str = "notelett-dev"
     jwt_audience: str = "notelett"
     jwt_leeway_seconds: float = Field(default=30.0, ge=0, le=300)

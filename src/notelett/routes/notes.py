@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from notelett.deps import CurrentUser, Service
-from notelett.errors import InvalidCursorError
+from notelett.deps import CurrentUser, Cursors, Service
 from notelett.models import (
     LIST_DEFAULT_LIMIT,
     LIST_MAX_LIMIT,
@@ -22,8 +19,6 @@ from notelett.models import (
 from notelett.service import Note, NoteContent
 
 router = APIRouter(prefix="/api/notes", tags=["notes"])
-
-_CURSOR_PREFIX = "n1:"
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -52,26 +47,6 @@ _LOCATION = {"Location": {"description": "The new note's path", "schema": {"type
 def _with(success: int, headers: dict[str, Any], *codes: int) -> dict[int | str, dict[str, Any]]:
     """The error responses ``codes`` plus the headers of the ``success`` response."""
     return {success: {"headers": headers}, **_errors(*codes)}
-
-
-def encode_cursor(cursor: str | None) -> str | None:
-    """The opaque form of a repository cursor."""
-    if cursor is None:
-        return None
-    return base64.urlsafe_b64encode((_CURSOR_PREFIX + cursor).encode()).decode().rstrip("=")
-
-
-def decode_cursor(text: str | None) -> str | None:
-    """The repository cursor inside an opaque one; :class:`InvalidCursorError` if forged."""
-    if text is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidCursorError() from None
-    if not raw.startswith(_CURSOR_PREFIX):
-        raise InvalidCursorError()
-    return raw[len(_CURSOR_PREFIX) :]
 
 
 def _out(note: Note) -> NoteOut:
@@ -116,12 +91,16 @@ def create_note(
 def list_notes(
     user: CurrentUser,
     service: Service,
+    cursors: Cursors,
     workspace_id: Annotated[str, Query(alias="workspaceId", min_length=1, max_length=128)],
     limit: Annotated[int, Query(ge=1, le=LIST_MAX_LIMIT)] = LIST_DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> NoteListOut:
-    notes, after = service.list(user, workspace_id, cursor=decode_cursor(cursor), limit=limit)
-    return NoteListOut(items=[_out(n) for n in notes], nextCursor=encode_cursor(after))
+    position = cursors.decode(workspace_id, cursor)
+    notes, after = service.list(user, workspace_id, cursor=position, limit=limit)
+    return NoteListOut(
+        items=[_out(n) for n in notes], nextCursor=cursors.encode(workspace_id, after)
+    )
 
 
 @router.get(
