@@ -37,6 +37,7 @@ def serve(
     import uvicorn
 
     from notelett.app import create_app
+    from notelett.http_server import uvicorn_options
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = _settings()
@@ -50,6 +51,7 @@ def serve(
         port=port or settings.port,
         log_level=log_level,
         access_log=access_log,
+        **uvicorn_options(settings),
     )
 
 

@@ -50,6 +50,15 @@ class NoteLettSettings(BaseSettings):
     max_body_bytes: int = Field(default=262_144, ge=1024)
     """Requests with a larger body are refused with 413 before the body is read in full."""
 
+    max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    """Request line plus headers above this size: 431 and the connection closed."""
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """A connection whose request headers are not complete within this is closed."""
+    keep_alive_seconds: int = Field(default=5, ge=1, le=300)
+    """An idle kept-alive connection is closed after this."""
+    max_connections: int = Field(default=256, ge=1)
+    """Above this many open connections or running requests, new requests get 503."""
+
     kek_per_workspace: bool = False
     """With ``FIELD_ENCRYPT_KEY_LAYOUT=kek``: each workspace's new notes get DEKs under the
     workspace's own KEK (partition = workspace id), so ``field-encrypt keys shred-partition
