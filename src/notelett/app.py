@@ -26,6 +26,7 @@ from notelett.metrics import Metrics, MetricsMiddleware
 from notelett.middleware import BodyLimitMiddleware, RequestIdMiddleware, RequestTargetMiddleware
 from notelett.openapi import openapi_document
 from notelett.routes import diagnostics, notes
+from notelett.secret_checks import check_secret_strength
 from notelett.service import NotesService
 from notelett.settings import NoteLettSettings, hs256_secret, load_notelett_settings
 
@@ -112,10 +113,7 @@ def cursor_codec(settings: NoteLettSettings) -> CursorCodec:
     """The cursor codec: keyed by the cursor secret, else the HS256 secret, else random."""
     if settings.cursor_secret is not None:
         secret = settings.cursor_secret.get_secret_value().encode()
-        if len(secret) < 32:
-            raise field_encrypt.ConfigurationError(
-                "NOTELETT_CURSOR_SECRET must be at least 32 bytes long"
-            )
+        check_secret_strength(secret, setting="NOTELETT_CURSOR_SECRET", dev_mode=settings.dev_mode)
         return CursorCodec.from_secret(secret)
     if settings.jwt_algorithm == "HS256":
         return CursorCodec.from_secret(hs256_secret(settings))

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from field_encrypt import ConfigurationError, Settings
 from field_encrypt.bootstrap import sqlite_path
+from notelett.secret_checks import check_private_file, check_secret_strength
 
 DEFAULT_DATABASE = "var/notelett.db"
 
@@ -33,6 +34,9 @@ class NoteLettSettings(BaseSettings):
     """Where notes and the dek_store live: a SQLite file, ``postgresql://...`` or
     ``cosmos://...`` (the forms ``FIELD_ENCRYPT_DATABASE`` takes); else
     ``FIELD_ENCRYPT_DATABASE``; else ``var/notelett.db``."""
+
+    dev_mode: bool = False
+    """Development only: accept weak HS256 and cursor secrets (``scripts/demo`` sets it)."""
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_secret: SecretStr | None = None
@@ -96,11 +100,16 @@ def database_path(settings: NoteLettSettings, encryption: Settings) -> str:
 
 
 def hs256_secret(settings: NoteLettSettings) -> bytes:
-    """The HS256 secret: the configured one, or the development file's (created if missing)."""
+    """The HS256 secret: the configured one, or the development file's (created if missing).
+
+    A weak secret is refused unless ``dev_mode``; a secret file others can read, always
+    (:mod:`notelett.secret_checks`)."""
     if settings.jwt_secret is not None:
         secret = settings.jwt_secret.get_secret_value().encode()
+        setting = "NOTELETT_JWT_SECRET"
     else:
         path = settings.jwt_secret_file
+        setting = f"the HS256 secret in {path}"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -110,7 +119,7 @@ def hs256_secret(settings: NoteLettSettings) -> bytes:
             else:
                 with os.fdopen(fd, "w") as out:
                     out.write(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+        check_private_file(path, what="NOTELETT_JWT_SECRET_FILE")
         secret = path.read_text().strip().encode()
-    if len(secret) < 32:
-        raise ConfigurationError("the HS256 secret must be at least 32 bytes long")
+    check_secret_strength(secret, setting=setting, dev_mode=settings.dev_mode)
     return secret
