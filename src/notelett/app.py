@@ -25,6 +25,7 @@ from notelett.errors import NoteLettError, handle_error
 from notelett.metrics import Metrics, MetricsMiddleware
 from notelett.middleware import BodyLimitMiddleware, RequestIdMiddleware, RequestTargetMiddleware
 from notelett.openapi import openapi_document
+from notelett.readiness import ProviderCheck
 from notelett.routes import diagnostics, notes
 from notelett.secret_checks import check_secret_strength
 from notelett.service import NotesService
@@ -72,6 +73,9 @@ def create_app(
         verifier=verifier,
         metrics=metrics,
         cursors=cursor_codec(settings),
+        provider_check=ProviderCheck(
+            backend.provider, interval_seconds=settings.readiness_interval_seconds
+        ),
     )
 
     @asynccontextmanager

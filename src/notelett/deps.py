@@ -14,6 +14,7 @@ from notelett.backend import Backend
 from notelett.cursors import CursorCodec
 from notelett.errors import AuthenticationError
 from notelett.metrics import Metrics
+from notelett.readiness import ProviderCheck
 from notelett.service import NotesService
 from notelett.settings import NoteLettSettings
 
@@ -28,6 +29,7 @@ class AppState:
     verifier: TokenVerifier
     metrics: Metrics
     cursors: CursorCodec
+    provider_check: ProviderCheck
 
 
 _bearer = HTTPBearer(

@@ -63,6 +63,9 @@ class NoteLettSettings(BaseSettings):
     max_connections: int = Field(default=256, ge=1)
     """Above this many open connections or running requests, new requests get 503."""
 
+    readiness_interval_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """Readiness asks the key provider at most once per this many seconds (0: every probe)."""
+
     kek_per_workspace: bool = False
     """With ``FIELD_ENCRYPT_KEY_LAYOUT=kek``: each workspace's new notes get DEKs under the
     workspace's own KEK (partition = workspace id), so ``field-encrypt keys shred-partition
