@@ -1,4 +1,5 @@
-"""The ``notelett`` command: ``serve``, ``token``, ``seed``, ``purge``.
+"""The ``notelett`` command: ``serve``, ``token``, ``seed``, ``purge``, and the directory's
+``workspaces`` and ``members`` (:mod:`notelett.directory_cli`).
 
 Settings come from the environment (``NOTELETT_*`` and ``FIELD_ENCRYPT_*``); with none
 set everything lives under ``var/`` in the current directory.
@@ -13,6 +14,7 @@ import typer
 import field_encrypt
 from notelett.auth import mint_dev_token
 from notelett.backend import open_backend
+from notelett.directory_cli import members_app, workspaces_app
 from notelett.log_format import LogFormat, configure_logging
 from notelett.seed import seed as seed_notes
 from notelett.service import NotesService
@@ -24,6 +26,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(workspaces_app, name="workspaces")
+app.add_typer(members_app, name="members")
 
 
 @app.command()
