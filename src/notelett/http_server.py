@@ -12,8 +12,9 @@ open for as long as they trickled. NoteLett therefore serves with the h11 parser
   complete this long after it opened (or after the first byte of a kept-alive
   connection's next request) is closed;
 - ``NOTELETT_KEEP_ALIVE_SECONDS``: an idle kept-alive connection is closed;
-- ``NOTELETT_MAX_CONNECTIONS`` (uvicorn's ``limit_concurrency``): above that many open
-  connections or running requests, new requests are answered 503 at once.
+- ``NOTELETT_MAX_CONNECTIONS`` (uvicorn's ``limit_concurrency``): when that many
+  connections are open (the new one included) or requests running, a new request is
+  answered 503 at once.
 """
 
 from __future__ import annotations

@@ -61,7 +61,8 @@ class NoteLettSettings(BaseSettings):
     keep_alive_seconds: int = Field(default=5, ge=1, le=300)
     """An idle kept-alive connection is closed after this."""
     max_connections: int = Field(default=256, ge=1)
-    """Above this many open connections or running requests, new requests get 503."""
+    """When this many connections are open (the new one included) or requests run, a new
+    request gets 503."""
 
     readiness_interval_seconds: float = Field(default=30.0, ge=0, le=3600)
     """Readiness asks the key provider at most once per this many seconds (0: every probe)."""

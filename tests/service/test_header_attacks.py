@@ -156,6 +156,29 @@ def test_a_connection_sending_headers_too_slowly_is_closed(server: NoteLettServe
     assert HEADER_TIMEOUT * 0.9 <= loris.closed_after <= HEADER_TIMEOUT + 1.5
 
 
+def test_connections_above_the_cap_are_answered_503(
+    settings: NoteLettSettings, backend: Backend, tmp_path: Path
+) -> None:
+    """With NOTELETT_MAX_CONNECTIONS=4 and 4 idle connections open, a request gets 503 at
+    once; when they close, requests are served again."""
+    env = {**server_env(settings, backend), "NOTELETT_MAX_CONNECTIONS": "4"}
+    capped = start_server(env, workdir=tmp_path, name="capped")
+    try:
+        idle = [socket.create_connection(_address(capped), timeout=10) for _ in range(4)]
+        with httpx.Client(base_url=capped.base_url, timeout=10) as http:
+            assert http.get("/health").status_code == 503
+        for sock in idle:
+            sock.close()
+        deadline = time.monotonic() + 10
+        status = 0
+        while status != 200 and time.monotonic() < deadline:
+            with httpx.Client(base_url=capped.base_url, timeout=10) as http:
+                status = http.get("/health").status_code  # until the server saw the closes
+        assert status == 200
+    finally:
+        capped.stop()
+
+
 def test_header_attacks_leave_health_fast_and_memory_flat(server: NoteLettServer) -> None:
     """64 MB + 2 x 60 MB headers and 50 slowloris connections at once: /health p99 < 50 ms
     for others, every attack connection cut off, server RSS flat."""
