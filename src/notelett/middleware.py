@@ -79,11 +79,9 @@ class RequestTargetMiddleware:
         path: str = scope["path"]
         if len(path) > 1 and path.endswith("/"):
             raw: bytes = scope.get("raw_path") or path.encode()
-            scope = {
-                **scope,
-                "path": path.rstrip("/") or "/",
-                "raw_path": raw.rstrip(b"/") or b"/",
-            }
+            # in place, so that the outer middleware (metrics) sees the route that matched
+            scope["path"] = path.rstrip("/") or "/"
+            scope["raw_path"] = raw.rstrip(b"/") or b"/"
         await self.app(scope, receive, send)
 
 

@@ -101,3 +101,11 @@ def test_openapi_names_every_header_and_no_impossible_status(client: TestClient)
     assert set(operations["createNote"]["responses"]["201"]["headers"]) >= {"ETag", "Location"}
     for name in ("getNote", "replaceNote"):
         assert "ETag" in operations[name]["responses"]["200"]["headers"]
+
+
+def test_a_trailing_slash_request_is_counted_under_its_route(client: TestClient) -> None:
+    """Metrics label /api/notes/ with the route it matched, not as unmatched."""
+    client.get("/api/notes/", params={"workspaceId": "ws-a"}, headers=auth())
+    text = client.get("/metrics").text
+    assert 'method="GET",route="/api/notes",status="200"' in text
+    assert "unmatched" not in text
