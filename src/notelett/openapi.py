@@ -3,7 +3,8 @@
 FastAPI adds a 422 (``HTTPValidationError``) to every operation that has parameters,
 even where none can fail validation; the routes that can answer 422 declare it themselves
 (``ErrorOut``), and :func:`openapi_document` drops FastAPI's. It also documents the
-headers the middleware and the error handler send: ``X-Request-ID`` on every answer,
+answers and headers the middleware and the error handler send: 400 and 413 on every
+operation, ``X-Request-ID`` on every answer,
 ``Retry-After`` on every 503, ``WWW-Authenticate`` on every 401 (the routes declare
 ``ETag`` and ``Location``).
 """
@@ -26,6 +27,12 @@ RETRY_AFTER = {
     "required": True,
     "schema": _STRING,
 }
+ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+MIDDLEWARE_ANSWERS = {
+    "400": "A non-ASCII query string or an invalid Content-Length",
+    "413": "A declared or sent body above the size limit",
+}
+"""What the middleware answers on any route, before the route is called."""
 WWW_AUTHENTICATE = {"description": "The Bearer challenge", "required": True, "schema": _STRING}
 
 
@@ -41,6 +48,8 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
             responses = operation["responses"]
             if "HTTPValidationError" in str(responses.get("422", "")):
                 del responses["422"]  # FastAPI's own: the route did not declare one
+            for status, description in MIDDLEWARE_ANSWERS.items():
+                responses.setdefault(status, {"description": description, "content": ERROR})
             for status, response in responses.items():
                 headers = response.setdefault("headers", {})
                 for header in headers.values():

@@ -101,6 +101,16 @@ def test_openapi_names_every_header_and_no_impossible_status(client: TestClient)
     assert set(operations["createNote"]["responses"]["201"]["headers"]) >= {"ETag", "Location"}
     for name in ("getNote", "replaceNote"):
         assert "ETag" in operations[name]["responses"]["200"]["headers"]
+    for name, operation in operations.items():  # the middleware answers these anywhere
+        assert {"400", "413"} <= set(operation["responses"]), name
+
+
+def test_the_middleware_answers_400_and_413_on_any_route(client: TestClient) -> None:
+    """Even /health answers 400 for an invalid Content-Length and 413 for an oversized one."""
+    bad = client.get("/health", headers={"Content-Length": "x"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
+    big = client.get("/health", headers={"Content-Length": str(10**9)})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
 
 
 def test_a_trailing_slash_request_is_counted_under_its_route(client: TestClient) -> None:
