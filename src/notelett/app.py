@@ -22,14 +22,17 @@ import field_encrypt.metrics
 from field_encrypt.usage import dek_counts
 from notelett.auth import verifier_from_settings
 from notelett.backend import Backend, open_backend
+from notelett.cursors import CursorCodec
 from notelett.deps import AppState
 from notelett.errors import NoteLettError, handle_error
 from notelett.metrics import Metrics, MetricsMiddleware
 from notelett.middleware import BodyLimitMiddleware, RequestIdMiddleware, RequestTargetMiddleware
-from notelett.models import ErrorOut
+from notelett.openapi import openapi_document
+from notelett.readiness import ProviderCheck
 from notelett.routes import diagnostics, notes
+from notelett.secret_checks import check_secret_strength
 from notelett.service import NotesService
-from notelett.settings import NoteLettSettings, load_notelett_settings
+from notelett.settings import NoteLettSettings, hs256_secret, load_notelett_settings
 from notelett.tracing import TracingMiddleware, add_trace_ids
 
 log = logging.getLogger("notelett")
@@ -74,7 +77,15 @@ def create_app(
         dek_version=backend.dek_version,
     )
     state = AppState(
-        settings=settings, backend=backend, service=service, verifier=verifier, metrics=metrics
+        settings=settings,
+        backend=backend,
+        service=service,
+        verifier=verifier,
+        metrics=metrics,
+        cursors=cursor_codec(settings),
+        provider_check=ProviderCheck(
+            backend.provider, interval_seconds=settings.readiness_interval_seconds
+        ),
     )
 
     @asynccontextmanager
@@ -91,8 +102,9 @@ def create_app(
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        responses={422: {"model": ErrorOut, "description": "Invalid input"}},
+        redirect_slashes=False,  # the middleware drops a trailing slash: no redirect, no Host
     )
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.state.notelett = state
     for error in (
         NoteLettError,
@@ -111,3 +123,14 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     add_trace_ids()
     return app
+
+
+def cursor_codec(settings: NoteLettSettings) -> CursorCodec:
+    """The cursor codec: keyed by the cursor secret, else the HS256 secret, else random."""
+    if settings.cursor_secret is not None:
+        secret = settings.cursor_secret.get_secret_value().encode()
+        check_secret_strength(secret, setting="NOTELETT_CURSOR_SECRET", dev_mode=settings.dev_mode)
+        return CursorCodec.from_secret(secret)
+    if settings.jwt_algorithm == "HS256":
+        return CursorCodec.from_secret(hs256_secret(settings))
+    return CursorCodec.ephemeral()

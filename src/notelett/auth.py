@@ -5,7 +5,8 @@ One algorithm is accepted at a time, the one configured: ``HS256`` with a shared
 providers; a file, or an ``https://`` URL read through :class:`jwt.PyJWKClient`). A token
 signed with any other algorithm, ``alg: none`` included, is refused before its signature
 is looked at, so an RS256 public key can never be used as an HS256 secret. ``exp``,
-``nbf``, ``iss``, ``aud`` and ``sub`` are required. Every refusal answers the same 401;
+``nbf``, ``iss``, ``aud`` and ``sub`` are required; ``exp``, ``nbf`` and ``iat`` must be
+JSON numbers (a numeric string is refused). Every refusal answers the same 401;
 the reason is logged at INFO, never the token.
 """
 
@@ -27,6 +28,12 @@ from notelett.settings import NoteLettSettings, hs256_secret
 log = logging.getLogger("notelett.auth")
 
 REQUIRED_CLAIMS = ("exp", "nbf", "iss", "aud", "sub")
+NUMERIC_DATES = ("exp", "nbf", "iat")
+"""RFC 7519 NumericDate claims: JSON numbers. PyJWT also accepts numeric strings; we do not."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +108,11 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             log.info("bearer token refused: %s", type(exc).__name__)
             raise AuthenticationError() from None
+        for name in NUMERIC_DATES:
+            value = claims.get(name)
+            if value is not None and (isinstance(value, bool) or not _is_number(value)):
+                log.info("bearer token refused: %s is not a NumericDate", name)
+                raise AuthenticationError()
         subject = claims.get("sub")
         workspaces = claims.get("workspaces")
         if not isinstance(subject, str) or not subject:

@@ -29,6 +29,7 @@ from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.observed import observed
 from notelett.documents import NotesDocumentStore
 from notelett.repositories.base import NotesRepository, WorkspaceDirectory
+from notelett.secret_checks import check_private_file
 from notelett.service import COLLECTION, ENCRYPTED_FIELDS
 from notelett.settings import NoteLettSettings, database_url
 
@@ -65,6 +66,8 @@ def open_backend(
 ) -> Backend:
     """Everything NoteLett needs, opened from the two groups of settings."""
     url = database_url(settings, encryption)
+    if provider is None and encryption.key_provider == "local":
+        check_private_file(encryption.keyring, what="FIELD_ENCRYPT_KEYRING")
     mek = provider if provider is not None else observed(build_provider(encryption))
     database = open_database(encryption.model_copy(update={"database": url}))
     kind = database_kind(url)

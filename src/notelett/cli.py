@@ -1,4 +1,5 @@
-"""The ``notelett`` command: ``serve``, ``token``, ``seed``, ``purge``.
+"""The ``notelett`` command: ``serve``, ``token``, ``seed``, ``purge``, and the directory's
+``workspaces`` and ``members`` (:mod:`notelett.directory_cli`).
 
 Settings come from the environment (``NOTELETT_*`` and ``FIELD_ENCRYPT_*``); with none
 set everything lives under ``var/`` in the current directory.
@@ -6,7 +7,6 @@ set everything lives under ``var/`` in the current directory.
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
@@ -14,6 +14,8 @@ import typer
 import field_encrypt
 from notelett.auth import mint_dev_token
 from notelett.backend import open_backend
+from notelett.directory_cli import members_app, workspaces_app
+from notelett.log_format import LogFormat, configure_logging
 from notelett.seed import seed as seed_notes
 from notelett.service import NotesService
 from notelett.settings import NoteLettSettings, load_notelett_settings
@@ -24,6 +26,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(workspaces_app, name="workspaces")
+app.add_typer(members_app, name="members")
 
 
 @app.command()
@@ -32,13 +36,17 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port [NOTELETT_PORT, 4016].")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_format: Annotated[
+        LogFormat, typer.Option(help="json: one JSON object per line; text: for a terminal.")
+    ] = "json",
 ) -> None:
     """Serve the API with uvicorn (in the foreground)."""
     import uvicorn
 
     from notelett.app import create_app
+    from notelett.http_server import uvicorn_options
 
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, log_format)
     settings = _settings()
     try:
         application = create_app(settings)
@@ -50,6 +58,8 @@ def serve(
         port=port or settings.port,
         log_level=log_level,
         access_log=access_log,
+        log_config=None,  # keep configure_logging's JSON handler
+        **uvicorn_options(settings),
     )
 
 

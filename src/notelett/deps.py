@@ -11,8 +11,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from notelett.auth import Principal, TokenVerifier
 from notelett.backend import Backend
+from notelett.cursors import CursorCodec
 from notelett.errors import AuthenticationError
 from notelett.metrics import Metrics
+from notelett.readiness import ProviderCheck
 from notelett.service import NotesService
 from notelett.settings import NoteLettSettings
 
@@ -26,6 +28,8 @@ class AppState:
     service: NotesService
     verifier: TokenVerifier
     metrics: Metrics
+    cursors: CursorCodec
+    provider_check: ProviderCheck
 
 
 _bearer = HTTPBearer(
@@ -47,6 +51,10 @@ async def _service(state: State) -> NotesService:
     return state.service
 
 
+async def _cursors(state: State) -> CursorCodec:
+    return state.cursors
+
+
 async def _principal(
     state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> Principal:
@@ -59,3 +67,4 @@ async def _principal(
 
 Service = Annotated[NotesService, Depends(_service)]
 CurrentUser = Annotated[Principal, Depends(_principal)]
+Cursors = Annotated[CursorCodec, Depends(_cursors)]

@@ -157,6 +157,7 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(error_body(code, message), status_code=status, headers=headers)
     correlation_id = request_id(request)
     _log_server_error(exc, status, correlation_id)
+    headers["X-Request-ID"] = correlation_id  # a 500 is answered outside the middleware
     if status == 503:
         headers["Retry-After"] = "5"
     return JSONResponse(

@@ -1,19 +1,36 @@
-"""ASGI middleware: a correlation id for every request, an ASCII request target, and the
-request-body size limit."""
+"""ASGI middleware: a correlation id for every request, a normalized ASCII request target,
+and the request-body size limit."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
+import structlog
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notelett.errors import PayloadTooLargeError, error_body
 
+REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+"""An incoming ``X-Request-ID`` is kept only if it matches (bounded, no spaces or quotes)."""
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's ``X-Request-ID`` when it is valid, else a new random one."""
+    for name, value in headers:
+        if name == b"x-request-id" and REQUEST_ID_PATTERN.fullmatch(value):
+            return value.decode("ascii")
+    return uuid.uuid4().hex
+
 
 class RequestIdMiddleware:
-    """Give each request a random correlation id (``request.state.request_id``) and send it
-    back in ``X-Request-ID``."""
+    """Give each request a correlation id (``request.state.request_id``), bind it to the
+    log context, and send it back in ``X-Request-ID``.
+
+    The caller's ``X-Request-ID`` is honoured when it is 1-128 characters of
+    ``A-Z a-z 0-9 . _ : -``; anything else is replaced by a random id.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -22,33 +39,49 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex
+        request_id = request_id_of(scope.get("headers", []))
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append(header)
+                message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
 
 
 class RequestTargetMiddleware:
-    """Refuse with 400 a request whose query string is not ASCII.
+    """Refuse with 400 a request whose query string is not ASCII, and serve a path with a
+    trailing slash exactly as the path without it.
 
     HTTP request targets are ASCII (RFC 9112); uvicorn's parser already refuses others, but
-    an ASGI server that passes raw bytes through would make the framework's trailing-slash
-    redirect fail to decode them (a 500). Found by fuzzing the app in process.
+    an ASGI server that passes raw bytes through would hand them on undecodable. Found by
+    fuzzing the app in process. ``/api/notes/`` *is* ``/api/notes``: one route per
+    resource, and no redirect (a redirect's ``Location`` would be built from the request's
+    ``Host`` header, which the caller controls).
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope.get("query_string", b"").isascii():
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not scope.get("query_string", b"").isascii():
             await _answer(scope, receive, send, 400, "bad_request", "bad request")
             return
+        path: str = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            raw: bytes = scope.get("raw_path") or path.encode()
+            # in place, so that the outer middleware (metrics) sees the route that matched
+            scope["path"] = path.rstrip("/") or "/"
+            scope["raw_path"] = raw.rstrip(b"/") or b"/"
         await self.app(scope, receive, send)
 
 

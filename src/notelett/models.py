@@ -99,7 +99,8 @@ class CheckOut(_Response):
 
 
 class ReadinessOut(_Response):
-    """One line per dependency check; 503 when any fails."""
+    """One line per dependency check: ``ok`` and ``degraded`` (the key provider does not
+    answer but cached DEKs still serve) answer 200, ``fail`` 503."""
 
-    status: Literal["ok", "fail"]
+    status: Literal["ok", "degraded", "fail"]
     checks: list[CheckOut]

@@ -4,6 +4,14 @@ Three checks, one line each: the database answers; the key provider wraps and un
 canary DEK under the current MEK version; that version is enabled. A failing check says
 only that it failed (the reason goes to the log): no vault URL, key name, connection
 string or stack trace.
+
+The key provider's checks cost two vault operations, and vault quotas are what a
+rotation needs, so :class:`ProviderCheck` runs them at most once per
+``NOTELETT_READINESS_INTERVAL_SECONDS`` per process (30 s; concurrent probes share one
+call) and answers from its last result in between. When the provider does not answer but
+the database does and the DEK cache still holds keys, readiness is ``degraded`` (200):
+cached notes are still served, so a vault blip does not take every replica out. A
+disabled current version, a failing database or an empty cache is ``fail`` (503).
 """
 
 from __future__ import annotations
@@ -11,6 +19,9 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import threading
+import time
+from collections.abc import Callable
 
 from field_encrypt import FieldEncryptError, KeyProvider
 from notelett.models import CheckOut, ReadinessOut
@@ -19,13 +30,60 @@ from notelett.repositories.base import NotesRepository
 log = logging.getLogger("notelett.readiness")
 
 CANARY_CONTEXT = b"notelett/readiness-canary/v1"
+UNREACHABLE = "key provider did not answer"
 
 
-def check_readiness(*, notes: NotesRepository, provider: KeyProvider) -> ReadinessOut:
-    """Run every check; ``status`` is ``fail`` when any fails."""
-    checks = [_database(notes), *_key_provider(provider)]
-    ok = all(c.status == "ok" for c in checks)
-    return ReadinessOut(status="ok" if ok else "fail", checks=checks)
+class ProviderCheck:
+    """The key provider's readiness lines, computed at most once per ``interval_seconds``."""
+
+    def __init__(
+        self,
+        provider: KeyProvider,
+        *,
+        interval_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.provider = provider
+        self.interval_seconds = interval_seconds
+        self.calls = 0
+        """How many times the provider was asked (for tests and metrics)."""
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._checked_at = 0.0
+        self._last: list[CheckOut] | None = None
+
+    def __repr__(self) -> str:
+        return f"ProviderCheck(interval_seconds={self.interval_seconds})"
+
+    def checks(self) -> list[CheckOut]:
+        """The last result, refreshed first if it is older than the interval."""
+        with self._lock:  # one provider call at a time; the others wait for its result
+            now = self._clock()
+            if self._last is None or now - self._checked_at >= self.interval_seconds:
+                self.calls += 1
+                self._last = _key_provider(self.provider)
+                self._checked_at = now
+            return self._last
+
+
+def check_readiness(
+    *, notes: NotesRepository, provider: ProviderCheck, cached_deks: Callable[[], int]
+) -> ReadinessOut:
+    """Run every check: ``ok``; ``degraded`` when only the provider is unreachable and
+    cached DEKs still serve; else ``fail``."""
+    database = _database(notes)
+    key_checks = provider.checks()
+    checks = [database, *key_checks]
+    if all(c.status == "ok" for c in checks):
+        return ReadinessOut(status="ok", checks=checks)
+    unreachable = any(c.name == "key_provider" and c.detail == UNREACHABLE for c in key_checks)
+    cached = cached_deks()
+    if database.status == "ok" and unreachable and cached > 0:
+        cache_line = CheckOut(
+            name="dek_cache", status="ok", detail=f"{cached} DEKs cached: cached notes still serve"
+        )
+        return ReadinessOut(status="degraded", checks=[*checks, cache_line])
+    return ReadinessOut(status="fail", checks=checks)
 
 
 def _database(notes: NotesRepository) -> CheckOut:
@@ -44,7 +102,7 @@ def _key_provider(provider: KeyProvider) -> list[CheckOut]:
     except (FieldEncryptError, OSError) as exc:
         log.warning("readiness: key provider unreachable: %s", type(exc).__name__)
         return [
-            CheckOut(name="key_provider", status="fail", detail="key provider did not answer"),
+            CheckOut(name="key_provider", status="fail", detail=UNREACHABLE),
             CheckOut(name="mek_current_version", status="fail", detail="unknown"),
         ]
     version_check = CheckOut(
@@ -59,6 +117,8 @@ def _key_provider(provider: KeyProvider) -> list[CheckOut]:
         ok = hmac.compare_digest(back, canary)
     except (FieldEncryptError, OSError) as exc:
         log.warning("readiness: canary wrap/unwrap failed: %s", type(exc).__name__)
+        if enabled:  # the version is fine: the provider failed to answer
+            return [CheckOut(name="key_provider", status="fail", detail=UNREACHABLE), version_check]
         ok = False
     wrap_check = CheckOut(
         name="key_provider",

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from field_encrypt import ConfigurationError, Settings
 from field_encrypt.backends.registry import sqlite_path
+from notelett.secret_checks import check_private_file, check_secret_strength
 
 DEFAULT_DATABASE = "var/notelett.db"
 
@@ -34,18 +35,37 @@ class NoteLettSettings(BaseSettings):
     ``cosmos://...`` (the forms ``FIELD_ENCRYPT_DATABASE`` takes); else
     ``FIELD_ENCRYPT_DATABASE``; else ``var/notelett.db``."""
 
+    dev_mode: bool = False
+    """Development only: accept weak HS256 and cursor secrets (``scripts/demo`` sets it)."""
+
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_secret: SecretStr | None = None
     """HS256 secret (at least 32 bytes). When unset, read from (or created in) the secret file."""
     jwt_secret_file: Path = Path("var/jwt-secret")
     jwt_jwks: str | None = None
     """RS256 only: a JWKS file path, or an ``https://`` URL fetched with PyJWKClient."""
+    cursor_secret: SecretStr | None = None
+    """Signs listing cursors (at least 32 bytes); unset: derived from the HS256 secret,
+    or a per-process key with RS256."""
     jwt_issuer: str = "notelett-dev"
     jwt_audience: str = "notelett"
     jwt_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
 
     max_body_bytes: int = Field(default=262_144, ge=1024)
     """Requests with a larger body are refused with 413 before the body is read in full."""
+
+    max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    """Request line plus headers above this size: 431 and the connection closed."""
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """A connection whose request headers are not complete within this is closed."""
+    keep_alive_seconds: int = Field(default=5, ge=1, le=300)
+    """An idle kept-alive connection is closed after this."""
+    max_connections: int = Field(default=256, ge=1)
+    """When this many connections are open (the new one included) or requests run, a new
+    request gets 503."""
+
+    readiness_interval_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """Readiness asks the key provider at most once per this many seconds (0: every probe)."""
 
     kek_per_workspace: bool = False
     """With ``FIELD_ENCRYPT_KEY_LAYOUT=kek``: each workspace's new notes get DEKs under the
@@ -84,11 +104,16 @@ def database_path(settings: NoteLettSettings, encryption: Settings) -> str:
 
 
 def hs256_secret(settings: NoteLettSettings) -> bytes:
-    """The HS256 secret: the configured one, or the development file's (created if missing)."""
+    """The HS256 secret: the configured one, or the development file's (created if missing).
+
+    A weak secret is refused unless ``dev_mode``; a secret file others can read, always
+    (:mod:`notelett.secret_checks`)."""
     if settings.jwt_secret is not None:
         secret = settings.jwt_secret.get_secret_value().encode()
+        setting = "NOTELETT_JWT_SECRET"
     else:
         path = settings.jwt_secret_file
+        setting = f"the HS256 secret in {path}"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -98,7 +123,7 @@ def hs256_secret(settings: NoteLettSettings) -> bytes:
             else:
                 with os.fdopen(fd, "w") as out:
                     out.write(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+        check_private_file(path, what="NOTELETT_JWT_SECRET_FILE")
         secret = path.read_text().strip().encode()
-    if len(secret) < 32:
-        raise ConfigurationError("the HS256 secret must be at least 32 bytes long")
+    check_secret_strength(secret, setting=setting, dev_mode=settings.dev_mode)
     return secret

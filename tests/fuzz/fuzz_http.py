@@ -38,7 +38,7 @@ from notelett.service import NoteContent, NotesService
 _tmp = Path(tempfile.mkdtemp(prefix="fuzz-http-"))
 _settings = NoteLettSettings(
     database=str(_tmp / "notelett.db"),
-    jwt_secret="fuzz-secret-" + "x" * 40,  # type: ignore[arg-type]
+    jwt_secret="fuzz-secret-3e8a1f6c9b2d7e4a0c5f8b1d6e3a9c2f7b4d",  # type: ignore[arg-type]
     max_body_bytes=4096,
 )
 _encryption = load_settings({}, keyring=str(_tmp / "keyring.json"), mek_name="fuzz")

@@ -67,7 +67,10 @@ def _hook(runtime: ProductRuntime, action: Any) -> FaultInjectingProvider:
 def backend(tmp_path: Path) -> Iterator[Backend]:
     encryption = load_settings({}, keyring=str(tmp_path / "keyring.json"), mek_name="m")
     provider = LocalKeyProvider(encryption.keyring, mek_name="m", refresh_seconds=0)
-    settings = NoteLettSettings(database=str(tmp_path / "notelett.db"), jwt_secret="s" * 40)  # type: ignore[arg-type]
+    settings = NoteLettSettings(
+        database=str(tmp_path / "notelett.db"),
+        jwt_secret="races-7c2e9b4f1a8d3e6c0b5f2a9d4e7c1b8f3a6d",
+    )  # type: ignore[arg-type]
     opened = open_backend(encryption, settings, provider=provider)
     add_members(opened)
     yield opened

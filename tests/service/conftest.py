@@ -18,7 +18,7 @@ from notelett import NoteLettSettings, create_app
 from notelett.backend import Backend, open_backend
 from tests.backends import backend_for
 
-SECRET = "test-secret-" + "s" * 64
+SECRET = "test-secret-5f1c9a7e3b2d8f604e1a9c3b5d7f0e2a4c6b8d9f1e3a5c7b0d2f4a6c8e1b3d5f"
 ISSUER = "https://idp.test"
 AUDIENCE = "notelett-test"
 

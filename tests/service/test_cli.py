@@ -81,3 +81,6 @@ def test_every_command_is_documented() -> None:
     for command in app.registered_commands:
         name = command.name or (command.callback.__name__ if command.callback else "")
         assert f"notelett {name}" in doc, name
+    for group in app.registered_groups:
+        for command in group.typer_instance.registered_commands:
+            assert f"notelett {group.name} {command.name}" in doc, (group.name, command.name)

@@ -106,7 +106,8 @@ def test_notes_stay_readable_through_a_rotation_from_v1_to_v2(
     """Every note reads through the HTTP API before, during and after rewrap + disable."""
     provider = backend.provider
     store = backend.runtime.dek_store
-    env = server_env(settings, backend)
+    # readiness asks the provider at most every 0.5 s (30 s by default): step 2 polls it
+    env = {**server_env(settings, backend), "NOTELETT_READINESS_INTERVAL_SECONDS": "0.5"}
     old = start_server(env, workdir=tmp_path, name="before-rotation")
     try:
         expected: dict[str, str] = {}

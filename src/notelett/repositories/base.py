@@ -105,6 +105,14 @@ class NotesRepository(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Workspace:
+    """A workspace (tenant): its id and display name."""
+
+    id: str
+    name: str
+
+
 @runtime_checkable
 class WorkspaceDirectory(Protocol):
     """Workspaces, users and memberships: who may see which notes."""
@@ -123,4 +131,16 @@ class WorkspaceDirectory(Protocol):
 
     def add_member(self, user_id: str, workspace_id: str) -> None:
         """Let ``user_id`` into ``workspace_id``; a no-op if already a member."""
+        ...
+
+    def remove_member(self, user_id: str, workspace_id: str) -> bool:
+        """Take ``user_id`` out of ``workspace_id``; whether it was a member."""
+        ...
+
+    def list_workspaces(self) -> list[Workspace]:
+        """Every workspace, by id."""
+        ...
+
+    def list_members(self, workspace_id: str) -> list[str]:
+        """The user ids of ``workspace_id``'s members, sorted."""
         ...

@@ -38,7 +38,7 @@ from field_encrypt.backends.cosmos.db import CosmosDatabase, first_value, transl
 from field_encrypt.backends.cosmos.documents import partition_key
 from field_encrypt.backends.sharding import bucket_of, check_shard
 from notelett.errors import InvalidCursorError
-from notelett.repositories.base import NotePage, NoteRecord, StoredValue
+from notelett.repositories.base import NotePage, NoteRecord, StoredValue, Workspace
 
 NOTES = "notes"
 DIRECTORY = "directory"
@@ -248,6 +248,35 @@ class CosmosWorkspaceDirectory:
             userId=user_id,
             workspaceId=workspace_id,
         )
+
+    def remove_member(self, user_id: str, workspace_id: str) -> bool:
+        key = _key("member", user_id, workspace_id)
+        try:
+            with translate_errors():
+                self.container.delete_item(key, partition_key=key)
+        except NotFoundError:
+            return False
+        return True
+
+    def list_workspaces(self) -> list[Workspace]:
+        items = self._query("SELECT c.workspaceId, c.name FROM c WHERE c.kind = 'workspace'")
+        found = [Workspace(id=i["workspaceId"], name=i["name"]) for i in items]
+        return sorted(found, key=lambda w: w.id)
+
+    def list_members(self, workspace_id: str) -> list[str]:
+        items = self._query(
+            "SELECT c.userId FROM c WHERE c.kind = 'member' AND c.workspaceId = @w",
+            [{"name": "@w", "value": workspace_id}],
+        )
+        return sorted(i["userId"] for i in items)
+
+    def _query(self, query: str, parameters: list[dict[str, Any]] | None = None) -> list[Any]:
+        with translate_errors():
+            return list(
+                self.container.query_items(
+                    query, parameters=parameters or [], enable_cross_partition_query=True
+                )
+            )
 
     def _add(self, key: str, **fields: str) -> None:
         try:

@@ -18,7 +18,7 @@ from field_encrypt import ConcurrentUpdateError, NotFoundError
 from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
 from field_encrypt.backends.sharding import check_shard
 from notelett.errors import InvalidCursorError
-from notelett.repositories.base import NotePage, NoteRecord, StoredValue
+from notelett.repositories.base import NotePage, NoteRecord, StoredValue, Workspace
 
 MIGRATIONS = (
     Migration(
@@ -244,6 +244,24 @@ class PostgresWorkspaceDirectory:
             "ON CONFLICT DO NOTHING",
             (user_id, workspace_id),
         )
+
+    def remove_member(self, user_id: str, workspace_id: str) -> bool:
+        rows = self.database.query(
+            "DELETE FROM memberships WHERE user_id = %s AND workspace_id = %s RETURNING 1",
+            (user_id, workspace_id),
+        )
+        return bool(rows)
+
+    def list_workspaces(self) -> list[Workspace]:
+        rows = self.database.query("SELECT id, name FROM workspaces ORDER BY id")
+        return [Workspace(id=row[0], name=row[1]) for row in rows]
+
+    def list_members(self, workspace_id: str) -> list[str]:
+        rows = self.database.query(
+            "SELECT user_id FROM memberships WHERE workspace_id = %s ORDER BY user_id",
+            (workspace_id,),
+        )
+        return [row[0] for row in rows]
 
 
 def _split(value: StoredValue) -> tuple[bytes | None, str | None]:

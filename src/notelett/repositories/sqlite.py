@@ -17,7 +17,7 @@ from typing import Any
 from field_encrypt import ConcurrentUpdateError, NotFoundError
 from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase
 from notelett.errors import InvalidCursorError
-from notelett.repositories.base import NotePage, NoteRecord, StoredValue
+from notelett.repositories.base import NotePage, NoteRecord, StoredValue, Workspace
 
 MIGRATIONS = (
     Migration(
@@ -227,6 +227,24 @@ class SqliteWorkspaceDirectory:
             "VALUES (?, ?, ?)",
             (user_id, workspace_id, time.time()),
         )
+
+    def remove_member(self, user_id: str, workspace_id: str) -> bool:
+        cursor = self.database.execute(
+            "DELETE FROM memberships WHERE user_id = ? AND workspace_id = ?",
+            (user_id, workspace_id),
+        )
+        return cursor.rowcount > 0
+
+    def list_workspaces(self) -> list[Workspace]:
+        rows = self.database.query("SELECT id, name FROM workspaces ORDER BY id")
+        return [Workspace(id=row[0], name=row[1]) for row in rows]
+
+    def list_members(self, workspace_id: str) -> list[str]:
+        rows = self.database.query(
+            "SELECT user_id FROM memberships WHERE workspace_id = ? ORDER BY user_id",
+            (workspace_id,),
+        )
+        return [row[0] for row in rows]
 
 
 def _position(cursor: str | None, *, default: int) -> int:

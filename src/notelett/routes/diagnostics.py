@@ -14,7 +14,11 @@ from notelett.readiness import check_readiness
 router = APIRouter(tags=["diagnostics"])
 
 
-@router.get("/health", summary="Liveness: answers while the process runs; touches nothing")
+@router.get(
+    "/health",
+    summary="Liveness: answers while the process runs; touches nothing",
+    operation_id="getHealth",
+)
 async def health() -> HealthOut:
     return HealthOut(status="ok")
 
@@ -22,16 +26,20 @@ async def health() -> HealthOut:
 @router.get(
     "/api/diagnostics/readiness",
     response_model=ReadinessOut,
-    summary="Readiness: database, key provider canary, current MEK version enabled",
+    summary="Readiness: database, key provider canary (cached), current MEK version enabled",
     responses={503: {"model": ReadinessOut, "description": "At least one check failed"}},
+    operation_id="getReadiness",
 )
 async def readiness(state: State) -> JSONResponse:
-    backend = state.backend
+    cache = state.backend.encryptor.cache
     result = await run_in_threadpool(
-        check_readiness, notes=backend.notes, provider=backend.provider
+        check_readiness,
+        notes=state.backend.notes,
+        provider=state.provider_check,
+        cached_deks=lambda: cache.stats().size,
     )
     return JSONResponse(
-        result.model_dump(mode="json"), status_code=200 if result.status == "ok" else 503
+        result.model_dump(mode="json"), status_code=503 if result.status == "fail" else 200
     )
 
 

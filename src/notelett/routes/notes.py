@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from notelett.deps import CurrentUser, Service
-from notelett.errors import InvalidCursorError
+from notelett.deps import CurrentUser, Cursors, Service
 from notelett.models import (
     LIST_DEFAULT_LIMIT,
     LIST_MAX_LIMIT,
@@ -22,8 +19,6 @@ from notelett.models import (
 from notelett.service import Note, NoteContent
 
 router = APIRouter(prefix="/api/notes", tags=["notes"])
-
-_CURSOR_PREFIX = "n1:"
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -43,25 +38,15 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 _COMMON = (401, 500, 503)
 
-
-def encode_cursor(cursor: str | None) -> str | None:
-    """The opaque form of a repository cursor."""
-    if cursor is None:
-        return None
-    return base64.urlsafe_b64encode((_CURSOR_PREFIX + cursor).encode()).decode().rstrip("=")
+_ETAG = {
+    "ETag": {"description": "The note's revision, as a strong ETag", "schema": {"type": "string"}}
+}
+_LOCATION = {"Location": {"description": "The new note's path", "schema": {"type": "string"}}}
 
 
-def decode_cursor(text: str | None) -> str | None:
-    """The repository cursor inside an opaque one; :class:`InvalidCursorError` if forged."""
-    if text is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidCursorError() from None
-    if not raw.startswith(_CURSOR_PREFIX):
-        raise InvalidCursorError()
-    return raw[len(_CURSOR_PREFIX) :]
+def _with(success: int, headers: dict[str, Any], *codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses ``codes`` plus the headers of the ``success`` response."""
+    return {success: {"headers": headers}, **_errors(*codes)}
 
 
 def _out(note: Note) -> NoteOut:
@@ -80,8 +65,9 @@ def _out(note: Note) -> NoteOut:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=_errors(400, 404, 413, 422, *_COMMON),
+    responses=_with(201, {**_ETAG, **_LOCATION}, 400, 404, 413, 422, *_COMMON),
     summary="Create a note",
+    operation_id="createNote",
 )
 def create_note(
     payload: NoteCreate, user: CurrentUser, service: Service, response: Response
@@ -96,19 +82,33 @@ def create_note(
     return _out(note)
 
 
-@router.get("/", responses=_errors(400, 404, 422, *_COMMON), summary="List a workspace's notes")
+@router.get(
+    "",
+    responses=_errors(400, 404, 422, *_COMMON),
+    summary="List a workspace's notes",
+    operation_id="listNotes",
+)
 def list_notes(
     user: CurrentUser,
     service: Service,
+    cursors: Cursors,
     workspace_id: Annotated[str, Query(alias="workspaceId", min_length=1, max_length=128)],
     limit: Annotated[int, Query(ge=1, le=LIST_MAX_LIMIT)] = LIST_DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> NoteListOut:
-    notes, after = service.list(user, workspace_id, cursor=decode_cursor(cursor), limit=limit)
-    return NoteListOut(items=[_out(n) for n in notes], nextCursor=encode_cursor(after))
+    position = cursors.decode(workspace_id, cursor)
+    notes, after = service.list(user, workspace_id, cursor=position, limit=limit)
+    return NoteListOut(
+        items=[_out(n) for n in notes], nextCursor=cursors.encode(workspace_id, after)
+    )
 
 
-@router.get("/{note_id}", responses=_errors(404, *_COMMON), summary="Read a note")
+@router.get(
+    "/{note_id}",
+    responses=_with(200, _ETAG, 404, *_COMMON),
+    summary="Read a note",
+    operation_id="getNote",
+)
 def get_note(note_id: str, user: CurrentUser, service: Service, response: Response) -> NoteOut:
     note = service.get(user, note_id)
     response.headers["ETag"] = note.etag
@@ -117,8 +117,9 @@ def get_note(note_id: str, user: CurrentUser, service: Service, response: Respon
 
 @router.put(
     "/{note_id}",
-    responses=_errors(400, 404, 412, 413, 422, 428, *_COMMON),
+    responses=_with(200, _ETAG, 400, 404, 412, 413, 422, 428, *_COMMON),
     summary="Replace a note's content (If-Match required)",
+    operation_id="replaceNote",
 )
 def replace_note(
     note_id: str,
@@ -143,6 +144,7 @@ def replace_note(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=_errors(404, 412, *_COMMON),
     summary="Delete a note, crypto-shredding its DEK",
+    operation_id="deleteNote",
 )
 def delete_note(
     note_id: str,

@@ -8,11 +8,12 @@ their own transaction and recorded in ``schema_migrations`` (as sqlite-utils doe
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,15 @@ class Migration:
     sql: str
 
 
+def _create_private(path: str) -> None:
+    """Create the database file with mode 0600 if it does not exist yet (it holds wrapped
+    DEKs, ids and the audit trail); SQLite gives its -wal and -shm files the same mode."""
+    if path.startswith("file:"):
+        return  # a URI: SQLite opens it
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class SqliteDatabase:
     """A SQLite file and the per-thread connections to it."""
 
@@ -39,6 +49,7 @@ class SqliteDatabase:
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
 
     def __repr__(self) -> str:
         return f"SqliteDatabase({self.path!r})"
