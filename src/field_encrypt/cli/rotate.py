@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from field_encrypt.cli import output
-from field_encrypt.cli.common import JsonOpt, NowOpt, ProductOpt, clock_from, guarded, iso, opened
+from field_encrypt.cli.common import JsonOpt, NowOpt, ProductOpt, clock_from, guarded, opened
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.rotation import (
@@ -26,9 +26,8 @@ from field_encrypt.rotation import (
     open_ledger,
     open_lifecycle,
     set_halted,
-    state_dict,
 )
-from field_encrypt.rotation.keys import DAY
+from field_encrypt.rotation.schedule import schedule_status
 
 BLOCKED_EXIT = {
     "preflight": ExitCode.NOT_VERIFIED,
@@ -132,22 +131,7 @@ def _exit_for(result: Advance) -> None:
 
 def _status(product: str, policy: Policy, now: float, json_: bool) -> None:
     with opened(product) as rt:
-        state = open_lifecycle(rt).state(rt.encryptor.product)
-        current = next(v for v in rt.provider.versions() if v.current)
-    created = current.created_at.timestamp()
-    data = {
-        **state_dict(state),
-        "current_version": current.version,
-        "current_age_days": round((now - created) / DAY, 2),
-        "next_rotation_due": iso(created + policy.max_age_days * DAY)
-        if state.stage == "idle"
-        else None,
-        "soak_until": iso(state.rewrapped_at + policy.soak_hours * 3600)
-        if state.rewrapped_at is not None and state.stage in ("soak", "retire")
-        else None,
-        "policy": policy.as_dict(),
-        "stop_switch": state.halted or policy.stop,
-    }
+        data = schedule_status(rt, open_lifecycle(rt), policy, now=now)
     if json_:
         output.emit_json(data)
         return
