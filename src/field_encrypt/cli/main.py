@@ -15,6 +15,7 @@ from field_encrypt.cli import output
 from field_encrypt.cli.audit import audit_app
 from field_encrypt.cli.common import JsonOpt, ProductOpt, guarded, opened
 from field_encrypt.cli.common import iso as _iso
+from field_encrypt.cli.console import command as console_command
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.cli.keys import keys_app
 from field_encrypt.cli.rotate import rotate_command
@@ -45,6 +46,7 @@ app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.command("rotate")(rotate_command)
+app.command("console")(console_command)
 
 
 class ModeChoice(StrEnum):
