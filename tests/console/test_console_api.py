@@ -7,13 +7,17 @@ import json
 import time
 from typing import Any
 
+import pytest
 from starlette.testclient import TestClient
 
+from field_encrypt.config import load_settings
 from field_encrypt.console.app import create_app
 from field_encrypt.console.panels import PanelOptions, Panels
 from field_encrypt.providers.base import dek_context
 from tests.cli.helpers import PRODUCT, cli
 from tests.console.conftest import Seeded, rewrap
+from tests.support.sample_product import product
+from tests.support.seed import seed
 
 HOUR = 3600.0
 
@@ -161,3 +165,40 @@ def test_no_key_material_dek_or_plaintext_reaches_any_endpoint(seeded: Seeded) -
             assert secret.hex() not in text
             assert base64.b64encode(secret).decode()[:20] not in text
     assert "45-6789" not in text and "person 3" not in text
+
+
+def test_the_kek_tier_is_shown_when_on(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With FIELD_ENCRYPT_KEY_LAYOUT=kek: the layout and each KEK with its DEKs, as ``status``
+    lists them; the DEKs count under their KEK's MEK version."""
+    monkeypatch.setenv("FIELD_ENCRYPT_KEY_LAYOUT", "kek")
+    runtime = product.open(load_settings({**env, "FIELD_ENCRYPT_KEY_LAYOUT": "kek"}))
+    try:
+        seed(runtime, 6)
+        data = _get(_client(Panels(runtime)), "/api/versions")
+    finally:
+        runtime.close()
+    assert data["kek_tier"]["layout"] == "kek"
+    keks = data["kek_tier"]["keks"]
+    assert sum(k["deks"] for k in keks) == 6 and all(k["mek_version"] == "1" for k in keks)
+    assert [(v["version"], v["deks"]) for v in data["versions"]] == [("1", 6)]
+    status = json.loads(cli("status", "--product", PRODUCT, "--json").stdout)
+    assert status["keks"] == keks
+
+
+def test_a_compromised_version_is_shown_as_such(env: dict[str, str]) -> None:
+    """After ``keys compromised 1``: version 1's state is compromised (and retired, soak
+    waived), the gate says retired, the trail holds the compromise event."""
+    runtime = product.open(load_settings(env, provider_refresh_seconds=0))
+    seed(runtime, 4)
+    assert cli("keys", "compromised", "1", "--product", PRODUCT).exit_code == 0
+    client = _client(Panels(runtime))
+    rows = {v["version"]: v for v in _get(client, "/api/versions")["versions"]}
+    assert rows["1"]["status"] == "compromised" and "compromised" in rows["1"]["notes"]
+    assert rows["1"]["deks"] == 0 and rows["2"]["status"] == "current"
+    gates = {g["version"]: g for g in _get(client, "/api/gate")["versions"]}
+    assert gates["1"]["verdict"] == "retired"
+    types = [e["type"] for e in _get(client, "/api/audit")["events"]]
+    runtime.close()
+    assert "mek.version.compromised" in types

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,17 @@ def test_a_non_loopback_bind_without_a_token_is_refused(
     assert result.exit_code == ExitCode.CONFIG
     assert "needs a token (--token-file FILE or FIELD_ENCRYPT_CONSOLE_TOKEN)" in result.stderr
     assert not Path(env["FIELD_ENCRYPT_DATABASE"]).exists()
+
+
+def test_a_port_in_use_is_a_configuration_error(env: dict[str, str]) -> None:
+    """Exit 3 naming the address and what to do, not a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("console", "--product", PRODUCT, "--port", str(port))
+    assert result.exit_code == ExitCode.CONFIG
+    assert f"cannot bind 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
 
 
 def test_the_command_serves_the_console_and_checks_the_token(

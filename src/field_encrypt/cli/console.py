@@ -16,11 +16,16 @@ from typing import Annotated
 
 import typer
 
-from field_encrypt.cli.common import ProductOpt, guarded, opened
+from field_encrypt.cli.common import ProductOpt, guarded
+from field_encrypt.config import load_settings
 from field_encrypt.errors import ConfigurationError
+from field_encrypt.products import load_product
 from field_encrypt.rotation import load_policy
 
 TOKEN_ENV = "FIELD_ENCRYPT_CONSOLE_TOKEN"
+REMOTE_REFRESH_SECONDS = 5.0
+"""How often a remote provider's version list is re-read when the settings do not say
+(the library's default, 60 s, would show a version created meanwhile as unknown)."""
 MIN_TOKEN_LENGTH = 16
 DEFAULT_PORT = 4017
 
@@ -111,7 +116,13 @@ def console_command(
         policy=policy, soak_hours=soak, retention_days=retention_days, gate_sample=gate_sample
     )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with opened(product) as rt:
+    settings = load_settings()
+    if "provider_refresh_seconds" not in settings.model_fields_set and (
+        settings.key_provider != "local"
+    ):
+        settings = load_settings(provider_refresh_seconds=REMOTE_REFRESH_SECONDS)
+    rt = load_product(product).open(settings)
+    try:
         panels = Panels(rt, options=options)
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -133,6 +144,8 @@ def console_command(
         )
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        rt.close()
 
 
 command = guarded(console_command)
