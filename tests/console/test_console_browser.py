@@ -151,10 +151,11 @@ def test_the_console_follows_a_rewrap_and_shows_the_gate_and_a_broken_chain(
     # 4. The audit filter, then a tampered chain shown broken.
     page.select_option("#audit-type", "run.completed")
     page.locator("#audit-table tbody tr td", has_text="run.completed").first.wait_for()
-    page.wait_for_function(
-        "[...document.querySelectorAll('#audit-table tbody tr td:nth-child(3)')]"
-        ".every(td => td.textContent === 'run.completed')"
-    )
+    types = page.locator("#audit-table tbody td:nth-child(3)")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while set(types.all_inner_texts()) != {"run.completed"}:  # the filter redraws the table
+        assert time.monotonic() < deadline, types.all_inner_texts()
+        page.wait_for_timeout(100)
     chain = page.locator("#chain")
     assert chain.get_attribute("data-intact") == "true" and "Chain intact" in chain.inner_text()
     db = sqlite3.connect(env["FIELD_ENCRYPT_DATABASE"], isolation_level=None)
