@@ -5,8 +5,10 @@
 
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
-  const FAST_MS = 1000; // runs and versions: live during a rewrap
-  const SLOW_MS = 4000; // gate, audit, rotation
+  const RUNS_MS = 1000; // the ledger: a few rows, read every second while the page is open
+  const VERSIONS_MS = 2000; // DEKs per version: one count per version, as keys list does
+  const SLOW_MS = 5000; // the gate and the rotation state
+  const AUDIT_MS = 10000; // verifying the chain reads the whole trail, as audit verify does
 
   function h(tag, attrs, ...children) {
     const el = document.createElement(tag);
@@ -274,10 +276,10 @@
   }
 
   const panels = {
-    versions: { path: () => "/api/versions", render: renderVersions, every: FAST_MS },
-    runs: { path: () => "/api/runs", render: renderRuns, every: FAST_MS },
+    versions: { path: () => "/api/versions", render: renderVersions, every: VERSIONS_MS },
+    runs: { path: () => "/api/runs", render: renderRuns, every: RUNS_MS },
     gate: { path: () => "/api/gate", render: renderGate, every: SLOW_MS },
-    audit: { path: auditPath, render: renderAudit, every: SLOW_MS },
+    audit: { path: auditPath, render: renderAudit, every: AUDIT_MS },
     rotation: { path: () => "/api/rotation", render: renderRotation, every: SLOW_MS },
   };
 
@@ -301,7 +303,9 @@
   }
 
   function schedule(name) {
-    refresh(name).finally(() => {
+    // A hidden tab reads nothing; it catches up as soon as it is shown again.
+    const pending = document.hidden ? Promise.resolve() : refresh(name);
+    pending.finally(() => {
       panels[name].timer = setTimeout(() => schedule(name), panels[name].every);
     });
   }
@@ -311,5 +315,8 @@
     form.addEventListener("submit", (e) => e.preventDefault());
     form.addEventListener("change", () => refresh("audit"));
     for (const name of Object.keys(panels)) schedule(name);
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden) for (const name of Object.keys(panels)) refresh(name);
+    });
   });
 })();
