@@ -31,11 +31,14 @@ STATIC = Path(__file__).resolve().parents[2] / "src/field_encrypt/console/static
 def test_without_a_token_only_loopback_host_names_are_answered(
     env: dict[str, str], runtime: ProductRuntime
 ) -> None:
-    """Host 127.0.0.1 or localhost: 200; any other Host header (DNS rebinding): 400."""
+    """Host 127.0.0.1, localhost or [::1]: 200; any other Host header (DNS rebinding): 400."""
     app = create_app(Panels(runtime))
     assert TestClient(app, base_url="http://127.0.0.1:4017").get("/api/versions").status_code == 200
     assert TestClient(app, base_url="http://localhost:4017").get("/").status_code == 200
-    assert TestClient(app, base_url="http://evil.example").get("/api/versions").status_code == 400
+    assert TestClient(app, base_url="http://[::1]:4017").get("/").status_code == 200
+    for evil in ("http://evil.example", "http://127.0.0.1.evil.example:4017"):
+        refused = TestClient(app, base_url=evil).get("/api/versions")
+        assert refused.status_code == 400 and "only requests addressed to" in refused.text
 
 
 def test_with_a_token_every_request_must_present_it(

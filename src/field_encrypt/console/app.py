@@ -20,7 +20,6 @@ from urllib.parse import parse_qs
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from starlette.routing import Mount, Route
@@ -36,7 +35,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COOKIE = "fe_console"
-LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 SECURITY_HEADERS = {
     "content-security-policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -80,6 +79,37 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, sending)
+
+
+def host_name(header: str) -> str:
+    """The host part of a ``Host`` header (``[::1]`` keeps its brackets), lower case."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header.split("]", 1)[0] + "]"
+    return header.split(":", 1)[0]
+
+
+class HostCheck:
+    """Answers only requests whose ``Host`` names one of ``hosts`` (400 otherwise), so a
+    page elsewhere cannot read the console through DNS rebinding."""
+
+    def __init__(self, app: ASGIApp, *, hosts: Sequence[str]) -> None:
+        self.app = app
+        self.hosts = frozenset(h.lower() for h in hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            host = host_name(headers.get(b"host", b"").decode("latin-1"))
+            if host not in self.hosts:
+                refused = PlainTextResponse(
+                    "400: this console answers only requests addressed to "
+                    + ", ".join(sorted(self.hosts)),
+                    status_code=400,
+                )
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class TokenGate:
@@ -178,10 +208,10 @@ def create_app(
     ]
     hosts = list(allowed_hosts) if allowed_hosts is not None else None
     if hosts is None and token is None:
-        hosts = LOOPBACK_HOSTS
+        hosts = list(LOOPBACK_HOSTS)
     middleware = [Middleware(SecurityHeaders)]
     if hosts is not None:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
+        middleware.append(Middleware(HostCheck, hosts=hosts))
     if token is not None:
         middleware.append(Middleware(TokenGate, token=token))
     return Starlette(
