@@ -225,17 +225,14 @@ def gate_row(report: RetireReport, *, now: float, retention_days: float) -> dict
     """The gate's verdict on one version, in words and in numbers."""
     version = report.version
     if report.already_retired:
-        left = None if report.retain_until is None else max(report.retain_until - now, 0.0)
+        kept = ""
+        if report.retain_until is not None:
+            days = max(report.retain_until - now, 0.0) / DAY
+            kept = f"; kept (disabled) until {iso(report.retain_until)}, {days:.1f} days from now"
         return {
             "version": version,
             "verdict": "retired",
-            "summary": f"version {version} is retired"
-            + (
-                ""
-                if report.retain_until is None
-                else f"; kept (disabled) until {iso(report.retain_until)}, "
-                f"{left / DAY if left is not None else 0:.1f} days from now"
-            ),
+            "summary": f"version {version} is retired{kept}",
             "checks": [],
             "deks_left": 0,
             "soak_left_seconds": 0,
