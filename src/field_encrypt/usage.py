@@ -12,6 +12,8 @@ version still wraps DEKs, and the runbook's checks keep their meaning in both la
 
 from __future__ import annotations
 
+from typing import Any
+
 from field_encrypt.backends.base import effective_counts
 from field_encrypt.products import ProductRuntime
 
@@ -35,4 +37,23 @@ def count_not_on(runtime: ProductRuntime, version: str) -> int:
     return sum(n for v, n in dek_counts(runtime).items() if v != version)
 
 
-__all__ = ["count_not_on", "dek_counts"]
+def kek_usage(runtime: ProductRuntime) -> list[dict[str, Any]]:
+    """Each KEK of the product's tier (none without one): id, partition, MEK version,
+    whether it is active, and how many DEKs it wraps (``status`` and the console show it)."""
+    tier = runtime.kek_tier
+    if tier is None:
+        return []
+    raw = runtime.dek_store.count_by_version()
+    return [
+        {
+            "kek_id": k.kek_id,
+            "partition": k.partition,
+            "mek_version": k.mek_version,
+            "active": k.active,
+            "deks": raw.get("kek:" + k.kek_id, 0),
+        }
+        for k in tier.keks.all()
+    ]
+
+
+__all__ = ["count_not_on", "dek_counts", "kek_usage"]

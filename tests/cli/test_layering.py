@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import pty
 import subprocess
@@ -22,19 +23,33 @@ LIBRARY = [
     "field_encrypt.rotation.verify",
     "field_encrypt.testing",
     "field_encrypt.runtime",
+    "field_encrypt.usage",
+    "field_encrypt.rotation.run_status",
+    "field_encrypt.console.panels",
 ]
+WEB = ("starlette", "fastapi", "uvicorn")
 
 
-def test_library_imports_no_cli_framework() -> None:
-    """Importing every library module loads neither typer, click, rich nor structlog."""
+def _loaded(modules: list[str], frameworks: tuple[str, ...]) -> list[str]:
+    """Which of ``frameworks`` a fresh interpreter has loaded after importing ``modules``."""
     code = (
         "import sys\n"
-        + "".join(f"import {m}\n" for m in LIBRARY)
-        + "bad = [m for m in ('typer', 'click', 'rich', 'structlog') if m in sys.modules]\n"
-        + "print(bad)\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + f"print([m for m in {frameworks!r} if m in sys.modules])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return list(ast.literal_eval(out.stdout))
+
+
+def test_library_imports_no_cli_or_web_framework() -> None:
+    """Importing every library module (and the console's panels) loads neither typer, click,
+    rich, structlog nor a web framework (starlette, fastapi, uvicorn)."""
+    assert _loaded(LIBRARY, ("typer", "click", "rich", "structlog", *WEB)) == []
+
+
+def test_the_console_app_imports_no_cli_framework() -> None:
+    """The console's web app stands on the library alone: no typer, click, rich or structlog."""
+    assert _loaded(["field_encrypt.console.app"], ("typer", "click", "rich", "structlog")) == []
 
 
 def test_progress_bar_on_a_terminal(env: dict[str, str], runtime: ProductRuntime) -> None:

@@ -10,7 +10,8 @@ slice of the suite. It records, through hooks on the library in the test process
   (``CANARY-`` + 32 hex digits, from ``tests/reliability/canaries.py``);
 
 and collects what could leak them: each test's captured stdout, stderr and log records
-(at DEBUG, every logger), the bodies of every HTTP answer with a 4xx or 5xx status, the
+(at DEBUG, every logger), the bodies of every HTTP answer with a 4xx or 5xx status and of
+every answer of the operator console (its page and JSON endpoints, whatever the status), the
 output of every subprocess a test ran, every ``*.log`` file under the run's
 temporary directory (the uvicorn servers' logs), and every OpenTelemetry span the
 run made in this process (tracing is on for the whole run: names, attributes, events,
@@ -42,6 +43,9 @@ TEXTS: list[tuple[str, str]] = []
 SPANS: list[int] = []
 CANARY = re.compile(r"CANARY-[0-9a-f]{32}")
 PREFIX = 16  # bytes of a key that identify it
+CONSOLE_PATHS = ("/api/versions", "/api/runs", "/api/gate", "/api/audit", "/api/rotation")
+"""The console's endpoints: every answer is scanned, not only errors (NoteLett's are
+under ``/api/notes`` and hold note plaintexts by design, so they are not)."""
 
 
 def _keep(kind: str, value: object) -> None:
@@ -141,7 +145,7 @@ def _install() -> None:
 
     def sending(self: Any, request: Any, *a: Any, **k: Any) -> Any:
         response = send(self, request, *a, **k)
-        if response.status_code >= 400:
+        if response.status_code >= 400 or request.url.path in CONSOLE_PATHS:
             response.read()
             _text(f"HTTP {response.status_code} {request.url.path}", response.content)
         return response

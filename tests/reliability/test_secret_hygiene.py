@@ -1,7 +1,7 @@
 """Secret hygiene: a broad slice of the suite, at DEBUG, leaks no key, token or plaintext.
 
-The slice (the NoteLett service tests, the rotation and CLI tests, the unit tests and the
-provider contract and integration tests against the real servers) runs in a separate
+The slice (the NoteLett service tests, the rotation, CLI and console tests, the unit tests
+and the provider contract and integration tests against the real servers) runs in a separate
 pytest with the scanning plugin ``tests/reliability/secret_scan.py`` and
 ``--log-level=DEBUG``: every MEK, DEK, bearer token and note plaintext canary the tests
 make is recorded, and every log line, captured output, HTTP error body, subprocess output
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SLICE = [
     "tests/service",
     "tests/cli",
+    "tests/console",
     "tests/rotation",
     "tests/unit",
     "tests/contract/test_key_provider.py",

@@ -18,7 +18,13 @@ from field_encrypt.backends.sqlite.lifecycle import SqliteLifecycleStore
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.errors import ConfigurationError, RotationError
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation import create_version, enable_version, retire, version_rows
+from field_encrypt.rotation import (
+    create_version,
+    enable_version,
+    retire,
+    retire_gate,
+    version_rows,
+)
 from field_encrypt.rotation.retire import DEKS_GONE, SAMPLE_READS, SOAK_PASSED, RetireReport
 from field_encrypt.testing import FakeClock
 from tests.cli.helpers import PRODUCT, cli
@@ -213,3 +219,25 @@ def test_cli_exits_6_naming_the_condition_then_0(
     assert runtime.audit is not None
     (event,) = runtime.audit.events(types=[audit.MEK_VERSION_RETIRED])
     assert event.data["clockOverride"] is True
+
+
+def test_the_gate_alone_changes_nothing_and_agrees_with_retire(
+    runtime: ProductRuntime, clock: FakeClock
+) -> None:
+    """``retire_gate`` (what the console asks) gives retire's checks and disables nothing;
+    DEKs left are counted; ``sample=0`` decrypts nothing and says so."""
+    seed(runtime, 6)
+    create_version(runtime)
+    ledger, lifecycle = SqliteRunLedger(runtime.database), SqliteLifecycleStore(runtime.database)
+    gate = retire_gate(runtime, ledger, lifecycle, "1", clock=clock.time, sample=0)
+    assert gate.deks_left == 6 and not gate.retired
+    assert gate.checks[1].ok and gate.checks[1].detail == "not sampled (sample size 0)"
+    assert run(runtime, clock).status == "completed"
+    clock.advance(25 * HOUR)
+    events = len(runtime.audit.events()) if runtime.audit else 0
+    gate = retire_gate(runtime, ledger, lifecycle, "1", clock=clock.time)
+    assert gate.refusals == () and gate.deks_left == 0 and not gate.retired
+    assert version_rows(runtime, lifecycle)[0]["state"] == "enabled"
+    assert (len(runtime.audit.events()) if runtime.audit else 0) == events
+    report = _retire(runtime, clock)
+    assert report.retired and report.checks == gate.checks

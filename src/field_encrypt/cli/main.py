@@ -16,6 +16,7 @@ from field_encrypt.cli import output, publishing
 from field_encrypt.cli.audit import audit_app
 from field_encrypt.cli.common import JsonOpt, ProductOpt, guarded, opened
 from field_encrypt.cli.common import iso as _iso
+from field_encrypt.cli.console import command as console_command
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.cli.keys import keys_app
 from field_encrypt.cli.publishing import PushgatewayOpt, TextfileOpt
@@ -32,9 +33,10 @@ from field_encrypt.rotation import (
     open_lifecycle,
     preflight,
     restore,
+    run_rows,
     verify,
 )
-from field_encrypt.usage import dek_counts
+from field_encrypt.usage import dek_counts, kek_usage
 
 app = typer.Typer(
     name="field-encrypt",
@@ -46,6 +48,7 @@ app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.command("rotate")(rotate_command)
+app.command("console")(console_command)
 
 
 class ModeChoice(StrEnum):
@@ -161,50 +164,8 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
         now = time.time()
         counts = dek_counts(rt)
         current = rt.provider.current_version()
-        raw = rt.dek_store.count_by_version() if rt.kek_tier is not None else {}
-        keks: list[dict[str, Any]] = [
-            {
-                "kek_id": k.kek_id,
-                "partition": k.partition,
-                "mek_version": k.mek_version,
-                "active": k.active,
-                "deks": raw.get("kek:" + k.kek_id, 0),
-            }
-            for k in (rt.kek_tier.keks.all() if rt.kek_tier is not None else [])
-        ]
-        runs = ledger.latest_runs(rt.encryptor.product, limit=5)
-        run_rows = []
-        for run in runs:
-            failures, failure_count = ledger.failures(run.run_id, limit=3)
-            live = run.leases(now)
-            state: str = run.status
-            if not run.finished:
-                state = "in flight" if live else "interrupted (re-run the same command)"
-            run_rows.append(
-                {
-                    "run_id": run.run_id,
-                    "mode": run.plan.mode,
-                    "from_version": run.plan.from_version,
-                    "to_version": run.plan.to_version,
-                    "state": state,
-                    "started_at": _iso(run.started_at),
-                    "finished_at": _iso(run.finished_at),
-                    "estimated_total": run.estimated_total,
-                    **run.counters.as_dict(),
-                    "failures": failure_count,
-                    "failure_examples": [f.item for f in failures],
-                    "shards": [
-                        {
-                            "shard": f"{s.index + 1}/{run.plan.shards}",
-                            "status": s.status,
-                            "owner": s.owner if s.leased(now) else None,
-                            "lease_expires_at": _iso(s.lease_expires_at) if s.leased(now) else None,
-                            **s.counters.as_dict(),
-                        }
-                        for s in run.shards
-                    ],
-                }
-            )
+        keks = kek_usage(rt)
+        runs = run_rows(rt, ledger, now=now, limit=5)
     data: dict[str, Any] = {
         "product": product,
         "current_version": current,
@@ -214,7 +175,7 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
         data["layout"] = rt.settings.key_layout
         data["keks"] = keks
     if json_:
-        output.emit_json({**data, "runs": run_rows})
+        output.emit_json({**data, "runs": runs})
         return
     console = output.stdout()
     console.print(
@@ -243,9 +204,9 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
                     f"{r['matched']}/{r['estimated_total']}",
                     r["changed"],
                     r["failed"],
-                    r["started_at"],
+                    _iso(r["started_at"]),
                 )
-                for r in run_rows
+                for r in runs
             ],
         )
     )

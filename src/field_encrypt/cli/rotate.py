@@ -17,7 +17,7 @@ import typer
 
 from field_encrypt import metrics
 from field_encrypt.cli import output, publishing
-from field_encrypt.cli.common import JsonOpt, NowOpt, ProductOpt, clock_from, guarded, iso, opened
+from field_encrypt.cli.common import JsonOpt, NowOpt, ProductOpt, clock_from, guarded, opened
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.cli.publishing import PushgatewayOpt, TextfileOpt
 from field_encrypt.errors import ConfigurationError, FieldEncryptError
@@ -30,11 +30,9 @@ from field_encrypt.rotation import (
     open_ledger,
     open_lifecycle,
     set_halted,
-    state_dict,
 )
-from field_encrypt.rotation.keys import DAY
 from field_encrypt.rotation.lifecycle import STAGES, LifecycleStore
-from field_encrypt.rotation.schedule import timing
+from field_encrypt.rotation.schedule import schedule_status, timing
 
 BLOCKED_EXIT = {
     "preflight": ExitCode.NOT_VERIFIED,
@@ -176,19 +174,7 @@ def _record_state(
 
 def _status(product: str, policy: Policy, now: float, json_: bool) -> None:
     with opened(product) as rt:
-        state = open_lifecycle(rt).state(rt.encryptor.product)
-        current = next(v for v in rt.provider.versions() if v.current)
-    created = current.created_at.timestamp()
-    due = timing(state, policy, created)
-    data = {
-        **state_dict(state),
-        "current_version": current.version,
-        "current_age_days": round((now - created) / DAY, 2),
-        "next_rotation_due": iso(due.next_due) if due.next_due is not None else None,
-        "soak_until": iso(due.soak_until) if due.soak_until is not None else None,
-        "policy": policy.as_dict(),
-        "stop_switch": state.halted or policy.stop,
-    }
+        data = schedule_status(rt, open_lifecycle(rt), policy, now=now)
     if json_:
         output.emit_json(data)
         return

@@ -38,10 +38,17 @@ from field_encrypt.rotation.migrate import migrate, prepare_job
 from field_encrypt.rotation.policy import Policy, load_policy
 from field_encrypt.rotation.preflight import Check, preflight
 from field_encrypt.rotation.ratelimit import ThrottledProvider, TokenBucket
-from field_encrypt.rotation.retire import RetireReport, retire
+from field_encrypt.rotation.retire import RetireReport, retire, retire_gate
 from field_encrypt.rotation.retry import Retrier, RetryBudgetExhausted, RetryPolicy
 from field_encrypt.rotation.run import DryRun, MigrationOptions, RunObserver, RunReport
-from field_encrypt.rotation.schedule import Advance, advance, set_halted, state_dict
+from field_encrypt.rotation.run_status import run_rows
+from field_encrypt.rotation.schedule import (
+    Advance,
+    advance,
+    schedule_status,
+    set_halted,
+    state_dict,
+)
 from field_encrypt.rotation.verify import VerifyReport, dek_counts, verify
 
 
@@ -106,6 +113,9 @@ __all__ = [
     "respond_to_compromise",
     "restore",
     "retire",
+    "retire_gate",
+    "run_rows",
+    "schedule_status",
     "set_halted",
     "state_dict",
     "verify",

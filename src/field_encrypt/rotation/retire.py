@@ -65,6 +65,8 @@ class RetireReport:
     soak_until: float | None = None
     compromised: bool = False
     clock_override: bool = False
+    deks_left: int = 0
+    """DEKs still wrapped under the version (counted as ``verify`` counts)."""
     refusals: tuple[Check, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -82,7 +84,58 @@ class RetireReport:
             "soak_started_at": iso(self.soak_started_at),
             "soak_until": iso(self.soak_until),
             "compromised": self.compromised,
+            "deks_left": self.deks_left,
         }
+
+
+def retire_gate(
+    runtime: ProductRuntime,
+    ledger: RunLedger,
+    lifecycle: LifecycleStore,
+    version: str,
+    *,
+    soak_hours: float = DEFAULT_SOAK_HOURS,
+    sample: int = 100,
+    clock: Callable[[], float] = time.time,
+    clock_override: bool = False,
+) -> RetireReport:
+    """The gate's verdict on ``version``, changing nothing: what :func:`retire` checks.
+
+    ``keys retire`` and the console both ask this, so they cannot disagree. ``sample``
+    documents are decrypted (in memory, never shown) with ``version`` refused; ``0``
+    decrypts none and says so. :class:`ConfigurationError` for an unknown version,
+    :class:`RotationError` for the current one.
+    """
+    if soak_hours < 0 or sample < 0:
+        raise ConfigurationError("--soak and the sample must not be negative")
+    found, versions = known_version(runtime, version)
+    if found.current:
+        raise RotationError(
+            f"refusing to retire version {version}: it is the current version "
+            "(create a new one and rewrap first)"
+        )
+    product = runtime.encryptor.product
+    note = lifecycle.note(product, version)
+    report = RetireReport(
+        product=product,
+        version=version,
+        compromised=note.compromised,
+        clock_override=clock_override,
+    )
+    if note.retired_at is not None and not found.enabled:
+        return dataclasses.replace(report, already_retired=True, retain_until=note.retain_until)
+    now = clock()
+    started, origin = soak_started_at(runtime, ledger, version, versions)
+    soak_until = started + soak_hours * HOUR
+    still = dek_counts(runtime).get(version, 0)
+    checks = (
+        _deks_gone(version, still),
+        _sample_reads(runtime, version, sample),
+        _soak(now, started, soak_until, origin, compromised=note.compromised),
+    )
+    return dataclasses.replace(
+        report, checks=checks, soak_started_at=started, soak_until=soak_until, deks_left=still
+    )
 
 
 def retire(
@@ -106,41 +159,27 @@ def retire(
     """
     if soak_hours < 0 or retention_days < 0 or sample < 0:
         raise ConfigurationError("--soak, --retention-days and the sample must not be negative")
-    found, versions = known_version(runtime, version)
-    if found.current:
-        raise RotationError(
-            f"refusing to retire version {version}: it is the current version "
-            "(create a new one and rewrap first)"
-        )
-    product = runtime.encryptor.product
-    note = lifecycle.note(product, version)
-    report = RetireReport(
-        product=product,
-        version=version,
-        compromised=note.compromised,
+    report = retire_gate(
+        runtime,
+        ledger,
+        lifecycle,
+        version,
+        soak_hours=soak_hours,
+        sample=sample,
+        clock=clock,
         clock_override=clock_override,
     )
-    if note.retired_at is not None and not found.enabled:
-        return dataclasses.replace(
-            report, retired=True, already_retired=True, retain_until=note.retain_until
-        )
-    now = clock()
-    started, origin = soak_started_at(runtime, ledger, version, versions)
-    soak_until = started + soak_hours * HOUR
-    checks = (
-        _deks_gone(runtime, version),
-        _sample_reads(runtime, version, sample),
-        _soak(now, started, soak_until, origin, compromised=note.compromised),
-    )
-    report = dataclasses.replace(
-        report, checks=checks, soak_started_at=started, soak_until=soak_until
-    )
+    if report.already_retired:
+        return dataclasses.replace(report, retired=True)
     if report.refusals:
         return report
+    assert report.soak_started_at is not None
+    now = clock()
     disabled = disable_version(
         runtime, lifecycle, version, retention_days=retention_days, clock=clock, via=via
     )
     retain_until = max(disabled.retain_until, now + retention_days * DAY)
+    product = report.product
     note = lifecycle.note(product, version)
     lifecycle.save_note(
         product, dataclasses.replace(note, retired_at=now, retain_until=retain_until)
@@ -151,10 +190,10 @@ def retire(
         version,
         retainUntil=iso(retain_until),
         soakHours=soak_hours,
-        soakStartedAt=iso(started),
+        soakStartedAt=iso(report.soak_started_at),
         soakWaived=note.compromised,
         compromised=note.compromised,
-        checks=[c.name for c in checks],
+        checks=[c.name for c in report.checks],
         clockOverride=clock_override,
         via=via,
     )
@@ -189,8 +228,7 @@ def soak_started_at(
     )
 
 
-def _deks_gone(runtime: ProductRuntime, version: str) -> Check:
-    still = dek_counts(runtime).get(version, 0)
+def _deks_gone(version: str, still: int) -> Check:
     return Check(
         name=DEKS_GONE,
         ok=still == 0,
@@ -202,6 +240,8 @@ def _deks_gone(runtime: ProductRuntime, version: str) -> Check:
 
 
 def _sample_reads(runtime: ProductRuntime, version: str, sample: int) -> Check:
+    if sample == 0:
+        return Check(name=SAMPLE_READS, ok=True, detail="not sampled (sample size 0)")
     view = without_version(runtime, version)
     report = verify(view, mek_version=view.provider.current_version(), sample=sample)
     failed = report.undecryptable

@@ -30,7 +30,7 @@ from field_encrypt import tracing
 from field_encrypt.audit import ROTATION_STAGE
 from field_encrypt.errors import ConcurrentUpdateError, LeaseHeldError
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation.keys import iso
+from field_encrypt.rotation.keys import DAY, iso
 from field_encrypt.rotation.lease import worker_id
 from field_encrypt.rotation.ledger import Counters, RunLedger, RunRecord
 from field_encrypt.rotation.lifecycle import LifecycleStore, RotationState, Stage
@@ -257,6 +257,26 @@ def state_dict(state: RotationState) -> dict[str, Any]:
         },
         "lease_holder": state.holder,
         "lease_expires_at": iso(state.lease_expires_at),
+    }
+
+
+def schedule_status(
+    runtime: ProductRuntime, lifecycle: LifecycleStore, policy: Policy, *, now: float
+) -> dict[str, Any]:
+    """``rotate --status`` (and the console): the stage, the current version's age, when
+    the next rotation is due (idle only), when the soak ends, the policy, the stop switch."""
+    state = lifecycle.state(runtime.encryptor.product)
+    current = next(v for v in runtime.provider.versions() if v.current)
+    created = current.created_at.timestamp()
+    due = timing(state, policy, created)
+    return {
+        **state_dict(state),
+        "current_version": current.version,
+        "current_age_days": round((now - created) / DAY, 2),
+        "next_rotation_due": iso(due.next_due) if due.next_due is not None else None,
+        "soak_until": iso(due.soak_until) if due.soak_until is not None else None,
+        "policy": policy.as_dict(),
+        "stop_switch": state.halted or policy.stop,
     }
 
 
