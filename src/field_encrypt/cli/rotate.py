@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,17 +18,9 @@ from field_encrypt.cli import output
 from field_encrypt.cli.common import JsonOpt, NowOpt, ProductOpt, clock_from, guarded, iso, opened
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.errors import ConfigurationError
-from field_encrypt.rotation import (
-    Advance,
-    Policy,
-    advance,
-    load_policy,
-    open_ledger,
-    open_lifecycle,
-    set_halted,
-    state_dict,
-)
-from field_encrypt.rotation.keys import DAY
+
+if TYPE_CHECKING:
+    from field_encrypt.rotation import Advance, Policy
 
 BLOCKED_EXIT = {
     "preflight": ExitCode.NOT_VERIFIED,
@@ -75,6 +67,8 @@ def rotate_command(
     now: NowOpt = None,
 ) -> None:
     """Run the runbook as a resumable state machine: preflight, create, rewrap, verify, soak, retire."""
+    from field_encrypt.rotation import advance, load_policy, open_ledger, open_lifecycle, set_halted
+
     if sum((stop, resume, status)) > 1:
         raise ConfigurationError("--stop, --resume and --status exclude each other")
     policy = load_policy(
@@ -131,6 +125,9 @@ def _exit_for(result: Advance) -> None:
 
 
 def _status(product: str, policy: Policy, now: float, json_: bool) -> None:
+    from field_encrypt.rotation import open_lifecycle, state_dict
+    from field_encrypt.rotation.keys import DAY
+
     with opened(product) as rt:
         state = open_lifecycle(rt).state(rt.encryptor.product)
         current = next(v for v in rt.provider.versions() if v.current)
