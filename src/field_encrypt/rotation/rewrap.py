@@ -35,13 +35,15 @@ import hmac
 import math
 import random
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from typing import Final, NamedTuple
 
 from field_encrypt.errors import (
     TRANSIENT_ERRORS,
     ConfigurationError,
     DecryptionError,
+    FieldEncryptError,
     KeyProviderError,
     RewrapCheckError,
     RotationError,
@@ -52,7 +54,7 @@ from field_encrypt.providers.base import BatchRewrapper, KeyProvider, WrappedDek
 from field_encrypt.providers.kek_tier import KEK_CALLS, KekTierProvider
 from field_encrypt.rotation.ledger import Counters, Failure, Mode, RunPlan
 from field_encrypt.rotation.run import DryRun, MigrationOptions, ShardWork
-from field_encrypt.stores.base import DekRecord, WrapUpdate
+from field_encrypt.stores.base import DekRecord, WrapUpdate, wrap_update_of
 from field_encrypt.stores.kek import KEK_PREFIX
 from field_encrypt.usage import dek_counts
 
@@ -62,6 +64,15 @@ CALLS_PER_CHECKED_DEK: Final = 3
 
 _ITEM_ERRORS = (DecryptionError, UnsupportedFormatError, KeyProviderError)
 """Errors that fail one DEK and let the run go on (transient ones are retried first)."""
+
+
+class _Writing(NamedTuple):
+    """A batch whose new wraps are being written: what its checkpoint will record."""
+
+    written: Future[tuple[Counters, list[Failure]]]
+    cursor: str | None
+    matched: int
+    failures: list[Failure]
 
 
 def is_kek_version(version: str) -> bool:
@@ -214,7 +225,18 @@ class RewrapJob:
         """What a mode does once its shard is done (the layout modes delete unused KEKs)."""
 
     def _rewrap_deks(self, work: ShardWork) -> None:
+        """Scan and rewrap batch k+1 while batch k's new wraps are written.
+
+        A writer thread takes each batch's compare-and-swap write (and the cache
+        invalidation, and the redo of rows a concurrent writer changed), one batch at a
+        time; this thread checkpoints batch k once its write is back, after rewrapping
+        batch k+1. So the ledger's cursor still moves only past committed batches, in
+        order, and memory holds two batches at most. (SQLite and the network drivers
+        release the GIL while the database works, so the write overlaps the crypto.)
+        """
         pool = ThreadPoolExecutor(self.concurrency) if self.concurrency > 1 else None
+        writer = ThreadPoolExecutor(1, thread_name_prefix="rewrap-write")
+        pending: _Writing | None = None
         try:
             cursor = work.cursor
             while True:
@@ -228,19 +250,44 @@ class RewrapJob:
                 )
                 records = [r for r in page.records if self.sources(r.mek_version)]
                 updates, failures = self._rewrap(work, records, pool)
-                delta, more_failures = self._swap_in(work, updates, pool)
-                failures += more_failures
-                work.checkpoint(
-                    cursor=page.cursor or cursor,
-                    delta=delta + Counters(matched=len(records), failed=len(failures)),
-                    failures=failures,
+                if pending is not None:
+                    batch, pending = pending, None  # checkpointed once, whatever happens
+                    self._checkpoint_written(work, batch)
+                pending = _Writing(
+                    writer.submit(self._swap_in, work, updates, pool),
+                    page.cursor or cursor,
+                    len(records),
+                    failures,
                 )
                 if page.cursor is None:
                     break
                 cursor = page.cursor
+            batch, pending = pending, None
+            self._checkpoint_written(work, batch)
+        except BaseException:
+            # Batch k+1 failed (a check, a provider, the process told to stop) while batch
+            # k was being written: record batch k if its write went through, so the cursor
+            # is where it would have been without the overlap, then stop as before.
+            if pending is not None and pending.written.exception() is None:
+                with suppress(FieldEncryptError):  # the original error says what stopped it
+                    self._checkpoint_written(work, pending)
+            raise
         finally:
+            writer.shutdown(wait=True)  # never leave a write behind, even on an error
             if pool is not None:
                 pool.shutdown()
+
+    @staticmethod
+    def _checkpoint_written(work: ShardWork, batch: _Writing) -> None:
+        """Wait for a batch's write, then record its cursor, counters and failures."""
+        written, cursor, matched, failures = batch
+        delta, more_failures = written.result()
+        failures = failures + more_failures
+        work.checkpoint(
+            cursor=cursor,
+            delta=delta + Counters(matched=matched, failed=len(failures)),
+            failures=failures,
+        )
 
     def _rewrap_keks(self, work: ShardWork) -> None:
         """With the tier, MEK rotation moves the KEKs: their DEKs follow at no cost."""
@@ -321,14 +368,7 @@ class RewrapJob:
         failures: list[Failure] = []
         for record, result in zip(records, results, strict=True):
             if isinstance(result, WrappedDek) and result.mek_version == target:
-                updates.append(
-                    WrapUpdate(
-                        record=record,
-                        mek_version=target,
-                        wrapped=result.ciphertext,
-                        algorithm=result.algorithm,
-                    )
-                )
+                updates.append(wrap_update_of(record, target, result.ciphertext, result.algorithm))
             elif isinstance(result, Exception):
                 failures.append(Failure(item=record.dek_id, reason=_reason(result), shard=shard))
             else:
