@@ -125,7 +125,7 @@ def page_figures(
     assert [fe.decrypt_document("notes", i, d) for i, d in docs] == plain
     # the floor: each document's two fields opened with its DEK's cipher already at hand
     raw_fields = []
-    for i, sealed in docs:
+    for i, _ in docs:
         head = b"notelett/notes/" + i.encode()
         dek = os.urandom(32)
         cipher = AESGCM(dek)

@@ -172,6 +172,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one, args.batch_size, args.repeat)))
         return
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         f"{'DEKs':>9} {'floor DEKs/s':>13} {'engine DEKs/s':>14} {'ratio':>6} "
         f"{'crypto s':>9} {'update s':>9} {'engine s':>9} {'peak RSS':>9}"
@@ -199,6 +200,7 @@ def main() -> None:
             f"{floor_s / r['engine_s']:>6.0%} {r['floor_crypto_s']:>9.2f} "
             f"{r['floor_update_s']:>9.2f} {r['engine_s']:>9.2f} {r['peak_rss_mb']:>7.0f}MB"
         )
+    print(f"load average at end:   {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -33,9 +33,7 @@ def _page(fe: FieldEncryptor, n: int) -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("form", ["binary", "text"])
-def test_a_page_decrypts_like_one_document_at_a_time(
-    encryptor: FieldEncryptor, form: str
-) -> None:
+def test_a_page_decrypts_like_one_document_at_a_time(encryptor: FieldEncryptor, form: str) -> None:
     """Every document of a page comes back as decrypt_document returns it, in order."""
     fe = _flat(encryptor, form)
     page = _page(fe, 7)
@@ -50,7 +48,7 @@ def test_a_page_decrypts_like_one_document_at_a_time(
 def test_plaintext_and_missing_fields_pass_through(encryptor: FieldEncryptor) -> None:
     """A page mixing tokens, plaintext and absent fields gives the one-document answers."""
     fe = _flat(encryptor)
-    page = _page(fe, 3) + [("p1", {"title": "plain", "body": None}), ("p2", {"other": 1})]
+    page = [*_page(fe, 3), ("p1", {"title": "plain", "body": None}), ("p2", {"other": 1})]
     assert fe.decrypt_documents("notes", iter(page)) == [
         fe.decrypt_document("notes", i, d) for i, d in page
     ]
@@ -62,9 +60,7 @@ def test_nested_fields_take_the_one_document_path(encryptor: FieldEncryptor) -> 
         (f"n{i}", encryptor.encrypt_document("notes", f"n{i}", {"meta": {"secret": i}}))
         for i in range(3)
     ]
-    assert encryptor.decrypt_documents("notes", docs) == [
-        {"meta": {"secret": i}} for i in range(3)
-    ]
+    assert encryptor.decrypt_documents("notes", docs) == [{"meta": {"secret": i}} for i in range(3)]
 
 
 def test_each_dek_is_read_from_the_cache_once_per_page(encryptor: FieldEncryptor) -> None:
