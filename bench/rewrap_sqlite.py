@@ -8,7 +8,7 @@ wrapped under MEK version 1; then, ``--repeat`` times (best kept, as the machine
 shared), create a new version and measure
 
 * the floor: AES-GCM unwrap under v1 and wrap under v2 of every DEK with ready ciphers
-  (no provider, no checks), plus a bare batched ``UPDATE ... WHERE seq = ?`` of the same
+  (no provider, no checks; a batch's nonces drawn in one ``os.urandom`` call), plus a bare batched ``UPDATE ... WHERE seq = ?`` of the same
   rows in scan order (``executemany``, one transaction per batch);
 * the engine: ``field_encrypt.rotation.migrate(mode="rewrap-deks")``, the path the CLI
   runs (scan, provider.rewrap, check that the new wrap unwraps to the same DEK,
@@ -94,10 +94,11 @@ def floor(
         last = rows[-1][0]
         started = time.perf_counter()
         out = []
-        for seq, dek_id, wrapped in rows:
+        nonces = os.urandom(12 * len(rows))  # one system call per batch, as the engine does
+        for i, (seq, dek_id, wrapped) in enumerate(rows):
             context = dek_context(PRODUCT, dek_id)
             dek = old.decrypt(wrapped[:12], wrapped[12:], context)
-            nonce = os.urandom(12)
+            nonce = nonces[12 * i : 12 * i + 12]
             out.append((target, nonce + new.encrypt(nonce, dek, context), seq))
         crypto += time.perf_counter() - started
         # Write the original wraps back (same rows, same sizes): the engine still has work.

@@ -50,11 +50,17 @@ from field_encrypt.errors import (
     UnsupportedFormatError,
 )
 from field_encrypt.products import ProductRuntime
-from field_encrypt.providers.base import BatchRewrapper, KeyProvider, WrappedDek, dek_context
+from field_encrypt.providers.base import (
+    BatchRewrapper,
+    KeyProvider,
+    WrappedDek,
+    dek_context,
+    dek_context_prefix,
+)
 from field_encrypt.providers.kek_tier import KEK_CALLS, KekTierProvider
 from field_encrypt.rotation.ledger import Counters, Failure, Mode, RunPlan
 from field_encrypt.rotation.run import DryRun, MigrationOptions, ShardWork
-from field_encrypt.stores.base import DekRecord, WrapUpdate, wrap_update_of
+from field_encrypt.stores.base import DekPage, DekRecord, WrapUpdate, wrap_update_of
 from field_encrypt.stores.kek import KEK_PREFIX
 from field_encrypt.usage import dek_counts
 
@@ -225,29 +231,38 @@ class RewrapJob:
         """What a mode does once its shard is done (the layout modes delete unused KEKs)."""
 
     def _rewrap_deks(self, work: ShardWork) -> None:
-        """Scan and rewrap batch k+1 while batch k's new wraps are written.
+        """Rewrap batch k+1 while batch k's new wraps are written and batch k+2 is read.
 
         A writer thread takes each batch's compare-and-swap write (and the cache
         invalidation, and the redo of rows a concurrent writer changed), one batch at a
-        time; this thread checkpoints batch k once its write is back, after rewrapping
-        batch k+1. So the ledger's cursor still moves only past committed batches, in
-        order, and memory holds two batches at most. (SQLite and the network drivers
-        release the GIL while the database works, so the write overlaps the crypto.)
+        time; a reader thread scans the next page as soon as the previous one is in.
+        This thread checkpoints batch k once its write is back, after rewrapping batch
+        k+1: the ledger's cursor still moves only past committed batches, in order, and
+        memory holds three batches at most. (SQLite and the network drivers release the
+        GIL while the database works, so reads and writes overlap the crypto.)
         """
         pool = ThreadPoolExecutor(self.concurrency) if self.concurrency > 1 else None
         writer = ThreadPoolExecutor(1, thread_name_prefix="rewrap-write")
+        reader = ThreadPoolExecutor(1, thread_name_prefix="rewrap-scan")
         pending: _Writing | None = None
+
+        def scan(after: str | None) -> DekPage:
+            return work.retry.call(
+                self.store.scan,
+                cursor=after,
+                limit=work.batch_size,
+                exclude_version=self.target,
+                only_version=self.only,
+                shard=work.sharding,
+            )
+
         try:
             cursor = work.cursor
+            next_page = reader.submit(scan, cursor)
             while True:
-                page = work.retry.call(
-                    self.store.scan,
-                    cursor=cursor,
-                    limit=work.batch_size,
-                    exclude_version=self.target,
-                    only_version=self.only,
-                    shard=work.sharding,
-                )
+                page = next_page.result()
+                if page.cursor is not None:  # read ahead: the rows after this page
+                    next_page = reader.submit(scan, page.cursor)
                 records = [r for r in page.records if self.sources(r.mek_version)]
                 updates, failures = self._rewrap(work, records, pool)
                 if pending is not None:
@@ -273,6 +288,7 @@ class RewrapJob:
                     self._checkpoint_written(work, pending)
             raise
         finally:
+            reader.shutdown(wait=True, cancel_futures=True)
             writer.shutdown(wait=True)  # never leave a write behind, even on an error
             if pool is not None:
                 pool.shutdown()
@@ -362,7 +378,8 @@ class RewrapJob:
         """An in-process provider's ``rewrap_many``: keys looked up once per batch."""
         assert self._batch is not None
         product, target, shard = self.product, self.target, work.shard[0]
-        items = [(r.wrapped, r.mek_version, dek_context(product, r.dek_id)) for r in records]
+        context = dek_context_prefix(product)  # + the dekId: dek_context(product, dek_id)
+        items = [(r.wrapped, r.mek_version, context + r.dek_id.encode()) for r in records]
         results = work.retry.call(self._batch, items, to_version=target)
         updates: list[WrapUpdate] = []
         failures: list[Failure] = []
