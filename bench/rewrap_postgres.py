@@ -107,7 +107,8 @@ def run(url: str, keyring: str, deks: int, batch: int, workers: list[int], round
     )
     started = time.perf_counter()
     populate(database, provider, deks)
-    print(f"populated in {time.perf_counter() - started:.1f} s\n")
+    print(f"populated in {time.perf_counter() - started:.1f} s")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
 
     print(f"{'W':>2}  {'method':<12} {'rows/s':>9}  {'vs best bare':>12}")
     results: dict[int, dict[str, float]] = {}
@@ -125,6 +126,7 @@ def run(url: str, keyring: str, deks: int, batch: int, workers: list[int], round
             print(f"{count:>2}  {method:<12} {rate:>9,.0f}  {rate / best:>11.0%}")
         results[count] = rates
     database.close()
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     print("\nrewrap vs best bare UPDATE:")
     for count, rates in results.items():

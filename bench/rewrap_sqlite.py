@@ -8,7 +8,7 @@ wrapped under MEK version 1; then, ``--repeat`` times (best kept, as the machine
 shared), create a new version and measure
 
 * the floor: AES-GCM unwrap under v1 and wrap under v2 of every DEK with ready ciphers
-  (no provider, no checks), plus a bare batched ``UPDATE ... WHERE seq = ?`` of the same
+  (no provider, no checks; a batch's nonces drawn in one ``os.urandom`` call), plus a bare batched ``UPDATE ... WHERE seq = ?`` of the same
   rows in scan order (``executemany``, one transaction per batch);
 * the engine: ``field_encrypt.rotation.migrate(mode="rewrap-deks")``, the path the CLI
   runs (scan, provider.rewrap, check that the new wrap unwraps to the same DEK,
@@ -95,10 +95,11 @@ def floor(
         last = rows[-1][0]
         started = time.perf_counter()
         out = []
-        for seq, dek_id, wrapped in rows:
+        nonces = os.urandom(12 * len(rows))  # one system call per batch, as the engine does
+        for i, (seq, dek_id, wrapped) in enumerate(rows):
             context = dek_context(PRODUCT, dek_id)
             dek = old.decrypt(wrapped[:12], wrapped[12:], context)
-            nonce = os.urandom(12)
+            nonce = nonces[12 * i : 12 * i + 12]
             out.append((target, nonce + new.encrypt(nonce, dek, context), seq))
         crypto += time.perf_counter() - started
         # Write the original wraps back (same rows, same sizes): the engine still has work.
@@ -173,6 +174,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one, args.batch_size, args.repeat)))
         return
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         f"{'DEKs':>9} {'floor DEKs/s':>13} {'engine DEKs/s':>14} {'ratio':>6} "
         f"{'crypto s':>9} {'update s':>9} {'engine s':>9} {'peak RSS':>9}"
@@ -200,6 +202,7 @@ def main() -> None:
             f"{floor_s / r['engine_s']:>6.0%} {r['floor_crypto_s']:>9.2f} "
             f"{r['floor_update_s']:>9.2f} {r['engine_s']:>9.2f} {r['peak_rss_mb']:>7.0f}MB"
         )
+    print(f"load average at end:   {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

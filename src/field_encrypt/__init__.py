@@ -1,13 +1,16 @@
 """field-encrypt: field-level envelope encryption with safe MEK rotation.
 
 The public API is what ``__all__`` lists; a test pins it. Everything else is private.
+
+The errors and the two protocols' records are imported here; the names that pull in
+pydantic-settings or the AEAD (``Settings``, ``FieldEncryptor``, ``init_encryption``...)
+are imported on first use (PEP 562), so a program that needs only the error tree, like
+``field-encrypt --help``, does not pay for them.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from field_encrypt.backends.base import DekPage, DekRecord, DekStore, WrapUpdate
-from field_encrypt.bootstrap import build_provider, build_store, init_encryption
-from field_encrypt.cache import CacheStats, DekCache
-from field_encrypt.config import Settings, load_settings
-from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConcurrentUpdateError,
@@ -28,6 +31,40 @@ from field_encrypt.errors import (
     UnsupportedFormatError,
 )
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
+
+if TYPE_CHECKING:
+    from field_encrypt.bootstrap import build_provider, build_store, init_encryption
+    from field_encrypt.cache import CacheStats, DekCache
+    from field_encrypt.config import Settings, load_settings
+    from field_encrypt.envelope import FieldEncryptor
+
+_LAZY = {
+    "build_provider": "field_encrypt.bootstrap",
+    "build_store": "field_encrypt.bootstrap",
+    "init_encryption": "field_encrypt.bootstrap",
+    "CacheStats": "field_encrypt.cache",
+    "DekCache": "field_encrypt.cache",
+    "Settings": "field_encrypt.config",
+    "load_settings": "field_encrypt.config",
+    "FieldEncryptor": "field_encrypt.envelope",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """A public name whose module is imported on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'field_encrypt' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AlreadyExistsError",

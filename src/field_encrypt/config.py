@@ -109,6 +109,8 @@ class Settings(BaseSettings):
 class _MappingSettings(Settings):
     """Settings read from a given mapping only, never from the process environment."""
 
+    model_config = SettingsConfigDict(defer_build=True)  # its schema is built on first use
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -28,14 +28,14 @@ no key names, vault URLs, connection strings or stack traces ever reach a client
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from typing import TYPE_CHECKING, Any
 
 import field_encrypt
+
+if TYPE_CHECKING:  # FastAPI is imported by the handler: the CLI loads this tree without it
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
 log = logging.getLogger("notelett")
 
@@ -139,6 +139,10 @@ def request_id(request: Request) -> str:
 
 async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     """The one handler: every error type the app raises is registered to it."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
     headers: dict[str, str] = {}
     if isinstance(exc, RequestValidationError):
         return _validation_answer(exc)
@@ -188,6 +192,8 @@ def _log_server_error(exc: BaseException, status: int, correlation_id: str) -> N
 
 
 def _validation_answer(exc: RequestValidationError) -> JSONResponse:
+    from fastapi.responses import JSONResponse
+
     problems = [
         {
             "loc": [str(part) for part in err.get("loc", ())],

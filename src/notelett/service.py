@@ -23,12 +23,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from field_encrypt import DecryptionError, FieldEncryptor, NotFoundError, StoreError
 from field_encrypt import token as field_token
-from notelett.auth import Principal
 from notelett.errors import (
     NoteNotFoundError,
     NoteUnreadableError,
@@ -37,6 +37,9 @@ from notelett.errors import (
     WorkspaceNotFoundError,
 )
 from notelett.repositories.base import NoteRecord, NotesRepository, StoredValue, WorkspaceDirectory
+
+if TYPE_CHECKING:  # jwt (through auth) stays out of the CLI's start-up
+    from notelett.auth import Principal
 
 COLLECTION = "notes"
 ENCRYPTED_FIELDS = ("title", "body")
@@ -121,13 +124,29 @@ class NotesService:
         """A visible note; :class:`NoteNotFoundError` otherwise."""
         return self._decrypt(self._visible(principal, note_id))
 
+    def _decrypt_page(self, records: Sequence[NoteRecord]) -> list[Note]:
+        """A page of notes opened in one batch; a failure is found and named note by note."""
+        try:
+            opened = self.encryptor.decrypt_documents(
+                COLLECTION, [(r.id, {"title": r.title, "body": r.body}) for r in records]
+            )
+        except DecryptionError:
+            return [self._decrypt(r) for r in records]  # raises for the first bad note
+        notes = []
+        for record, fields in zip(records, opened, strict=True):
+            title, body = fields["title"], fields["body"]
+            if not isinstance(title, str) or not isinstance(body, str):
+                return [self._decrypt(r) for r in records]
+            notes.append(_note(record, title, body))
+        return notes
+
     def list(
         self, principal: Principal, workspace_id: str, *, cursor: str | None, limit: int
     ) -> tuple[list[Note], str | None]:
         """One page of a workspace's notes, newest first, and the cursor of the next page."""
         self._check_workspace(principal, workspace_id)
         page = self.notes.list_workspace(workspace_id, cursor=cursor, limit=limit)
-        return [self._decrypt(n) for n in page.notes], page.cursor
+        return self._decrypt_page(page.notes), page.cursor
 
     # -- writes --------------------------------------------------------------------------
 

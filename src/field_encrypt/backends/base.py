@@ -9,7 +9,7 @@ The other backend protocols live beside the code that uses them:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -42,6 +42,77 @@ class WrapUpdate:
     mek_version: str
     wrapped: bytes = field(repr=False)
     algorithm: str
+
+
+_new = object.__new__
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+    """The setter of a slots dataclass's field (its member descriptor's ``__set__``)."""
+    setter: Callable[[object, object], None] = vars(cls)[name].__set__
+    return setter
+
+
+_SET_DEK_ID = _slot_setter(DekRecord, "dek_id")
+_SET_PRODUCT = _slot_setter(DekRecord, "product")
+_SET_MEK_NAME = _slot_setter(DekRecord, "mek_name")
+_SET_MEK_VERSION = _slot_setter(DekRecord, "mek_version")
+_SET_WRAPPED = _slot_setter(DekRecord, "wrapped")
+_SET_ALGORITHM = _slot_setter(DekRecord, "algorithm")
+_SET_CREATED_AT = _slot_setter(DekRecord, "created_at")
+_SET_UPDATED_AT = _slot_setter(DekRecord, "updated_at")
+_SET_REVISION = _slot_setter(DekRecord, "revision")
+_SET_ROW = _slot_setter(DekRecord, "row")
+
+
+def dek_record_of_row(
+    dek_id: str,
+    product: str,
+    mek_name: str,
+    mek_version: str,
+    wrapped: bytes,
+    algorithm: str,
+    created_at: dt.datetime,
+    updated_at: dt.datetime,
+    revision: str,
+    row: int | str | None,
+) -> DekRecord:
+    """``DekRecord(...)`` from a scanned row's values, positionally, about 3x faster.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``
+    with keyword arguments; a scan builds one record per row, so stores build them here
+    by setting the slots directly. The result is the same, equal, immutable record.
+    """
+    record: DekRecord = _new(DekRecord)
+    _SET_DEK_ID(record, dek_id)
+    _SET_PRODUCT(record, product)
+    _SET_MEK_NAME(record, mek_name)
+    _SET_MEK_VERSION(record, mek_version)
+    _SET_WRAPPED(record, wrapped)
+    _SET_ALGORITHM(record, algorithm)
+    _SET_CREATED_AT(record, created_at)
+    _SET_UPDATED_AT(record, updated_at)
+    _SET_REVISION(record, revision)
+    _SET_ROW(record, row)
+    return record
+
+
+_SET_RECORD = _slot_setter(WrapUpdate, "record")
+_SET_UPDATE_VERSION = _slot_setter(WrapUpdate, "mek_version")
+_SET_UPDATE_WRAPPED = _slot_setter(WrapUpdate, "wrapped")
+_SET_UPDATE_ALGORITHM = _slot_setter(WrapUpdate, "algorithm")
+
+
+def wrap_update_of(
+    record: DekRecord, mek_version: str, wrapped: bytes, algorithm: str
+) -> WrapUpdate:
+    """``WrapUpdate(...)`` positionally, built like :func:`dek_record_of_row` (one per DEK)."""
+    update: WrapUpdate = _new(WrapUpdate)
+    _SET_RECORD(update, record)
+    _SET_UPDATE_VERSION(update, mek_version)
+    _SET_UPDATE_WRAPPED(update, wrapped)
+    _SET_UPDATE_ALGORITHM(update, algorithm)
+    return update
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

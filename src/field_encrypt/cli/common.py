@@ -7,15 +7,16 @@ import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 
 from field_encrypt.cli import output
 from field_encrypt.cli.exit_codes import exit_code_for
-from field_encrypt.config import load_settings
 from field_encrypt.errors import FieldEncryptError
-from field_encrypt.products import ProductRuntime, load_product
+
+if TYPE_CHECKING:
+    from field_encrypt.products import ProductRuntime
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,6 +59,9 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
 @contextmanager
 def opened(product_name: str) -> Iterator[ProductRuntime]:
     """The product's runtime from the environment's settings, closed afterwards."""
+    from field_encrypt.config import load_settings  # pydantic-settings: only when opening
+    from field_encrypt.products import load_product
+
     product = load_product(product_name)
     runtime = product.open(load_settings())
     try:

@@ -17,10 +17,7 @@ from typing import Annotated
 import typer
 
 from field_encrypt.cli.common import ProductOpt, guarded
-from field_encrypt.config import load_settings
 from field_encrypt.errors import ConfigurationError
-from field_encrypt.products import load_product
-from field_encrypt.rotation import load_policy
 
 TOKEN_ENV = "FIELD_ENCRYPT_CONSOLE_TOKEN"
 REMOTE_REFRESH_SECONDS = 5.0
@@ -102,6 +99,10 @@ def console_command(
             f"refusing to serve the console on {host}: binding anything but loopback needs a "
             f"token (--token-file FILE or {TOKEN_ENV})"
         )
+    from field_encrypt.config import load_settings
+    from field_encrypt.products import load_product
+    from field_encrypt.rotation import load_policy
+
     policy = load_policy(policy_file)
     try:
         import uvicorn

@@ -14,7 +14,6 @@ from field_encrypt.errors import (
     RotationError,
     StoreError,
 )
-from field_encrypt.rotation import RetryBudgetExhausted
 
 
 class ExitCode(IntEnum):
@@ -44,6 +43,8 @@ class ExitCode(IntEnum):
 
 def exit_code_for(exc: FieldEncryptError) -> ExitCode:
     """The exit code for an error that ended a command."""
+    from field_encrypt.rotation import RetryBudgetExhausted  # the engine: only on failure
+
     if isinstance(exc, (RetryBudgetExhausted, *TRANSIENT_ERRORS)):
         return ExitCode.UNAVAILABLE
     if isinstance(exc, RotationError):

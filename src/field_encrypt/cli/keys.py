@@ -9,7 +9,7 @@ after that is a deliberate act in the key service itself.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -17,22 +17,14 @@ from field_encrypt.cli import output
 from field_encrypt.cli.common import JsonOpt, NowOpt, ProductOpt, clock_from, guarded, iso, opened
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.errors import ConfigurationError, RotationError
-from field_encrypt.rotation import (
-    CompromiseReport,
-    RetireReport,
-    create_version,
-    disable_version,
-    enable_version,
-    open_ledger,
-    open_lifecycle,
-    respond_to_compromise,
-    retire,
-    version_rows,
-)
+
+if TYPE_CHECKING:
+    from field_encrypt.rotation import CompromiseReport, RetireReport
 
 keys_app = typer.Typer(
     help="MEK versions: list, create, disable, enable, retire, compromised (none is ever deleted).",
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help: rich's formatter costs ~0.15 s of start-up
 )
 
 VersionArg = Annotated[str, typer.Argument(help="The MEK version.")]
@@ -46,6 +38,8 @@ RetentionOpt = Annotated[
 @guarded
 def keys_list(product: ProductOpt, json_: JsonOpt = False) -> None:
     """List MEK versions: state, created, DEKs each wraps, retention deadline, compromise."""
+    from field_encrypt.rotation import open_lifecycle, version_rows
+
     with opened(product) as rt:
         rows = version_rows(rt, open_lifecycle(rt))
     if json_:
@@ -85,6 +79,8 @@ def _notes(row: dict[str, Any]) -> str:
 @guarded
 def keys_create(product: ProductOpt, json_: JsonOpt = False) -> None:
     """Create a new MEK version; it becomes current (new DEKs are wrapped under it)."""
+    from field_encrypt.rotation import create_version
+
     with opened(product) as rt:
         version = create_version(rt)
     if json_:
@@ -102,6 +98,8 @@ def keys_disable(
     json_: JsonOpt = False,
 ) -> None:
     """Disable a MEK version. Refused while any DEK is wrapped under it; never deletes."""
+    from field_encrypt.rotation import disable_version, open_lifecycle
+
     with opened(product) as rt:
         done = disable_version(rt, open_lifecycle(rt), version, retention_days=retention_days)
     if json_:
@@ -124,6 +122,8 @@ def keys_disable(
 @guarded
 def keys_enable(version: VersionArg, product: ProductOpt, json_: JsonOpt = False) -> None:
     """Enable a MEK version again (for a rollback, or to restore old backups)."""
+    from field_encrypt.rotation import enable_version, open_lifecycle
+
     with opened(product) as rt:
         enable_version(rt, open_lifecycle(rt), version)
     if json_:
@@ -149,6 +149,8 @@ def keys_retire(
     now: NowOpt = None,
 ) -> None:
     """Disable an old version only if no DEK uses it, a sample reads without it, and it soaked."""
+    from field_encrypt.rotation import open_ledger, open_lifecycle, retire
+
     clock, overridden = clock_from(now)
     with opened(product) as rt:
         report = retire(
@@ -221,6 +223,8 @@ def keys_compromised(
     json_: JsonOpt = False,
 ) -> None:
     """Respond to a compromised version: record, stop wraps, rewrap, re-encrypt, retire."""
+    from field_encrypt.rotation import open_ledger, open_lifecycle, respond_to_compromise
+
     live = output.live_terminal(json_)
     observer: Any = output.ProgressObserver() if live else output.LogObserver()
     with opened(product) as rt, observer if live else nullcontext():

@@ -10,23 +10,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from typing import IO, Any
-
-import structlog
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
+from typing import IO, TYPE_CHECKING, Any
 
 from field_encrypt import tracing
-from field_encrypt.rotation import Counters, RunRecord
+
+if TYPE_CHECKING:  # rich and structlog are imported where used: start-up stays fast
+    from rich.console import Console
+    from rich.progress import TaskID
+    from rich.table import Table
+
+    from field_encrypt.rotation import Counters, RunRecord
 
 
 def stdout() -> Console:
@@ -39,12 +32,16 @@ def stderr() -> Console:
 
 def _console(file: IO[str]) -> Console:
     """A console on ``file``; wide when it is not a terminal, so log files keep whole lines."""
+    from rich.console import Console
+
     width = None if file.isatty() else 160
     return Console(file=file, highlight=False, soft_wrap=True, width=width)
 
 
 def logger() -> Any:
     """A structlog logger writing one JSON object per line to the current stderr."""
+    import structlog
+
     structlog.configure(
         processors=[
             _trace_id,
@@ -107,6 +104,15 @@ class ProgressObserver:
     """A live progress bar with rate and ETA on stderr (``migrate`` on a terminal)."""
 
     def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -160,6 +166,8 @@ def emit_json(data: Any, out: IO[str] | None = None) -> None:
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left")
     for column in columns:
         t.add_column(column)

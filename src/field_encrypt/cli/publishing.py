@@ -11,13 +11,14 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from field_encrypt import metrics
-from field_encrypt.products import ProductRuntime
-from field_encrypt.usage import dek_counts
+
+if TYPE_CHECKING:
+    from field_encrypt.products import ProductRuntime
 
 PushgatewayOpt = Annotated[
     str | None,
@@ -49,9 +50,13 @@ def publisher(
     textfile: Path | None,
 ) -> metrics.Publisher:
     """The publisher for one command; inactive when neither flag was given."""
+    from field_encrypt.usage import dek_counts
+
     product = runtime.encryptor.product
     key_state = metrics.KeyStateCollector(
-        product=product, provider=runtime.provider, counts=functools.partial(dek_counts, runtime)
+        product=product,
+        provider=runtime.provider,
+        counts=functools.partial(dek_counts, runtime),
     )
     return metrics.Publisher(
         textfile=str(textfile) if textfile is not None else None,

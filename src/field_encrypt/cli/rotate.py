@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,18 +21,11 @@ from field_encrypt.cli.common import JsonOpt, NowOpt, ProductOpt, clock_from, gu
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.cli.publishing import PushgatewayOpt, TextfileOpt
 from field_encrypt.errors import ConfigurationError, FieldEncryptError
-from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation import (
-    Advance,
-    Policy,
-    advance,
-    load_policy,
-    open_ledger,
-    open_lifecycle,
-    set_halted,
-)
-from field_encrypt.rotation.lifecycle import STAGES, LifecycleStore
-from field_encrypt.rotation.schedule import schedule_status, timing
+
+if TYPE_CHECKING:
+    from field_encrypt.products import ProductRuntime
+    from field_encrypt.rotation import Advance, Policy
+    from field_encrypt.rotation.lifecycle import LifecycleStore
 
 BLOCKED_EXIT = {
     "preflight": ExitCode.NOT_VERIFIED,
@@ -81,6 +74,8 @@ def rotate_command(
     now: NowOpt = None,
 ) -> None:
     """Run the runbook as a resumable state machine: preflight, create, rewrap, verify, soak, retire."""
+    from field_encrypt.rotation import advance, load_policy, open_ledger, open_lifecycle, set_halted
+
     if sum((stop, resume, status)) > 1:
         raise ConfigurationError("--stop, --resume and --status exclude each other")
     policy = load_policy(
@@ -156,6 +151,9 @@ def _record_state(
     rt: ProductRuntime, lifecycle: LifecycleStore, policy: Policy, now: float
 ) -> None:
     """Where the rotation stands, for the published metrics (one read of each)."""
+    from field_encrypt.rotation.lifecycle import STAGES
+    from field_encrypt.rotation.schedule import timing
+
     state = lifecycle.state(rt.encryptor.product)
     current = next(v for v in rt.provider.versions() if v.current)
     due = timing(state, policy, current.created_at.timestamp())
@@ -173,6 +171,8 @@ def _record_state(
 
 
 def _status(product: str, policy: Policy, now: float, json_: bool) -> None:
+    from field_encrypt.rotation import open_lifecycle, schedule_status
+
     with opened(product) as rt:
         data = schedule_status(rt, open_lifecycle(rt), policy, now=now)
     if json_:

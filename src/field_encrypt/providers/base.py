@@ -31,7 +31,28 @@ class WrappedDek:
 
 def dek_context(product: str, dek_id: str) -> bytes:
     """The binding of a wrapped DEK: it unwraps only as this product's DEK ``dek_id``."""
-    return b"field-encrypt/dek/v1\x00" + product.encode() + b"\x00" + dek_id.encode()
+    return dek_context_prefix(product) + dek_id.encode()
+
+
+def dek_context_prefix(product: str) -> bytes:
+    """What every :func:`dek_context` of ``product`` starts with (the dekId follows)."""
+    return b"field-encrypt/dek/v1\x00" + product.encode() + b"\x00"
+
+
+_new = object.__new__
+_SET_MEK_VERSION = vars(WrappedDek)["mek_version"].__set__
+_SET_CIPHERTEXT = vars(WrappedDek)["ciphertext"].__set__
+_SET_ALGORITHM = vars(WrappedDek)["algorithm"].__set__
+
+
+def wrapped_dek_of(mek_version: str, ciphertext: bytes, algorithm: str) -> WrappedDek:
+    """``WrappedDek(...)`` positionally, setting its slots directly: about 3x cheaper than
+    the frozen dataclass's ``__init__``, for providers that wrap a batch at a time."""
+    wrapped: WrappedDek = _new(WrappedDek)
+    _SET_MEK_VERSION(wrapped, mek_version)
+    _SET_CIPHERTEXT(wrapped, ciphertext)
+    _SET_ALGORITHM(wrapped, algorithm)
+    return wrapped
 
 
 @runtime_checkable

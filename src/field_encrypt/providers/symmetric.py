@@ -20,7 +20,7 @@ from field_encrypt.errors import (
     KeyVersionDisabledError,
     KeyVersionNotFoundError,
 )
-from field_encrypt.providers.base import WrappedDek
+from field_encrypt.providers.base import WrappedDek, wrapped_dek_of
 
 ALGORITHM = "A256GCM"
 
@@ -70,8 +70,8 @@ class SymmetricKeyring:
         target = self.cipher(to_version)
         ciphers: dict[str, AESGCM] = {}
         out: list[WrappedDek | FieldEncryptError] = []
-        urandom = os.urandom
-        for wrapped, version, context in items:
+        nonces = os.urandom(12 * len(items))  # one system call for the batch's nonces
+        for i, (wrapped, version, context) in enumerate(items):
             try:
                 source = ciphers.get(version)
                 if source is None:
@@ -79,15 +79,11 @@ class SymmetricKeyring:
                 if len(wrapped) != 60:
                     raise DecryptionError()
                 dek = source.decrypt(wrapped[:12], wrapped[12:], context)
-                nonce = urandom(12)
+                nonce = nonces[12 * i : 12 * i + 12]
                 sealed = target.encrypt(nonce, dek, context)
                 if not hmac.compare_digest(target.decrypt(nonce, sealed, context), dek):
                     raise KeyProviderError("the new wrap does not unwrap to the same DEK")
-                out.append(
-                    WrappedDek(
-                        mek_version=to_version, ciphertext=nonce + sealed, algorithm=ALGORITHM
-                    )
-                )
+                out.append(wrapped_dek_of(to_version, nonce + sealed, ALGORITHM))
             except InvalidTag:
                 out.append(DecryptionError())
             except FieldEncryptError as exc:

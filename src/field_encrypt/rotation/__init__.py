@@ -3,53 +3,119 @@ the key lifecycle (retirement gate, compromise mode) and the scheduled rotation.
 
 The operator CLI (``field_encrypt.cli``) is a thin layer over what this package exports;
 applications and tests can call the same functions directly.
+
+Every name is imported from its module on first use (PEP 562), so opening a ledger
+(``field-encrypt status``) does not load the migration engine. Five modules share their
+name with the function they define (``backup``, ``migrate``, ``preflight``, ``retire``,
+``verify``); the package keeps the function under that name, as an eager import did.
 """
 
-from field_encrypt.backends.registry import open_lifecycle_store, open_run_ledger
-from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation.backup import RestoreReport, backup, restore
-from field_encrypt.rotation.compromise import CompromiseReport, respond_to_compromise
-from field_encrypt.rotation.keys import (
-    Disabled,
-    create_version,
-    disable_version,
-    enable_version,
-    version_rows,
-)
-from field_encrypt.rotation.ledger import (
-    MODES,
-    BackupRecord,
-    Counters,
-    Failure,
-    Mode,
-    RunLedger,
-    RunPlan,
-    RunRecord,
-    ShardState,
-)
-from field_encrypt.rotation.lifecycle import (
-    STAGES,
-    LifecycleStore,
-    RotationState,
-    Stage,
-    VersionNote,
-)
-from field_encrypt.rotation.migrate import migrate, prepare_job
-from field_encrypt.rotation.policy import Policy, load_policy
-from field_encrypt.rotation.preflight import Check, preflight
-from field_encrypt.rotation.ratelimit import ThrottledProvider, TokenBucket
-from field_encrypt.rotation.retire import RetireReport, retire, retire_gate
-from field_encrypt.rotation.retry import Retrier, RetryBudgetExhausted, RetryPolicy
-from field_encrypt.rotation.run import DryRun, MigrationOptions, RunObserver, RunReport
-from field_encrypt.rotation.run_status import run_rows
-from field_encrypt.rotation.schedule import (
-    Advance,
-    advance,
-    schedule_status,
-    set_halted,
-    state_dict,
-)
-from field_encrypt.rotation.verify import VerifyReport, dek_counts, verify
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from field_encrypt.products import ProductRuntime
+    from field_encrypt.rotation.backup import RestoreReport, backup, restore
+    from field_encrypt.rotation.compromise import CompromiseReport, respond_to_compromise
+    from field_encrypt.rotation.keys import (
+        Disabled,
+        create_version,
+        disable_version,
+        enable_version,
+        version_rows,
+    )
+    from field_encrypt.rotation.ledger import (
+        MODES,
+        BackupRecord,
+        Counters,
+        Failure,
+        Mode,
+        RunLedger,
+        RunPlan,
+        RunRecord,
+        ShardState,
+    )
+    from field_encrypt.rotation.lifecycle import (
+        STAGES,
+        LifecycleStore,
+        RotationState,
+        Stage,
+        VersionNote,
+    )
+    from field_encrypt.rotation.migrate import migrate, prepare_job
+    from field_encrypt.rotation.policy import Policy, load_policy
+    from field_encrypt.rotation.preflight import Check, preflight
+    from field_encrypt.rotation.ratelimit import ThrottledProvider, TokenBucket
+    from field_encrypt.rotation.retire import RetireReport, retire, retire_gate
+    from field_encrypt.rotation.retry import Retrier, RetryBudgetExhausted, RetryPolicy
+    from field_encrypt.rotation.run import DryRun, MigrationOptions, RunObserver, RunReport
+    from field_encrypt.rotation.run_status import run_rows
+    from field_encrypt.rotation.schedule import (
+        Advance,
+        advance,
+        schedule_status,
+        set_halted,
+        state_dict,
+    )
+    from field_encrypt.rotation.verify import VerifyReport, dek_counts, verify
+
+_LAZY = {
+    "RestoreReport": "field_encrypt.rotation.backup",
+    "backup": "field_encrypt.rotation.backup",
+    "restore": "field_encrypt.rotation.backup",
+    "CompromiseReport": "field_encrypt.rotation.compromise",
+    "respond_to_compromise": "field_encrypt.rotation.compromise",
+    "Disabled": "field_encrypt.rotation.keys",
+    "create_version": "field_encrypt.rotation.keys",
+    "disable_version": "field_encrypt.rotation.keys",
+    "enable_version": "field_encrypt.rotation.keys",
+    "version_rows": "field_encrypt.rotation.keys",
+    "BackupRecord": "field_encrypt.rotation.ledger",
+    "Counters": "field_encrypt.rotation.ledger",
+    "Failure": "field_encrypt.rotation.ledger",
+    "MODES": "field_encrypt.rotation.ledger",
+    "Mode": "field_encrypt.rotation.ledger",
+    "RunLedger": "field_encrypt.rotation.ledger",
+    "RunPlan": "field_encrypt.rotation.ledger",
+    "RunRecord": "field_encrypt.rotation.ledger",
+    "ShardState": "field_encrypt.rotation.ledger",
+    "LifecycleStore": "field_encrypt.rotation.lifecycle",
+    "RotationState": "field_encrypt.rotation.lifecycle",
+    "STAGES": "field_encrypt.rotation.lifecycle",
+    "Stage": "field_encrypt.rotation.lifecycle",
+    "VersionNote": "field_encrypt.rotation.lifecycle",
+    "migrate": "field_encrypt.rotation.migrate",
+    "prepare_job": "field_encrypt.rotation.migrate",
+    "Policy": "field_encrypt.rotation.policy",
+    "load_policy": "field_encrypt.rotation.policy",
+    "Check": "field_encrypt.rotation.preflight",
+    "preflight": "field_encrypt.rotation.preflight",
+    "ThrottledProvider": "field_encrypt.rotation.ratelimit",
+    "TokenBucket": "field_encrypt.rotation.ratelimit",
+    "RetireReport": "field_encrypt.rotation.retire",
+    "retire": "field_encrypt.rotation.retire",
+    "retire_gate": "field_encrypt.rotation.retire",
+    "run_rows": "field_encrypt.rotation.run_status",
+    "Retrier": "field_encrypt.rotation.retry",
+    "RetryBudgetExhausted": "field_encrypt.rotation.retry",
+    "RetryPolicy": "field_encrypt.rotation.retry",
+    "DryRun": "field_encrypt.rotation.run",
+    "MigrationOptions": "field_encrypt.rotation.run",
+    "RunObserver": "field_encrypt.rotation.run",
+    "RunReport": "field_encrypt.rotation.run",
+    "Advance": "field_encrypt.rotation.schedule",
+    "advance": "field_encrypt.rotation.schedule",
+    "schedule_status": "field_encrypt.rotation.schedule",
+    "set_halted": "field_encrypt.rotation.schedule",
+    "state_dict": "field_encrypt.rotation.schedule",
+    "VerifyReport": "field_encrypt.rotation.verify",
+    "dek_counts": "field_encrypt.rotation.verify",
+    "verify": "field_encrypt.rotation.verify",
+}
 
 
 def open_ledger(runtime: ProductRuntime) -> RunLedger:
@@ -58,13 +124,51 @@ def open_ledger(runtime: ProductRuntime) -> RunLedger:
     SQLite, PostgreSQL or Cosmos DB: every worker of a run, on any machine, must reach the
     same database, which is all they share.
     """
+    from field_encrypt.backends.registry import open_run_ledger
+
     return open_run_ledger(runtime.database)
 
 
 def open_lifecycle(runtime: ProductRuntime) -> LifecycleStore:
     """Version notes and the rotation state in the product's own database."""
+    from field_encrypt.backends.registry import open_lifecycle_store
+
     return open_lifecycle_store(runtime.database)
 
+
+def __getattr__(name: str) -> Any:
+    """An exported name, imported from its module on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(types.ModuleType):
+    """This package's module: a submodule named like its function leaves the function bound.
+
+    The import system binds every loaded submodule on its package (``setattr``); for the
+    five whose name is also an exported function, the function is bound instead, so
+    ``from field_encrypt.rotation import migrate`` means the function whichever loaded first.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if (
+            isinstance(value, types.ModuleType)
+            and value.__name__ == f"{__name__}.{name}"
+            and _LAZY.get(name) == value.__name__
+        ):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "MODES",

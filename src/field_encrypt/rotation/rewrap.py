@@ -35,22 +35,31 @@ import hmac
 import math
 import random
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from contextvars import copy_context
+from typing import Final, NamedTuple
 
 from field_encrypt import tracing
-from field_encrypt.backends.base import KEK_PREFIX, DekRecord, WrapUpdate
+from field_encrypt.backends.base import KEK_PREFIX, DekPage, DekRecord, WrapUpdate, wrap_update_of
 from field_encrypt.errors import (
     TRANSIENT_ERRORS,
     ConfigurationError,
     DecryptionError,
+    FieldEncryptError,
     KeyProviderError,
     RewrapCheckError,
     RotationError,
     UnsupportedFormatError,
 )
 from field_encrypt.products import ProductRuntime
-from field_encrypt.providers.base import BatchRewrapper, KeyProvider, WrappedDek, dek_context
+from field_encrypt.providers.base import (
+    BatchRewrapper,
+    KeyProvider,
+    WrappedDek,
+    dek_context,
+    dek_context_prefix,
+)
 from field_encrypt.providers.kek_tier import KEK_CALLS, KekTierProvider
 from field_encrypt.rotation.ledger import Counters, Failure, Mode, RunPlan
 from field_encrypt.rotation.run import DryRun, MigrationOptions, ShardWork
@@ -62,6 +71,15 @@ CALLS_PER_CHECKED_DEK: Final = 3
 
 _ITEM_ERRORS = (DecryptionError, UnsupportedFormatError, KeyProviderError)
 """Errors that fail one DEK and let the run go on (transient ones are retried first)."""
+
+
+class _Writing(NamedTuple):
+    """A batch whose new wraps are being written: what its checkpoint will record."""
+
+    written: Future[tuple[Counters, list[Failure]]]
+    cursor: str | None
+    matched: int
+    failures: list[Failure]
 
 
 def is_kek_version(version: str) -> bool:
@@ -214,35 +232,83 @@ class RewrapJob:
         """What a mode does once its shard is done (the layout modes delete unused KEKs)."""
 
     def _rewrap_deks(self, work: ShardWork) -> None:
+        """Rewrap batch k+1 while batch k's new wraps are written and batch k+2 is read.
+
+        A writer thread takes each batch's compare-and-swap write (and the cache
+        invalidation, and the redo of rows a concurrent writer changed), one batch at a
+        time; a reader thread scans the next page as soon as the previous one is in.
+        This thread checkpoints batch k once its write is back, after rewrapping batch
+        k+1: the ledger's cursor still moves only past committed batches, in order, and
+        memory holds three batches at most. (SQLite and the network drivers release the
+        GIL while the database works, so reads and writes overlap the crypto.) Each task
+        runs in a copy of this thread's context, so its spans join the run's trace.
+        """
         pool = ThreadPoolExecutor(self.concurrency) if self.concurrency > 1 else None
+        writer = ThreadPoolExecutor(1, thread_name_prefix="rewrap-write")
+        reader = ThreadPoolExecutor(1, thread_name_prefix="rewrap-scan")
+        pending: _Writing | None = None
+
+        def scan(after: str | None) -> DekPage:
+            with tracing.span("field_encrypt.store.scan", store="dek_store") as traced:
+                page = work.retry.call(
+                    self.store.scan,
+                    cursor=after,
+                    limit=work.batch_size,
+                    exclude_version=self.target,
+                    only_version=self.only,
+                    shard=work.sharding,
+                )
+                tracing.annotate(traced, items=len(page.records))
+                return page
+
         try:
             cursor = work.cursor
+            next_page = reader.submit(copy_context().run, scan, cursor)
             while True:
-                with tracing.span("field_encrypt.store.scan", store="dek_store") as traced:
-                    page = work.retry.call(
-                        self.store.scan,
-                        cursor=cursor,
-                        limit=work.batch_size,
-                        exclude_version=self.target,
-                        only_version=self.only,
-                        shard=work.sharding,
-                    )
-                    tracing.annotate(traced, items=len(page.records))
+                page = next_page.result()
+                if page.cursor is not None:  # read ahead: the rows after this page
+                    next_page = reader.submit(copy_context().run, scan, page.cursor)
                 records = [r for r in page.records if self.sources(r.mek_version)]
                 updates, failures = self._rewrap(work, records, pool)
-                delta, more_failures = self._swap_in(work, updates, pool)
-                failures += more_failures
-                work.checkpoint(
-                    cursor=page.cursor or cursor,
-                    delta=delta + Counters(matched=len(records), failed=len(failures)),
-                    failures=failures,
+                if pending is not None:
+                    batch, pending = pending, None  # checkpointed once, whatever happens
+                    self._checkpoint_written(work, batch)
+                pending = _Writing(
+                    writer.submit(copy_context().run, self._swap_in, work, updates, pool),
+                    page.cursor or cursor,
+                    len(records),
+                    failures,
                 )
                 if page.cursor is None:
                     break
                 cursor = page.cursor
+            batch, pending = pending, None
+            self._checkpoint_written(work, batch)
+        except BaseException:
+            # Batch k+1 failed (a check, a provider, the process told to stop) while batch
+            # k was being written: record batch k if its write went through, so the cursor
+            # is where it would have been without the overlap, then stop as before.
+            if pending is not None and pending.written.exception() is None:
+                with suppress(FieldEncryptError):  # the original error says what stopped it
+                    self._checkpoint_written(work, pending)
+            raise
         finally:
+            reader.shutdown(wait=True, cancel_futures=True)
+            writer.shutdown(wait=True)  # never leave a write behind, even on an error
             if pool is not None:
                 pool.shutdown()
+
+    @staticmethod
+    def _checkpoint_written(work: ShardWork, batch: _Writing) -> None:
+        """Wait for a batch's write, then record its cursor, counters and failures."""
+        written, cursor, matched, failures = batch
+        delta, more_failures = written.result()
+        failures = failures + more_failures
+        work.checkpoint(
+            cursor=cursor,
+            delta=delta + Counters(matched=matched, failed=len(failures)),
+            failures=failures,
+        )
 
     def _rewrap_keks(self, work: ShardWork) -> None:
         """With the tier, MEK rotation moves the KEKs: their DEKs follow at no cost."""
@@ -317,20 +383,14 @@ class RewrapJob:
         """An in-process provider's ``rewrap_many``: keys looked up once per batch."""
         assert self._batch is not None
         product, target, shard = self.product, self.target, work.shard[0]
-        items = [(r.wrapped, r.mek_version, dek_context(product, r.dek_id)) for r in records]
+        context = dek_context_prefix(product)  # + the dekId: dek_context(product, dek_id)
+        items = [(r.wrapped, r.mek_version, context + r.dek_id.encode()) for r in records]
         results = work.retry.call(self._batch, items, to_version=target)
         updates: list[WrapUpdate] = []
         failures: list[Failure] = []
         for record, result in zip(records, results, strict=True):
             if isinstance(result, WrappedDek) and result.mek_version == target:
-                updates.append(
-                    WrapUpdate(
-                        record=record,
-                        mek_version=target,
-                        wrapped=result.ciphertext,
-                        algorithm=result.algorithm,
-                    )
-                )
+                updates.append(wrap_update_of(record, target, result.ciphertext, result.algorithm))
             elif isinstance(result, Exception):
                 failures.append(Failure(item=record.dek_id, reason=_reason(result), shard=shard))
             else:

@@ -33,7 +33,7 @@ from sqlalchemy import (
     select,
 )
 
-from field_encrypt.backends.base import DekPage, DekRecord, WrapUpdate
+from field_encrypt.backends.base import DekPage, DekRecord, WrapUpdate, dek_record_of_row
 from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
 from field_encrypt.backends.sharding import bucket_of, check_shard
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
@@ -294,15 +294,6 @@ def _record(row: Any) -> DekRecord:
 
 def _record_from_tuple(row: tuple[Any, ...]) -> DekRecord:
     seq, dek_id, product, mek_name, mek_version, wrapped, algorithm, created, updated, rev = row
-    return DekRecord(
-        dek_id=dek_id,
-        product=product,
-        mek_name=mek_name,
-        mek_version=mek_version,
-        wrapped=wrapped,
-        algorithm=algorithm,
-        created_at=created,
-        updated_at=updated,
-        revision=str(rev),
-        row=seq,
+    return dek_record_of_row(
+        dek_id, product, mek_name, mek_version, wrapped, algorithm, created, updated, str(rev), seq
     )

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from field_encrypt.backends.base import DekPage, DekRecord, WrapUpdate
+from field_encrypt.backends.base import DekPage, DekRecord, WrapUpdate, dek_record_of_row
 from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
 
@@ -221,15 +221,15 @@ _from_timestamp = dt.datetime.fromtimestamp
 
 def _record(row: Any) -> DekRecord:
     seq, dek_id, product, mek_name, mek_version, wrapped, algorithm, created, updated, rev = row
-    return DekRecord(
-        dek_id=dek_id,
-        product=product,
-        mek_name=mek_name,
-        mek_version=mek_version,
-        wrapped=wrapped,  # sqlite3 returns BLOBs as bytes
-        algorithm=algorithm,
-        created_at=_from_timestamp(created, _UTC),
-        updated_at=_from_timestamp(updated, _UTC),
-        revision=str(rev),
-        row=seq,
+    return dek_record_of_row(
+        dek_id,
+        product,
+        mek_name,
+        mek_version,
+        wrapped,  # sqlite3 returns BLOBs as bytes
+        algorithm,
+        _from_timestamp(created, _UTC),
+        _from_timestamp(updated, _UTC),
+        str(rev),
+        seq,
     )

@@ -1,0 +1,59 @@
+"""What ``field-encrypt`` imports to start: only what the command needs (start-up time).
+
+Timing is a benchmark's job (bench/cli_startup.py); these tests pin the imports that made
+start-up slow, so a module-level import added somewhere cannot bring them back unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.cli.helpers import ROOT
+
+NEVER_AT_START = ("sqlalchemy", "psycopg", "azure", "boto3", "botocore", "pkcs11", "fastapi")
+
+
+def _modules_after(args: list[str], env: dict[str, str]) -> set[str]:
+    """The top-level packages loaded by ``field-encrypt ARGS`` run in a fresh interpreter."""
+    code = (
+        "import json, sys\n"
+        f"sys.argv = ['field-encrypt', *{args!r}]\n"
+        "from field_encrypt.cli.main import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} | "
+        "{m for m in sys.modules if m.startswith(('field_encrypt.rotation.', 'field_encrypt.backends.'))})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_help_imports_no_sdk_database_driver_or_settings() -> None:
+    """``field-encrypt --help`` loads no SDK, no SQL toolkit, no pydantic, rich or structlog."""
+    loaded = _modules_after(["--help"], {})
+    assert "typer" in loaded  # the probe saw the CLI run
+    heavy = {*NEVER_AT_START, "pydantic", "pydantic_settings", "rich", "structlog", "cryptography"}
+    assert loaded & heavy == set()
+
+
+def test_status_on_sqlite_loads_neither_the_engine_nor_the_web_stack(env: dict[str, str]) -> None:
+    """``status`` on SQLite with the local keyring loads no SDK, FastAPI, JWT or structlog,
+    and of the rotation engine only the ledger."""
+    loaded = _modules_after(["status", "--product", "notelett", "--json"], env)
+    assert "field_encrypt.backends.sqlite.ledger" in loaded  # the probe saw status run
+    assert loaded & {*NEVER_AT_START, "jwt", "starlette", "structlog"} == set()
+    engine = {"migrate", "run", "rewrap", "reencrypt", "docwalk", "compromise", "schedule"}
+    assert {f"field_encrypt.rotation.{m}" for m in engine} & loaded == set()
