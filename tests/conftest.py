@@ -8,6 +8,10 @@ skip turns the session red at the end, with the reasons listed.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +19,29 @@ pytest_plugins = ["tests.backends"]
 
 IN_CI = bool(os.environ.get("CI"))
 _skipped: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_in_the_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's own temporary files (tempfile, and TMPDIR for the processes it starts) go
+    to one directory, which must be empty at the end: a run leaves nothing in the system's
+    temporary directory. (pytest's tmp_path directories stay where pytest keeps them.)"""
+    tmp_path_factory.getbasetemp()  # fixed before the redirection
+    root = Path(tempfile.mkdtemp(prefix="field-encrypt-suite-"))
+    root.chmod(0o755)  # servers that run as another user (PostgreSQL) make their dirs in it
+    saved = (tempfile.tempdir, os.environ.get("TMPDIR"))
+    tempfile.tempdir, os.environ["TMPDIR"] = str(root), str(root)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        left = sorted(p.name for p in root.iterdir())
+        shutil.rmtree(root, ignore_errors=True)
+    assert not left, f"the test run left these in the temporary directory: {left}"
 
 
 def require(condition: bool, reason: str) -> None:

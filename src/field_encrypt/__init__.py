@@ -8,6 +8,7 @@ are imported on first use (PEP 562), so a program that needs only the error tree
 ``field-encrypt --help``, does not pay for them.
 """
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from field_encrypt.backends.base import DekPage, DekRecord, DekStore, WrapUpdate
@@ -66,6 +67,11 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
 
+try:
+    __version__ = version("field-encrypt")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "AlreadyExistsError",
     "CacheStats",
@@ -95,6 +101,7 @@ __all__ = [
     "UnsupportedFormatError",
     "WrapUpdate",
     "WrappedDek",
+    "__version__",
     "build_provider",
     "build_store",
     "init_encryption",

@@ -43,7 +43,10 @@ def build_provider(settings: Settings) -> KeyProvider:
                 else 1.0
             )
             return LocalKeyProvider(
-                settings.keyring, mek_name=settings.mek_name, refresh_seconds=refresh
+                settings.keyring,
+                mek_name=settings.mek_name,
+                refresh_seconds=refresh,
+                create=settings.create_missing,
             )
         case other:
             return _remote_provider(other, settings)

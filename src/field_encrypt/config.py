@@ -43,6 +43,11 @@ class Settings(BaseSettings):
 
     keyring: Path = Path("var/keyring.json")
 
+    create_missing: bool = True
+    """Whether opening may create a missing SQLite file (and its directory) or local keyring.
+    The operator CLI opens with ``False`` (only ``field-encrypt init`` creates), so a typo in
+    a path is an error naming it, never a fresh empty database or a new keyring."""
+
     azure_keyvault_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("AZURE_KEYVAULT_URL", "FIELD_ENCRYPT_AZURE_KEYVAULT_URL"),

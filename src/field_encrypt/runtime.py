@@ -37,7 +37,7 @@ def open_sqlite_runtime(
     """Provider from settings; dek_store, kek_store, JSON documents and audit trail in the
     settings' SQLite file. With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the provider is the KEK
     tier over the MEK."""
-    database = SqliteDatabase(sqlite_path(settings))
+    database = SqliteDatabase(sqlite_path(settings), create=settings.create_missing)
     mek = observed(build_provider(settings))  # every provider call measured
     tier = build_key_layout(
         mek, settings, SqliteKekStore(database, product=product), product=product

@@ -1,6 +1,6 @@
 """``python -m notelett``: the same CLI as the ``notelett`` script."""
 
-from notelett.cli import main
+from notelett.script import main
 
 if __name__ == "__main__":
     main()

@@ -160,7 +160,11 @@ def mint_dev_token(
 ) -> str:
     """An HS256 development token for ``user_id``, valid for ``ttl_seconds``."""
     if settings.jwt_algorithm != "HS256":
-        raise ConfigurationError("development tokens need NOTELETT_JWT_ALGORITHM=HS256")
+        raise ConfigurationError(
+            f"notelett token mints HS256 development tokens, but this service is configured "
+            f"for NOTELETT_JWT_ALGORITHM={settings.jwt_algorithm}: get a token from its "
+            "identity provider, or unset NOTELETT_JWT_ALGORITHM for local development"
+        )
     issued = now or dt.datetime.now(dt.UTC)
     claims: dict[str, Any] = {
         "sub": user_id,

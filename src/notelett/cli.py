@@ -12,28 +12,36 @@ from typing import Annotated
 import typer
 
 import field_encrypt
+from field_encrypt.cli.common import VersionOpt
 from notelett.auth import mint_dev_token
 from notelett.backend import open_backend
 from notelett.directory_cli import members_app, workspaces_app
 from notelett.log_format import LogFormat, configure_logging
 from notelett.seed import seed as seed_notes
 from notelett.service import NotesService
-from notelett.settings import NoteLettSettings, load_notelett_settings
+from notelett.settings import load_notelett_settings
 
 app = typer.Typer(
     name="notelett",
     help="NoteLett: a notes API with field-level envelope encryption.",
     no_args_is_help=True,
-    add_completion=False,
+    pretty_exceptions_enable=False,
 )
 app.add_typer(workspaces_app, name="workspaces")
 app.add_typer(members_app, name="members")
 
 
+@app.callback()
+def _root(version: VersionOpt = False) -> None:
+    """NoteLett: a notes API with field-level envelope encryption."""
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [NOTELETT_HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [NOTELETT_PORT, 4016].")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port [NOTELETT_PORT, 4016].", min=1, max=65535)
+    ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     log_format: Annotated[
@@ -47,11 +55,8 @@ def serve(
     from notelett.http_server import uvicorn_options
 
     configure_logging(log_level, log_format)
-    settings = _settings()
-    try:
-        application = create_app(settings)
-    except field_encrypt.ConfigurationError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    settings = load_notelett_settings()
+    application = create_app(settings)
     uvicorn.run(
         application,
         host=host or settings.host,
@@ -73,7 +78,11 @@ def token(
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds.", min=1)] = 3600,
 ) -> None:
     """Print an HS256 development token."""
-    typer.echo(mint_dev_token(_settings(), user_id=user, workspaces=workspace, ttl_seconds=ttl))
+    typer.echo(
+        mint_dev_token(
+            load_notelett_settings(), user_id=user, workspaces=workspace, ttl_seconds=ttl
+        )
+    )
 
 
 @app.command()
@@ -86,7 +95,7 @@ def seed(
     host: Annotated[str, typer.Option(help="Host for the printed curl line.")] = "127.0.0.1",
 ) -> None:
     """Fill a demo database; print a development token and a curl line that reads a note."""
-    settings = _settings()
+    settings = load_notelett_settings()
     backend = open_backend(field_encrypt.load_settings(), settings)
     try:
         result = seed_notes(backend, notes=notes, workspaces=workspaces, if_empty=if_empty)
@@ -110,7 +119,7 @@ def seed(
 @app.command()
 def purge() -> None:
     """Finish note deletes that a crash interrupted (the server also does this at start-up)."""
-    backend = open_backend(field_encrypt.load_settings(), _settings())
+    backend = open_backend(field_encrypt.load_settings(), load_notelett_settings())
     try:
         service = NotesService(
             encryptor=backend.encryptor,
@@ -121,15 +130,3 @@ def purge() -> None:
         typer.echo(f"completed {service.finish_deletes()} interrupted deletes")
     finally:
         backend.close()
-
-
-def _settings() -> NoteLettSettings:
-    try:
-        return load_notelett_settings()
-    except field_encrypt.ConfigurationError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
-
-def main() -> None:
-    """Entry point of the ``notelett`` script."""
-    app()

@@ -45,7 +45,9 @@ GENERATE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 def check_secret_strength(secret: bytes, *, setting: str, dev_mode: bool) -> None:
     """Refuse a short secret always, and a guessable one unless ``dev_mode``."""
     if len(secret) < MIN_SECRET_BYTES:
-        raise ConfigurationError(f"{setting} must be at least {MIN_SECRET_BYTES} bytes long")
+        raise ConfigurationError(
+            f"{setting} must be at least {MIN_SECRET_BYTES} bytes long: e.g. the output of {GENERATE}"
+        )
     if dev_mode or not is_weak(secret):
         return
     raise ConfigurationError(
@@ -80,11 +82,14 @@ def _unit(data: bytes) -> bytes:
 def check_private_file(path: Path, *, what: str) -> None:
     """Refuse ``path`` when other users may read it or its group may write it."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        status = path.stat()
     except FileNotFoundError:
         return  # created later, by its owner, with mode 0600
     except OSError as exc:
         raise ConfigurationError(f"{what} {path}: cannot stat ({exc.strerror})") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise ConfigurationError(f"{what} {path} is a directory: name a file")
+    mode = stat.S_IMODE(status.st_mode)
     if mode & 0o027:
         raise ConfigurationError(
             f"{what} {path} is accessible to other users (mode {mode:04o}): "

@@ -114,16 +114,22 @@ def hs256_secret(settings: NoteLettSettings) -> bytes:
     else:
         path = settings.jwt_secret_file
         setting = f"the HS256 secret in {path}"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process created it first
-            else:
-                with os.fdopen(fd, "w") as out:
-                    out.write(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
-        check_private_file(path, what="NOTELETT_JWT_SECRET_FILE")
-        secret = path.read_text().strip().encode()
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    pass  # another process created it first
+                else:
+                    with os.fdopen(fd, "w") as out:
+                        out.write(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+            check_private_file(path, what="NOTELETT_JWT_SECRET_FILE")
+            secret = path.read_text().strip().encode()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read or create the HS256 secret file {path} "
+                f"(NOTELETT_JWT_SECRET_FILE): {exc.strerror or type(exc).__name__}"
+            ) from None
     check_secret_strength(secret, setting=setting, dev_mode=settings.dev_mode)
     return secret

@@ -67,7 +67,9 @@ def test_dry_run_writes_nothing(env: dict[str, str], runtime: ProductRuntime) ->
         "--json",
     )
     assert result.exit_code == 0
-    plan = json.loads(result.stdout)["dry_run"]
+    data = json.loads(result.stdout)
+    assert (data["matched"], data["skipped"], data["changed"]) == (12, 0, 0)  # not "matched": 0
+    plan = data["dry_run"]
     assert plan == {
         "by_version": {"1": 12},
         "matched": 12,
@@ -102,8 +104,10 @@ def test_report_file_and_json_log_lines(
     assert report["status"] == "completed"
     assert (report["matched"], report["rewrapped"], report["failed"]) == (30, 30, 0)
     assert report["duration_seconds"] >= 0 and "rate_per_second" in report
-    events = [json.loads(line)["event"] for line in result.stderr.splitlines()]
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    events = [line["event"] for line in lines]
     assert events[0] == "run_started" and events.count("batch") == 3
+    assert report["worker"] == lines[0]["shard"] == "1/1"  # one numbering, 1-based
     assert events[-1] == "run_finished"
     assert "rewrapped" in result.stdout and "completed" in result.stdout
 

@@ -124,6 +124,10 @@ def test_exit_codes_for_waiting_halted_and_status(env: dict[str, str], tmp_path:
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=25)).isoformat()
     done = cli("rotate", "--product", PRODUCT, "--resume", "--now", later)
     assert done.exit_code == 0 and "rotation 1→2 complete" in done.stdout
+    text = cli("rotate", "--product", PRODUCT, "--status", "--now", later)
+    assert text.exit_code == 0
+    assert "from version 1, to version 2, completed at" in text.stdout  # the last rotation
+    assert "{" not in text.stdout and "None" not in text.stdout  # no Python reprs
     blocked = cli("rotate", "--product", PRODUCT, "--max-age-days", "0", "--now", later)
     assert blocked.exit_code == ExitCode.NOT_VERIFIED  # the backup is now 25 h old
     assert "blocked at preflight: recent dek_store backup" in blocked.stderr

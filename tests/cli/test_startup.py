@@ -21,7 +21,7 @@ def _modules_after(args: list[str], env: dict[str, str]) -> set[str]:
     code = (
         "import json, sys\n"
         f"sys.argv = ['field-encrypt', *{args!r}]\n"
-        "from field_encrypt.cli.main import main\n"
+        "from field_encrypt.cli.entry import field_encrypt as main\n"
         "try:\n"
         "    main()\n"
         "except SystemExit as exc:\n"
@@ -52,6 +52,7 @@ def test_help_imports_no_sdk_database_driver_or_settings() -> None:
 def test_status_on_sqlite_loads_neither_the_engine_nor_the_web_stack(env: dict[str, str]) -> None:
     """``status`` on SQLite with the local keyring loads no SDK, FastAPI, JWT or structlog,
     and of the rotation engine only the ledger."""
+    _modules_after(["init", "--product", "notelett"], env)  # status creates nothing
     loaded = _modules_after(["status", "--product", "notelett", "--json"], env)
     assert "field_encrypt.backends.sqlite.ledger" in loaded  # the probe saw status run
     assert loaded & {*NEVER_AT_START, "jwt", "starlette", "structlog"} == set()

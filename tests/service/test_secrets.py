@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -64,6 +65,13 @@ def test_random_secrets_pass_the_check() -> None:
         assert not is_weak(secrets.token_hex(16).encode())
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def test_a_weak_secret_stops_notelett_serve_with_a_message(tmp_path: Path) -> None:
     """`notelett serve` with 32 spaces as its secret exits non-zero, naming the setting."""
     env = {
@@ -73,7 +81,7 @@ def test_a_weak_secret_stops_notelett_serve_with_a_message(tmp_path: Path) -> No
         "NOTELETT_DATABASE": str(tmp_path / "n.db"),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "notelett", "serve", "--port", "0"],
+        [sys.executable, "-m", "notelett", "serve", "--port", str(_free_port())],
         env=env,
         cwd=tmp_path,
         capture_output=True,

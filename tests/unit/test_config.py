@@ -28,9 +28,16 @@ def test_public_api_is_pinned() -> None:
         "FieldEncryptor", "KeyProvider", "KeyProviderError", "KeyProviderUnavailableError",
         "KeyVersion", "KeyVersionDisabledError", "KeyVersionNotFoundError", "LeaseHeldError",
         "NotFoundError", "RewrapCheckError", "RotationError", "Settings", "StoreError", "StoreUnavailableError",
-        "UnsupportedFormatError", "WrapUpdate", "WrappedDek", "build_provider", "build_store",
-        "init_encryption", "load_settings",
+        "UnsupportedFormatError", "WrapUpdate", "WrappedDek", "__version__", "build_provider",
+        "build_store", "init_encryption", "load_settings",
     ]  # fmt: skip
+
+
+def test_version_is_the_installed_distributions() -> None:
+    """``field_encrypt.__version__`` is what the package metadata says (``--version`` prints it)."""
+    from importlib.metadata import version
+
+    assert field_encrypt.__version__ == version("field-encrypt")
 
 
 def test_env_provider_from_the_environment(tmp_path: Path) -> None:

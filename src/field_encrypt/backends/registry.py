@@ -70,7 +70,7 @@ def open_database(settings: Settings) -> Any:
         case "sqlite":
             from field_encrypt.backends.sqlite.db import SqliteDatabase
 
-            return SqliteDatabase(sqlite_path(settings))
+            return SqliteDatabase(sqlite_path(settings), create=settings.create_missing)
         case "postgres":
             from field_encrypt.backends.postgres.db import PostgresDatabase
 

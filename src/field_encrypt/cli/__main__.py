@@ -1,5 +1,5 @@
 """``python -m field_encrypt.cli`` runs ``field-encrypt``."""
 
-from field_encrypt.cli.main import main
+from field_encrypt.cli.entry import field_encrypt
 
-main()
+field_encrypt()

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 
 from field_encrypt.cli import output
-from field_encrypt.cli.exit_codes import exit_code_for
-from field_encrypt.errors import FieldEncryptError
+from field_encrypt.cli.boundary import explain, version_callback
+from field_encrypt.errors import ConfigurationError, FieldEncryptError
 
 if TYPE_CHECKING:
     from field_encrypt.products import ProductRuntime
@@ -32,6 +34,15 @@ ProductOpt = Annotated[
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="JSON on stdout (and JSON log lines on stderr).")
 ]
+VersionOpt = Annotated[
+    bool,
+    typer.Option(
+        "--version",
+        help="Print the installed version and exit.",
+        is_eager=True,
+        callback=version_callback,
+    ),
+]
 NowOpt = Annotated[
     str | None,
     typer.Option(
@@ -42,6 +53,24 @@ NowOpt = Annotated[
 ]
 
 
+def writable_output(path: Path | None) -> Path | None:
+    """A flag's output file: checked before any work starts, so a run never fails at its end."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a directory: name a file in it")
+    if path.is_symlink() and not path.exists():
+        raise typer.BadParameter(f"{path} is a symlink to nothing: name a regular file")
+    parent = path.parent
+    if not parent.is_dir():
+        raise typer.BadParameter(
+            f"the directory {parent} does not exist (or is not a directory): create it first"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise typer.BadParameter(f"{path} is not writable by this user: choose another place")
+    return path
+
+
 def guarded(command: Callable[P, R]) -> Callable[P, R]:
     """Turn a library error into its exit code and a one-line reason on stderr."""
 
@@ -50,20 +79,29 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except FieldEncryptError as exc:
-            output.fail_line(str(exc))
-            raise typer.Exit(exit_code_for(exc)) from None
+            message, code = explain(exc)
+            output.fail_line(message)
+            raise typer.Exit(code) from None
 
     return run
 
 
 @contextmanager
-def opened(product_name: str) -> Iterator[ProductRuntime]:
-    """The product's runtime from the environment's settings, closed afterwards."""
+def opened(product_name: str, *, create: bool = False) -> Iterator[ProductRuntime]:
+    """The product's runtime from the environment's settings, closed afterwards.
+
+    Nothing is created (no SQLite file, directory or keyring) unless ``create``: only
+    ``field-encrypt init`` creates; every other command names what is missing.
+    """
     from field_encrypt.config import load_settings  # pydantic-settings: only when opening
     from field_encrypt.products import load_product
 
     product = load_product(product_name)
-    runtime = product.open(load_settings())
+    try:
+        runtime = product.open(load_settings(create_missing=create))
+    except ConfigurationError as exc:  # make the library's hint a command to paste
+        hint = str(exc).replace("--product PRODUCT", f"--product {product_name}")
+        raise ConfigurationError(hint) from None
     try:
         yield runtime
     finally:

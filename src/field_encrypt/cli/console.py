@@ -134,6 +134,7 @@ def console_command(
             raise ConfigurationError(
                 f"cannot bind {host}:{port}: {exc.strerror} (choose another --port)"
             ) from None
+        sock.listen(128)  # before the URL is printed: a client reading it may connect at once
         bound = sock.getsockname()[1]
         shown = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
         app = create_app(panels, token=token)

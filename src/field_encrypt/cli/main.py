@@ -14,10 +14,18 @@ import typer
 from field_encrypt import metrics
 from field_encrypt.cli import output, publishing
 from field_encrypt.cli.audit import audit_app
-from field_encrypt.cli.common import JsonOpt, ProductOpt, guarded, opened
+from field_encrypt.cli.common import (
+    JsonOpt,
+    ProductOpt,
+    VersionOpt,
+    guarded,
+    opened,
+    writable_output,
+)
 from field_encrypt.cli.common import iso as _iso
 from field_encrypt.cli.console import command as console_command
 from field_encrypt.cli.exit_codes import ExitCode
+from field_encrypt.cli.init import init_command
 from field_encrypt.cli.keys import keys_app
 from field_encrypt.cli.publishing import PushgatewayOpt, TextfileOpt
 from field_encrypt.cli.rotate import rotate_command
@@ -35,13 +43,20 @@ app = typer.Typer(
     name="field-encrypt",
     help="Rotate master keys (MEKs) and migrate field-encrypted documents, safely.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rich's formatter costs ~0.15 s of start-up
 )
+
+
+@app.callback()
+def _root(version: VersionOpt = False) -> None:
+    """Rotate master keys (MEKs) and migrate field-encrypted documents, safely."""
+
+
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.command("rotate")(rotate_command)
+app.command("init")(init_command)
 app.command("console")(console_command)
 
 
@@ -229,6 +244,12 @@ def _worker(value: str | None) -> tuple[int, int]:
     return (i - 1, n)
 
 
+def _checked_worker(value: str | None) -> str | None:
+    """``--worker`` checked while the flags are parsed, so its error names the flag."""
+    _worker(value)
+    return value
+
+
 def migrate_command(
     product: ProductOpt,
     mode: Annotated[ModeChoice, typer.Option("--mode", help="What to do.")],
@@ -255,7 +276,11 @@ def migrate_command(
     ] = None,
     worker: Annotated[
         str | None,
-        typer.Option("--worker", help="Run as worker I of N (1-based), owning one shard."),
+        typer.Option(
+            "--worker",
+            help="Run as worker I of N (1-based), owning one shard.",
+            callback=_checked_worker,
+        ),
     ] = None,
     retry_budget: Annotated[
         float,
@@ -265,7 +290,12 @@ def migrate_command(
         float, typer.Option("--lease-ttl", min=1, help="Seconds a dead worker's lease lasts.")
     ] = 60.0,
     report_file: Annotated[
-        Path | None, typer.Option("--report", help="Also write the final report as JSON here.")
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Also write the final report as JSON here.",
+            callback=writable_output,
+        ),
     ] = None,
     verify_sample: Annotated[
         float,
@@ -283,6 +313,7 @@ def migrate_command(
     metrics_pushgateway: PushgatewayOpt = None,
     metrics_textfile: TextfileOpt = None,
     json_: JsonOpt = False,
+    version: VersionOpt = False,
 ) -> None:
     """Rewrap DEKs, re-encrypt, backfill or decrypt documents, or move DEKs between key
     layouts and KEKs: resumable and idempotent."""
@@ -427,7 +458,12 @@ app.command("migrate")(guarded(migrate_command))
 @guarded
 def backup_command(
     product: ProductOpt,
-    out: Annotated[Path, typer.Option("--out", help="Where to write the JSON-lines backup.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Where to write the JSON-lines backup.", callback=writable_output
+        ),
+    ],
     json_: JsonOpt = False,
 ) -> None:
     """Export the dek_store as JSON lines with a SHA-256 checksum (and record the time)."""
@@ -445,7 +481,12 @@ def backup_command(
 @guarded
 def restore_command(
     product: ProductOpt,
-    in_file: Annotated[Path, typer.Option("--in", help="A file written by backup.")],
+    in_file: Annotated[
+        Path,
+        typer.Option(
+            "--in", help="A file written by backup.", exists=True, dir_okay=False, readable=True
+        ),
+    ],
     json_: JsonOpt = False,
 ) -> None:
     """Add the backed-up DEKs the store is missing; never changes an existing row."""
@@ -467,18 +508,7 @@ def restore_command(
 encrypt_migrate_app = typer.Typer(
     name="encrypt-migrate",
     help="The runbook's cross-product migration command (same as field-encrypt migrate).",
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rich's formatter costs ~0.15 s of start-up
 )
 encrypt_migrate_app.command()(guarded(migrate_command))
-
-
-def main() -> None:
-    """``field-encrypt``."""
-    app()
-
-
-def encrypt_migrate() -> None:
-    """``encrypt-migrate``."""
-    encrypt_migrate_app()

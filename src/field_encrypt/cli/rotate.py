@@ -41,7 +41,13 @@ def rotate_command(
     product: ProductOpt,
     policy_file: Annotated[
         Path | None,
-        typer.Option("--policy", help="A TOML or JSON policy file (flags override it)."),
+        typer.Option(
+            "--policy",
+            help="A TOML or JSON policy file (flags override it).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
     ] = None,
     max_age_days: Annotated[
         float | None,
@@ -182,7 +188,21 @@ def _status(product: str, policy: Policy, now: float, json_: bool) -> None:
         output.table(
             f"Scheduled rotation of {product}",
             ["what", "value"],
-            [(k, "-" if v is None else v) for k, v in data.items() if k != "policy"]
-            + [(f"policy.{k}", v) for k, v in policy.as_dict().items()],
+            [(k.replace("_", " "), _readable(v)) for k, v in data.items() if k != "policy"]
+            + [
+                (f"policy: {k.replace('_', ' ')}", _readable(v))
+                for k, v in policy.as_dict().items()
+            ],
         )
     )
+
+
+def _readable(value: object) -> str:
+    """A table cell for a person: ``-`` for none, yes/no, and a record as ``key value, ...``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k.replace('_', ' ')} {_readable(v)}" for k, v in value.items())
+    return str(value)

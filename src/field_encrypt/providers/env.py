@@ -21,6 +21,9 @@ from field_encrypt.providers.symmetric import SymmetricKeyring
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
+_KEYGEN = "python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())'"
+"""A command that prints a fresh key, for the messages that ask for one."""
+
 
 class EnvKeyProvider:
     """Read-only MEK versions taken from the environment at construction."""
@@ -118,7 +121,12 @@ def _decode_key(name: str, value: str) -> bytes:
     try:
         key = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigurationError(f"{name} is not valid base64") from None
+        raise ConfigurationError(
+            f"{name} is not valid base64: it must be base64 of 32 random bytes, "
+            f"e.g. the output of {_KEYGEN}"
+        ) from None
     if len(key) != 32:
-        raise ConfigurationError(f"{name} must decode to 32 bytes, not {len(key)}")
+        raise ConfigurationError(
+            f"{name} must decode to 32 bytes, not {len(key)}: e.g. the output of {_KEYGEN}"
+        )
     return key

@@ -59,9 +59,21 @@ class LocalKeyProvider:
         self._checked_at = float("-inf")
         self._versions: list[_Version] = []
         self._keyring = SymmetricKeyring(mek_name, {}, {})
+        if self.path.is_dir():
+            raise ConfigurationError(
+                f"the keyring {self.path} is a directory (FIELD_ENCRYPT_KEYRING names a file)"
+            )
+        if self.path.is_symlink() and not self.path.exists():
+            raise ConfigurationError(
+                f"the keyring {self.path} is a symlink to nothing: fix the link or "
+                "FIELD_ENCRYPT_KEYRING"
+            )
         if not self.path.exists():
             if not create:
-                raise ConfigurationError(f"keyring file {self.path} does not exist")
+                raise ConfigurationError(
+                    f"the keyring {self.path} does not exist, and nothing was created: check "
+                    "FIELD_ENCRYPT_KEYRING, or create it with `field-encrypt init --product PRODUCT`"
+                )
             with self._locked():
                 if not self.path.exists():
                     self._write([_new_version("1")])
@@ -150,9 +162,16 @@ class LocalKeyProvider:
         return (st.st_mtime_ns, st.st_size)
 
     def _load(self) -> None:
-        stamp = self._file_stamp()
         try:
-            data = json.loads(self.path.read_text())
+            stamp = self._file_stamp()
+            text = self.path.read_text()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read the keyring {self.path} (FIELD_ENCRYPT_KEYRING): "
+                f"{exc.strerror or type(exc).__name__}"
+            ) from None
+        try:
+            data = json.loads(text)
             if data.get("format") != _FORMAT:
                 raise ConfigurationError(
                     f"keyring {self.path}: unknown format {data.get('format')!r}"

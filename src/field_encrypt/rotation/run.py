@@ -113,13 +113,15 @@ class RunReport:
 
     def as_dict(self) -> dict[str, Any]:
         counters = self.counters.as_dict()
+        if self.dry_run is not None:  # what the run would match and skip, as a real run counts
+            counters.update(matched=self.dry_run.matched, skipped=self.dry_run.skipped)
         if self.mode not in ("re-encrypt", "encrypt", "decrypt"):  # the rewrap modes
             counters["rewrapped"] = counters["changed"]
         return {
             "product": self.product,
             "mode": self.mode,
             "run_id": self.run_id,
-            "worker": f"{self.worker[0]}/{self.worker[1]}",
+            "worker": f"{self.worker[0] + 1}/{self.worker[1]}",  # 1-based, as --worker and the log
             "from_version": self.from_version,
             "to_version": self.to_version,
             "status": self.status,

@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from field_encrypt.errors import AlreadyExistsError, StoreError, StoreUnavailableError
+from field_encrypt.errors import (
+    AlreadyExistsError,
+    ConfigurationError,
+    StoreError,
+    StoreUnavailableError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,15 +46,18 @@ def _create_private(path: str) -> None:
 class SqliteDatabase:
     """A SQLite file and the per-thread connections to it."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout_ms: int = 10_000, create: bool = True
+    ) -> None:
         self.path = str(path)
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            _create_private(self.path)
+        self.created = self.path != ":memory:" and _prepare_file(Path(self.path), create=create)
+        """Whether this object created the file (it did not exist)."""
+        if self.created:
+            _create_private(self.path)  # 0600 from the start
 
     def __repr__(self) -> str:
         return f"SqliteDatabase({self.path!r})"
@@ -58,9 +66,15 @@ class SqliteDatabase:
         """This thread's connection, opened on first use."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=0
-            )
+            try:
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=0
+                )
+            except sqlite3.OperationalError as exc:  # unreadable file, unwritable directory
+                raise ConfigurationError(
+                    f"cannot open the SQLite database {self.path} ({exc}): check that this "
+                    "user may read and write it and its directory"
+                ) from None
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             with translate_errors():
                 conn.execute("PRAGMA journal_mode = WAL")
@@ -161,6 +175,35 @@ class SqliteDatabase:
         """All rows of one query."""
         with translate_errors():
             return self.connection().execute(sql, params).fetchall()
+
+
+def _prepare_file(path: Path, *, create: bool) -> bool:
+    """Check the database file's path; make its directory if ``create``. Whether it is new."""
+    if path.is_dir():
+        raise ConfigurationError(
+            f"the SQLite database {path} is a directory (FIELD_ENCRYPT_DATABASE names a file)"
+        )
+    if path.exists():
+        return False
+    if path.is_symlink():
+        raise ConfigurationError(
+            f"the SQLite database {path} is a symlink to nothing: fix the link or "
+            "FIELD_ENCRYPT_DATABASE"
+        )
+    if not create:
+        raise ConfigurationError(
+            f"the SQLite database {path} does not exist, and nothing was created: check "
+            "FIELD_ENCRYPT_DATABASE (or NOTELETT_DATABASE), or create it with "
+            "`field-encrypt init --product PRODUCT`"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the directory of the SQLite database {path}: "
+            f"{exc.strerror or type(exc).__name__}"
+        ) from None
+    return True
 
 
 @contextmanager
