@@ -348,6 +348,7 @@ class FieldEncryptor:
     def _load(self, raw_id: bytes) -> tuple[AESGCM, str]:
         """Unwrap a DEK through the provider and cache it."""
         dek_id = raw_id.hex()
+        generation = self.cache.generation  # before the load: see DekCache.put
         try:
             record = self.store.get(dek_id)
         except NotFoundError:
@@ -367,7 +368,7 @@ class FieldEncryptor:
         if len(dek) != 32:
             raise DecryptionError()
         cipher = AESGCM(dek)
-        self.cache.put(raw_id, cipher, record.mek_version)
+        self.cache.put(raw_id, cipher, record.mek_version, generation=generation)
         return cipher, record.mek_version
 
     def _plan(self, collection: str) -> _Collection:
