@@ -113,6 +113,12 @@ def keys_disable(
     never deletes. Every running process stops serving it within a poll interval (1 s)."""
     from field_encrypt.rotation import disable_version, open_lifecycle
 
+    if force and not (reason or "").strip():  # checked before anything is opened
+        raise typer.BadParameter(
+            "--force needs a reason: say why the version is disabled while DEKs still use "
+            "it (it is recorded in the audit trail)",
+            param_hint="--reason",
+        )
     with opened(product) as rt:
         done = disable_version(
             rt,
