@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     """How long a process may go without reading the epoch (the store does not answer)
     before it stops serving keys from its cache and unwraps per read (fail closed)."""
 
+    lazy_rewrap: bool = False
+    """Rewrap in the background, rate-limited, the DEKs reads find under a MEK version other
+    than the current one (``field_encrypt.lazy_rewrap``): a rotation's tail moves by itself."""
+    lazy_rewrap_max_rps: float = Field(default=5.0, gt=0)
+    """The lazy rewrapper's provider calls per second at most (three per DEK): its share of
+    the key service's quota."""
+
     key_layout: Literal["direct", "kek"] = "direct"
     """Where new DEKs are wrapped: under the MEK (``direct``, the runbook's layout) or under
     a KEK of the intermediate tier (``kek``: MEK rotation rewraps only the KEKs). See

@@ -126,6 +126,13 @@ class _Instruments:
             ["product"],
             registry=r,
         )
+        self.lazy = Counter(
+            "field_encrypt_lazy_rewraps",
+            "DEKs the lazy rewrapper handled, by outcome (rewrapped, skipped, conflict, "
+            "failed, dropped).",
+            ["product", "outcome"],
+            registry=r,
+        )
         run = ["product", "mode"]
         self.items = Counter(
             "field_encrypt_rotation_items",
@@ -292,6 +299,12 @@ def dek_cache_suspended(product: str, suspended: bool) -> None:
     """Whether the product's DEK cache is suspended (fail closed) in this process."""
     if (i := _get()) is not None:
         i.cache_suspended.labels(product).set(1 if suspended else 0)
+
+
+def lazy_rewrapped(product: str, outcome: str, count: int = 1) -> None:
+    """Count DEKs the lazy rewrapper handled with ``outcome``."""
+    if (i := _get()) is not None:
+        i.lazy.labels(product, outcome).inc(count)
 
 
 def run_ended(product: str, mode: str, status: str) -> None:

@@ -28,6 +28,7 @@ from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.key_epoch import watch_key_state
+from field_encrypt.lazy_rewrap import start_lazy_rewrap
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.observed import observed
@@ -132,10 +133,18 @@ def open_runtime(
 
 
 def _watched(runtime: ProductRuntime) -> ProductRuntime:
-    """``runtime``, its key-state epoch watched (``field_encrypt.key_epoch``); closed on failure."""
+    """``runtime`` with its background work started (:func:`start_background`)."""
+    start_background(runtime)
+    return runtime
+
+
+def start_background(runtime: ProductRuntime) -> None:
+    """Start what a runtime runs beside its reads, each closed with it: the key-state watch
+    (``field_encrypt.key_epoch``) and, if on, the lazy rewrapper (``field_encrypt.lazy_rewrap``).
+    On failure the runtime is closed."""
     try:
         watch_key_state(runtime)
+        start_lazy_rewrap(runtime)
     except BaseException:
         runtime.close()
         raise
-    return runtime

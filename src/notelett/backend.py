@@ -25,9 +25,9 @@ from field_encrypt.backends.registry import (
     open_kek_store,
 )
 from field_encrypt.bootstrap import build_key_layout
-from field_encrypt.key_epoch import watch_key_state
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.observed import observed
+from field_encrypt.runtime import start_background
 from notelett.documents import NotesDocumentStore
 from notelett.repositories.base import NotesRepository, WorkspaceDirectory
 from notelett.secret_checks import check_private_file
@@ -109,11 +109,7 @@ def open_backend(
         audit=trail,
         kek_tier=tier,
     )
-    try:
-        watch_key_state(runtime)  # revocations made elsewhere reach this process's cache
-    except BaseException:
-        runtime.close()
-        raise
+    start_background(runtime)  # revocations reach its cache; lazy rewrap, if on
     per_workspace = tier is not None and tier.layout == "kek" and settings.kek_per_workspace
     return Backend(
         runtime=runtime,
