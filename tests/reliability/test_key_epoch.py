@@ -242,3 +242,66 @@ def test_the_runtime_watches_on_a_thread_and_stops_when_closed(tmp_path: Path) -
     assert thread is not None and thread.is_alive()
     runtime.close()
     assert not thread.is_alive()
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+def kek_runtimes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[ProductRuntime]]:
+    """Two runtimes of one product with the KEK tier, on one database, watching by hand."""
+    backend = backend_for(request.param, request, tmp_path)
+    settings = backend.settings(
+        keyring=str(tmp_path / "ring.json"),
+        mek_name="m",
+        cache_ttl_seconds=3600,
+        key_state_poll_seconds=0,
+        key_layout="kek",
+    )
+    opened = [open_runtime(settings, product="p", collections=COLLECTIONS) for _ in range(2)]
+    yield opened
+    for runtime in opened:
+        runtime.close()
+
+
+def test_with_the_kek_tier_a_disabled_mek_version_drops_its_keks_and_their_deks(
+    kek_runtimes: list[ProductRuntime],
+) -> None:
+    """B holds a DEK under a KEK wrapped by MEK v1 (DEK and KEK both cached). A forces v1
+    off: B's next poll drops the KEK and the DEKs under it, and the read is refused."""
+    a, b = kek_runtimes
+    stored = a.encryptor.encrypt_document("c", "d", {"f": "x"})
+    a.provider.create_version()
+    watcher = _watcher(b)
+    assert b.encryptor.decrypt_document("c", "d", stored)["f"] == "x"
+    assert b.kek_tier is not None and b.kek_tier.cache.stats().size == 1
+    disable_version(a, open_lifecycle(a), "1", force=True, reason="drill")
+    assert watcher.check() == 2  # the KEK and the DEK under it
+    assert b.kek_tier.cache.stats().size == 0
+    with pytest.raises(KeyVersionDisabledError):
+        b.encryptor.decrypt_document("c", "d", stored)
+
+
+def test_a_shredded_partition_is_unreadable_elsewhere_at_the_next_poll(
+    kek_runtimes: list[ProductRuntime],
+) -> None:
+    """B holds a DEK of partition ws-1 cached for an hour; A shreds ws-1 and announces it
+    (what ``keys shred-partition`` does): B's next poll drops it, and the read fails; a
+    DEK of another partition stays cached."""
+    from field_encrypt.errors import DecryptionError
+    from field_encrypt.key_epoch import announce_key_change
+
+    a, b = kek_runtimes
+    assert a.kek_tier is not None
+    doomed_dek = a.encryptor.create_dek(version=a.kek_tier.dek_version("ws-1"))
+    kept_dek = a.encryptor.create_dek(version=a.kek_tier.dek_version("ws-2"))
+    doomed = a.encryptor.encrypt_document("c", "d1", {"f": "gone"}, dek_id=doomed_dek)
+    kept = a.encryptor.encrypt_document("c", "d2", {"f": "kept"}, dek_id=kept_dek)
+    watcher = _watcher(b)
+    assert b.encryptor.decrypt_document("c", "d1", doomed)["f"] == "gone"
+    assert b.encryptor.decrypt_document("c", "d2", kept)["f"] == "kept"
+    keks = [k for k in a.kek_tier.keks.all() if k.partition == "ws-1"]
+    a.kek_tier.shred_partition("ws-1")
+    announce_key_change(a, ["kek:" + k.kek_id for k in keks], via="keys shred-partition")
+    assert watcher.check() == 1
+    with pytest.raises(DecryptionError):
+        b.encryptor.decrypt_document("c", "d1", doomed)
+    assert b.encryptor.decrypt_document("c", "d2", kept)["f"] == "kept"
+    assert b.encryptor.cache.stats().size == 1
