@@ -4,7 +4,7 @@ The cache is what makes a warm read cost little more than AES-GCM itself, and it
 also plaintext key material in memory, so it is bounded in size and in age. Entries
 remember the MEK version they were unwrapped under: disabling that version in this
 process evicts them at once (:meth:`DekCache.invalidate_version`); other processes evict
-them when their :class:`~field_encrypt.key_state.KeyStateWatcher` sees the product's
+them when their :class:`~field_encrypt.key_epoch.KeyEpochWatcher` sees the product's
 key-state epoch move (within ``FIELD_ENCRYPT_KEY_STATE_POLL_SECONDS``). The TTL then
 bounds memory, and revocation only for a process that watches nothing.
 
@@ -55,7 +55,7 @@ class DekCache:
         self._evictions = 0
         self._suspended = False
         self.generation = 0
-        """Moves on at every :meth:`invalidate_versions`, :meth:`clear` and :meth:`suspend`:
+        """Moves on at every :meth:`invalidate_version` (s), :meth:`clear` and :meth:`suspend`:
         a ``put`` of a key loaded before (``generation=``) is dropped, so a read racing a
         revocation cannot put back what it revoked."""
 
@@ -134,6 +134,7 @@ class DekCache:
     def invalidate_version(self, mek_version: str) -> int:
         """Forget every DEK unwrapped under ``mek_version``; how many were dropped."""
         with self._lock:
+            self.generation += 1
             doomed = [k for k, (_, v, _) in self._entries.items() if v == mek_version]
             for key in doomed:
                 del self._entries[key]
