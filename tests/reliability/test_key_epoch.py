@@ -305,3 +305,34 @@ def test_a_shredded_partition_is_unreadable_elsewhere_at_the_next_poll(
         b.encryptor.decrypt_document("c", "d1", doomed)
     assert b.encryptor.decrypt_document("c", "d2", kept)["f"] == "kept"
     assert b.encryptor.cache.stats().size == 1
+
+
+def test_every_key_state_command_bumps_the_epoch(runtimes: list[ProductRuntime]) -> None:
+    """A completed rewrap, keys disable, keys enable, keys compromised (which rewraps and
+    retires) each leave a change naming the versions they touched; a dry run leaves none."""
+    from field_encrypt.rotation import (
+        MigrationOptions,
+        migrate,
+        open_ledger,
+        respond_to_compromise,
+    )
+
+    a, _ = runtimes
+    a.encryptor.encrypt_document("c", "d", {"f": "x"})
+    a.provider.create_version()
+    ledger, lifecycle = open_ledger(a), open_lifecycle(a)
+    migrate(a, ledger, MigrationOptions(mode="rewrap-deks", dry_run=True))
+    migrate(a, ledger, MigrationOptions(mode="rewrap-deks"))
+    disable_version(a, lifecycle, "1")
+    enable_version(a, lifecycle, "1")
+    respond_to_compromise(a, ledger, lifecycle, "1")
+    store = key_state_store(a)
+    assert store is not None
+    changes = [(c.via, c.versions) for c in store.read().changes]
+    assert changes[:3] == [
+        ("migrate rewrap-deks", ("1",)),  # the versions it moved DEKs from
+        ("keys disable", ("1",)),
+        ("keys enable", ("1",)),
+    ]
+    assert ("keys compromised", ("1",)) in changes[3:]  # recorded, then rewrapped and retired
+    assert changes[-1] == ("keys compromised", ("1",))  # the retirement's disable

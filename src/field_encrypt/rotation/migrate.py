@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from field_encrypt import metrics, tracing
-from field_encrypt.backends.base import ALL_VERSIONS
+from field_encrypt.backends.base import ALL_VERSIONS, KEK_PREFIX
 from field_encrypt.key_epoch import announce_key_change
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
@@ -109,9 +109,20 @@ def migrate(
     if options.mode in REWRAPPING and report.status == "completed":
         # Every process re-reads the DEKs it cached under the old wraps (its cache then
         # names their new version, so a later disable drops exactly what it should).
-        versions = [report.from_version] if report.from_version else [ALL_VERSIONS]
-        announce_key_change(runtime, versions, via=f"migrate {options.mode}")
+        announce_key_change(runtime, _moved_from(job, report), via=f"migrate {options.mode}")
     return report
+
+
+def _moved_from(job: Job, report: RunReport) -> list[str]:
+    """The versions a completed run moved DEKs away from (all, when it cannot tell)."""
+    if report.from_version:
+        return [report.from_version]
+    if report.mode == "rewrap-deks" and isinstance(job, RewrapJob):
+        target = job.target
+        moved = {v for v in job.raw_counts if v != target and not v.startswith(KEK_PREFIX)}
+        moved |= {k.mek_version for k in job.keks if k.mek_version != target}  # KEKs moved
+        return sorted(moved)
+    return [ALL_VERSIONS]
 
 
 REWRAPPING = frozenset({"rewrap-deks", "to-kek", "to-direct", "rotate-kek", "re-encrypt"})
