@@ -27,6 +27,7 @@ from field_encrypt.backends.registry import (
 from field_encrypt.bootstrap import build_key_layout
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.observed import observed
+from field_encrypt.runtime import start_background
 from notelett.documents import NotesDocumentStore
 from notelett.repositories.base import NotesRepository, WorkspaceDirectory
 from notelett.secret_checks import check_private_file
@@ -108,6 +109,7 @@ def open_backend(
         audit=trail,
         kek_tier=tier,
     )
+    start_background(runtime)  # revocations reach its cache; lazy rewrap, if on
     per_workspace = tier is not None and tier.layout == "kek" and settings.kek_per_workspace
     return Backend(
         runtime=runtime,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from field_encrypt.backends.base import DekStore, KekStore
+from field_encrypt.backends.base import DekStore, KekStore, KeyStateStore
 from field_encrypt.config import Settings
 from field_encrypt.documents import DocumentStore
 from field_encrypt.errors import ConfigurationError
@@ -114,6 +114,23 @@ def open_kek_store(database: Any, *, product: str) -> KekStore:
             from field_encrypt.backends.cosmos.kek_store import CosmosKekStore
 
             return CosmosKekStore(database, product=product)
+
+
+def open_key_state_store(database: Any, *, product: str) -> KeyStateStore:
+    """The product's key-state epoch (one record) in ``database``."""
+    match database_kind_of(database):
+        case "sqlite":
+            from field_encrypt.backends.sqlite.key_state import SqliteKeyStateStore
+
+            return SqliteKeyStateStore(database, product=product)
+        case "postgres":
+            from field_encrypt.backends.postgres.key_state import PostgresKeyStateStore
+
+            return PostgresKeyStateStore(database, product=product)
+        case "cosmos":
+            from field_encrypt.backends.cosmos.key_state import CosmosKeyStateStore
+
+            return CosmosKeyStateStore(database, product=product)
 
 
 def open_document_store(database: Any, *, collection: str) -> DocumentStore:
