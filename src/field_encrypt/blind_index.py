@@ -239,6 +239,20 @@ class BlindIndex:
         spec = self._field(collection, path)
         return tuple(self._value(spec, v, value) for v in self.versions)
 
+    def values(self, collection: str, path: str, values: Iterable[str]) -> tuple[str, ...]:
+        """The sorted, distinct index values of a multi-valued field (a note's tags)."""
+        spec = self._field(collection, path)
+        return tuple(sorted({self._value(spec, self.version, v) for v in values}))
+
+    def same(self, collection: str, path: str, a: str, b: str) -> bool:
+        """Whether ``a`` and ``b`` are equal once normalised as the field normalises them.
+
+        What a caller checks on each decrypted candidate of a lookup on a truncated index,
+        to drop the false positives.
+        """
+        spec = self._field(collection, path)
+        return normalise(a, casefold=spec.casefold) == normalise(b, casefold=spec.casefold)
+
     def is_current(self, index_value: str) -> bool:
         """Whether a stored index value is on the current index-key version."""
         return index_key_version_of(index_value) == self.version

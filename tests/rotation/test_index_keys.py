@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from field_encrypt.backends.base import KEK_PREFIX
 from field_encrypt.blind_index import IndexedField
+from field_encrypt.config import load_settings
 from field_encrypt.index_keys import IndexKeyring, index_key_id
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import verify
 from field_encrypt.testing import FakeClock
 from field_encrypt.usage import dek_counts
 from tests.rotation.helpers import run, versions_of
+from tests.support.sample_product import product
 from tests.support.seed import seed
 
 SSN = IndexedField(collection="records", path="ssn")
@@ -59,3 +62,26 @@ def test_rewrap_moves_the_index_key_and_values_stay(
     assert verify(runtime, mek_version="2").clean
     after = _keyring(runtime).blind_index([SSN], version=1).value("records", "ssn", "123-45-6789")
     assert after == before
+
+
+def test_under_the_kek_tier_the_index_key_sits_where_a_new_dek_would(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    """With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the root key is wrapped under the default
+    partition's KEK, like a new DEK, and still opens to the same key after the MEK rotates."""
+    monkeypatch.setenv("FIELD_ENCRYPT_KEY_LAYOUT", "kek")
+    runtime = product.open(load_settings({**env, "FIELD_ENCRYPT_KEY_LAYOUT": "kek"}))
+    try:
+        keyring = _keyring(runtime)
+        keyring.create(1)
+        record = runtime.dek_store.get(index_key_id(runtime.encryptor.product, 1))
+        assert record.mek_version.startswith(KEK_PREFIX)
+        before = keyring.blind_index([SSN], version=1).value("records", "ssn", "x")
+        runtime.provider.create_version()
+        assert run(runtime, clock).status == "completed"
+        assert dek_counts(runtime) == {"2": 1}
+        assert (
+            _keyring(runtime).blind_index([SSN], version=1).value("records", "ssn", "x") == before
+        )
+    finally:
+        runtime.close()

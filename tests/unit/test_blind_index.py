@@ -216,3 +216,20 @@ def test_no_key_material_in_repr_or_errors() -> None:
         for key in (ROOT_1, ROOT_2, ROOT_1[:31], *derived):
             assert key.hex() not in text and repr(key) not in text
     assert "version=2" in repr(index)
+
+
+def test_multi_valued_fields_and_the_false_positive_check() -> None:
+    """A list of tags gives its distinct values, sorted; ``same`` tells a true match (under
+    the field's normalisation) from a truncated index's false positive."""
+    folded = IndexedField(collection="notes", path="tags", casefold=True, bits=8)
+    index = _index(folded)
+    tags = index.values("notes", "tags", ["Work", "work ", "home"])
+    assert len(tags) == 2 and list(tags) == sorted(tags)
+    assert set(tags) == {index.value("notes", "tags", "work"), index.value("notes", "tags", "home")}
+    assert index.same("notes", "tags", " WORK", "work")
+    collision = next(
+        f"tag-{i}"
+        for i in range(10_000)
+        if index.value("notes", "tags", f"tag-{i}") == index.value("notes", "tags", "work")
+    )
+    assert not index.same("notes", "tags", collision, "work")
