@@ -8,6 +8,7 @@ their own transaction and recorded in ``schema_migrations`` (as sqlite-utils doe
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import threading
@@ -24,6 +25,9 @@ from field_encrypt.errors import (
     StoreError,
     StoreUnavailableError,
 )
+
+_SAVEPOINTS = itertools.count(1)
+"""Savepoint names: unique within the process, so nested savepoints never collide."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +113,16 @@ class SqliteDatabase:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error.
 
-        Driver errors raised by the statements inside are converted like any other.
+        Inside a transaction already open on this thread (a batch that creates a KEK on
+        the way), it is a ``SAVEPOINT``: its work commits with the outer transaction, and
+        an error inside rolls back only its own part. Driver errors raised by the
+        statements inside are converted like any other.
         """
         conn = self.connection()
+        if conn.in_transaction:
+            with self._savepoint(conn):
+                yield conn
+            return
         with translate_errors():
             conn.execute("BEGIN IMMEDIATE")
         try:
@@ -122,6 +133,21 @@ class SqliteDatabase:
             raise
         with translate_errors():
             conn.execute("COMMIT")
+
+    @contextmanager
+    def _savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
+        name = f"field_encrypt_{next(_SAVEPOINTS)}"
+        with translate_errors():
+            conn.execute(f"SAVEPOINT {name}")
+        try:
+            with translate_errors():
+                yield
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        with translate_errors():
+            conn.execute(f"RELEASE {name}")
 
     def migrate(self, migrations: Sequence[Migration]) -> list[str]:
         """Apply the pending migrations in order; the names applied now.
