@@ -42,18 +42,19 @@ def blocks() -> list[tuple[str, str]]:
     return out
 
 
+CLEAN_PATH = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+"""The only thing the test gives the shell: the installed package's ``bin`` on ``PATH``."""
+
+
 def _rehearse(info: str, directory: Path) -> subprocess.CompletedProcess[str]:
-    """The blocks fenced ``bash INFO``, in order, as one script in ``directory``."""
+    """The blocks fenced ``bash INFO``, in order and verbatim, as one script run by a clean
+    ``bash`` in ``directory``: no ``PYTHONPATH``, no ``FIELD_ENCRYPT_*``, no checkout on
+    the import path, only ``PATH`` (the runbook's own ``REHEARSAL`` default applies)."""
     script = "\n".join(body for i, body in blocks() if i == f"bash {info}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIELD_ENCRYPT_")} | {
-        "REHEARSAL": str(directory),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(ROOT),
-    }
     return subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + script],
-        cwd=ROOT,
-        env=env,
+        ["bash", "--noprofile", "--norc", "-c", "set -euo pipefail\n" + script],
+        cwd=directory,
+        env={"PATH": CLEAN_PATH, "HOME": str(directory), "LANG": "C.UTF-8"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -76,6 +77,7 @@ def test_the_runbook_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
     script = "\n".join(body for info, body in blocks() if info == "bash rehearsal")
     assert "migrate" in script and "keys retire 1" in script
     result = _rehearse("rehearsal", tmp_path)
+    tmp_path = tmp_path / "var" / "rehearsal"
     assert result.returncode == 0, result.stdout + result.stderr
     assert "soak period passed" in result.stderr  # the gate refused first, naming why
     assert "200 documents read, 0 different" in result.stdout
@@ -97,6 +99,7 @@ def test_the_runbook_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
 def test_the_automated_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
     """rotate to the soak, rotate to retired, stop and resume, then compromise --dek-exposed."""
     result = _rehearse("rehearsal-automated", tmp_path)
+    tmp_path = tmp_path / "var" / "rehearsal-automated"
     assert result.returncode == 0, result.stdout + result.stderr
     assert "waiting for soak" in result.stdout and "rotation 1→2 complete" in result.stdout
     assert "halted at idle" in result.stdout
