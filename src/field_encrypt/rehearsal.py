@@ -12,8 +12,8 @@ damages it the ways the runbook's recovery section repairs:
 * ``--count N``: add N documents encrypted under the current MEK version;
 * ``--check``: decrypt every document and compare it with what was written (exit 1 when
   one differs or does not decrypt);
-* ``--corrupt N`` / ``--delete N``: overwrite the wrap of N DEKs with random bytes, or
-  delete N DEK rows (the first N by dekId);
+* ``--corrupt N`` / ``--delete N``: overwrite the wrap of the first N DEKs (by dekId)
+  with random bytes, or delete the last N DEK rows;
 * ``crashing_product``: the same product, but its process dies (SIGKILL, like ``kill -9``
   or a lost node) right after its first batch of rewrapped DEKs is committed.
 
@@ -153,6 +153,17 @@ def _first(runtime: ProductRuntime, count: int) -> list[DekRecord]:
     return list(runtime.dek_store.scan(limit=count).records)[:count]
 
 
+def _last(runtime: ProductRuntime, count: int) -> list[DekRecord]:
+    records: list[DekRecord] = []
+    cursor = None
+    while True:
+        page = runtime.dek_store.scan(cursor=cursor, limit=1000)
+        records = (records + list(page.records))[-count:]
+        if page.cursor is None:
+            return records if count else []
+        cursor = page.cursor
+
+
 def corrupt(runtime: ProductRuntime, count: int) -> list[str]:
     """Overwrite the wrap of the first ``count`` DEKs with random bytes; their dekIds."""
     records = _first(runtime, count)
@@ -170,8 +181,8 @@ def corrupt(runtime: ProductRuntime, count: int) -> list[str]:
 
 
 def delete(runtime: ProductRuntime, count: int) -> list[str]:
-    """Delete the first ``count`` DEK rows; their dekIds."""
-    records = _first(runtime, count)
+    """Delete the last ``count`` DEK rows (by dekId); their dekIds."""
+    records = _last(runtime, count)
     for r in records:
         runtime.dek_store.delete(r.dek_id)
     return [r.dek_id for r in records]

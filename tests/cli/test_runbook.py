@@ -73,13 +73,20 @@ def _open(directory: Path) -> ProductRuntime:
 
 
 def test_the_runbook_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
-    """Seed, create v2, preflight, rewrap, verify 0 off v2, retire v1: every document reads."""
+    """Seed, create v2, preflight, rewrap, verify 0 off v2, retire v1; then the rollback
+    section: garble 3 wraps and delete 2 rows, restore from section 1's backup (refused while
+    v1 is retired, then repaired), rewrap, retire again: every document reads."""
     script = "\n".join(body for info, body in blocks() if info == "bash rehearsal")
     assert "migrate" in script and "keys retire 1" in script
     result = _rehearse("rehearsal", tmp_path)
     tmp_path = tmp_path / "var" / "rehearsal"
     assert result.returncode == 0, result.stdout + result.stderr
     assert "soak period passed" in result.stderr  # the gate refused first, naming why
+    # Rollback: 3 garbled wraps and 2 deleted rows, restored from section 1's backup.
+    assert "200 documents read, 5 different" in result.stdout
+    assert "restored 2 missing DEKs, repaired 0" in result.stdout
+    assert "5 DEKs still do not unwrap" in result.stderr  # version 1 retired: exit 4
+    assert "restored 0 missing DEKs, repaired 3" in result.stdout
     assert "200 documents read, 0 different" in result.stdout
     report = json.loads((tmp_path / "rewrap-report.json").read_text())
     assert (report["rewrapped"], report["failed"], report["remaining"]) == (200, 0, 0)

@@ -489,7 +489,7 @@ def restore_command(
     ],
     json_: JsonOpt = False,
 ) -> None:
-    """Add the backed-up DEKs the store is missing; never changes an existing row."""
+    """Add the missing DEKs and repair rows that no longer unwrap; never changes a readable row."""
     from field_encrypt.rotation import restore
 
     with opened(product) as rt:
@@ -498,9 +498,18 @@ def restore_command(
         output.emit_json(report.as_dict())
     else:
         output.stdout().print(
-            f"restored {report.inserted} missing DEKs; {report.identical} identical, "
-            f"{report.kept} kept as they are in the store (never overwritten)"
+            f"restored {report.inserted} missing DEKs, repaired {report.repaired} that did not "
+            f"unwrap; {report.identical} identical, {report.kept} kept as they are in the "
+            "store (they unwrap: never overwritten)"
         )
+    if report.unreadable:
+        examples = ", ".join(report.unreadable_examples)
+        output.stderr().print(
+            f"error: {report.unreadable} DEKs still do not unwrap, from the store nor from the "
+            f"backup (e.g. {examples}): check that their MEK version is enabled "
+            "(`field-encrypt keys list`), or restore from an older backup"
+        )
+        raise typer.Exit(ExitCode.ITEMS_FAILED)
 
 
 # -- entry points -------------------------------------------------------------------------
