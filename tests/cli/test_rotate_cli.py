@@ -27,6 +27,16 @@ KILLABLE = "tests.support.sample_product:killable_rotation_product"
 COUNT = 40
 
 
+def _move_holder_elsewhere(db: str) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(
+            "UPDATE rotation_state SET state = json_set(state, '$.holder', "
+            "'elsewhere.invalid:1:000000'), revision = revision + 1"
+        )
+    conn.close()
+
+
 def _at(start: dt.datetime, **delta: float) -> str:
     return (start + dt.timedelta(**delta)).isoformat()
 
@@ -54,8 +64,12 @@ def test_rotate_survives_kill_9_at_every_stage(env: dict[str, str], tmp_path: Pa
         return result.returncode
 
     call("stage:preflight")
+    # The dead invocation was this host's: it would be taken over at once. In another
+    # host's name, its lease is waited out.
+    _move_holder_elsewhere(env["FIELD_ENCRYPT_DATABASE"])
     held = cli_process(*args, "--now", _at(start, minutes=minutes + 1), env=env)
     assert held.returncode == ExitCode.REFUSED and "another rotate invocation" in held.stderr
+    assert "elsewhere.invalid" in held.stderr
     for kill in (
         "stage:create",
         "control:create_version",
