@@ -23,7 +23,7 @@ def _dump(db: str) -> list[object]:
         tables = [
             t
             for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            if t != "schema_migrations"
+            if t != "field_encrypt_migrations"
         ]
         return [
             (t, conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()) for t in sorted(tables)
