@@ -83,6 +83,9 @@ class _CrashAfterFirstWrite:
     def count_not_on(self, version: str) -> int:
         return self.inner.count_not_on(version)
 
+    def count_under(self, mek_name: str, version: str) -> dict[str, int]:
+        return self.inner.count_under(mek_name, version)
+
 
 def _open_crashing(settings: Settings) -> ProductRuntime:
     runtime = _open(settings)

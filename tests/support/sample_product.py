@@ -107,6 +107,9 @@ class _KillingStore:
     def count_not_on(self, version: str) -> int:
         return self.inner.count_not_on(version)
 
+    def count_under(self, mek_name: str, version: str) -> dict[str, int]:
+        return self.inner.count_under(mek_name, version)
+
 
 class _KillingDocuments:
     """A DocumentStore that dies right after its N-th write has committed."""

@@ -191,6 +191,16 @@ class CosmosDekStore:
             )
             return int(first_value(result))
 
+    def count_under(self, mek_name: str, version: str) -> dict[str, int]:
+        with translate_errors():
+            products = self.container.query_items(
+                "SELECT VALUE c.product FROM c WHERE c.mekName = @n AND c.mekVersion = @v",
+                parameters=[{"name": "@n", "value": mek_name}, {"name": "@v", "value": version}],
+                enable_cross_partition_query=True,
+                max_item_count=5000,
+            )
+            return dict(Counter(str(p) for p in products))
+
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat()

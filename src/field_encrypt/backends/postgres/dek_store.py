@@ -276,6 +276,14 @@ class PostgresDekStore:
         )
         return int(count)
 
+    def count_under(self, mek_name: str, version: str) -> dict[str, int]:
+        rows = self.database.execute(
+            select(_C.product, func.count())
+            .where(_C.mek_name == mek_name, _C.mek_version == version)
+            .group_by(_C.product)
+        )
+        return {product: int(count) for product, count in rows}
+
 
 def _record(row: Any) -> DekRecord:
     return DekRecord(

@@ -210,6 +210,14 @@ class SqliteDekStore:
         )
         return int(count)
 
+    def count_under(self, mek_name: str, version: str) -> dict[str, int]:
+        rows = self.database.query(
+            "SELECT product, COUNT(*) FROM dek_store WHERE mek_name = ? AND mek_version = ? "
+            "GROUP BY product",
+            (mek_name, version),
+        )
+        return {product: int(count) for product, count in rows}
+
 
 def _time(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
