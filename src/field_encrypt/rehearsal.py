@@ -14,6 +14,8 @@ damages it the ways the runbook's recovery section repairs:
   one differs or does not decrypt);
 * ``--corrupt N`` / ``--delete N``: overwrite the wrap of the first N DEKs (by dekId)
   with random bytes, or delete the last N DEK rows;
+* ``--orphans N``: create N DEKs whose documents are never written (what a create killed
+  between its DEK and its document leaves);
 * ``crashing_product``: the same product, but its process dies (SIGKILL, like ``kill -9``
   or a lost node) right after its first batch of rewrapped DEKs is committed.
 
@@ -202,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="decrypt every document")
     parser.add_argument("--corrupt", type=int, default=0, metavar="N", help="garble N wraps")
     parser.add_argument("--delete", type=int, default=0, metavar="N", help="delete N DEK rows")
+    parser.add_argument("--orphans", type=int, default=0, metavar="N", help="N DEKs, no document")
     args = parser.parse_args(argv)
     try:
         runtime = product.open(load_settings(create_missing=False))
@@ -217,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"corrupted the wraps of {len(corrupt(runtime, args.corrupt))} DEKs")
         if args.delete:
             print(f"deleted {len(delete(runtime, args.delete))} DEKs")
+        for _ in range(args.orphans):
+            runtime.encryptor.create_dek()
+        if args.orphans:
+            print(f"created {args.orphans} DEKs no document refers to")
         if args.check:
             read, wrong = check(runtime)
             print(f"{read} documents read, {wrong} different")

@@ -76,7 +76,7 @@ def test_the_runbook_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
     """Seed, create v2, preflight, rewrap, verify 0 off v2, retire v1; then the rollback
     section: garble 3 wraps and delete 2 rows, restore from section 1's backup (refused while
     v1 is retired, then repaired), rewrap, retire again; a rewrap to v3 killed with SIGKILL
-    and resumed at once: every document reads."""
+    and resumed at once; three orphaned DEKs collected: every document reads."""
     script = "\n".join(body for info, body in blocks() if info == "bash rehearsal")
     assert "migrate" in script and "keys retire 1" in script
     result = _rehearse("rehearsal", tmp_path)
@@ -90,6 +90,9 @@ def test_the_runbook_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
     assert "restored 0 missing DEKs, repaired 3" in result.stdout
     # A rewrap to version 3 killed after its first batch, resumed at once (same host).
     assert '"event": "lease_reclaimed"' in result.stderr
+    # Three orphaned DEKs: a dry run names them, --delete deletes them, verify is clean.
+    assert "dry run: 3 orphaned DEKs" in result.stdout
+    assert "deleted 3 orphaned DEKs" in result.stdout
     assert "200 documents read, 0 different" in result.stdout
     report = json.loads((tmp_path / "rewrap-report.json").read_text())
     assert (report["rewrapped"], report["failed"], report["remaining"]) == (200, 0, 0)
