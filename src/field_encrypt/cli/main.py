@@ -531,6 +531,11 @@ def _duration(value: str) -> float:
     return seconds
 
 
+def _checked_duration(value: str) -> str:
+    _duration(value)  # a usage error naming --older-than, before anything is opened
+    return value
+
+
 @app.command("collect-orphans")
 @guarded
 def collect_orphans_command(
@@ -541,6 +546,7 @@ def collect_orphans_command(
             "--older-than",
             metavar="DURATION",
             help="Grace period: DEKs created more recently are never touched (90s, 30m, 1h, 2d).",
+            callback=_checked_duration,
         ),
     ] = "1h",
     delete: Annotated[
