@@ -38,8 +38,8 @@ def count_not_on(runtime: ProductRuntime, version: str) -> int:
 
 
 def other_products_on(runtime: ProductRuntime, version: str) -> dict[str, int]:
-    """DEKs of the database's *other* products wrapped directly under ``version`` of this
-    product's MEK (same MEK name): disabling the version would break them too, so
+    """DEKs of the database's *other* products under ``version`` of this product's MEK (same
+    MEK name; directly or through a KEK): disabling the version would break them too, so
     ``keys disable`` and the retirement gate count them (``verify`` and ``status`` do not:
     they speak for this product)."""
     others = runtime.dek_store.count_under(runtime.provider.mek_name, version)

@@ -180,8 +180,9 @@ class DekStore(Protocol):
         ...
 
     def count_under(self, mek_name: str, version: str) -> dict[str, int]:
-        """How many DEKs each product of the database wraps directly under ``version`` of
-        the MEK ``mek_name`` (every product, not only this store's: they share the key)."""
+        """How many DEKs of each product of the database ``version`` of the MEK
+        ``mek_name`` protects: wrapped directly under it, or under a KEK wrapped under it
+        (every product, not only this store's: they share the key)."""
         ...
 
 

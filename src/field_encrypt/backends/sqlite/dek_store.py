@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -216,7 +217,16 @@ class SqliteDekStore:
             "GROUP BY product",
             (mek_name, version),
         )
-        return {product: int(count) for product, count in rows}
+        counts = Counter({product: int(count) for product, count in rows})
+        if self.database.query("SELECT 1 FROM sqlite_master WHERE name = 'kek_store'"):
+            rows = self.database.query(
+                "SELECT d.product, COUNT(*) FROM dek_store d JOIN kek_store k "
+                "ON d.mek_version = 'kek:' || k.kek_id "
+                "WHERE k.mek_name = ? AND k.mek_version = ? GROUP BY d.product",
+                (mek_name, version),
+            )
+            counts.update({product: int(count) for product, count in rows})
+        return dict(counts)
 
 
 def _time(seconds: float) -> dt.datetime:
