@@ -179,6 +179,12 @@ class DekStore(Protocol):
         """How many DEKs are not wrapped under ``version`` (the runbook's verify query)."""
         ...
 
+    def count_under(self, mek_name: str, version: str) -> dict[str, int]:
+        """How many DEKs of each product of the database ``version`` of the MEK
+        ``mek_name`` protects: wrapped directly under it, or under a KEK wrapped under it
+        (every product, not only this store's: they share the key)."""
+        ...
+
 
 KEK_PREFIX = "kek:"
 """A DEK row wrapped under a KEK records ``mek_version = "kek:" + kekId``."""

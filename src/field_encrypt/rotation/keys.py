@@ -22,6 +22,7 @@ from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyVersion
 from field_encrypt.rotation.lifecycle import LifecycleStore, VersionNote
 from field_encrypt.rotation.verify import dek_counts
+from field_encrypt.usage import other_products_on, shared_detail
 
 DEFAULT_RETENTION_DAYS = 30.0
 DAY = 86_400.0
@@ -139,6 +140,13 @@ def disable_version(
             f"it (run field-encrypt migrate --mode rewrap-deks first; in an emergency, "
             f'field-encrypt keys disable {version} --force --reason "..." disables it now '
             "and their documents become unreadable until rewrapped or restored)"
+        )
+    others = other_products_on(runtime, version)
+    if others:
+        raise RotationError(
+            f"refusing to disable version {version}: {shared_detail(others)} are still "
+            f"wrapped under it (the same MEK, in the same database): rewrap them first "
+            f"(field-encrypt migrate --product PRODUCT --mode rewrap-deks for each)"
         )
     now = clock()
     if found.enabled:
