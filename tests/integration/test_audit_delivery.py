@@ -139,7 +139,7 @@ def test_an_unreachable_destination_gives_up_and_keeps_the_checkpoint(trail: Any
     with EventReceiver(faults=Faults(fail=1.0)).running() as receiver:
         destination = HttpDestination(receiver.url)
         delivery = AuditDelivery(trail, destination, backoff=Backoff(base=0.001, max_attempts=3))
-        with pytest.raises(DeliveryError, match="not delivered after 3 attempts.*HTTP 503"):
+        with pytest.raises(DeliveryError, match=r"not delivered after 3 attempts.*HTTP 503"):
             delivery.deliver()
     assert receiver.counts["fail"] == 3
     assert trail.delivered(destination.name) is None
