@@ -140,5 +140,7 @@ def _brief(data: object, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-# The delivery and anchor commands register themselves on audit_app.
-from field_encrypt.cli import audit_deliver as _audit_deliver  # noqa: E402, F401
+# audit deliver, audit anchor: in a module of their own.
+from field_encrypt.cli.audit_deliver import register as _register  # noqa: E402
+
+_register(audit_app)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from field_encrypt.cli import output
-from field_encrypt.cli.audit import audit_app
 from field_encrypt.cli.common import JsonOpt, ProductOpt, guarded, opened, writable_output
 from field_encrypt.errors import ConfigurationError, FieldEncryptError
 
@@ -34,7 +33,6 @@ def _sign(runtime: ProductRuntime, path: Path) -> Anchor:
     return anchor
 
 
-@audit_app.command("deliver")
 @guarded
 def audit_deliver(
     product: ProductOpt,
@@ -153,7 +151,6 @@ def _follow(
         delivery.stop()
 
 
-@audit_app.command("anchor")
 @guarded
 def audit_anchor(
     product: ProductOpt,
@@ -176,6 +173,12 @@ def audit_anchor(
         output.emit_json({"product": product, "anchor": str(out), **signed.to_json()})
         return
     output.stdout().print(_anchor_line(signed, out))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``deliver`` and ``anchor`` to the ``audit`` command group."""
+    app.command("deliver")(audit_deliver)
+    app.command("anchor")(audit_anchor)
 
 
 def verify_against(product: str, path: Path, *, json_: bool) -> None:
