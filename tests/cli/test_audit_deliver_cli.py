@@ -15,6 +15,7 @@ from pathlib import Path
 from field_encrypt import audit
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.products import ProductRuntime
+from tests import figures
 from tests.cli.helpers import PRODUCT, ROOT, cli, cli_process
 from tests.support.event_receiver import EventReceiver, Faults
 
@@ -97,6 +98,11 @@ def test_kill_9_mid_delivery_then_a_rerun_finishes(
     assert [e["id"] for e in receiver.settled()] == [e.id for e in runtime.audit.events()]  # type: ignore[union-attr]
     assert len(receiver.requests) - total <= 1
     assert json.loads(rerun.stdout)["delivered"] in (total - before, total - before + 1)
+    figures.record(
+        "audit delivery (kill -9)",
+        events=total, requests_before_kill=before, requests=len(receiver.requests),
+        resent=len(receiver.requests) - total,
+    )  # fmt: skip
 
 
 def _rewrite_from(db: sqlite3.Connection, seq: int) -> None:

@@ -23,6 +23,7 @@ from field_encrypt.audit_delivery import (
 )
 from field_encrypt.backends.registry import open_audit_trail, open_database
 from field_encrypt.errors import ConfigurationError, DeliveryError
+from tests import figures
 from tests.backends import BACKEND_KINDS, backend_for
 from tests.support.event_receiver import EventReceiver, Faults
 
@@ -76,6 +77,11 @@ def test_every_event_arrives_once_in_order_despite_the_receiver(trail: Any) -> N
         assert receiver.counts.get(fault, 0) > 0, fault
     checkpoint = trail.delivered(destination.name)
     assert checkpoint is not None and checkpoint.seq == stored[-1].seq
+    figures.record(
+        "audit delivery (faulty receiver)",
+        events=len(stored), requests=len(receiver.requests), logged=len(receiver.log),
+        retries=report.retries, **{f"fault_{k}": v for k, v in receiver.counts.items()},
+    )  # fmt: skip
 
 
 def test_requests_are_structured_mode_cloudevents(trail: Any) -> None:
