@@ -102,6 +102,19 @@ def received_hash(event: Mapping[str, Any]) -> str:
     return event_hash({k: v for k, v in event.items() if k != "sequence"})
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error, not something to follow: urllib would turn the POST into a
+    GET without its body, and the 2xx that follows would acknowledge an event never sent."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def no_redirect_opener() -> urllib.request.OpenerDirector:
+    """An opener for POSTs that must reach their URL: 3xx answers raise ``HTTPError``."""
+    return urllib.request.build_opener(_RefuseRedirects())
+
+
 class HttpDestination:
     """An HTTP endpoint taking CloudEvents in structured mode (one event per POST).
 
@@ -130,7 +143,7 @@ class HttpDestination:
         self._url = url
         self._timeout = timeout
         self._token = token
-        self._opener = opener or urllib.request.build_opener()
+        self._opener = opener or no_redirect_opener()
 
     def __repr__(self) -> str:
         return f"HttpDestination({self.name!r})"
@@ -146,8 +159,10 @@ class HttpDestination:
                 response.read()
         except urllib.error.HTTPError as exc:
             exc.close()
+            moved = " (a redirect: point --to at the final URL)" if 300 <= exc.code < 400 else ""
             raise DeliveryError(
-                f"the audit destination {self.name} answered HTTP {exc.code}", status=exc.code
+                f"the audit destination {self.name} answered HTTP {exc.code}{moved}",
+                status=exc.code,
             ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or type(exc).__name__

@@ -46,6 +46,7 @@ from field_encrypt.audit import (
     RUN_FAILED,
     checked_data,
 )
+from field_encrypt.audit_delivery import no_redirect_opener
 from field_encrypt.errors import ConfigurationError, DeliveryError
 
 log = logging.getLogger("field_encrypt.oncall")
@@ -142,7 +143,7 @@ class OnCallNotifier:
         self.form = form
         self._url = url
         self._timeout = timeout
-        self._opener = opener or urllib.request.build_opener()
+        self._opener = opener or no_redirect_opener()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 

@@ -177,3 +177,33 @@ def test_a_missing_or_foreign_anchor_is_a_configuration_error(
     (tmp_path / "x.json").write_text("{}")
     foreign = cli("audit", "verify", "--product", PRODUCT, "--against", str(tmp_path / "x.json"))
     assert foreign.exit_code == ExitCode.CONFIG and "not an audit anchor" in foreign.output
+
+
+def test_follow_delivers_new_events_until_sigterm(
+    env: dict[str, str], runtime: ProductRuntime
+) -> None:
+    """--follow sends what is stored, then events emitted later; SIGTERM ends it with exit 0."""
+    _fill(runtime, 3)
+    args = [sys.executable, "-m", "field_encrypt.cli", "audit", "deliver", "--product", PRODUCT]
+    with EventReceiver(faults=Faults(fail=0.2)).running() as receiver:
+        process = subprocess.Popen(
+            [*args, "--to", receiver.url, "--follow", "--interval", "0.1"],
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while len(receiver.settled()) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            _fill(runtime, 2)
+            while len(receiver.settled()) < 5 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert [e["id"] for e in receiver.settled()] == [e.id for e in runtime.audit.events()]  # type: ignore[union-attr]

@@ -151,6 +151,18 @@ def test_an_unreachable_destination_gives_up_and_keeps_the_checkpoint(trail: Any
     assert trail.delivered(destination.name) is None
 
 
+def test_a_redirect_is_not_an_acknowledgement(trail: Any) -> None:
+    """A 302 whose target answers a GET with 200 must not count as delivered (urllib would
+    follow it as a GET without the body)."""
+    _fill(trail, 1)
+    with EventReceiver(faults=Faults(redirect=1.0)).running() as receiver:
+        destination = HttpDestination(receiver.url)
+        delivery = AuditDelivery(trail, destination, backoff=Backoff(base=0.001, max_attempts=2))
+        with pytest.raises(DeliveryError, match=r"HTTP 302 \(a redirect"):
+            delivery.deliver()
+    assert trail.delivered(destination.name) is None and receiver.log == []
+
+
 def test_a_trail_rewritten_after_delivery_is_refused(trail: Any) -> None:
     """If the stored chain no longer follows on from the delivered head (event 1 was delivered
     with another hash than the database now holds), delivery stops and sends nothing."""

@@ -10,7 +10,8 @@
 - ``delay``: wait ``delay_seconds``, keep the event, answer 200;
 - ``reorder``: hold the event back and log it after the next one (the log's order is not the
   order of arrival);
-- ``replay``: keep the event, and log an earlier one again (a late retransmission).
+- ``replay``: keep the event, and log an earlier one again (a late retransmission);
+- ``redirect``: answer 302 to ``/moved`` without keeping the event (a GET there answers 200).
 
 :meth:`EventReceiver.settled` is what a de-duplicating receiver ends with: one copy of each
 ``id``, ordered by the ``sequence`` extension.
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("fail", "lost_ack", "slow", "delay", "reorder", "replay")
+FAULTS = ("fail", "lost_ack", "slow", "delay", "reorder", "replay", "redirect")
 
 
 @dataclass(kw_only=True)
@@ -41,6 +42,7 @@ class Faults:
     delay: float = 0.0
     reorder: float = 0.0
     replay: float = 0.0
+    redirect: float = 0.0
     slow_seconds: float = 0.5
     delay_seconds: float = 0.02
     every_delay: float = 0.0
@@ -140,6 +142,8 @@ class EventReceiver:
                     time.sleep(receiver.faults.every_delay)
                 if fault == "fail":
                     return self._answer(503)
+                if fault == "redirect":
+                    return self._answer(302, location="/moved")
                 if fault == "delay":
                     time.sleep(receiver.faults.delay_seconds)
                 if isinstance(body, dict):
@@ -150,9 +154,14 @@ class EventReceiver:
                     time.sleep(receiver.faults.slow_seconds)
                 self._answer(200)
 
-            def _answer(self, status: int) -> None:
+            def do_GET(self) -> None:
+                self._answer(200)
+
+            def _answer(self, status: int, location: str | None = None) -> None:
                 try:
                     self.send_response(status)
+                    if location is not None:
+                        self.send_header("Location", location)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                 except OSError:  # the sender timed out and hung up
