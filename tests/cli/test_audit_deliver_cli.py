@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from field_encrypt import audit
 from field_encrypt.cli.exit_codes import ExitCode
@@ -207,3 +208,26 @@ def test_follow_delivers_new_events_until_sigterm(
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
     assert [e["id"] for e in receiver.settled()] == [e.id for e in runtime.audit.events()]  # type: ignore[union-attr]
+
+
+def test_with_the_kek_tier_the_anchor_key_is_wrapped_by_the_mek(
+    env: dict[str, str], tmp_path: Path, monkeypatch: Any
+) -> None:
+    """FIELD_ENCRYPT_KEY_LAYOUT=kek: the anchor names a MEK version, not a KEK (whose wrapped
+    form lives in the database), and verifies."""
+    from field_encrypt.backends.base import KEK_PREFIX
+    from field_encrypt.config import load_settings
+    from tests.support.sample_product import product
+
+    monkeypatch.setenv("FIELD_ENCRYPT_KEY_LAYOUT", "kek")
+    runtime = product.open(load_settings({**env, "FIELD_ENCRYPT_KEY_LAYOUT": "kek"}))
+    try:
+        assert runtime.kek_tier is not None
+        runtime.encryptor.create_dek()
+        _fill(runtime, 2)
+    finally:
+        runtime.close()
+    anchor = tmp_path / "anchor.json"
+    assert cli("audit", "anchor", "--product", PRODUCT, "--out", str(anchor)).exit_code == 0
+    assert not json.loads(anchor.read_text())["mekVersion"].startswith(KEK_PREFIX)
+    assert cli("audit", "verify", "--product", PRODUCT, "--against", str(anchor)).exit_code == 0

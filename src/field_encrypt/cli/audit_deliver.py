@@ -17,10 +17,17 @@ if TYPE_CHECKING:
     from field_encrypt.audit_anchor import Anchor
     from field_encrypt.audit_delivery import AuditDelivery
     from field_encrypt.products import ProductRuntime
+    from field_encrypt.providers.base import KeyProvider
 
 
 def _anchor_line(anchor: Anchor, path: Path) -> str:
     return f"anchored event {anchor.seq} ({anchor.events} events, head {anchor.head}) in {path}"
+
+
+def _mek(runtime: ProductRuntime) -> KeyProvider:
+    """The MEK itself, never the KEK tier: a KEK lives in the database (wrapped), and its
+    retirement would orphan anchors."""
+    return runtime.kek_tier.mek if runtime.kek_tier is not None else runtime.provider
 
 
 def _sign(runtime: ProductRuntime, path: Path) -> Anchor:
@@ -28,7 +35,7 @@ def _sign(runtime: ProductRuntime, path: Path) -> Anchor:
 
     if runtime.audit is None:
         raise ConfigurationError(f"product {runtime.encryptor.product!r} has no audit trail")
-    anchor = sign_anchor(runtime.audit, runtime.provider, product=runtime.encryptor.product)
+    anchor = sign_anchor(runtime.audit, _mek(runtime), product=runtime.encryptor.product)
     write_anchor(anchor, path)
     return anchor
 
@@ -194,7 +201,7 @@ def verify_against(product: str, path: Path, *, json_: bool) -> None:
             raise ConfigurationError(
                 f"{path} anchors the trail of {anchor.product!r}, not {rt.encryptor.product!r}"
             )
-        report = check_anchor(rt.audit, rt.provider, anchor)
+        report = check_anchor(rt.audit, _mek(rt), anchor)
     if json_:
         output.emit_json(
             {
