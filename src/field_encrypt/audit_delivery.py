@@ -18,8 +18,8 @@ application/cloudevents+json``). An event counts as delivered when the destinati
 
 Before sending, each event is checked against the chain: its hash over its content, and its
 ``prevhash`` against the event delivered before it. A trail rewritten in the database after
-some of it was delivered is refused (:class:`~field_encrypt.errors.DeliveryError`), never
-forwarded as if it were the same trail.
+some of it was delivered is refused (:class:`~field_encrypt.errors.AuditChainError`),
+never forwarded as if it were the same trail.
 
 Failures are retried with exponential backoff and full jitter (:class:`Backoff`); 4xx
 answers other than 408 and 429 are retried too, but reported as refusals, since an operator
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from field_encrypt.audit import GENESIS, AuditEvent, event_hash
-from field_encrypt.errors import ConfigurationError, DeliveryError, StoreError
+from field_encrypt.errors import AuditChainError, ConfigurationError, DeliveryError, StoreError
 
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 log = logging.getLogger("field_encrypt.audit_delivery")
@@ -270,7 +270,7 @@ class AuditDelivery:
                 self.deliver()
                 failures = 0
                 wait = interval
-            except (DeliveryError, StoreError) as exc:
+            except (DeliveryError, AuditChainError, StoreError) as exc:
                 wait = self.backoff.delay(failures)
                 failures += 1
                 log.warning(
@@ -321,13 +321,13 @@ class AuditDelivery:
 
 def _check_link(event: AuditEvent, previous: str) -> None:
     if event.prevhash != previous:
-        raise DeliveryError(
+        raise AuditChainError(
             f"event {event.seq} of the trail does not follow the last delivered event: the "
             "trail in the database was changed after delivery; run `field-encrypt audit "
             "verify` and compare with the destination's copy"
         )
     if event_hash(event.cloudevent()) != event.hash:
-        raise DeliveryError(
+        raise AuditChainError(
             f"event {event.seq} of the trail does not match its hash (edited in the "
             "database); run `field-encrypt audit verify`"
         )

@@ -231,3 +231,20 @@ def test_with_the_kek_tier_the_anchor_key_is_wrapped_by_the_mek(
     assert cli("audit", "anchor", "--product", PRODUCT, "--out", str(anchor)).exit_code == 0
     assert not json.loads(anchor.read_text())["mekVersion"].startswith(KEK_PREFIX)
     assert cli("audit", "verify", "--product", PRODUCT, "--against", str(anchor)).exit_code == 0
+
+
+def test_a_chain_rewritten_after_delivery_exits_5_and_sends_nothing(
+    env: dict[str, str], runtime: ProductRuntime
+) -> None:
+    """Delivered, then rewritten in the database with valid hashes, then a new event: the next
+    delivery refuses it (exit 5) instead of sending a chain that does not follow on."""
+    _fill(runtime, 3)
+    with EventReceiver().running() as receiver:
+        assert cli("audit", "deliver", "--product", PRODUCT, "--to", receiver.url).exit_code == 0
+        _rewrite_from(sqlite3.connect(env["FIELD_ENCRYPT_DATABASE"], isolation_level=None), 2)
+        _fill(runtime, 1)
+        sent = len(receiver.requests)
+        refused = cli("audit", "deliver", "--product", PRODUCT, "--to", receiver.url)
+    assert refused.exit_code == ExitCode.NOT_VERIFIED
+    assert "changed after delivery" in refused.output
+    assert len(receiver.requests) == sent

@@ -22,7 +22,7 @@ from field_encrypt.audit_delivery import (
     received_hash,
 )
 from field_encrypt.backends.registry import open_audit_trail, open_database
-from field_encrypt.errors import ConfigurationError, DeliveryError
+from field_encrypt.errors import AuditChainError, ConfigurationError, DeliveryError
 from tests import figures
 from tests.backends import BACKEND_KINDS, backend_for
 from tests.support.event_receiver import EventReceiver, Faults
@@ -171,7 +171,7 @@ def test_a_trail_rewritten_after_delivery_is_refused(trail: Any) -> None:
     with EventReceiver().running() as receiver:
         destination = HttpDestination(receiver.url)
         trail.record_delivered(destination.name, seq=first.seq, hash="f" * 64)
-        with pytest.raises(DeliveryError, match="changed after delivery"):
+        with pytest.raises(AuditChainError, match="changed after delivery"):
             AuditDelivery(trail, destination).deliver()
     assert receiver.requests == []
 
