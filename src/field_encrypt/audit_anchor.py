@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import hmac
 import json
 import os
@@ -220,8 +219,3 @@ def read_anchor(path: Path) -> Anchor:
         return Anchor.from_json(data)
     except ConfigurationError as exc:
         raise ConfigurationError(f"{path}: {exc}") from None
-
-
-def fingerprint(anchor: Anchor) -> str:
-    """A short identifier of an anchor for output (not secret)."""
-    return hashlib.sha256(anchor.mac.encode()).hexdigest()[:16]
