@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     audit_sink: str = ""
     """Where audit events are forwarded after they are stored in the product's database:
     empty for nowhere, ``stdout``, or the path of a JSON-lines file."""
+    oncall_webhook: str = ""
+    """On-call notifications (rotation started, completed, failed, retire refused, compromise
+    declared): a webhook URL, empty for none. See docs/audit.md."""
+    oncall_format: Literal["slack", "cloudevents"] = "slack"
+    """The on-call webhook's body: Slack-compatible JSON or a structured-mode CloudEvent."""
 
     @field_validator("akv_key_size")
     @classmethod

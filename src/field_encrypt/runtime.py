@@ -47,7 +47,13 @@ def open_sqlite_runtime(
     )
     provider: KeyProvider = tier if tier is not None else mek
     store = SqliteDekStore(database, product=product)
-    trail = open_audit_trail(database, product=product, sink=settings.audit_sink)
+    trail = open_audit_trail(
+        database,
+        product=product,
+        sink=settings.audit_sink,
+        oncall_webhook=settings.oncall_webhook,
+        oncall_format=settings.oncall_format,
+    )
     if tier is not None:
         tier.audit = trail
     encryptor = FieldEncryptor(
@@ -98,7 +104,13 @@ def open_runtime(
         tier = build_key_layout(
             mek, settings, open_kek_store(database, product=product), product=product
         )
-        trail = open_audit_trail(database, product=product, sink=settings.audit_sink)
+        trail = open_audit_trail(
+            database,
+            product=product,
+            sink=settings.audit_sink,
+            oncall_webhook=settings.oncall_webhook,
+            oncall_format=settings.oncall_format,
+        )
     except BaseException:
         database.close()
         raise

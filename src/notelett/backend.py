@@ -78,7 +78,13 @@ def open_backend(
             mek, encryption, open_kek_store(database, product=PRODUCT), product=PRODUCT
         )
         notes, directory = _repositories(database, kind)
-        trail = open_audit_trail(database, product=PRODUCT, sink=encryption.audit_sink)
+        trail = open_audit_trail(
+            database,
+            product=PRODUCT,
+            sink=encryption.audit_sink,
+            oncall_webhook=encryption.oncall_webhook,
+            oncall_format=encryption.oncall_format,
+        )
     except BaseException:
         database.close()
         raise

@@ -167,15 +167,30 @@ def database_kind_of(database: Any) -> DatabaseKind:
     raise TypeError(f"not a field-encrypt database: {database!r}")
 
 
-def open_audit_trail(database: object, *, product: str, sink: str | None = None) -> AuditTrail:
-    """The product's trail in its own database; ``sink`` is ``FIELD_ENCRYPT_AUDIT_SINK``.
+def open_audit_trail(
+    database: object,
+    *,
+    product: str,
+    sink: str | None = None,
+    oncall_webhook: str = "",
+    oncall_format: str = "slack",
+) -> AuditTrail:
+    """The product's trail in its own database; ``sink`` is ``FIELD_ENCRYPT_AUDIT_SINK``;
+    ``oncall_webhook``/``oncall_format`` are ``FIELD_ENCRYPT_ONCALL_*`` (notices on rotation
+    events, see :mod:`field_encrypt.oncall`).
 
     ``database`` is a ``SqliteDatabase``, ``PostgresDatabase`` or ``CosmosDatabase`` (from
     :func:`open_database`); anything else is a ``ConfigurationError``.
     """
-    from field_encrypt.audit import sink_from_setting
+    from field_encrypt.audit import AuditSink, sink_from_setting
 
-    sinks = [s for s in (sink_from_setting(sink),) if s is not None]
+    sinks: list[AuditSink] = [s for s in (sink_from_setting(sink),) if s is not None]
+    if oncall_webhook:
+        from field_encrypt.oncall import OnCallSink, notifier_from_settings
+
+        notifier = notifier_from_settings(oncall_webhook, oncall_format)
+        assert notifier is not None
+        sinks.append(OnCallSink(notifier, product=product))
     try:
         kind = database_kind_of(database)
     except TypeError:

@@ -27,6 +27,7 @@ from field_encrypt.cli.console import command as console_command
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.cli.init import init_command
 from field_encrypt.cli.keys import keys_app
+from field_encrypt.cli.oncall import oncall_app
 from field_encrypt.cli.publishing import PushgatewayOpt, TextfileOpt
 from field_encrypt.cli.rotate import rotate_command
 from field_encrypt.errors import RotationError
@@ -55,6 +56,7 @@ def _root(version: VersionOpt = False) -> None:
 
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(oncall_app, name="oncall")
 app.command("rotate")(rotate_command)
 app.command("init")(init_command)
 app.command("console")(console_command)
