@@ -18,8 +18,11 @@ import pytest
 from field_encrypt.config import load_settings
 from field_encrypt.rotation import verify
 from tests.cli.helpers import cli_process
+from tests.support.fixtures import on_every_store
 from tests.support.sample_product import product
 from tests.support.seed import document, read_all, seed
+
+pytestmark = on_every_store
 
 KILLABLE = "tests.support.sample_product:killable_product"
 
