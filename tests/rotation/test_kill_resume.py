@@ -11,27 +11,19 @@ from __future__ import annotations
 
 import random
 import signal
-import sqlite3
 
 import pytest
 
 from field_encrypt.config import load_settings
 from field_encrypt.rotation import verify
 from tests.cli.helpers import cli_process
-from tests.support.fixtures import on_every_store
+from tests.support.fixtures import expire_leases, ledger_runs, on_every_store
 from tests.support.sample_product import product
 from tests.support.seed import document, read_all, seed
 
 pytestmark = on_every_store
 
 KILLABLE = "tests.support.sample_product:killable_product"
-
-
-def _expire_leases(db: str) -> None:
-    conn = sqlite3.connect(db)
-    with conn:
-        conn.execute("UPDATE rotation_shards SET lease_expires_at = 0 WHERE owner IS NOT NULL")
-    conn.close()
 
 
 def _kill_and_resume(env: dict[str, str], args: list[str], points: list[str]) -> list[int]:
@@ -43,7 +35,7 @@ def _kill_and_resume(env: dict[str, str], args: list[str], points: list[str]) ->
             refused = cli_process(*args, env=env)
             assert refused.returncode == 6, refused.stderr  # the dead run still holds its lease
             assert "in flight" in refused.stderr or "is held by" in refused.stderr
-            _expire_leases(env["FIELD_ENCRYPT_DATABASE"])
+            assert expire_leases(env) == 1
         else:
             assert result.returncode == 0, result.stderr
     final = cli_process(*args, "--json", env=env)
@@ -70,8 +62,7 @@ def test_rewrap_survives_kill_9_at_random_points(env: dict[str, str]) -> None:
         assert runtime.dek_store.count_by_version() == {"2": 300}
         assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(300)}
         assert verify(runtime, mek_version="2", sample=300).clean
-        runs = [r for r in _ledger_runs(env["FIELD_ENCRYPT_DATABASE"])]
-        assert runs == [("rewrap-deks", "completed")]  # one run, resumed each time
+        assert ledger_runs(env) == [("rewrap-deks", "completed")]  # one run, resumed each time
     finally:
         runtime.close()
 
@@ -101,11 +92,3 @@ def test_document_modes_survive_kill_9(env: dict[str, str], mode: str) -> None:
         assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(80)}
     finally:
         runtime.close()
-
-
-def _ledger_runs(db: str) -> list[tuple[str, str]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("SELECT mode, status FROM rotation_runs ORDER BY started_at").fetchall()
-    finally:
-        conn.close()
