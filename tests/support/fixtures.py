@@ -81,11 +81,11 @@ def expire_leases(env: Mapping[str, str]) -> int:
         runtime.close()
 
 
-def ledger_runs(env: Mapping[str, str]) -> list[tuple[str, str]]:
-    """``(mode, status)`` of the sample product's runs, oldest first."""
+def ledger_runs(env: Mapping[str, str], *, field: str = "mode") -> list[tuple[str, str]]:
+    """``(plan.FIELD, status)`` of the sample product's runs, newest last."""
     runtime = product.open(load_settings(env))
     try:
         runs: list[Any] = open_run_ledger(runtime.database).latest_runs(product.name, limit=100)
-        return [(r.plan.mode, r.status) for r in reversed(runs)]
+        return [(getattr(r.plan, field), r.status) for r in reversed(runs)]
     finally:
         runtime.close()
