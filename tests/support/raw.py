@@ -8,6 +8,7 @@ Cosmos DB) and do it there, so a suite parametrised over the stores needs no SQL
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from field_encrypt.backends.base import WrapUpdate
@@ -44,3 +45,59 @@ def age_deks(runtime: ProductRuntime, created_at: dt.datetime) -> None:
         ):
             item["createdAt"] = created_at.isoformat()
             container.replace_item(item["id"], item)
+
+
+def audit_event(runtime: ProductRuntime, seq: int) -> str:
+    """The stored text of the product's audit event at ``seq``."""
+    database: Any = runtime.database
+    kind, product = database_kind_of(database), runtime.encryptor.product
+    if kind == "sqlite":
+        ((text,),) = database.query(
+            "SELECT event FROM actiontrail WHERE product = ? AND seq = ?", (product, seq)
+        )
+    elif kind == "postgres":
+        ((text,),) = database.query(
+            "SELECT event FROM actiontrail WHERE product = %s AND seq = %s", (product, seq)
+        )
+    else:
+        text = _audit_item(database, product, seq)["event"]
+    return str(text)
+
+
+def put_audit_event(runtime: ProductRuntime, seq: int, text: str) -> None:
+    """Overwrite the audit event at ``seq`` with ``text`` (its stored hash: the one in it)."""
+    database: Any = runtime.database
+    kind, product = database_kind_of(database), runtime.encryptor.product
+    hash_ = json.loads(text)["hash"]
+    if kind == "sqlite":
+        database.execute(
+            "UPDATE actiontrail SET event = ?, hash = ? WHERE product = ? AND seq = ?",
+            (text, hash_, product, seq),
+        )
+    elif kind == "postgres":
+        database.query(
+            "UPDATE actiontrail SET event = %s, hash = %s WHERE product = %s AND seq = %s",
+            (text, hash_, product, seq),
+        )
+    else:
+        item = _audit_item(database, product, seq) | {"event": text, "hash": hash_}
+        database.container("actiontrail").replace_item(item["id"], item)
+
+
+def delete_audit_event(runtime: ProductRuntime, seq: int) -> None:
+    """Delete the audit event at ``seq``."""
+    database: Any = runtime.database
+    kind, product = database_kind_of(database), runtime.encryptor.product
+    if kind == "sqlite":
+        database.execute("DELETE FROM actiontrail WHERE product = ? AND seq = ?", (product, seq))
+    elif kind == "postgres":
+        database.query("DELETE FROM actiontrail WHERE product = %s AND seq = %s", (product, seq))
+    else:
+        database.container("actiontrail").delete_item(f"{seq:020d}", partition_key=product)
+
+
+def _audit_item(database: Any, product: str, seq: int) -> dict[str, Any]:
+    item: dict[str, Any] = database.container("actiontrail").read_item(
+        f"{seq:020d}", partition_key=product
+    )
+    return item
