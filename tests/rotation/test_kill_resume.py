@@ -5,6 +5,10 @@ itself SIGKILL before a chosen provider call, right after a chosen dek_store bat
 commits, or right after a chosen document write commits. Between runs the dead run's
 lease is first seen to refuse the next run, then expired by moving its expiry into the
 past (what the TTL does in real time; the TTL itself is tested on a fake clock).
+
+On SQLite: the same kills on PostgreSQL and Cosmos DB, every batch boundary of a rewrap
+and random points of every mode, are ``tests/reliability/test_crash_consistency.py``'s
+(its processes fork from a preloaded server, a second each cheaper than these).
 """
 
 from __future__ import annotations
@@ -17,11 +21,9 @@ import pytest
 from field_encrypt.config import load_settings
 from field_encrypt.rotation import verify
 from tests.cli.helpers import cli_process
-from tests.support.fixtures import expire_leases, ledger_runs, on_every_store
+from tests.support.fixtures import expire_leases, ledger_runs
 from tests.support.sample_product import product
 from tests.support.seed import document, read_all, seed
-
-pytestmark = on_every_store
 
 KILLABLE = "tests.support.sample_product:killable_product"
 
