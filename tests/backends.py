@@ -133,3 +133,40 @@ def backend_for(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Ba
         environ = {"FIELD_ENCRYPT_DATABASE": url, "FIELD_ENCRYPT_COSMOS_KEY": server.key}
         return Backend(kind=kind, url=url, environ=environ)
     raise AssertionError(f"unknown backend kind {kind!r}")
+
+
+def new_backend(kind: str, request: pytest.FixtureRequest, directory: Path) -> Backend:
+    """Another fresh database of ``kind`` each call (dropped after the test), for a test that
+    needs several: ``backend_for`` hands out the test's one database."""
+    if kind == "sqlite":
+        return backend_for(kind, request, directory)
+    name = f"t{uuid.uuid4().hex[:16]}"
+    if kind == "postgres":
+        import psycopg
+
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        with psycopg.connect(server.dsn, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+
+        def drop() -> None:
+            with psycopg.connect(server.dsn, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+        request.addfinalizer(drop)
+        url = server.dsn_for(name)
+        return Backend(kind=kind, url=url, environ={"FIELD_ENCRYPT_DATABASE": url})
+    if kind == "cosmos":
+        cosmos: CosmosServer = request.getfixturevalue("cosmos_server")
+        client: CosmosClient = request.getfixturevalue("cosmos_client")
+
+        def delete() -> None:
+            from azure.cosmos.exceptions import CosmosResourceNotFoundError
+
+            with contextlib.suppress(CosmosResourceNotFoundError):
+                client.delete_database(name)
+
+        request.addfinalizer(delete)
+        url = cosmos_url_for(cosmos, name)
+        environ = {"FIELD_ENCRYPT_DATABASE": url, "FIELD_ENCRYPT_COSMOS_KEY": cosmos.key}
+        return Backend(kind=kind, url=url, environ=environ)
+    raise AssertionError(f"unknown backend kind {kind!r}")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
-from pathlib import Path
 
 import pytest
 
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.products import ProductRuntime
 from tests.cli.helpers import PRODUCT, cli
+from tests.support.fixtures import on_every_store
+from tests.support.raw import audit_event, delete_audit_event, put_audit_event
 from tests.support.seed import seed
 
 
@@ -26,10 +26,7 @@ def _events(runtime: ProductRuntime) -> None:
     assert cli("keys", "disable", "1", "--product", PRODUCT).exit_code == 0
 
 
-def _db(env: dict[str, str]) -> sqlite3.Connection:
-    return sqlite3.connect(env["FIELD_ENCRYPT_DATABASE"], isolation_level=None)
-
-
+@on_every_store
 def test_an_intact_trail_verifies(env: dict[str, str], runtime: ProductRuntime) -> None:
     """Exit 0 with the count and the head hash."""
     _events(runtime)
@@ -37,45 +34,37 @@ def test_an_intact_trail_verifies(env: dict[str, str], runtime: ProductRuntime) 
     assert result.exit_code == 0
     report = json.loads(result.stdout)
     assert report["intact"] and report["events"] == 8
-    assert (
-        report["head"]
-        == _db(env).execute("SELECT hash FROM actiontrail ORDER BY seq DESC LIMIT 1").fetchone()[0]
-    )
+    assert report["head"] == json.loads(audit_event(runtime, 8))["hash"]
 
 
+@on_every_store
 @pytest.mark.parametrize("tamper", ["edit", "delete", "reorder", "rehash"])
 def test_a_tampered_trail_fails_naming_the_first_broken_link(
     env: dict[str, str], runtime: ProductRuntime, tamper: str
 ) -> None:
     """Editing, deleting, swapping or re-hashing a stored event: exit 5, naming where."""
     _events(runtime)
-    db = _db(env)
     if tamper == "edit":
-        (text,) = db.execute("SELECT event FROM actiontrail WHERE seq = 4").fetchone()
+        text = audit_event(runtime, 4)
         forged = text.replace('"existed": true', '"existed": false')
         assert forged != text
-        db.execute("UPDATE actiontrail SET event = ? WHERE seq = 4", (forged,))
+        put_audit_event(runtime, 4, forged)
         broken = 4
     elif tamper == "delete":
-        db.execute("DELETE FROM actiontrail WHERE seq = 5")
+        delete_audit_event(runtime, 5)
         broken = 6
     elif tamper == "reorder":
-        rows = db.execute("SELECT seq, event, hash FROM actiontrail WHERE seq IN (2, 3)").fetchall()
-        (s2, e2, h2), (s3, e3, h3) = rows
-        db.execute("UPDATE actiontrail SET event = ?, hash = ? WHERE seq = ?", (e3, h3, s2))
-        db.execute("UPDATE actiontrail SET event = ?, hash = ? WHERE seq = ?", (e2, h2, s3))
+        e2, e3 = audit_event(runtime, 2), audit_event(runtime, 3)
+        put_audit_event(runtime, 2, e3)
+        put_audit_event(runtime, 3, e2)
         broken = 2
     else:
         from field_encrypt.audit import event_hash
 
-        (text,) = db.execute("SELECT event FROM actiontrail WHERE seq = 1").fetchone()
-        event = json.loads(text)
+        event = json.loads(audit_event(runtime, 1))
         event["data"]["version"] = "9"
         event["hash"] = event_hash(event)
-        db.execute(
-            "UPDATE actiontrail SET event = ?, hash = ? WHERE seq = 1",
-            (json.dumps(event), event["hash"]),
-        )
+        put_audit_event(runtime, 1, json.dumps(event))
         broken = 2
     result = cli("audit", "verify", "--product", PRODUCT)
     assert result.exit_code == ExitCode.NOT_VERIFIED
@@ -84,6 +73,7 @@ def test_a_tampered_trail_fails_naming_the_first_broken_link(
     assert (as_json["intact"], as_json["first_broken_seq"]) == (False, broken)
 
 
+@on_every_store
 def test_list_filters_by_type_subject_time_and_limit(
     env: dict[str, str], runtime: ProductRuntime
 ) -> None:
@@ -121,38 +111,3 @@ def test_bad_times_are_usage_errors(env: dict[str, str], runtime: ProductRuntime
     """A --since that is not a time exits 2."""
     result = cli("audit", "list", "--product", PRODUCT, "--since", "yesterday")
     assert result.exit_code == ExitCode.USAGE
-
-
-def test_verify_and_list_on_postgres(
-    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The same commands read and check the trail in a PostgreSQL database."""
-    import psycopg
-
-    from field_encrypt.config import load_settings
-    from tests.support.sample_product import product
-
-    env = {
-        "FIELD_ENCRYPT_KEY_PROVIDER": "local",
-        "FIELD_ENCRYPT_KEYRING": str(tmp_path / "keyring.json"),
-        "FIELD_ENCRYPT_DATABASE": postgres_url,
-        "FIELD_ENCRYPT_ENABLED": "true",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    runtime = product.open(load_settings(env))
-    try:
-        _events(runtime)
-    finally:
-        runtime.close()
-    report = json.loads(cli("audit", "verify", "--product", PRODUCT, "--json").stdout)
-    assert report["intact"] and report["events"] == 8
-    listed = json.loads(cli("audit", "list", "--product", PRODUCT, "--json").stdout)
-    assert report["head"] == listed[-1]["hash"]
-    shreds = cli("audit", "list", "--product", PRODUCT, "--json", "--type", "dek.shredded")
-    assert len(json.loads(shreds.stdout)) == 3
-    with psycopg.connect(postgres_url, autocommit=True) as db:
-        db.execute("DELETE FROM actiontrail WHERE seq = 5")
-    result = cli("audit", "verify", "--product", PRODUCT)
-    assert result.exit_code == ExitCode.NOT_VERIFIED
-    assert "BROKEN at event 6" in result.stderr

@@ -11,6 +11,7 @@ from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
 from tests.cli.helpers import PRODUCT, cli, cli_process
 from tests.support import sample_product
+from tests.support.fixtures import on_every_store
 from tests.support.seed import read_all, seed
 
 COUNTING = "tests.support.sample_product:counting_product"
@@ -207,6 +208,7 @@ def test_encrypt_migrate_takes_the_runbook_flags(
     assert json.loads(result.stdout)["rewrapped"] == 5
 
 
+@on_every_store
 def test_backup_and_restore_round_trip(
     env: dict[str, str], runtime: ProductRuntime, tmp_path: Path
 ) -> None:
@@ -256,6 +258,7 @@ def test_restore_exits_4_while_a_dek_stays_unreadable(
     assert "Traceback" not in result.stderr
 
 
+@on_every_store
 def test_restore_refuses_a_damaged_or_foreign_backup(
     env: dict[str, str], runtime: ProductRuntime, tmp_path: Path
 ) -> None:

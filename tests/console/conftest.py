@@ -11,11 +11,11 @@ import pytest
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import MigrationOptions, create_version, migrate, open_ledger
 from tests.backends import BACKEND_KINDS, Backend, backend_for
-from tests.support.fixtures import env, runtime, settings
+from tests.support.fixtures import env, runtime, settings, store_kind
 from tests.support.sample_product import product
 from tests.support.seed import seed
 
-__all__ = ["Seeded", "env", "rewrap", "runtime", "seeded", "settings"]
+__all__ = ["Seeded", "env", "rewrap", "runtime", "seeded", "settings", "store_kind"]
 
 
 @dataclass(kw_only=True)

@@ -16,6 +16,7 @@ from tests.harnesses import (  # noqa: F401 - package-scoped fixtures
     pkcs11_harness,
     softhsm,
 )
+from tests.support.fixtures import store_kind  # noqa: F401 - the races run on every store
 
 SOAK = os.environ.get("FIELD_ENCRYPT_SOAK", "") not in ("", "0")
 

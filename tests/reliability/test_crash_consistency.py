@@ -27,17 +27,17 @@ from __future__ import annotations
 
 import random
 import signal
-import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from field_encrypt.config import load_settings
 from tests import figures
+from tests.backends import BACKEND_KINDS, new_backend
 from tests.reliability import processes
 from tests.reliability.conftest import scaled
 from tests.reliability.invariants import check
+from tests.support.fixtures import expire_leases, ledger_runs, move_holders_elsewhere
 from tests.support.sample_product import product
 from tests.support.seed import document, seed
 
@@ -47,21 +47,23 @@ BATCHES = 5
 KILLED = -signal.SIGKILL
 
 
-def _environment(directory: Path, database: str | None = None) -> dict[str, str]:
+def _environment(directory: Path, store: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """A local keyring in ``directory`` and a new database of kind ``store``."""
     directory.mkdir(parents=True, exist_ok=True)
     return {
         "FIELD_ENCRYPT_KEY_PROVIDER": "local",
         "FIELD_ENCRYPT_KEYRING": str(directory / "keyring.json"),
-        "FIELD_ENCRYPT_DATABASE": database or str(directory / "fe.db"),
         "FIELD_ENCRYPT_ENABLED": "true",
+        **new_backend(store, request, directory).environ,
     }
 
 
 def _prepare(
-    directory: Path, mode: str, count: int, database: str | None = None
+    directory: Path, mode: str, count: int, store: str, request: pytest.FixtureRequest
 ) -> tuple[dict[str, str], str]:
-    """A product with ``count`` documents ready for ``mode``; its environment and target."""
-    env = _environment(directory, database)
+    """A product with ``count`` documents ready for ``mode`` on a new database of kind
+    ``store``; its environment and target."""
+    env = _environment(directory, store, request)
     runtime = product.open(load_settings(env))
     try:
         seed(runtime, count, encrypt=mode != "encrypt")
@@ -80,37 +82,6 @@ def _check(env: dict[str, str], count: int, *, completed_on: str | None, where: 
         figures.record("crash consistency", invariant_checks=1)
     finally:
         runtime.close()
-
-
-def _sql(db: str, statement: str) -> list[tuple[Any, ...]]:
-    """Run one statement on the product's database (a SQLite file or a PostgreSQL URL)."""
-    if db.startswith("postgresql://"):
-        import psycopg
-
-        with psycopg.connect(db, autocommit=True) as pg:
-            cursor = pg.execute(statement)
-            return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
-    conn = sqlite3.connect(db)
-    try:
-        with conn:
-            return conn.execute(statement).fetchall()
-    finally:
-        conn.close()
-
-
-def _expire_leases(db: str) -> None:
-    _sql(db, "UPDATE rotation_shards SET lease_expires_at = 0 WHERE owner IS NOT NULL")
-
-
-def _move_holders_elsewhere(db: str) -> None:
-    _sql(
-        db,
-        "UPDATE rotation_shards SET owner = 'elsewhere.invalid:1:000000' WHERE owner IS NOT NULL",
-    )
-
-
-def _runs(db: str) -> list[tuple[Any, ...]]:
-    return _sql(db, "SELECT mode, status FROM rotation_runs")
 
 
 def _args(mode: str, batch: int) -> list[str]:
@@ -136,50 +107,49 @@ def _kill_then_resume(env: dict[str, str], args: list[str], point: str, count: i
     _check(env, count, completed_on=None, where=f"after kill -9 at {point}")
     # A dead holder on this host is taken over at once (the random-kill test below); one
     # on another host cannot be told from a live one: its lease is waited out.
-    _move_holders_elsewhere(env["FIELD_ENCRYPT_DATABASE"])
+    assert move_holders_elsewhere(env) == 1
     refused = processes.run(*args, env=env)
     assert refused.returncode == 6, (point, refused.stderr[-2000:])  # the dead run's lease
-    _expire_leases(env["FIELD_ENCRYPT_DATABASE"])
+    assert expire_leases(env) == 1
     figures.record("crash consistency", kills=1, refusals_while_leased=1)
 
 
-@pytest.mark.parametrize("mode", ["rewrap-deks", "re-encrypt", "encrypt"])
-def test_kill_9_at_every_batch_boundary(tmp_path: Path, mode: str) -> None:
-    """Killed at each boundary of a five-batch run, the same command completes the run."""
+@pytest.mark.parametrize(
+    ("mode", "store"),
+    [("rewrap-deks", store) for store in BACKEND_KINDS]
+    + [("re-encrypt", "sqlite"), ("encrypt", "sqlite")],
+)
+def test_kill_9_at_every_batch_boundary(
+    tmp_path: Path, mode: str, store: str, request: pytest.FixtureRequest
+) -> None:
+    """Killed at each boundary of a five-batch run, the same command completes the run (the
+    runbook's rewrap on every store; the document modes, whose random kills below run on
+    every store, at each boundary on SQLite)."""
     count = BATCH * BATCHES
     points = _boundaries(mode)
     for point in points:
-        env, target = _prepare(tmp_path / point.replace(":", "-"), mode, count)
+        env, target = _prepare(tmp_path / point.replace(":", "-"), mode, count, store, request)
         args = _args(mode, BATCH)
         _kill_then_resume(env, args, point, count)
         resumed = processes.run(*args, env=env)
         assert resumed.returncode == 0, (point, resumed.stderr[-2000:])
         _check(env, count, completed_on=target, where=f"after resuming from {point}")
-        assert _runs(env["FIELD_ENCRYPT_DATABASE"]) == [(mode, "completed")]
+        assert ledger_runs(env) == [(mode, "completed")]
         figures.record("crash consistency", crash_points=1, resumes=1)
-    print(f"{mode}: {len(points)} batch boundaries killed and resumed")
+    print(f"{mode} on {store}: {len(points)} batch boundaries killed and resumed")
 
 
-@pytest.mark.parametrize(
-    ("mode", "store"),
-    [
-        ("rewrap-deks", "sqlite"),
-        ("re-encrypt", "sqlite"),
-        ("encrypt", "sqlite"),
-        ("rewrap-deks", "postgres"),
-        ("re-encrypt", "postgres"),
-    ],
-)
+@pytest.mark.parametrize("store", BACKEND_KINDS)
+@pytest.mark.parametrize("mode", ["rewrap-deks", "re-encrypt", "encrypt"])
 def test_kill_9_at_random_points_of_a_larger_run(
     tmp_path: Path, mode: str, store: str, request: pytest.FixtureRequest
 ) -> None:
     """Kill after kill at random points, each resumed by the next run: nothing lost (on
-    SQLite, and on PostgreSQL with its own run ledger)."""
+    every store, each with its own run ledger)."""
     count = scaled(120, 600)
     batch = 10
     kills = scaled(5, 25)
-    database = request.getfixturevalue("postgres_url") if store == "postgres" else None
-    env, target = _prepare(tmp_path, mode, count, database)
+    env, target = _prepare(tmp_path, mode, count, store, request)
     rng = random.Random(f"{mode}-{count}")
     args = _args(mode, batch)
     calls = {"rewrap-deks": 3, "re-encrypt": 2, "encrypt": 1}[mode] * count
@@ -200,8 +170,8 @@ def test_kill_9_at_random_points_of_a_larger_run(
         final = processes.run(*args, env=env)
         assert final.returncode == 0, final.stderr[-2000:]
     _check(env, count, completed_on=target, where="after the last resume")
-    assert _runs(env["FIELD_ENCRYPT_DATABASE"]) == [(mode, "completed")]
+    assert ledger_runs(env) == [(mode, "completed")]
     figures.record("crash consistency", crash_points=killed, kills=killed, resumes=killed)
-    if store == "postgres":
-        figures.record("crash consistency", postgres_kills=killed)
+    if store != "sqlite":
+        figures.record("crash consistency", **{f"{store}_kills": killed})
     print(f"{mode} on {store}: {killed} random kills over {count} documents, then completed")

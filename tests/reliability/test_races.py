@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any
 import pytest
 
 from field_encrypt import ConcurrentUpdateError, LeaseHeldError, WrapUpdate, load_settings
-from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
 from field_encrypt.providers.local import LocalKeyProvider
@@ -37,11 +35,12 @@ from notelett.backend import Backend, open_backend
 from notelett.service import NoteContent, NotesService
 from notelett.settings import NoteLettSettings
 from tests import figures
-from tests.backends import BACKEND_KINDS
-from tests.reliability import processes, remote
+from tests.backends import BACKEND_KINDS, backend_for
+from tests.reliability import processes
 from tests.reliability.conftest import scaled
 from tests.reliability.invariants import check
 from tests.service.conftest import add_members
+from tests.support.fixtures import ledger_runs, on_every_store
 from tests.support.sample_product import product
 from tests.support.seed import document, seed
 
@@ -64,11 +63,20 @@ def _hook(runtime: ProductRuntime, action: Any) -> FaultInjectingProvider:
 
 
 @pytest.fixture
-def backend(tmp_path: Path) -> Iterator[Backend]:
-    encryption = load_settings({}, keyring=str(tmp_path / "keyring.json"), mek_name="m")
+def store_environ(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> dict[str, str]:
+    """FIELD_ENCRYPT_DATABASE (and the Cosmos DB key) of a fresh database of ``store_kind``."""
+    return backend_for(store_kind, request, tmp_path).environ
+
+
+@pytest.fixture
+def backend(store_environ: dict[str, str], tmp_path: Path) -> Iterator[Backend]:
+    """NoteLett on a fresh database of the test's store kind, with a local keyring."""
+    encryption = load_settings(store_environ, keyring=str(tmp_path / "keyring.json"), mek_name="m")
     provider = LocalKeyProvider(encryption.keyring, mek_name="m", refresh_seconds=0)
     settings = NoteLettSettings(
-        database=str(tmp_path / "notelett.db"),
+        database=store_environ["FIELD_ENCRYPT_DATABASE"],
         jwt_secret="races-7c2e9b4f1a8d3e6c0b5f2a9d4e7c1b8f3a6d",
     )  # type: ignore[arg-type]
     opened = open_backend(encryption, settings, provider=provider)
@@ -77,6 +85,7 @@ def backend(tmp_path: Path) -> Iterator[Backend]:
     opened.close()
 
 
+@on_every_store
 def test_notelett_writers_during_a_rewrap(backend: Backend) -> None:
     """Creates, updates and deletes between the rewrap's calls: the invariants hold after."""
     from notelett.auth import Principal
@@ -121,9 +130,7 @@ def test_notelett_writers_during_a_rewrap(backend: Backend) -> None:
     _hook(runtime, write)
     try:
         report = migrate(
-            runtime,
-            SqliteRunLedger(runtime.database),
-            MigrationOptions(mode="rewrap-deks", batch_size=5),
+            runtime, open_ledger(runtime), MigrationOptions(mode="rewrap-deks", batch_size=5)
         )
     finally:
         runtime.provider = original
@@ -143,25 +150,35 @@ def test_notelett_writers_during_a_rewrap(backend: Backend) -> None:
 # -- a newer wrap, and a deleted row, under the rewrap's feet ---------------------------------
 
 
-def _sample(directory: Path, count: int, *, encrypt: bool = True) -> ProductRuntime:
-    provider = LocalKeyProvider(directory / "keyring.json", mek_name="m", refresh_seconds=0)
-    runtime = remote.open_runtime(directory / "fe.db", provider)
+def _open(environ: dict[str, str], directory: Path) -> ProductRuntime:
+    """The sample product on the test's database, its local keyring re-read on every call."""
+    env = {**environ, "FIELD_ENCRYPT_KEYRING": str(directory / "keyring.json")}
+    return product.open(load_settings(env, mek_name="m", provider_refresh_seconds=0))
+
+
+def _sample(
+    environ: dict[str, str], directory: Path, count: int, *, encrypt: bool = True
+) -> ProductRuntime:
+    runtime = _open(environ, directory)
     seed(runtime, count, encrypt=encrypt)
     return runtime
 
 
+@on_every_store
 def test_a_newer_wrap_is_never_overwritten_and_a_deleted_row_never_returns(
-    tmp_path: Path,
+    store_environ: dict[str, str], tmp_path: Path
 ) -> None:
     """Rows of a batch the rewrap has read are rewrapped or deleted by another writer before
     the batch is written back: the writer's wrap stays, the deleted row stays gone."""
-    runtime = _sample(tmp_path, 20)
+    runtime = _sample(store_environ, tmp_path, 20)
     provider = runtime.provider
     target = provider.create_version().version
     batch = 10
     second = runtime.dek_store.scan(limit=batch).cursor
     rows = runtime.dek_store.scan(cursor=second, limit=batch).records
     newer, gone = rows[2], rows[5]
+    owners = {d.dek_id: d.id for d in runtime.documents["records"].scan(limit=100).documents}
+    victim = owners[gone.dek_id]  # scan order is the store's own (Cosmos DB: not insertion)
     theirs: dict[str, bytes] = {}
 
     def writer(call: int) -> None:
@@ -185,13 +202,11 @@ def test_a_newer_wrap_is_never_overwritten_and_a_deleted_row_never_returns(
         )
         theirs[newer.dek_id] = wrapped.ciphertext
         assert runtime.dek_store.delete(gone.dek_id)
-        runtime.documents["records"].delete(f"doc-{10 + 5}")
+        runtime.documents["records"].delete(victim)
 
     _hook(runtime, writer)
     report = migrate(
-        runtime,
-        SqliteRunLedger(runtime.database),
-        MigrationOptions(mode="rewrap-deks", batch_size=batch),
+        runtime, open_ledger(runtime), MigrationOptions(mode="rewrap-deks", batch_size=batch)
     )
     runtime.provider = provider
     try:
@@ -199,26 +214,26 @@ def test_a_newer_wrap_is_never_overwritten_and_a_deleted_row_never_returns(
         assert report.counters.conflicts == 2 and report.counters.skipped >= 2, report.as_dict()
         assert runtime.dek_store.get(newer.dek_id).wrapped == theirs[newer.dek_id]
         assert runtime.dek_store.get_many([gone.dek_id]) == {}
-        expected = {f"doc-{i}": document(i) for i in range(20) if i != 15}
-        check(runtime, expected, deleted={"doc-15"}, completed_on=target).assert_ok()
+        expected = {f"doc-{i}": document(i) for i in range(20) if f"doc-{i}" != victim}
+        check(runtime, expected, deleted={victim}, completed_on=target).assert_ok()
         figures.record("races", stale_wraps_refused=1, resurrections_refused=1)
     finally:
         runtime.close()
 
 
+@on_every_store
 @pytest.mark.parametrize("mode", ["re-encrypt", "encrypt"])
-def test_a_document_deleted_during_its_migration_is_skipped(tmp_path: Path, mode: str) -> None:
+def test_a_document_deleted_during_its_migration_is_skipped(
+    store_environ: dict[str, str], tmp_path: Path, mode: str
+) -> None:
     """The application deletes a document (and shreds its DEK) while the document mode is
     migrating it: skipped, not failed, and no DEK of it is left."""
-    runtime = _sample(tmp_path, 12, encrypt=mode == "re-encrypt")
+    runtime = _sample(store_environ, tmp_path, 12, encrypt=mode == "re-encrypt")
     if mode == "re-encrypt":
         runtime.provider.create_version()
     target = runtime.provider.current_version()
     runtime.close()
-    fresh = remote.open_runtime(
-        tmp_path / "fe.db",
-        LocalKeyProvider(tmp_path / "keyring.json", mek_name="m", refresh_seconds=0),
-    )
+    fresh = _open(store_environ, tmp_path)
     victim = "doc-5"
     docs = fresh.documents["records"]
 
@@ -231,9 +246,7 @@ def test_a_document_deleted_during_its_migration_is_skipped(tmp_path: Path, mode
 
     _hook(fresh, app_deletes)
     try:
-        report = migrate(
-            fresh, SqliteRunLedger(fresh.database), MigrationOptions(mode=mode, batch_size=4)
-        )
+        report = migrate(fresh, open_ledger(fresh), MigrationOptions(mode=mode, batch_size=4))
         assert report.status == "completed", report.as_dict()
         assert report.failure_count == 0, report.failures
         expected = {f"doc-{i}": document(i) for i in range(12) if f"doc-{i}" != victim}
@@ -325,9 +338,13 @@ def test_two_runs_with_different_targets_interleaved(store_backend: Any, tmp_pat
     figures.record("races", concurrent_runs_refused=1)
 
 
-def test_two_cli_processes_with_different_targets_started_together(tmp_path: Path) -> None:
-    """Real processes, started at once, again and again: never two runs at the same time."""
-    rounds = scaled(3, 15)
+@on_every_store
+def test_two_cli_processes_with_different_targets_started_together(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Real processes, started at once, again and again: never two runs at the same time
+    (on a server database, one round: the test's database is its one fresh database)."""
+    rounds = scaled(3, 15) if store_kind == "sqlite" else 1
     refusals = 0
     for round_ in range(rounds):
         directory = tmp_path / f"round-{round_}"
@@ -335,7 +352,7 @@ def test_two_cli_processes_with_different_targets_started_together(tmp_path: Pat
         env = {
             "FIELD_ENCRYPT_KEY_PROVIDER": "local",
             "FIELD_ENCRYPT_KEYRING": str(directory / "keyring.json"),
-            "FIELD_ENCRYPT_DATABASE": str(directory / "fe.db"),
+            **backend_for(store_kind, request, directory).environ,
         }
         runtime = product.open(load_settings(env))
         seed(runtime, 150)
@@ -351,17 +368,18 @@ def test_two_cli_processes_with_different_targets_started_together(tmp_path: Pat
         refusals += codes == [0, 6]
         statuses = [json.loads(r.stdout)["status"] for r in results if r.returncode == 0]
         assert statuses and all(s == "completed" for s in statuses), statuses
-        conn = sqlite3.connect(directory / "fe.db")
-        runs = conn.execute(
-            "SELECT to_version, status FROM rotation_runs ORDER BY rowid"
-        ).fetchall()
-        conn.close()
-        # (started_at is read before a run waits for the database, so it cannot order them.)
+        runs = ledger_runs(env, field="to_version")
         completed = [r for r in runs if r[1] == "completed"]
         assert len(completed) == codes.count(0), runs  # every exit 0 is a completed run
         assert len(runs) - len(completed) <= codes.count(6), runs  # abandoned ones refused
-        runs = completed
-        last = runs[-1][0]
+        # Which completed last: the one whose target every DEK is on (a run's start time
+        # is read before it waits for the database, so it cannot order them).
+        runtime = product.open(load_settings(env))
+        try:
+            (last,) = runtime.dek_store.count_by_version()
+        finally:
+            runtime.close()
+        assert last in {r[0] for r in completed}, (last, runs)
         runtime = product.open(load_settings(env))
         try:
             expected = {f"doc-{i}": document(i) for i in range(150)}
@@ -372,6 +390,7 @@ def test_two_cli_processes_with_different_targets_started_together(tmp_path: Pat
     print(f"{rounds} rounds of two processes: {refusals} refused the other's run")
 
 
+@on_every_store
 def test_an_update_that_loses_its_compare_and_swap_leaves_no_dek(backend: Backend) -> None:
     """A plaintext note (from before encryption) updated while someone else writes it: the
     update answers 412 and the DEK it made for the note is gone again."""
@@ -415,6 +434,7 @@ def test_an_update_that_loses_its_compare_and_swap_leaves_no_dek(backend: Backen
     figures.record("races", orphan_deks_refused=1)
 
 
+@on_every_store
 def test_writer_threads_during_a_rewrap(backend: Backend) -> None:
     """Real threads: three writers create, update and delete notes (each its own share, so
     the expected state is exact) while a rewrap runs; the invariants hold afterwards."""
@@ -466,7 +486,7 @@ def test_writer_threads_during_a_rewrap(backend: Backend) -> None:
     try:
         report = migrate(
             backend.runtime,
-            SqliteRunLedger(backend.runtime.database),
+            open_ledger(backend.runtime),
             MigrationOptions(mode="rewrap-deks", batch_size=10),
         )
     finally:

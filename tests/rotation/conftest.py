@@ -1,3 +1,3 @@
-from tests.support.fixtures import env, runtime, settings
+from tests.support.fixtures import env, runtime, settings, store_kind
 
-__all__ = ["env", "runtime", "settings"]
+__all__ = ["env", "runtime", "settings", "store_kind"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
+from field_encrypt.backends.registry import open_run_ledger
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import MigrationOptions, RunReport, migrate
 from field_encrypt.testing import FakeClock, FaultInjectingProvider
@@ -25,7 +25,7 @@ def run(
     options.setdefault("mode", "rewrap-deks")
     return migrate(
         runtime,
-        SqliteRunLedger(runtime.database),
+        open_run_ledger(runtime.database),
         MigrationOptions(**options),
         clock=clock.time,
         monotonic=clock.monotonic,

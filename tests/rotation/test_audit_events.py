@@ -21,7 +21,11 @@ from field_encrypt.providers.base import dek_context
 from field_encrypt.testing import FakeClock
 from tests.cli.helpers import PRODUCT, cli
 from tests.rotation.helpers import faulty, run
+from tests.support.fixtures import on_every_store
+from tests.support.raw import set_wrap
 from tests.support.seed import seed
+
+pytestmark = on_every_store
 
 CLOUDEVENT_ATTRIBUTES = {
     "specversion",
@@ -80,14 +84,10 @@ def test_every_event_type_comes_from_its_code_path(
     assert stopped.exit_code == 7  # run.started, run.failed
 
     bad = runtime.dek_store.scan(limit=1).records[0]
-    runtime.database.execute(
-        "UPDATE dek_store SET wrapped = ? WHERE dek_id = ?", (b"\0" * 60, bad.dek_id)
-    )
+    set_wrap(runtime, bad.dek_id, wrapped=b"\0" * 60)
     rewrap = cli("migrate", "--product", PRODUCT, "--mode", "rewrap-deks", "--batch-size", "1")
     assert rewrap.exit_code == 4  # started, progress (60 batches), dek.rewrap.failed, completed
-    runtime.database.execute(
-        "UPDATE dek_store SET wrapped = ? WHERE dek_id = ?", (bad.wrapped, bad.dek_id)
-    )
+    set_wrap(runtime, bad.dek_id, wrapped=bad.wrapped)
     reencrypt = cli("migrate", "--product", PRODUCT, "--mode", "re-encrypt")
     assert reencrypt.exit_code == 0  # document.reencrypted: the one DEK left on version 1
 
@@ -137,9 +137,7 @@ def test_event_data_names_what_happened(env: dict[str, str], runtime: ProductRun
     seed(runtime, 4)
     cli("keys", "create", "--product", PRODUCT)
     bad = runtime.dek_store.scan(limit=1).records[0]
-    runtime.database.execute(
-        "UPDATE dek_store SET wrapped = ? WHERE dek_id = ?", (b"\0" * 60, bad.dek_id)
-    )
+    set_wrap(runtime, bad.dek_id, wrapped=b"\0" * 60)
     assert cli("migrate", "--product", PRODUCT, "--mode", "rewrap-deks").exit_code == 4
     (failed,) = runtime.audit.events(types=[audit.DEK_REWRAP_FAILED])
     assert failed.subject == f"dek/{bad.dek_id}"

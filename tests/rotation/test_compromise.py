@@ -7,22 +7,25 @@ import json
 from pathlib import Path
 
 from field_encrypt import audit
-from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
-from field_encrypt.backends.sqlite.lifecycle import SqliteLifecycleStore
+from field_encrypt.backends.registry import open_lifecycle_store, open_run_ledger
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import CompromiseReport, respond_to_compromise, verify
 from field_encrypt.testing import FakeClock
 from tests.cli.helpers import PRODUCT, cli
 from tests.rotation.helpers import run
+from tests.support.fixtures import on_every_store
+from tests.support.raw import age_deks
 from tests.support.seed import document, read_all, seed
+
+pytestmark = on_every_store
 
 
 def _respond(runtime: ProductRuntime, version: str, **kwargs: object) -> CompromiseReport:
     return respond_to_compromise(
         runtime,
-        SqliteRunLedger(runtime.database),
-        SqliteLifecycleStore(runtime.database),
+        open_run_ledger(runtime.database),
+        open_lifecycle_store(runtime.database),
         version,
         **kwargs,  # type: ignore[arg-type]
     )
@@ -46,7 +49,7 @@ def test_the_current_version_compromised(runtime: ProductRuntime) -> None:
     ]
     assert _dek_ids(runtime) == before
     assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(20)}
-    note = SqliteLifecycleStore(runtime.database).note("sample", "1")
+    note = open_lifecycle_store(runtime.database).note("sample", "1")
     assert note.compromised and not note.dek_exposed and note.retired_at is not None
     assert runtime.audit is not None
     (event,) = runtime.audit.events(types=[audit.MEK_VERSION_COMPROMISED])
@@ -85,9 +88,7 @@ def test_an_old_retired_version_found_compromised_later(
 ) -> None:
     """Version 1 long retired; its DEKs exposed (an old backup): only DEKs it ever wrapped change."""
     seed(runtime, 10)
-    db = runtime.database
-    ten_days = (dt.datetime.now(dt.UTC) - dt.timedelta(days=10)).timestamp()
-    db.execute("UPDATE dek_store SET created_at = ?", (ten_days,))
+    age_deks(runtime, dt.datetime.now(dt.UTC) - dt.timedelta(days=10))
     runtime.provider.create_version()
     keyring = Path(env["FIELD_ENCRYPT_KEYRING"])
     data = json.loads(keyring.read_text())
@@ -135,7 +136,7 @@ def test_a_version_disabled_by_responders_is_rewrapped_once_enabled(
     runtime.provider.set_enabled("1", False)
     refused = cli("keys", "compromised", "1", "--product", PRODUCT)
     assert refused.exit_code == ExitCode.REFUSED and "enable them" in refused.stderr
-    assert SqliteLifecycleStore(runtime.database).note("sample", "1").compromised
+    assert open_lifecycle_store(runtime.database).note("sample", "1").compromised
     assert cli("keys", "enable", "1", "--product", PRODUCT).exit_code == 0
     done = cli("keys", "compromised", "1", "--product", PRODUCT)
     assert done.exit_code == 0, done.stderr

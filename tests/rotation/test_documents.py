@@ -7,13 +7,16 @@ import json
 import pytest
 
 from field_encrypt import token
-from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
+from field_encrypt.backends.registry import open_run_ledger
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import Counters, MigrationOptions, prepare_job, verify
 from field_encrypt.rotation.docwalk import Pending
 from field_encrypt.testing import FakeClock
 from tests.rotation.helpers import faulty, run, versions_of
+from tests.support.fixtures import on_every_store
 from tests.support.seed import document, read_all, seed
+
+pytestmark = on_every_store
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ def test_reencrypt_settles_pending_steps_left_by_a_crash(
     """Resume drops the new DEK of an uncommitted step and the old DEK of a committed one."""
     seed(runtime, 4)
     runtime.provider.create_version()
-    ledger = SqliteRunLedger(runtime.database)
+    ledger = open_run_ledger(runtime.database)
     docs = runtime.documents["records"]
     first, second = docs.scan(limit=2).documents
     # Simulate a crash: two steps named, both new DEKs created, only the first document written.

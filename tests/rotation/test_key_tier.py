@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 from collections.abc import Iterator
 
 import pytest
@@ -24,8 +23,11 @@ from field_encrypt.testing import CountingProvider
 from field_encrypt.usage import count_not_on, dek_counts
 from tests.cli.helpers import PRODUCT, cli, cli_process
 from tests.support import sample_product
+from tests.support.fixtures import expire_leases, on_every_store
 from tests.support.sample_product import product
 from tests.support.seed import document, read_all, seed
+
+pytestmark = on_every_store
 
 KILLABLE = "tests.support.sample_product:killable_product"
 COUNTING = "tests.support.sample_product:counting_product"
@@ -142,13 +144,6 @@ def test_rewrap_deks_on_the_tier_also_moves_direct_deks(tier_env: dict[str, str]
     assert _all_read(tier_env, 50)
 
 
-def _expire_leases(db: str) -> None:
-    conn = sqlite3.connect(db)
-    with conn:
-        conn.execute("UPDATE rotation_shards SET lease_expires_at = 0 WHERE owner IS NOT NULL")
-    conn.close()
-
-
 def _killed_then_finished(env: dict[str, str], mode: str, points: list[str], count: int) -> None:
     args = ["migrate", "--product", KILLABLE, "--mode", mode, "--batch-size", "10"]
     kills = 0
@@ -156,7 +151,7 @@ def _killed_then_finished(env: dict[str, str], mode: str, points: list[str], cou
         result = cli_process(*args, env={**env, "SAMPLE_KILL_AT": point})
         if result.returncode == -signal.SIGKILL:
             kills += 1
-            _expire_leases(env["FIELD_ENCRYPT_DATABASE"])
+            expire_leases(env)
         else:
             assert result.returncode == 0, result.stderr
         assert _all_read(env, count), f"a document did not read after the kill at {point}"
@@ -282,8 +277,7 @@ def test_dek_exposed_compromise_covers_every_dek_under_an_exposed_kek(
     """A KEK keeps its key when rewrapped: DEKs created after the compromise was declared,
     under a KEK that existed before it, are re-encrypted too; the partition gets a new KEK;
     the exposed KEK is deleted once no DEK names it."""
-    from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
-    from field_encrypt.backends.sqlite.lifecycle import SqliteLifecycleStore
+    from field_encrypt.backends.registry import open_lifecycle_store, open_run_ledger
     from field_encrypt.rotation import respond_to_compromise
 
     for runtime in _opened(tier_env):
@@ -291,8 +285,8 @@ def test_dek_exposed_compromise_covers_every_dek_under_an_exposed_kek(
         assert runtime.kek_tier is not None
         (exposed,) = runtime.kek_tier.keks.all()
         ledger, lifecycle = (
-            SqliteRunLedger(runtime.database),
-            SqliteLifecycleStore(runtime.database),
+            open_run_ledger(runtime.database),
+            open_lifecycle_store(runtime.database),
         )
         first = respond_to_compromise(runtime, ledger, lifecycle, "1")  # not (yet) DEK-exposed
         assert first.stopped_at is None and dek_counts(runtime) == {"2": 10}

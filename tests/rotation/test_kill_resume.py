@@ -5,19 +5,23 @@ itself SIGKILL before a chosen provider call, right after a chosen dek_store bat
 commits, or right after a chosen document write commits. The next run takes the dead
 run's lease over at once (its holder was a process of this host that no longer exists);
 a holder on another host is waited out until its lease expires.
+
+On SQLite: the same kills on PostgreSQL and Cosmos DB, every batch boundary of a rewrap
+and random points of every mode, are ``tests/reliability/test_crash_consistency.py``'s
+(its processes fork from a preloaded server, a second each cheaper than these).
 """
 
 from __future__ import annotations
 
 import random
 import signal
-import sqlite3
 
 import pytest
 
 from field_encrypt.config import load_settings
 from field_encrypt.rotation import verify
 from tests.cli.helpers import cli_process
+from tests.support.fixtures import ledger_runs
 from tests.support.sample_product import product
 from tests.support.seed import document, read_all, seed
 
@@ -55,8 +59,7 @@ def test_rewrap_survives_kill_9_at_random_points(env: dict[str, str]) -> None:
         assert runtime.dek_store.count_by_version() == {"2": 300}
         assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(300)}
         assert verify(runtime, mek_version="2", sample=300).clean
-        runs = [r for r in _ledger_runs(env["FIELD_ENCRYPT_DATABASE"])]
-        assert runs == [("rewrap-deks", "completed")]  # one run, resumed each time
+        assert ledger_runs(env) == [("rewrap-deks", "completed")]  # one run, resumed each time
     finally:
         runtime.close()
 
@@ -86,11 +89,3 @@ def test_document_modes_survive_kill_9(env: dict[str, str], mode: str) -> None:
         assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(80)}
     finally:
         runtime.close()
-
-
-def _ledger_runs(db: str) -> list[tuple[str, str]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("SELECT mode, status FROM rotation_runs ORDER BY started_at").fetchall()
-    finally:
-        conn.close()

@@ -13,8 +13,7 @@ import time
 import pytest
 
 from field_encrypt import audit
-from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
-from field_encrypt.backends.sqlite.lifecycle import SqliteLifecycleStore
+from field_encrypt.backends.registry import open_lifecycle_store, open_run_ledger
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.errors import ConfigurationError, RotationError
 from field_encrypt.products import ProductRuntime
@@ -29,7 +28,10 @@ from field_encrypt.rotation.retire import DEKS_GONE, SAMPLE_READS, SOAK_PASSED, 
 from field_encrypt.testing import FakeClock
 from tests.cli.helpers import PRODUCT, cli
 from tests.rotation.helpers import run
+from tests.support.fixtures import on_every_store
 from tests.support.seed import seed
+
+pytestmark = on_every_store
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -50,8 +52,8 @@ def _rotated(runtime: ProductRuntime, clock: FakeClock, count: int = 20) -> None
 def _retire(runtime: ProductRuntime, clock: FakeClock, **kwargs: object) -> RetireReport:
     return retire(
         runtime,
-        SqliteRunLedger(runtime.database),
-        SqliteLifecycleStore(runtime.database),
+        open_run_ledger(runtime.database),
+        open_lifecycle_store(runtime.database),
         kwargs.pop("version", "1"),  # type: ignore[arg-type]
         clock=clock.time,
         **kwargs,  # type: ignore[arg-type]
@@ -132,7 +134,7 @@ def test_refused_during_the_soak_then_retired_after_it(
     assert retired.data["retainUntil"] == dt.datetime.fromtimestamp(
         report.retain_until or 0, dt.UTC
     ).isoformat(timespec="seconds")
-    row = version_rows(runtime, SqliteLifecycleStore(runtime.database))[0]
+    row = version_rows(runtime, open_lifecycle_store(runtime.database))[0]
     assert row["retain_until"] == retired.data["retainUntil"] and row["retired_at"]
 
 
@@ -158,7 +160,7 @@ def test_a_rerun_that_moved_nothing_does_not_restart_the_soak(
 def test_a_compromised_version_needs_no_soak(runtime: ProductRuntime, clock: FakeClock) -> None:
     """Once its DEKs are gone, a compromised version is retired at once."""
     _rotated(runtime, clock)
-    lifecycle = SqliteLifecycleStore(runtime.database)
+    lifecycle = open_lifecycle_store(runtime.database)
     note = lifecycle.note("sample", "1")
     lifecycle.save_note("sample", type(note)(version="1", compromised_at=clock.time()))
     report = _retire(runtime, clock)
@@ -177,7 +179,7 @@ def test_retire_is_idempotent_and_enable_undoes_it(
     assert first.retired
     again = _retire(runtime, clock)
     assert again.already_retired and again.retain_until == first.retain_until
-    lifecycle = SqliteLifecycleStore(runtime.database)
+    lifecycle = open_lifecycle_store(runtime.database)
     enable_version(runtime, lifecycle, "1")
     assert lifecycle.note("sample", "1").retired_at is None
     assert lifecycle.note("sample", "1").retain_until == first.retain_until  # kept
@@ -228,7 +230,7 @@ def test_the_gate_alone_changes_nothing_and_agrees_with_retire(
     DEKs left are counted; ``sample=0`` decrypts nothing and says so."""
     seed(runtime, 6)
     create_version(runtime)
-    ledger, lifecycle = SqliteRunLedger(runtime.database), SqliteLifecycleStore(runtime.database)
+    ledger, lifecycle = open_run_ledger(runtime.database), open_lifecycle_store(runtime.database)
     gate = retire_gate(runtime, ledger, lifecycle, "1", clock=clock.time, sample=0)
     assert gate.deks_left == 6 and not gate.retired
     assert gate.checks[1].ok and gate.checks[1].detail == "not sampled (sample size 0)"

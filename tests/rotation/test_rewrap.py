@@ -5,14 +5,18 @@ from __future__ import annotations
 import pytest
 
 from field_encrypt.backends.base import WrapUpdate
-from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
+from field_encrypt.backends.registry import open_run_ledger
 from field_encrypt.errors import LeaseHeldError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
 from field_encrypt.rotation import RetryPolicy
 from field_encrypt.testing import FakeClock
 from tests.rotation.helpers import faulty, run, versions_of
+from tests.support.fixtures import on_every_store
+from tests.support.raw import set_wrap
 from tests.support.seed import document, read_all, seed
+
+pytestmark = on_every_store
 
 
 @pytest.fixture
@@ -128,7 +132,7 @@ def test_a_dead_runs_lease_expires_and_the_run_resumes_from_its_cursor(
     """A worker that died keeps its shard until the TTL passes; then the next run resumes it."""
     seed(runtime, 30)
     runtime.provider.create_version()
-    ledger = SqliteRunLedger(runtime.database)
+    ledger = open_run_ledger(runtime.database)
     calls = 0
 
     def die(name: str) -> None:
@@ -206,12 +210,10 @@ def test_deks_that_cannot_be_unwrapped_are_named_and_the_run_goes_on(
     seed(runtime, 12)
     runtime.provider.create_version()
     first = runtime.dek_store.scan(limit=3).records
-    db = runtime.database
-    db.execute(
-        "UPDATE dek_store SET wrapped = ? WHERE dek_id = ?",
-        (bytes([first[0].wrapped[0] ^ 1]) + first[0].wrapped[1:], first[0].dek_id),
+    set_wrap(
+        runtime, first[0].dek_id, wrapped=bytes([first[0].wrapped[0] ^ 1]) + first[0].wrapped[1:]
     )
-    db.execute("UPDATE dek_store SET mek_version = '99' WHERE dek_id = ?", (first[2].dek_id,))
+    set_wrap(runtime, first[2].dek_id, mek_version="99")
     report = run(runtime, clock, batch_size=5)
     assert report.status == "completed_with_failures"
     assert report.failure_count == 2
@@ -249,7 +251,7 @@ def test_a_dead_workers_shard_is_taken_over_after_its_lease_expires(
     """Worker 1 of 2 finishes its shard; worker 2's dead shard is taken over after the TTL."""
     seed(runtime, 40)
     runtime.provider.create_version()
-    ledger = SqliteRunLedger(runtime.database)
+    ledger = open_run_ledger(runtime.database)
     first = run(runtime, clock, worker=(0, 2), owner="w1")
     assert first.status == "completed"  # nobody held shard 2: worker 1 did both
     runtime.provider.create_version()

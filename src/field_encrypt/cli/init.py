@@ -33,7 +33,7 @@ def init_command(product: ProductOpt, json_: JsonOpt = False) -> None:
             "path": path,
             "created": kind == "sqlite" and rt.database.created,
         }
-        current = rt.provider.current_version()
+        current = _current_version(rt.provider)
     data = {
         "product": product,
         "database": database,
@@ -53,7 +53,12 @@ def init_command(product: ProductOpt, json_: JsonOpt = False) -> None:
         if database["created"]
         else f"{where} already existed (its tables are up to date)"
     )
-    if keyring is None:
+    if keyring is None and current is None:
+        console.print(
+            f"key provider {settings.key_provider}: MEK {settings.mek_name} has no version yet "
+            "(nothing created there; `field-encrypt keys create` makes the first)"
+        )
+    elif keyring is None:
         console.print(
             f"key provider {settings.key_provider}: current MEK version {current} "
             "(nothing created there; `field-encrypt keys create` adds a version)"
@@ -62,3 +67,14 @@ def init_command(product: ProductOpt, json_: JsonOpt = False) -> None:
         console.print(f"keyring {keyring} already existed (current MEK version {current})")
     else:
         console.print(f"created keyring {keyring} with MEK version {current} (current)")
+
+
+def _current_version(provider: Any) -> str | None:
+    """The provider's current MEK version; ``None`` for a key service's MEK with none yet."""
+    from field_encrypt.errors import KeyVersionNotFoundError
+
+    try:
+        current: str = provider.current_version()
+    except KeyVersionNotFoundError:
+        return None
+    return current

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from field_encrypt.audit import MEK_VERSION_CREATED, MEK_VERSION_DISABLED, MEK_VERSION_ENABLED
-from field_encrypt.errors import ConfigurationError, RotationError
+from field_encrypt.errors import ConfigurationError, KeyVersionNotFoundError, RotationError
 from field_encrypt.key_epoch import announce_key_change
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyVersion
@@ -57,8 +57,15 @@ def known_version(runtime: ProductRuntime, version: str) -> tuple[KeyVersion, li
 
 
 def create_version(runtime: ProductRuntime, *, via: str = "keys create") -> KeyVersion:
-    """A new MEK version, now current (new DEKs are wrapped under it)."""
-    previous = runtime.provider.current_version()
+    """A new MEK version, now current (new DEKs are wrapped under it).
+
+    On a key service whose MEK has no version yet (a new Key Vault key name, KMS alias or
+    token label), this makes the first one; its event has no ``previousVersion``.
+    """
+    try:
+        previous: str | None = runtime.provider.current_version()
+    except KeyVersionNotFoundError:  # an empty MEK: the providers say so this way only
+        previous = None
     version = runtime.provider.create_version()
     emit_mek_event(runtime, MEK_VERSION_CREATED, version.version, previousVersion=previous, via=via)
     return version
