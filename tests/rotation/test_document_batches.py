@@ -1,0 +1,250 @@
+"""The document modes write a page in batches, on every store, with the one-document outcomes.
+
+A page's new DEKs are created in one store batch, its documents written in one batch with a
+compare-and-swap per document, and the old DEKs of re-encrypted documents deleted in one batch
+(``docwalk``). A document changed or deleted between the scan and the batched write takes the
+one-document path; a wrap that fails fails only its document. The crash points of the same
+steps are in ``tests/reliability/test_crash_consistency.py`` and ``test_kill_resume.py``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from field_encrypt import audit
+from field_encrypt.backends.registry import open_lifecycle_store, open_run_ledger
+from field_encrypt.config import load_settings
+from field_encrypt.documents import BatchDocumentStore, DocumentWrite
+from field_encrypt.errors import KeyProviderError
+from field_encrypt.products import ProductRuntime
+from field_encrypt.rotation import (
+    MigrationOptions,
+    RunReport,
+    migrate,
+    respond_to_compromise,
+    verify,
+)
+from field_encrypt.testing import FaultInjectingProvider
+from tests.backends import BACKEND_KINDS, Backend
+from tests.support.sample_product import product
+from tests.support.seed import document, read_all, seed
+
+COUNT = 12
+
+
+class _Recording:
+    """A store that counts the calls made to it, and can act just before one of them."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+        self.before: dict[str, Callable[[], None]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            hook = self.before.pop(name, None)
+            if hook is not None:
+                hook()
+            return method(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def runtime(store_backend: Backend, tmp_path: Path) -> Iterator[ProductRuntime]:
+    env = {
+        **store_backend.environ,
+        "FIELD_ENCRYPT_KEY_PROVIDER": "local",
+        "FIELD_ENCRYPT_KEYRING": str(tmp_path / "keyring.json"),
+        "FIELD_ENCRYPT_ENABLED": "true",
+    }
+    rt = product.open(load_settings(env))
+    seed(rt, COUNT)
+    rt.provider.create_version()
+    yield rt
+    rt.close()
+
+
+def _record(runtime: ProductRuntime) -> tuple[_Recording, _Recording]:
+    docs = _Recording(runtime.documents["records"])
+    deks = _Recording(runtime.dek_store)
+    runtime.documents = {"records": docs}  # type: ignore[dict-item]
+    runtime.dek_store = deks  # type: ignore[assignment]
+    return docs, deks
+
+
+def _reencrypt(runtime: ProductRuntime, batch_size: int = 5) -> RunReport:
+    return migrate(
+        runtime,
+        open_run_ledger(runtime.database),
+        MigrationOptions(mode="re-encrypt", batch_size=batch_size),
+    )
+
+
+def _dek_ids(runtime: ProductRuntime) -> dict[str, str | None]:
+    return {d.id: d.dek_id for d in runtime.documents["records"].scan(limit=1000).documents}
+
+
+def _check_all_on_2(runtime: ProductRuntime, expected: dict[str, dict[str, Any]]) -> None:
+    runtime.encryptor.cache.clear()
+    assert read_all(runtime) == expected
+    assert runtime.dek_store.count_by_version() == {"2": len(expected)}
+    assert verify(runtime, mek_version="2", sample=COUNT).clean
+
+
+@pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
+def test_reencrypt_writes_each_page_in_batches(runtime: ProductRuntime) -> None:
+    """Three pages: three batches of new DEKs, of documents and of deleted old DEKs, and no
+    one-row writes; every document under a fresh DEK, the old ones gone."""
+    assert isinstance(runtime.documents["records"], BatchDocumentStore)
+    before = _dek_ids(runtime)
+    scanned = list(before)  # the store's scan order
+    docs, deks = _record(runtime)
+    report = _reencrypt(runtime)
+    assert report.status == "completed"
+    assert (report.counters.changed, report.counters.conflicts) == (COUNT, 0)
+    assert (docs.calls["replace_many"], docs.calls["replace_fields"]) == (3, 0)
+    assert (deks.calls["create_many"], deks.calls["create"]) == (3, 0)
+    assert (deks.calls["delete_many"], deks.calls["delete"]) == (3, 0)
+    after = _dek_ids(runtime)
+    assert not set(before.values()) & set(after.values())
+    assert runtime.dek_store.get_many([d for d in before.values() if d]) == {}
+    _check_all_on_2(runtime, {f"doc-{i}": document(i) for i in range(COUNT)})
+    assert runtime.audit is not None
+    pages = runtime.audit.events(types=[audit.DOCUMENT_REENCRYPTED])
+    items = [d for p in pages for d in p.data["documents"]]
+    assert [d["id"] for d in items] == scanned  # named in scan order
+    assert {d["previousDekId"] for d in items} == set(before.values())
+
+
+@pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
+def test_a_document_changed_before_its_page_is_written_is_redone_alone(
+    runtime: ProductRuntime,
+) -> None:
+    """An application write lands between the page's sealing and its batched write: that
+    document loses its compare-and-swap, is read again and re-encrypted with its new value."""
+    docs, _ = _record(runtime)
+    store = docs.inner
+    target = list(_dek_ids(runtime))[1]  # on the first page, in any store's scan order
+    number = int(target.removeprefix("doc-"))
+
+    def app_writes() -> None:
+        current = store.get(target)
+        fields = runtime.encryptor.encrypt_document(
+            "records", target, {**document(number), "ssn": "999-99-9999"}, dek_id=current.dek_id
+        )
+        store.replace_fields(current, fields, current.dek_id)
+
+    docs.before["replace_many"] = app_writes
+    report = _reencrypt(runtime)
+    assert report.status == "completed"
+    assert (report.counters.changed, report.counters.conflicts) == (COUNT, 1)
+    assert report.failure_count == 0
+    expected = {f"doc-{i}": document(i) for i in range(COUNT)}
+    expected[target]["ssn"] = "999-99-9999"
+    _check_all_on_2(runtime, expected)
+
+
+@pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
+def test_a_document_deleted_before_its_page_is_written_is_skipped(
+    runtime: ProductRuntime,
+) -> None:
+    """A document deleted between the page's sealing and its batched write is skipped and the
+    new DEK made for it dropped (no orphan); the others are re-encrypted."""
+    docs, _ = _record(runtime)
+    victim = docs.inner.get(list(_dek_ids(runtime))[2])  # on the first page
+    docs.before["replace_many"] = lambda: docs.inner.delete(victim.id)
+    report = _reencrypt(runtime)
+    assert report.status == "completed"
+    assert (report.counters.changed, report.counters.skipped) == (COUNT - 1, 1)
+    assert report.failure_count == 0
+    counts = runtime.dek_store.count_by_version()
+    assert counts == {"1": 1, "2": COUNT - 1}  # the deleted document's own DEK stays its owner's
+    assert victim.dek_id in runtime.dek_store.get_many([victim.dek_id])
+    runtime.encryptor.cache.clear()
+    expected = {f"doc-{i}": document(i) for i in range(COUNT)}
+    del expected[victim.id]
+    assert read_all(runtime) == expected
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_a_wrap_that_fails_fails_only_its_document(runtime: ProductRuntime) -> None:
+    """The second new DEK of the run cannot be wrapped: that document is a failure and keeps
+    its old DEK, every other one is re-encrypted, and no DEK is left over."""
+    faulty = FaultInjectingProvider(runtime.provider)
+    runtime.provider = faulty
+    runtime.encryptor.provider = faulty
+    wraps = []
+
+    def second_wrap_fails(name: str) -> None:
+        if name == "wrap":
+            wraps.append(1)
+            if len(wraps) == 2:
+                raise KeyProviderError("the key service refused this wrap")
+
+    faulty.before_call(second_wrap_fails)
+    before = _dek_ids(runtime)
+    report = _reencrypt(runtime)
+    assert report.status == "completed_with_failures"
+    assert (report.counters.changed, report.failure_count) == (COUNT - 1, 1)
+    assert [f.item for f in report.failures] == ["records/doc-1"]
+    assert _dek_ids(runtime)["doc-1"] == before["doc-1"]
+    assert runtime.dek_store.count_by_version() == {"1": 1, "2": COUNT - 1}
+    runtime.encryptor.cache.clear()
+    assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(COUNT)}
+
+
+@pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
+def test_dek_exposed_reencrypts_in_batches(runtime: ProductRuntime) -> None:
+    """``keys compromised --dek-exposed`` on version 1 (what the CLI runs): rewrap, then the
+    re-encrypt in page batches; every old DEK deleted, every document readable."""
+    before = _dek_ids(runtime)
+    docs, deks = _record(runtime)
+    report = respond_to_compromise(
+        runtime,
+        open_run_ledger(runtime.database),
+        open_lifecycle_store(runtime.database),
+        "1",
+        dek_exposed=True,
+        batch_size=5,
+    )
+    assert report.stopped_at is None
+    assert report.reencrypt is not None and report.reencrypt.counters.changed == COUNT
+    assert (docs.calls["replace_many"], docs.calls["replace_fields"]) == (3, 0)
+    assert deks.calls["delete_many"] == 3
+    runtime.dek_store = deks.inner
+    assert runtime.dek_store.get_many([d for d in before.values() if d]) == {}
+    versions = runtime.dek_store.count_by_version()
+    assert sum(versions.values()) == COUNT and "1" not in versions
+    runtime.encryptor.cache.clear()
+    assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(COUNT)}
+
+
+def test_writes_of_a_page_are_one_transaction_on_sqlite(tmp_path: Path) -> None:
+    """On SQLite a batch either commits whole or not at all: a write that fails mid-batch
+    leaves every document of it as it was."""
+    from field_encrypt.backends.sqlite.db import SqliteDatabase
+    from field_encrypt.backends.sqlite.documents import SqliteDocumentStore
+    from field_encrypt.errors import StoreError
+
+    database = SqliteDatabase(tmp_path / "docs.db")
+    store = SqliteDocumentStore(database, collection="records")
+    docs = [store.insert(f"doc-{i}", {"n": i}, None) for i in range(3)]
+    database.connection().execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON documents WHEN NEW.id = 'doc-2' "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    with pytest.raises(StoreError):
+        store.replace_many([DocumentWrite(d, {"n": "new"}, None) for d in docs])
+    assert [store.get(d.id) for d in docs] == docs
+    database.close()
