@@ -20,7 +20,7 @@ from field_encrypt import audit
 from field_encrypt.backends.registry import open_lifecycle_store, open_run_ledger
 from field_encrypt.config import load_settings
 from field_encrypt.documents import BatchDocumentStore, DocumentWrite
-from field_encrypt.errors import KeyProviderError
+from field_encrypt.errors import DekMissingError, KeyProviderError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import (
     MigrationOptions,
@@ -248,3 +248,27 @@ def test_writes_of_a_page_are_one_transaction_on_sqlite(tmp_path: Path) -> None:
         store.replace_many([DocumentWrite(d, {"n": "new"}, None) for d in docs])
     assert [store.get(d.id) for d in docs] == docs
     database.close()
+
+
+@pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
+def test_a_dek_shredded_while_its_page_is_migrated_stays_shredded(
+    runtime: ProductRuntime,
+) -> None:
+    """An application crypto-shreds a document's DEK (keeping the document) after the page
+    read it and before the batched write: the document is a failure and stays unreadable,
+    as when the shred comes before a one-document step; no new DEK is left for it."""
+    docs, _ = _record(runtime)
+    victim = docs.inner.get(list(_dek_ids(runtime))[3])  # on the first page
+    assert victim.dek_id is not None
+    docs.before["replace_many"] = lambda: runtime.encryptor.shred(victim.dek_id)  # type: ignore[arg-type]
+    report = _reencrypt(runtime)
+    assert report.status == "completed_with_failures"
+    assert (report.counters.changed, report.failure_count) == (COUNT - 1, 1)
+    assert [f.item for f in report.failures] == [f"records/{victim.id}"]
+    assert "DekMissingError" in report.failures[0].reason
+    assert runtime.dek_store.count_by_version() == {"2": COUNT - 1}
+    stored = docs.inner.get(victim.id)
+    assert stored.dek_id is not None and runtime.dek_store.get_many([stored.dek_id]) == {}
+    runtime.encryptor.cache.clear()
+    with pytest.raises(DekMissingError):
+        runtime.encryptor.decrypt_document("records", victim.id, stored.fields)

@@ -16,7 +16,10 @@ with a compare-and-swap per document, and what each committed step leaves to do 
 DEKs of re-encrypted documents) is done in one batch. The order of the steps is the same
 as one document at a time, so the same settling covers a crash anywhere in between; a
 document whose write lost (changed or deleted meanwhile) takes the one-document path,
-which reads it again.
+which reads it again. Because a page's old DEKs are read before its documents are sealed,
+``re-encrypt`` reads them once more after the write: a document whose old DEK an application
+shredded in the meantime is a failure (``DekMissingError``, as one at a time) and its new DEK
+is deleted, so the shred stands.
 
 Each page's migrated documents are recorded in the audit trail after the page's
 checkpoint (``document.reencrypted`` or ``document.backfilled``: ids and dekIds), and so
@@ -47,6 +50,7 @@ from field_encrypt.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
     DecryptionError,
+    DekMissingError,
     KeyProviderError,
     NotFoundError,
     UnsupportedFormatError,
@@ -129,6 +133,12 @@ class DocumentJob:
     def audit_item(self, document: StoredDocument, step: Pending | None) -> dict[str, str]:
         """How a migrated document is named in the audit trail (ids only, never values)."""
         return {"id": document.id}
+
+    def shredded_meanwhile(self, steps: Sequence[Pending]) -> set[str]:
+        """Among the old DEKs of a page's just-written steps, those deleted while the page was
+        being migrated (an application crypto-shredded them): none unless the mode reads them.
+        """
+        return set()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -218,17 +228,29 @@ class DocumentJob:
             writes.append(DocumentWrite(document, fields, dek_id))
             written.append(index)
         lost = set(work.retry.call(docs.replace_many, writes)) if writes else set()
+        again = [i for i in written if todo[i].id in lost]
+        won = [i for i in written if todo[i].id not in lost]
+        shredded = work.retry.call(
+            self.shredded_meanwhile, [s for i in won if (s := steps[i]) is not None]
+        )
         committed: list[Pending] = []
-        again: list[int] = []
-        for index in written:
+        for index in won:
             document, step = todo[index], steps[index]
-            if document.id in lost:
-                again.append(index)
+            if step is not None and step.old in shredded:
+                page.failures.append(
+                    Failure(
+                        item=f"{collection}/{document.id}",
+                        reason=f"DekMissingError: {DekMissingError(step.old)}",
+                        shard=work.shard[0],
+                    )
+                )
                 continue
             page.changed += 1
             outcome[index] = self.audit_item(document, step)
             if step is not None:
                 committed.append(step)
+        if shredded:  # the shred stands: the document stays unreadable, under no DEK
+            self.drop_deks([s.new for i in won if (s := steps[i]) and s.old in shredded and s.new])
         self.settle_committed_many(committed)
         for index in again:  # changed or deleted since the scan: one at a time, read again
             document, step = todo[index], steps[index]

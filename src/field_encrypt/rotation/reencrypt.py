@@ -107,6 +107,15 @@ class ReencryptJob(DocumentJob):
         if step.old is not None and step.old != step.new:
             self.drop_dek(step.old)
 
+    def shredded_meanwhile(self, steps: Sequence[Pending]) -> set[str]:
+        # The page read the old DEKs once, before sealing its documents (and a batch writes
+        # later than one document at a time would): one read now finds a DEK an application
+        # shredded in between, so the document is not left readable under its new DEK.
+        olds = [s.old for s in steps if s.old is not None and s.old != s.new]
+        if not olds:
+            return set()
+        return set(olds) - set(self.store.get_many(olds))
+
     def settle_committed_many(self, steps: Sequence[Pending]) -> None:
         self.drop_deks([s.old for s in steps if s.old is not None and s.old != s.new])
 
