@@ -272,3 +272,26 @@ def test_a_dek_shredded_while_its_page_is_migrated_stays_shredded(
     runtime.encryptor.cache.clear()
     with pytest.raises(DekMissingError):
         runtime.encryptor.decrypt_document("records", victim.id, stored.fields)
+
+
+def test_a_sqlite_document_scan_walks_by_seq(tmp_path: Path) -> None:
+    """Each page of a SQLite document scan is a range of the rowid, not a read and sort of
+    every document after the cursor (which made a whole scan quadratic in its size)."""
+    from field_encrypt.backends.sqlite.db import SqliteDatabase
+    from field_encrypt.backends.sqlite.documents import SqliteDocumentStore
+
+    database = SqliteDatabase(tmp_path / "docs.db")
+    store = SqliteDocumentStore(database, collection="records")
+    for i in range(30):
+        store.insert(f"doc-{i}", {"n": i}, None)
+    seen: list[str] = []
+    database.connection().set_trace_callback(seen.append)
+    page = store.scan(limit=10)
+    store.scan(cursor=page.cursor, limit=10, shard=(1, 2))
+    database.connection().set_trace_callback(None)
+    scans = [s for s in seen if s.lstrip().upper().startswith("SELECT")]
+    assert len(scans) == 2
+    for sql in scans:
+        plan = " ".join(r[3] for r in database.query(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "TEMP B-TREE" not in plan and "PRIMARY KEY" in plan, plan
+    database.close()

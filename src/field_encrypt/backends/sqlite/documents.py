@@ -77,8 +77,11 @@ class SqliteDocumentStore:
         if shard is not None:
             where += " AND seq % ? = ?"
             params += [shard[1], shard[0]]
+        # NOT INDEXED: walk by seq (the rowid). With the (collection, id) index the planner
+        # would read every document of the collection after the cursor and sort them again
+        # for each page: a whole scan was quadratic in the collection's size.
         rows = self.database.query(
-            f"SELECT seq, id, fields, dek_id, revision FROM documents WHERE {where} "
+            f"SELECT seq, id, fields, dek_id, revision FROM documents NOT INDEXED WHERE {where} "
             "ORDER BY seq LIMIT ?",
             (*params, limit),
         )
