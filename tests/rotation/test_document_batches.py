@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from field_encrypt import audit
+from field_encrypt.backends.base import NewDek
 from field_encrypt.backends.registry import open_lifecycle_store, open_run_ledger
 from field_encrypt.config import load_settings
 from field_encrypt.documents import BatchDocumentStore, DocumentWrite
@@ -294,4 +295,31 @@ def test_a_sqlite_document_scan_walks_by_seq(tmp_path: Path) -> None:
     for sql in scans:
         plan = " ".join(r[3] for r in database.query(f"EXPLAIN QUERY PLAN {sql}"))
         assert "TEMP B-TREE" not in plan and "PRIMARY KEY" in plan, plan
+    database.close()
+
+
+def test_a_sqlite_get_many_reads_by_dek_id(tmp_path: Path) -> None:
+    """A page's DEK rows are read through the dekId index, whatever the page's size: with
+    many ids the planner preferred the (product, mek_version) index and read every DEK of
+    the product for each page."""
+    from field_encrypt.backends.sqlite.db import SqliteDatabase
+    from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
+
+    database = SqliteDatabase(tmp_path / "deks.db")
+    store = SqliteDekStore(database, product="p")
+    deks = [
+        NewDek(dek_id=f"{i:032x}", mek_name="m", mek_version="1", wrapped=b"w", algorithm="A")
+        for i in range(600)
+    ]
+    store.create_many(deks)
+    seen: list[str] = []
+    database.connection().set_trace_callback(seen.append)
+    found = store.get_many([d.dek_id for d in deks])
+    database.connection().set_trace_callback(None)
+    assert len(found) == 600
+    reads = [s for s in seen if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 2  # chunks of 500
+    for sql in reads:
+        plan = " ".join(r[3] for r in database.query(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "dek_id=?" in plan and "dek_store_version" not in plan, plan
     database.close()

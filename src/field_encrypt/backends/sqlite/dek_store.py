@@ -141,8 +141,10 @@ class SqliteDekStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT {_COLUMNS} FROM dek_store WHERE product = ? AND dek_id IN ({marks})"
-            params = (self.product, *chunk)
+            # "+product": never by the (product, mek_version) index. From ~50 ids on, the
+            # planner would otherwise read every DEK of the product for each chunk.
+            sql = f"SELECT {_COLUMNS} FROM dek_store WHERE dek_id IN ({marks}) AND +product = ?"
+            params = (*chunk, self.product)
             rows = self.database.query(sql, params)
             found.update((r[1], _record(r)) for r in rows)
         return found
