@@ -323,3 +323,34 @@ def test_a_sqlite_get_many_reads_by_dek_id(tmp_path: Path) -> None:
         plan = " ".join(r[3] for r in database.query(f"EXPLAIN QUERY PLAN {sql}"))
         assert "dek_id=?" in plan and "dek_store_version" not in plan, plan
     database.close()
+
+
+class _OneAtATime(_Recording):
+    """A document store without ``replace_many`` (as NoteLett's, or an application's own)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "replace_many":
+            raise AttributeError(name)
+        return super().__getattr__(name)
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_a_store_without_replace_many_is_migrated_one_document_at_a_time(
+    runtime: ProductRuntime,
+) -> None:
+    """The one-document path: each document's DEK created, its write, its old DEK deleted."""
+    docs = _OneAtATime(runtime.documents["records"])
+    deks = _Recording(runtime.dek_store)
+    runtime.documents = {"records": docs}  # type: ignore[dict-item]
+    runtime.dek_store = deks  # type: ignore[assignment]
+    assert not isinstance(docs, BatchDocumentStore)
+    report = _reencrypt(runtime)
+    assert report.status == "completed" and report.counters.changed == COUNT
+    assert (docs.calls["replace_fields"], deks.calls["create"], deks.calls["delete"]) == (
+        COUNT,
+        COUNT,
+        COUNT,
+    )
+    assert (deks.calls["create_many"], deks.calls["delete_many"]) == (0, 0)
+    runtime.dek_store = deks.inner
+    _check_all_on_2(runtime, {f"doc-{i}": document(i) for i in range(COUNT)})
