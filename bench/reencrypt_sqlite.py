@@ -15,9 +15,10 @@ copies (best kept: the machine may be shared):
   in one transaction: ``executemany`` INSERT of the new DEK rows, UPDATE of the documents
   (``json.dumps``), DELETE of the old DEK rows. No ledger, no checks, no compare-and-swap;
 * the engine, on the other: ``field_encrypt.rotation.migrate(mode="re-encrypt")``, the
-  path the CLI runs (ledger with the page's new DEKs named before they exist, per
-  document: new DEK created, fields decrypted and encrypted, compare-and-swap write, old
-  DEK deleted; a checkpoint and an audit event per page).
+  path the CLI runs (per page: the ledger names the page's new DEKs before they exist,
+  the new DEKs are created in one store batch, each document's fields are decrypted and
+  encrypted, the documents are written in one batch with a compare-and-swap each, the
+  old DEKs are deleted in one batch; a checkpoint and an audit event per page).
 
 Prints documents/s for both, the engine's share of the floor's rate, and the load average.
 """

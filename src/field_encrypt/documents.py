@@ -8,6 +8,7 @@ document's revision, so a migration never overwrites a concurrent application wr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,6 +33,15 @@ class DocumentPage:
 
     documents: list[StoredDocument]
     cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentWrite:
+    """One write of :meth:`BatchDocumentStore.replace_many`: ``replace_fields``'s arguments."""
+
+    document: StoredDocument
+    fields: dict[str, Any]
+    dek_id: str | None
 
 
 @runtime_checkable
@@ -66,4 +76,22 @@ class DocumentStore(Protocol):
 
     def count(self) -> int:
         """How many documents the collection holds."""
+        ...
+
+
+@runtime_checkable
+class BatchDocumentStore(DocumentStore, Protocol):
+    """A DocumentStore that can also write a page of documents at once (optional).
+
+    The generic stores (SQLite, PostgreSQL, Cosmos DB) have it; the document modes use it
+    when a store has it and write one document at a time otherwise.
+    """
+
+    def replace_many(self, writes: Sequence[DocumentWrite]) -> list[str]:
+        """Each write as :meth:`~DocumentStore.replace_fields` would make it (compare-and-swap
+        on the read revision), in one batch; the ids of the documents whose write lost (they
+        changed or were deleted since read), in no particular order.
+
+        On SQLite and PostgreSQL the batch is one transaction; on Cosmos DB it is item by item.
+        """
         ...

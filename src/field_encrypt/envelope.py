@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt import token
 from field_encrypt.audit import DEK_SHREDDED, AuditTrail, DenialRecorder
-from field_encrypt.backends.base import DekStore
+from field_encrypt.backends.base import DekRecord, DekStore
 from field_encrypt.cache import DekCache
 from field_encrypt.errors import (
     ConfigurationError,
@@ -359,6 +359,26 @@ class FieldEncryptor:
             record = self.store.get(dek_id)
         except NotFoundError:
             raise DekMissingError(dek_id) from None
+        return self._unwrap(raw_id, record, generation)
+
+    def load_record(self, record: DekRecord, *, generation: int) -> None:
+        """Unwrap a DEK row the caller has already read and cache it, unless it is cached.
+
+        For a page of documents whose DEK rows were read in one batch (``re-encrypt``): each
+        then costs its unwrap but no store read. ``generation`` is the cache's
+        :attr:`~DekCache.generation` read before the rows were; failures are what a read of
+        the DEK raises (a disabled version is recorded as ``decrypt.denied``). Nothing is
+        done when the cache keeps nothing (the read then loads the DEK as always).
+        """
+        cache = self.cache
+        if not cache.max_entries or not cache.ttl_seconds or cache.suspended:
+            return
+        raw_id = bytes.fromhex(record.dek_id)
+        if cache.lookup(raw_id) is None:
+            self._unwrap(raw_id, record, generation)
+
+    def _unwrap(self, raw_id: bytes, record: DekRecord, generation: int) -> tuple[AESGCM, str]:
+        dek_id = record.dek_id
         try:
             dek = self.provider.unwrap(
                 record.wrapped,

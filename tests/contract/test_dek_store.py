@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from field_encrypt.backends.base import DekRecord, DekStore, WrapUpdate
+from field_encrypt.backends.base import DekRecord, DekStore, NewDek, WrapUpdate
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
 
 
@@ -76,6 +76,52 @@ def test_delete(dek_store: DekStore) -> None:
     assert dek_store.delete(row.dek_id) is False
     with pytest.raises(NotFoundError):
         dek_store.get(row.dek_id)
+
+
+def test_create_many_then_delete_many(dek_store: DekStore) -> None:
+    """A batch of new rows reads back as one at a time would; delete_many removes those there
+    are and counts them."""
+    deks = [
+        NewDek(
+            dek_id=uuid.uuid4().hex,
+            mek_name="mek",
+            mek_version=str(i % 2 + 1),
+            wrapped=os.urandom(60),
+            algorithm="A256GCM",
+        )
+        for i in range(5)
+    ]
+    dek_store.create_many(deks)
+    found = dek_store.get_many([d.dek_id for d in deks])
+    assert {
+        k: (r.product, r.mek_name, r.mek_version, r.wrapped, r.algorithm) for k, r in found.items()
+    } == {d.dek_id: (dek_store.product, "mek", d.mek_version, d.wrapped, "A256GCM") for d in deks}
+    assert dek_store.count_by_version() == {"1": 3, "2": 2}
+    kept = _new(dek_store)
+    gone = [d.dek_id for d in deks[:3]]
+    assert dek_store.delete_many([*gone, uuid.uuid4().hex]) == 3
+    assert dek_store.delete_many(gone) == 0
+    assert set(dek_store.get_many([d.dek_id for d in deks] + [kept.dek_id])) == {
+        deks[3].dek_id,
+        deks[4].dek_id,
+        kept.dek_id,
+    }
+    dek_store.create_many([])
+    assert dek_store.delete_many([]) == 0
+
+
+def test_create_many_refuses_a_taken_dek_id(dek_store: DekStore) -> None:
+    """A batch naming an existing dekId is refused and leaves that row as it was."""
+    taken = _new(dek_store)
+    with pytest.raises(AlreadyExistsError):
+        dek_store.create_many(
+            [
+                NewDek(
+                    dek_id=taken.dek_id, mek_name="m", mek_version="9", wrapped=b"x", algorithm="A"
+                )
+            ]
+        )
+    assert dek_store.get(taken.dek_id) == taken
 
 
 def test_replace_wraps_is_compare_and_swap(dek_store: DekStore) -> None:

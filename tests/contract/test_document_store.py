@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 
-from field_encrypt.documents import DocumentStore, StoredDocument
+from field_encrypt.documents import (
+    BatchDocumentStore,
+    DocumentStore,
+    DocumentWrite,
+    StoredDocument,
+)
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 from tests.contract.conftest import OpenCollection
 
@@ -88,6 +93,31 @@ def test_replace_of_a_deleted_document_is_not_found(open_collection: OpenCollect
         store.replace_fields(doc, {"title": "x"}, None)
     with pytest.raises(NotFoundError):
         store.get(doc.id)
+
+
+def test_replace_many_is_compare_and_swap_per_document(open_collection: OpenCollection) -> None:
+    """A batch writes the documents unchanged since read and names the others (changed or
+    deleted meanwhile), which it leaves as they are (a deleted one is not recreated)."""
+    store: Any = open_collection("notes")
+    assert isinstance(store, BatchDocumentStore)
+    docs = [_insert(store, {"title": f"t{i}"}) for i in range(5)]
+    changed = store.replace_fields(docs[1], {"title": "theirs"}, None)
+    assert store.delete(docs[3].id) is True
+    lost = store.replace_many(
+        [DocumentWrite(d, {"title": f"ours{i}"}, "ab" * 16) for i, d in enumerate(docs)]
+    )
+    assert sorted(lost) == sorted([docs[1].id, docs[3].id])
+    for i in (0, 2, 4):
+        got = store.get(docs[i].id)
+        assert (got.fields, got.dek_id) == ({"title": f"ours{i}"}, "ab" * 16)
+        assert got.revision != docs[i].revision
+    assert store.get(docs[1].id) == changed
+    with pytest.raises(NotFoundError):
+        store.get(docs[3].id)
+    fresh = [store.get(docs[i].id) for i in (0, 2)]
+    assert store.replace_many([DocumentWrite(d, {"title": "x"}, None) for d in fresh]) == []
+    assert [store.get(d.id).fields for d in fresh] == [{"title": "x"}] * 2
+    assert store.replace_many([]) == []
 
 
 def test_scan_pages_cover_every_document_once(open_collection: OpenCollection) -> None:

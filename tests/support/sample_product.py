@@ -10,7 +10,8 @@ PostgreSQL or Cosmos DB) with the provider the settings name. Variants for the r
 * ``killable_product``: ``SAMPLE_KILL_AT=provider:N`` kills the process with SIGKILL
   just before the N-th data-plane provider call, ``SAMPLE_KILL_AT=store:N`` right after
   the N-th ``replace_wraps`` committed (before the ledger heard of it), and
-  ``SAMPLE_KILL_AT=document:N`` right after the N-th document write committed,
+  ``SAMPLE_KILL_AT=document:N`` right after the N-th document write committed (with a
+  page written in one batch: right after the batch that holds the N-th write committed),
   ``SAMPLE_KILL_AT=scan:N`` just before the N-th page is read (dek_store or documents):
   scan ``N`` comes right after batch ``N-1`` was checkpointed, so ``scan:1..`` are the
   batch boundaries of a run; for the scheduled rotation, ``SAMPLE_KILL_AT=stage:NAME``
@@ -28,9 +29,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from field_encrypt.audit import ROTATION_STAGE, AuditEvent, AuditTrail, ChainReport
-from field_encrypt.backends.base import DekPage, DekRecord, DekStore, WrapUpdate
+from field_encrypt.backends.base import DekPage, DekRecord, DekStore, NewDek, WrapUpdate
 from field_encrypt.config import Settings
-from field_encrypt.documents import StoredDocument
+from field_encrypt.documents import DocumentWrite, StoredDocument
 from field_encrypt.products import Product, ProductRuntime
 from field_encrypt.providers.base import KeyProvider, KeyVersion
 from field_encrypt.rehearsal import COLLECTIONS, NAME, _open, product
@@ -81,6 +82,9 @@ class _KillingStore:
     def create(self, **kwargs: Any) -> DekRecord:
         return self.inner.create(**kwargs)
 
+    def create_many(self, deks: Sequence[NewDek]) -> None:
+        self.inner.create_many(deks)
+
     def get(self, dek_id: str) -> DekRecord:
         return self.inner.get(dek_id)
 
@@ -89,6 +93,9 @@ class _KillingStore:
 
     def delete(self, dek_id: str) -> bool:
         return self.inner.delete(dek_id)
+
+    def delete_many(self, dek_ids: Sequence[str]) -> int:
+        return self.inner.delete_many(dek_ids)
 
     def replace_wraps(self, updates: Sequence[WrapUpdate]) -> list[str]:
         lost = self.inner.replace_wraps(updates)
@@ -137,6 +144,14 @@ class _KillingDocuments:
         if self.countdown is not None:
             self.countdown.tick()
         return written
+
+    def replace_many(self, writes: Sequence[DocumentWrite]) -> list[str]:
+        """The batch commits, then each write that won counts (a page is one commit)."""
+        lost = self.inner.replace_many(writes)
+        if self.countdown is not None:
+            for _ in range(len(writes) - len(lost)):
+                self.countdown.tick()
+        return lost
 
 
 class _KillingTrail:

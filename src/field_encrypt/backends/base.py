@@ -116,6 +116,17 @@ def wrap_update_of(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NewDek:
+    """One row for :meth:`DekStore.create_many`: what :meth:`DekStore.create` takes."""
+
+    dek_id: str
+    mek_name: str
+    mek_version: str
+    wrapped: bytes = field(repr=False)
+    algorithm: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DekPage:
     """One page of a scan; ``cursor`` continues it, ``None`` when the scan is done."""
 
@@ -139,6 +150,14 @@ class DekStore(Protocol):
         """Insert a new row; ``AlreadyExistsError`` if ``dek_id`` is taken."""
         ...
 
+    def create_many(self, deks: Sequence[NewDek]) -> None:
+        """Insert several new rows in one batch; ``AlreadyExistsError`` if a dekId is taken.
+
+        On SQLite and PostgreSQL the batch is one transaction (all or none); on Cosmos DB it
+        is item by item, so a failure may leave some of the rows created.
+        """
+        ...
+
     def get(self, dek_id: str) -> DekRecord:
         """The row for ``dek_id``; ``NotFoundError`` if there is none."""
         ...
@@ -149,6 +168,10 @@ class DekStore(Protocol):
 
     def delete(self, dek_id: str) -> bool:
         """Remove the row (crypto-shredding its documents); whether there was one."""
+        ...
+
+    def delete_many(self, dek_ids: Sequence[str]) -> int:
+        """Remove the rows in one batch (those already gone are skipped); how many there were."""
         ...
 
     def replace_wraps(self, updates: Sequence[WrapUpdate]) -> list[str]:

@@ -11,7 +11,7 @@ Both are idempotent: a document already in the desired state is skipped.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 from field_encrypt.documents import DocumentPage, DocumentStore, StoredDocument
 from field_encrypt.errors import ConfigurationError
@@ -79,13 +79,15 @@ class EncryptJob(_Backfill):
             return None
         return Pending(collection, document.id, new_dek_id(), None)
 
-    def migrate(self, collection: str, document: StoredDocument, step: Pending | None) -> None:
+    def seal(
+        self, collection: str, document: StoredDocument, step: Pending | None
+    ) -> tuple[dict[str, Any], str | None]:
         dek_id = document.dek_id or (step.new if step is not None else None)
         assert dek_id is not None
         sealed = self.encryptor.encrypt_document(
             collection, document.id, document.fields, dek_id=dek_id
         )
-        self.collections[collection].replace_fields(document, sealed, dek_id)
+        return sealed, dek_id
 
     def audit_item(self, document: StoredDocument, step: Pending | None) -> dict[str, str]:
         dek_id = document.dek_id or (step.new if step is not None else None)
@@ -114,9 +116,10 @@ class DecryptJob(_Backfill):
     def select(self, collection: str, documents: list[StoredDocument]) -> list[StoredDocument]:
         return [d for d in documents if d.dek_id is not None or self.has_tokens(collection, d)]
 
-    def migrate(self, collection: str, document: StoredDocument, step: Pending | None) -> None:
-        plain = self.encryptor.decrypt_document(collection, document.id, document.fields)
-        self.collections[collection].replace_fields(document, plain, None)
+    def seal(
+        self, collection: str, document: StoredDocument, step: Pending | None
+    ) -> tuple[dict[str, Any], str | None]:
+        return self.encryptor.decrypt_document(collection, document.id, document.fields), None
 
     def audit_item(self, document: StoredDocument, step: Pending | None) -> dict[str, str]:
         if document.dek_id is None:

@@ -9,6 +9,18 @@ means finish the step (re-encrypt deletes the old DEK); not committed means dele
 leftover new DEK. So no document ever points at a missing DEK, and no orphan DEK made
 by a crashed run survives its resume.
 
+A page is migrated in batches when the collection's store can write a page at once
+(:class:`~field_encrypt.documents.BatchDocumentStore`): the page's new DEKs are created in
+one store batch, each document is sealed, the page's documents are written in one batch
+with a compare-and-swap per document, and what each committed step leaves to do (the old
+DEKs of re-encrypted documents) is done in one batch. The order of the steps is the same
+as one document at a time, so the same settling covers a crash anywhere in between; a
+document whose write lost (changed or deleted meanwhile) takes the one-document path,
+which reads it again. Because a page's old DEKs are read before its documents are sealed,
+``re-encrypt`` reads them once more after the write: a document whose old DEK an application
+shredded in the meantime is a failure (``DekMissingError``, as one at a time) and its new DEK
+is deleted, so the shred stands.
+
 Each page's migrated documents are recorded in the audit trail after the page's
 checkpoint (``document.reencrypted`` or ``document.backfilled``: ids and dekIds), and so
 are steps settled on resume. DEKs a run deletes (the old DEK of a re-encrypted document,
@@ -27,12 +39,18 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt import token, tracing
-from field_encrypt.backends.base import KEK_PREFIX
-from field_encrypt.documents import DocumentStore, StoredDocument
+from field_encrypt.backends.base import KEK_PREFIX, NewDek
+from field_encrypt.documents import (
+    BatchDocumentStore,
+    DocumentStore,
+    DocumentWrite,
+    StoredDocument,
+)
 from field_encrypt.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
     DecryptionError,
+    DekMissingError,
     KeyProviderError,
     NotFoundError,
     UnsupportedFormatError,
@@ -93,16 +111,34 @@ class DocumentJob:
         """The new DEK this document's step will create, named before it exists."""
         return None
 
+    def seal(
+        self, collection: str, document: StoredDocument, step: Pending | None
+    ) -> tuple[dict[str, Any], str | None]:
+        """The document's new stored fields and dekId (nothing written yet)."""
+        raise NotImplementedError
+
     def migrate(self, collection: str, document: StoredDocument, step: Pending | None) -> None:
         """Migrate one document (compare-and-swap); raise :class:`Skip` if it is moot."""
-        raise NotImplementedError
+        fields, dek_id = self.seal(collection, document, step)
+        self.collections[collection].replace_fields(document, fields, dek_id)
 
     def settle_committed(self, step: Pending) -> None:
         """What is left to do once a pending step's document is known to be committed."""
 
+    def settle_committed_many(self, steps: Sequence[Pending]) -> None:
+        """:meth:`settle_committed` for a page's committed steps (a mode may batch it)."""
+        for step in steps:
+            self.settle_committed(step)
+
     def audit_item(self, document: StoredDocument, step: Pending | None) -> dict[str, str]:
         """How a migrated document is named in the audit trail (ids only, never values)."""
         return {"id": document.id}
+
+    def shredded_meanwhile(self, steps: Sequence[Pending]) -> set[str]:
+        """Among the old DEKs of a page's just-written steps, those deleted while the page was
+        being migrated (an application crypto-shredded them): none unless the mode reads them.
+        """
+        return set()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -145,54 +181,143 @@ class DocumentJob:
         todo: Sequence[StoredDocument],
         steps: Sequence[Pending | None],
     ) -> tuple[Counters, list[Failure], list[dict[str, str]]]:
-        changed = skipped = conflicts = 0
-        failures: list[Failure] = []
-        migrated: list[dict[str, str]] = []
+        docs = self.collections[collection]
+        if isinstance(docs, BatchDocumentStore) and len(todo) > 1:
+            return self._migrate_batch(work, collection, docs, todo, steps)
+        page = _Page()
         for document, step in zip(todo, steps, strict=True):
             try:
                 if step is not None and step.new is not None:
                     work.retry.call(self.create_dek, step.new, self.target)
-                conflicts += self._migrate_one(work, collection, document, step)
-                changed += 1
-                migrated.append(self.audit_item(document, step))
+                page.conflicts += self._migrate_one(work, collection, document, step)
+                page.changed += 1
+                page.migrated.append(self.audit_item(document, step))
                 if step is not None:
                     self.settle_committed(step)
             except Skip:
-                skipped += 1
+                page.skipped += 1
                 self._settle_one(work, step)
             except ITEM_ERRORS as exc:
-                if self._deleted(work, collection, document.id):
-                    skipped += 1  # deleted meanwhile (its DEK with it): nothing to migrate
-                    self._settle_one(work, step)
-                    continue
-                failures.append(
+                self._item_failed(work, collection, document, step, exc, page)
+        return page.result()
+
+    def _migrate_batch(
+        self,
+        work: ShardWork,
+        collection: str,
+        docs: BatchDocumentStore,
+        todo: Sequence[StoredDocument],
+        steps: Sequence[Pending | None],
+    ) -> tuple[Counters, list[Failure], list[dict[str, str]]]:
+        """The page in batches (see the module docstring): the same steps, in the same order."""
+        page = _Page()
+        outcome: list[dict[str, str] | None] = [None] * len(todo)  # audit items, in page order
+        failed = self._create_deks(
+            work, [s.new for s in steps if s is not None and s.new is not None]
+        )
+        writes: list[DocumentWrite] = []
+        written: list[int] = []
+        for index, (document, step) in enumerate(zip(todo, steps, strict=True)):
+            try:
+                if step is not None and step.new in failed:
+                    raise failed[step.new]
+                fields, dek_id = work.retry.call(self.seal, collection, document, step)
+            except ITEM_ERRORS as exc:
+                self._item_failed(work, collection, document, step, exc, page)
+                continue
+            writes.append(DocumentWrite(document, fields, dek_id))
+            written.append(index)
+        lost = set(work.retry.call(docs.replace_many, writes)) if writes else set()
+        again = [i for i in written if todo[i].id in lost]
+        won = [i for i in written if todo[i].id not in lost]
+        shredded = work.retry.call(
+            self.shredded_meanwhile, [s for i in won if (s := steps[i]) is not None]
+        )
+        committed: list[Pending] = []
+        for index in won:
+            document, step = todo[index], steps[index]
+            if step is not None and step.old in shredded:
+                page.failures.append(
                     Failure(
                         item=f"{collection}/{document.id}",
-                        reason=f"{type(exc).__name__}: {exc}",
+                        reason=f"DekMissingError: {DekMissingError(step.old)}",
                         shard=work.shard[0],
                     )
                 )
+                continue
+            page.changed += 1
+            outcome[index] = self.audit_item(document, step)
+            if step is not None:
+                committed.append(step)
+        if shredded:  # the shred stands: the document stays unreadable, under no DEK
+            self.drop_deks([s.new for i in won if (s := steps[i]) and s.old in shredded and s.new])
+        self.settle_committed_many(committed)
+        for index in again:  # changed or deleted since the scan: one at a time, read again
+            document, step = todo[index], steps[index]
+            try:
+                page.conflicts += self._migrate_one(work, collection, document, step, lost=True)
+                page.changed += 1
+                outcome[index] = self.audit_item(document, step)
+                if step is not None:
+                    self.settle_committed(step)
+            except Skip:
+                page.skipped += 1
                 self._settle_one(work, step)
-        delta = Counters(changed=changed, skipped=skipped, failed=len(failures))
-        return delta + Counters(conflicts=conflicts), failures, migrated
+            except ITEM_ERRORS as exc:
+                self._item_failed(work, collection, document, step, exc, page)
+        page.migrated = [item for item in outcome if item is not None]
+        return page.result()
+
+    def _item_failed(
+        self,
+        work: ShardWork,
+        collection: str,
+        document: StoredDocument,
+        step: Pending | None,
+        exc: Exception,
+        page: _Page,
+    ) -> None:
+        """One document's step failed: a failure, or a skip if it was deleted meanwhile."""
+        if self._deleted(work, collection, document.id):
+            page.skipped += 1  # deleted meanwhile (its DEK with it): nothing to migrate
+        else:
+            page.failures.append(
+                Failure(
+                    item=f"{collection}/{document.id}",
+                    reason=f"{type(exc).__name__}: {exc}",
+                    shard=work.shard[0],
+                )
+            )
+        self._settle_one(work, step)
 
     def _migrate_one(
-        self, work: ShardWork, collection: str, document: StoredDocument, step: Pending | None
+        self,
+        work: ShardWork,
+        collection: str,
+        document: StoredDocument,
+        step: Pending | None,
+        *,
+        lost: bool = False,
     ) -> int:
-        """Migrate with compare-and-swap, re-reading the document after each lost write."""
+        """Migrate with compare-and-swap, re-reading the document after each lost write.
+
+        ``lost``: a batched write of this document already lost (the first round).
+        """
         docs = self.collections[collection]
         for conflicts in range(MAX_CONFLICT_ROUNDS + 1):
             try:
-                work.retry.call(self.migrate, collection, document, step)
-                return conflicts
+                if not (lost and conflicts == 0):
+                    work.retry.call(self.migrate, collection, document, step)
+                    return conflicts
             except ConcurrentUpdateError:
-                work.note("conflict", item=f"{collection}/{document.id}")
-                try:
-                    document = work.retry.call(docs.get, document.id)
-                except NotFoundError:
-                    raise Skip() from None
-                if not self.select(collection, [document]):
-                    raise Skip() from None
+                pass
+            work.note("conflict", item=f"{collection}/{document.id}")
+            try:
+                document = work.retry.call(docs.get, document.id)
+            except NotFoundError:
+                raise Skip() from None
+            if not self.select(collection, [document]):
+                raise Skip() from None
         raise ConcurrentUpdateError(f"document {document.id} kept changing during the migration")
 
     def _deleted(self, work: ShardWork, collection: str, document_id: str) -> bool:
@@ -260,6 +385,44 @@ class DocumentJob:
         )
         self.encryptor.cache.put(bytes.fromhex(dek_id), AESGCM(dek), wrapped.mek_version)
 
+    def _create_deks(self, work: ShardWork, dek_ids: Sequence[str]) -> dict[str, Exception]:
+        """:meth:`create_dek` for a page, the rows in one store batch; the wraps that failed.
+
+        Each DEK is wrapped on its own (a failed wrap fails its document only, as one at a
+        time); those wrapped are stored together, then cached.
+        """
+        if not dek_ids:
+            return {}
+        version = self.wrap_version(self.target)
+        failed: dict[str, Exception] = {}
+        made: list[tuple[NewDek, bytes]] = []
+        for dek_id in dek_ids:
+            dek = os.urandom(32)
+            try:
+                wrapped = work.retry.call(
+                    self.provider.wrap,
+                    dek,
+                    context=dek_context(self.product, dek_id),
+                    version=version,
+                )
+            except ITEM_ERRORS as exc:
+                failed[dek_id] = exc
+                continue
+            new = NewDek(
+                dek_id=dek_id,
+                mek_name=self.provider.mek_name,
+                mek_version=wrapped.mek_version,
+                wrapped=wrapped.ciphertext,
+                algorithm=wrapped.algorithm,
+            )
+            made.append((new, dek))
+        if made:
+            work.retry.call(self.store.create_many, [new for new, _ in made])
+        put = self.encryptor.cache.put
+        for new, dek in made:
+            put(bytes.fromhex(new.dek_id), AESGCM(dek), new.mek_version)
+        return failed
+
     def wrap_version(self, version: str) -> str:
         """Where a new DEK for MEK version ``version`` goes (the active KEK, with the tier)."""
         tier = self.runtime.kek_tier
@@ -283,6 +446,15 @@ class DocumentJob:
         self.encryptor.cache.invalidate(bytes.fromhex(dek_id))
         self.store.delete(dek_id)
 
+    def drop_deks(self, dek_ids: Sequence[str]) -> None:
+        """:meth:`drop_dek` for several, in one store batch."""
+        if not dek_ids:
+            return
+        invalidate = self.encryptor.cache.invalidate
+        for dek_id in dek_ids:
+            invalidate(bytes.fromhex(dek_id))
+        self.store.delete_many(dek_ids)
+
     def require_enabled(self, version: str) -> None:
         """``ConfigurationError`` unless ``version`` exists and is enabled."""
         states = {v.version: v.enabled for v in self.provider.versions()}
@@ -298,6 +470,19 @@ class DocumentJob:
 
     def has_tokens(self, collection: str, document: StoredDocument) -> bool:
         return any(token.is_token(v) for v in _values(document, self.fields[collection]))
+
+
+class _Page:
+    """What a page's migration counted, failed and migrated."""
+
+    def __init__(self) -> None:
+        self.changed = self.skipped = self.conflicts = 0
+        self.failures: list[Failure] = []
+        self.migrated: list[dict[str, str]] = []
+
+    def result(self) -> tuple[Counters, list[Failure], list[dict[str, str]]]:
+        delta = Counters(changed=self.changed, skipped=self.skipped, failed=len(self.failures))
+        return delta + Counters(conflicts=self.conflicts), self.failures, self.migrated
 
 
 def new_dek_id() -> str:

@@ -3,7 +3,10 @@
 Per document: name the new DEK in the ledger, create it under the target MEK version,
 open the fields with the old DEK and seal them with the new one, write the document
 with compare-and-swap, and only then delete the old DEK. The order is what makes it
-crash-safe (``docwalk`` settles whatever a crash leaves half done).
+crash-safe (``docwalk`` settles whatever a crash leaves half done). A page takes each of
+those steps for all its documents at once where the stores allow (``docwalk``): its new
+DEKs in one batch, its documents in one batch, its old DEKs deleted in one batch; the old
+DEKs' rows, read once per page to select the documents, are unwrapped from that read.
 
 A document is selected when its DEK is wrapped under a version other than the target
 (with ``--old-mek-version``, under that version): create a new MEK version first, and a
@@ -13,8 +16,10 @@ re-run after completion finds nothing to do. It assumes one DEK per document, as
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
 
+from field_encrypt.backends.base import DekRecord
 from field_encrypt.documents import StoredDocument
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.products import ProductRuntime
@@ -44,6 +49,8 @@ class ReencryptJob(DocumentJob):
         else:
             self.estimated_total = sum(n for v, n in self.counts.items() if v != self.target)
         self.skipped_at_start = 0  # documents left alone are counted as the scan meets them
+        self._records: dict[str, DekRecord] = {}  # the DEK rows of the page select last read
+        self._generation = 0
         self.plan = RunPlan(
             mode=self.mode, from_version=self.only, to_version=self.target, shards=options.worker[1]
         )
@@ -67,7 +74,9 @@ class ReencryptJob(DocumentJob):
         return count_not_on(self.runtime, self.target)
 
     def select(self, collection: str, documents: list[StoredDocument]) -> list[StoredDocument]:
+        generation = self.encryptor.cache.generation  # before the rows are read
         records = self.store.get_many([d.dek_id for d in documents if d.dek_id])
+        self._records, self._generation = records, generation  # for seal: no second read
         selected = []
         for document in documents:
             if document.dek_id is None:
@@ -83,15 +92,32 @@ class ReencryptJob(DocumentJob):
     def pending_for(self, collection: str, document: StoredDocument) -> Pending | None:
         return Pending(collection, document.id, new_dek_id(), document.dek_id)
 
-    def migrate(self, collection: str, document: StoredDocument, step: Pending | None) -> None:
+    def seal(
+        self, collection: str, document: StoredDocument, step: Pending | None
+    ) -> tuple[dict[str, Any], str | None]:
         assert step is not None and step.new is not None
+        record = self._records.get(document.dek_id) if document.dek_id else None
+        if record is not None:  # the old DEK's row, read by select: unwrap it from there
+            self.encryptor.load_record(record, generation=self._generation)
         plain = self.encryptor.decrypt_document(collection, document.id, document.fields)
         sealed = self.encryptor.encrypt_document(collection, document.id, plain, dek_id=step.new)
-        self.collections[collection].replace_fields(document, sealed, step.new)
+        return sealed, step.new
 
     def settle_committed(self, step: Pending) -> None:
         if step.old is not None and step.old != step.new:
             self.drop_dek(step.old)
+
+    def shredded_meanwhile(self, steps: Sequence[Pending]) -> set[str]:
+        # The page read the old DEKs once, before sealing its documents (and a batch writes
+        # later than one document at a time would): one read now finds a DEK an application
+        # shredded in between, so the document is not left readable under its new DEK.
+        olds = [s.old for s in steps if s.old is not None and s.old != s.new]
+        if not olds:
+            return set()
+        return set(olds) - set(self.store.get_many(olds))
+
+    def settle_committed_many(self, steps: Sequence[Pending]) -> None:
+        self.drop_deks([s.old for s in steps if s.old is not None and s.old != s.new])
 
     def audit_item(self, document: StoredDocument, step: Pending | None) -> dict[str, str]:
         item = {"id": document.id}

@@ -30,7 +30,7 @@ from typing import Any
 
 from azure.core import MatchConditions
 
-from field_encrypt.backends.base import KEK_PREFIX, DekPage, DekRecord, WrapUpdate
+from field_encrypt.backends.base import KEK_PREFIX, DekPage, DekRecord, NewDek, WrapUpdate
 from field_encrypt.backends.cosmos.db import (
     PARTITIONS,
     CosmosDatabase,
@@ -85,6 +85,19 @@ class CosmosDekStore:
             created = self.container.create_item(item)
         return _record(created)
 
+    def create_many(self, deks: Sequence[NewDek]) -> None:
+        """Item by item on the write threads: a failure may leave some of them created."""
+        self.database.each(self._create_one, list(deks))
+
+    def _create_one(self, dek: NewDek) -> None:
+        self.create(
+            dek_id=dek.dek_id,
+            mek_name=dek.mek_name,
+            mek_version=dek.mek_version,
+            wrapped=dek.wrapped,
+            algorithm=dek.algorithm,
+        )
+
     def get(self, dek_id: str) -> DekRecord:
         try:
             with translate_errors():
@@ -111,6 +124,9 @@ class CosmosDekStore:
         except NotFoundError:
             return False
         return True
+
+    def delete_many(self, dek_ids: Sequence[str]) -> int:
+        return sum(self.database.each(self.delete, list(dict.fromkeys(dek_ids))))
 
     def replace_wraps(self, updates: Sequence[WrapUpdate]) -> list[str]:
         lost = self.database.each(self._replace_one, list(updates))

@@ -34,7 +34,13 @@ from sqlalchemy import (
     select,
 )
 
-from field_encrypt.backends.base import DekPage, DekRecord, WrapUpdate, dek_record_of_row
+from field_encrypt.backends.base import (
+    DekPage,
+    DekRecord,
+    NewDek,
+    WrapUpdate,
+    dek_record_of_row,
+)
 from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
 from field_encrypt.backends.sharding import bucket_of, check_shard
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
@@ -138,6 +144,18 @@ def _replace_statement(*, by_seq: bool, uniform: bool) -> str:
     )
 
 
+_CREATE_MANY = """
+    INSERT INTO dek_store (dek_id, product, bucket, mek_name, mek_version, wrapped, algorithm)
+    SELECT u.dek_id, %(product)s, u.bucket, u.mek_name, u.mek_version, u.wrapped, u.algorithm
+    FROM unnest(%(dek_ids)b::text[], %(buckets)b::integer[], %(names)b::text[],
+                %(versions)b::text[], %(wraps)b::bytea[], %(algorithms)b::text[])
+         AS u(dek_id, bucket, mek_name, mek_version, wrapped, algorithm)
+"""
+_DELETE_MANY = (
+    "DELETE FROM dek_store WHERE product = %(product)s AND dek_id = ANY(%(dek_ids)b::text[]) "
+    "RETURNING seq"
+)
+
 _REPLACE_STATEMENTS = {
     (by_seq, uniform): _replace_statement(by_seq=by_seq, uniform=uniform)
     for by_seq in (True, False)
@@ -178,6 +196,25 @@ class PostgresDekStore:
             raise AlreadyExistsError(f"DEK {dek_id} already exists", cause=exc.cause) from None
         return _record(row)
 
+    def create_many(self, deks: Sequence[NewDek]) -> None:
+        if not deks:
+            return
+        params = {
+            "product": self.product,
+            "dek_ids": [d.dek_id for d in deks],
+            "buckets": [bucket_of(d.dek_id) for d in deks],
+            "names": [d.mek_name for d in deks],
+            "versions": [d.mek_version for d in deks],
+            "wraps": [d.wrapped for d in deks],
+            "algorithms": [d.algorithm for d in deks],
+        }
+        try:
+            self.database.query(_CREATE_MANY, params)  # one statement: all rows or none
+        except AlreadyExistsError as exc:
+            raise AlreadyExistsError(
+                "a DEK of the batch already exists (none was created)", cause=exc.cause
+            ) from None
+
     def get(self, dek_id: str) -> DekRecord:
         rows = self.database.execute(
             select(*_RECORD).where(_C.dek_id == dek_id, _C.product == self.product)
@@ -201,6 +238,14 @@ class PostgresDekStore:
             .returning(_C.seq)
         )
         return bool(rows)
+
+    def delete_many(self, dek_ids: Sequence[str]) -> int:
+        if not dek_ids:
+            return 0
+        rows = self.database.query(
+            _DELETE_MANY, {"product": self.product, "dek_ids": list(dek_ids)}
+        )
+        return len(rows)
 
     def replace_wraps(self, updates: Sequence[WrapUpdate]) -> list[str]:
         if not updates:

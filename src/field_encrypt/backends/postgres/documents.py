@@ -8,6 +8,8 @@ shards. Writes are compare-and-swap on ``revision``.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, MetaData, Table, Text, func, select
@@ -15,7 +17,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
 from field_encrypt.backends.sharding import check_shard
-from field_encrypt.documents import DocumentPage, StoredDocument
+from field_encrypt.documents import DocumentPage, DocumentWrite, StoredDocument
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 
 MIGRATIONS = (
@@ -49,6 +51,16 @@ documents = Table(
     Column("revision", BigInteger, nullable=False),
 )
 _C = documents.c
+# A page of writes in one statement (as the dek_store's batched rewrap): ``unnest`` of parallel
+# arrays, joined on (collection, id, revision) for the compare-and-swap; the ids it returns won.
+_REPLACE_MANY = """
+    UPDATE documents AS d
+    SET fields = u.fields::jsonb, dek_id = u.dek_id, revision = d.revision + 1
+    FROM unnest(%(ids)b::text[], %(revisions)b::bigint[], %(fields)b::text[],
+                %(dek_ids)b::text[]) AS u(id, revision, fields, dek_id)
+    WHERE d.collection = %(collection)s AND d.id = u.id AND d.revision = u.revision
+    RETURNING d.id
+"""
 _DOCUMENT = (_C.seq, _C.id, _C.fields, _C.dek_id, _C.revision)
 
 
@@ -131,6 +143,19 @@ class PostgresDocumentStore:
         return StoredDocument(
             id=document.id, fields=fields, dek_id=dek_id, revision=str(rows[0][0])
         )
+
+    def replace_many(self, writes: Sequence[DocumentWrite]) -> list[str]:
+        if not writes:
+            return []
+        params = {
+            "collection": self.collection,
+            "ids": [w.document.id for w in writes],
+            "revisions": [int(w.document.revision) for w in writes],
+            "fields": [json.dumps(w.fields) for w in writes],
+            "dek_ids": [w.dek_id for w in writes],
+        }
+        won = {document_id for (document_id,) in self.database.query(_REPLACE_MANY, params)}
+        return [w.document.id for w in writes if w.document.id not in won]
 
     def count(self) -> int:
         ((count,),) = self.database.execute(
