@@ -56,18 +56,23 @@ ROTATION_STAGE = "io.field-encrypt.rotation.stage"
 KEK_CREATED = "io.field-encrypt.kek.created"
 KEK_REWRAPPED = "io.field-encrypt.kek.rewrapped"
 KEK_DELETED = "io.field-encrypt.kek.deleted"
+INDEX_KEY_CREATED = "io.field-encrypt.index-key.created"
+INDEX_KEY_RETIRED = "io.field-encrypt.index-key.retired"
+DOCUMENT_REINDEXED = "io.field-encrypt.document.reindexed"
 
 EVENT_TYPES = (
     MEK_VERSION_CREATED, MEK_VERSION_ENABLED, MEK_VERSION_DISABLED, MEK_VERSION_RETIRED,
     MEK_VERSION_COMPROMISED, RUN_STARTED, RUN_PROGRESS, RUN_COMPLETED, RUN_FAILED,
     DEK_REWRAP_FAILED, DEK_SHREDDED, DOCUMENT_REENCRYPTED, DOCUMENT_BACKFILLED,
     DECRYPT_DENIED, ROTATION_STAGE, KEK_CREATED, KEK_REWRAPPED, KEK_DELETED,
-    DEK_REWRAPPED_LAZILY,
+    DEK_REWRAPPED_LAZILY, INDEX_KEY_CREATED, INDEX_KEY_RETIRED, DOCUMENT_REINDEXED,
 )  # fmt: skip
 KEK_EVENT_TYPES = (KEK_CREATED, KEK_REWRAPPED, KEK_DELETED)
 """Emitted only by a product with the KEK tier (``FIELD_ENCRYPT_KEY_LAYOUT=kek``)."""
 LAZY_EVENT_TYPES = (DEK_REWRAPPED_LAZILY,)
 """Emitted only by a process with lazy rewrap on (``FIELD_ENCRYPT_LAZY_REWRAP=true``)."""
+INDEX_EVENT_TYPES = (INDEX_KEY_CREATED, INDEX_KEY_RETIRED, DOCUMENT_REINDEXED)
+"""Emitted only for a product with blind indexes (``field_encrypt.blind_index``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

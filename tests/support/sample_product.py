@@ -1,7 +1,8 @@
 """A sample product for the CLI and rotation tests: ``tests.support.sample_product:product``.
 
 One collection, ``records``, with an encrypted top-level field (``ssn``) and a nested one
-(``profile.note``), opened on the database ``FIELD_ENCRYPT_DATABASE`` names (SQLite,
+(``profile.note``), both blind-indexed (``profile.note`` case-insensitively; their index
+values are in ``ssn__bi`` and ``profile.note__bi`` once an index key exists), opened on the database ``FIELD_ENCRYPT_DATABASE`` names (SQLite,
 PostgreSQL or Cosmos DB) with the provider the settings name. Variants for the reliability tests:
 
 * ``counting_product``: the provider is wrapped in a :class:`CountingProvider`, kept in
@@ -29,6 +30,7 @@ from typing import Any
 
 from field_encrypt.audit import ROTATION_STAGE, AuditEvent, AuditTrail, ChainReport
 from field_encrypt.backends.base import DekPage, DekRecord, DekStore, WrapUpdate
+from field_encrypt.blind_index import IndexedField
 from field_encrypt.config import Settings
 from field_encrypt.documents import StoredDocument
 from field_encrypt.products import Product, ProductRuntime
@@ -38,14 +40,18 @@ from field_encrypt.testing import CountingProvider, FaultInjectingProvider
 
 NAME = "sample"
 COLLECTIONS = {"records": ["ssn", "profile.note"]}
+INDEXED = (
+    IndexedField(collection="records", path="ssn"),
+    IndexedField(collection="records", path="profile.note", casefold=True),
+)
 LAST_COUNTER: list[CountingProvider] = []
 
 
 def _open(settings: Settings) -> ProductRuntime:
-    return open_runtime(settings, product=NAME, collections=COLLECTIONS)
+    return open_runtime(settings, product=NAME, collections=COLLECTIONS, indexed=INDEXED)
 
 
-product = Product(name=NAME, collections=COLLECTIONS, open=_open)
+product = Product(name=NAME, collections=COLLECTIONS, open=_open, indexed=INDEXED)
 
 
 def _open_counting(settings: Settings) -> ProductRuntime:
