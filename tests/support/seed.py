@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from field_encrypt.blind_index import BlindIndex
+from field_encrypt.index_values import with_index_values
 from field_encrypt.products import ProductRuntime
 
 
@@ -12,8 +14,16 @@ def document(i: int) -> dict[str, Any]:
     return {"name": f"person {i}", "ssn": f"{i:03d}-45-6789", "profile": {"note": f"note {i}"}}
 
 
-def seed(runtime: ProductRuntime, count: int, *, start: int = 0, encrypt: bool = True) -> None:
-    """Insert documents ``doc-{start}`` .. ``doc-{start + count - 1}`` into ``records``."""
+def seed(
+    runtime: ProductRuntime,
+    count: int,
+    *,
+    start: int = 0,
+    encrypt: bool = True,
+    index: BlindIndex | None = None,
+) -> None:
+    """Insert documents ``doc-{start}`` .. ``doc-{start + count - 1}`` into ``records``
+    (with ``index``: with their index values, ``ssn__bi`` and ``profile.note__bi``)."""
     docs: Any = runtime.documents["records"]  # a generic document store: it has insert
     for i in range(start, start + count):
         doc_id = f"doc-{i}"
@@ -22,6 +32,8 @@ def seed(runtime: ProductRuntime, count: int, *, start: int = 0, encrypt: bool =
             fields = runtime.encryptor.encrypt_document(
                 "records", doc_id, document(i), dek_id=dek_id
             )
+            if index is not None:
+                fields = with_index_values(index, "records", fields, document(i))
             docs.insert(doc_id, fields, dek_id)
         else:
             docs.insert(doc_id, document(i), None)
