@@ -22,8 +22,8 @@ changes; ``verify`` only has to not list it as an unreferenced DEK (:func:`is_in
 
 The **current** index-key version is the newest one in the dek_store (:meth:`IndexKeyring.
 versions`, found by looking up versions 1, 2, ... in windows of :data:`PROBE_WINDOW` ids,
-one ``get_many`` each, until a window holds none; so at most ``PROBE_WINDOW - 1``
-consecutive versions may be missing below the newest). :meth:`IndexKeyring.open` gives a
+one ``get_many`` each, until a window holds none; so the retire gate refuses to delete a
+version when the newest would then be out of reach, :func:`reachable`). :meth:`IndexKeyring.open` gives a
 :class:`~field_encrypt.blind_index.BlindIndex` writing under it and looking up every older
 version still present. With an audit trail, creating a version records
 ``index-key.created`` and retiring one (deleting its row, after the gate in
@@ -47,7 +47,14 @@ from field_encrypt.errors import (
 )
 from field_encrypt.providers.base import KeyProvider, dek_context
 
-__all__ = ["KEY_ID_PREFIX", "PROBE_WINDOW", "IndexKeyring", "index_key_id", "is_index_key_id"]
+__all__ = [
+    "KEY_ID_PREFIX",
+    "PROBE_WINDOW",
+    "IndexKeyring",
+    "index_key_id",
+    "is_index_key_id",
+    "reachable",
+]
 
 KEY_ID_PREFIX = "b1d1"
 PROBE_WINDOW = 64
@@ -60,6 +67,18 @@ def index_key_id(product: str, version: int) -> str:
     check_version(version)
     digest = hashlib.sha256(_ID_LABEL + product.encode()).hexdigest()
     return f"{KEY_ID_PREFIX}{version:08x}0{digest[:19]}"
+
+
+def reachable(present: Iterable[int]) -> list[int]:
+    """Which of the ``present`` versions :meth:`IndexKeyring.versions` finds, oldest first:
+    it looks at windows of :data:`PROBE_WINDOW` versions from 1 and stops at an empty one."""
+    have = sorted(set(present))
+    found: list[int] = []
+    start = 1
+    while window := [v for v in have if start <= v < start + PROBE_WINDOW]:
+        found += window
+        start += PROBE_WINDOW
+    return found
 
 
 def is_index_key_id(dek_id: str) -> bool:

@@ -214,6 +214,13 @@ def test_the_old_version_retires_only_through_the_gate(rt: ProductRuntime) -> No
     assert kinds == [(created, 1), (created, 2), (retired, 1)]
     for event in rt.audit.events():
         assert "wrapped" not in str(event.data).lower()
+    # Version 66 (in the second probe window) becomes current and every value moves to it;
+    # retiring 2 would leave versions 1..64 all missing, so 66 could no longer be found.
+    assert keyring.create(66)
+    assert _run(rt, clock, batch_size=10).counters.changed == N
+    with pytest.raises(RotationError, match="windows of 64"):
+        retire_index_version(rt, 2)
+    assert keyring.versions() == [2, 66]
 
 
 def test_application_writes_during_the_run_are_never_lost(rt: ProductRuntime) -> None:

@@ -26,7 +26,7 @@ from typing import Final
 from field_encrypt.blind_index import BlindIndex, IndexedField
 from field_encrypt.documents import DocumentPage, DocumentStore, StoredDocument
 from field_encrypt.errors import ConfigurationError, RotationError
-from field_encrypt.index_keys import IndexKeyring
+from field_encrypt.index_keys import PROBE_WINDOW, IndexKeyring, reachable
 from field_encrypt.index_values import needs_reindex, tally, with_index_values
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
@@ -197,8 +197,10 @@ class IndexRetirement:
 def retire_index_version(runtime: ProductRuntime, version: int) -> IndexRetirement:
     """Delete index root key ``version`` once nothing needs it (the gate).
 
-    Refused (:class:`RotationError`) while it is the current version or any stored index
-    value is still on it; a version that does not exist is a :class:`ConfigurationError`.
+    Refused (:class:`RotationError`) while it is the current version, while any stored
+    index value is still on it, or when the current version would then be out of reach of
+    :meth:`~field_encrypt.index_keys.IndexKeyring.versions` (:func:`~field_encrypt.
+    index_keys.reachable`); a version that does not exist is a :class:`ConfigurationError`.
     Processes must have stopped writing under it (they write under the newest version once
     they re-open the index, :meth:`~field_encrypt.index_keys.IndexKeyring.open`).
     """
@@ -224,6 +226,12 @@ def retire_index_version(runtime: ProductRuntime, version: int) -> IndexRetireme
             f"refusing to retire index-key version {version}: {sum(left.values())} index "
             f"values are still on it ({named}); run field-encrypt migrate --mode reindex "
             f"--product {product} first"
+        )
+    if reachable(v for v in versions if v != version)[-1:] != [current]:
+        raise RotationError(
+            f"refusing to retire index-key version {version}: without it {PROBE_WINDOW} or "
+            f"more versions in a row below the current one ({current}) would be missing, and "
+            f"versions are found in windows of {PROBE_WINDOW} (keep it; docs/queryable.md)"
         )
     keyring.delete(version, via="index-keys retire", data={"current": current})
     return IndexRetirement(product=product, version=version, current=current, counts=counts)
