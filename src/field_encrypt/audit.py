@@ -59,13 +59,17 @@ KEK_DELETED = "io.field-encrypt.kek.deleted"
 DEK_RESTORED = "io.field-encrypt.dek.restored"
 LEASE_RECLAIMED = "io.field-encrypt.run.lease.reclaimed"
 DEK_COLLECTED = "io.field-encrypt.dek.collected"
+INDEX_KEY_CREATED = "io.field-encrypt.index-key.created"
+INDEX_KEY_RETIRED = "io.field-encrypt.index-key.retired"
+DOCUMENT_REINDEXED = "io.field-encrypt.document.reindexed"
 
 EVENT_TYPES = (
     MEK_VERSION_CREATED, MEK_VERSION_ENABLED, MEK_VERSION_DISABLED, MEK_VERSION_RETIRED,
     MEK_VERSION_COMPROMISED, RUN_STARTED, RUN_PROGRESS, RUN_COMPLETED, RUN_FAILED,
     DEK_REWRAP_FAILED, DEK_SHREDDED, DOCUMENT_REENCRYPTED, DOCUMENT_BACKFILLED,
     DECRYPT_DENIED, ROTATION_STAGE, KEK_CREATED, KEK_REWRAPPED, KEK_DELETED,
-    DEK_REWRAPPED_LAZILY, DEK_RESTORED, LEASE_RECLAIMED, DEK_COLLECTED,
+    DEK_REWRAPPED_LAZILY, DEK_RESTORED, LEASE_RECLAIMED, DEK_COLLECTED, INDEX_KEY_CREATED,
+    INDEX_KEY_RETIRED, DOCUMENT_REINDEXED,
 )  # fmt: skip
 KEK_EVENT_TYPES = (KEK_CREATED, KEK_REWRAPPED, KEK_DELETED)
 """Emitted only by a product with the KEK tier (``FIELD_ENCRYPT_KEY_LAYOUT=kek``)."""
@@ -74,6 +78,8 @@ LAZY_EVENT_TYPES = (DEK_REWRAPPED_LAZILY,)
 RECOVERY_EVENT_TYPES = (DEK_RESTORED, LEASE_RECLAIMED, DEK_COLLECTED)
 """Emitted only in recovery: a damaged dek_store repaired (``restore``), the lease of a
 run killed on this host taken over, orphaned DEKs deleted (``collect-orphans``)."""
+INDEX_EVENT_TYPES = (INDEX_KEY_CREATED, INDEX_KEY_RETIRED, DOCUMENT_REINDEXED)
+"""Emitted only for a product with blind indexes (``field_encrypt.blind_index``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

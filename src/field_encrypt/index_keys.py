@@ -19,6 +19,15 @@ tool that already exists. ``migrate rewrap`` rewraps it with the other DEKs, ``k
 compromised`` moves it off an exposed version, backups hold it, and the retire gate counts
 it, so an MEK version cannot be retired while the index key still needs it. No backend
 changes; ``verify`` only has to not list it as an unreferenced DEK (:func:`is_index_key_id`).
+
+The **current** index-key version is the newest one in the dek_store (:meth:`IndexKeyring.
+versions`, found by looking up versions 1, 2, ... in windows of :data:`PROBE_WINDOW` ids,
+one ``get_many`` each, until a window holds none; so the retire gate refuses to delete a
+version when the newest would then be out of reach, :func:`reachable`). :meth:`IndexKeyring.open` gives a
+:class:`~field_encrypt.blind_index.BlindIndex` writing under it and looking up every older
+version still present. With an audit trail, creating a version records
+``index-key.created`` and retiring one (deleting its row, after the gate in
+:mod:`field_encrypt.rotation.reindex`) records ``index-key.retired``.
 """
 
 from __future__ import annotations
@@ -27,8 +36,9 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 
+from field_encrypt.audit import INDEX_KEY_CREATED, INDEX_KEY_RETIRED, AuditTrail
 from field_encrypt.backends.base import DekStore
-from field_encrypt.blind_index import BlindIndex, IndexedField, check_version
+from field_encrypt.blind_index import MAX_VERSION, BlindIndex, IndexedField, check_version
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConfigurationError,
@@ -37,9 +47,18 @@ from field_encrypt.errors import (
 )
 from field_encrypt.providers.base import KeyProvider, dek_context
 
-__all__ = ["KEY_ID_PREFIX", "IndexKeyring", "index_key_id", "is_index_key_id"]
+__all__ = [
+    "KEY_ID_PREFIX",
+    "PROBE_WINDOW",
+    "IndexKeyring",
+    "index_key_id",
+    "is_index_key_id",
+    "reachable",
+]
 
 KEY_ID_PREFIX = "b1d1"
+PROBE_WINDOW = 64
+"""How many versions :meth:`IndexKeyring.versions` looks up at once."""
 _ID_LABEL = b"field-encrypt/index-root-id/v1\x00"
 
 
@@ -48,6 +67,18 @@ def index_key_id(product: str, version: int) -> str:
     check_version(version)
     digest = hashlib.sha256(_ID_LABEL + product.encode()).hexdigest()
     return f"{KEY_ID_PREFIX}{version:08x}0{digest[:19]}"
+
+
+def reachable(present: Iterable[int]) -> list[int]:
+    """Which of the ``present`` versions :meth:`IndexKeyring.versions` finds, oldest first:
+    it looks at windows of :data:`PROBE_WINDOW` versions from 1 and stops at an empty one."""
+    have = sorted(set(present))
+    found: list[int] = []
+    start = 1
+    while window := [v for v in have if start <= v < start + PROBE_WINDOW]:
+        found += window
+        start += PROBE_WINDOW
+    return found
 
 
 def is_index_key_id(dek_id: str) -> bool:
@@ -71,6 +102,7 @@ class IndexKeyring:
         provider: KeyProvider,
         store: DekStore,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        audit: AuditTrail | None = None,
     ) -> None:
         if not product:
             raise ConfigurationError("a product name is required")
@@ -82,6 +114,7 @@ class IndexKeyring:
         self.provider = provider
         self.store = store
         self._random = random_bytes
+        self.audit = audit
 
     def __repr__(self) -> str:
         return f"IndexKeyring(product={self.product!r}, provider={self.provider.kind!r})"
@@ -107,7 +140,63 @@ class IndexKeyring:
             )
         except AlreadyExistsError:
             return False
+        if self.audit is not None:
+            self.audit.emit(
+                INDEX_KEY_CREATED,
+                subject=f"index-key/{self.product}/{version}",
+                data={"version": version, "keyId": key_id, "mekVersion": wrapped.mek_version},
+            )
         return True
+
+    def versions(self) -> list[int]:
+        """The versions in the dek_store, oldest first (the last is the current one)."""
+        found: list[int] = []
+        start = 1
+        while start <= MAX_VERSION:
+            window = range(start, min(start + PROBE_WINDOW, MAX_VERSION + 1))
+            ids = {index_key_id(self.product, v): v for v in window}
+            present = self.store.get_many(list(ids))
+            if not present:
+                break
+            found += sorted(ids[key_id] for key_id in present)
+            start += PROBE_WINDOW
+        return found
+
+    def create_next(self) -> int:
+        """Create the version after the newest (1 for the first); the version created."""
+        versions = self.versions()
+        version = versions[-1] + 1 if versions else 1
+        if not self.create(version):
+            raise AlreadyExistsError(
+                f"index-key version {version} was created by someone else meanwhile"
+            )
+        return version
+
+    def open(self, fields: Iterable[IndexedField]) -> BlindIndex:
+        """A :class:`BlindIndex` writing under the newest version, looking up all present."""
+        versions = self.versions()
+        if not versions:
+            raise ConfigurationError(
+                f"product {self.product!r} has no index key yet "
+                "(field-encrypt index-keys create --product PRODUCT)"
+            )
+        return self.blind_index(fields, version=versions[-1], previous=versions[:-1])
+
+    def delete(self, version: int, *, via: str, data: dict[str, object] | None = None) -> bool:
+        """Delete root key ``version`` (destroying it); whether it existed.
+
+        Only through the gate (:func:`field_encrypt.rotation.reindex.retire_index_version`),
+        which checks that no index value is left on it; recorded as ``index-key.retired``.
+        """
+        key_id = index_key_id(self.product, version)
+        existed = self.store.delete(key_id)
+        if existed and self.audit is not None:
+            self.audit.emit(
+                INDEX_KEY_RETIRED,
+                subject=f"index-key/{self.product}/{version}",
+                data={"version": version, "keyId": key_id, "via": via, **(data or {})},
+            )
+        return existed
 
     def exists(self, version: int) -> bool:
         """Whether root key ``version`` is in the dek_store."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from field_encrypt.audit import AuditTrail
 from field_encrypt.backends.base import DekStore, KeyStateStore
+from field_encrypt.blind_index import IndexedField
 from field_encrypt.config import Settings
 from field_encrypt.documents import DocumentStore
 from field_encrypt.envelope import FieldEncryptor
@@ -54,6 +55,9 @@ class ProductRuntime:
     """The product's key-state epoch (``field_encrypt.key_epoch``), once opened."""
     key_epoch: KeyEpochWatcher | None = None
     """What watches it in this process (started by ``key_epoch.watch_key_state``)."""
+    indexed: Sequence[IndexedField] = ()
+    """The fields with a blind index (``field_encrypt.index_values``): what ``migrate --mode
+    reindex``, ``verify`` and ``index-keys retire`` look at."""
 
     def close(self) -> None:
         """Release connections."""
@@ -69,6 +73,9 @@ class Product:
     collections: Mapping[str, Sequence[str]]
     open: Callable[[Settings], ProductRuntime]
     """Build the runtime from settings (the product reads its own extra settings itself)."""
+    indexed: Sequence[IndexedField] = ()
+    """Its blind-indexed fields (each also an encrypted field); ``open`` passes the same
+    to its runtime (``open_runtime(..., indexed=...)``)."""
 
 
 def load_product(name: str) -> Product:

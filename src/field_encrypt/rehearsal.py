@@ -32,20 +32,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from field_encrypt.backends.base import DekPage, DekRecord, DekStore, WrapUpdate
+from field_encrypt.blind_index import BlindIndex, IndexedField
 from field_encrypt.config import Settings, load_settings
 from field_encrypt.errors import FieldEncryptError
+from field_encrypt.index_values import with_index_values
 from field_encrypt.products import Product, ProductRuntime
 from field_encrypt.runtime import open_runtime
 
 NAME = "sample"
 COLLECTIONS = {"records": ["ssn", "profile.note"]}
+INDEXED = (
+    IndexedField(collection="records", path="ssn"),
+    IndexedField(collection="records", path="profile.note", casefold=True),
+)
 
 
 def _open(settings: Settings) -> ProductRuntime:
-    return open_runtime(settings, product=NAME, collections=COLLECTIONS)
+    return open_runtime(settings, product=NAME, collections=COLLECTIONS, indexed=INDEXED)
 
 
-product = Product(name=NAME, collections=COLLECTIONS, open=_open)
+product = Product(name=NAME, collections=COLLECTIONS, open=_open, indexed=INDEXED)
 """The rehearsal product."""
 
 
@@ -95,7 +101,7 @@ def _open_crashing(settings: Settings) -> ProductRuntime:
     return runtime
 
 
-crashing_product = Product(name=NAME, collections=COLLECTIONS, open=_open_crashing)
+crashing_product = Product(name=NAME, collections=COLLECTIONS, open=_open_crashing, indexed=INDEXED)
 """The rehearsal product, dying (SIGKILL) after its first committed batch of rewraps."""
 
 
@@ -104,8 +110,16 @@ def document(i: int) -> dict[str, Any]:
     return {"name": f"person {i}", "ssn": f"{i:03d}-45-6789", "profile": {"note": f"note {i}"}}
 
 
-def seed(runtime: ProductRuntime, count: int, *, start: int = 0, encrypt: bool = True) -> None:
-    """Insert documents ``doc-{start}`` .. ``doc-{start + count - 1}`` into ``records``."""
+def seed(
+    runtime: ProductRuntime,
+    count: int,
+    *,
+    start: int = 0,
+    encrypt: bool = True,
+    index: BlindIndex | None = None,
+) -> None:
+    """Insert documents ``doc-{start}`` .. ``doc-{start + count - 1}`` into ``records``
+    (with ``index``: with their index values, ``ssn__bi`` and ``profile.note__bi``)."""
     docs: Any = runtime.documents["records"]  # a generic document store: it has insert
     for i in range(start, start + count):
         doc_id = f"doc-{i}"
@@ -114,6 +128,8 @@ def seed(runtime: ProductRuntime, count: int, *, start: int = 0, encrypt: bool =
             fields = runtime.encryptor.encrypt_document(
                 "records", doc_id, document(i), dek_id=dek_id
             )
+            if index is not None:
+                fields = with_index_values(index, "records", fields, document(i))
             docs.insert(doc_id, fields, dek_id)
         else:
             docs.insert(doc_id, document(i), None)

@@ -23,6 +23,7 @@ from field_encrypt.backends.sqlite.db import SqliteDatabase
 from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
 from field_encrypt.backends.sqlite.documents import SqliteDocumentStore
 from field_encrypt.backends.sqlite.kek_store import SqliteKekStore
+from field_encrypt.blind_index import IndexedField
 from field_encrypt.bootstrap import build_key_layout, build_provider
 from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings
@@ -35,7 +36,11 @@ from field_encrypt.providers.observed import observed
 
 
 def open_sqlite_runtime(
-    settings: Settings, *, product: str, collections: Mapping[str, Sequence[str]]
+    settings: Settings,
+    *,
+    product: str,
+    collections: Mapping[str, Sequence[str]],
+    indexed: Sequence[IndexedField] = (),
 ) -> ProductRuntime:
     """Provider from settings; dek_store, kek_store, JSON documents and audit trail in the
     settings' SQLite file. With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the provider is the KEK
@@ -80,12 +85,17 @@ def open_sqlite_runtime(
             resources=[database],
             audit=trail,
             kek_tier=tier,
+            indexed=tuple(indexed),
         )
     )
 
 
 def open_runtime(
-    settings: Settings, *, product: str, collections: Mapping[str, Sequence[str]]
+    settings: Settings,
+    *,
+    product: str,
+    collections: Mapping[str, Sequence[str]],
+    indexed: Sequence[IndexedField] = (),
 ) -> ProductRuntime:
     """Provider from settings; dek_store, kek_store and JSON documents in the database
     settings name (the provider is the KEK tier with ``FIELD_ENCRYPT_KEY_LAYOUT=kek``).
@@ -95,7 +105,9 @@ def open_runtime(
     product's audit trail in it.
     """
     if database_kind(settings.database) == "sqlite":
-        return open_sqlite_runtime(settings, product=product, collections=collections)
+        return open_sqlite_runtime(
+            settings, product=product, collections=collections, indexed=indexed
+        )
     mek = observed(build_provider(settings))  # every provider call measured
     database = open_database(settings)
     try:
@@ -140,6 +152,7 @@ def open_runtime(
             resources=[database],
             kek_tier=tier,
             audit=trail,
+            indexed=tuple(indexed),
         )
     )
 

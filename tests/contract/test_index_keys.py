@@ -12,7 +12,7 @@ import pytest
 from field_encrypt.backends.base import DekStore, WrapUpdate
 from field_encrypt.blind_index import IndexedField
 from field_encrypt.errors import ConfigurationError, DecryptionError
-from field_encrypt.index_keys import IndexKeyring, index_key_id, is_index_key_id
+from field_encrypt.index_keys import IndexKeyring, index_key_id, is_index_key_id, reachable
 from field_encrypt.providers.base import dek_context
 from field_encrypt.providers.local import LocalKeyProvider
 
@@ -152,3 +152,34 @@ def test_repr_shows_no_key(dek_store: DekStore, provider: LocalKeyProvider) -> N
     index = keyring.blind_index([TAGS], version=1)
     for text in (repr(keyring), repr(index), repr(dek_store.get(index_key_id(keyring.product, 1)))):
         assert secret.hex() not in text and repr(secret) not in text
+
+
+def test_versions_create_next_open_and_delete(
+    dek_store: DekStore, provider: LocalKeyProvider
+) -> None:
+    """versions() lists what is present, oldest first, across a gap and past a probe
+    window; create_next() adds the one after the newest; open() writes under the newest
+    and looks up the others; delete() removes one (no trail here: nothing is recorded)."""
+    keyring = _keyring(dek_store, provider)
+    assert keyring.versions() == []
+    with pytest.raises(ConfigurationError, match="no index key yet"):
+        keyring.open([TAGS])
+    assert [keyring.create_next() for _ in range(3)] == [1, 2, 3]
+    assert keyring.delete(2, via="test") and not keyring.delete(2, via="test")
+    assert keyring.create(70)  # in the second probe window
+    assert keyring.versions() == [1, 3, 70]
+    index = keyring.open([TAGS])
+    assert index.version == 70 and index.versions == (70, 3, 1)
+    assert keyring.create_next() == 71
+    assert keyring.delete(1, via="test")
+    assert keyring.versions() == [3, 70, 71]
+    assert keyring.delete(3, via="test")  # below the gate: versions 1..64 all missing now
+    assert keyring.versions() == []  # the limit the retire gate keeps away from
+
+
+def test_reachable_is_what_versions_finds() -> None:
+    """Windows of 64 from 1, stopping at an empty one."""
+    assert reachable([]) == []
+    assert reachable([3, 1, 64, 65]) == [1, 3, 64, 65]
+    assert reachable([64, 128, 129]) == [64, 128, 129] and reachable([64, 129]) == [64]
+    assert reachable([65]) == [] and reachable([1, 130]) == [1]

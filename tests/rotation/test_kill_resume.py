@@ -89,3 +89,45 @@ def test_document_modes_survive_kill_9(env: dict[str, str], mode: str) -> None:
         assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(80)}
     finally:
         runtime.close()
+
+
+def test_reindex_survives_kill_9(env: dict[str, str]) -> None:
+    """Every index value ends on the new index-key version and every document still reads,
+    after kills mid-reindex (after a document write, before a page, before a provider call)."""
+    from field_encrypt.index_values import needs_reindex
+    from field_encrypt.rotation.reindex import keyring_of
+
+    runtime = product.open(load_settings(env))
+    keyring = keyring_of(runtime)
+    keyring.create(1)
+    seed(runtime, 60, index=keyring.open(product.indexed))
+    assert keyring.create_next() == 2
+    runtime.close()
+    rng = random.Random(19)
+    # provider:1 is the root key's unwrap, before the run takes its lease: start at 2
+    low_high = {"document": (1, 12), "scan": (1, 4), "provider": (2, 12)}
+    points = [
+        f"{kind}:{rng.randint(*low_high[kind])}" for kind in ["document", "scan", "provider"] * 2
+    ]
+    args = ["migrate", "--product", KILLABLE, "--mode", "reindex", "--batch-size", "7"]
+    codes = _kill_and_resume(env, args, points)
+    assert codes.count(-signal.SIGKILL) >= 4
+    runtime = product.open(load_settings(env))
+    try:
+        docs = runtime.documents["records"].scan(limit=100).documents
+        assert len(docs) == 60
+        for d in docs:
+            assert not needs_reindex(d.fields, "ssn", 2), d.id
+            assert not needs_reindex(d.fields, "profile.note", 2), d.id
+        plain = {
+            k: {f: v for f, v in doc.items() if f != "ssn__bi"}
+            for k, doc in read_all(runtime).items()
+        }
+        for doc in plain.values():
+            doc["profile"].pop("note__bi")
+        assert plain == {f"doc-{i}": document(i) for i in range(60)}
+        report = verify(runtime, mek_version="1", sample=60)
+        assert report.clean and set(report.old_index_values.values()) == {0}
+        assert ledger_runs(env) == [("reindex", "completed")]
+    finally:
+        runtime.close()

@@ -1,7 +1,8 @@
 """A sample product for the CLI and rotation tests: ``tests.support.sample_product:product``.
 
 The rehearsal product (:mod:`field_encrypt.rehearsal`), re-exported. One collection, ``records``, with an encrypted top-level field (``ssn``) and a nested one
-(``profile.note``), opened on the database ``FIELD_ENCRYPT_DATABASE`` names (SQLite,
+(``profile.note``), both blind-indexed (``profile.note`` case-insensitively; their index
+values are in ``ssn__bi`` and ``profile.note__bi`` once an index key exists), opened on the database ``FIELD_ENCRYPT_DATABASE`` names (SQLite,
 PostgreSQL or Cosmos DB) with the provider the settings name. Variants for the reliability tests:
 
 * ``counting_product``: the provider is wrapped in a :class:`CountingProvider`, kept in

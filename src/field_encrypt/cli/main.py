@@ -25,6 +25,7 @@ from field_encrypt.cli.common import (
 from field_encrypt.cli.common import iso as _iso
 from field_encrypt.cli.console import command as console_command
 from field_encrypt.cli.exit_codes import ExitCode
+from field_encrypt.cli.index_keys import index_keys_app
 from field_encrypt.cli.init import init_command
 from field_encrypt.cli.keys import keys_app
 from field_encrypt.cli.oncall import oncall_app
@@ -57,6 +58,7 @@ def _root(version: VersionOpt = False) -> None:
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(oncall_app, name="oncall")
+app.add_typer(index_keys_app, name="index-keys")
 app.command("rotate")(rotate_command)
 app.command("init")(init_command)
 app.command("console")(console_command)
@@ -70,6 +72,7 @@ class ModeChoice(StrEnum):
     to_kek = "to-kek"
     to_direct = "to-direct"
     rotate_kek = "rotate-kek"
+    reindex = "reindex"
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -155,6 +158,14 @@ def verify_command(
                         "DEKs no document refers to",
                         report.unreferenced_deks,
                         ", ".join(report.unreferenced_examples[:3]),
+                    ),
+                    *(  # reported, not part of the MEK check (docs/queryable.md)
+                        (
+                            f"index values of {name} off index-key version {report.index_version}",
+                            n,
+                            "",
+                        )
+                        for name, n in report.old_index_values.items()
                     ),
                 ],
             )
@@ -317,8 +328,8 @@ def migrate_command(
     json_: JsonOpt = False,
     version: VersionOpt = False,
 ) -> None:
-    """Rewrap DEKs, re-encrypt, backfill or decrypt documents, or move DEKs between key
-    layouts and KEKs: resumable and idempotent."""
+    """Rewrap DEKs, re-encrypt, backfill, decrypt or reindex documents, or move DEKs between
+    key layouts and KEKs: resumable and idempotent."""
     from field_encrypt.rotation import MigrationOptions, RetryPolicy, migrate, open_ledger
 
     options = MigrationOptions(
@@ -398,7 +409,12 @@ def _print_report(report: RunReport) -> None:
                 f"Dry run: {report.mode} {report.from_version or '*'}→{report.to_version or '-'}",
                 ["what", "value"],
                 [
-                    ("DEKs per version", ", ".join(f"{v}={n}" for v, n in d.by_version.items())),
+                    (
+                        "index values per version"
+                        if report.mode == "reindex"
+                        else "DEKs per version",
+                        ", ".join(f"{v}={n}" for v, n in d.by_version.items()),
+                    ),
                     ("would migrate", d.matched),
                     ("would skip", d.skipped),
                     ("provider calls", d.provider_calls),
@@ -408,7 +424,8 @@ def _print_report(report: RunReport) -> None:
         )
         return
     c = report.counters
-    label = "changed" if report.mode in ("re-encrypt", "encrypt", "decrypt") else "rewrapped"
+    document_modes = ("re-encrypt", "encrypt", "decrypt", "reindex")
+    label = "changed" if report.mode in document_modes else "rewrapped"
     console.print(
         output.table(
             f"{report.mode} run {report.run_id}: {report.status}",

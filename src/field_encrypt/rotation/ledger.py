@@ -20,10 +20,12 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, runtime_checkable
 
 Mode = Literal[
-    "rewrap-deks", "re-encrypt", "encrypt", "decrypt", "to-kek", "to-direct", "rotate-kek"
-]
+    "rewrap-deks", "re-encrypt", "encrypt", "decrypt", "to-kek", "to-direct", "rotate-kek",
+    "reindex",
+]  # fmt: skip
 MODES: tuple[Mode, ...] = (
-    "rewrap-deks", "re-encrypt", "encrypt", "decrypt", "to-kek", "to-direct", "rotate-kek"
+    "rewrap-deks", "re-encrypt", "encrypt", "decrypt", "to-kek", "to-direct", "rotate-kek",
+    "reindex",
 )  # fmt: skip
 
 RunStatus = Literal["running", "completed", "completed_with_failures", "abandoned"]

@@ -17,6 +17,7 @@ from field_encrypt.rotation.layout import RotateKekJob, ToDirectJob, ToKekJob
 from field_encrypt.rotation.ledger import RunLedger
 from field_encrypt.rotation.ratelimit import ThrottledProvider, TokenBucket
 from field_encrypt.rotation.reencrypt import ReencryptJob
+from field_encrypt.rotation.reindex import ReindexJob
 from field_encrypt.rotation.retry import Retrier
 from field_encrypt.rotation.rewrap import RewrapJob
 from field_encrypt.rotation.run import Job, MigrationOptions, RunObserver, RunReport, run_job
@@ -53,6 +54,8 @@ def prepare_job(
             return EncryptJob(runtime, options, provider=provider)
         case "decrypt":
             return DecryptJob(runtime, options, provider=provider)
+        case "reindex":
+            return ReindexJob(runtime, options, provider=provider)
 
 
 def migrate(

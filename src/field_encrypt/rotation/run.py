@@ -116,7 +116,7 @@ class RunReport:
         counters = self.counters.as_dict()
         if self.dry_run is not None:  # what the run would match and skip, as a real run counts
             counters.update(matched=self.dry_run.matched, skipped=self.dry_run.skipped)
-        if self.mode not in ("re-encrypt", "encrypt", "decrypt"):  # the rewrap modes
+        if self.mode not in ("re-encrypt", "encrypt", "decrypt", "reindex"):  # the rewrap modes
             counters["rewrapped"] = counters["changed"]
         return {
             "product": self.product,

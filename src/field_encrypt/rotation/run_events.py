@@ -18,6 +18,7 @@ from field_encrypt.audit import (
     DEK_REWRAP_FAILED,
     DOCUMENT_BACKFILLED,
     DOCUMENT_REENCRYPTED,
+    DOCUMENT_REINDEXED,
     RUN_COMPLETED,
     RUN_FAILED,
     RUN_PROGRESS,
@@ -136,7 +137,9 @@ class RunTrail:
         if not items:
             return
         mode = self.run.plan.mode
-        type = DOCUMENT_REENCRYPTED if mode == "re-encrypt" else DOCUMENT_BACKFILLED
+        type = {"re-encrypt": DOCUMENT_REENCRYPTED, "reindex": DOCUMENT_REINDEXED}.get(
+            mode, DOCUMENT_BACKFILLED
+        )
         self._emit(
             type,
             {

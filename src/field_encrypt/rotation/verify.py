@@ -12,6 +12,12 @@ Four findings, all of which must be zero for a clean result:
    index root keys (:mod:`field_encrypt.index_keys`) live in the dek_store too and are not
    DEKs of documents, so they are not counted here (they are counted in finding 1).
 
+For a product with blind indexes it also reports, per indexed field, how many stored index
+values are on each index-key version (and missing or invalid), and how many are on a
+version other than the current one (what ``migrate --mode reindex`` still has to move and
+what keeps ``index-keys retire`` refusing). These do not make the MEK check unclean: an
+index-key rotation and an MEK rotation are independent.
+
 It reads everything once and writes nothing.
 """
 
@@ -23,7 +29,8 @@ from typing import Any
 
 from field_encrypt.documents import DocumentPage, DocumentStore
 from field_encrypt.errors import FieldEncryptError
-from field_encrypt.index_keys import is_index_key_id
+from field_encrypt.index_keys import IndexKeyring, is_index_key_id
+from field_encrypt.index_values import INVALID, MISSING, tally
 from field_encrypt.products import ProductRuntime
 from field_encrypt.usage import dek_counts  # the one count; re-exported by rotation
 
@@ -47,6 +54,22 @@ class VerifyReport:
     missing_examples: list[str] = field(default_factory=list)
     unreferenced_deks: int = 0
     unreferenced_examples: list[str] = field(default_factory=list)
+    index_version: int | None = None
+    """The current index-key version (``None``: no indexed fields, or no index key yet)."""
+    index_values: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per indexed field, stored index values per version, ``missing`` and ``invalid``."""
+
+    @property
+    def old_index_values(self) -> dict[str, int]:
+        """Per indexed field, index values on a version other than the current one."""
+        return {
+            name: sum(
+                n
+                for version, n in per.items()
+                if version not in (MISSING, INVALID, str(self.index_version))
+            )
+            for name, per in self.index_values.items()
+        }
 
     @property
     def clean(self) -> bool:
@@ -69,6 +92,9 @@ class VerifyReport:
             "missing_dek_examples": self.missing_examples,
             "unreferenced_deks": self.unreferenced_deks,
             "unreferenced_dek_examples": self.unreferenced_examples,
+            "index_version": self.index_version,
+            "index_values": self.index_values,
+            "old_index_values": self.old_index_values,
         }
 
 
@@ -80,6 +106,9 @@ def verify(runtime: ProductRuntime, *, mek_version: str, sample: int = 100) -> V
     not_on = sum(n for v, n in by_version.items() if v != mek_version)
     total = sum(docs.count() for docs in runtime.documents.values())
     stride = max(1, total // sample) if sample > 0 else 0
+    index_counts: dict[str, dict[str, int]] = {
+        f"{spec.collection}.{spec.path}": {} for spec in runtime.indexed
+    }
     referenced: set[str] = set()
     missing: list[str] = []
     undecryptable: list[str] = []
@@ -89,6 +118,7 @@ def verify(runtime: ProductRuntime, *, mek_version: str, sample: int = 100) -> V
             ids = [d.dek_id for d in page.documents if d.dek_id]
             present = store.get_many(ids)
             for document in page.documents:
+                tally(index_counts, name, document.fields, runtime.indexed)
                 item = f"{name}/{document.id}"
                 if document.dek_id:
                     referenced.add(document.dek_id)
@@ -115,6 +145,11 @@ def verify(runtime: ProductRuntime, *, mek_version: str, sample: int = 100) -> V
         if dek_page.cursor is None:
             break
         cursor = dek_page.cursor
+    index_versions = (
+        IndexKeyring(product=encryptor.product, provider=runtime.provider, store=store).versions()
+        if runtime.indexed
+        else []
+    )
     return VerifyReport(
         product=encryptor.product,
         mek_version=mek_version,
@@ -127,6 +162,8 @@ def verify(runtime: ProductRuntime, *, mek_version: str, sample: int = 100) -> V
         missing_examples=missing[:EXAMPLES],
         unreferenced_deks=unreferenced_count,
         unreferenced_examples=unreferenced,
+        index_version=index_versions[-1] if index_versions else None,
+        index_values=index_counts,
     )
 
 
