@@ -1,0 +1,86 @@
+"""What the shared SQL stores need of a database: sessions and a few dialect differences."""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+Params = Mapping[str, Any]
+
+
+class Session(ABC):
+    """One connection, inside a transaction or in autocommit; statements take ``:name``
+    parameters and driver errors come out as the library's store errors."""
+
+    @abstractmethod
+    def rows(self, sql: str, params: Params | None = None) -> list[Any]:
+        """Every row of one query."""
+
+    def first(self, sql: str, params: Params | None = None) -> Any | None:
+        """The first row of one query, or ``None``."""
+        rows = self.rows(sql, params)
+        return rows[0] if rows else None
+
+    @abstractmethod
+    def run(self, sql: str, params: Params | None = None) -> int:
+        """Run one statement; how many rows it changed."""
+
+    @abstractmethod
+    def run_many(self, sql: str, params: Sequence[Params]) -> None:
+        """Run one statement once per parameter set (nothing when there are none)."""
+
+
+class Dialect(ABC):
+    """A database and the few ways its SQL differs from the other's."""
+
+    name: str
+    """``sqlite`` or ``postgres``."""
+    order_column: str
+    """The column that gives rows their insertion order (``rowid``, ``seq``)."""
+    for_update: str
+    """The clause that locks selected rows until the transaction ends ('' where the
+    transaction already holds the database's write lock)."""
+    now: str
+    """The SQL for the current time in a timestamp column (may bind ``:now``)."""
+    locks: bool
+    """Whether :meth:`lock` does anything (SQLite's ``BEGIN IMMEDIATE`` already serialises)."""
+    label: str
+    """How the database shows in a store's repr."""
+
+    database: Any
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Session]:
+        """A transaction, committed at the end and rolled back on any error."""
+
+    @abstractmethod
+    def connection(self) -> AbstractContextManager[Session]:
+        """A connection in autocommit mode: each statement is its own transaction."""
+
+    def query(self, sql: str, params: Params | None = None) -> list[Any]:
+        """Every row of one query, in its own transaction (a read's fast path)."""
+        with self.connection() as session:
+            return session.rows(sql, params)
+
+    def execute(self, sql: str, params: Params | None = None) -> int:
+        """One statement in its own transaction; how many rows it changed."""
+        with self.connection() as session:
+            return session.run(sql, params)
+
+    @abstractmethod
+    def now_params(self) -> dict[str, Any]:
+        """The parameters :attr:`now` binds."""
+
+    def lock(self, session: Session, key: str) -> None:  # noqa: B027 - a no-op by default
+        """Serialise the decisions about ``key`` until the transaction ends (nothing to do
+        where a transaction holds the database's write lock)."""
+
+
+def timestamp(value: Any) -> dt.datetime:
+    """A timestamp column's value as an aware datetime (SQLite keeps epoch seconds)."""
+    if isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromtimestamp(value, dt.UTC)
