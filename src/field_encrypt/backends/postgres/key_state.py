@@ -1,26 +1,14 @@
-"""The key-state epoch in the product's PostgreSQL database: the schema.
+"""The key-state epoch in the product's PostgreSQL database.
 
-The logic is :class:`~field_encrypt.backends.sql.key_state.SqlKeyStateStore`'s.
+The logic and the schema are :class:`~field_encrypt.backends.sql.key_state.SqlKeyStateStore`'s; what is
+PostgreSQL's is :class:`~field_encrypt.backends.sql.postgres.PostgresDialect`.
 """
 
 from __future__ import annotations
 
-from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
+from field_encrypt.backends.postgres.db import PostgresDatabase
 from field_encrypt.backends.sql.key_state import SqlKeyStateStore
 from field_encrypt.backends.sql.postgres import PostgresDialect
-
-MIGRATIONS = (
-    Migration(
-        "0001_key_state",
-        """
-        CREATE TABLE key_state (
-            product text PRIMARY KEY,
-            epoch bigint NOT NULL,
-            changes text NOT NULL
-        );
-        """,
-    ),
-)
 
 
 class PostgresKeyStateStore(SqlKeyStateStore):
@@ -28,4 +16,3 @@ class PostgresKeyStateStore(SqlKeyStateStore):
 
     def __init__(self, database: PostgresDatabase, *, product: str) -> None:
         super().__init__(PostgresDialect(database), product=product)
-        database.migrate(MIGRATIONS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import textwrap
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -49,6 +50,10 @@ class Dialect(ABC):
     """Whether :meth:`lock` does anything (SQLite's ``BEGIN IMMEDIATE`` already serialises)."""
     label: str
     """How the database shows in a store's repr."""
+    types: Mapping[str, str]
+    """The column types a schema template names: ``{text}``, ``{int}``, ``{bigint}``,
+    ``{real}``, ``{blob}``, ``{bool}``, ``{serial}`` (an insertion-order key) and
+    ``{timestamp}`` (a ``NOT NULL`` time column)."""
 
     database: Any
 
@@ -69,6 +74,16 @@ class Dialect(ABC):
         """One statement in its own transaction; how many rows it changed."""
         with self.connection() as session:
             return session.run(sql, params)
+
+    @abstractmethod
+    def migration(self, name: str, sql: str) -> Any:
+        """The backend's named migration of ``sql``."""
+
+    def schema(self, name: str, template: str, **variants: Mapping[str, str]) -> Any:
+        """A named migration from a schema template: :attr:`types` fill the column types,
+        ``variants`` (``{placeholder: {dialect name: SQL}}``) whatever else differs."""
+        fragments = {key: by_dialect.get(self.name, "") for key, by_dialect in variants.items()}
+        return self.migration(name, textwrap.dedent(template).format(**self.types, **fragments))
 
     @abstractmethod
     def now_params(self) -> dict[str, Any]:

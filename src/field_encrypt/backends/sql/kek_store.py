@@ -17,6 +17,42 @@ from field_encrypt.backends.base import KekRecord
 from field_encrypt.backends.sql.dialect import Dialect, timestamp
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
 
+SCHEMA = """
+    CREATE TABLE kek_store (
+        seq {serial} PRIMARY KEY,
+        kek_id {text} NOT NULL UNIQUE,
+        product {text} NOT NULL,
+        partition {text} NOT NULL,
+        mek_name {text} NOT NULL,
+        mek_version {text} NOT NULL,
+        wrapped {blob} NOT NULL,
+        algorithm {text} NOT NULL,
+        active {bool} NOT NULL,
+        created_at {timestamp},
+        updated_at {timestamp},
+        revision {bigint} NOT NULL{revision_default}
+    );
+    {active_index}
+"""
+
+
+def migrations(dialect: Dialect) -> tuple[Any, ...]:
+    """The kek_store's schema steps in ``dialect``: PostgreSQL keeps one active KEK per
+    partition with a partial unique index (SQLite's ``BEGIN IMMEDIATE`` serialises)."""
+    return (
+        dialect.schema(
+            "0001_kek_store",
+            SCHEMA,
+            revision_default={"postgres": " DEFAULT 1"},
+            active_index={
+                "sqlite": "CREATE INDEX kek_store_active ON kek_store (product, partition, active)",
+                "postgres": "CREATE UNIQUE INDEX kek_store_one_active "
+                "ON kek_store (product, partition) WHERE active",
+            },
+        ),
+    )
+
+
 COLUMNS = (
     "kek_id, product, partition, mek_name, mek_version, wrapped, algorithm, active, "
     "created_at, updated_at, revision"
@@ -30,6 +66,7 @@ class SqlKekStore:
         self.dialect = dialect
         self.database = dialect.database
         self.product = product
+        self.database.migrate(migrations(dialect))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dialect.label}, product={self.product!r})"

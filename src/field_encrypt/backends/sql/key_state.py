@@ -14,6 +14,19 @@ from collections.abc import Sequence
 from field_encrypt.backends.base import KeyState
 from field_encrypt.backends.sql.dialect import Dialect
 
+MIGRATIONS = (
+    (
+        "0001_key_state",
+        """
+        CREATE TABLE key_state (
+            product {text} PRIMARY KEY,
+            epoch {bigint} NOT NULL,
+            changes {text} NOT NULL
+        )
+        """,
+    ),
+)
+
 
 class SqlKeyStateStore:
     """:class:`~field_encrypt.backends.base.KeyStateStore` in the ``key_state`` table."""
@@ -22,6 +35,7 @@ class SqlKeyStateStore:
         self.dialect = dialect
         self.database = dialect.database
         self.product = product
+        self.database.migrate([dialect.schema(name, sql) for name, sql in MIGRATIONS])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dialect.label}, product={self.product!r})"

@@ -30,6 +30,71 @@ from field_encrypt.rotation.ledger import (
     ShardState,
 )
 
+SCHEMA = """
+    CREATE TABLE rotation_runs (
+        run_id {text} PRIMARY KEY,
+        product {text} NOT NULL,
+        mode {text} NOT NULL,
+        from_version {text},
+        to_version {text},
+        shards {int} NOT NULL,
+        status {text} NOT NULL,
+        started_at {real} NOT NULL,
+        finished_at {real},
+        estimated_total {bigint} NOT NULL,
+        skipped_at_start {bigint} NOT NULL{run_seq}
+    );
+    CREATE INDEX rotation_runs_product ON rotation_runs (product, status, started_at);
+    CREATE TABLE rotation_shards (
+        run_id {text} NOT NULL REFERENCES rotation_runs (run_id),
+        shard {int} NOT NULL,
+        status {text} NOT NULL,
+        cursor {text},
+        pending {text} NOT NULL DEFAULT '[]',
+        matched {bigint} NOT NULL DEFAULT 0,
+        changed {bigint} NOT NULL DEFAULT 0,
+        skipped {bigint} NOT NULL DEFAULT 0,
+        failed {bigint} NOT NULL DEFAULT 0,
+        conflicts {bigint} NOT NULL DEFAULT 0,
+        owner {text},
+        lease_expires_at {real},
+        heartbeat_at {real},
+        PRIMARY KEY (run_id, shard)
+    );
+    CREATE TABLE rotation_failures (
+        run_id {text} NOT NULL REFERENCES rotation_runs (run_id),
+        item {text} NOT NULL,
+        shard {int} NOT NULL,
+        reason {text} NOT NULL,
+        at {real} NOT NULL,
+        PRIMARY KEY (run_id, item)
+    );
+    CREATE TABLE rotation_backups (
+        product {text} NOT NULL,
+        at {real} NOT NULL,
+        path {text} NOT NULL,
+        count {bigint} NOT NULL,
+        checksum {text} NOT NULL
+    ){backups_index}
+"""
+"""The ledger's tables; SQLite orders runs by ``rowid``, PostgreSQL by a ``seq`` column."""
+
+
+def migrations(dialect: Dialect) -> tuple[Any, ...]:
+    """The ledger's schema steps in ``dialect``."""
+    return (
+        dialect.schema(
+            "0001_rotation_ledger",
+            SCHEMA,
+            run_seq={"postgres": ",\n        seq bigint GENERATED ALWAYS AS IDENTITY"},
+            backups_index={
+                "postgres": ";\n    CREATE INDEX rotation_backups_product "
+                "ON rotation_backups (product, at)"
+            },
+        ),
+    )
+
+
 RUN_COLUMNS = (
     "run_id, product, mode, from_version, to_version, shards, status, started_at, "
     "finished_at, estimated_total, skipped_at_start"
@@ -41,13 +106,12 @@ SHARD_COLUMNS = (
 
 
 class SqlRunLedger:
-    """:class:`~field_encrypt.rotation.ledger.RunLedger` in the tables of the backends'
-    ``MIGRATIONS`` (``rotation_runs``, ``rotation_shards``, ``rotation_failures``,
-    ``rotation_backups``)."""
+    """:class:`~field_encrypt.rotation.ledger.RunLedger` in the tables of :data:`SCHEMA`."""
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.database = dialect.database
+        self.database.migrate(migrations(dialect))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dialect.label})"

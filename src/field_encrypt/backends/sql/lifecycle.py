@@ -15,6 +15,25 @@ from field_encrypt.backends.sql.dialect import Dialect
 from field_encrypt.errors import ConcurrentUpdateError
 from field_encrypt.rotation.lifecycle import RotationState, VersionNote
 
+MIGRATIONS = (
+    (
+        "0001_key_lifecycle",
+        """
+        CREATE TABLE mek_version_notes (
+            product {text} NOT NULL,
+            version {text} NOT NULL,
+            note {text} NOT NULL,
+            PRIMARY KEY (product, version)
+        );
+        CREATE TABLE rotation_state (
+            product {text} PRIMARY KEY,
+            state {text} NOT NULL,
+            revision {bigint} NOT NULL
+        )
+        """,
+    ),
+)
+
 
 class SqlLifecycleStore:
     """:class:`~field_encrypt.rotation.lifecycle.LifecycleStore` in the ``mek_version_notes``
@@ -23,6 +42,7 @@ class SqlLifecycleStore:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.database = dialect.database
+        self.database.migrate([dialect.schema(name, sql) for name, sql in MIGRATIONS])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dialect.label})"

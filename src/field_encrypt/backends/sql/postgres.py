@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from field_encrypt.backends.postgres.db import PostgresDatabase
+from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
 from field_encrypt.backends.sql.dialect import Dialect, Params, Session
 
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
@@ -42,6 +42,16 @@ class PostgresDialect(Dialect):
     for_update = " FOR UPDATE"
     now = "clock_timestamp()"
     locks = True
+    types = {
+        "text": "text",
+        "int": "integer",
+        "bigint": "bigint",
+        "real": "double precision",
+        "blob": "bytea",
+        "bool": "boolean",
+        "serial": "bigint GENERATED ALWAYS AS IDENTITY",
+        "timestamp": "timestamptz NOT NULL DEFAULT clock_timestamp()",
+    }
 
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database
@@ -61,6 +71,9 @@ class PostgresDialect(Dialect):
         """Reads go through psycopg directly (binary results, no per-row processing)."""
         rows: list[Any] = self.database.query(_NAMED.sub(r"%(\1)s", sql), dict(params or {}))
         return rows
+
+    def migration(self, name: str, sql: str) -> Migration:
+        return Migration(name, sql)
 
     def now_params(self) -> dict[str, Any]:
         return {}

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from field_encrypt.backends.sql.dialect import Dialect, Params, Session
-from field_encrypt.backends.sqlite.db import SqliteDatabase, translate_errors
+from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase, translate_errors
 
 
 class SqliteSession(Session):
@@ -40,6 +40,16 @@ class SqliteDialect(Dialect):
     for_update = ""
     now = ":now"
     locks = False
+    types = {
+        "text": "TEXT",
+        "int": "INTEGER",
+        "bigint": "INTEGER",
+        "real": "REAL",
+        "blob": "BLOB",
+        "bool": "INTEGER",
+        "serial": "INTEGER",
+        "timestamp": "REAL NOT NULL",
+    }
 
     def __init__(self, database: SqliteDatabase) -> None:
         self.database = database
@@ -53,6 +63,9 @@ class SqliteDialect(Dialect):
     @contextmanager
     def connection(self) -> Iterator[Session]:
         yield SqliteSession(self.database.connection())
+
+    def migration(self, name: str, sql: str) -> Migration:
+        return Migration(name, sql)
 
     def now_params(self) -> dict[str, Any]:
         return {"now": time.time()}

@@ -1,36 +1,14 @@
-"""The KEK tier's kek_store in the product's SQLite database: the schema.
+"""The KEK tier's kek_store in the product's SQLite database.
 
-The logic is :class:`~field_encrypt.backends.sql.kek_store.SqlKekStore`'s.
+The logic and the schema are :class:`~field_encrypt.backends.sql.kek_store.SqlKekStore`'s; what is
+SQLite's is :class:`~field_encrypt.backends.sql.sqlite.SqliteDialect`.
 """
 
 from __future__ import annotations
 
 from field_encrypt.backends.sql.kek_store import SqlKekStore
 from field_encrypt.backends.sql.sqlite import SqliteDialect
-from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase
-
-MIGRATIONS = (
-    Migration(
-        "0001_kek_store",
-        """
-        CREATE TABLE kek_store (
-            seq INTEGER PRIMARY KEY,
-            kek_id TEXT NOT NULL UNIQUE,
-            product TEXT NOT NULL,
-            partition TEXT NOT NULL,
-            mek_name TEXT NOT NULL,
-            mek_version TEXT NOT NULL,
-            wrapped BLOB NOT NULL,
-            algorithm TEXT NOT NULL,
-            active INTEGER NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            revision INTEGER NOT NULL
-        );
-        CREATE INDEX kek_store_active ON kek_store (product, partition, active)
-        """,
-    ),
-)
+from field_encrypt.backends.sqlite.db import SqliteDatabase
 
 
 class SqliteKekStore(SqlKekStore):
@@ -38,4 +16,3 @@ class SqliteKekStore(SqlKekStore):
 
     def __init__(self, database: SqliteDatabase, *, product: str) -> None:
         super().__init__(SqliteDialect(database), product=product)
-        database.migrate(MIGRATIONS)

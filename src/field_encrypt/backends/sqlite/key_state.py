@@ -1,26 +1,14 @@
-"""The key-state epoch in the product's SQLite database: the schema.
+"""The key-state epoch in the product's SQLite database.
 
-The logic is :class:`~field_encrypt.backends.sql.key_state.SqlKeyStateStore`'s.
+The logic and the schema are :class:`~field_encrypt.backends.sql.key_state.SqlKeyStateStore`'s; what is
+SQLite's is :class:`~field_encrypt.backends.sql.sqlite.SqliteDialect`.
 """
 
 from __future__ import annotations
 
 from field_encrypt.backends.sql.key_state import SqlKeyStateStore
 from field_encrypt.backends.sql.sqlite import SqliteDialect
-from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase
-
-MIGRATIONS = (
-    Migration(
-        "0001_key_state",
-        """
-        CREATE TABLE key_state (
-            product TEXT PRIMARY KEY,
-            epoch INTEGER NOT NULL,
-            changes TEXT NOT NULL
-        )
-        """,
-    ),
-)
+from field_encrypt.backends.sqlite.db import SqliteDatabase
 
 
 class SqliteKeyStateStore(SqlKeyStateStore):
@@ -28,4 +16,3 @@ class SqliteKeyStateStore(SqlKeyStateStore):
 
     def __init__(self, database: SqliteDatabase, *, product: str) -> None:
         super().__init__(SqliteDialect(database), product=product)
-        database.migrate(MIGRATIONS)
