@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import textwrap
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 Params = Mapping[str, Any]
@@ -15,6 +15,9 @@ Params = Mapping[str, Any]
 class Session(ABC):
     """One connection, inside a transaction or in autocommit; statements take ``:name``
     parameters and driver errors come out as the library's store errors."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
 
     @abstractmethod
     def rows(self, sql: str, params: Params | None = None) -> list[Any]:
@@ -57,9 +60,14 @@ class Dialect(ABC):
 
     database: Any
 
-    @abstractmethod
-    def transaction(self) -> AbstractContextManager[Session]:
+    session_type: type[Session]
+    """The :class:`Session` on one of the driver's connections."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
         """A transaction, committed at the end and rolled back on any error."""
+        with self.database.transaction() as conn:
+            yield self.session_type(conn)
 
     @abstractmethod
     def connection(self) -> AbstractContextManager[Session]:

@@ -19,8 +19,7 @@ _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 class PostgresSession(Session):
     """A :class:`Session` on one pooled SQLAlchemy connection."""
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+    conn: Connection
 
     def rows(self, sql: str, params: Params | None = None) -> list[Any]:
         return list(self.conn.execute(text(sql), dict(params or {})).all())
@@ -41,6 +40,7 @@ class PostgresDialect(Dialect):
     order_column = "seq"
     for_update = " FOR UPDATE"
     now = "clock_timestamp()"
+    session_type = PostgresSession
     locks = True
     types = {
         "text": "text",
@@ -56,11 +56,6 @@ class PostgresDialect(Dialect):
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database
         self.label = repr(database)
-
-    @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        with self.database.transaction() as conn:
-            yield PostgresSession(conn)
 
     @contextmanager
     def connection(self) -> Iterator[Session]:

@@ -15,8 +15,7 @@ from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase, translat
 class SqliteSession(Session):
     """A :class:`Session` on one ``sqlite3`` connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    conn: sqlite3.Connection
 
     def rows(self, sql: str, params: Params | None = None) -> list[Any]:
         with translate_errors():
@@ -39,6 +38,7 @@ class SqliteDialect(Dialect):
     order_column = "rowid"
     for_update = ""
     now = ":now"
+    session_type = SqliteSession
     locks = False
     types = {
         "text": "TEXT",
@@ -54,11 +54,6 @@ class SqliteDialect(Dialect):
     def __init__(self, database: SqliteDatabase) -> None:
         self.database = database
         self.label = repr(database.path)
-
-    @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        with self.database.transaction() as conn:
-            yield SqliteSession(conn)
 
     @contextmanager
     def connection(self) -> Iterator[Session]:
