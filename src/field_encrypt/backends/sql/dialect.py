@@ -11,6 +11,20 @@ from typing import Any
 
 Params = Mapping[str, Any]
 
+COLUMN_TYPES = {
+    # placeholder: (SQLite, PostgreSQL)
+    "text": ("TEXT", "text"),
+    "int": ("INTEGER", "integer"),
+    "bigint": ("INTEGER", "bigint"),
+    "real": ("REAL", "double precision"),
+    "blob": ("BLOB", "bytea"),
+    "bool": ("INTEGER", "boolean"),
+    "serial": ("INTEGER", "bigint GENERATED ALWAYS AS IDENTITY"),
+    "timestamp": ("REAL NOT NULL", "timestamptz NOT NULL DEFAULT clock_timestamp()"),
+}
+"""The column types of the schema templates: ``{serial}`` is an insertion-order key,
+``{timestamp}`` a time column (epoch seconds in SQLite)."""
+
 
 class Session(ABC):
     """One connection, inside a transaction or in autocommit; statements take ``:name``
@@ -54,9 +68,7 @@ class Dialect(ABC):
     label: str
     """How the database shows in a store's repr."""
     types: Mapping[str, str]
-    """The column types a schema template names: ``{text}``, ``{int}``, ``{bigint}``,
-    ``{real}``, ``{blob}``, ``{bool}``, ``{serial}`` (an insertion-order key) and
-    ``{timestamp}`` (a ``NOT NULL`` time column)."""
+    """Its column of :data:`COLUMN_TYPES`."""
 
     database: Any
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
-from field_encrypt.backends.sql.dialect import Dialect, Params, Session
+from field_encrypt.backends.sql.dialect import COLUMN_TYPES, Dialect, Params, Session
 
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 
@@ -42,16 +42,7 @@ class PostgresDialect(Dialect):
     now = "clock_timestamp()"
     session_type = PostgresSession
     locks = True
-    types = {
-        "text": "text",
-        "int": "integer",
-        "bigint": "bigint",
-        "real": "double precision",
-        "blob": "bytea",
-        "bool": "boolean",
-        "serial": "bigint GENERATED ALWAYS AS IDENTITY",
-        "timestamp": "timestamptz NOT NULL DEFAULT clock_timestamp()",
-    }
+    types = {name: sql[1] for name, sql in COLUMN_TYPES.items()}
 
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from field_encrypt.backends.sql.dialect import Dialect, Params, Session
+from field_encrypt.backends.sql.dialect import COLUMN_TYPES, Dialect, Params, Session
 from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase, translate_errors
 
 
@@ -40,16 +40,7 @@ class SqliteDialect(Dialect):
     now = ":now"
     session_type = SqliteSession
     locks = False
-    types = {
-        "text": "TEXT",
-        "int": "INTEGER",
-        "bigint": "INTEGER",
-        "real": "REAL",
-        "blob": "BLOB",
-        "bool": "INTEGER",
-        "serial": "INTEGER",
-        "timestamp": "REAL NOT NULL",
-    }
+    types = {name: sql[0] for name, sql in COLUMN_TYPES.items()}
 
     def __init__(self, database: SqliteDatabase) -> None:
         self.database = database
