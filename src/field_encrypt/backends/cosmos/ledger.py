@@ -38,8 +38,11 @@ from typing import Any, TypeVar
 
 from azure.core import MatchConditions
 
+from field_encrypt.backends.common import abandoned as _abandoned
+from field_encrypt.backends.common import iso as _iso
+from field_encrypt.backends.common import new_run_id as _new_run_id
+from field_encrypt.backends.common import refuse_if_busy as _refuse_if_busy
 from field_encrypt.backends.cosmos.db import CosmosDatabase, first_value, translate_errors
-from field_encrypt.backends.sqlite.ledger import _abandoned, _iso, _new_run_id, _refuse_if_busy
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConcurrentUpdateError,

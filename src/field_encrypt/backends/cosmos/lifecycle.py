@@ -15,9 +15,9 @@ from typing import Any
 
 from azure.core import MatchConditions
 
+from field_encrypt.backends.common import rotation_state as _state
 from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
 from field_encrypt.backends.cosmos.ledger import CONTAINER, PARTITION
-from field_encrypt.backends.sqlite.lifecycle import _state
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 from field_encrypt.rotation.lifecycle import RotationState, VersionNote
 

@@ -1,0 +1,57 @@
+"""Rules every backend's run ledger and lifecycle store apply alike (no database code)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from typing import Any
+
+from field_encrypt.errors import LeaseHeldError, RotationError
+from field_encrypt.rotation.ledger import RunRecord
+from field_encrypt.rotation.lifecycle import RotationState
+
+
+def abandoned(run: RunRecord) -> LeaseHeldError:
+    """Another run with a different plan was opened between this run's ``open_run`` and
+    its ``acquire_shard``, and abandoned it: that run goes on, this one must not start."""
+    return LeaseHeldError(
+        f"migration run {run.run_id} ({run.plan.mode}) was abandoned: another run with a "
+        "different plan took over the product; nothing was done"
+    )
+
+
+def refuse_if_busy(run: RunRecord, now: float) -> None:
+    """Refuse to start or join anything while ``run`` is live or has items to settle."""
+    live = run.leases(now)
+    if live:
+        held = live[0]
+        raise LeaseHeldError(
+            f"migration run {run.run_id} ({run.plan.mode}) is in flight: shard "
+            f"{held.index + 1}/{run.plan.shards} is held by {held.owner} until "
+            f"{iso(held.lease_expires_at)}; wait for it, or for its lease to expire"
+        )
+    if any(s.pending for s in run.shards):
+        raise RotationError(
+            f"migration run {run.run_id} ({run.plan.mode}) was interrupted with documents "
+            "half-migrated; finish it first by re-running the same command"
+        )
+
+
+def new_run_id(now: float) -> str:
+    """A run id that sorts by its start: ``run-<UTC stamp>-<8 hex>``."""
+    stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"run-{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def iso(seconds: float | None) -> str:
+    """Epoch seconds as an ISO 8601 UTC time for messages; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
+
+
+def rotation_state(body: dict[str, Any], revision: int) -> RotationState:
+    """A stored rotation state (fields this build does not know are dropped)."""
+    known = {f.name for f in dataclasses.fields(RotationState)}
+    return RotationState(**{k: v for k, v in body.items() if k in known}, revision=revision)
