@@ -15,6 +15,7 @@ The service's own tree sits beside the library's; :func:`status_of` maps both::
     └── NoteUnreadableError        500  a note failed to decrypt (logged with dekId, version)
 
     field_encrypt.ConcurrentUpdateError      412  (compare-and-swap lost mid-write)
+    field_encrypt.NotFoundError              404  (the row went away under a racing write)
     field_encrypt.KeyProviderError (all)     503  key unavailable or version disabled
     field_encrypt.StoreUnavailableError      503
     any other FieldEncryptError, Exception   500
@@ -113,6 +114,8 @@ def status_of(exc: BaseException) -> tuple[int, str, str]:
         return exc.status, exc.code, exc.message
     if isinstance(exc, field_encrypt.ConcurrentUpdateError):
         return 412, PreconditionFailedError.code, PreconditionFailedError.message
+    if isinstance(exc, field_encrypt.NotFoundError):  # a row a racing delete removed
+        return 404, NotFoundError.code, "not found"
     if isinstance(exc, field_encrypt.KeyProviderError):
         return 503, "encryption_unavailable", "encryption keys are temporarily unavailable"
     if isinstance(exc, field_encrypt.StoreUnavailableError):

@@ -27,7 +27,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from field_encrypt import DecryptionError, FieldEncryptor, NotFoundError, StoreError
+from field_encrypt import (
+    ConcurrentUpdateError,
+    DecryptionError,
+    DekMissingError,
+    FieldEncryptor,
+    NotFoundError,
+    StoreError,
+)
 from field_encrypt import token as field_token
 from notelett.errors import (
     NoteNotFoundError,
@@ -43,6 +50,8 @@ if TYPE_CHECKING:  # jwt (through auth) stays out of the CLI's start-up
 
 COLLECTION = "notes"
 ENCRYPTED_FIELDS = ("title", "body")
+CAS_ATTEMPTS = 5
+"""How many times a write re-reads a note whose revision moved under it before giving up."""
 
 log = logging.getLogger("notelett")
 
@@ -121,8 +130,14 @@ class NotesService:
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, principal: Principal, note_id: str) -> Note:
-        """A visible note; :class:`NoteNotFoundError` otherwise."""
-        return self._decrypt(self._visible(principal, note_id))
+        """A visible note; :class:`NoteNotFoundError` otherwise (also when a delete won a
+        race with this read and shredded its DEK between the read and the decrypt)."""
+        record = self._visible(principal, note_id)
+        try:
+            return self._decrypt(record)
+        except NoteUnreadableError:
+            self._check_still_there(note_id)
+            raise
 
     def _decrypt_page(self, records: Sequence[NoteRecord]) -> list[Note]:
         """A page of notes opened in one batch; a failure is found and named note by note."""
@@ -184,12 +199,26 @@ class NotesService:
     def update(
         self, principal: Principal, note_id: str, content: NoteContent, *, if_match: str | None
     ) -> Note:
-        """Replace a note's content if ``if_match`` names its current revision."""
-        record = self._visible(principal, note_id)
+        """Replace a note's content if ``if_match`` names its current revision.
+
+        A write that loses a race answers as the winner left the note: 404 if a delete won,
+        412 if another write moved the revision past ``if_match`` (``*`` tries again).
+        """
         if if_match is None:
+            self._visible(principal, note_id)
             raise PreconditionRequiredError()
-        if not if_match_allows(if_match, record.revision):
-            raise PreconditionFailedError()
+        for _ in range(CAS_ATTEMPTS):
+            record = self._visible(principal, note_id)
+            if not if_match_allows(if_match, record.revision):
+                raise PreconditionFailedError()
+            try:
+                return self._replace(record, content)
+            except ConcurrentUpdateError:
+                continue  # the revision moved: look again
+        raise PreconditionFailedError()
+
+    def _replace(self, record: NoteRecord, content: NoteContent) -> Note:
+        note_id = record.id
         dek_id = record.dek_id
         created = None
         if self.encryptor.enabled and dek_id is None:
@@ -199,7 +228,11 @@ class NotesService:
             )
         elif not self.encryptor.enabled:
             dek_id = None
-        title, body = self._encrypt(note_id, content, dek_id)
+        try:
+            title, body = self._encrypt(note_id, content, dek_id)
+        except DekMissingError:  # a delete shredded the DEK since the read
+            self._check_still_there(note_id)
+            raise
         try:
             updated = self.notes.replace(
                 note_id,
@@ -210,21 +243,36 @@ class NotesService:
                 dek_id=dek_id,
                 updated_at=self._clock(),
             )
-        except StoreError:
+        except StoreError as exc:
             if created is not None:
                 self.encryptor.shred(created)  # never leave a DEK without its note
+            if isinstance(exc, NotFoundError):  # a delete won the race
+                raise NoteNotFoundError() from None
             raise
         if record.dek_id is not None and dek_id is None:
             self.encryptor.shred(record.dek_id)  # written in plaintext now: drop the old DEK
         return _note(updated, content.title, content.body)
 
     def delete(self, principal: Principal, note_id: str, *, if_match: str | None) -> None:
-        """Crypto-shred and delete a note (see the module docstring for the order)."""
-        record = self._visible(principal, note_id)
-        if if_match is not None and not if_match_allows(if_match, record.revision):
-            raise PreconditionFailedError()
-        marked = self.notes.mark_deleting(note_id, expected_revision=record.revision)
-        self._finish_delete(marked)
+        """Crypto-shred and delete a note (see the module docstring for the order).
+
+        Marking the note is a compare-and-swap on a live note at the revision read, so of
+        racing deletes exactly one wins (204); the others find the note gone (404), or,
+        with ``If-Match``, changed (412).
+        """
+        for _ in range(CAS_ATTEMPTS):
+            record = self._visible(principal, note_id)
+            if if_match is not None and not if_match_allows(if_match, record.revision):
+                raise PreconditionFailedError()
+            try:
+                marked = self.notes.mark_deleting(note_id, expected_revision=record.revision)
+            except NotFoundError:  # another delete marked it first
+                raise NoteNotFoundError() from None
+            except ConcurrentUpdateError:
+                continue  # a write moved the revision: look again
+            self._finish_delete(marked)
+            return
+        raise PreconditionFailedError()
 
     def finish_deletes(self, *, batch: int = 100) -> int:
         """Complete deletes interrupted after step 1; how many were completed."""
@@ -248,6 +296,13 @@ class NotesService:
             and self.directory.is_member(principal.user_id, workspace_id)
         ):
             raise WorkspaceNotFoundError()
+
+    def _check_still_there(self, note_id: str) -> None:
+        """Raise :class:`NoteNotFoundError` if the note is gone or being deleted."""
+        try:
+            self.notes.get(note_id)
+        except NotFoundError:
+            raise NoteNotFoundError() from None
 
     def _visible(self, principal: Principal, note_id: str) -> NoteRecord:
         try:

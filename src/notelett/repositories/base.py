@@ -80,7 +80,10 @@ class NotesRepository(Protocol):
     def mark_deleting(self, note_id: str, *, expected_revision: int | None) -> NoteRecord:
         """Step 1 of a delete: hide the note from every read (a tombstone).
 
-        Also succeeds on a note already marked, so a retried delete can finish.
+        A compare-and-swap on a *live* note (at ``expected_revision`` unless ``None``): of
+        racing deletes exactly one marks it. ``NotFoundError`` if the note is gone or
+        already marked (a crashed delete is finished by ``pending_deletes``, not here);
+        ``ConcurrentUpdateError`` if the revision moved.
         """
         ...
 

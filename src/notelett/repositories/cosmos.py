@@ -124,7 +124,7 @@ class CosmosNotesRepository:
 
     def mark_deleting(self, note_id: str, *, expected_revision: int | None) -> NoteRecord:
         item = self._find(note_id)
-        if item is None:
+        if item is None or item["deleting"]:
             raise NotFoundError(f"note {note_id} not found")
         if expected_revision is not None and item["revision"] != expected_revision:
             raise ConcurrentUpdateError(f"note {note_id} changed since it was read")

@@ -163,19 +163,15 @@ class PostgresNotesRepository:
         return _record(rows[0])
 
     def mark_deleting(self, note_id: str, *, expected_revision: int | None) -> NoteRecord:
-        sql = f"UPDATE notes SET deleting = true WHERE id = %s RETURNING {_COLUMNS}"
+        sql = "UPDATE notes SET deleting = true WHERE id = %s AND NOT deleting"
         params: tuple[object, ...] = (note_id,)
         if expected_revision is not None:
-            sql = (
-                "UPDATE notes SET deleting = true WHERE id = %s AND revision = %s "
-                f"RETURNING {_COLUMNS}"
-            )
+            sql += " AND revision = %s"
             params += (expected_revision,)
-        rows = self.database.query(sql, params)
+        rows = self.database.query(f"{sql} RETURNING {_COLUMNS}", params)
         if rows:
             return _record(rows[0])
-        if not self.database.query("SELECT 1 FROM notes WHERE id = %s", (note_id,)):
-            raise NotFoundError(f"note {note_id} not found")
+        self.get(note_id)  # NotFoundError when it is gone or already being deleted
         raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
 
     def remove(self, note_id: str) -> bool:

@@ -147,18 +147,16 @@ class SqliteNotesRepository:
         return self.get(note_id)
 
     def mark_deleting(self, note_id: str, *, expected_revision: int | None) -> NoteRecord:
-        sql = "UPDATE notes SET deleting = 1 WHERE id = ?"
+        sql = "UPDATE notes SET deleting = 1 WHERE id = ? AND deleting = 0"
         params: tuple[object, ...] = (note_id,)
         if expected_revision is not None:
             sql += " AND revision = ?"
             params += (expected_revision,)
-        cur = self.database.execute(sql, params)
-        rows = self.database.query(f"SELECT {_COLUMNS} FROM notes WHERE id = ?", (note_id,))
-        if not rows:
-            raise NotFoundError(f"note {note_id} not found")
-        if cur.rowcount != 1:
-            raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
-        return _record(rows[0])
+        rows = self.database.query(f"{sql} RETURNING {_COLUMNS}", params)
+        if rows:
+            return _record(rows[0])
+        self.get(note_id)  # NotFoundError when it is gone or already being deleted
+        raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
 
     def remove(self, note_id: str) -> bool:
         return self.database.execute("DELETE FROM notes WHERE id = ?", (note_id,)).rowcount > 0
