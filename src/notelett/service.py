@@ -25,7 +25,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from field_encrypt import (
     ConcurrentUpdateError,
@@ -81,6 +81,23 @@ class NoteContent:
     title: str
     body: str
     tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnreadableNote:
+    """A note on a list page that failed to decrypt: its id and a code, never content."""
+
+    id: str
+    code: Literal["note_unreadable"] = "note_unreadable"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotesPage:
+    """One page of a listing: the notes that opened, those that did not, the next cursor."""
+
+    notes: list[Note]
+    unreadable: list[UnreadableNote]
+    cursor: str | None
 
 
 def etag_of(revision: int) -> str:
@@ -139,29 +156,55 @@ class NotesService:
             self._check_still_there(note_id)
             raise
 
-    def _decrypt_page(self, records: Sequence[NoteRecord]) -> list[Note]:
-        """A page of notes opened in one batch; a failure is found and named note by note."""
+    def _decrypt_page(self, records: Sequence[NoteRecord]) -> NotesPage:
+        """A page of notes opened in one batch; a failure is found note by note, and each
+        note that does not open becomes an :class:`UnreadableNote` while the others serve."""
         try:
             opened = self.encryptor.decrypt_documents(
                 COLLECTION, [(r.id, {"title": r.title, "body": r.body}) for r in records]
             )
         except DecryptionError:
-            return [self._decrypt(r) for r in records]  # raises for the first bad note
+            return self._decrypt_each(records)
         notes = []
         for record, fields in zip(records, opened, strict=True):
             title, body = fields["title"], fields["body"]
             if not isinstance(title, str) or not isinstance(body, str):
-                return [self._decrypt(r) for r in records]
+                return self._decrypt_each(records)
             notes.append(_note(record, title, body))
-        return notes
+        return NotesPage(notes=notes, unreadable=[], cursor=None)
+
+    def _decrypt_each(self, records: Sequence[NoteRecord]) -> NotesPage:
+        notes: list[Note] = []
+        unreadable: list[UnreadableNote] = []
+        for record in records:
+            try:
+                notes.append(self._decrypt(record))
+            except NoteUnreadableError as exc:
+                try:
+                    self._check_still_there(record.id)
+                except NoteNotFoundError:
+                    continue  # deleted while the page was read: simply not on it
+                log.error(
+                    "note %s failed to decrypt in a list page: dekId=%s mekVersion=%s",
+                    exc.note_id,
+                    exc.dek_id,
+                    exc.mek_version,
+                )
+                unreadable.append(UnreadableNote(id=record.id))
+        return NotesPage(notes=notes, unreadable=unreadable, cursor=None)
 
     def list(
         self, principal: Principal, workspace_id: str, *, cursor: str | None, limit: int
-    ) -> tuple[list[Note], str | None]:
-        """One page of a workspace's notes, newest first, and the cursor of the next page."""
+    ) -> NotesPage:
+        """One page of a workspace's notes, newest first, and the cursor of the next page.
+
+        A note that fails to decrypt does not fail the page: it is listed in
+        ``unreadable`` (its id and a code, never content), counted and logged with its dekId.
+        """
         self._check_workspace(principal, workspace_id)
         page = self.notes.list_workspace(workspace_id, cursor=cursor, limit=limit)
-        return self._decrypt_page(page.notes), page.cursor
+        opened = self._decrypt_page(page.notes)
+        return NotesPage(notes=opened.notes, unreadable=opened.unreadable, cursor=page.cursor)
 
     # -- writes --------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from notelett.models import (
     LIST_MAX_LIMIT,
     ErrorOut,
     NoteCreate,
+    NoteErrorOut,
     NoteListOut,
     NoteOut,
     NoteUpdate,
@@ -97,9 +98,11 @@ def list_notes(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> NoteListOut:
     position = cursors.decode(workspace_id, cursor)
-    notes, after = service.list(user, workspace_id, cursor=position, limit=limit)
+    page = service.list(user, workspace_id, cursor=position, limit=limit)
     return NoteListOut(
-        items=[_out(n) for n in notes], nextCursor=cursors.encode(workspace_id, after)
+        items=[_out(n) for n in page.notes],
+        errors=[NoteErrorOut(id=u.id, code=u.code) for u in page.unreadable],
+        nextCursor=cursors.encode(workspace_id, page.cursor),
     )
 
 
