@@ -34,6 +34,7 @@ from notelett.secret_checks import check_secret_strength
 from notelett.service import NotesService
 from notelett.settings import NoteLettSettings, hs256_secret, load_notelett_settings
 from notelett.tracing import TracingMiddleware, add_trace_ids
+from notelett.writes import WriteGate
 
 log = logging.getLogger("notelett")
 
@@ -85,6 +86,9 @@ def create_app(
         cursors=cursor_codec(settings),
         provider_check=ProviderCheck(
             backend.provider, interval_seconds=settings.readiness_interval_seconds
+        ),
+        writes=WriteGate(
+            slots=settings.max_concurrent_writes, wait_seconds=settings.write_wait_seconds
         ),
     )
 

@@ -197,3 +197,11 @@ def test_directory_memberships(repos: tuple[NotesRepository, WorkspaceDirectory]
     assert directory.is_member(user, "ws-a")
     assert not directory.is_member(user, "ws-b")
     assert not directory.is_member("nobody", "ws-a")
+
+
+def test_a_fresh_store_takes_the_write_probe_again_and_again(notes: NotesRepository) -> None:
+    """check_writable (readiness' write probe) succeeds on a healthy store, repeatedly, and
+    leaves no note behind."""
+    for _ in range(3):
+        notes.check_writable()
+    assert notes.count() == 0

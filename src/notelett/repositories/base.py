@@ -107,6 +107,11 @@ class NotesRepository(Protocol):
         """Raise a ``StoreError`` unless the database answers."""
         ...
 
+    def check_writable(self) -> None:
+        """Raise a ``StoreError`` unless a write goes through now: one tiny committed write
+        to a probe row, waiting at most a moment for a lock."""
+        ...
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Workspace:

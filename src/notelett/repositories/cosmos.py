@@ -187,6 +187,11 @@ class CosmosNotesRepository:
         with translate_errors():
             self.container.read()
 
+    def check_writable(self) -> None:
+        probe = {"id": "write-probe", "pk": "write-probe", "kind": "probe"}
+        with translate_errors():
+            self.database.container(DIRECTORY).upsert_item(probe)
+
     def _find(self, note_id: str) -> dict[str, Any] | None:
         """The note's item (marked for deletion or not), or ``None``: one point read."""
         try:

@@ -67,6 +67,13 @@ MIGRATIONS = (
         CREATE INDEX notes_deleting ON notes (seq) WHERE deleting;
         """,
     ),
+    Migration(
+        "notelett_0003_write_probe",
+        """
+        CREATE TABLE notelett_write_probe (id int PRIMARY KEY, at timestamptz NOT NULL);
+        INSERT INTO notelett_write_probe (id, at) VALUES (1, now());
+        """,
+    ),
 )
 
 _COLUMNS = (
@@ -202,6 +209,9 @@ class PostgresNotesRepository:
 
     def ping(self) -> None:
         self.database.query("SELECT 1")
+
+    def check_writable(self) -> None:
+        self.database.query("UPDATE notelett_write_probe SET at = now() WHERE id = 1")
 
 
 class PostgresWorkspaceDirectory:

@@ -62,7 +62,17 @@ MIGRATIONS = (
         CREATE INDEX notes_deleting ON notes (deleting) WHERE deleting = 1
         """,
     ),
+    Migration(
+        "notelett_0003_write_probe",
+        """
+        CREATE TABLE notelett_write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+        INSERT INTO notelett_write_probe (id, at) VALUES (1, 0)
+        """,
+    ),
 )
+
+PROBE_BUSY_TIMEOUT_MS = 100
+"""How long the readiness write probe waits for SQLite's write lock."""
 
 _COLUMNS = (
     "seq, id, workspace_id, title, body, tags, dek_id, revision, created_at, updated_at, deleting"
@@ -187,6 +197,12 @@ class SqliteNotesRepository:
 
     def ping(self) -> None:
         self.database.query("SELECT 1")
+
+    def check_writable(self) -> None:
+        with self.database.busy_timeout(PROBE_BUSY_TIMEOUT_MS):
+            self.database.execute(
+                "UPDATE notelett_write_probe SET at = ? WHERE id = 1", (time.time(),)
+            )
 
 
 class SqliteWorkspaceDirectory:
