@@ -76,7 +76,13 @@ def create_app(
         clock=clock,
         on_decrypt_failure=metrics.decrypt_failures.inc,
         dek_version=backend.dek_version,
+        legacy_binding=settings.legacy_note_binding,
     )
+    if settings.legacy_note_binding:
+        log.warning(
+            "NOTELETT_LEGACY_NOTE_BINDING is on: notes not yet bound to their workspace are "
+            "read too; run `notelett rebind`, then turn it off"
+        )
     state = AppState(
         settings=settings,
         backend=backend,

@@ -36,6 +36,7 @@ from field_encrypt import (
     StoreError,
 )
 from field_encrypt import token as field_token
+from notelett.binding import COLLECTION, document_id, open_fields
 from notelett.errors import (
     NoteNotFoundError,
     NoteUnreadableError,
@@ -48,7 +49,6 @@ from notelett.repositories.base import NoteRecord, NotesRepository, StoredValue,
 if TYPE_CHECKING:  # jwt (through auth) stays out of the CLI's start-up
     from notelett.auth import Principal
 
-COLLECTION = "notes"
 ENCRYPTED_FIELDS = ("title", "body")
 CAS_ATTEMPTS = 5
 """How many times a write re-reads a note whose revision moved under it before giving up."""
@@ -132,8 +132,11 @@ class NotesService:
         new_id: Callable[[], str] = _new_id,
         on_decrypt_failure: Callable[[], None] = lambda: None,
         dek_version: Callable[[str], str | None] = lambda _workspace: None,
+        legacy_binding: bool = False,
     ) -> None:
         self.encryptor = encryptor
+        self.legacy_binding = legacy_binding
+        """Also read notes bound the legacy way (``NOTELETT_LEGACY_NOTE_BINDING``)."""
         self._dek_version = dek_version
         self.notes = notes
         self.directory = directory
@@ -161,7 +164,11 @@ class NotesService:
         note that does not open becomes an :class:`UnreadableNote` while the others serve."""
         try:
             opened = self.encryptor.decrypt_documents(
-                COLLECTION, [(r.id, {"title": r.title, "body": r.body}) for r in records]
+                COLLECTION,
+                [
+                    (document_id(r.workspace_id, r.id), {"title": r.title, "body": r.body})
+                    for r in records
+                ],
             )
         except DecryptionError:
             return self._decrypt_each(records)
@@ -217,7 +224,7 @@ class NotesService:
             if self.encryptor.enabled
             else None
         )
-        title, body = self._encrypt(note_id, content, dek_id)
+        title, body = self._encrypt(workspace_id, note_id, content, dek_id)
         now = self._clock()
         try:
             record = self.notes.insert(
@@ -272,7 +279,7 @@ class NotesService:
         elif not self.encryptor.enabled:
             dek_id = None
         try:
-            title, body = self._encrypt(note_id, content, dek_id)
+            title, body = self._encrypt(record.workspace_id, note_id, content, dek_id)
         except DekMissingError:  # a delete shredded the DEK since the read
             self._check_still_there(note_id)
             raise
@@ -360,18 +367,19 @@ class NotesService:
         return record
 
     def _encrypt(
-        self, note_id: str, content: NoteContent, dek_id: str | None
+        self, workspace_id: str, note_id: str, content: NoteContent, dek_id: str | None
     ) -> tuple[StoredValue, StoredValue]:
         sealed = self.encryptor.encrypt_document(
-            COLLECTION, note_id, {"title": content.title, "body": content.body}, dek_id=dek_id
+            COLLECTION,
+            document_id(workspace_id, note_id),
+            {"title": content.title, "body": content.body},
+            dek_id=dek_id,
         )
         return sealed["title"], sealed["body"]
 
     def _decrypt(self, record: NoteRecord) -> Note:
         try:
-            opened = self.encryptor.decrypt_document(
-                COLLECTION, record.id, {"title": record.title, "body": record.body}
-            )
+            opened = open_fields(self.encryptor, record, legacy=self.legacy_binding)
         except DecryptionError as exc:  # tampered, unsupported, or its DEK is missing
             self._on_decrypt_failure()
             raise NoteUnreadableError(

@@ -73,6 +73,11 @@ class NoteLettSettings(BaseSettings):
     readiness_interval_seconds: float = Field(default=30.0, ge=0, le=3600)
     """Readiness asks the key provider at most once per this many seconds (0: every probe)."""
 
+    legacy_note_binding: bool = False
+    """Transition only: also read notes sealed before fields were bound to their workspace
+    (such a note stays readable if its row is moved to another workspace). Run
+    ``notelett rebind``, then turn it off."""
+
     kek_per_workspace: bool = False
     """With ``FIELD_ENCRYPT_KEY_LAYOUT=kek``: each workspace's new notes get DEKs under the
     workspace's own KEK (partition = workspace id), so ``field-encrypt keys shred-partition

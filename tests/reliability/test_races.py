@@ -376,6 +376,7 @@ def test_an_update_that_loses_its_compare_and_swap_leaves_no_dek(backend: Backen
     """A plaintext note (from before encryption) updated while someone else writes it: the
     update answers 412 and the DEK it made for the note is gone again."""
     from notelett.auth import Principal
+    from notelett.errors import PreconditionFailedError
     from notelett.repositories.base import NoteRecord
 
     service = NotesService(
@@ -404,7 +405,8 @@ def test_an_update_that_loses_its_compare_and_swap_leaves_no_dek(backend: Backen
         return original(note_id, **kwargs)  # now stale: the other writer went first
 
     backend.notes.replace = racing_replace  # type: ignore[method-assign]
-    with pytest.raises(ConcurrentUpdateError):
+    # the lost swap re-reads the note: its revision moved past If-Match, so 412
+    with pytest.raises((ConcurrentUpdateError, PreconditionFailedError)):
         service.update(
             Principal(user_id="alice"),
             "plain",

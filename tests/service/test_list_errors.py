@@ -86,3 +86,21 @@ def test_a_clean_page_has_an_empty_errors_list(client: TestClient, create_note: 
     create_note()
     page = client.get("/api/notes/", params={"workspaceId": "ws-a"}, headers=auth())
     assert page.json()["errors"] == []
+
+
+def test_the_openapi_document_shows_the_errors_list_and_the_503s(client: TestClient) -> None:
+    """listNotes' 200 schema has ``errors`` of ``{id, code}``; every write documents its 503
+    (database unavailable or no write slot) with Retry-After."""
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    assert "errors" in schemas["NoteListOut"]["properties"]
+    assert set(schemas["NoteErrorOut"]["properties"]) == {"id", "code"}
+    assert schemas["NoteErrorOut"]["properties"]["code"]["const"] == "note_unreadable"
+    for path, method in (
+        ("/api/notes", "post"),
+        ("/api/notes/{note_id}", "put"),
+        ("/api/notes/{note_id}", "delete"),
+    ):
+        unavailable = document["paths"][path][method]["responses"]["503"]
+        assert "Retry-After" in unavailable["headers"]
+        assert "write slot" in unavailable["description"]
