@@ -1,11 +1,15 @@
 """NoteLett HTTP benchmark: encryption on vs off, same data, same run, measured with wrk.
 
-Starts two ``notelett serve`` processes on loopback, each on its own freshly seeded SQLite
+Starts three ``notelett serve`` processes on loopback, each on its own freshly seeded SQLite
 database of the same size: one with encryption enabled (title and body sealed, one DEK
-per note, binary tokens) and one with ``FIELD_ENCRYPT_ENABLED=false`` (plaintext). Then
-drives ``GET /api/notes/?workspaceId=...&limit=50`` against each with wrk, alternating
-rounds so drift hits both alike, and reports throughput, p50 and p99 per round, their
-medians, and the p99 ratio (goal: encrypted p99 <= 1.3x plaintext p99).
+per note, binary tokens), one with ``FIELD_ENCRYPT_ENABLED=false`` (plaintext), and one
+encrypted with the key-state watch off (``FIELD_ENCRYPT_KEY_STATE_POLL_SECONDS=0``: no
+revocation polling, docs/reliability.md). Then drives
+``GET /api/notes/?workspaceId=...&limit=50`` against each with wrk, rotating the order
+every round so drift hits all alike, and reports throughput, p50 and p99 per round, their
+medians, the p99 ratio (goal: encrypted p99 <= 1.3x plaintext p99) and the throughput the
+1 s key-state poll costs (goal: <= 1 %), with the time one poll takes, measured in
+process on the same database.
 
     scripts/install-system-deps        # wrk
     .venv/bin/python bench/http_notes.py [--notes 3000] [--duration 10] [--rounds 3]
@@ -32,7 +36,11 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-MODES = {"encrypted": "true", "plaintext": "false"}
+MODES = {
+    "encrypted": {"FIELD_ENCRYPT_ENABLED": "true"},
+    "plaintext": {"FIELD_ENCRYPT_ENABLED": "false"},
+    "no-epoch-poll": {"FIELD_ENCRYPT_ENABLED": "true", "FIELD_ENCRYPT_KEY_STATE_POLL_SECONDS": "0"},
+}
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -54,9 +62,9 @@ class Server:
     token: str
 
 
-def _environ(workdir: Path, enabled: str) -> dict[str, str]:
+def _environ(workdir: Path, settings: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTELETT_", "FIELD_ENCRYPT_"))}
-    env["FIELD_ENCRYPT_ENABLED"] = enabled
+    env.update(settings)
     env["NOTELETT_DATABASE"] = str(workdir / "notelett.db")
     env["NOTELETT_JWT_SECRET_FILE"] = str(workdir / "jwt-secret")
     env["FIELD_ENCRYPT_KEYRING"] = str(workdir / "keyring.json")
@@ -112,6 +120,31 @@ def start(mode: str, root: Path, *, notes: int, workspaces: int) -> Server:
     raise RuntimeError(f"{mode} server did not start; see {workdir / 'server.log'}")
 
 
+def poll_cost(workdir: Path, polls: int = 2000) -> float:
+    """Microseconds one key-state poll takes (a watcher's ``check()``), on ``workdir``'s
+    database, in this process: what each serving process spends per poll interval."""
+    from field_encrypt import DekCache
+    from field_encrypt.backends.sqlite.db import SqliteDatabase
+    from field_encrypt.backends.sqlite.key_state import SqliteKeyStateStore
+    from field_encrypt.key_epoch import KeyEpochWatcher
+    from field_encrypt.providers.local import LocalKeyProvider
+
+    database = SqliteDatabase(workdir / "notelett.db", create=False)
+    try:
+        watcher = KeyEpochWatcher(
+            SqliteKeyStateStore(database, product="notelett"),
+            cache=DekCache(),
+            provider=LocalKeyProvider(workdir / "keyring.json", mek_name="field-encrypt-mek"),
+        )
+        watcher.check()
+        started = time.perf_counter()
+        for _ in range(polls):
+            watcher.check()
+        return (time.perf_counter() - started) / polls * 1e6
+    finally:
+        database.close()
+
+
 def wrk(server: Server, *, script: Path, duration: int, connections: int) -> tuple[float, ...]:
     """``(requests/s, p50 ms, p99 ms, non-2xx + socket errors)`` of one wrk run."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script)]
@@ -161,7 +194,8 @@ def main() -> None:
         for server in servers:
             wrk(server, script=script, duration=args.warmup, connections=args.connections)
         for n in range(1, args.rounds + 1):
-            order = servers if n % 2 else list(reversed(servers))
+            shift = (n - 1) % len(servers)
+            order = servers[shift:] + servers[:shift]
             for server in order:
                 rps, p50, p99, errors = wrk(
                     server, script=script, duration=args.duration, connections=args.connections
@@ -172,6 +206,7 @@ def main() -> None:
                     f"p99 {p99:7.2f} ms  errors {int(errors)}",
                     flush=True,
                 )
+        poll_us = poll_cost(root / "encrypted")
     finally:
         for server in servers:
             server.process.terminate()
@@ -194,9 +229,25 @@ def main() -> None:
             f"| {mode} | {m['requests_per_second']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} |"
         )
     print(f"\np99 ratio encrypted/plaintext: {ratio:.2f} (goal <= 1.30)")
+    polled = medians["encrypted"]["requests_per_second"]
+    unpolled = medians["no-epoch-poll"]["requests_per_second"]
+    poll_share = 1 - polled / unpolled
+    print(
+        f"key-state poll (1 s): throughput {polled:.0f} vs {unpolled:.0f} req/s without it "
+        f"({poll_share:+.2%} cost, goal <= 1 %); one poll takes {poll_us:.1f} us, "
+        f"{poll_us / 1e4:.4f} % of one core at one poll per second"
+    )
     if args.json:
         args.json.write_text(
-            json.dumps({"samples": [asdict(s) for s in samples], "p99_ratio": ratio}, indent=2)
+            json.dumps(
+                {
+                    "samples": [asdict(s) for s in samples],
+                    "p99_ratio": ratio,
+                    "poll_throughput_cost": poll_share,
+                    "poll_us": poll_us,
+                },
+                indent=2,
+            )
         )
     shutil.rmtree(root, ignore_errors=True)
 

@@ -7,6 +7,7 @@ skip turns the session red at the end, with the reasons listed.
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import shutil
 import tempfile
@@ -27,7 +28,12 @@ def _nothing_left_in_the_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> I
     to one directory, which must be empty at the end: a run leaves nothing in the system's
     temporary directory. (pytest's tmp_path directories stay where pytest keeps them.)"""
     tmp_path_factory.getbasetemp()  # fixed before the redirection
-    root = Path(tempfile.mkdtemp(prefix="field-encrypt-suite-"))
+    # multiprocessing's own directory stays in the system's: the stdlib removes it at exit,
+    # after this fixture has checked and removed the suite's directory.
+    multiprocessing.util.get_temp_dir()
+    # Short names: a nested run (the secret scan runs the suite again) puts PostgreSQL's unix
+    # socket two suite directories deep, and a socket path may not exceed 107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="fe-suite-"))
     root.chmod(0o755)  # servers that run as another user (PostgreSQL) make their dirs in it
     saved = (tempfile.tempdir, os.environ.get("TMPDIR"))
     tempfile.tempdir, os.environ["TMPDIR"] = str(root), str(root)

@@ -34,12 +34,17 @@ from field_encrypt.errors import (
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
 
 if TYPE_CHECKING:
+    from field_encrypt.blind_index import BlindIndex, IndexedField
     from field_encrypt.bootstrap import build_provider, build_store, init_encryption
     from field_encrypt.cache import CacheStats, DekCache
     from field_encrypt.config import Settings, load_settings
     from field_encrypt.envelope import FieldEncryptor
+    from field_encrypt.index_keys import IndexKeyring
 
 _LAZY = {
+    "BlindIndex": "field_encrypt.blind_index",
+    "IndexedField": "field_encrypt.blind_index",
+    "IndexKeyring": "field_encrypt.index_keys",
     "build_provider": "field_encrypt.bootstrap",
     "build_store": "field_encrypt.bootstrap",
     "init_encryption": "field_encrypt.bootstrap",
@@ -74,6 +79,7 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 
 __all__ = [
     "AlreadyExistsError",
+    "BlindIndex",
     "CacheStats",
     "ConcurrentUpdateError",
     "ConfigurationError",
@@ -85,6 +91,8 @@ __all__ = [
     "DekStore",
     "FieldEncryptError",
     "FieldEncryptor",
+    "IndexKeyring",
+    "IndexedField",
     "KeyProvider",
     "KeyProviderError",
     "KeyProviderUnavailableError",

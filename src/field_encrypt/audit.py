@@ -48,6 +48,7 @@ RUN_COMPLETED = "io.field-encrypt.run.completed"
 RUN_FAILED = "io.field-encrypt.run.failed"
 DEK_REWRAP_FAILED = "io.field-encrypt.dek.rewrap.failed"
 DEK_SHREDDED = "io.field-encrypt.dek.shredded"
+DEK_REWRAPPED_LAZILY = "io.field-encrypt.dek.rewrapped.lazily"
 DOCUMENT_REENCRYPTED = "io.field-encrypt.document.reencrypted"
 DOCUMENT_BACKFILLED = "io.field-encrypt.document.backfilled"
 DECRYPT_DENIED = "io.field-encrypt.decrypt.denied"
@@ -55,15 +56,24 @@ ROTATION_STAGE = "io.field-encrypt.rotation.stage"
 KEK_CREATED = "io.field-encrypt.kek.created"
 KEK_REWRAPPED = "io.field-encrypt.kek.rewrapped"
 KEK_DELETED = "io.field-encrypt.kek.deleted"
+DEK_RESTORED = "io.field-encrypt.dek.restored"
+LEASE_RECLAIMED = "io.field-encrypt.run.lease.reclaimed"
+DEK_COLLECTED = "io.field-encrypt.dek.collected"
 
 EVENT_TYPES = (
     MEK_VERSION_CREATED, MEK_VERSION_ENABLED, MEK_VERSION_DISABLED, MEK_VERSION_RETIRED,
     MEK_VERSION_COMPROMISED, RUN_STARTED, RUN_PROGRESS, RUN_COMPLETED, RUN_FAILED,
     DEK_REWRAP_FAILED, DEK_SHREDDED, DOCUMENT_REENCRYPTED, DOCUMENT_BACKFILLED,
     DECRYPT_DENIED, ROTATION_STAGE, KEK_CREATED, KEK_REWRAPPED, KEK_DELETED,
+    DEK_REWRAPPED_LAZILY, DEK_RESTORED, LEASE_RECLAIMED, DEK_COLLECTED,
 )  # fmt: skip
 KEK_EVENT_TYPES = (KEK_CREATED, KEK_REWRAPPED, KEK_DELETED)
 """Emitted only by a product with the KEK tier (``FIELD_ENCRYPT_KEY_LAYOUT=kek``)."""
+LAZY_EVENT_TYPES = (DEK_REWRAPPED_LAZILY,)
+"""Emitted only by a process with lazy rewrap on (``FIELD_ENCRYPT_LAZY_REWRAP=true``)."""
+RECOVERY_EVENT_TYPES = (DEK_RESTORED, LEASE_RECLAIMED, DEK_COLLECTED)
+"""Emitted only in recovery: a damaged dek_store repaired (``restore``), the lease of a
+run killed on this host taken over, orphaned DEKs deleted (``collect-orphans``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

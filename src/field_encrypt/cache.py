@@ -3,8 +3,13 @@
 The cache is what makes a warm read cost little more than AES-GCM itself, and it is
 also plaintext key material in memory, so it is bounded in size and in age. Entries
 remember the MEK version they were unwrapped under: disabling that version in this
-process evicts them at once (:meth:`DekCache.invalidate_version`); in other processes
-the TTL bounds how long a disabled version's DEKs can still be served.
+process evicts them at once (:meth:`DekCache.invalidate_version`); other processes evict
+them when their :class:`~field_encrypt.key_epoch.KeyEpochWatcher` sees the product's
+key-state epoch move (within ``FIELD_ENCRYPT_KEY_STATE_POLL_SECONDS``). The TTL then
+bounds memory, and revocation only for a process that watches nothing.
+
+A watcher that cannot read the epoch for too long :meth:`~DekCache.suspend` s the cache
+(empties it and caches nothing) until it can again: keys are then unwrapped per read.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -48,6 +53,11 @@ class DekCache:
         self._hits = 0
         self._misses = 0
         self._evictions = 0
+        self._suspended = False
+        self.generation = 0
+        """Moves on at every :meth:`invalidate_version` (s), :meth:`clear` and :meth:`suspend`:
+        a ``put`` of a key loaded before (``generation=``) is dropped, so a read racing a
+        revocation cannot put back what it revoked."""
 
     def __repr__(self) -> str:
         return (
@@ -97,11 +107,19 @@ class DekCache:
         self._misses += asked - len(found)
         return found
 
-    def put(self, dek_id: bytes, cipher: AESGCM, mek_version: str) -> None:
-        """Remember ``cipher`` for ``dek_id``, unwrapped under ``mek_version``."""
-        if self.max_entries == 0 or self.ttl_seconds == 0:
+    def put(
+        self, dek_id: bytes, cipher: AESGCM, mek_version: str, *, generation: int | None = None
+    ) -> None:
+        """Remember ``cipher`` for ``dek_id``, unwrapped under ``mek_version``.
+
+        ``generation``: :attr:`generation` read before the key was loaded; if the cache was
+        invalidated since, the key is not kept (it may have been loaded from a revoked state).
+        """
+        if self.max_entries == 0 or self.ttl_seconds == 0 or self._suspended:
             return
         with self._lock:
+            if generation is not None and generation != self.generation:
+                return
             self._entries[dek_id] = (cipher, mek_version, self._clock() + self.ttl_seconds)
             self._entries.move_to_end(dek_id)
             while len(self._entries) > self.max_entries:
@@ -116,16 +134,44 @@ class DekCache:
     def invalidate_version(self, mek_version: str) -> int:
         """Forget every DEK unwrapped under ``mek_version``; how many were dropped."""
         with self._lock:
+            self.generation += 1
             doomed = [k for k, (_, v, _) in self._entries.items() if v == mek_version]
             for key in doomed:
                 del self._entries[key]
             self._evictions += len(doomed)
             return len(doomed)
 
+    def invalidate_versions(self, versions: Collection[str]) -> list[bytes]:
+        """Forget every DEK unwrapped under one of ``versions``; the dekIds dropped."""
+        with self._lock:
+            self.generation += 1
+            doomed = [k for k, (_, v, _) in self._entries.items() if v in versions]
+            for key in doomed:
+                del self._entries[key]
+            self._evictions += len(doomed)
+            return doomed
+
     def clear(self) -> None:
         """Forget everything."""
         with self._lock:
+            self.generation += 1
             self._entries.clear()
+
+    def suspend(self) -> None:
+        """Forget everything and keep nothing until :meth:`resume` (fail closed)."""
+        with self._lock:
+            self._suspended = True
+            self.generation += 1
+            self._entries.clear()
+
+    def resume(self) -> None:
+        """Cache again after :meth:`suspend`."""
+        self._suspended = False
+
+    @property
+    def suspended(self) -> bool:
+        """Whether the cache keeps nothing (:meth:`suspend`)."""
+        return self._suspended
 
     def stats(self) -> CacheStats:
         """Hit, miss and eviction counters, and the current size."""

@@ -65,8 +65,10 @@ class Settings(BaseSettings):
     """akv, aws-kms: attempts per call inside the SDK; 1 leaves every retry to the caller."""
     provider_refresh_seconds: float = Field(default=60.0, ge=0)
     """akv, aws-kms, pkcs11: how long the current version (and akv's version states) is cached;
-    local: how often the keyring file is re-read (1 s unless set). A disabled version's DEKs
-    stay readable in a running process for at most ``cache_ttl_seconds`` plus this."""
+    local: how often the keyring file is re-read (1 s unless set). A change made through
+    field-encrypt refreshes it at once in every watching process (``key_state_poll_seconds``);
+    a version disabled in the key service directly stays readable in a running process for
+    at most ``cache_ttl_seconds`` plus this."""
 
     akv_key_size: int = 4096
     """akv: the RSA key size of versions this library creates."""
@@ -86,8 +88,25 @@ class Settings(BaseSettings):
     """pkcs11: the RFC 5649 mechanism's name in the token (SoftHSM: AES_KEY_WRAP_PAD)."""
 
     cache_ttl_seconds: float = Field(default=300.0, ge=0)
-    """How long an unwrapped DEK (and, with the KEK tier, an unwrapped KEK) stays cached."""
+    """How long an unwrapped DEK (and, with the KEK tier, an unwrapped KEK) stays cached.
+    It bounds memory; revocation is bounded by ``key_state_poll_seconds`` (docs/reliability.md)."""
     cache_max_entries: int = Field(default=10_000, ge=0)
+
+    key_state_poll_seconds: float = Field(default=1.0, ge=0)
+    """How often a running process reads the product's key-state epoch (one primary-key
+    read); when it moved (``keys disable``, ``enable``, ``compromised``, ``retire``,
+    ``shred-partition``, a completed rewrap) the affected cached keys are dropped and the
+    provider's cached version states refreshed. 0 turns the watch off (TTL-only revocation)."""
+    key_state_stale_seconds: float = Field(default=10.0, gt=0)
+    """How long a process may go without reading the epoch (the store does not answer)
+    before it stops serving keys from its cache and unwraps per read (fail closed)."""
+
+    lazy_rewrap: bool = False
+    """Rewrap in the background, rate-limited, the DEKs reads find under a MEK version other
+    than the current one (``field_encrypt.lazy_rewrap``): a rotation's tail moves by itself."""
+    lazy_rewrap_max_rps: float = Field(default=5.0, gt=0)
+    """The lazy rewrapper's provider calls per second at most (three per DEK): its share of
+    the key service's quota."""
 
     key_layout: Literal["direct", "kek"] = "direct"
     """Where new DEKs are wrapped: under the MEK (``direct``, the runbook's layout) or under
@@ -99,6 +118,11 @@ class Settings(BaseSettings):
     audit_sink: str = ""
     """Where audit events are forwarded after they are stored in the product's database:
     empty for nowhere, ``stdout``, or the path of a JSON-lines file."""
+    oncall_webhook: str = ""
+    """On-call notifications (rotation started, completed, failed, retire refused, compromise
+    declared): a webhook URL, empty for none. See docs/audit.md."""
+    oncall_format: Literal["slack", "cloudevents"] = "slack"
+    """The on-call webhook's body: Slack-compatible JSON or a structured-mode CloudEvent."""
 
     @property
     def plaintext_allowed(self) -> bool:

@@ -17,7 +17,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -34,6 +34,9 @@ from field_encrypt.errors import (
     NotFoundError,
 )
 from field_encrypt.providers.base import KeyProvider, dek_context
+
+if TYPE_CHECKING:
+    from field_encrypt.lazy_rewrap import LazyRewrapper
 
 TokenForm = Literal["text", "binary"]
 _VERSION_BYTE = bytes((token.VERSION,))
@@ -103,6 +106,9 @@ class FieldEncryptor:
         self.collections = {name: tuple(paths) for name, paths in collections.items()}
         self._random = random_bytes
         self.audit = audit
+        self.rewrapper: LazyRewrapper | None = None
+        """With lazy rewrap on (``field_encrypt.lazy_rewrap``): where a DEK read under an
+        old MEK version is handed, to be rewrapped in the background."""
         self._denials = DenialRecorder(audit) if audit is not None else None
         self._plans = {
             name: _Collection(
@@ -348,6 +354,7 @@ class FieldEncryptor:
     def _load(self, raw_id: bytes) -> tuple[AESGCM, str]:
         """Unwrap a DEK through the provider and cache it."""
         dek_id = raw_id.hex()
+        generation = self.cache.generation  # before the load: see DekCache.put
         try:
             record = self.store.get(dek_id)
         except NotFoundError:
@@ -367,7 +374,9 @@ class FieldEncryptor:
         if len(dek) != 32:
             raise DecryptionError()
         cipher = AESGCM(dek)
-        self.cache.put(raw_id, cipher, record.mek_version)
+        self.cache.put(raw_id, cipher, record.mek_version, generation=generation)
+        if self.rewrapper is not None:
+            self.rewrapper.offer(record)  # never blocks, never raises
         return cipher, record.mek_version
 
     def _plan(self, collection: str) -> _Collection:

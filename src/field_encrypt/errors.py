@@ -16,9 +16,11 @@ Everything the library raises on purpose is a :class:`FieldEncryptError`::
     │   ├── AlreadyExistsError        a row with that id exists
     │   ├── ConcurrentUpdateError     compare-and-swap lost: the row changed since it was read
     │   └── StoreUnavailableError     transient: locked, connection dropped (retry)
-    └── RotationError                 a migration run cannot start or finish
-        ├── LeaseHeldError            another run holds the product's migration lease
-        └── RewrapCheckError          a checked new wrap did not hold its DEK (batch not committed)
+    ├── RotationError                 a migration run cannot start or finish
+    │   ├── LeaseHeldError            another run holds the product's migration lease
+    │   └── RewrapCheckError          a checked new wrap did not hold its DEK (batch not committed)
+    ├── DeliveryError                 the audit trail's destination did not take an event
+    └── AuditChainError               the audit trail disagrees with its anchor (rewritten, cut)
 
 SDK and driver exceptions are converted once, where the SDK is called; nothing above
 that boundary catches ``Exception``. No message ever carries key material.
@@ -137,6 +139,23 @@ class RewrapCheckError(RotationError):
     The batch it was in is not committed (every DEK keeps its old wrap) and the run stops:
     a provider that wraps wrongly once is not trusted with the next batch.
     """
+
+
+class DeliveryError(FieldEncryptError):
+    """An audit event could not be delivered to its destination (``actiontrail``).
+
+    ``status`` is the HTTP status the destination answered, ``None`` when it did not answer.
+    Nothing is lost: delivery resumes from the last acknowledged event.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuditChainError(FieldEncryptError):
+    """The audit trail cannot be anchored or checked: its chain is broken, or an anchor's
+    signature does not hold."""
 
 
 TRANSIENT_ERRORS: tuple[type[FieldEncryptError], ...] = (

@@ -106,6 +106,33 @@ class _Instruments:
             ["provider"],
             registry=r,
         )
+        self.epoch_polls = Counter(
+            "field_encrypt_key_epoch_polls",
+            "Reads of the product's key-state epoch by a running process, by outcome "
+            "(unchanged, changed, failed).",
+            ["product", "outcome"],
+            registry=r,
+        )
+        self.epoch_dropped = Counter(
+            "field_encrypt_key_epoch_dropped_keys",
+            "Cached DEKs and KEKs dropped because the key-state epoch moved.",
+            ["product"],
+            registry=r,
+        )
+        self.cache_suspended = Gauge(
+            "field_encrypt_dek_cache_suspended",
+            "1 while the DEK cache keeps nothing because the key-state epoch could not be "
+            "read for FIELD_ENCRYPT_KEY_STATE_STALE_SECONDS (fail closed), else 0.",
+            ["product"],
+            registry=r,
+        )
+        self.lazy = Counter(
+            "field_encrypt_lazy_rewraps",
+            "DEKs the lazy rewrapper handled, by outcome (rewrapped, skipped, conflict, "
+            "failed, dropped).",
+            ["product", "outcome"],
+            registry=r,
+        )
         run = ["product", "mode"]
         self.items = Counter(
             "field_encrypt_rotation_items",
@@ -258,6 +285,26 @@ def rate_limited(provider: str, per_second: float) -> None:
     """Record the ``--max-rps`` a run holds itself to against ``provider``."""
     if (i := _get()) is not None:
         i.rate_limit.labels(provider).set(per_second)
+
+
+def key_epoch_polled(product: str, outcome: str, *, dropped: int = 0) -> None:
+    """Count one read of the key-state epoch (``unchanged``, ``changed`` or ``failed``)."""
+    if (i := _get()) is not None:
+        i.epoch_polls.labels(product, outcome).inc()
+        if dropped:
+            i.epoch_dropped.labels(product).inc(dropped)
+
+
+def dek_cache_suspended(product: str, suspended: bool) -> None:
+    """Whether the product's DEK cache is suspended (fail closed) in this process."""
+    if (i := _get()) is not None:
+        i.cache_suspended.labels(product).set(1 if suspended else 0)
+
+
+def lazy_rewrapped(product: str, outcome: str, count: int = 1) -> None:
+    """Count DEKs the lazy rewrapper handled with ``outcome``."""
+    if (i := _get()) is not None:
+        i.lazy.labels(product, outcome).inc(count)
 
 
 def run_ended(product: str, mode: str, status: str) -> None:

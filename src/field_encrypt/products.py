@@ -12,16 +12,19 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from field_encrypt.audit import AuditTrail
-from field_encrypt.backends.base import DekStore
+from field_encrypt.backends.base import DekStore, KeyStateStore
 from field_encrypt.config import Settings
 from field_encrypt.documents import DocumentStore
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
+
+if TYPE_CHECKING:
+    from field_encrypt.key_epoch import KeyEpochWatcher
 
 ENTRY_POINT_GROUP = "field_encrypt.products"
 
@@ -47,6 +50,10 @@ class ProductRuntime:
     left from it): DEKs' effective MEK versions are their KEKs' (see ``field_encrypt.usage``)."""
     audit: AuditTrail | None = None
     """The product's audit trail (in its database), shared with ``encryptor``; ``None``: none."""
+    key_state: KeyStateStore | None = None
+    """The product's key-state epoch (``field_encrypt.key_epoch``), once opened."""
+    key_epoch: KeyEpochWatcher | None = None
+    """What watches it in this process (started by ``key_epoch.watch_key_state``)."""
 
     def close(self) -> None:
         """Release connections."""

@@ -3,6 +3,7 @@
 :func:`open_runtime` picks SQLite, PostgreSQL or Cosmos DB from ``FIELD_ENCRYPT_DATABASE``;
 :func:`open_sqlite_runtime` is the SQLite case, kept for callers that want only that. The
 audit trail lives in the same database, whichever it is (``backends.registry.open_audit_trail``).
+Each runtime watches its product's key-state epoch (``field_encrypt.key_epoch``) until closed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from field_encrypt.bootstrap import build_key_layout, build_provider
 from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings
 from field_encrypt.envelope import FieldEncryptor
+from field_encrypt.key_epoch import watch_key_state
+from field_encrypt.lazy_rewrap import start_lazy_rewrap
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.observed import observed
@@ -44,7 +47,13 @@ def open_sqlite_runtime(
     )
     provider: KeyProvider = tier if tier is not None else mek
     store = SqliteDekStore(database, product=product)
-    trail = open_audit_trail(database, product=product, sink=settings.audit_sink)
+    trail = open_audit_trail(
+        database,
+        product=product,
+        sink=settings.audit_sink,
+        oncall_webhook=settings.oncall_webhook,
+        oncall_format=settings.oncall_format,
+    )
     if tier is not None:
         tier.audit = trail
     encryptor = FieldEncryptor(
@@ -60,16 +69,18 @@ def open_sqlite_runtime(
         audit=trail,
     )
     documents = {name: SqliteDocumentStore(database, collection=name) for name in collections}
-    return ProductRuntime(
-        settings=settings,
-        provider=provider,
-        dek_store=store,
-        encryptor=encryptor,
-        documents=documents,
-        database=database,
-        resources=[database],
-        audit=trail,
-        kek_tier=tier,
+    return _watched(
+        ProductRuntime(
+            settings=settings,
+            provider=provider,
+            dek_store=store,
+            encryptor=encryptor,
+            documents=documents,
+            database=database,
+            resources=[database],
+            audit=trail,
+            kek_tier=tier,
+        )
     )
 
 
@@ -93,7 +104,13 @@ def open_runtime(
         tier = build_key_layout(
             mek, settings, open_kek_store(database, product=product), product=product
         )
-        trail = open_audit_trail(database, product=product, sink=settings.audit_sink)
+        trail = open_audit_trail(
+            database,
+            product=product,
+            sink=settings.audit_sink,
+            oncall_webhook=settings.oncall_webhook,
+            oncall_format=settings.oncall_format,
+        )
     except BaseException:
         database.close()
         raise
@@ -112,14 +129,34 @@ def open_runtime(
         allow_plaintext=settings.plaintext_allowed,
         audit=trail,
     )
-    return ProductRuntime(
-        settings=settings,
-        provider=provider,
-        dek_store=store,
-        encryptor=encryptor,
-        documents=documents,
-        database=database,
-        resources=[database],
-        kek_tier=tier,
-        audit=trail,
+    return _watched(
+        ProductRuntime(
+            settings=settings,
+            provider=provider,
+            dek_store=store,
+            encryptor=encryptor,
+            documents=documents,
+            database=database,
+            resources=[database],
+            kek_tier=tier,
+            audit=trail,
+        )
     )
+
+
+def _watched(runtime: ProductRuntime) -> ProductRuntime:
+    """``runtime`` with its background work started (:func:`start_background`)."""
+    start_background(runtime)
+    return runtime
+
+
+def start_background(runtime: ProductRuntime) -> None:
+    """Start what a runtime runs beside its reads, each closed with it: the key-state watch
+    (``field_encrypt.key_epoch``) and, if on, the lazy rewrapper (``field_encrypt.lazy_rewrap``).
+    On failure the runtime is closed."""
+    try:
+        watch_key_state(runtime)
+        start_lazy_rewrap(runtime)
+    except BaseException:
+        runtime.close()
+        raise

@@ -37,6 +37,21 @@ def count_not_on(runtime: ProductRuntime, version: str) -> int:
     return sum(n for v, n in dek_counts(runtime).items() if v != version)
 
 
+def other_products_on(runtime: ProductRuntime, version: str) -> dict[str, int]:
+    """DEKs of the database's *other* products under ``version`` of this product's MEK (same
+    MEK name; directly or through a KEK): disabling the version would break them too, so
+    ``keys disable`` and the retirement gate count them (``verify`` and ``status`` do not:
+    they speak for this product)."""
+    others = runtime.dek_store.count_under(runtime.provider.mek_name, version)
+    others.pop(runtime.encryptor.product, None)
+    return {product: n for product, n in sorted(others.items()) if n}
+
+
+def shared_detail(others: dict[str, int]) -> str:
+    """``10 DEKs of product 'billing'`` (and so on), for refusals."""
+    return ", ".join(f"{n} DEKs of product {p!r}" for p, n in others.items())
+
+
 def kek_usage(runtime: ProductRuntime) -> list[dict[str, Any]]:
     """Each KEK of the product's tier (none without one): id, partition, MEK version,
     whether it is active, and how many DEKs it wraps (``status`` and the console show it)."""
@@ -56,4 +71,4 @@ def kek_usage(runtime: ProductRuntime) -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["count_not_on", "dek_counts", "kek_usage"]
+__all__ = ["count_not_on", "dek_counts", "kek_usage", "other_products_on", "shared_detail"]

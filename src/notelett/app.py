@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import field_encrypt
 import field_encrypt.metrics
+from field_encrypt.audit_delivery import AuditDelivery, Backoff, HttpDestination
 from field_encrypt.usage import dek_counts
 from notelett.auth import verifier_from_settings
 from notelett.backend import Backend, open_backend
@@ -44,6 +45,21 @@ per note). Authenticate with `Authorization: Bearer <JWT>`. Every error answers 
 `Error` shape; a note or workspace that is not yours answers exactly like one that does
 not exist.
 """
+
+
+def _audit_delivery(settings: NoteLettSettings, backend: Backend) -> AuditDelivery | None:
+    """The background delivery of the audit trail, when ``NOTELETT_AUDIT_DELIVERY_URL`` is set."""
+    if not settings.audit_delivery_url or backend.runtime.audit is None:
+        return None
+    token = settings.audit_delivery_token
+    destination = HttpDestination(
+        settings.audit_delivery_url, token=token.get_secret_value() if token else None
+    )
+    return AuditDelivery(
+        backend.runtime.audit,  # type: ignore[arg-type]
+        destination,
+        backoff=Backoff(max_attempts=None),
+    )
 
 
 def create_app(
@@ -98,12 +114,18 @@ def create_app(
         ),
     )
 
+    delivery = _audit_delivery(settings, backend)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         finished = await run_in_threadpool(service.finish_deletes)
         if finished:
             log.info("completed %d interrupted note deletes", finished)
+        if delivery is not None:
+            delivery.start(interval=settings.audit_delivery_interval_seconds)
         yield
+        if delivery is not None:
+            await run_in_threadpool(delivery.stop)
         if owns_backend:
             backend.close()
 

@@ -27,6 +27,7 @@ from field_encrypt.backends.registry import (
 from field_encrypt.bootstrap import build_key_layout
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.observed import observed
+from field_encrypt.runtime import start_background
 from notelett.binding import COLLECTION
 from notelett.documents import NotesDocumentStore
 from notelett.repositories.base import NotesRepository, WorkspaceDirectory
@@ -78,7 +79,13 @@ def open_backend(
             mek, encryption, open_kek_store(database, product=PRODUCT), product=PRODUCT
         )
         notes, directory = _repositories(database, kind)
-        trail = open_audit_trail(database, product=PRODUCT, sink=encryption.audit_sink)
+        trail = open_audit_trail(
+            database,
+            product=PRODUCT,
+            sink=encryption.audit_sink,
+            oncall_webhook=encryption.oncall_webhook,
+            oncall_format=encryption.oncall_format,
+        )
     except BaseException:
         database.close()
         raise
@@ -109,6 +116,7 @@ def open_backend(
         audit=trail,
         kek_tier=tier,
     )
+    start_background(runtime)  # revocations reach its cache; lazy rewrap, if on
     per_workspace = tier is not None and tier.layout == "kek" and settings.kek_per_workspace
     return Backend(
         runtime=runtime,

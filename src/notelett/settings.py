@@ -78,6 +78,15 @@ class NoteLettSettings(BaseSettings):
     (such a note stays readable if its row is moved to another workspace). Run
     ``notelett rebind``, then turn it off."""
 
+    audit_delivery_url: str | None = None
+    """Deliver the audit trail to actiontrail from the service: the endpoint (http:// or
+    https://). A background thread sends new events in order, at least once, resuming from
+    the delivery checkpoint (docs/audit.md). Unset: no delivery from the service."""
+    audit_delivery_token: SecretStr | None = None
+    """Bearer token for ``audit_delivery_url``."""
+    audit_delivery_interval_seconds: float = Field(default=2.0, gt=0, le=3600)
+    """How often the delivery thread looks for new events once caught up."""
+
     kek_per_workspace: bool = False
     """With ``FIELD_ENCRYPT_KEY_LAYOUT=kek``: each workspace's new notes get DEKs under the
     workspace's own KEK (partition = workspace id), so ``field-encrypt keys shred-partition

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.products import ProductRuntime
+from field_encrypt.providers.base import refresh_provider
 from tests.cli.helpers import PRODUCT, cli
 from tests.support.seed import seed
 
@@ -75,6 +76,33 @@ def test_refusals_exit_6(env: dict[str, str], runtime: ProductRuntime) -> None:
     assert result.exit_code == ExitCode.REFUSED
     assert "4 DEKs are still wrapped under it" in result.stderr
     assert cli("keys", "disable", "2", "--product", PRODUCT).exit_code == ExitCode.REFUSED
+
+
+def test_forced_disable_needs_a_reason_and_is_audited(
+    env: dict[str, str], runtime: ProductRuntime
+) -> None:
+    """--force without --reason is a usage error (2) and changes nothing; with a reason the
+    version is disabled though 4 DEKs use it, and the audit event says so and why."""
+    seed(runtime, 4)
+    runtime.provider.create_version()
+    result = cli("keys", "disable", "1", "--product", PRODUCT, "--force")
+    assert result.exit_code == ExitCode.USAGE
+    assert "--reason" in result.stderr
+    assert [v.enabled for v in runtime.provider.versions()] == [True, True]
+    result = cli(
+        "keys", "disable", "1", "--product", PRODUCT, "--force", "--reason", "INC-1", "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert '"deks_unreadable": 4' in result.stdout and '"forced": true' in result.stdout
+    refresh_provider(runtime.provider)  # the keyring changed under it a moment ago
+    assert [v.enabled for v in runtime.provider.versions()] == [False, True]
+    assert runtime.audit is not None
+    (event,) = [e for e in runtime.audit.events() if e.type.endswith("mek.version.disabled")]
+    assert (event.data["forced"], event.data["reason"], event.data["deksWrapped"]) == (
+        True,
+        "INC-1",
+        4,
+    )
 
 
 def test_unavailable_provider_exits_7_with_cursor_saved(

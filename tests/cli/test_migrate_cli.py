@@ -23,7 +23,7 @@ def _dump(db: str) -> list[object]:
         tables = [
             t
             for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            if t != "schema_migrations"
+            if t != "field_encrypt_migrations"
         ]
         return [
             (t, conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()) for t in sorted(tables)
@@ -226,14 +226,34 @@ def test_backup_and_restore_round_trip(
         "product": "sample",
         "rows": 10,
         "inserted": 3,
+        "repaired": 0,
         "identical": 0,
         "kept": 7,
+        "unreadable": 0,
         "kept_examples": [],
+        "unreadable_examples": [],
     }
     assert runtime.dek_store.count_by_version() == {"1": 3, "2": 7}
     assert cli("verify", "--product", PRODUCT, "--mek-version", "1").exit_code == 5
     runtime.encryptor.cache.clear()
     assert len(read_all(runtime)) == 10  # the restored DEKs open their documents again
+
+
+def test_restore_exits_4_while_a_dek_stays_unreadable(
+    env: dict[str, str], runtime: ProductRuntime, tmp_path: Path
+) -> None:
+    """A wrap garbled before the backup was taken cannot be repaired from it: restore says
+    so on stderr and exits 4 (it used to report such rows as identical and exit 0)."""
+    from field_encrypt.rehearsal import corrupt
+
+    seed(runtime, 4)
+    (garbled,) = corrupt(runtime, 1)
+    backup_file = tmp_path / "deks.jsonl"
+    assert cli("backup", "--product", PRODUCT, "--out", str(backup_file)).exit_code == 0
+    result = cli("restore", "--product", PRODUCT, "--in", str(backup_file))
+    assert result.exit_code == 4, result.stdout + result.stderr
+    assert "1 DEKs still do not unwrap" in result.stderr and garbled in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_restore_refuses_a_damaged_or_foreign_backup(

@@ -51,11 +51,16 @@ FIELD_ENCRYPT = [
     ["migrate", "--mode", "re-encrypt", "--dry-run"],
     ["backup", "--out", "{tmp}/backup-new.jsonl"],
     ["restore", "--in", "{tmp}/backup.jsonl"],
+    ["collect-orphans"],
     ["rotate"],
     ["rotate", "--status"],
     ["rotate", "--stop"],
     ["audit", "verify"],
     ["audit", "list"],
+    ["audit", "deliver", "--to", "http://127.0.0.1:{port}/events"],
+    ["audit", "anchor", "--out", "{tmp}/anchor.json"],
+    ["oncall", "check"],
+    ["oncall", "test"],
 ]
 
 
@@ -313,6 +318,7 @@ FLAG_CASES = [
     ),
     _flag(FE, ["migrate", *PRODUCT, "--mode", "rewrap-deks", "--worker", "5/4"], ["'--worker'"]),
     _flag(FE, ["verify", *PRODUCT, "--mek-version", "1", "--sample", "-1"], ["'--sample'"]),
+    _flag(FE, ["collect-orphans", *PRODUCT, "--older-than", "soon"], ["'--older-than'"]),
     _flag(FE, ["audit", "list", *PRODUCT, "--since", "yesterday"], ["--since", "ISO 8601"]),
     _flag(FE, ["keys", "disable", *PRODUCT], ["VERSION"]),
     _flag(FE, ["keys", "lisst", *PRODUCT], ["lisst"]),
@@ -495,7 +501,9 @@ def test_a_bad_report_path_is_refused_before_the_run(workdir: dict[str, str]) ->
 
 def test_the_table_covers_every_command() -> None:
     """The table lists every field-encrypt command (those docs/cli.md must document) and notelett's."""
-    heads = {" ".join(a[:2]) if a[0] in ("keys", "audit") else a[0] for a in FIELD_ENCRYPT}
+    heads = {
+        " ".join(a[:2]) if a[0] in ("keys", "audit", "oncall") else a[0] for a in FIELD_ENCRYPT
+    }
     # console serves until stopped, so a case it survives would hang the table: its
     # operator errors are in tests/console/test_console_security.py.
     assert heads == set(dict(commands())) - {"console"}

@@ -27,8 +27,40 @@ KILLABLE = "tests.support.sample_product:killable_rotation_product"
 COUNT = 40
 
 
+def _move_holder_elsewhere(db: str) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(
+            "UPDATE rotation_state SET state = json_set(state, '$.holder', "
+            "'elsewhere.invalid:1:000000'), revision = revision + 1"
+        )
+    conn.close()
+
+
 def _at(start: dt.datetime, **delta: float) -> str:
     return (start + dt.timedelta(**delta)).isoformat()
+
+
+def test_a_rotate_killed_on_this_host_is_taken_over_at_once(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Killed entering pre-flight, the rotation's lease (10 minutes) names a dead process of
+    this host: the next call a minute later advances at once to the soak (it was refused,
+    exit 6, "another rotate invocation", for the rest of the 10 minutes)."""
+    runtime = product.open(load_settings(env))
+    seed(runtime, COUNT)
+    runtime.close()
+    assert cli_process("backup", "--product", PRODUCT, "--out", str(tmp_path / "b"), env=env)
+    policy = tmp_path / "policy.toml"
+    policy.write_text("max_age_days = 0\nbatch_size = 10\nsample = 40\n")
+    args = ["rotate", "--product", KILLABLE, "--policy", str(policy)]
+    start = dt.datetime.now(dt.UTC)
+    killed = cli_process(
+        *args, "--now", _at(start, minutes=1), env={**env, "SAMPLE_KILL_AT": "stage:preflight"}
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    again = cli_process(*args, "--now", _at(start, minutes=2), env=env)
+    assert again.returncode == ExitCode.WAITING, again.stdout + again.stderr
 
 
 def test_rotate_survives_kill_9_at_every_stage(env: dict[str, str], tmp_path: Path) -> None:
@@ -54,8 +86,12 @@ def test_rotate_survives_kill_9_at_every_stage(env: dict[str, str], tmp_path: Pa
         return result.returncode
 
     call("stage:preflight")
+    # The dead invocation was this host's: it would be taken over at once. In another
+    # host's name, its lease is waited out.
+    _move_holder_elsewhere(env["FIELD_ENCRYPT_DATABASE"])
     held = cli_process(*args, "--now", _at(start, minutes=minutes + 1), env=env)
     assert held.returncode == ExitCode.REFUSED and "another rotate invocation" in held.stderr
+    assert "elsewhere.invalid" in held.stderr
     for kill in (
         "stage:create",
         "control:create_version",

@@ -42,18 +42,19 @@ def blocks() -> list[tuple[str, str]]:
     return out
 
 
+CLEAN_PATH = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+"""The only thing the test gives the shell: the installed package's ``bin`` on ``PATH``."""
+
+
 def _rehearse(info: str, directory: Path) -> subprocess.CompletedProcess[str]:
-    """The blocks fenced ``bash INFO``, in order, as one script in ``directory``."""
+    """The blocks fenced ``bash INFO``, in order and verbatim, as one script run by a clean
+    ``bash`` in ``directory``: no ``PYTHONPATH``, no ``FIELD_ENCRYPT_*``, no checkout on
+    the import path, only ``PATH`` (the runbook's own ``REHEARSAL`` default applies)."""
     script = "\n".join(body for i, body in blocks() if i == f"bash {info}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIELD_ENCRYPT_")} | {
-        "REHEARSAL": str(directory),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(ROOT),
-    }
     return subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + script],
-        cwd=ROOT,
-        env=env,
+        ["bash", "--noprofile", "--norc", "-c", "set -euo pipefail\n" + script],
+        cwd=directory,
+        env={"PATH": CLEAN_PATH, "HOME": str(directory), "LANG": "C.UTF-8"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -72,23 +73,38 @@ def _open(directory: Path) -> ProductRuntime:
 
 
 def test_the_runbook_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
-    """Seed, create v2, preflight, rewrap, verify 0 off v2, retire v1: every document reads."""
+    """Seed, create v2, preflight, rewrap, verify 0 off v2, retire v1; then the rollback
+    section: garble 3 wraps and delete 2 rows, restore from section 1's backup (refused while
+    v1 is retired, then repaired), rewrap, retire again; a rewrap to v3 killed with SIGKILL
+    and resumed at once; three orphaned DEKs collected: every document reads."""
     script = "\n".join(body for info, body in blocks() if info == "bash rehearsal")
     assert "migrate" in script and "keys retire 1" in script
     result = _rehearse("rehearsal", tmp_path)
+    tmp_path = tmp_path / "var" / "rehearsal"  # the runbook's own default for $REHEARSAL
     assert result.returncode == 0, result.stdout + result.stderr
     assert "soak period passed" in result.stderr  # the gate refused first, naming why
+    # Rollback: 3 garbled wraps and 2 deleted rows, restored from section 1's backup.
+    assert "200 documents read, 5 different" in result.stdout
+    assert "restored 2 missing DEKs, repaired 0" in result.stdout
+    assert "5 DEKs still do not unwrap" in result.stderr  # version 1 retired: exit 4
+    assert "restored 0 missing DEKs, repaired 3" in result.stdout
+    # A rewrap to version 3 killed after its first batch, resumed at once (same host).
+    assert '"event": "lease_reclaimed"' in result.stderr
+    # Three orphaned DEKs: a dry run names them, --delete deletes them, verify is clean.
+    assert "dry run: 3 orphaned DEKs" in result.stdout
+    assert "deleted 3 orphaned DEKs" in result.stdout
     assert "200 documents read, 0 different" in result.stdout
     report = json.loads((tmp_path / "rewrap-report.json").read_text())
     assert (report["rewrapped"], report["failed"], report["remaining"]) == (200, 0, 0)
     runtime = _open(tmp_path)
     try:
-        assert runtime.dek_store.count_by_version() == {"2": 200}
+        assert runtime.dek_store.count_by_version() == {"3": 200}
         assert [(v.version, v.enabled) for v in runtime.provider.versions()] == [
             ("1", False),
             ("2", True),
+            ("3", True),
         ]
-        assert verify(runtime, mek_version="2", sample=200).clean
+        assert verify(runtime, mek_version="3", sample=200).clean
         assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(200)}
     finally:
         runtime.close()
@@ -97,6 +113,7 @@ def test_the_runbook_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
 def test_the_automated_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
     """rotate to the soak, rotate to retired, stop and resume, then compromise --dek-exposed."""
     result = _rehearse("rehearsal-automated", tmp_path)
+    tmp_path = tmp_path / "var" / "rehearsal-automated"  # the runbook's default
     assert result.returncode == 0, result.stdout + result.stderr
     assert "waiting for soak" in result.stdout and "rotation 1→2 complete" in result.stdout
     assert "halted at idle" in result.stdout
@@ -136,7 +153,11 @@ def test_every_command_in_the_runbook_is_real() -> None:
             if words[0] == "encrypt-migrate":
                 name, flags = "migrate", migrate_flags
             else:
-                name = words[1] if words[1] not in ("keys", "audit") else " ".join(words[1:3])
+                name = (
+                    words[1]
+                    if words[1] not in ("keys", "audit", "oncall")
+                    else " ".join(words[1:3])
+                )
                 assert name in known, line
                 flags = {o for p in known[name].params for o in p.opts}
             for word in words:

@@ -156,7 +156,7 @@ def test_it_calls_rotate_for_notelett_with_real_flags_and_a_valid_policy() -> No
             continue
         words = words[words.index("field-encrypt") :]
         seen += 1
-        name = words[1] if words[1] not in ("keys", "audit") else " ".join(words[1:3])
+        name = words[1] if words[1] not in ("keys", "audit", "oncall") else " ".join(words[1:3])
         assert name in known, line
         flags = {o for p in known[name].params for o in p.opts}
         for word in words:

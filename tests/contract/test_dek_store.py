@@ -149,6 +149,9 @@ def test_counts(dek_store: DekStore) -> None:
     assert dek_store.count_by_version() == {"1": 4, "2": 3, "3": 1}
     assert dek_store.count_not_on("2") == 5
     assert dek_store.count_not_on("9") == 8
+    mek_name = dek_store.get(_new(dek_store, "3").dek_id).mek_name
+    assert dek_store.count_under(mek_name, "3") == {dek_store.product: 2}
+    assert dek_store.count_under("another-mek", "3") == {}
 
 
 def test_repr_shows_no_wrapped_key(dek_store: DekStore) -> None:

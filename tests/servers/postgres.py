@@ -243,7 +243,7 @@ class PostgresServer:
             raise ValueError(f"database name must match {_DATABASE_NAME.pattern}: {name!r}")
 
     def _create(self) -> None:
-        self._root = Path(tempfile.mkdtemp(prefix="field-encrypt-pg-", dir=self._base_dir))
+        self._root = Path(tempfile.mkdtemp(prefix="fe-pg-", dir=self._base_dir))
         self.socket_dir.mkdir()
         if self._as_postgres:
             for path in (self._root, self.socket_dir):

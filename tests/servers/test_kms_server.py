@@ -223,14 +223,14 @@ def test_dropped_connection(kms: KmsServer, client: Any) -> None:
 
 def test_stalled_request_times_out_but_still_happens(kms: KmsServer) -> None:
     """A stalled request outlives the client's read timeout, then moto carries it out."""
+    patient = kms.client(NO_RETRIES)  # calls with the 0.2 s client flake on a busy machine
+    key_id = new_key(patient)
     client = kms.client(Config(retries={"total_max_attempts": 1}, read_timeout=0.2))
-    key_id = new_key(client)
     kms.inject("stall", operation="CreateAlias")
 
     with pytest.raises(ReadTimeoutError):
         client.create_alias(AliasName="alias/late", TargetKeyId=key_id)
 
-    patient = kms.client(NO_RETRIES)  # polling with the 0.2 s client flakes on a busy machine
     deadline = time.monotonic() + 5
     while not _alias_exists(patient, "alias/late"):
         assert time.monotonic() < deadline, "the stalled CreateAlias never reached moto"

@@ -95,3 +95,22 @@ def test_every_command_is_documented() -> None:
     for group in app.registered_groups:
         for command in group.typer_instance.registered_commands:
             assert f"notelett {group.name} {command.name}" in doc, (group.name, command.name)
+
+
+def test_seed_with_the_kek_tier_on_a_fresh_database(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FIELD_ENCRYPT_KEY_LAYOUT=kek notelett seed`` on a fresh SQLite file creates its KEKs
+    inside the seed's batch transaction (it failed with "cannot start a transaction within a
+    transaction", 0 KEKs and 0 notes)."""
+    monkeypatch.setenv("FIELD_ENCRYPT_KEY_LAYOUT", "kek")
+    result = runner.invoke(app, ["seed", "--notes", "6", "--workspaces", "2"])
+    assert result.exit_code == 0, result.output
+    assert "seeded 6 notes" in result.output
+    from field_encrypt.backends.sqlite.db import SqliteDatabase
+
+    database = SqliteDatabase(workdir / "var" / "notelett.db", create=False)
+    try:
+        assert database.query("SELECT COUNT(*) FROM kek_store")[0][0] >= 1
+    finally:
+        database.close()

@@ -1,6 +1,6 @@
 """A sample product for the CLI and rotation tests: ``tests.support.sample_product:product``.
 
-One collection, ``records``, with an encrypted top-level field (``ssn``) and a nested one
+The rehearsal product (:mod:`field_encrypt.rehearsal`), re-exported. One collection, ``records``, with an encrypted top-level field (``ssn``) and a nested one
 (``profile.note``), opened on the database ``FIELD_ENCRYPT_DATABASE`` names (SQLite,
 PostgreSQL or Cosmos DB) with the provider the settings name. Variants for the reliability tests:
 
@@ -33,19 +33,12 @@ from field_encrypt.config import Settings
 from field_encrypt.documents import StoredDocument
 from field_encrypt.products import Product, ProductRuntime
 from field_encrypt.providers.base import KeyProvider, KeyVersion
-from field_encrypt.runtime import open_runtime
+from field_encrypt.rehearsal import COLLECTIONS, NAME, _open, product
 from field_encrypt.testing import CountingProvider, FaultInjectingProvider
 
-NAME = "sample"
-COLLECTIONS = {"records": ["ssn", "profile.note"]}
+__all__ = ["COLLECTIONS", "NAME", "counting_product", "killable_product", "product"]
+
 LAST_COUNTER: list[CountingProvider] = []
-
-
-def _open(settings: Settings) -> ProductRuntime:
-    return open_runtime(settings, product=NAME, collections=COLLECTIONS)
-
-
-product = Product(name=NAME, collections=COLLECTIONS, open=_open)
 
 
 def _open_counting(settings: Settings) -> ProductRuntime:
@@ -113,6 +106,9 @@ class _KillingStore:
 
     def count_not_on(self, version: str) -> int:
         return self.inner.count_not_on(version)
+
+    def count_under(self, mek_name: str, version: str) -> dict[str, int]:
+        return self.inner.count_under(mek_name, version)
 
 
 class _KillingDocuments:

@@ -55,3 +55,29 @@ def test_zero_sized_cache_keeps_nothing(clock: Clock) -> None:
     for cache in (DekCache(max_entries=0, clock=clock), DekCache(ttl_seconds=0, clock=clock)):
         cache.put(b"a", _cipher(), "1")
         assert cache.get(b"a") is None
+
+
+def test_a_key_loaded_before_an_invalidation_is_not_put_back() -> None:
+    """A reader that read the generation, then lost a race with a revocation, does not put
+    its (possibly revoked) key back; one that loaded after it does."""
+    cache = DekCache()
+    cache.put(b"a", _cipher(), "1")
+    generation = cache.generation
+    assert cache.invalidate_versions({"1", "kek:x"}) == [b"a"]
+    cache.put(b"a", _cipher(), "1", generation=generation)
+    assert cache.get(b"a") is None
+    cache.put(b"a", _cipher(), "1", generation=cache.generation)
+    assert cache.get(b"a") is not None
+
+
+def test_a_suspended_cache_keeps_nothing_until_resumed() -> None:
+    """suspend() empties the cache and makes put() a no-op; resume() caches again."""
+    cache = DekCache()
+    cache.put(b"a", _cipher(), "1")
+    cache.suspend()
+    assert cache.suspended and cache.get(b"a") is None
+    cache.put(b"b", _cipher(), "1")
+    assert cache.stats().size == 0
+    cache.resume()
+    cache.put(b"b", _cipher(), "1")
+    assert cache.get(b"b") is not None

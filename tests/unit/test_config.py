@@ -23,9 +23,9 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_public_api_is_pinned() -> None:
     """The curated public API does not change by accident."""
     assert sorted(field_encrypt.__all__) == [
-        "AlreadyExistsError", "CacheStats", "ConcurrentUpdateError", "ConfigurationError",
+        "AlreadyExistsError", "BlindIndex", "CacheStats", "ConcurrentUpdateError", "ConfigurationError",
         "DecryptionError", "DekCache", "DekMissingError", "DekPage", "DekRecord", "DekStore", "FieldEncryptError",
-        "FieldEncryptor", "KeyProvider", "KeyProviderError", "KeyProviderUnavailableError",
+        "FieldEncryptor", "IndexKeyring", "IndexedField", "KeyProvider", "KeyProviderError", "KeyProviderUnavailableError",
         "KeyVersion", "KeyVersionDisabledError", "KeyVersionNotFoundError", "LeaseHeldError",
         "NotFoundError", "RewrapCheckError", "RotationError", "Settings", "StoreError", "StoreUnavailableError",
         "UnsupportedFormatError", "WrapUpdate", "WrappedDek", "__version__", "build_provider",

@@ -33,3 +33,32 @@ def test_connections_of_ended_threads_are_closed(tmp_path: Path) -> None:
     assert _open_files(tmp_path / "db.sqlite") <= 9  # this thread's and the last worker's
     database.close()
     assert _open_files(tmp_path / "db.sqlite") == 0
+
+
+def test_a_transaction_inside_a_transaction_is_a_savepoint(tmp_path: Path) -> None:
+    """A nested transaction (a KEK created inside a seed batch) neither fails ("cannot start
+    a transaction within a transaction") nor commits early: its work commits with the outer
+    one, and an error inside rolls back only its own part."""
+    database = SqliteDatabase(tmp_path / "db.sqlite")
+    database.execute("CREATE TABLE t (x INTEGER)")
+    with database.transaction() as tx:
+        tx.execute("INSERT INTO t VALUES (1)")
+        with database.transaction() as inner:
+            inner.execute("INSERT INTO t VALUES (2)")
+        try:
+            with database.transaction() as inner:
+                inner.execute("INSERT INTO t VALUES (3)")
+                raise ValueError("inner fails")
+        except ValueError:
+            pass
+    assert database.query("SELECT x FROM t ORDER BY x") == [(1,), (2,)]
+    try:
+        with database.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (4)")
+            with database.transaction() as inner:
+                inner.execute("INSERT INTO t VALUES (5)")
+            raise ValueError("outer fails")
+    except ValueError:
+        pass
+    assert database.query("SELECT x FROM t ORDER BY x") == [(1,), (2,)]
+    database.close()

@@ -179,6 +179,12 @@ class DekStore(Protocol):
         """How many DEKs are not wrapped under ``version`` (the runbook's verify query)."""
         ...
 
+    def count_under(self, mek_name: str, version: str) -> dict[str, int]:
+        """How many DEKs of each product of the database ``version`` of the MEK
+        ``mek_name`` protects: wrapped directly under it, or under a KEK wrapped under it
+        (every product, not only this store's: they share the key)."""
+        ...
+
 
 KEK_PREFIX = "kek:"
 """A DEK row wrapped under a KEK records ``mek_version = "kek:" + kekId``."""
@@ -254,3 +260,96 @@ def effective_counts(dek_counts: dict[str, int], keks: Sequence[KekRecord]) -> d
             version = by_id.get(version[len(KEK_PREFIX) :], version)
         out[version] = out.get(version, 0) + count
     return out
+
+
+ALL_VERSIONS = "*"
+"""In a :class:`KeyStateChange`: every cached key is affected (drop the whole cache)."""
+
+KEPT_CHANGES = 32
+"""How many of the latest changes a key-state record keeps. A process that missed more
+(it was paused, or the store was unreachable) drops its whole cache instead."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyStateChange:
+    """One change of key state that running processes must act on.
+
+    ``versions`` are what the change touched, as DEK rows name them: MEK versions
+    (``"2"``), KEKs (``"kek:<id>"``), or :data:`ALL_VERSIONS`. ``via`` is the command that
+    made it (``keys disable``, ``migrate rewrap-deks``...).
+    """
+
+    epoch: int
+    versions: tuple[str, ...]
+    via: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyState:
+    """The key-state record of one product: an epoch bumped on every change that should
+    reach running processes, and the latest :data:`KEPT_CHANGES` changes, oldest first."""
+
+    product: str
+    epoch: int = 0
+    changes: tuple[KeyStateChange, ...] = ()
+
+    def since(self, epoch: int) -> tuple[KeyStateChange, ...] | None:
+        """The changes after ``epoch``; ``None`` when some of them are no longer kept, or the
+        record went back (the database was restored): then every cached key is suspect."""
+        if epoch == self.epoch:
+            return ()
+        oldest = self.changes[0].epoch if self.changes else self.epoch + 1
+        if epoch > self.epoch or epoch + 1 < oldest:  # went back (a restore), or too far behind
+            return None
+        return tuple(c for c in self.changes if c.epoch > epoch)
+
+    def bumped(self, versions: Sequence[str], *, via: str, at: float) -> KeyState:
+        """This state with one more change (the epoch moved on by one)."""
+        change = KeyStateChange(epoch=self.epoch + 1, versions=tuple(versions), via=via, at=at)
+        kept = (*self.changes, change)[-KEPT_CHANGES:]
+        return KeyState(product=self.product, epoch=change.epoch, changes=kept)
+
+    def changes_json(self) -> list[dict[str, object]]:
+        """The kept changes as JSON-ready dicts (how every backend stores them)."""
+        return [
+            {"epoch": c.epoch, "versions": list(c.versions), "via": c.via, "at": c.at}
+            for c in self.changes
+        ]
+
+    @classmethod
+    def of_json(cls, product: str, epoch: int, changes: Sequence[dict[str, object]]) -> KeyState:
+        """The state stored as ``epoch`` and :meth:`changes_json`."""
+        return cls(
+            product=product,
+            epoch=int(epoch),
+            changes=tuple(
+                KeyStateChange(
+                    epoch=int(c["epoch"]),  # type: ignore[call-overload]
+                    versions=tuple(str(v) for v in c["versions"]),  # type: ignore[attr-defined]
+                    via=str(c["via"]),
+                    at=float(c["at"]),  # type: ignore[arg-type]
+                )
+                for c in changes
+            ),
+        )
+
+
+@runtime_checkable
+class KeyStateStore(Protocol):
+    """Where a product's key-state epoch lives: one small record, in the product's database.
+
+    Every running process reads it once per ``FIELD_ENCRYPT_KEY_STATE_POLL_SECONDS`` (one
+    primary-key read); every command that changes key state bumps it, so those processes
+    drop the affected cached keys within that interval rather than the cache's TTL.
+    """
+
+    product: str
+
+    def read(self) -> KeyState:
+        """The current record (epoch 0 with no changes when none was written yet)."""
+        ...
+
+    def bump(self, versions: Sequence[str], *, via: str) -> KeyState:
+        """Record one change atomically (concurrent bumps are each counted); the new state."""
+        ...

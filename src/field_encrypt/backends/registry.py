@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from field_encrypt.backends.base import DekStore, KekStore
+from field_encrypt.backends.base import DekStore, KekStore, KeyStateStore
 from field_encrypt.config import Settings
 from field_encrypt.documents import DocumentStore
 from field_encrypt.errors import ConfigurationError
@@ -116,6 +116,23 @@ def open_kek_store(database: Any, *, product: str) -> KekStore:
             return CosmosKekStore(database, product=product)
 
 
+def open_key_state_store(database: Any, *, product: str) -> KeyStateStore:
+    """The product's key-state epoch (one record) in ``database``."""
+    match database_kind_of(database):
+        case "sqlite":
+            from field_encrypt.backends.sqlite.key_state import SqliteKeyStateStore
+
+            return SqliteKeyStateStore(database, product=product)
+        case "postgres":
+            from field_encrypt.backends.postgres.key_state import PostgresKeyStateStore
+
+            return PostgresKeyStateStore(database, product=product)
+        case "cosmos":
+            from field_encrypt.backends.cosmos.key_state import CosmosKeyStateStore
+
+            return CosmosKeyStateStore(database, product=product)
+
+
 def open_document_store(database: Any, *, collection: str) -> DocumentStore:
     """The generic JSON document store of ``collection`` in ``database``."""
     match database_kind_of(database):
@@ -150,15 +167,30 @@ def database_kind_of(database: Any) -> DatabaseKind:
     raise TypeError(f"not a field-encrypt database: {database!r}")
 
 
-def open_audit_trail(database: object, *, product: str, sink: str | None = None) -> AuditTrail:
-    """The product's trail in its own database; ``sink`` is ``FIELD_ENCRYPT_AUDIT_SINK``.
+def open_audit_trail(
+    database: object,
+    *,
+    product: str,
+    sink: str | None = None,
+    oncall_webhook: str = "",
+    oncall_format: str = "slack",
+) -> AuditTrail:
+    """The product's trail in its own database; ``sink`` is ``FIELD_ENCRYPT_AUDIT_SINK``;
+    ``oncall_webhook``/``oncall_format`` are ``FIELD_ENCRYPT_ONCALL_*`` (notices on rotation
+    events, see :mod:`field_encrypt.oncall`).
 
     ``database`` is a ``SqliteDatabase``, ``PostgresDatabase`` or ``CosmosDatabase`` (from
     :func:`open_database`); anything else is a ``ConfigurationError``.
     """
-    from field_encrypt.audit import sink_from_setting
+    from field_encrypt.audit import AuditSink, sink_from_setting
 
-    sinks = [s for s in (sink_from_setting(sink),) if s is not None]
+    sinks: list[AuditSink] = [s for s in (sink_from_setting(sink),) if s is not None]
+    if oncall_webhook:
+        from field_encrypt.oncall import OnCallSink, notifier_from_settings
+
+        notifier = notifier_from_settings(oncall_webhook, oncall_format)
+        assert notifier is not None
+        sinks.append(OnCallSink(notifier, product=product))
     try:
         kind = database_kind_of(database)
     except TypeError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -33,8 +34,25 @@ def _trail(runtime: ProductRuntime) -> AuditTrail:
 
 @audit_app.command("verify")
 @guarded
-def audit_verify(product: ProductOpt, json_: JsonOpt = False) -> None:
+def audit_verify(
+    product: ProductOpt,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            "--against",
+            metavar="CHECKPOINT",
+            help="Also check an anchor (from `audit anchor` or `audit deliver --anchor`): "
+            "exit 5 if the trail was rewritten or cut since it was signed.",
+        ),
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
     """Walk the hash chain; exit 5 naming the first broken link if any event was altered."""
+    if against is not None:
+        from field_encrypt.cli.audit_deliver import verify_against
+
+        verify_against(product, against, json_=json_)
+        return
     with opened(product) as rt:
         report = _trail(rt).verify()
     if json_:
@@ -120,3 +138,9 @@ def audit_list(
 def _brief(data: object, width: int = 90) -> str:
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# audit deliver, audit anchor: in a module of their own.
+from field_encrypt.cli.audit_deliver import register as _register  # noqa: E402
+
+_register(audit_app)

@@ -6,7 +6,9 @@ from enum import IntEnum
 
 from field_encrypt.errors import (
     TRANSIENT_ERRORS,
+    AuditChainError,
     ConfigurationError,
+    DeliveryError,
     FieldEncryptError,
     KeyProviderError,
     KeyVersionDisabledError,
@@ -47,10 +49,12 @@ def exit_code_for(exc: FieldEncryptError) -> ExitCode:
 
     if isinstance(exc, (RetryBudgetExhausted, *TRANSIENT_ERRORS)):
         return ExitCode.UNAVAILABLE
+    if isinstance(exc, AuditChainError):
+        return ExitCode.NOT_VERIFIED
     if isinstance(exc, RotationError):
         return ExitCode.REFUSED
     if isinstance(exc, ConfigurationError | KeyVersionNotFoundError | KeyVersionDisabledError):
         return ExitCode.CONFIG
-    if isinstance(exc, KeyProviderError | StoreError):
+    if isinstance(exc, KeyProviderError | StoreError | DeliveryError):
         return ExitCode.UNAVAILABLE
     return ExitCode.INTERNAL

@@ -95,13 +95,39 @@ def keys_disable(
     version: VersionArg,
     product: ProductOpt,
     retention_days: RetentionOpt = 30.0,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Emergency: disable it even though DEKs still use it (their documents "
+            "become unreadable until rewrapped or restored). Needs --reason; audited.",
+        ),
+    ] = False,
+    reason: Annotated[
+        str | None,
+        typer.Option("--reason", help="Why (recorded in the audit trail); required with --force."),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Disable a MEK version. Refused while any DEK is wrapped under it; never deletes."""
+    """Disable a MEK version. Refused while any DEK is wrapped under it (unless --force);
+    never deletes. Every running process stops serving it within a poll interval (1 s)."""
     from field_encrypt.rotation import disable_version, open_lifecycle
 
+    if force and not (reason or "").strip():  # checked before anything is opened
+        raise typer.BadParameter(
+            "--force needs a reason: say why the version is disabled while DEKs still use "
+            "it (it is recorded in the audit trail)",
+            param_hint="--reason",
+        )
     with opened(product) as rt:
-        done = disable_version(rt, open_lifecycle(rt), version, retention_days=retention_days)
+        done = disable_version(
+            rt,
+            open_lifecycle(rt),
+            version,
+            retention_days=retention_days,
+            force=force,
+            reason=reason,
+        )
     if json_:
         output.emit_json(
             {
@@ -109,6 +135,8 @@ def keys_disable(
                 "state": "disabled",
                 "cache_evicted": done.cache_evicted,
                 "retain_until": iso(done.retain_until),
+                "forced": done.forced,
+                "deks_unreadable": done.deks_wrapped,
             }
         )
     else:
@@ -116,6 +144,12 @@ def keys_disable(
             f"disabled MEK version {version} (kept, not deleted, at least until "
             f"{iso(done.retain_until)}: field-encrypt keys enable {version} brings it back)"
         )
+        if done.forced:
+            output.stdout().print(
+                f"forced: {done.deks_wrapped} DEKs are still wrapped under it; their documents "
+                f"are unreadable until field-encrypt keys enable {version} (then rewrap them: "
+                "field-encrypt migrate --mode rewrap-deks) or a restore"
+            )
 
 
 @keys_app.command("enable")
@@ -300,6 +334,8 @@ def keys_shred_partition(
     json_: JsonOpt = False,
 ) -> None:
     """Crypto-shred a partition: delete its KEKs, so every DEK under them is unreadable."""
+    from field_encrypt.key_epoch import announce_key_change
+
     with opened(product) as rt:
         tier = rt.kek_tier
         if tier is None:
@@ -319,6 +355,8 @@ def keys_shred_partition(
         deleted = tier.shred_partition(partition, deks=deks)
         for k in keks:  # this process's cached DEKs of the partition go too
             rt.encryptor.cache.invalidate_version("kek:" + k.kek_id)
+        # ...and every other process's, within its key-state poll interval
+        announce_key_change(rt, ["kek:" + k.kek_id for k in keks], via="keys shred-partition")
     if json_:
         output.emit_json({"partition": partition, "keks_deleted": deleted, "deks_shredded": deks})
     else:

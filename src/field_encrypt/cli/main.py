@@ -27,6 +27,7 @@ from field_encrypt.cli.console import command as console_command
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.cli.init import init_command
 from field_encrypt.cli.keys import keys_app
+from field_encrypt.cli.oncall import oncall_app
 from field_encrypt.cli.publishing import PushgatewayOpt, TextfileOpt
 from field_encrypt.cli.rotate import rotate_command
 from field_encrypt.errors import RotationError
@@ -55,6 +56,7 @@ def _root(version: VersionOpt = False) -> None:
 
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(oncall_app, name="oncall")
 app.command("rotate")(rotate_command)
 app.command("init")(init_command)
 app.command("console")(console_command)
@@ -489,7 +491,7 @@ def restore_command(
     ],
     json_: JsonOpt = False,
 ) -> None:
-    """Add the backed-up DEKs the store is missing; never changes an existing row."""
+    """Add the missing DEKs and repair rows that no longer unwrap; never changes a readable row."""
     from field_encrypt.rotation import restore
 
     with opened(product) as rt:
@@ -498,8 +500,85 @@ def restore_command(
         output.emit_json(report.as_dict())
     else:
         output.stdout().print(
-            f"restored {report.inserted} missing DEKs; {report.identical} identical, "
-            f"{report.kept} kept as they are in the store (never overwritten)"
+            f"restored {report.inserted} missing DEKs, repaired {report.repaired} that did not "
+            f"unwrap; {report.identical} identical, {report.kept} kept as they are in the "
+            "store (they unwrap: never overwritten)"
+        )
+    if report.unreadable:
+        examples = ", ".join(report.unreadable_examples)
+        output.stderr().print(
+            f"error: {report.unreadable} DEKs still do not unwrap, from the store nor from the "
+            f"backup (e.g. {examples}): check that their MEK version is enabled "
+            "(`field-encrypt keys list`), or restore from an older backup"
+        )
+        raise typer.Exit(ExitCode.ITEMS_FAILED)
+
+
+# -- collect-orphans ----------------------------------------------------------------------
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(value: str) -> float:
+    """``90``, ``90s``, ``30m``, ``1h``, ``2d``: seconds."""
+    text = value.strip().lower()
+    unit = _UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a duration (e.g. 90s, 30m, 1h, 2d)") from None
+    if seconds < 0 or seconds != seconds:
+        raise typer.BadParameter(f"{value!r}: a duration must not be negative")
+    return seconds
+
+
+def _checked_duration(value: str) -> str:
+    _duration(value)  # a usage error naming --older-than, before anything is opened
+    return value
+
+
+@app.command("collect-orphans")
+@guarded
+def collect_orphans_command(
+    product: ProductOpt,
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            help="Grace period: DEKs created more recently are never touched (90s, 30m, 1h, 2d).",
+            callback=_checked_duration,
+        ),
+    ] = "1h",
+    delete: Annotated[
+        bool,
+        typer.Option("--delete", help="Delete the orphans found (without it: a dry run)."),
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Find DEKs no document refers to (a dry run), and with --delete, delete them."""
+    from field_encrypt.rotation import collect_orphans, open_ledger
+
+    grace = _duration(older_than)
+    with opened(product) as rt:
+        report = collect_orphans(rt, open_ledger(rt), older_than=grace, dry_run=not delete)
+    if json_:
+        output.emit_json(report.as_dict())
+        return
+    examples = f" (e.g. {', '.join(report.examples[:3])})" if report.examples else ""
+    left = (
+        f"; left: {report.too_new} newer than {older_than}, {report.pending} named by an "
+        "unfinished run"
+    )
+    if delete:
+        output.stdout().print(
+            f"deleted {report.deleted} orphaned DEKs of {report.orphans} found{examples}{left}"
+        )
+    else:
+        output.stdout().print(
+            f"dry run: {report.orphans} orphaned DEKs older than {older_than} would be "
+            f"deleted{examples}{left}; run again with --delete to delete them"
         )
 
 

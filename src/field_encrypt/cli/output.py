@@ -96,7 +96,7 @@ class LogObserver:
             self.log.info("batch", done=self.done, **delta.as_dict())
 
     def event(self, name: str, fields: Mapping[str, object]) -> None:
-        level = "warning" if name in ("retry", "conflict", "stopped") else "info"
+        level = "warning" if name in ("retry", "conflict", "stopped", "lease_reclaimed") else "info"
         getattr(self.log, level)(name, **fields)
 
 
@@ -155,7 +155,15 @@ class ProgressObserver:
         self.progress.update(self.task, rate=f"{task.speed or 0:,.0f}")
 
     def event(self, name: str, fields: Mapping[str, object]) -> None:
-        if name in ("retry", "stopped", "settled", "keks_rewrapped", "kek_deleted", "kek_kept"):
+        if name in (
+            "retry",
+            "stopped",
+            "settled",
+            "keks_rewrapped",
+            "kek_deleted",
+            "kek_kept",
+            "lease_reclaimed",
+        ):
             detail = " ".join(f"{k}={v}" for k, v in fields.items())
             self.progress.console.print(f"[yellow]{name}[/] {detail}")
 

@@ -296,6 +296,11 @@ class AwsKmsKeyProvider:
         if not _KEY_ID.fullmatch(version):
             raise KeyVersionNotFoundError(f"MEK {self.mek_name!r} has no version {version!r}")
 
+    def refresh(self) -> None:
+        """Look the current version up again on the next call (the key-state epoch moved).
+        KMS itself refuses a disabled key on every call, so nothing else is cached."""
+        self._current = None
+
     def _fetch_current(self) -> str:
         with self._boundary(f"resolve {self.alias}"):
             try:

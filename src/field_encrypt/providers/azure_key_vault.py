@@ -239,6 +239,14 @@ class AzureKeyVaultProvider:
         dek = self.unwrap(ciphertext, version=from_version, context=context)
         return self.wrap(dek, context=context, version=to_version)
 
+    def refresh(self) -> None:
+        """Ask the vault again for the current version and each version's state on the next
+        call that needs them (the product's key-state epoch moved)."""
+        with self._lock:
+            self._current = None
+            for entry in self._versions.values():
+                entry.checked_at = float("-inf")
+
     # -- the vault ---------------------------------------------------------------------
 
     def _check_version(self, version: str) -> None:

@@ -108,6 +108,18 @@ class KeyProvider(Protocol):
         ...
 
 
+def refresh_provider(provider: object) -> None:
+    """Make ``provider`` forget what it cached about versions (their state, the current one),
+    if it caches anything: its ``refresh()``, when it has one. The next call asks again.
+
+    Called when the product's key-state epoch moves, so a version disabled or enabled a
+    moment ago is seen as such at once, not after ``FIELD_ENCRYPT_PROVIDER_REFRESH_SECONDS``.
+    """
+    refresh = getattr(provider, "refresh", None)
+    if callable(refresh):
+        refresh()
+
+
 @runtime_checkable
 class BatchRewrapper(Protocol):
     """An in-process provider that can rewrap many DEKs in one call, each one checked.

@@ -42,7 +42,7 @@ from field_encrypt.errors import (
     KeyProviderError,
     NotFoundError,
 )
-from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
+from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek, refresh_provider
 
 ALGORITHM = "A256GCM-KEK"
 KEK_CALLS = 3
@@ -134,6 +134,10 @@ class KekTierProvider:
         if not enabled:
             self.cache.invalidate_version(version)
         return result
+
+    def refresh(self) -> None:
+        """The MEK provider's :func:`~field_encrypt.providers.base.refresh_provider`."""
+        refresh_provider(self.mek)
 
     # -- DEKs --------------------------------------------------------------------------
 

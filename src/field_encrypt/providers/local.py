@@ -147,6 +147,11 @@ class LocalKeyProvider:
         dek = self.unwrap(ciphertext, version=from_version, context=context)
         return self.wrap(dek, context=context, version=to_version)
 
+    def refresh(self) -> None:
+        """Read the keyring again on the next call, whatever ``refresh_seconds`` says (the
+        product's key-state epoch moved: a version was disabled or enabled)."""
+        self._checked_at = float("-inf")
+
     # -- the file ----------------------------------------------------------------------
 
     def _refresh(self) -> None:

@@ -381,6 +381,10 @@ class Pkcs11KeyProvider:
             found[number] = key
         return sorted(found.items(), key=lambda item: item[0])
 
+    def refresh(self) -> None:
+        """Look the current version up again on the next call (the key-state epoch moved)."""
+        self._latest = None
+
     def _cached_current(self, session: Any) -> str:
         """The current version, looked up again after ``refresh_seconds`` (other processes may
         have created one): finding it scans the token's keys, a round trip each on a network HSM."""

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         VersionNote,
     )
     from field_encrypt.rotation.migrate import migrate, prepare_job
+    from field_encrypt.rotation.orphans import OrphanReport, collect_orphans
     from field_encrypt.rotation.policy import Policy, load_policy
     from field_encrypt.rotation.preflight import Check, preflight
     from field_encrypt.rotation.ratelimit import ThrottledProvider, TokenBucket
@@ -69,6 +70,8 @@ _LAZY = {
     "restore": "field_encrypt.rotation.backup",
     "CompromiseReport": "field_encrypt.rotation.compromise",
     "respond_to_compromise": "field_encrypt.rotation.compromise",
+    "OrphanReport": "field_encrypt.rotation.orphans",
+    "collect_orphans": "field_encrypt.rotation.orphans",
     "Disabled": "field_encrypt.rotation.keys",
     "create_version": "field_encrypt.rotation.keys",
     "disable_version": "field_encrypt.rotation.keys",
@@ -184,6 +187,7 @@ __all__ = [
     "LifecycleStore",
     "MigrationOptions",
     "Mode",
+    "OrphanReport",
     "Policy",
     "RestoreReport",
     "RetireReport",
@@ -204,6 +208,7 @@ __all__ = [
     "VersionNote",
     "advance",
     "backup",
+    "collect_orphans",
     "create_version",
     "dek_counts",
     "disable_version",

@@ -5,11 +5,17 @@ but keep the file as private as the database), and a trailer with the row count 
 SHA-256 of every byte before it. ``restore`` refuses a file whose checksum, count,
 format or product does not match, before it writes anything.
 
-The restore rule: **restore only adds DEKs that are missing; it never changes a row
-that exists.** A dekId's DEK never changes, only its wrap, so an existing row is as
-good as the backed-up one or newer (rewrapped since the backup); rows that differ are
-counted as ``kept`` and named. A backup is read page by page from the live store, not
-from one snapshot: rows created while it runs may or may not be in it.
+The restore rule: **restore adds the DEKs that are missing and repairs the rows that no
+longer unwrap; it never changes a row that unwraps.** A dekId's DEK never changes, only
+its wrap, so an existing row that unwraps is as good as the backed-up one or newer
+(rewrapped since the backup): rows that differ are counted as ``kept`` and named. Every
+backed-up DEK's live row is unwrapped through the provider (one unwrap each); a row that
+does not unwrap (a corrupted wrap, a garbled version) is replaced by the backed-up wrap,
+if that one unwraps, with compare-and-swap (a concurrent writer wins), and counted as
+``repaired``. Each row written is recorded as ``dek.restored`` in the audit trail. The
+DEKs that still do not unwrap afterwards are counted as ``unreadable`` and named.
+A backup is read page by page from the live store, not from one snapshot: rows created
+while it runs may or may not be in it.
 """
 
 from __future__ import annotations
@@ -24,8 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from field_encrypt.errors import RotationError
+from field_encrypt.audit import DEK_RESTORED
+from field_encrypt.backends.base import DekRecord, WrapUpdate
+from field_encrypt.errors import (
+    AlreadyExistsError,
+    DecryptionError,
+    KeyProviderError,
+    KeyProviderUnavailableError,
+    RotationError,
+)
 from field_encrypt.products import ProductRuntime
+from field_encrypt.providers.base import dek_context
 from field_encrypt.rotation.ledger import BackupRecord, RunLedger
 
 FORMAT: Final = "field-encrypt/dek-backup"
@@ -40,18 +55,28 @@ class RestoreReport:
     product: str
     rows: int
     inserted: int
+    """Missing rows added from the backup."""
+    repaired: int = 0
+    """Rows that did not unwrap, replaced by their backed-up wrap."""
     identical: int
     kept: int
+    """Rows that differ from the backup and unwrap (rewrapped since): left as they are."""
+    unreadable: int = 0
+    """Backed-up DEKs whose row still does not unwrap (nor does the backup's)."""
     kept_examples: list[str] = field(default_factory=list)
+    unreadable_examples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "product": self.product,
             "rows": self.rows,
             "inserted": self.inserted,
+            "repaired": self.repaired,
             "identical": self.identical,
             "kept": self.kept,
+            "unreadable": self.unreadable,
             "kept_examples": self.kept_examples,
+            "unreadable_examples": self.unreadable_examples,
         }
 
 
@@ -109,41 +134,90 @@ def backup(
 
 
 def restore(runtime: ProductRuntime, path: str | os.PathLike[str]) -> RestoreReport:
-    """Add the backed-up DEKs that the store is missing (see the module docstring)."""
+    """Add the missing DEKs and repair the unreadable ones (see the module docstring)."""
     store = runtime.dek_store
     product = runtime.encryptor.product
     rows = _read_checked(Path(path), product)
-    inserted = identical = kept = 0
+    counts = {"inserted": 0, "repaired": 0, "identical": 0, "kept": 0}
     kept_examples: list[str] = []
+    unreadable: list[str] = []
     for start in range(0, len(rows), 500):
         chunk = rows[start : start + 500]
         existing = store.get_many([r["dek_id"] for r in chunk])
         for row in chunk:
-            wrapped = base64.b64decode(row["wrapped"], validate=True)
-            live = existing.get(row["dek_id"])
-            if live is None:
-                store.create(
-                    dek_id=row["dek_id"],
-                    mek_name=row["mek_name"],
-                    mek_version=row["mek_version"],
-                    wrapped=wrapped,
-                    algorithm=row["algorithm"],
-                )
-                inserted += 1
-            elif live.wrapped == wrapped and live.mek_version == row["mek_version"]:
-                identical += 1
-            else:
-                kept += 1
-                if len(kept_examples) < EXAMPLES:
-                    kept_examples.append(row["dek_id"])
+            outcome, readable = _restore_row(runtime, row, existing.get(row["dek_id"]))
+            if not readable:
+                unreadable.append(row["dek_id"])
+            if outcome is None:
+                continue
+            counts[outcome] += 1
+            if outcome == "kept" and len(kept_examples) < EXAMPLES:
+                kept_examples.append(row["dek_id"])
     return RestoreReport(
         product=product,
         rows=len(rows),
-        inserted=inserted,
-        identical=identical,
-        kept=kept,
         kept_examples=kept_examples,
+        unreadable=len(unreadable),
+        unreadable_examples=unreadable[:EXAMPLES],
+        **counts,
     )
+
+
+def _restore_row(
+    runtime: ProductRuntime, row: dict[str, Any], live: DekRecord | None
+) -> tuple[str | None, bool]:
+    """Restore one backed-up row: what happened (inserted, repaired, identical, kept, or
+    ``None`` for nothing possible) and whether the row now in the store unwraps."""
+    store = runtime.dek_store
+    dek_id = row["dek_id"]
+    wrapped = base64.b64decode(row["wrapped"], validate=True)
+    if live is None:
+        try:
+            store.create(
+                dek_id=dek_id,
+                mek_name=row["mek_name"],
+                mek_version=row["mek_version"],
+                wrapped=wrapped,
+                algorithm=row["algorithm"],
+            )
+        except AlreadyExistsError:  # created since it was read: judge the row now there
+            return _restore_row(runtime, row, store.get(dek_id))
+        _audit(runtime, dek_id, row["mek_version"], "missing")
+        return "inserted", _unwraps(runtime, dek_id, wrapped, row["mek_version"])
+    same = live.wrapped == wrapped and live.mek_version == row["mek_version"]
+    if _unwraps(runtime, dek_id, live.wrapped, live.mek_version):
+        return ("identical" if same else "kept"), True
+    if same or not _unwraps(runtime, dek_id, wrapped, row["mek_version"]):
+        return None, False
+    update = WrapUpdate(
+        record=live, mek_version=row["mek_version"], wrapped=wrapped, algorithm=row["algorithm"]
+    )
+    if store.replace_wraps([update]):  # lost the compare-and-swap: judge the row now there
+        return _restore_row(runtime, row, store.get_many([dek_id]).get(dek_id))
+    runtime.encryptor.cache.invalidate(bytes.fromhex(dek_id))
+    _audit(runtime, dek_id, row["mek_version"], "unreadable")
+    return "repaired", True
+
+
+def _unwraps(runtime: ProductRuntime, dek_id: str, wrapped: bytes, version: str) -> bool:
+    """Whether a wrap opens under the provider (a transient failure propagates)."""
+    context = dek_context(runtime.encryptor.product, dek_id)
+    try:
+        runtime.provider.unwrap(wrapped, version=version, context=context)
+    except KeyProviderUnavailableError:
+        raise
+    except (DecryptionError, KeyProviderError):
+        return False
+    return True
+
+
+def _audit(runtime: ProductRuntime, dek_id: str, version: str, reason: str) -> None:
+    if runtime.audit is not None:
+        runtime.audit.emit(
+            DEK_RESTORED,
+            subject=f"dek/{dek_id}",
+            data={"dekId": dek_id, "mekVersion": version, "reason": reason},
+        )
 
 
 def _read_checked(path: Path, product: str) -> list[dict[str, Any]]:

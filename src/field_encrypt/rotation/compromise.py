@@ -36,6 +36,7 @@ from field_encrypt.audit import MEK_VERSION_COMPROMISED
 from field_encrypt.backends.base import KEK_PREFIX
 from field_encrypt.documents import StoredDocument
 from field_encrypt.errors import ConfigurationError
+from field_encrypt.key_epoch import announce_key_change
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.rotation.keys import (
@@ -134,6 +135,7 @@ def respond_to_compromise(
             deksWrapped=dek_counts(runtime).get(version, 0),
             via="keys compromised",
         )
+        announce_key_change(runtime, [version], via="keys compromised")
     created = None
     if found.current:
         created = create_version(runtime, via="keys compromised").version

@@ -17,10 +17,12 @@ from typing import Any
 
 from field_encrypt.audit import MEK_VERSION_CREATED, MEK_VERSION_DISABLED, MEK_VERSION_ENABLED
 from field_encrypt.errors import ConfigurationError, RotationError
+from field_encrypt.key_epoch import announce_key_change
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyVersion
 from field_encrypt.rotation.lifecycle import LifecycleStore, VersionNote
 from field_encrypt.rotation.verify import dek_counts
+from field_encrypt.usage import other_products_on, shared_detail
 
 DEFAULT_RETENTION_DAYS = 30.0
 DAY = 86_400.0
@@ -77,6 +79,7 @@ def enable_version(
     if note.retired_at is not None or note.disabled_at is not None:
         lifecycle.save_note(product, dataclasses.replace(note, retired_at=None, disabled_at=None))
     emit_mek_event(runtime, MEK_VERSION_ENABLED, version, compromised=note.compromised, via=via)
+    announce_key_change(runtime, [version], via=via)  # other processes see it within a poll
     return enabled
 
 
@@ -88,6 +91,10 @@ class Disabled:
     retain_until: float
     cache_evicted: int
     was_enabled: bool
+    forced: bool = False
+    deks_wrapped: int = 0
+    """DEKs still wrapped under the version (only a forced disable leaves any): their
+    documents are unreadable until they are rewrapped (after ``keys enable``) or restored."""
 
 
 def disable_version(
@@ -98,26 +105,48 @@ def disable_version(
     retention_days: float = DEFAULT_RETENTION_DAYS,
     clock: Callable[[], float] = time.time,
     via: str = "keys disable",
+    force: bool = False,
+    reason: str | None = None,
 ) -> Disabled:
     """Disable ``version`` and record its retention deadline; never deletes it.
 
     Refused (:class:`RotationError`) for the current version and while any DEK is
-    wrapped under it (counted as ``verify`` counts). A deadline already recorded is
-    only ever moved later.
+    wrapped under it (counted as ``verify`` counts), unless ``force``: the emergency
+    override, which needs a ``reason`` and disables it anyway, accepting that the reads of
+    those DEKs fail until they are rewrapped or restored; the audit event records the
+    override, the reason and how many DEKs it cut off. A deadline already recorded is only
+    ever moved later. Every running process drops the version's cached DEKs within its
+    key-state poll interval (:func:`~field_encrypt.key_epoch.announce_key_change`).
     """
     if retention_days < 0:
         raise ConfigurationError("the retention period must not be negative")
+    reason = (reason or "").strip() or None
+    if force and reason is None:
+        raise ConfigurationError(
+            "--force needs --reason: say why the version is disabled while DEKs still use "
+            "it (it is recorded in the audit trail)"
+        )
     found, _ = known_version(runtime, version)
     if found.current:
         raise RotationError(
             f"refusing to disable version {version}: it is the current version "
-            "(create a new one first: field-encrypt keys create)"
+            "(create a new one first: field-encrypt keys create, or respond with "
+            "field-encrypt keys compromised)"
         )
     still = dek_counts(runtime).get(version, 0)
-    if still:
+    if still and not force:
         raise RotationError(
             f"refusing to disable version {version}: {still} DEKs are still wrapped under "
-            f"it (run field-encrypt migrate --mode rewrap-deks first)"
+            f"it (run field-encrypt migrate --mode rewrap-deks first; in an emergency, "
+            f'field-encrypt keys disable {version} --force --reason "..." disables it now '
+            "and their documents become unreadable until rewrapped or restored)"
+        )
+    others = other_products_on(runtime, version)
+    if others:
+        raise RotationError(
+            f"refusing to disable version {version}: {shared_detail(others)} are still "
+            f"wrapped under it (the same MEK, in the same database): rewrap them first "
+            f"(field-encrypt migrate --product PRODUCT --mode rewrap-deks for each)"
         )
     now = clock()
     if found.enabled:
@@ -130,9 +159,12 @@ def disable_version(
         product,
         dataclasses.replace(note, disabled_at=note.disabled_at or now, retain_until=retain_until),
     )
-    if found.enabled or note.disabled_at is None:
+    if found.enabled or note.disabled_at is None or still:
         # Also when it was disabled behind our back (in the key service, or by a process
         # killed before it recorded the change): the trail catches up when it first sees it.
+        forced: dict[str, Any] = {"reason": reason} if reason else {}
+        if still:  # the override: who reads those DEKs now fails, and the trail says why
+            forced.update(forced=True, deksWrapped=still)
         emit_mek_event(
             runtime,
             MEK_VERSION_DISABLED,
@@ -140,9 +172,16 @@ def disable_version(
             retainUntil=iso(retain_until),
             alreadyDisabled=not found.enabled,
             via=via,
+            **forced,
         )
+    announce_key_change(runtime, [version], via=via)  # other processes drop its DEKs
     return Disabled(
-        version=version, retain_until=retain_until, cache_evicted=evicted, was_enabled=found.enabled
+        version=version,
+        retain_until=retain_until,
+        cache_evicted=evicted,
+        was_enabled=found.enabled,
+        forced=bool(still),
+        deks_wrapped=still,
     )
 
 

@@ -5,6 +5,15 @@ that is waiting out a throttled key service does not lose its shard. A lease los
 anyway (the process stalled past the TTL and another worker took the shard over) stops
 this worker at its next checkpoint with :class:`~field_encrypt.errors.LeaseHeldError`;
 its writes so far were compare-and-swap, so nothing it did is lost or doubled.
+
+A lease whose holder is a process of this host that no longer exists (killed with
+``kill -9``, the OOM killer, a crash) is taken over at once instead of after its TTL:
+:func:`dead_here` reads the holder's host and pid from its name (``HOST:PID:suffix``)
+and asks the kernel whether that pid exists. A holder on another host still holds its
+lease until it expires: nothing here can tell whether it is alive. A wrong verdict costs
+nothing worse than an expiry would (the pid reused by a live process: the lease is waited
+out; another PID namespace under the same host name: the holder loses its lease at its
+next checkpoint, its writes so far compare-and-swapped).
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from field_encrypt.rotation.ledger import RunLedger
+from field_encrypt.rotation.ledger import RunLedger, RunRecord, ShardState
 
 DEFAULT_TTL = 60.0
 
@@ -23,6 +32,36 @@ DEFAULT_TTL = 60.0
 def worker_id() -> str:
     """A name for this process in lease messages: host, pid and a random suffix."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def dead_here(owner: str | None) -> bool:
+    """Whether ``owner`` (a :func:`worker_id`) names a process of this host that is gone."""
+    host, _, rest = (owner or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: nothing is sent, only the pid's existence checked
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: alive, another user's
+        return False
+    return False
+
+
+def reclaim_dead_leases(
+    ledger: RunLedger, product: str, *, now: float
+) -> list[tuple[RunRecord, ShardState]]:
+    """Free the product's shards whose lease holder is a dead process of this host; the
+    shards freed (as they were). Each release is conditional on the dead holder still
+    being the owner, so a live worker that took the shard meanwhile keeps it."""
+    freed = []
+    for run, shard in ledger.live_leases(product, now=now):
+        if dead_here(shard.owner):
+            assert shard.owner is not None
+            ledger.release_shard(run.run_id, shard.index, owner=shard.owner, now=now, done=False)
+            freed.append((run, shard))
+    return freed
 
 
 @dataclass(slots=True)

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 
 from field_encrypt import metrics, tracing
+from field_encrypt.backends.base import ALL_VERSIONS, KEK_PREFIX
+from field_encrypt.key_epoch import announce_key_change
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
@@ -92,7 +94,7 @@ def migrate(
         mode=options.mode,
         worker=f"{options.worker[0] + 1}/{options.worker[1]}",
     ):
-        return run_job(
+        report = run_job(
             job,
             runtime,
             ledger,
@@ -104,3 +106,24 @@ def migrate(
             observer=observer,
             owner=owner,
         )
+    if options.mode in REWRAPPING and report.status == "completed":
+        # Every process re-reads the DEKs it cached under the old wraps (its cache then
+        # names their new version, so a later disable drops exactly what it should).
+        announce_key_change(runtime, _moved_from(job, report), via=f"migrate {options.mode}")
+    return report
+
+
+def _moved_from(job: Job, report: RunReport) -> list[str]:
+    """The versions a completed run moved DEKs away from (all, when it cannot tell)."""
+    if report.from_version:
+        return [report.from_version]
+    if report.mode == "rewrap-deks" and isinstance(job, RewrapJob):
+        target = job.target
+        moved = {v for v in job.raw_counts if v != target and not v.startswith(KEK_PREFIX)}
+        moved |= {k.mek_version for k in job.keks if k.mek_version != target}  # KEKs moved
+        return sorted(moved)
+    return [ALL_VERSIONS]
+
+
+REWRAPPING = frozenset({"rewrap-deks", "to-kek", "to-direct", "rotate-kek", "re-encrypt"})
+"""The modes that move DEKs to other wraps (or replace them): their completion is announced."""

@@ -17,6 +17,7 @@ from typing import Any
 from field_encrypt.errors import FieldEncryptError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
+from field_encrypt.rotation.lease import dead_here
 from field_encrypt.rotation.ledger import RunLedger
 from field_encrypt.usage import dek_counts
 
@@ -92,7 +93,7 @@ def preflight(
         )
     )
     now = clock()
-    live = ledger.live_leases(product, now=now)
+    live = [(r, s) for r, s in ledger.live_leases(product, now=now) if not dead_here(s.owner)]
     if live:
         run, shard = live[0]
         detail = (

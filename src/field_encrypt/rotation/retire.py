@@ -2,7 +2,9 @@
 
 :func:`retire` disables ``version`` only when all three hold, and names each that fails:
 
-1. **no DEK is wrapped under it**, counted as ``verify`` counts (:func:`dek_counts`);
+1. **no DEK is wrapped under it**, counted as ``verify`` counts (:func:`dek_counts`), and
+   none of another product of the same database under the same MEK either
+   (:func:`~field_encrypt.usage.other_products_on`: they share the key);
 2. **a sample of documents decrypts end to end without it**: the sample is read through
    the product's provider with ``version`` refused, exactly as it will be once disabled;
 3. **the soak period has passed** since the rotation off it completed (the last
@@ -41,6 +43,7 @@ from field_encrypt.rotation.ledger import RunLedger
 from field_encrypt.rotation.lifecycle import LifecycleStore
 from field_encrypt.rotation.preflight import Check
 from field_encrypt.rotation.verify import dek_counts, verify
+from field_encrypt.usage import other_products_on, shared_detail
 
 DEFAULT_SOAK_HOURS = 24.0
 HOUR = 3600.0
@@ -66,7 +69,8 @@ class RetireReport:
     compromised: bool = False
     clock_override: bool = False
     deks_left: int = 0
-    """DEKs still wrapped under the version (counted as ``verify`` counts)."""
+    """DEKs still wrapped under the version (counted as ``verify`` counts), this product's
+    and those of other products of the database on the same MEK."""
     refusals: tuple[Check, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -128,13 +132,18 @@ def retire_gate(
     started, origin = soak_started_at(runtime, ledger, version, versions)
     soak_until = started + soak_hours * HOUR
     still = dek_counts(runtime).get(version, 0)
+    others = other_products_on(runtime, version)
     checks = (
-        _deks_gone(version, still),
+        _deks_gone(version, still, others),
         _sample_reads(runtime, version, sample),
         _soak(now, started, soak_until, origin, compromised=note.compromised),
     )
     return dataclasses.replace(
-        report, checks=checks, soak_started_at=started, soak_until=soak_until, deks_left=still
+        report,
+        checks=checks,
+        soak_started_at=started,
+        soak_until=soak_until,
+        deks_left=still + sum(others.values()),
     )
 
 
@@ -228,15 +237,20 @@ def soak_started_at(
     )
 
 
-def _deks_gone(version: str, still: int) -> Check:
-    return Check(
-        name=DEKS_GONE,
-        ok=still == 0,
-        detail="0 DEKs"
-        if not still
-        else f"{still} DEKs still wrapped under version {version} "
-        "(run field-encrypt migrate --mode rewrap-deks)",
-    )
+def _deks_gone(version: str, still: int, others: dict[str, int]) -> Check:
+    if still:
+        detail = (
+            f"{still} DEKs still wrapped under version {version} "
+            "(run field-encrypt migrate --mode rewrap-deks)"
+        )
+    elif others:
+        detail = (
+            f"{shared_detail(others)} still wrapped under version {version} (the same MEK, "
+            "in the same database: rewrap them with --product PRODUCT)"
+        )
+    else:
+        detail = "0 DEKs"
+    return Check(name=DEKS_GONE, ok=not still and not others, detail=detail)
 
 
 def _sample_reads(runtime: ProductRuntime, version: str, sample: int) -> Check:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from field_encrypt.audit import LEASE_RECLAIMED
 from field_encrypt.errors import (
     ConfigurationError,
     LeaseHeldError,
@@ -22,7 +23,7 @@ from field_encrypt.errors import (
     StoreUnavailableError,
 )
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation.lease import DEFAULT_TTL, Lease, worker_id
+from field_encrypt.rotation.lease import DEFAULT_TTL, Lease, reclaim_dead_leases, worker_id
 from field_encrypt.rotation.ledger import (
     Counters,
     Failure,
@@ -290,6 +291,19 @@ def run_job(
     # Ledger writes are retried on transient store errors (a locked SQLite file, a dropped
     # PostgreSQL connection) like every other store call of the run.
     books = Retrier(options.retry, clock=monotonic, sleep=sleep, rng=rng)
+    for dead, shard in books.call(reclaim_dead_leases, ledger, product, now=clock()):
+        fields = {
+            "run_id": dead.run_id,
+            "shard": f"{shard.index + 1}/{dead.plan.shards}",
+            "holder": shard.owner,
+        }
+        observer.event("lease_reclaimed", fields)
+        if runtime.audit is not None:
+            runtime.audit.emit(
+                LEASE_RECLAIMED,
+                subject=f"run/{dead.run_id}",
+                data={"runId": dead.run_id, "shard": shard.index, "holder": shard.owner},
+            )
     run, resumed = books.call(
         ledger.open_run,
         product=product,

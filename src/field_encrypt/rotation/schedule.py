@@ -31,7 +31,7 @@ from field_encrypt.audit import ROTATION_STAGE
 from field_encrypt.errors import ConcurrentUpdateError, LeaseHeldError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation.keys import DAY, iso
-from field_encrypt.rotation.lease import worker_id
+from field_encrypt.rotation.lease import dead_here, worker_id
 from field_encrypt.rotation.ledger import Counters, RunLedger, RunRecord
 from field_encrypt.rotation.lifecycle import LifecycleStore, RotationState, Stage
 from field_encrypt.rotation.policy import Policy
@@ -118,7 +118,7 @@ def _advance(
     state = lifecycle.state(product)
     if policy.stop or state.halted:
         return _halted(product, state, by_policy=policy.stop)
-    if state.leased(clock()) and state.holder != rotation.owner:
+    if state.leased(clock()) and state.holder != rotation.owner and not dead_here(state.holder):
         raise LeaseHeldError(
             f"another rotate invocation ({state.holder}) is advancing {product}'s rotation "
             f"until {iso(state.lease_expires_at)}; if it died, run again after that"

@@ -253,7 +253,11 @@ class Rotation:
                 "to_version": None,
                 "started_at": None,
             },
-            {"retainUntil": iso(report.retain_until)},
+            {
+                "retainUntil": iso(report.retain_until),
+                "retiredVersion": state.from_version,
+                "currentVersion": state.to_version,
+            },
         )
 
     def step(self, state: RotationState) -> Next | Stop:

@@ -8,7 +8,9 @@ Four findings, all of which must be zero for a clean result:
    MEK version;
 2. sampled documents that do not decrypt end to end (an even stride over the documents);
 3. documents that refer to a DEK the dek_store does not have;
-4. DEKs no document refers to (after ``decrypt`` this lists the DEKs it kept on purpose).
+4. DEKs no document refers to (after ``decrypt`` this lists the DEKs it kept on purpose);
+   index root keys (:mod:`field_encrypt.index_keys`) live in the dek_store too and are not
+   DEKs of documents, so they are not counted here (they are counted in finding 1).
 
 It reads everything once and writes nothing.
 """
@@ -21,6 +23,7 @@ from typing import Any
 
 from field_encrypt.documents import DocumentPage, DocumentStore
 from field_encrypt.errors import FieldEncryptError
+from field_encrypt.index_keys import is_index_key_id
 from field_encrypt.products import ProductRuntime
 from field_encrypt.usage import dek_counts  # the one count; re-exported by rotation
 
@@ -105,7 +108,7 @@ def verify(runtime: ProductRuntime, *, mek_version: str, sample: int = 100) -> V
     while True:
         dek_page = store.scan(cursor=cursor, limit=2000)
         for record in dek_page.records:
-            if record.dek_id not in referenced:
+            if record.dek_id not in referenced and not is_index_key_id(record.dek_id):
                 unreferenced_count += 1
                 if len(unreferenced) < EXAMPLES:
                     unreferenced.append(record.dek_id)

@@ -23,6 +23,9 @@ test server cannot run one).
 The head also catches what a bare chain cannot: if the trail ends before the event the head
 records, its tail was deleted, and :meth:`CosmosAuditTrail.verify` says so.
 
+- ``delivery-<sha256 of the destination, 32 hex>``: a delivery checkpoint
+  ``{"destination", "seq", "hash", "updated_at"}``, moved forward only, by compare-and-swap.
+
 One logical partition holds at most 20 GB: about ten million events of 2 KB. Forward the
 trail to a sink for longer retention.
 """
@@ -30,6 +33,7 @@ trail to a sink for longer retention.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import random
 import time
@@ -49,6 +53,7 @@ from field_encrypt.audit import (
     stored_text,
     verify_chain,
 )
+from field_encrypt.audit_delivery import DeliveryCheckpoint
 from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
 from field_encrypt.errors import (
     AlreadyExistsError,
@@ -174,6 +179,65 @@ class CosmosAuditTrail:
             )
         return report
 
+    # -- delivery (field_encrypt.audit_delivery) ------------------------------------------
+
+    def read_after(self, seq: int, *, limit: int) -> list[AuditEvent]:
+        items = self._query(
+            "SELECT TOP @limit c.seq, c.event FROM c WHERE c.pk = @pk AND c.kind = 'event' "
+            "AND c.seq > @after ORDER BY c.seq",
+            [
+                {"name": "@pk", "value": self.product},
+                {"name": "@after", "value": int(seq)},
+                {"name": "@limit", "value": int(limit)},
+            ],
+        )
+        return [stored_event(int(i["seq"]), json.loads(i["event"])) for i in items]
+
+    def delivered(self, destination: str) -> DeliveryCheckpoint | None:
+        item = self._read(_delivery_id(destination))
+        if item is None:
+            return None
+        return DeliveryCheckpoint(
+            destination=destination,
+            seq=int(item["seq"]),
+            hash=str(item["hash"]),
+            updated_at=str(item["updated_at"]),
+        )
+
+    def record_delivered(self, destination: str, *, seq: int, hash: str) -> None:
+        item_id = _delivery_id(destination)
+        for attempt in range(MAX_ATTEMPTS):
+            current = self._read(item_id)
+            if current is not None and int(current["seq"]) >= seq:
+                return
+            body = {
+                "id": item_id,
+                "pk": self.product,
+                "kind": "delivery",
+                "destination": destination,
+                "seq": seq,
+                "hash": hash,
+                "updated_at": self._clock().isoformat(),
+            }
+            try:
+                with translate_errors():
+                    if current is None:
+                        self.container.create_item(body)
+                    else:
+                        self.container.replace_item(
+                            item_id,
+                            body,
+                            etag=current["_etag"],
+                            match_condition=MatchConditions.IfNotModified,
+                        )
+            except (AlreadyExistsError, ConcurrentUpdateError):
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return
+        raise StoreUnavailableError(
+            f"the delivery checkpoint of {self.product} kept moving; try again"
+        )
+
     # -- the append ----------------------------------------------------------------------
 
     def _last(self) -> tuple[int, str]:
@@ -221,3 +285,7 @@ class CosmosAuditTrail:
             return list(
                 self.container.query_items(query, parameters=parameters, partition_key=self.product)
             )
+
+
+def _delivery_id(destination: str) -> str:
+    return "delivery-" + hashlib.sha256(destination.encode()).hexdigest()[:32]

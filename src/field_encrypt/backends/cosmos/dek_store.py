@@ -30,7 +30,7 @@ from typing import Any
 
 from azure.core import MatchConditions
 
-from field_encrypt.backends.base import DekPage, DekRecord, WrapUpdate
+from field_encrypt.backends.base import KEK_PREFIX, DekPage, DekRecord, WrapUpdate
 from field_encrypt.backends.cosmos.db import (
     PARTITIONS,
     CosmosDatabase,
@@ -40,7 +40,7 @@ from field_encrypt.backends.cosmos.db import (
     translate_errors,
 )
 from field_encrypt.backends.sharding import bucket_of, check_shard
-from field_encrypt.errors import ConcurrentUpdateError, NotFoundError
+from field_encrypt.errors import ConcurrentUpdateError, ConfigurationError, NotFoundError
 
 CONTAINER = "dek_store"
 
@@ -190,6 +190,41 @@ class CosmosDekStore:
                 enable_cross_partition_query=True,
             )
             return int(first_value(result))
+
+    def count_under(self, mek_name: str, version: str) -> dict[str, int]:
+        counts = Counter(self._products("c.mekName = @n AND c.mekVersion = @v", mek_name, version))
+        try:
+            keks = self.database.container("kek_store")
+        except ConfigurationError:  # no KEK tier was ever opened on this database
+            return dict(counts)
+        with translate_errors():
+            kek_ids = list(
+                keks.query_items(
+                    "SELECT VALUE c.kekId FROM c WHERE c.mekName = @n AND c.mekVersion = @v",
+                    parameters=[
+                        {"name": "@n", "value": mek_name},
+                        {"name": "@v", "value": version},
+                    ],
+                    enable_cross_partition_query=True,
+                )
+            )
+        for kek_id in kek_ids:  # a few per product: one query each
+            counts.update(self._products("c.mekVersion = @n", KEK_PREFIX + str(kek_id), None))
+        return dict(counts)
+
+    def _products(self, where: str, n: str, v: str | None) -> list[str]:
+        """The product of each DEK item matching ``where`` (parameters ``@n``, ``@v``)."""
+        parameters: list[dict[str, object]] = [{"name": "@n", "value": n}]
+        if v is not None:
+            parameters.append({"name": "@v", "value": v})
+        with translate_errors():
+            found = self.container.query_items(
+                f"SELECT VALUE c.product FROM c WHERE {where}",
+                parameters=parameters,
+                enable_cross_partition_query=True,
+                max_item_count=5000,
+            )
+            return [str(p) for p in found]
 
 
 def _now() -> str:

@@ -34,6 +34,7 @@ from field_encrypt.audit import (
     stored_text,
     verify_chain,
 )
+from field_encrypt.audit_delivery import DeliveryCheckpoint
 from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
 
 MIGRATIONS = (
@@ -53,6 +54,19 @@ MIGRATIONS = (
         );
         CREATE INDEX actiontrail_type ON actiontrail (product, type, seq);
         CREATE INDEX actiontrail_subject ON actiontrail (product, subject, seq);
+        """,
+    ),
+    Migration(
+        "0002_actiontrail_delivery",
+        """
+        CREATE TABLE actiontrail_delivery (
+            product text NOT NULL,
+            destination text NOT NULL,
+            seq bigint NOT NULL,
+            hash text NOT NULL,
+            updated_at timestamptz NOT NULL,
+            PRIMARY KEY (product, destination)
+        );
         """,
     ),
 )
@@ -155,6 +169,47 @@ class PostgresAuditTrail:
             [self.product],
         )
         return verify_chain((int(seq), json.loads(raw), stored) for seq, raw, stored in rows)
+
+    # -- delivery (field_encrypt.audit_delivery) ------------------------------------------
+
+    def read_after(self, seq: int, *, limit: int) -> list[AuditEvent]:
+        rows = self.database.query(
+            "SELECT seq, event FROM actiontrail WHERE product = %s AND seq > %s "
+            "ORDER BY seq LIMIT %s",
+            [self.product, seq, int(limit)],
+        )
+        return [stored_event(int(s), json.loads(raw)) for s, raw in rows]
+
+    def delivered(self, destination: str) -> DeliveryCheckpoint | None:
+        rows = self.database.query(
+            "SELECT seq, hash, updated_at FROM actiontrail_delivery "
+            "WHERE product = %s AND destination = %s",
+            [self.product, destination],
+        )
+        if not rows:
+            return None
+        seq, hash, updated_at = rows[0]
+        return DeliveryCheckpoint(
+            destination=destination, seq=int(seq), hash=hash, updated_at=updated_at.isoformat()
+        )
+
+    def record_delivered(self, destination: str, *, seq: int, hash: str) -> None:
+        self.database.execute(
+            text(
+                "INSERT INTO actiontrail_delivery (product, destination, seq, hash, updated_at) "
+                "VALUES (:product, :destination, :seq, :hash, :now) "
+                "ON CONFLICT (product, destination) DO UPDATE SET seq = excluded.seq, "
+                "hash = excluded.hash, updated_at = excluded.updated_at "
+                "WHERE excluded.seq > actiontrail_delivery.seq"
+            ),
+            {
+                "product": self.product,
+                "destination": destination,
+                "seq": seq,
+                "hash": hash,
+                "now": self._clock(),
+            },
+        )
 
 
 def _lock(conn: Connection, product: str) -> None:

@@ -15,7 +15,8 @@ Settings come from the URL (``FIELD_ENCRYPT_DATABASE``); the query parameters in
 Schema changes are named migrations (as in :mod:`field_encrypt.backends.sqlite.db`): each runs
 in its own transaction (PostgreSQL DDL is transactional) under a transaction-level advisory
 lock, so processes starting together apply it exactly once, and is recorded in
-``schema_migrations``.
+``field_encrypt_migrations`` (``schema_migrations`` of earlier builds is renamed when it is
+ours; Rails' or golang-migrate's is left alone).
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from field_encrypt.backends.sqlite.db import Migration
+from field_encrypt.backends.sqlite.db import (
+    LEGACY_TABLE,
+    MIGRATIONS_TABLE,
+    Migration,
+    is_ours,
+    schema_conflict,
+)
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConfigurationError,
@@ -194,23 +201,37 @@ class PostgresDatabase:
                 return list(cursor.fetchall()) if cursor.description is not None else []
 
     def migrate(self, migrations: Sequence[Migration]) -> list[str]:
-        """Apply the pending migrations in order, each in its own transaction; the names applied."""
+        """Apply the pending migrations in order, each in its own transaction; the names applied.
+
+        A step that fails on the schema (a table or index of the same name that is not
+        ours) is a :class:`ConfigurationError` naming it, not a store outage.
+        """
         if not self.pending_migrations(migrations):
             return []
         applied: list[str] = []
         for migration in migrations:
             with self.transaction() as conn:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+                _adopt_legacy_table(conn)
                 _create_migrations_table(conn)
                 done = conn.execute(
-                    text("SELECT 1 FROM schema_migrations WHERE name = :name"),
+                    text(f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE name = :name"),
                     {"name": migration.name},
                 ).first()
                 if done:
                     continue
-                conn.exec_driver_sql(migration.sql)
+                try:
+                    with conn.begin_nested():
+                        conn.exec_driver_sql(migration.sql)
+                except sqlalchemy.exc.DBAPIError as exc:
+                    if is_transient(exc):
+                        raise
+                    detail = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+                    raise schema_conflict(
+                        self.url.render_as_string(hide_password=True), migration.name, detail
+                    ) from None
                 conn.execute(
-                    text("INSERT INTO schema_migrations (name) VALUES (:name)"),
+                    text(f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES (:name)"),
                     {"name": migration.name},
                 )
                 applied.append(migration.name)
@@ -219,11 +240,17 @@ class PostgresDatabase:
     def applied_migrations(self) -> list[str]:
         """Names of the migrations applied so far, oldest first."""
         with self.connection() as conn:
-            exists = conn.execute(text("SELECT to_regclass('schema_migrations')")).scalar()
-            if exists is None:
+            columns = _columns(conn, MIGRATIONS_TABLE)
+            if not columns:
                 return []
+            if not is_ours(columns):
+                raise schema_conflict(
+                    self.url.render_as_string(hide_password=True),
+                    MIGRATIONS_TABLE,
+                    f"its columns are {', '.join(sorted(columns))}",
+                )
             rows = conn.execute(
-                text("SELECT name FROM schema_migrations ORDER BY applied_at, name")
+                text(f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY applied_at, name")
             )
             return [name for (name,) in rows]
 
@@ -233,9 +260,32 @@ class PostgresDatabase:
         return [m.name for m in migrations if m.name not in applied]
 
 
+def _columns(conn: Connection, table: str) -> set[str]:
+    """The column names of ``table`` in the current schema; empty when there is none."""
+    rows = conn.execute(
+        text(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = :table"
+        ),
+        {"table": table},
+    )
+    return {name for (name,) in rows}
+
+
+def _adopt_legacy_table(conn: Connection) -> None:
+    """Rename the migrations table of earlier builds (``schema_migrations``, ours by its
+    shape) and its primary key's index; another tool's table of that name is left alone."""
+    if _columns(conn, MIGRATIONS_TABLE) or not is_ours(_columns(conn, LEGACY_TABLE)):
+        return
+    conn.exec_driver_sql(f"ALTER TABLE {LEGACY_TABLE} RENAME TO {MIGRATIONS_TABLE}")
+    conn.exec_driver_sql(
+        f"ALTER INDEX IF EXISTS {LEGACY_TABLE}_pkey RENAME TO {MIGRATIONS_TABLE}_pkey"
+    )
+
+
 def _create_migrations_table(conn: Connection) -> None:
     conn.exec_driver_sql(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
         " name text PRIMARY KEY,"
         " applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
     )

@@ -17,6 +17,7 @@ counts, read from the index). ``bucket`` holds the first four hex digits of the 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -275,6 +276,23 @@ class PostgresDekStore:
             select(func.count()).where(_C.product == self.product, _C.mek_version != version)
         )
         return int(count)
+
+    def count_under(self, mek_name: str, version: str) -> dict[str, int]:
+        rows = self.database.execute(
+            select(_C.product, func.count())
+            .where(_C.mek_name == mek_name, _C.mek_version == version)
+            .group_by(_C.product)
+        )
+        counts = Counter({product: int(count) for product, count in rows})
+        if self.database.query("SELECT to_regclass('kek_store')") != [(None,)]:
+            rows = self.database.query(
+                "SELECT d.product, COUNT(*) FROM dek_store d JOIN kek_store k "
+                "ON d.mek_version = 'kek:' || k.kek_id "
+                "WHERE k.mek_name = %s AND k.mek_version = %s GROUP BY d.product",
+                (mek_name, version),
+            )
+            counts.update({product: int(count) for product, count in rows})
+        return dict(counts)
 
 
 def _record(row: Any) -> DekRecord:

@@ -18,6 +18,7 @@ from field_encrypt.audit import (
     stored_text,
     verify_chain,
 )
+from field_encrypt.audit_delivery import DeliveryCheckpoint
 from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase
 
 MIGRATIONS = (
@@ -35,6 +36,19 @@ MIGRATIONS = (
             hash TEXT NOT NULL
         );
         CREATE INDEX actiontrail_type ON actiontrail (product, type)
+        """,
+    ),
+    Migration(
+        "0002_actiontrail_delivery",
+        """
+        CREATE TABLE actiontrail_delivery (
+            product TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            hash TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (product, destination)
+        )
         """,
     ),
 )
@@ -126,3 +140,35 @@ class SqliteAuditTrail:
             (self.product,),
         )
         return verify_chain((seq, json.loads(text), stored) for seq, text, stored in rows)
+
+    # -- delivery (field_encrypt.audit_delivery) ------------------------------------------
+
+    def read_after(self, seq: int, *, limit: int) -> list[AuditEvent]:
+        rows = self.database.query(
+            "SELECT seq, event FROM actiontrail WHERE product = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (self.product, seq, int(limit)),
+        )
+        return [stored_event(s, json.loads(text)) for s, text in rows]
+
+    def delivered(self, destination: str) -> DeliveryCheckpoint | None:
+        rows = self.database.query(
+            "SELECT seq, hash, updated_at FROM actiontrail_delivery "
+            "WHERE product = ? AND destination = ?",
+            (self.product, destination),
+        )
+        if not rows:
+            return None
+        seq, hash, updated_at = rows[0]
+        return DeliveryCheckpoint(
+            destination=destination, seq=seq, hash=hash, updated_at=updated_at
+        )
+
+    def record_delivered(self, destination: str, *, seq: int, hash: str) -> None:
+        with self.database.transaction() as tx:
+            tx.execute(
+                "INSERT INTO actiontrail_delivery (product, destination, seq, hash, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (product, destination) DO UPDATE SET "
+                "seq = excluded.seq, hash = excluded.hash, updated_at = excluded.updated_at "
+                "WHERE excluded.seq > actiontrail_delivery.seq",
+                (self.product, destination, seq, hash, self._clock().isoformat()),
+            )

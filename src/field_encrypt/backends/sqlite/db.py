@@ -3,7 +3,9 @@
 Each thread gets its own connection (WAL journal, ``synchronous=NORMAL``, a busy timeout),
 in autocommit mode; :meth:`SqliteDatabase.transaction` opens ``BEGIN IMMEDIATE`` so writers
 queue instead of failing late. Schema changes are named migrations, applied once each in
-their own transaction and recorded in ``schema_migrations`` (as sqlite-utils does).
+their own transaction and recorded in ``field_encrypt_migrations`` (as sqlite-utils does;
+``schema_migrations``, the name of earlier releases, belongs to Rails, golang-migrate and
+others, and is renamed on first open only when it is ours).
 
 Faults that clear by themselves are :class:`StoreUnavailableError` (locked or busy,
 read-only, full, I/O error, the file gone), and none of them sticks: SQLite opens a file
@@ -15,6 +17,7 @@ so a vanished file is an error, never a new empty database.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import threading
@@ -32,6 +35,14 @@ from field_encrypt.errors import (
     StoreError,
     StoreUnavailableError,
 )
+
+MIGRATIONS_TABLE = "field_encrypt_migrations"
+"""Where applied schema steps are recorded: a name no application's framework uses."""
+LEGACY_TABLE = "schema_migrations"
+"""Its name in earlier builds: renamed on first open when it is ours (``name``, ``applied_at``);
+Rails', golang-migrate's and other tools' tables of that name are never touched."""
+_SAVEPOINTS = itertools.count(1)
+"""Savepoint names: unique within the process, so nested savepoints never collide."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +175,16 @@ class SqliteDatabase:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error.
 
-        Driver errors raised by the statements inside are converted like any other.
+        Inside a transaction already open on this thread (a batch that creates a KEK on
+        the way), it is a ``SAVEPOINT``: its work commits with the outer transaction, and
+        an error inside rolls back only its own part. Driver errors raised by the
+        statements inside are converted like any other.
         """
+        conn = self.connection()
+        if conn.in_transaction:
+            with self._savepoint(conn):
+                yield conn
+            return
         with translate_errors():
             self._run("BEGIN IMMEDIATE", ())
         conn = self.connection()
@@ -178,47 +197,91 @@ class SqliteDatabase:
         with translate_errors():
             conn.execute("COMMIT")
 
+    @contextmanager
+    def _savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
+        name = f"field_encrypt_{next(_SAVEPOINTS)}"
+        with translate_errors():
+            conn.execute(f"SAVEPOINT {name}")
+        try:
+            with translate_errors():
+                yield
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        with translate_errors():
+            conn.execute(f"RELEASE {name}")
+
     def migrate(self, migrations: Sequence[Migration]) -> list[str]:
         """Apply the pending migrations in order; the names applied now.
 
         Nothing is written (no lock is taken) when every migration is already applied, so
-        opening a store on a file another connection holds locked does not fail.
+        opening a store on a file another connection holds locked does not fail. A step
+        that fails on the schema (a table or index of the same name that is not ours) is
+        a :class:`ConfigurationError` naming it, not a store outage.
         """
         conn = self.connection()
         with translate_errors():
-            known = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-            ).fetchone()
-            if known:
-                done = {name for (name,) in conn.execute("SELECT name FROM schema_migrations")}
-                if all(m.name in done for m in migrations):
-                    return []
+            self._adopt_legacy_table(conn)
+            done = self._applied(conn)
+            if done is not None and all(m.name in done for m in migrations):
+                return []
             conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} "
                 "(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
             )
         applied = []
         for migration in migrations:
             with self.transaction() as tx:
                 done_now = tx.execute(
-                    "SELECT 1 FROM schema_migrations WHERE name = ?", (migration.name,)
+                    f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE name = ?", (migration.name,)
                 ).fetchone()
                 if done_now:
                     continue
-                for statement in filter(None, (s.strip() for s in migration.sql.split(";"))):
-                    tx.execute(statement)
+                try:
+                    for statement in filter(None, (s.strip() for s in migration.sql.split(";"))):
+                        tx.execute(statement)
+                except sqlite3.OperationalError as exc:
+                    if "locked" in str(exc) or "busy" in str(exc):
+                        raise
+                    raise schema_conflict(self.path, migration.name, str(exc)) from None
                 tx.execute(
-                    "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                    f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES (?, ?)",
                     (migration.name, time.time()),
                 )
                 applied.append(migration.name)
         return applied
 
+    def _adopt_legacy_table(self, conn: sqlite3.Connection) -> None:
+        """Rename the migrations table of earlier releases (``schema_migrations``, ours by
+        its shape) to :data:`MIGRATIONS_TABLE`; another tool's table of that name (Rails',
+        golang-migrate's: a ``version`` column) is left alone."""
+        if _columns(conn, MIGRATIONS_TABLE) or not is_ours(_columns(conn, LEGACY_TABLE)):
+            return
+        with self.transaction() as tx:
+            if not _columns(tx, MIGRATIONS_TABLE) and is_ours(_columns(tx, LEGACY_TABLE)):
+                tx.execute(f"ALTER TABLE {LEGACY_TABLE} RENAME TO {MIGRATIONS_TABLE}")
+
+    def _applied(self, conn: sqlite3.Connection) -> set[str] | None:
+        """The names recorded in the migrations table; ``None`` when there is none."""
+        columns = _columns(conn, MIGRATIONS_TABLE)
+        if not columns:
+            return None
+        if not is_ours(columns):
+            raise schema_conflict(
+                self.path, MIGRATIONS_TABLE, f"its columns are {', '.join(sorted(columns))}"
+            )
+        return {name for (name,) in conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE}")}
+
     def applied_migrations(self) -> list[str]:
         """Names of the migrations applied so far, in order."""
-        rows = self.connection().execute(
-            "SELECT name FROM schema_migrations ORDER BY applied_at, name"
-        )
+        conn = self.connection()
+        with translate_errors():
+            if self._applied(conn) is None:
+                return []
+            rows = conn.execute(
+                f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY applied_at, name"
+            ).fetchall()
         return [name for (name,) in rows]
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
@@ -230,6 +293,26 @@ class SqliteDatabase:
         """All rows of one query."""
         with translate_errors():
             return self._run(sql, params).fetchall()
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    """The column names of ``table``; empty when there is no such table."""
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def is_ours(columns: set[str]) -> bool:
+    """Whether a migrations table with these columns is field-encrypt's."""
+    return columns == {"name", "applied_at"}
+
+
+def schema_conflict(database: str, step: str, detail: str) -> ConfigurationError:
+    """The error for a schema step that failed on a table or index that is not ours."""
+    return ConfigurationError(
+        f"schema conflict in {database}: {step} cannot be applied ({detail}); the database "
+        "holds a table or index of that name that field-encrypt did not create: give "
+        "field-encrypt a database (or PostgreSQL schema) of its own, or rename the other "
+        "object"
+    )
 
 
 def _prepare_file(path: Path, *, create: bool) -> bool:

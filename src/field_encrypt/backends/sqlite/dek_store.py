@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -209,6 +210,23 @@ class SqliteDekStore:
             (self.product, version),
         )
         return int(count)
+
+    def count_under(self, mek_name: str, version: str) -> dict[str, int]:
+        rows = self.database.query(
+            "SELECT product, COUNT(*) FROM dek_store WHERE mek_name = ? AND mek_version = ? "
+            "GROUP BY product",
+            (mek_name, version),
+        )
+        counts = Counter({product: int(count) for product, count in rows})
+        if self.database.query("SELECT 1 FROM sqlite_master WHERE name = 'kek_store'"):
+            rows = self.database.query(
+                "SELECT d.product, COUNT(*) FROM dek_store d JOIN kek_store k "
+                "ON d.mek_version = 'kek:' || k.kek_id "
+                "WHERE k.mek_name = ? AND k.mek_version = ? GROUP BY d.product",
+                (mek_name, version),
+            )
+            counts.update({product: int(count) for product, count in rows})
+        return dict(counts)
 
 
 def _time(seconds: float) -> dt.datetime:

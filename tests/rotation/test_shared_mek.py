@@ -1,0 +1,82 @@
+"""Two products in one database on the same MEK: neither ``keys disable`` nor the
+retirement gate lets one product disable a version another still wraps DEKs under."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from field_encrypt.errors import RotationError
+from field_encrypt.products import ProductRuntime
+from field_encrypt.rehearsal import product, seed
+from field_encrypt.rotation import (
+    MigrationOptions,
+    disable_version,
+    migrate,
+    open_ledger,
+    open_lifecycle,
+    retire_gate,
+)
+from field_encrypt.runtime import open_runtime
+from tests.backends import BACKEND_KINDS, Backend
+
+
+@pytest.fixture(params=["direct", "kek"])
+def pair(
+    request: pytest.FixtureRequest, store_backend: Backend, tmp_path: Path
+) -> Iterator[tuple[ProductRuntime, ProductRuntime]]:
+    """The rehearsal product (6 documents) and ``billing`` (10 DEKs, wrapped directly under
+    the MEK or under a KEK), one database and one keyring; version 2 created, and only the
+    rehearsal product rewrapped onto it."""
+    settings = store_backend.settings(keyring=str(tmp_path / "keyring.json"))
+    sample = product.open(settings)
+    layout = store_backend.settings(
+        keyring=str(tmp_path / "keyring.json"), key_layout=request.param
+    )
+    billing = open_runtime(layout, product="billing", collections={"invoices": ["iban"]})
+    try:
+        seed(sample, 6)
+        for _ in range(10):
+            billing.encryptor.create_dek()
+        sample.provider.create_version()
+        migrate(sample, open_ledger(sample), MigrationOptions(mode="rewrap-deks"))
+        yield sample, billing
+    finally:
+        billing.close()
+        sample.close()
+
+
+@pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
+def test_disable_counts_every_product_under_the_version(
+    pair: tuple[ProductRuntime, ProductRuntime],
+) -> None:
+    """The rehearsal product has no DEK left on version 1, billing has 10: disable is
+    refused naming billing (it used to succeed, and billing's DEKs then failed with
+    KeyVersionDisabledError); once billing is rewrapped too, it goes through."""
+    sample, billing = pair
+    assert sample.dek_store.count_by_version() == {"2": 6}
+    with pytest.raises(RotationError, match="10 DEKs of product 'billing'"):
+        disable_version(sample, open_lifecycle(sample), "1")
+    assert [v.enabled for v in sample.provider.versions()] == [True, True]
+    fresh = open_runtime(billing.settings, product="billing", collections={"invoices": ["iban"]})
+    try:  # a runtime that reads the keyring again: version 2 is its current one too
+        report = migrate(fresh, open_ledger(fresh), MigrationOptions(mode="rewrap-deks"))
+        assert report.remaining == 0
+    finally:
+        fresh.close()
+    disable_version(sample, open_lifecycle(sample), "1")
+    assert [v.enabled for v in sample.provider.versions()] == [False, True]
+
+
+@pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
+def test_the_gate_counts_every_product_under_the_version(
+    pair: tuple[ProductRuntime, ProductRuntime],
+) -> None:
+    """The gate's first condition fails while billing still has DEKs on version 1."""
+    sample, _ = pair
+    report = retire_gate(sample, open_ledger(sample), open_lifecycle(sample), "1", soak_hours=0)
+    (gone, *_) = report.checks
+    assert not gone.ok and "10 DEKs of product 'billing'" in gone.detail
+    assert report.refusals and report.deks_left == 10
