@@ -196,7 +196,7 @@ def init_encryption(
         collections=collections,
         cache=cache,
         enabled=settings.enabled,
-        allow_plaintext=settings.allow_plaintext,
+        allow_plaintext=settings.plaintext_allowed,
         audit=audit,
     )
     if settings.enabled:

@@ -27,8 +27,12 @@ class Settings(BaseSettings):
     )
 
     enabled: bool = True
-    allow_plaintext: bool = True
-    """Read plaintext found in encrypted fields as is (needed until the backfill is done)."""
+    allow_plaintext: bool | None = None
+    """Read plaintext found in encrypted fields as is. Unset: only while encryption is off
+    (``enabled=false``); with encryption on, plaintext in an encrypted field is refused (a
+    token swapped for plaintext, a value written into the database by hand). Set ``true``
+    explicitly for the duration of a backfill (``encrypt-migrate --mode encrypt``) of data
+    written before encryption was on; see :attr:`plaintext_allowed`."""
     key_provider: ProviderName = "local"
     mek_name: str = "field-encrypt-mek"
     database: str = "var/field-encrypt.db"
@@ -119,6 +123,12 @@ class Settings(BaseSettings):
     declared): a webhook URL, empty for none. See docs/audit.md."""
     oncall_format: Literal["slack", "cloudevents"] = "slack"
     """The on-call webhook's body: Slack-compatible JSON or a structured-mode CloudEvent."""
+
+    @property
+    def plaintext_allowed(self) -> bool:
+        """Whether plaintext in an encrypted field is read as is: ``allow_plaintext`` when
+        set, else only while encryption is off."""
+        return self.allow_plaintext if self.allow_plaintext is not None else not self.enabled
 
     @field_validator("akv_key_size")
     @classmethod

@@ -70,7 +70,7 @@ def open_sqlite_runtime(
             max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds
         ),
         enabled=settings.enabled,
-        allow_plaintext=settings.allow_plaintext,
+        allow_plaintext=settings.plaintext_allowed,
         audit=trail,
     )
     documents = {name: SqliteDocumentStore(database, collection=name) for name in collections}
@@ -138,7 +138,7 @@ def open_runtime(
             max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds
         ),
         enabled=settings.enabled,
-        allow_plaintext=settings.allow_plaintext,
+        allow_plaintext=settings.plaintext_allowed,
         audit=trail,
     )
     return _watched(

@@ -35,6 +35,7 @@ from notelett.secret_checks import check_secret_strength
 from notelett.service import NotesService
 from notelett.settings import NoteLettSettings, hs256_secret, load_notelett_settings
 from notelett.tracing import TracingMiddleware, add_trace_ids
+from notelett.writes import WriteGate
 
 log = logging.getLogger("notelett")
 
@@ -91,7 +92,13 @@ def create_app(
         clock=clock,
         on_decrypt_failure=metrics.decrypt_failures.inc,
         dek_version=backend.dek_version,
+        legacy_binding=settings.legacy_note_binding,
     )
+    if settings.legacy_note_binding:
+        log.warning(
+            "NOTELETT_LEGACY_NOTE_BINDING is on: notes not yet bound to their workspace are "
+            "read too; run `notelett rebind`, then turn it off"
+        )
     state = AppState(
         settings=settings,
         backend=backend,
@@ -101,6 +108,9 @@ def create_app(
         cursors=cursor_codec(settings),
         provider_check=ProviderCheck(
             backend.provider, interval_seconds=settings.readiness_interval_seconds
+        ),
+        writes=WriteGate(
+            slots=settings.max_concurrent_writes, wait_seconds=settings.write_wait_seconds
         ),
     )
 

@@ -28,10 +28,11 @@ from field_encrypt.bootstrap import build_key_layout
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.observed import observed
 from field_encrypt.runtime import start_background
+from notelett.binding import COLLECTION
 from notelett.documents import NotesDocumentStore
 from notelett.repositories.base import NotesRepository, WorkspaceDirectory
 from notelett.secret_checks import check_private_file
-from notelett.service import COLLECTION, ENCRYPTED_FIELDS
+from notelett.service import ENCRYPTED_FIELDS
 from notelett.settings import NoteLettSettings, database_url
 
 PRODUCT = "notelett"
@@ -100,7 +101,7 @@ def open_backend(
             max_entries=encryption.cache_max_entries, ttl_seconds=encryption.cache_ttl_seconds
         ),
         enabled=encryption.enabled,
-        allow_plaintext=encryption.allow_plaintext,
+        allow_plaintext=encryption.plaintext_allowed,
         token_form="binary",
         audit=trail,
     )

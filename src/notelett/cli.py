@@ -1,4 +1,4 @@
-"""The ``notelett`` command: ``serve``, ``token``, ``seed``, ``purge``, and the directory's
+"""The ``notelett`` command: ``serve``, ``token``, ``seed``, ``purge``, ``rebind``, and the directory's
 ``workspaces`` and ``members`` (:mod:`notelett.directory_cli`).
 
 Settings come from the environment (``NOTELETT_*`` and ``FIELD_ENCRYPT_*``); with none
@@ -130,3 +130,31 @@ def purge() -> None:
         typer.echo(f"completed {service.finish_deletes()} interrupted deletes")
     finally:
         backend.close()
+
+
+@app.command()
+def rebind(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be re-sealed; write nothing.")
+    ] = False,
+) -> None:
+    """Re-seal notes bound the legacy way (before fields were bound to their workspace)."""
+    from notelett.binding import rebind as rebind_notes
+
+    backend = open_backend(field_encrypt.load_settings(), load_notelett_settings())
+    try:
+        report = rebind_notes(backend.encryptor, backend.notes, dry_run=dry_run)
+    finally:
+        backend.close()
+    verb = "would re-seal" if dry_run else "re-sealed"
+    typer.echo(
+        f"scanned {report.scanned} notes: {verb} {report.rebound}, already bound "
+        f"{report.already_bound}, plaintext {report.plaintext}, failed {len(report.failed)}"
+    )
+    if report.failed:
+        typer.echo(
+            f"{len(report.failed)} notes open under neither binding (tampered, or their DEK "
+            f"is gone), first: {', '.join(report.failed[:10])}; see the log for their dekIds",
+            err=True,
+        )
+        raise typer.Exit(1)

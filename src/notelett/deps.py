@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from notelett.metrics import Metrics
 from notelett.readiness import ProviderCheck
 from notelett.service import NotesService
 from notelett.settings import NoteLettSettings
+from notelett.writes import WriteGate
 
 
 @dataclass(kw_only=True)
@@ -30,6 +32,7 @@ class AppState:
     metrics: Metrics
     cursors: CursorCodec
     provider_check: ProviderCheck
+    writes: WriteGate
 
 
 _bearer = HTTPBearer(
@@ -68,3 +71,12 @@ async def _principal(
 Service = Annotated[NotesService, Depends(_service)]
 CurrentUser = Annotated[Principal, Depends(_principal)]
 Cursors = Annotated[CursorCodec, Depends(_cursors)]
+
+
+async def _write_slot(state: State) -> AsyncIterator[None]:
+    async with state.writes.slot():
+        yield
+
+
+WriteSlot = Depends(_write_slot)
+"""A write route's slot in the write gate (``dependencies=[WriteSlot]``)."""

@@ -2,7 +2,9 @@
 
 Built on :class:`NotesRepository`, so every notes backend gets it for free. Notes being
 deleted are invisible here too: a re-encrypt never resurrects one, and ``verify`` never
-counts a note whose DEK was shredded on purpose.
+counts a note whose DEK was shredded on purpose. A document's id is the note's *bound* id,
+``w1:<workspace>/<note id>`` (:mod:`notelett.binding`), since that is what its fields'
+associated data names; notes still bound the legacy way need ``notelett rebind`` first.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from typing import Any
 
 from field_encrypt import ConcurrentUpdateError
 from field_encrypt.documents import DocumentPage, StoredDocument
+from notelett.binding import COLLECTION, document_id, note_id_of
 from notelett.repositories.base import NoteRecord, NotesRepository
-from notelett.service import COLLECTION, ENCRYPTED_FIELDS
+from notelett.service import ENCRYPTED_FIELDS
 
 
 class NotesDocumentStore:
@@ -37,16 +40,17 @@ class NotesDocumentStore:
         return DocumentPage(documents=[_stored(n) for n in page.notes], cursor=page.cursor)
 
     def get(self, document_id: str) -> StoredDocument:
-        return _stored(self.notes.get(document_id))
+        return _stored(self.notes.get(note_id_of(document_id)))
 
     def replace_fields(
         self, document: StoredDocument, fields: dict[str, Any], dek_id: str | None
     ) -> StoredDocument:
-        current = self.notes.get(document.id)
+        note_id = note_id_of(document.id)
+        current = self.notes.get(note_id)
         if str(current.revision) != document.revision:
-            raise ConcurrentUpdateError(f"note {document.id} changed during the migration")
+            raise ConcurrentUpdateError(f"note {note_id} changed during the migration")
         updated = self.notes.replace(
-            document.id,
+            note_id,
             expected_revision=current.revision,
             title=fields.get("title", current.title),
             body=fields.get("body", current.body),
@@ -63,7 +67,7 @@ class NotesDocumentStore:
 def _stored(note: NoteRecord) -> StoredDocument:
     values = {"title": note.title, "body": note.body}
     return StoredDocument(
-        id=note.id,
+        id=document_id(note.workspace_id, note.id),
         fields={name: values[name] for name in ENCRYPTED_FIELDS},
         dek_id=note.dek_id,
         revision=str(note.revision),

@@ -12,11 +12,13 @@ The service's own tree sits beside the library's; :func:`status_of` maps both::
     ├── PreconditionRequiredError  428  PUT without If-Match
     ├── PayloadTooLargeError       413  body above NOTELETT_MAX_BODY_BYTES
     ├── IdentityProviderError      503  the JWKS endpoint could not be reached
+    ├── WritesBusyError            503  no write slot freed in time (a locked database)
     └── NoteUnreadableError        500  a note failed to decrypt (logged with dekId, version)
 
     field_encrypt.ConcurrentUpdateError      412  (compare-and-swap lost mid-write)
+    field_encrypt.NotFoundError              404  (the row went away under a racing write)
     field_encrypt.KeyProviderError (all)     503  key unavailable or version disabled
-    field_encrypt.StoreUnavailableError      503
+    field_encrypt.StoreUnavailableError      503  locked, read-only, full or vanished database
     any other FieldEncryptError, Exception   500
 
 4xx bodies carry no correlation id, so a note in someone else's workspace answers with
@@ -97,6 +99,14 @@ class IdentityProviderError(NoteLettError):
     message = "the service is temporarily unavailable"
 
 
+class WritesBusyError(NoteLettError):
+    """Every write slot stayed taken for the write gate's wait (:mod:`notelett.writes`)."""
+
+    status = 503
+    code = "database_unavailable"
+    message = "the database cannot take writes right now; retry later"
+
+
 class NoteUnreadableError(NoteLettError):
     """A note's fields failed to decrypt. Carries ids for the log, never key material."""
 
@@ -113,10 +123,12 @@ def status_of(exc: BaseException) -> tuple[int, str, str]:
         return exc.status, exc.code, exc.message
     if isinstance(exc, field_encrypt.ConcurrentUpdateError):
         return 412, PreconditionFailedError.code, PreconditionFailedError.message
+    if isinstance(exc, field_encrypt.NotFoundError):  # a row a racing delete removed
+        return 404, NotFoundError.code, "not found"
     if isinstance(exc, field_encrypt.KeyProviderError):
         return 503, "encryption_unavailable", "encryption keys are temporarily unavailable"
     if isinstance(exc, field_encrypt.StoreUnavailableError):
-        return 503, "unavailable", "the service is temporarily unavailable"
+        return 503, WritesBusyError.code, "the database is temporarily unavailable; retry later"
     return 500, NoteLettError.code, NoteLettError.message
 
 

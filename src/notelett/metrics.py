@@ -74,7 +74,7 @@ class Metrics:
         )
         self.decrypt_failures = Counter(
             "notelett_decrypt_failures",
-            "Notes that failed to decrypt (each answered 500 with a correlation id).",
+            "Notes that failed to decrypt (a read answered 500, or a list page's errors item).",
             registry=self.registry,
         )
         self.registry.register(_DekCacheCollector(cache))

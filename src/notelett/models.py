@@ -60,10 +60,25 @@ class NoteOut(_Response):
     updated_at: dt.datetime = Field(alias="updatedAt")
 
 
+class NoteErrorOut(_Response):
+    """A note on the page that could not be served: its id and why, never its content."""
+
+    id: str
+    code: Literal["note_unreadable"] = Field(
+        description="`note_unreadable`: the note failed to decrypt (tampered, or its DEK "
+        "is missing); logged with its dekId and counted in `notelett_decrypt_failures_total`."
+    )
+
+
 class NoteListOut(_Response):
-    """One page of a workspace's notes, newest first."""
+    """One page of a workspace's notes, newest first. A note that fails to decrypt does not
+    fail the page: it is left out of ``items`` and named in ``errors``."""
 
     items: list[NoteOut]
+    errors: list[NoteErrorOut] = Field(
+        default_factory=list,
+        description="Notes of this page that could not be served (empty when all were).",
+    )
     next_cursor: str | None = Field(
         alias="nextCursor", description="Pass as `cursor` for the next page; null on the last."
     )

@@ -1,7 +1,8 @@
 """Readiness: can this process serve encrypted notes right now?
 
-Three checks, one line each: the database answers; the key provider wraps and unwraps a
-canary DEK under the current MEK version; that version is enabled. A failing check says
+Four checks, one line each: the database answers; it takes a write (one tiny committed
+write to a probe row, waiting at most a moment for a lock); the key provider wraps and
+unwraps a canary DEK under the current MEK version; that version is enabled. A failing check says
 only that it failed (the reason goes to the log): no vault URL, key name, connection
 string or stack trace.
 
@@ -11,7 +12,9 @@ rotation needs, so :class:`ProviderCheck` runs them at most once per
 call) and answers from its last result in between. When the provider does not answer but
 the database does and the DEK cache still holds keys, readiness is ``degraded`` (200):
 cached notes are still served, so a vault blip does not take every replica out. A
-disabled current version, a failing database or an empty cache is ``fail`` (503).
+disabled current version, a failing database or an empty cache is ``fail`` (503). A
+database that answers but takes no writes (read-only, locked, full) is ``degraded`` too:
+reads still serve, writes answer 503, and the next probe after the fault clears is ``ok``.
 """
 
 from __future__ import annotations
@@ -72,13 +75,22 @@ def check_readiness(
     """Run every check: ``ok``; ``degraded`` when only the provider is unreachable and
     cached DEKs still serve; else ``fail``."""
     database = _database(notes)
+    writable = (
+        _writable(notes)
+        if database.status == "ok"
+        else CheckOut(name="database_writable", status="fail", detail="database did not answer")
+    )
     key_checks = provider.checks()
-    checks = [database, *key_checks]
+    checks = [database, writable, *key_checks]
     if all(c.status == "ok" for c in checks):
         return ReadinessOut(status="ok", checks=checks)
+    if database.status != "ok":
+        return ReadinessOut(status="fail", checks=checks)
+    if all(c.status == "ok" for c in key_checks):  # only writes fail: reads still serve
+        return ReadinessOut(status="degraded", checks=checks)
     unreachable = any(c.name == "key_provider" and c.detail == UNREACHABLE for c in key_checks)
     cached = cached_deks()
-    if database.status == "ok" and unreachable and cached > 0:
+    if unreachable and cached > 0:
         cache_line = CheckOut(
             name="dek_cache", status="ok", detail=f"{cached} DEKs cached: cached notes still serve"
         )
@@ -93,6 +105,17 @@ def _database(notes: NotesRepository) -> CheckOut:
         log.warning("readiness: database check failed: %s", type(exc).__name__)
         return CheckOut(name="database", status="fail", detail="database did not answer")
     return CheckOut(name="database", status="ok", detail="database answers")
+
+
+def _writable(notes: NotesRepository) -> CheckOut:
+    try:
+        notes.check_writable()
+    except FieldEncryptError as exc:
+        log.warning("readiness: database not writable: %s (%s)", type(exc).__name__, exc)
+        return CheckOut(
+            name="database_writable", status="fail", detail="database does not take writes"
+        )
+    return CheckOut(name="database_writable", status="ok", detail="database takes writes")
 
 
 def _key_provider(provider: KeyProvider) -> list[CheckOut]:

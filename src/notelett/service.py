@@ -25,10 +25,18 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from field_encrypt import DecryptionError, FieldEncryptor, NotFoundError, StoreError
+from field_encrypt import (
+    ConcurrentUpdateError,
+    DecryptionError,
+    DekMissingError,
+    FieldEncryptor,
+    NotFoundError,
+    StoreError,
+)
 from field_encrypt import token as field_token
+from notelett.binding import COLLECTION, document_id, open_fields
 from notelett.errors import (
     NoteNotFoundError,
     NoteUnreadableError,
@@ -41,8 +49,9 @@ from notelett.repositories.base import NoteRecord, NotesRepository, StoredValue,
 if TYPE_CHECKING:  # jwt (through auth) stays out of the CLI's start-up
     from notelett.auth import Principal
 
-COLLECTION = "notes"
 ENCRYPTED_FIELDS = ("title", "body")
+CAS_ATTEMPTS = 5
+"""How many times a write re-reads a note whose revision moved under it before giving up."""
 
 log = logging.getLogger("notelett")
 
@@ -72,6 +81,23 @@ class NoteContent:
     title: str
     body: str
     tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnreadableNote:
+    """A note on a list page that failed to decrypt: its id and a code, never content."""
+
+    id: str
+    code: Literal["note_unreadable"] = "note_unreadable"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotesPage:
+    """One page of a listing: the notes that opened, those that did not, the next cursor."""
+
+    notes: list[Note]
+    unreadable: list[UnreadableNote]
+    cursor: str | None
 
 
 def etag_of(revision: int) -> str:
@@ -106,8 +132,11 @@ class NotesService:
         new_id: Callable[[], str] = _new_id,
         on_decrypt_failure: Callable[[], None] = lambda: None,
         dek_version: Callable[[str], str | None] = lambda _workspace: None,
+        legacy_binding: bool = False,
     ) -> None:
         self.encryptor = encryptor
+        self.legacy_binding = legacy_binding
+        """Also read notes bound the legacy way (``NOTELETT_LEGACY_NOTE_BINDING``)."""
         self._dek_version = dek_version
         self.notes = notes
         self.directory = directory
@@ -121,32 +150,68 @@ class NotesService:
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, principal: Principal, note_id: str) -> Note:
-        """A visible note; :class:`NoteNotFoundError` otherwise."""
-        return self._decrypt(self._visible(principal, note_id))
+        """A visible note; :class:`NoteNotFoundError` otherwise (also when a delete won a
+        race with this read and shredded its DEK between the read and the decrypt)."""
+        record = self._visible(principal, note_id)
+        try:
+            return self._decrypt(record)
+        except NoteUnreadableError:
+            self._check_still_there(note_id)
+            raise
 
-    def _decrypt_page(self, records: Sequence[NoteRecord]) -> list[Note]:
-        """A page of notes opened in one batch; a failure is found and named note by note."""
+    def _decrypt_page(self, records: Sequence[NoteRecord]) -> NotesPage:
+        """A page of notes opened in one batch; a failure is found note by note, and each
+        note that does not open becomes an :class:`UnreadableNote` while the others serve."""
         try:
             opened = self.encryptor.decrypt_documents(
-                COLLECTION, [(r.id, {"title": r.title, "body": r.body}) for r in records]
+                COLLECTION,
+                [
+                    (document_id(r.workspace_id, r.id), {"title": r.title, "body": r.body})
+                    for r in records
+                ],
             )
         except DecryptionError:
-            return [self._decrypt(r) for r in records]  # raises for the first bad note
+            return self._decrypt_each(records)
         notes = []
         for record, fields in zip(records, opened, strict=True):
             title, body = fields["title"], fields["body"]
             if not isinstance(title, str) or not isinstance(body, str):
-                return [self._decrypt(r) for r in records]
+                return self._decrypt_each(records)
             notes.append(_note(record, title, body))
-        return notes
+        return NotesPage(notes=notes, unreadable=[], cursor=None)
+
+    def _decrypt_each(self, records: Sequence[NoteRecord]) -> NotesPage:
+        notes: list[Note] = []
+        unreadable: list[UnreadableNote] = []
+        for record in records:
+            try:
+                notes.append(self._decrypt(record))
+            except NoteUnreadableError as exc:
+                try:
+                    self._check_still_there(record.id)
+                except NoteNotFoundError:
+                    continue  # deleted while the page was read: simply not on it
+                log.error(
+                    "note %s failed to decrypt in a list page: dekId=%s mekVersion=%s",
+                    exc.note_id,
+                    exc.dek_id,
+                    exc.mek_version,
+                )
+                unreadable.append(UnreadableNote(id=record.id))
+        return NotesPage(notes=notes, unreadable=unreadable, cursor=None)
 
     def list(
         self, principal: Principal, workspace_id: str, *, cursor: str | None, limit: int
-    ) -> tuple[list[Note], str | None]:
-        """One page of a workspace's notes, newest first, and the cursor of the next page."""
+    ) -> NotesPage:
+        """One page of a workspace's notes, newest first, and the cursor of the next page.
+
+        A note that fails to decrypt does not fail the page: it is listed in
+        ``unreadable`` (its id and a code, never content), counted and logged with its dekId.
+        """
         self._check_workspace(principal, workspace_id)
         page = self.notes.list_workspace(workspace_id, cursor=cursor, limit=limit)
-        return self._decrypt_page(page.notes), page.cursor
+        opened = self._decrypt_page(page.notes)
+        return NotesPage(notes=opened.notes, unreadable=opened.unreadable, cursor=page.cursor)
 
     # -- writes --------------------------------------------------------------------------
 
@@ -159,7 +224,7 @@ class NotesService:
             if self.encryptor.enabled
             else None
         )
-        title, body = self._encrypt(note_id, content, dek_id)
+        title, body = self._encrypt(workspace_id, note_id, content, dek_id)
         now = self._clock()
         try:
             record = self.notes.insert(
@@ -184,12 +249,26 @@ class NotesService:
     def update(
         self, principal: Principal, note_id: str, content: NoteContent, *, if_match: str | None
     ) -> Note:
-        """Replace a note's content if ``if_match`` names its current revision."""
-        record = self._visible(principal, note_id)
+        """Replace a note's content if ``if_match`` names its current revision.
+
+        A write that loses a race answers as the winner left the note: 404 if a delete won,
+        412 if another write moved the revision past ``if_match`` (``*`` tries again).
+        """
         if if_match is None:
+            self._visible(principal, note_id)
             raise PreconditionRequiredError()
-        if not if_match_allows(if_match, record.revision):
-            raise PreconditionFailedError()
+        for _ in range(CAS_ATTEMPTS):
+            record = self._visible(principal, note_id)
+            if not if_match_allows(if_match, record.revision):
+                raise PreconditionFailedError()
+            try:
+                return self._replace(record, content)
+            except ConcurrentUpdateError:
+                continue  # the revision moved: look again
+        raise PreconditionFailedError()
+
+    def _replace(self, record: NoteRecord, content: NoteContent) -> Note:
+        note_id = record.id
         dek_id = record.dek_id
         created = None
         if self.encryptor.enabled and dek_id is None:
@@ -199,7 +278,11 @@ class NotesService:
             )
         elif not self.encryptor.enabled:
             dek_id = None
-        title, body = self._encrypt(note_id, content, dek_id)
+        try:
+            title, body = self._encrypt(record.workspace_id, note_id, content, dek_id)
+        except DekMissingError:  # a delete shredded the DEK since the read
+            self._check_still_there(note_id)
+            raise
         try:
             updated = self.notes.replace(
                 note_id,
@@ -210,21 +293,36 @@ class NotesService:
                 dek_id=dek_id,
                 updated_at=self._clock(),
             )
-        except StoreError:
+        except StoreError as exc:
             if created is not None:
                 self.encryptor.shred(created)  # never leave a DEK without its note
+            if isinstance(exc, NotFoundError):  # a delete won the race
+                raise NoteNotFoundError() from None
             raise
         if record.dek_id is not None and dek_id is None:
             self.encryptor.shred(record.dek_id)  # written in plaintext now: drop the old DEK
         return _note(updated, content.title, content.body)
 
     def delete(self, principal: Principal, note_id: str, *, if_match: str | None) -> None:
-        """Crypto-shred and delete a note (see the module docstring for the order)."""
-        record = self._visible(principal, note_id)
-        if if_match is not None and not if_match_allows(if_match, record.revision):
-            raise PreconditionFailedError()
-        marked = self.notes.mark_deleting(note_id, expected_revision=record.revision)
-        self._finish_delete(marked)
+        """Crypto-shred and delete a note (see the module docstring for the order).
+
+        Marking the note is a compare-and-swap on a live note at the revision read, so of
+        racing deletes exactly one wins (204); the others find the note gone (404), or,
+        with ``If-Match``, changed (412).
+        """
+        for _ in range(CAS_ATTEMPTS):
+            record = self._visible(principal, note_id)
+            if if_match is not None and not if_match_allows(if_match, record.revision):
+                raise PreconditionFailedError()
+            try:
+                marked = self.notes.mark_deleting(note_id, expected_revision=record.revision)
+            except NotFoundError:  # another delete marked it first
+                raise NoteNotFoundError() from None
+            except ConcurrentUpdateError:
+                continue  # a write moved the revision: look again
+            self._finish_delete(marked)
+            return
+        raise PreconditionFailedError()
 
     def finish_deletes(self, *, batch: int = 100) -> int:
         """Complete deletes interrupted after step 1; how many were completed."""
@@ -249,6 +347,13 @@ class NotesService:
         ):
             raise WorkspaceNotFoundError()
 
+    def _check_still_there(self, note_id: str) -> None:
+        """Raise :class:`NoteNotFoundError` if the note is gone or being deleted."""
+        try:
+            self.notes.get(note_id)
+        except NotFoundError:
+            raise NoteNotFoundError() from None
+
     def _visible(self, principal: Principal, note_id: str) -> NoteRecord:
         try:
             record = self.notes.get(note_id)
@@ -262,18 +367,19 @@ class NotesService:
         return record
 
     def _encrypt(
-        self, note_id: str, content: NoteContent, dek_id: str | None
+        self, workspace_id: str, note_id: str, content: NoteContent, dek_id: str | None
     ) -> tuple[StoredValue, StoredValue]:
         sealed = self.encryptor.encrypt_document(
-            COLLECTION, note_id, {"title": content.title, "body": content.body}, dek_id=dek_id
+            COLLECTION,
+            document_id(workspace_id, note_id),
+            {"title": content.title, "body": content.body},
+            dek_id=dek_id,
         )
         return sealed["title"], sealed["body"]
 
     def _decrypt(self, record: NoteRecord) -> Note:
         try:
-            opened = self.encryptor.decrypt_document(
-                COLLECTION, record.id, {"title": record.title, "body": record.body}
-            )
+            opened = open_fields(self.encryptor, record, legacy=self.legacy_binding)
         except DecryptionError as exc:  # tampered, unsupported, or its DEK is missing
             self._on_decrypt_failure()
             raise NoteUnreadableError(

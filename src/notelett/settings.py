@@ -64,8 +64,19 @@ class NoteLettSettings(BaseSettings):
     """When this many connections are open (the new one included) or requests run, a new
     request gets 503."""
 
+    max_concurrent_writes: int = Field(default=8, ge=1, le=32)
+    """At most this many note writes wait on the database at once (below the worker pool's
+    40 threads, so writers stuck on a lock never starve reads)."""
+    write_wait_seconds: float = Field(default=0.5, ge=0, le=30)
+    """A write that finds every write slot taken this long is answered 503."""
+
     readiness_interval_seconds: float = Field(default=30.0, ge=0, le=3600)
     """Readiness asks the key provider at most once per this many seconds (0: every probe)."""
+
+    legacy_note_binding: bool = False
+    """Transition only: also read notes sealed before fields were bound to their workspace
+    (such a note stays readable if its row is moved to another workspace). Run
+    ``notelett rebind``, then turn it off."""
 
     audit_delivery_url: str | None = None
     """Deliver the audit trail to actiontrail from the service: the endpoint (http:// or

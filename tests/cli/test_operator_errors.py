@@ -94,6 +94,7 @@ def notelett_commands(*, token: bool = False) -> list[Invocation]:
     found = [
         Invocation("notelett", ["seed", "--notes", "1"]),
         Invocation("notelett", ["purge"]),
+        Invocation("notelett", ["rebind"]),
         Invocation("notelett", ["serve", "--port", "{port}"]),
     ]
     return [*found, Invocation("notelett", ["token", "--user", "u1"])] if token else found

@@ -123,13 +123,15 @@ def test_replace_is_compare_and_swap(notes: NotesRepository) -> None:
 
 
 def test_a_delete_hides_the_note_until_it_is_removed(notes: NotesRepository) -> None:
-    """mark_deleting hides a note from reads and scans; pending_deletes finds it; remove drops it."""
+    """mark_deleting hides a note from reads and scans (once: a second mark is NotFoundError);
+    pending_deletes finds it; remove drops it."""
     note = notes.insert(_note())
     with pytest.raises(ConcurrentUpdateError):
         notes.mark_deleting(note.id, expected_revision=7)
     marked = notes.mark_deleting(note.id, expected_revision=1)
     assert marked.deleting
-    assert notes.mark_deleting(note.id, expected_revision=None).deleting  # a retry finishes
+    with pytest.raises(NotFoundError):  # compare-and-swap: a second delete does not win too
+        notes.mark_deleting(note.id, expected_revision=None)
     with pytest.raises(NotFoundError):
         notes.get(note.id)
     assert notes.count() == 0
@@ -195,3 +197,11 @@ def test_directory_memberships(repos: tuple[NotesRepository, WorkspaceDirectory]
     assert directory.is_member(user, "ws-a")
     assert not directory.is_member(user, "ws-b")
     assert not directory.is_member("nobody", "ws-a")
+
+
+def test_a_fresh_store_takes_the_write_probe_again_and_again(notes: NotesRepository) -> None:
+    """check_writable (readiness' write probe) succeeds on a healthy store, repeatedly, and
+    leaves no note behind."""
+    for _ in range(3):
+        notes.check_writable()
+    assert notes.count() == 0

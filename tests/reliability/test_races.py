@@ -32,6 +32,7 @@ from field_encrypt.providers.local import LocalKeyProvider
 from field_encrypt.rotation import MigrationOptions, migrate, open_ledger
 from field_encrypt.testing import FaultInjectingProvider
 from notelett.backend import Backend, open_backend
+from notelett.binding import document_id
 from notelett.service import NoteContent, NotesService
 from notelett.settings import NoteLettSettings
 from tests import figures
@@ -135,7 +136,9 @@ def test_notelett_writers_during_a_rewrap(backend: Backend) -> None:
     finally:
         runtime.provider = original
     assert report.status == "completed" and report.failure_count == 0, report.as_dict()
-    check(runtime, live, deleted=deleted, completed_on="2").assert_ok("after the race")
+    check(
+        runtime, _bound(live), deleted={document_id("ws-a", n) for n in deleted}, completed_on="2"
+    ).assert_ok("after the race")
     stored = set(runtime.dek_store.get_many(sorted(deleted_deks)))
     assert stored == set(), f"deleted notes' DEKs came back: {stored}"
     figures.record(
@@ -145,6 +148,11 @@ def test_notelett_writers_during_a_rewrap(backend: Backend) -> None:
         conflicts=report.counters.conflicts,
     )
     print(f"writes during the rewrap: {counts}, conflicts: {report.counters.conflicts}")
+
+
+def _bound(notes: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Expected notes by their document id (the fields are bound to workspace and note)."""
+    return {document_id("ws-a", note_id): fields for note_id, fields in notes.items()}
 
 
 # -- a newer wrap, and a deleted row, under the rewrap's feet ---------------------------------
@@ -395,6 +403,7 @@ def test_an_update_that_loses_its_compare_and_swap_leaves_no_dek(backend: Backen
     """A plaintext note (from before encryption) updated while someone else writes it: the
     update answers 412 and the DEK it made for the note is gone again."""
     from notelett.auth import Principal
+    from notelett.errors import PreconditionFailedError
     from notelett.repositories.base import NoteRecord
 
     service = NotesService(
@@ -423,7 +432,8 @@ def test_an_update_that_loses_its_compare_and_swap_leaves_no_dek(backend: Backen
         return original(note_id, **kwargs)  # now stale: the other writer went first
 
     backend.notes.replace = racing_replace  # type: ignore[method-assign]
-    with pytest.raises(ConcurrentUpdateError):
+    # the lost swap re-reads the note: its revision moved past If-Match, so 412
+    with pytest.raises((ConcurrentUpdateError, PreconditionFailedError)):
         service.update(
             Principal(user_id="alice"),
             "plain",
@@ -496,7 +506,12 @@ def test_writer_threads_during_a_rewrap(backend: Backend) -> None:
     assert report.status == "completed" and report.failure_count == 0, report.as_dict()
     # Notes created after the rewrap passed them are on v2 anyway; nothing else may be off.
     live = {k: v for share in shares for k, v in share.items()}
-    check(backend.runtime, live, deleted=deleted, completed_on="2").assert_ok("after threads")
+    check(
+        backend.runtime,
+        _bound(live),
+        deleted={document_id("ws-a", n) for n in deleted},
+        completed_on="2",
+    ).assert_ok("after threads")
     figures.record(
         "races", threaded_writes_during_rewrap=sum(writes), conflicts=report.counters.conflicts
     )

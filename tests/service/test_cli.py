@@ -75,6 +75,17 @@ def test_purge_reports_completed_deletes(workdir: Path) -> None:
     assert "completed 0 interrupted deletes" in result.output
 
 
+def test_rebind_reports_what_it_did(workdir: Path) -> None:
+    """``notelett rebind`` on seeded notes (already bound) re-seals nothing and says so."""
+    assert runner.invoke(app, ["seed", "--notes", "3", "--workspaces", "1"]).exit_code == 0
+    result = runner.invoke(app, ["rebind", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "scanned 3 notes: would re-seal 0, already bound 3" in result.output
+    result = runner.invoke(app, ["rebind"])
+    assert result.exit_code == 0, result.output
+    assert "re-sealed 0, already bound 3, plaintext 0, failed 0" in result.output
+
+
 def test_every_command_is_documented() -> None:
     """docs/notelett.md names every CLI command (as sqlite-utils checks its own)."""
     doc = (Path(__file__).parents[2] / "docs" / "notelett.md").read_text()

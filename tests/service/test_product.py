@@ -14,6 +14,7 @@ from field_encrypt.backends.sqlite.db import SqliteDatabase
 from field_encrypt.documents import DocumentStore
 from field_encrypt.products import load_product
 from notelett.backend import Backend
+from notelett.binding import document_id
 
 from .conftest import add_members, auth
 
@@ -71,17 +72,17 @@ def test_document_store_scans_and_replaces_with_compare_and_swap(
         if page.cursor is None:
             break
         cursor = page.cursor
-    assert seen == ids
+    assert seen == {document_id("ws-a", i) for i in ids}  # bound to the workspace
     with pytest.raises(NotFoundError):
-        documents.get(doomed)
+        documents.get(document_id("ws-a", doomed))
 
     # What a re-encrypt does: open under the old DEK, seal under a new one, swap.
     note_id = sorted(ids)[0]
-    stored = documents.get(note_id)
+    stored = documents.get(document_id("ws-a", note_id))
     encryptor = backend.encryptor
-    plain = encryptor.decrypt_document("notes", note_id, stored.fields)
+    plain = encryptor.decrypt_document("notes", stored.id, stored.fields)
     new_dek = encryptor.create_dek()
-    sealed = encryptor.encrypt_document("notes", note_id, plain, dek_id=new_dek)
+    sealed = encryptor.encrypt_document("notes", stored.id, plain, dek_id=new_dek)
     documents.replace_fields(stored, sealed, new_dek)
     with pytest.raises(ConcurrentUpdateError):
         documents.replace_fields(stored, sealed, new_dek)

@@ -80,7 +80,10 @@ class NotesRepository(Protocol):
     def mark_deleting(self, note_id: str, *, expected_revision: int | None) -> NoteRecord:
         """Step 1 of a delete: hide the note from every read (a tombstone).
 
-        Also succeeds on a note already marked, so a retried delete can finish.
+        A compare-and-swap on a *live* note (at ``expected_revision`` unless ``None``): of
+        racing deletes exactly one marks it. ``NotFoundError`` if the note is gone or
+        already marked (a crashed delete is finished by ``pending_deletes``, not here);
+        ``ConcurrentUpdateError`` if the revision moved.
         """
         ...
 
@@ -102,6 +105,11 @@ class NotesRepository(Protocol):
 
     def ping(self) -> None:
         """Raise a ``StoreError`` unless the database answers."""
+        ...
+
+    def check_writable(self) -> None:
+        """Raise a ``StoreError`` unless a write goes through now: one tiny committed write
+        to a probe row, waiting at most a moment for a lock."""
         ...
 
 

@@ -124,7 +124,7 @@ class CosmosNotesRepository:
 
     def mark_deleting(self, note_id: str, *, expected_revision: int | None) -> NoteRecord:
         item = self._find(note_id)
-        if item is None:
+        if item is None or item["deleting"]:
             raise NotFoundError(f"note {note_id} not found")
         if expected_revision is not None and item["revision"] != expected_revision:
             raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
@@ -186,6 +186,11 @@ class CosmosNotesRepository:
     def ping(self) -> None:
         with translate_errors():
             self.container.read()
+
+    def check_writable(self) -> None:
+        probe = {"id": "write-probe", "pk": "write-probe", "kind": "probe"}
+        with translate_errors():
+            self.database.container(DIRECTORY).upsert_item(probe)
 
     def _find(self, note_id: str) -> dict[str, Any] | None:
         """The note's item (marked for deletion or not), or ``None``: one point read."""

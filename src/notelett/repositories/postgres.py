@@ -67,6 +67,13 @@ MIGRATIONS = (
         CREATE INDEX notes_deleting ON notes (seq) WHERE deleting;
         """,
     ),
+    Migration(
+        "notelett_0003_write_probe",
+        """
+        CREATE TABLE notelett_write_probe (id int PRIMARY KEY, at timestamptz NOT NULL);
+        INSERT INTO notelett_write_probe (id, at) VALUES (1, now());
+        """,
+    ),
 )
 
 _COLUMNS = (
@@ -163,19 +170,15 @@ class PostgresNotesRepository:
         return _record(rows[0])
 
     def mark_deleting(self, note_id: str, *, expected_revision: int | None) -> NoteRecord:
-        sql = f"UPDATE notes SET deleting = true WHERE id = %s RETURNING {_COLUMNS}"
+        sql = "UPDATE notes SET deleting = true WHERE id = %s AND NOT deleting"
         params: tuple[object, ...] = (note_id,)
         if expected_revision is not None:
-            sql = (
-                "UPDATE notes SET deleting = true WHERE id = %s AND revision = %s "
-                f"RETURNING {_COLUMNS}"
-            )
+            sql += " AND revision = %s"
             params += (expected_revision,)
-        rows = self.database.query(sql, params)
+        rows = self.database.query(f"{sql} RETURNING {_COLUMNS}", params)
         if rows:
             return _record(rows[0])
-        if not self.database.query("SELECT 1 FROM notes WHERE id = %s", (note_id,)):
-            raise NotFoundError(f"note {note_id} not found")
+        self.get(note_id)  # NotFoundError when it is gone or already being deleted
         raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
 
     def remove(self, note_id: str) -> bool:
@@ -206,6 +209,9 @@ class PostgresNotesRepository:
 
     def ping(self) -> None:
         self.database.query("SELECT 1")
+
+    def check_writable(self) -> None:
+        self.database.query("UPDATE notelett_write_probe SET at = now() WHERE id = 1")
 
 
 class PostgresWorkspaceDirectory:

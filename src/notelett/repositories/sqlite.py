@@ -62,7 +62,17 @@ MIGRATIONS = (
         CREATE INDEX notes_deleting ON notes (deleting) WHERE deleting = 1
         """,
     ),
+    Migration(
+        "notelett_0003_write_probe",
+        """
+        CREATE TABLE notelett_write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+        INSERT INTO notelett_write_probe (id, at) VALUES (1, 0)
+        """,
+    ),
 )
+
+PROBE_BUSY_TIMEOUT_MS = 100
+"""How long the readiness write probe waits for SQLite's write lock."""
 
 _COLUMNS = (
     "seq, id, workspace_id, title, body, tags, dek_id, revision, created_at, updated_at, deleting"
@@ -147,18 +157,16 @@ class SqliteNotesRepository:
         return self.get(note_id)
 
     def mark_deleting(self, note_id: str, *, expected_revision: int | None) -> NoteRecord:
-        sql = "UPDATE notes SET deleting = 1 WHERE id = ?"
+        sql = "UPDATE notes SET deleting = 1 WHERE id = ? AND deleting = 0"
         params: tuple[object, ...] = (note_id,)
         if expected_revision is not None:
             sql += " AND revision = ?"
             params += (expected_revision,)
-        cur = self.database.execute(sql, params)
-        rows = self.database.query(f"SELECT {_COLUMNS} FROM notes WHERE id = ?", (note_id,))
-        if not rows:
-            raise NotFoundError(f"note {note_id} not found")
-        if cur.rowcount != 1:
-            raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
-        return _record(rows[0])
+        rows = self.database.query(f"{sql} RETURNING {_COLUMNS}", params)
+        if rows:
+            return _record(rows[0])
+        self.get(note_id)  # NotFoundError when it is gone or already being deleted
+        raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
 
     def remove(self, note_id: str) -> bool:
         return self.database.execute("DELETE FROM notes WHERE id = ?", (note_id,)).rowcount > 0
@@ -189,6 +197,12 @@ class SqliteNotesRepository:
 
     def ping(self) -> None:
         self.database.query("SELECT 1")
+
+    def check_writable(self) -> None:
+        with self.database.busy_timeout(PROBE_BUSY_TIMEOUT_MS):
+            self.database.execute(
+                "UPDATE notelett_write_probe SET at = ? WHERE id = 1", (time.time(),)
+            )
 
 
 class SqliteWorkspaceDirectory:

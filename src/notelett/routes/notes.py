@@ -6,12 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from notelett.deps import CurrentUser, Cursors, Service
+from notelett.deps import CurrentUser, Cursors, Service, WriteSlot
 from notelett.models import (
     LIST_DEFAULT_LIMIT,
     LIST_MAX_LIMIT,
     ErrorOut,
     NoteCreate,
+    NoteErrorOut,
     NoteListOut,
     NoteOut,
     NoteUpdate,
@@ -31,7 +32,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         422: "Input of the wrong shape: unknown field, wrong type, out of range",
         428: "If-Match is required",
         500: "A note failed to decrypt (see correlationId)",
-        503: "Encryption keys or storage temporarily unavailable",
+        503: "Encryption keys or the database temporarily unavailable (read-only, locked, "
+        "full or gone), or no write slot freed in time; see Retry-After",
     }
     return {code: {"model": ErrorOut, "description": descriptions[code]} for code in codes}
 
@@ -68,6 +70,7 @@ def _out(note: Note) -> NoteOut:
     responses=_with(201, {**_ETAG, **_LOCATION}, 400, 404, 413, 422, *_COMMON),
     summary="Create a note",
     operation_id="createNote",
+    dependencies=[WriteSlot],
 )
 def create_note(
     payload: NoteCreate, user: CurrentUser, service: Service, response: Response
@@ -97,9 +100,11 @@ def list_notes(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> NoteListOut:
     position = cursors.decode(workspace_id, cursor)
-    notes, after = service.list(user, workspace_id, cursor=position, limit=limit)
+    page = service.list(user, workspace_id, cursor=position, limit=limit)
     return NoteListOut(
-        items=[_out(n) for n in notes], nextCursor=cursors.encode(workspace_id, after)
+        items=[_out(n) for n in page.notes],
+        errors=[NoteErrorOut(id=u.id, code=u.code) for u in page.unreadable],
+        nextCursor=cursors.encode(workspace_id, page.cursor),
     )
 
 
@@ -120,6 +125,7 @@ def get_note(note_id: str, user: CurrentUser, service: Service, response: Respon
     responses=_with(200, _ETAG, 400, 404, 412, 413, 422, 428, *_COMMON),
     summary="Replace a note's content (If-Match required)",
     operation_id="replaceNote",
+    dependencies=[WriteSlot],
 )
 def replace_note(
     note_id: str,
@@ -145,6 +151,7 @@ def replace_note(
     responses=_errors(404, 412, *_COMMON),
     summary="Delete a note, crypto-shredding its DEK",
     operation_id="deleteNote",
+    dependencies=[WriteSlot],
 )
 def delete_note(
     note_id: str,

@@ -77,6 +77,7 @@ _TRANSIENT_STATES = frozenset(
     {
         "40001",  # serialization_failure
         "40P01",  # deadlock_detected
+        "25006",  # read_only_sql_transaction (a read-only or standby server)
         "55P03",  # lock_not_available (lock_timeout)
         "57014",  # query_canceled (statement_timeout)
         "57P01",  # admin_shutdown

@@ -6,6 +6,13 @@ queue instead of failing late. Schema changes are named migrations, applied once
 their own transaction and recorded in ``field_encrypt_migrations`` (as sqlite-utils does;
 ``schema_migrations``, the name of earlier releases, belongs to Rails, golang-migrate and
 others, and is renamed on first open only when it is ours).
+
+Faults that clear by themselves are :class:`StoreUnavailableError` (locked or busy,
+read-only, full, I/O error, the file gone), and none of them sticks: SQLite opens a file
+it may not write read-only *for the connection's life*, so a statement refused as
+read-only drops its connection and runs once more on a fresh one (which sees restored
+permissions, or a restored file). Once the file exists it is reopened with ``mode=rw``,
+so a vanished file is an error, never a new empty database.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -65,6 +73,7 @@ class SqliteDatabase:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._opened = False
         self.created = self.path != ":memory:" and _prepare_file(Path(self.path), create=create)
         """Whether this object created the file (it did not exist)."""
         if self.created:
@@ -78,10 +87,15 @@ class SqliteDatabase:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
+                database, uri = self._target()
                 conn = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False, timeout=0
+                    database, isolation_level=None, check_same_thread=False, timeout=0, uri=uri
                 )
             except sqlite3.OperationalError as exc:  # unreadable file, unwritable directory
+                if self._opened:  # it was there: a fault of the moment, not a setting
+                    raise StoreUnavailableError(
+                        f"the SQLite database {self.path} cannot be opened", cause=exc
+                    ) from exc
                 raise ConfigurationError(
                     f"cannot open the SQLite database {self.path} ({exc}): check that this "
                     "user may read and write it and its directory"
@@ -92,10 +106,51 @@ class SqliteDatabase:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._local.conn = conn
+            self._opened = True
             with self._lock:
                 self._close_orphans()
                 self._all.append((threading.current_thread(), conn))
         return conn
+
+    def _target(self) -> tuple[str, bool]:
+        """``(database, uri)`` for ``sqlite3.connect``: once opened, a plain path is
+        reopened with ``mode=rw``, so a file that vanished is not recreated empty."""
+        if not self._opened or self.path == ":memory:" or self.path.startswith("file:"):
+            return self.path, self.path.startswith("file:")
+        return f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=rw", True
+
+    def drop_connection(self) -> None:
+        """Close this thread's connection; the next use opens a fresh one."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            self._all = [(t, c) for t, c in self._all if c is not conn]
+        with suppress(sqlite3.Error):
+            conn.close()
+
+    def _run(self, sql: str, params: Sequence[object]) -> sqlite3.Cursor:
+        """Execute on this thread's connection; refused as read-only, once more on a fresh one."""
+        conn = self.connection()
+        try:
+            return conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            if _code(exc) not in _REOPEN or conn.in_transaction:
+                raise
+        self.drop_connection()
+        return self.connection().execute(sql, params)
+
+    @contextmanager
+    def busy_timeout(self, milliseconds: int) -> Iterator[None]:
+        """Wait at most ``milliseconds`` for a lock in this block (on this thread)."""
+        conn = self.connection()
+        conn.execute(f"PRAGMA busy_timeout = {int(milliseconds)}")
+        try:
+            yield
+        finally:
+            with suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
 
     def _close_orphans(self) -> None:
         """Close the connections of threads that have ended (a server's worker pool retires
@@ -131,7 +186,8 @@ class SqliteDatabase:
                 yield conn
             return
         with translate_errors():
-            conn.execute("BEGIN IMMEDIATE")
+            self._run("BEGIN IMMEDIATE", ())
+        conn = self.connection()
         try:
             with translate_errors():
                 yield conn
@@ -231,12 +287,12 @@ class SqliteDatabase:
     def execute(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
         """Run one statement on this thread's connection, converting driver errors."""
         with translate_errors():
-            return self.connection().execute(sql, params)
+            return self._run(sql, params)
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         """All rows of one query."""
         with translate_errors():
-            return self.connection().execute(sql, params).fetchall()
+            return self._run(sql, params).fetchall()
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -288,6 +344,25 @@ def _prepare_file(path: Path, *, create: bool) -> bool:
     return True
 
 
+_TRANSIENT = {
+    sqlite3.SQLITE_BUSY: "is locked",
+    sqlite3.SQLITE_LOCKED: "is locked",
+    sqlite3.SQLITE_READONLY: "is read-only",
+    sqlite3.SQLITE_IOERR: "had an I/O error",
+    sqlite3.SQLITE_FULL: "is full",
+    sqlite3.SQLITE_CANTOPEN: "cannot be opened",
+}
+"""Primary result codes of faults that clear by themselves, as StoreUnavailableError."""
+_REOPEN = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN})
+"""Codes that a fresh connection may not have (see the module docstring)."""
+
+
+def _code(exc: sqlite3.Error) -> int:
+    """The primary result code of a driver error (``-1`` when it carries none)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else -1
+
+
 @contextmanager
 def translate_errors() -> Iterator[None]:
     """Convert sqlite3 errors into the library's store errors, once, at the driver boundary."""
@@ -295,8 +370,11 @@ def translate_errors() -> Iterator[None]:
         yield
     except sqlite3.OperationalError as exc:
         message = str(exc)
-        if "locked" in message or "busy" in message:
-            raise StoreUnavailableError("SQLite database is locked", cause=exc) from exc
+        fault = _TRANSIENT.get(_code(exc))
+        if fault is None and ("locked" in message or "busy" in message):
+            fault = "is locked"
+        if fault is not None:
+            raise StoreUnavailableError(f"SQLite database {fault}", cause=exc) from exc
         raise StoreError(f"SQLite error: {message}", cause=exc) from exc
     except sqlite3.IntegrityError as exc:
         if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
