@@ -8,7 +8,8 @@ Each runtime watches its product's key-state epoch (``field_encrypt.key_epoch``)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from field_encrypt.backends.registry import (
     database_kind,
@@ -20,9 +21,6 @@ from field_encrypt.backends.registry import (
     sqlite_path,
 )
 from field_encrypt.backends.sqlite.db import SqliteDatabase
-from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
-from field_encrypt.backends.sqlite.documents import SqliteDocumentStore
-from field_encrypt.backends.sqlite.kek_store import SqliteKekStore
 from field_encrypt.blind_index import IndexedField
 from field_encrypt.bootstrap import build_key_layout, build_provider
 from field_encrypt.cache import DekCache
@@ -45,48 +43,12 @@ def open_sqlite_runtime(
     """Provider from settings; dek_store, kek_store, JSON documents and audit trail in the
     settings' SQLite file. With ``FIELD_ENCRYPT_KEY_LAYOUT=kek`` the provider is the KEK
     tier over the MEK."""
-    database = SqliteDatabase(sqlite_path(settings), create=settings.create_missing)
-    mek = observed(build_provider(settings))  # every provider call measured
-    tier = build_key_layout(
-        mek, settings, SqliteKekStore(database, product=product), product=product
-    )
-    provider: KeyProvider = tier if tier is not None else mek
-    store = SqliteDekStore(database, product=product)
-    trail = open_audit_trail(
-        database,
+    return _assemble(
+        settings,
+        lambda: SqliteDatabase(sqlite_path(settings), create=settings.create_missing),
         product=product,
-        sink=settings.audit_sink,
-        oncall_webhook=settings.oncall_webhook,
-        oncall_format=settings.oncall_format,
-    )
-    if tier is not None:
-        tier.audit = trail
-    encryptor = FieldEncryptor(
-        product=product,
-        provider=provider,
-        store=store,
         collections=collections,
-        cache=DekCache(
-            max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds
-        ),
-        enabled=settings.enabled,
-        allow_plaintext=settings.plaintext_allowed,
-        audit=trail,
-    )
-    documents = {name: SqliteDocumentStore(database, collection=name) for name in collections}
-    return _watched(
-        ProductRuntime(
-            settings=settings,
-            provider=provider,
-            dek_store=store,
-            encryptor=encryptor,
-            documents=documents,
-            database=database,
-            resources=[database],
-            audit=trail,
-            kek_tier=tier,
-            indexed=tuple(indexed),
-        )
+        indexed=indexed,
     )
 
 
@@ -108,8 +70,27 @@ def open_runtime(
         return open_sqlite_runtime(
             settings, product=product, collections=collections, indexed=indexed
         )
+    return _assemble(
+        settings,
+        lambda: open_database(settings),
+        product=product,
+        collections=collections,
+        indexed=indexed,
+    )
+
+
+def _assemble(
+    settings: Settings,
+    open_db: Callable[[], Any],
+    *,
+    product: str,
+    collections: Mapping[str, Sequence[str]],
+    indexed: Sequence[IndexedField],
+) -> ProductRuntime:
+    """The provider first (a bad setting opens nothing), then the database and the stores in
+    it (closed again if any fails), the encryptor, and the runtime, watched."""
     mek = observed(build_provider(settings))  # every provider call measured
-    database = open_database(settings)
+    database = open_db()
     try:
         store = open_dek_store(database, product=product)
         documents = {name: open_document_store(database, collection=name) for name in collections}
