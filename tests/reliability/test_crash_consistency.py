@@ -64,6 +64,8 @@ def _prepare(
     """A product with ``count`` documents ready for ``mode`` on a new database of kind
     ``store``; its environment and target."""
     env = _environment(directory, store, request)
+    if mode == "encrypt":  # plaintext is read only when allowed, as for a real backfill
+        env["FIELD_ENCRYPT_ALLOW_PLAINTEXT"] = "true"
     runtime = product.open(load_settings(env))
     try:
         seed(runtime, count, encrypt=mode != "encrypt")
