@@ -219,8 +219,37 @@ def test_disabled_encryption_writes_plaintext_and_still_reads_tokens(
     assert encryptor.decrypt_document("notes", "n1", sealed) == NOTE
 
 
-def test_plaintext_fields_pass_through_decryption(encryptor: FieldEncryptor) -> None:
-    """Documents written before encryption was enabled read as they are (for the backfill)."""
+def test_an_encryptor_refuses_plaintext_unless_told_otherwise(
+    provider: LocalKeyProvider, store: SqliteDekStore
+) -> None:
+    """Built with the defaults, an encryptor refuses plaintext in an encrypted field (a token
+    swapped for a value of the attacker's choosing); only an explicit ``allow_plaintext=True``,
+    for the backfill, reads it as it is."""
+    strict = FieldEncryptor(
+        product="notelett", provider=provider, store=store, collections=COLLECTIONS
+    )
+    assert strict.allow_plaintext is False
+    with pytest.raises(DecryptionError):
+        strict.decrypt_document("notes", "n1", NOTE)
+    backfill = FieldEncryptor(
+        product="notelett",
+        provider=provider,
+        store=store,
+        collections=COLLECTIONS,
+        allow_plaintext=True,
+    )
+    assert backfill.decrypt_document("notes", "n1", NOTE) == NOTE
+    off = FieldEncryptor(
+        product="notelett", provider=provider, store=store, collections=COLLECTIONS, enabled=False
+    )
+    assert off.allow_plaintext is True  # encryption off: what it writes, it reads
+    assert off.decrypt_document("notes", "n1", off.encrypt_document("notes", "n1", NOTE)) == NOTE
+
+
+def test_plaintext_fields_pass_through_decryption_when_allowed(encryptor: FieldEncryptor) -> None:
+    """With allow_plaintext=True, documents written before encryption was enabled read as
+    they are (for the backfill)."""
+    encryptor.allow_plaintext = True
     assert encryptor.decrypt_document("notes", "n1", NOTE) == NOTE
     assert encryptor.dek_id_of("notes", NOTE) is None
 
