@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt import token
 from field_encrypt.audit import DEK_SHREDDED, AuditTrail, DenialRecorder
-from field_encrypt.backends.base import DekRecord, DekStore
+from field_encrypt.backends.base import DekRecord, DekStore, check_product_store
 from field_encrypt.cache import DekCache
 from field_encrypt.errors import (
     ConfigurationError,
@@ -92,12 +92,7 @@ class FieldEncryptor:
         random_bytes: Callable[[int], bytes] = os.urandom,
         audit: AuditTrail | None = None,
     ) -> None:
-        if not product:
-            raise ConfigurationError("a product name is required")
-        if store.product != product:
-            raise ConfigurationError(
-                f"the dek_store belongs to product {store.product!r}, not {product!r}"
-            )
+        check_product_store(product, store)
         if token_form not in ("text", "binary"):
             raise ConfigurationError(f"token_form must be 'text' or 'binary', not {token_form!r}")
         self.product = product

@@ -331,3 +331,22 @@ def test_store_of_another_product_is_refused(
         FieldEncryptor(
             product="other", provider=provider, store=store, collections={}, cache=DekCache()
         )
+
+
+@pytest.mark.parametrize("product", ["", "other"])
+def test_encryptor_and_index_keyring_check_their_store_with_one_function(
+    provider: LocalKeyProvider, store: SqliteDekStore, product: str
+) -> None:
+    """FieldEncryptor and IndexKeyring refuse a missing product name or another product's
+    dek_store through the one shared check, with the same message."""
+    from field_encrypt import ConfigurationError, IndexKeyring
+    from field_encrypt.backends.base import check_product_store
+
+    with pytest.raises(ConfigurationError) as shared:
+        check_product_store(product, store)
+    with pytest.raises(ConfigurationError) as by_encryptor:
+        FieldEncryptor(product=product, provider=provider, store=store, collections={})
+    with pytest.raises(ConfigurationError) as by_keyring:
+        IndexKeyring(product=product, provider=provider, store=store)
+    assert str(by_encryptor.value) == str(by_keyring.value) == str(shared.value)
+    check_product_store("notelett", store)  # its own product: no error
