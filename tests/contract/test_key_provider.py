@@ -17,7 +17,7 @@ from field_encrypt.errors import (
     KeyVersionNotFoundError,
 )
 from field_encrypt.providers.base import KeyProvider, dek_context
-from tests.harnesses import Fault
+from tests.harnesses import AkvHarness, Fault
 
 from .conftest import ProviderHarness, RemoteHarness
 
@@ -212,6 +212,21 @@ def test_a_stalled_call_times_out(remote_harness: RemoteHarness) -> None:
     the timeout plus a margin measured in the same run (what a fresh provider's first,
     answered call takes), so a loaded machine moves the bound with it. The timeout is 0.3 s,
     or three such calls if that is longer, so that no answered call of the run trips it."""
+    _times_out_when_stalled(remote_harness)
+
+
+def test_a_stalled_call_times_out_when_every_answer_is_slow(akv_harness: AkvHarness) -> None:
+    """What a loaded machine does to the test above, made on purpose: with 0.35 s added to
+    every crypto call (more than the fixed 0.3 s read timeout the test once had, which
+    then timed out while warming up), a stall is still told from a slow answer."""
+    akv_harness.server.set_latency(0.35)
+    try:
+        _times_out_when_stalled(akv_harness)
+    finally:
+        akv_harness.server.set_latency(0.0)
+
+
+def _times_out_when_stalled(remote_harness: RemoteHarness) -> None:
     provider, _, wrapped = _warm(remote_harness)  # the versions, made with the default timeout
     version = provider.current_version()
     started = time.monotonic()
