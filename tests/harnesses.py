@@ -47,10 +47,16 @@ class RemoteHarness(Protocol):
     secrets: list[bytes]
     throttle_retry_after: float | None
     """The ``retry_after`` an injected throttle must surface as."""
+    stall_seconds: float | None
+    """How long the server holds a stalled request before it answers it (``None``: never)."""
 
     def make(
         self, versions: int, disabled: frozenset[int] = frozenset(), *, read_timeout: float = 10.0
     ) -> KeyProvider: ...
+
+    def provider(self, mek_name: str | None = None, **options: Any) -> Any:
+        """Another provider object (``mek_name``: on that MEK, versions already made)."""
+        ...
 
     def inject(self, fault: Fault) -> None:
         """Make the server answer its next request with ``fault``."""
@@ -132,6 +138,7 @@ def pkcs11_harness(softhsm: Any) -> Iterator[Pkcs11Harness]:
 
 class AkvHarness:
     throttle_retry_after: float | None = 1.0  # the server's injected 429 says Retry-After: 1
+    stall_seconds: float | None = None  # a stalled request is never answered
 
     def __init__(self, server: Any, credential: Any) -> None:
         self.server = server
@@ -208,6 +215,7 @@ def akv_harness(keyvault: Any) -> Iterator[AkvHarness]:
 
 class AwsKmsHarness:
     throttle_retry_after: float | None = None  # KMS sends no Retry-After with a throttle
+    stall_seconds: float | None = 1.5  # then moto answers the stalled request
 
     def __init__(self, kms: Any) -> None:
         self.kms = kms
@@ -250,7 +258,7 @@ def kms() -> Iterator[Any]:
     require(_has("boto3") and _has("moto"), "boto3 or moto is not installed (scripts/setup dev)")
     from tests.servers.kms import KmsServer
 
-    with KmsServer(stall_seconds=1.5) as server:
+    with KmsServer(stall_seconds=AwsKmsHarness.stall_seconds) as server:
         yield server
 
 

@@ -3,8 +3,10 @@
 One DEK per document. :meth:`FieldEncryptor.encrypt_document` seals each chosen field
 under the document's DEK (creating and wrapping a fresh one for a new document);
 :meth:`FieldEncryptor.decrypt_document` opens them again, unwrapping the DEK through the
-key provider on a cache miss. Plaintext fields pass through decryption untouched, so
-documents written before encryption was enabled stay readable until the backfill has run.
+key provider on a cache miss. A plaintext value in an encrypted field is refused like a bad
+token, so nobody with write access to the database can swap a token for a value of their
+choosing; ``allow_plaintext=True`` lets plaintext pass through untouched, for the duration of
+the ``encrypt`` backfill of documents written before encryption was enabled.
 
 With an audit trail, :meth:`FieldEncryptor.shred` records ``dek.shredded`` and an unwrap
 refused because its MEK version is disabled records ``decrypt.denied`` (deduplicated, see
@@ -24,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt import token
 from field_encrypt.audit import DEK_SHREDDED, AuditTrail, DenialRecorder
-from field_encrypt.backends.base import DekRecord, DekStore
+from field_encrypt.backends.base import DekRecord, DekStore, check_product_store
 from field_encrypt.cache import DekCache
 from field_encrypt.errors import (
     ConfigurationError,
@@ -68,9 +70,11 @@ class FieldEncryptor:
     ``token_form`` is how new tokens are stored: ``"text"`` (``fe1:`` + base64, for JSON
     documents) or ``"binary"`` (for binary columns); both forms always decrypt.
     With ``enabled=False`` new writes stay plaintext; tokens already stored still decrypt.
-    ``allow_plaintext=False`` (once the ``encrypt`` backfill is done) makes a plaintext
-    value in an encrypted field a :class:`DecryptionError` instead of passing it through,
-    so a stored token cannot be swapped for plaintext.
+    While encryption is on, a plaintext value in an encrypted field is a
+    :class:`DecryptionError` (a stored token cannot be swapped for plaintext);
+    ``allow_plaintext=True``, an explicit opt-in for the duration of the ``encrypt``
+    backfill, passes it through instead. Left unset (``None``) it follows ``enabled``, as
+    ``FIELD_ENCRYPT_ALLOW_PLAINTEXT`` does: refused when on, read when off.
     ``audit`` is the product's audit trail (``None``: no events).
     """
 
@@ -83,17 +87,12 @@ class FieldEncryptor:
         collections: Mapping[str, Sequence[str]],
         cache: DekCache | None = None,
         enabled: bool = True,
-        allow_plaintext: bool = True,
+        allow_plaintext: bool | None = None,
         token_form: TokenForm = "text",
         random_bytes: Callable[[int], bytes] = os.urandom,
         audit: AuditTrail | None = None,
     ) -> None:
-        if not product:
-            raise ConfigurationError("a product name is required")
-        if store.product != product:
-            raise ConfigurationError(
-                f"the dek_store belongs to product {store.product!r}, not {product!r}"
-            )
+        check_product_store(product, store)
         if token_form not in ("text", "binary"):
             raise ConfigurationError(f"token_form must be 'text' or 'binary', not {token_form!r}")
         self.product = product
@@ -101,7 +100,7 @@ class FieldEncryptor:
         self.store = store
         self.cache = cache if cache is not None else DekCache()
         self.enabled = enabled
-        self.allow_plaintext = allow_plaintext
+        self.allow_plaintext = allow_plaintext if allow_plaintext is not None else not enabled
         self.token_form: TokenForm = token_form
         self.collections = {name: tuple(paths) for name, paths in collections.items()}
         self._random = random_bytes
@@ -175,7 +174,8 @@ class FieldEncryptor:
     def decrypt_document(
         self, collection: str, document_id: str, document: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """A copy of ``document`` with its encrypted fields opened (plaintext passes through)."""
+        """A copy of ``document`` with its encrypted fields opened (plaintext in one is a
+        :class:`DecryptionError` unless ``allow_plaintext``)."""
         plan = self._plan(collection)
         out = _copy(document, plan) if plan.nested else dict(document)
         doc_id = document_id.encode()

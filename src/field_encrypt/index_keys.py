@@ -37,7 +37,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 
 from field_encrypt.audit import INDEX_KEY_CREATED, INDEX_KEY_RETIRED, AuditTrail
-from field_encrypt.backends.base import DekStore
+from field_encrypt.backends.base import DekStore, check_product_store
 from field_encrypt.blind_index import MAX_VERSION, BlindIndex, IndexedField, check_version
 from field_encrypt.errors import (
     AlreadyExistsError,
@@ -104,12 +104,7 @@ class IndexKeyring:
         random_bytes: Callable[[int], bytes] = os.urandom,
         audit: AuditTrail | None = None,
     ) -> None:
-        if not product:
-            raise ConfigurationError("a product name is required")
-        if store.product != product:
-            raise ConfigurationError(
-                f"the dek_store belongs to product {store.product!r}, not {product!r}"
-            )
+        check_product_store(product, store)
         self.product = product
         self.provider = provider
         self.store = store

@@ -5,8 +5,9 @@ Every command that changes what keys may be used (``keys disable|enable|compromi
 the product's key-state epoch (one small record in the product's own database, see
 :class:`~field_encrypt.backends.base.KeyStateStore`) and names the versions it touched.
 
-Every running process that holds a DEK cache runs a :class:`KeyEpochWatcher`: a daemon
-thread that reads the epoch once per ``FIELD_ENCRYPT_KEY_STATE_POLL_SECONDS`` (default 1 s;
+Every long-running process that holds a DEK cache (the NoteLett service, the console, the
+scheduled rotation: :func:`~field_encrypt.runtime.start_background` with ``watch=True``; a
+one-shot command starts none) runs a :class:`KeyEpochWatcher`: a daemon thread that reads the epoch once per ``FIELD_ENCRYPT_KEY_STATE_POLL_SECONDS`` (default 1 s;
 one primary-key read, off the request path). When it moved, the watcher
 
 1. makes the key provider forget the version states it cached

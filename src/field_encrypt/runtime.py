@@ -3,7 +3,11 @@
 :func:`open_runtime` picks SQLite, PostgreSQL or Cosmos DB from ``FIELD_ENCRYPT_DATABASE``;
 :func:`open_sqlite_runtime` is the SQLite case, kept for callers that want only that. The
 audit trail lives in the same database, whichever it is (``backends.registry.open_audit_trail``).
-Each runtime watches its product's key-state epoch (``field_encrypt.key_epoch``) until closed.
+A runtime starts no thread of its own, except the lazy rewrapper when that is switched on.
+A long-running process (the NoteLett service, ``field-encrypt console``, the scheduled
+``field-encrypt rotate``) calls :func:`start_background` with ``watch=True`` to watch the
+product's key-state epoch (``field_encrypt.key_epoch``) until the runtime is closed; a
+one-shot command has no cache worth keeping fresh and starts no watcher.
 """
 
 from __future__ import annotations
@@ -88,7 +92,8 @@ def _assemble(
     indexed: Sequence[IndexedField],
 ) -> ProductRuntime:
     """The provider first (a bad setting opens nothing), then the database and the stores in
-    it (closed again if any fails), the encryptor, and the runtime, watched."""
+    it (closed again if any fails), the encryptor, and the runtime (its lazy rewrapper
+    started, if on; no key-state watch: see :func:`start_background`)."""
     mek = observed(build_provider(settings))  # every provider call measured
     database = open_db()
     try:
@@ -122,7 +127,7 @@ def _assemble(
         allow_plaintext=settings.plaintext_allowed,
         audit=trail,
     )
-    return _watched(
+    return _started(
         ProductRuntime(
             settings=settings,
             provider=provider,
@@ -138,19 +143,24 @@ def _assemble(
     )
 
 
-def _watched(runtime: ProductRuntime) -> ProductRuntime:
-    """``runtime`` with its background work started (:func:`start_background`)."""
-    start_background(runtime)
+def _started(runtime: ProductRuntime) -> ProductRuntime:
+    """``runtime`` with what every runtime runs started (:func:`start_background`)."""
+    start_background(runtime, watch=False)
     return runtime
 
 
-def start_background(runtime: ProductRuntime) -> None:
-    """Start what a runtime runs beside its reads, each closed with it: the key-state watch
-    (``field_encrypt.key_epoch``) and, if on, the lazy rewrapper (``field_encrypt.lazy_rewrap``).
-    On failure the runtime is closed."""
+def start_background(runtime: ProductRuntime, *, watch: bool) -> None:
+    """Start what a runtime runs beside its reads, each closed with it: the lazy rewrapper
+    (``field_encrypt.lazy_rewrap``) if it is on and, with ``watch``, the key-state watch
+    (``field_encrypt.key_epoch``), a thread polling the epoch once per
+    ``FIELD_ENCRYPT_KEY_STATE_POLL_SECONDS``: for long-running processes only (a service, the
+    console, the scheduled rotation), whose DEK cache must learn of a revocation. Calling it
+    again starts nothing twice. On failure the runtime is closed."""
     try:
-        watch_key_state(runtime)
-        start_lazy_rewrap(runtime)
+        if watch and runtime.key_epoch is None:
+            watch_key_state(runtime)
+        if runtime.encryptor.rewrapper is None:
+            start_lazy_rewrap(runtime)
     except BaseException:
         runtime.close()
         raise

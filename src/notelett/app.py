@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import field_encrypt
 import field_encrypt.metrics
 from field_encrypt.audit_delivery import AuditDelivery, Backoff, HttpDestination
+from field_encrypt.runtime import start_background
 from field_encrypt.usage import dek_counts
 from notelett.auth import verifier_from_settings
 from notelett.backend import Backend, open_backend
@@ -118,6 +119,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # a serving process is long-running: it watches the key-state epoch, so a version
+        # disabled anywhere leaves its DEK cache within one poll (field_encrypt.key_epoch)
+        await run_in_threadpool(start_background, backend.runtime, watch=True)
         finished = await run_in_threadpool(service.finish_deletes)
         if finished:
             log.info("completed %d interrupted note deletes", finished)

@@ -116,7 +116,7 @@ def open_backend(
         audit=trail,
         kek_tier=tier,
     )
-    start_background(runtime)  # revocations reach its cache; lazy rewrap, if on
+    start_background(runtime, watch=False)  # lazy rewrap, if on; the service watches (app.py)
     per_workspace = tier is not None and tier.layout == "kek" and settings.kek_per_workspace
     return Backend(
         runtime=runtime,

@@ -58,3 +58,50 @@ def test_status_on_sqlite_loads_neither_the_engine_nor_the_web_stack(env: dict[s
     assert loaded & {*NEVER_AT_START, "jwt", "starlette", "structlog"} == set()
     engine = {"migrate", "run", "rewrap", "reencrypt", "docwalk", "compromise", "schedule"}
     assert {f"field_encrypt.rotation.{m}" for m in engine} & loaded == set()
+
+
+def _threads_started(args: list[str], env: dict[str, str]) -> list[str]:
+    """The names of the threads ``field-encrypt ARGS``, run in a fresh interpreter, started."""
+    code = (
+        "import json, threading\n"
+        "started = []\n"
+        "original = threading.Thread.start\n"
+        "def start(self):\n"
+        "    started.append(self.name)\n"
+        "    original(self)\n"
+        "threading.Thread.start = start\n"
+        "import sys\n"
+        f"sys.argv = ['field-encrypt', *{args!r}]\n"
+        "from field_encrypt.cli.entry import field_encrypt as main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print(json.dumps(started))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return list(json.loads(done.stdout.splitlines()[-1]))
+
+
+WATCHER = "field-encrypt-key-epoch-"
+
+
+def test_one_shot_commands_start_no_key_state_watcher(env: dict[str, str]) -> None:
+    """``keys list``, ``status`` and ``rotate --status`` read and exit: none starts the
+    key-state watcher's polling thread (it keeps a DEK cache fresh, and a one-shot command
+    has none worth keeping); the scheduled ``rotate``, which runs for hours, does start it
+    (which also shows the probe sees the thread)."""
+    _threads_started(["init", "--product", "notelett"], env)
+    for args in (["keys", "list"], ["status"], ["rotate", "--status"]):
+        started = _threads_started([*args, "--product", "notelett"], env)
+        assert [n for n in started if n.startswith(WATCHER)] == [], args
+    rotating = _threads_started(["rotate", "--product", "notelett"], env)
+    assert f"{WATCHER}notelett" in rotating

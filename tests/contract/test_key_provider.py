@@ -17,7 +17,7 @@ from field_encrypt.errors import (
     KeyVersionNotFoundError,
 )
 from field_encrypt.providers.base import KeyProvider, dek_context
-from tests.harnesses import Fault
+from tests.harnesses import AkvHarness, Fault
 
 from .conftest import ProviderHarness, RemoteHarness
 
@@ -207,10 +207,46 @@ def test_service_failures_are_transient(remote_harness: RemoteHarness, fault: Fa
 
 
 def test_a_stalled_call_times_out(remote_harness: RemoteHarness) -> None:
-    """A call the service never answers fails after the read timeout instead of hanging."""
-    provider, _, wrapped = _warm(remote_harness, read_timeout=0.3)
+    """A call the service never answers fails once the configured read timeout has passed,
+    instead of hanging: not sooner (the client did wait for an answer) and not later than
+    the timeout plus a margin measured in the same run (what a fresh provider's first,
+    answered call takes), so a loaded machine moves the bound with it. The timeout is 0.3 s,
+    or three such calls if that is longer, so that no answered call of the run trips it."""
+    _times_out_when_stalled(remote_harness)
+
+
+def test_a_stalled_call_times_out_when_every_answer_is_slow(akv_harness: AkvHarness) -> None:
+    """What a loaded machine does to the test above, made on purpose: with 0.35 s added to
+    every crypto call (more than the fixed 0.3 s read timeout the test once had, which
+    then timed out while warming up), a stall is still told from a slow answer."""
+    akv_harness.server.set_latency(0.35)
+    try:
+        _times_out_when_stalled(akv_harness)
+    finally:
+        akv_harness.server.set_latency(0.0)
+
+
+def _times_out_when_stalled(remote_harness: RemoteHarness) -> None:
+    provider, _, wrapped = _warm(remote_harness)  # the versions, made with the default timeout
+    version = provider.current_version()
+    started = time.monotonic()
+    remote_harness.provider(provider.mek_name).unwrap(wrapped, version=version, context=CTX)
+    cold = time.monotonic() - started  # connection, token, versions and the call: answered
+    timeout = max(0.3, 3 * cold)
+    margin = 0.2 + 2 * cold
+    if remote_harness.stall_seconds is not None:  # the server answers a stall in the end
+        assert timeout + margin < remote_harness.stall_seconds, (
+            f"an answered call took {cold:.2f} s: too slow to tell the timeout from the "
+            f"{remote_harness.stall_seconds} s stall"
+        )
+    stalled = remote_harness.provider(provider.mek_name, read_timeout=timeout)
+    stalled.unwrap(wrapped, version=version, context=CTX)  # warm, under the short timeout
     remote_harness.inject("stall")
     started = time.monotonic()
     with pytest.raises(KeyProviderUnavailableError):
-        provider.unwrap(wrapped, version=provider.current_version(), context=CTX)
-    assert time.monotonic() - started < 1.2
+        stalled.unwrap(wrapped, version=version, context=CTX)
+    elapsed = time.monotonic() - started
+    assert timeout * 0.95 <= elapsed <= timeout + margin, (
+        f"stalled call failed after {elapsed:.2f} s; read timeout {timeout:.2f} s, "
+        f"margin {margin:.2f} s"
+    )

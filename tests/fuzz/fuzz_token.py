@@ -32,7 +32,11 @@ _tmp = Path(os.environ.get("FUZZ_WORKDIR") or tempfile.mkdtemp(prefix="fuzz-toke
 _provider = LocalKeyProvider(_tmp / "ring.json", mek_name="fuzz")
 _store = SqliteDekStore(SqliteDatabase(_tmp / "fuzz.db"), product="fuzz")
 _fe = FieldEncryptor(
-    product="fuzz", provider=_provider, store=_store, collections={"c": ["f", "a.b"]}
+    product="fuzz",
+    provider=_provider,
+    store=_store,
+    collections={"c": ["f", "a.b"]},
+    allow_plaintext=True,
 )
 _strict = FieldEncryptor(
     product="fuzz",

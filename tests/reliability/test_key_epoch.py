@@ -226,9 +226,15 @@ def test_an_unreadable_store_fails_closed_after_the_stale_limit(
     assert b.encryptor.cache.stats().size == 1
 
 
-def test_the_runtime_watches_on_a_thread_and_stops_when_closed(tmp_path: Path) -> None:
-    """open_runtime starts the watcher with the settings' interval; closing the runtime
-    stops it before the database closes."""
+def test_a_long_running_runtime_watches_on_a_thread_and_stops_when_closed(
+    tmp_path: Path,
+) -> None:
+    """open_runtime starts no watcher (a one-shot command has no cache worth keeping
+    fresh); start_background(watch=True), as a long-running process calls it, starts one
+    with the settings' interval, only once; closing the runtime stops it before the
+    database closes."""
+    from field_encrypt.runtime import start_background
+
     settings = load_settings(
         {},
         database=str(tmp_path / "db.sqlite"),
@@ -236,8 +242,12 @@ def test_the_runtime_watches_on_a_thread_and_stops_when_closed(tmp_path: Path) -
         key_state_poll_seconds=0.05,
     )
     runtime = open_runtime(settings, product="p", collections=COLLECTIONS)
+    assert runtime.key_epoch is None
+    start_background(runtime, watch=True)
     watcher = runtime.key_epoch
     assert watcher is not None and watcher.interval == 0.05
+    start_background(runtime, watch=True)
+    assert runtime.key_epoch is watcher
     thread = watcher._thread
     assert thread is not None and thread.is_alive()
     runtime.close()

@@ -468,15 +468,32 @@ def test_an_empty_json_answer_to_unwrap_yields_no_key(
 
 
 def test_a_stalled_request_times_out_on_the_client(
-    server: KeyVaultServer, credential: ClientSecretCredential
+    server: KeyVaultServer, keys: KeyClient, credential: ClientSecretCredential
 ) -> None:
-    """A stall answers nothing; a client with a short read_timeout gives up."""
-    options = sdk_options(server, retry_total=0, connection_timeout=2, read_timeout=0.3)
+    """A stall answers nothing; a client with a short read_timeout gives up once it has
+    passed: not sooner, and not later than the timeout plus a margin measured in this run
+    (a fresh client's first, answered call). The key is made beforehand with the default
+    timeout (RSA key generation on a loaded machine is no part of this), and the read
+    timeout is 0.3 s, or three answered calls if that is longer."""
+    keys.create_rsa_key("mek", size=2048)
+    started = time.monotonic()
+    with KeyClient(server.url, credential, **sdk_options(server, retry_total=0)) as fresh:
+        fresh.get_key("mek")
+    cold = time.monotonic() - started
+    timeout = max(0.3, 3 * cold)
+    margin = 0.2 + 2 * cold
+    options = sdk_options(server, retry_total=0, connection_timeout=2, read_timeout=timeout)
     with KeyClient(server.url, credential, **options) as client:
-        client.create_rsa_key("mek", size=2048)
+        client.get_key("mek")  # connected, under the short timeout
         server.inject("stall")
+        started = time.monotonic()
         with pytest.raises(ServiceResponseError):
             client.get_key("mek")
+        elapsed = time.monotonic() - started
+    assert timeout * 0.95 <= elapsed <= timeout + margin, (
+        f"stalled request failed after {elapsed:.2f} s; read timeout {timeout:.2f} s, "
+        f"margin {margin:.2f} s"
+    )
 
 
 def test_latency_is_added_to_crypto_calls_and_calls_reuse_one_connection(

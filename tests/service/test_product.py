@@ -13,6 +13,7 @@ from field_encrypt import ConcurrentUpdateError, NotFoundError, load_settings
 from field_encrypt.backends.sqlite.db import SqliteDatabase
 from field_encrypt.documents import DocumentStore
 from field_encrypt.products import load_product
+from notelett import NoteLettSettings
 from notelett.backend import Backend
 from notelett.binding import document_id
 
@@ -97,3 +98,29 @@ def test_add_members_is_idempotent(backend: Backend) -> None:
     add_members(backend)
     assert backend.directory.is_member("carol", "ws-b")
     assert not backend.directory.is_member("alice", "ws-b")
+
+
+def test_only_the_serving_app_watches_the_key_state(
+    backend: Backend, settings: NoteLettSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The product's runtime the CLI opens watches nothing, nor does a backend; the app,
+    once it serves (its lifespan), watches the key-state epoch on a thread, stopped when
+    the backend closes."""
+    from notelett.app import create_app
+
+    monkeypatch.setenv("NOTELETT_DATABASE", str(tmp_path / "n.db"))
+    runtime = load_product("notelett").open(
+        load_settings(environ={}, keyring=str(tmp_path / "k.json"))
+    )
+    try:
+        assert runtime.key_epoch is None
+    finally:
+        runtime.close()
+    assert backend.runtime.key_epoch is None
+    with TestClient(create_app(settings, backend=backend)):
+        watcher = backend.runtime.key_epoch
+        assert watcher is not None
+        thread = watcher._thread
+        assert thread is not None and thread.is_alive()
+    backend.close()
+    assert not thread.is_alive()

@@ -45,13 +45,30 @@ def test_a_page_decrypts_like_one_document_at_a_time(encryptor: FieldEncryptor, 
     assert page[0][1]["title"] != "t0", "the input documents are not modified"
 
 
-def test_plaintext_and_missing_fields_pass_through(encryptor: FieldEncryptor) -> None:
-    """A page mixing tokens, plaintext and absent fields gives the one-document answers."""
+def test_plaintext_and_missing_fields_pass_through_when_allowed(encryptor: FieldEncryptor) -> None:
+    """With allow_plaintext=True (a backfill), a page mixing tokens, plaintext and absent
+    fields gives the one-document answers."""
     fe = _flat(encryptor)
+    fe.allow_plaintext = True
     page = [*_page(fe, 3), ("p1", {"title": "plain", "body": None}), ("p2", {"other": 1})]
     assert fe.decrypt_documents("notes", iter(page)) == [
         fe.decrypt_document("notes", i, d) for i, d in page
     ]
+
+
+def test_plaintext_on_a_page_is_refused_by_default(encryptor: FieldEncryptor) -> None:
+    """By default plaintext in an encrypted field fails the page, as it fails one document;
+    absent fields and None still pass."""
+    fe = _flat(encryptor)
+    page = [*_page(fe, 3), ("p2", {"other": 1}), ("p3", {"title": None})]
+    assert fe.decrypt_documents("notes", page) == [
+        fe.decrypt_document("notes", i, d) for i, d in page
+    ]
+    plain = ("p1", {"title": "plain", "body": None})
+    with pytest.raises(DecryptionError):
+        fe.decrypt_document("notes", *plain)
+    with pytest.raises(DecryptionError):
+        fe.decrypt_documents("notes", [*page, plain])
 
 
 def test_nested_fields_take_the_one_document_path(encryptor: FieldEncryptor) -> None:

@@ -219,8 +219,37 @@ def test_disabled_encryption_writes_plaintext_and_still_reads_tokens(
     assert encryptor.decrypt_document("notes", "n1", sealed) == NOTE
 
 
-def test_plaintext_fields_pass_through_decryption(encryptor: FieldEncryptor) -> None:
-    """Documents written before encryption was enabled read as they are (for the backfill)."""
+def test_an_encryptor_refuses_plaintext_unless_told_otherwise(
+    provider: LocalKeyProvider, store: SqliteDekStore
+) -> None:
+    """Built with the defaults, an encryptor refuses plaintext in an encrypted field (a token
+    swapped for a value of the attacker's choosing); only an explicit ``allow_plaintext=True``,
+    for the backfill, reads it as it is."""
+    strict = FieldEncryptor(
+        product="notelett", provider=provider, store=store, collections=COLLECTIONS
+    )
+    assert strict.allow_plaintext is False
+    with pytest.raises(DecryptionError):
+        strict.decrypt_document("notes", "n1", NOTE)
+    backfill = FieldEncryptor(
+        product="notelett",
+        provider=provider,
+        store=store,
+        collections=COLLECTIONS,
+        allow_plaintext=True,
+    )
+    assert backfill.decrypt_document("notes", "n1", NOTE) == NOTE
+    off = FieldEncryptor(
+        product="notelett", provider=provider, store=store, collections=COLLECTIONS, enabled=False
+    )
+    assert off.allow_plaintext is True  # encryption off: what it writes, it reads
+    assert off.decrypt_document("notes", "n1", off.encrypt_document("notes", "n1", NOTE)) == NOTE
+
+
+def test_plaintext_fields_pass_through_decryption_when_allowed(encryptor: FieldEncryptor) -> None:
+    """With allow_plaintext=True, documents written before encryption was enabled read as
+    they are (for the backfill)."""
+    encryptor.allow_plaintext = True
     assert encryptor.decrypt_document("notes", "n1", NOTE) == NOTE
     assert encryptor.dek_id_of("notes", NOTE) is None
 
@@ -302,3 +331,22 @@ def test_store_of_another_product_is_refused(
         FieldEncryptor(
             product="other", provider=provider, store=store, collections={}, cache=DekCache()
         )
+
+
+@pytest.mark.parametrize("product", ["", "other"])
+def test_encryptor_and_index_keyring_check_their_store_with_one_function(
+    provider: LocalKeyProvider, store: SqliteDekStore, product: str
+) -> None:
+    """FieldEncryptor and IndexKeyring refuse a missing product name or another product's
+    dek_store through the one shared check, with the same message."""
+    from field_encrypt import ConfigurationError, IndexKeyring
+    from field_encrypt.backends.base import check_product_store
+
+    with pytest.raises(ConfigurationError) as shared:
+        check_product_store(product, store)
+    with pytest.raises(ConfigurationError) as by_encryptor:
+        FieldEncryptor(product=product, provider=provider, store=store, collections={})
+    with pytest.raises(ConfigurationError) as by_keyring:
+        IndexKeyring(product=product, provider=provider, store=store)
+    assert str(by_encryptor.value) == str(by_keyring.value) == str(shared.value)
+    check_product_store("notelett", store)  # its own product: no error

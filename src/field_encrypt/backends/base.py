@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from field_encrypt.errors import ConfigurationError
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DekRecord:
@@ -207,6 +209,18 @@ class DekStore(Protocol):
         ``mek_name`` protects: wrapped directly under it, or under a KEK wrapped under it
         (every product, not only this store's: they share the key)."""
         ...
+
+
+def check_product_store(product: str, store: DekStore) -> None:
+    """Refuse a missing product name, or a dek_store that belongs to another product: what
+    everything that keeps keys in a product's store (``FieldEncryptor``, ``IndexKeyring``)
+    checks when it is built, before any key is wrapped into the wrong product."""
+    if not product:
+        raise ConfigurationError("a product name is required")
+    if store.product != product:
+        raise ConfigurationError(
+            f"the dek_store belongs to product {store.product!r}, not {product!r}"
+        )
 
 
 KEK_PREFIX = "kek:"

@@ -87,11 +87,16 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
 
 
 @contextmanager
-def opened(product_name: str, *, create: bool = False) -> Iterator[ProductRuntime]:
+def opened(
+    product_name: str, *, create: bool = False, watch: bool = False
+) -> Iterator[ProductRuntime]:
     """The product's runtime from the environment's settings, closed afterwards.
 
     Nothing is created (no SQLite file, directory or keyring) unless ``create``: only
-    ``field-encrypt init`` creates; every other command names what is missing.
+    ``field-encrypt init`` creates; every other command names what is missing. Only a
+    long-running command passes ``watch`` (the scheduled ``rotate``): its runtime watches
+    the key-state epoch on a thread (``field_encrypt.key_epoch``); a one-shot command
+    starts none.
     """
     from field_encrypt.config import load_settings  # pydantic-settings: only when opening
     from field_encrypt.products import load_product
@@ -102,6 +107,10 @@ def opened(product_name: str, *, create: bool = False) -> Iterator[ProductRuntim
     except ConfigurationError as exc:  # make the library's hint a command to paste
         hint = str(exc).replace("--product PRODUCT", f"--product {product_name}")
         raise ConfigurationError(hint) from None
+    if watch:
+        from field_encrypt.runtime import start_background
+
+        start_background(runtime, watch=True)  # closes the runtime if it fails
     try:
         yield runtime
     finally:

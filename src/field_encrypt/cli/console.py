@@ -102,6 +102,7 @@ def console_command(
     from field_encrypt.config import load_settings
     from field_encrypt.products import load_product
     from field_encrypt.rotation import load_policy
+    from field_encrypt.runtime import start_background
 
     policy = load_policy(policy_file)
     try:
@@ -123,6 +124,7 @@ def console_command(
     ):
         settings = load_settings(provider_refresh_seconds=REMOTE_REFRESH_SECONDS)
     rt = load_product(product).open(settings)
+    start_background(rt, watch=True)  # long-running: revocations reach its cache (key_epoch)
     try:
         panels = Panels(rt, options=options)
         sock = socket.socket(family, socket.SOCK_STREAM)

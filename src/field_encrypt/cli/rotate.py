@@ -104,7 +104,7 @@ def rotate_command(
         return
     live = output.live_terminal(json_)
     observer: Any = output.ProgressObserver() if live else output.LogObserver()
-    with opened(product) as rt:
+    with opened(product, watch=True) as rt:  # a rotation runs for hours: it watches
         pub = publishing.publisher(
             rt, command="rotate", pushgateway=metrics_pushgateway, textfile=metrics_textfile
         )
