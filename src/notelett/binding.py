@@ -27,7 +27,7 @@ from field_encrypt import (
     NotFoundError,
 )
 from field_encrypt import token as field_token
-from notelett.repositories.base import NoteRecord, NotesRepository
+from notelett.repositories.base import NoteRecord, NotesRepository, StoredTags
 
 COLLECTION = "notes"
 BINDING_PREFIX = "w1:"
@@ -48,7 +48,26 @@ def note_id_of(bound_id: str) -> str:
 
 
 def fields_of(record: NoteRecord) -> dict[str, Any]:
-    return {"title": record.title, "body": record.body}
+    """A note's encrypted fields as stored: ``tags`` is one token, or the plaintext list
+    (``None`` when empty: nothing to seal)."""
+    return {"title": record.title, "body": record.body, "tags": stored_tags_field(record.tags)}
+
+
+def stored_tags_field(tags: StoredTags) -> bytes | list[str] | None:
+    """Stored tags as an encrypted field's value: the token, the plaintext list, or
+    ``None`` for no plaintext tags."""
+    if isinstance(tags, bytes):
+        return tags
+    return list(tags) if tags else None
+
+
+def tags_to_store(value: Any) -> StoredTags:
+    """A sealed (or, encryption off, plaintext) ``tags`` field as a repository stores it."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str) and field_token.is_token(value):
+        return field_token.from_text(value)
+    return tuple(value or ())
 
 
 def open_fields(encryptor: FieldEncryptor, record: NoteRecord, *, legacy: bool) -> dict[str, Any]:
@@ -138,7 +157,7 @@ def _rebind_one(
             expected_revision=record.revision,
             title=sealed["title"],
             body=sealed["body"],
-            tags=record.tags,
+            tags=tags_to_store(sealed["tags"]) if sealed.get("tags") is not None else record.tags,
             dek_id=dek_id,
             updated_at=record.updated_at,
         )
