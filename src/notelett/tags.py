@@ -9,7 +9,7 @@ leading and trailing whitespace stripped; case kept), so ``work`` and `` work ``
 ``work`` and ``Work`` do not.
 
 :class:`TagIndex` opens the product's index on first use (creating index-key version 1
-when the product has none) and re-opens it every ``refresh_seconds``, so a process picks
+when the first tag is indexed: a product whose notes have no tags holds no index key) and re-opens it every ``refresh_seconds``, so a process picks
 up a new index-key version (``field-encrypt index-keys create``) within that time:
 it then writes the new version's values and looks up both (docs/queryable.md).
 """
@@ -66,26 +66,38 @@ class TagIndex:
     def __repr__(self) -> str:
         return f"TagIndex({self.keyring!r}, refresh_seconds={self.refresh_seconds})"
 
-    def current(self) -> BlindIndex:
-        """The index, (re-)opened when older than ``refresh_seconds``."""
+    def current(self, *, create: bool = True) -> BlindIndex | None:
+        """The index, (re-)opened when older than ``refresh_seconds``; with ``create`` the
+        product's first index key is made when it has none (else ``None`` then)."""
         with self._lock:
             now = self._clock()
             if self._index is None or now - self._opened >= self.refresh_seconds:
                 if not self.keyring.versions():
+                    if not create:
+                        return None
                     self.keyring.create(1)  # idempotent: racing processes share one key
                 self._index = self.keyring.open(INDEXED)
                 self._opened = now
             return self._index
 
     def values(self, tags: Iterable[str]) -> tuple[str, ...]:
-        """A note's index values: one per distinct tag, current version, sorted."""
-        return self.current().values(COLLECTION, TAGS, tags)
+        """A note's index values: one per distinct tag, current version, sorted. The first
+        tag ever indexed creates the product's index key; no tags need none."""
+        tags = list(tags)
+        if not tags:
+            return ()
+        index = self.current()
+        assert index is not None
+        return index.values(COLLECTION, TAGS, tags)
 
     def lookup(self, tag: str) -> tuple[str, ...]:
-        """What a note tagged ``tag`` may be indexed under: one value per index-key version."""
-        return self.current().lookup_values(COLLECTION, TAGS, tag)
+        """What a note tagged ``tag`` may be indexed under: one value per index-key version
+        (none while the product has no index key: no note is tagged yet)."""
+        index = self.current(create=False)
+        return () if index is None else index.lookup_values(COLLECTION, TAGS, tag)
 
     def same(self, a: str, b: str) -> bool:
         """Whether two tags are equal once normalised (drops a truncated index's false
         positives after decrypting)."""
-        return self.current().same(COLLECTION, TAGS, a, b)
+        index = self.current(create=False)
+        return a == b if index is None else index.same(COLLECTION, TAGS, a, b)

@@ -108,6 +108,17 @@ _WITH_INDEX = (
 )
 
 
+def tagged_query(*, table: str = "note_tags", column: str = "index_value") -> str:
+    """The SQL of a tag lookup (bench/tag_lookup.py explains it, and runs it on a plaintext
+    baseline table of the same shape)."""
+    columns = ", ".join(f"n.{c.strip()}" for c in _COLUMNS.split(","))
+    return (
+        f"SELECT {columns} FROM {table} t JOIN notes n ON n.seq = t.note_seq "
+        f"WHERE t.workspace_id = %s AND t.{column} = ANY(%s) AND t.note_seq < %s "
+        "AND NOT n.deleting ORDER BY t.note_seq DESC LIMIT %s"
+    )
+
+
 class PostgresNotesRepository:
     """Notes in the product's PostgreSQL database."""
 
@@ -159,13 +170,7 @@ class PostgresNotesRepository:
         values = list(dict.fromkeys(index_values))
         if not values:
             return NotePage(notes=[], cursor=None)
-        columns = ", ".join(f"n.{c.strip()}" for c in _COLUMNS.split(","))
-        rows = self.database.query(
-            f"SELECT {columns} FROM note_tags t JOIN notes n ON n.seq = t.note_seq "
-            "WHERE t.workspace_id = %s AND t.index_value = ANY(%s) AND t.note_seq < %s "
-            "AND NOT n.deleting ORDER BY t.note_seq DESC LIMIT %s",
-            (workspace_id, values, before, limit + 1),
-        )
+        rows = self.database.query(tagged_query(), (workspace_id, values, before, limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
         return NotePage(

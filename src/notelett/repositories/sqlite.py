@@ -103,6 +103,18 @@ _WITH_INDEX = (
 )
 
 
+def tagged_query(count: int, *, table: str = "note_tags", column: str = "index_value") -> str:
+    """The SQL of a tag lookup for ``count`` index values (bench/tag_lookup.py explains it,
+    and runs it on a plaintext baseline table of the same shape)."""
+    columns = ", ".join(f"n.{c.strip()}" for c in _COLUMNS.split(","))
+    marks = ", ".join("?" * count)
+    return (
+        f"SELECT {columns} FROM {table} t JOIN notes n ON n.seq = t.note_seq "
+        f"WHERE t.workspace_id = ? AND t.{column} IN ({marks}) AND t.note_seq < ? "
+        "AND n.deleting = 0 ORDER BY t.note_seq DESC LIMIT ?"
+    )
+
+
 class SqliteNotesRepository:
     """Notes in the product's SQLite file."""
 
@@ -147,13 +159,8 @@ class SqliteNotesRepository:
         values = list(dict.fromkeys(index_values))
         if not values:
             return NotePage(notes=[], cursor=None)
-        marks = ", ".join("?" * len(values))
-        columns = ", ".join(f"n.{c.strip()}" for c in _COLUMNS.split(","))
         rows = self.database.query(
-            f"SELECT {columns} FROM note_tags t JOIN notes n ON n.seq = t.note_seq "
-            f"WHERE t.workspace_id = ? AND t.index_value IN ({marks}) AND t.note_seq < ? "
-            "AND n.deleting = 0 ORDER BY t.note_seq DESC LIMIT ?",
-            (workspace_id, *values, before, limit + 1),
+            tagged_query(len(values)), (workspace_id, *values, before, limit + 1)
         )
         more = len(rows) > limit
         rows = rows[:limit]
