@@ -217,29 +217,44 @@ def load_postgres(backend: Backend, count: int, per_dek: int) -> None:
 
 
 def postgres_lookups(backend: Backend) -> Lookups:
-    from notelett.repositories.postgres import tagged_query
+    from notelett.repositories.postgres import tagged_params, tagged_query
 
     database = backend.runtime.database
-    baseline_sql = tagged_query(table="bench_plain_tags", column="tag")
-    encrypted_sql = tagged_query()
+    baseline_sql = tagged_query(1, table="bench_plain_tags", column="tag")
+    top = 2**63 - 1
 
     def encrypted(workspace: str, tag: str) -> int:
-        values = list(backend.tags.lookup(tag))
-        return len(database.query(encrypted_sql, (workspace, values, 2**63 - 1, 51)))
+        values = backend.tags.lookup(tag)
+        params = tagged_params(workspace, values, before=top, limit=51)
+        return len(database.query(tagged_query(len(values)), params))
 
     def baseline(workspace: str, tag: str) -> int:
-        return len(database.query(baseline_sql, (workspace, [tag], 2**63 - 1, 51)))
+        params = tagged_params(workspace, [tag], before=top, limit=51)
+        return len(database.query(baseline_sql, params))
 
     def plan(tag: str) -> str:
-        values = list(backend.tags.lookup(tag))
+        values = backend.tags.lookup(tag)
         lines = []
         for title, sql, params in (
-            ("encrypted", tagged_query(), (WORKSPACES[0], values, 2**63 - 1, 51)),
-            ("baseline", baseline_sql, (WORKSPACES[0], [tag], 2**63 - 1, 51)),
+            (
+                "encrypted",
+                tagged_query(len(values)),
+                tagged_params(WORKSPACES[0], values, before=top, limit=51),
+            ),
+            ("baseline", baseline_sql, tagged_params(WORKSPACES[0], [tag], before=top, limit=51)),
         ):
             rows = database.query(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", params)
             lines.append(f"  {title}:\n" + "\n".join(f"    {r[0]}" for r in rows))
+        with database.transaction() as conn:  # what a prepared statement runs after 5 uses
+            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+            cursor = conn.connection.driver_connection.cursor()
+            cursor.execute(f"EXPLAIN (COSTS OFF) {tagged_query(len(values))}", params_of(values))
+            generic = [r[0] for r in cursor.fetchall()]
+        lines.append("  encrypted, generic plan:\n" + "\n".join(f"    {r}" for r in generic))
         return "\n".join(lines)
+
+    def params_of(values: tuple[str, ...]) -> dict[str, object]:
+        return tagged_params(WORKSPACES[0], values, before=top, limit=51)
 
     return encrypted, baseline, plan
 

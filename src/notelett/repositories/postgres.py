@@ -108,15 +108,39 @@ _WITH_INDEX = (
 )
 
 
-def tagged_query(*, table: str = "note_tags", column: str = "index_value") -> str:
-    """The SQL of a tag lookup (bench/tag_lookup.py explains it, and runs it on a plaintext
-    baseline table of the same shape)."""
+def tagged_query(count: int, *, table: str = "note_tags", column: str = "index_value") -> str:
+    """The SQL of a tag lookup for ``count`` index values (named parameters ``w``, ``v0``..,
+    ``before``, ``n``; bench/tag_lookup.py explains it, and runs it on a plaintext baseline
+    table of the same shape).
+
+    One backward walk of the primary key per value, each already in the listing's order
+    and limited, merged: the plan stays an index range scan whatever the planner guesses
+    about a parameter (a generic plan for ``= ANY(array)`` sorted a bitmap scan, or walked
+    every row of ``note_tags_note``).
+    """
     columns = ", ".join(f"n.{c.strip()}" for c in _COLUMNS.split(","))
-    return (
-        f"SELECT {columns} FROM {table} t JOIN notes n ON n.seq = t.note_seq "
-        f"WHERE t.workspace_id = %s AND t.{column} = ANY(%s) AND t.note_seq < %s "
-        "AND NOT n.deleting ORDER BY t.note_seq DESC LIMIT %s"
+    walks = " UNION ALL ".join(
+        f"(SELECT t.note_seq FROM {table} t JOIN notes n ON n.seq = t.note_seq "
+        f"WHERE t.workspace_id = %(w)s AND t.{column} = %(v{i})s AND t.note_seq < %(before)s "
+        "AND NOT n.deleting ORDER BY t.note_seq DESC LIMIT %(n)s)"
+        for i in range(count)
     )
+    return (
+        f"SELECT {columns} FROM ({walks}) m JOIN notes n ON n.seq = m.note_seq "
+        "ORDER BY m.note_seq DESC LIMIT %(n)s"
+    )
+
+
+def tagged_params(
+    workspace_id: str, values: Sequence[str], *, before: int, limit: int
+) -> dict[str, object]:
+    """The parameters of :func:`tagged_query`."""
+    return {
+        "w": workspace_id,
+        "before": before,
+        "n": limit,
+        **{f"v{i}": v for i, v in enumerate(values)},
+    }
 
 
 class PostgresNotesRepository:
@@ -170,7 +194,10 @@ class PostgresNotesRepository:
         values = list(dict.fromkeys(index_values))
         if not values:
             return NotePage(notes=[], cursor=None)
-        rows = self.database.query(tagged_query(), (workspace_id, values, before, limit + 1))
+        rows = self.database.query(
+            tagged_query(len(values)),
+            tagged_params(workspace_id, values, before=before, limit=limit + 1),
+        )
         more = len(rows) > limit
         rows = rows[:limit]
         return NotePage(
