@@ -245,16 +245,7 @@ def postgres_lookups(backend: Backend) -> Lookups:
         ):
             rows = database.query(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", params)
             lines.append(f"  {title}:\n" + "\n".join(f"    {r[0]}" for r in rows))
-        with database.transaction() as conn:  # what a prepared statement runs after 5 uses
-            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
-            cursor = conn.connection.driver_connection.cursor()
-            cursor.execute(f"EXPLAIN (COSTS OFF) {tagged_query(len(values))}", params_of(values))
-            generic = [r[0] for r in cursor.fetchall()]
-        lines.append("  encrypted, generic plan:\n" + "\n".join(f"    {r}" for r in generic))
         return "\n".join(lines)
-
-    def params_of(values: tuple[str, ...]) -> dict[str, object]:
-        return tagged_params(WORKSPACES[0], values, before=top, limit=51)
 
     return encrypted, baseline, plan
 
