@@ -7,7 +7,8 @@ in the same object, under the name ``path`` + ``"__bi"`` (``"ssn__bi"``,
 * a text field: one index value, ``"bi1:<version>:<mac>"``;
 * a list of texts (a note's tags): the list of its distinct index values, sorted
   (:meth:`~field_encrypt.blind_index.BlindIndex.values`);
-* a field with no value (missing, ``None``, not text): no sibling.
+* a field with no value (missing, ``None``, not text): no sibling; an empty list's
+  sibling is the empty list (nothing to count, nothing to re-index).
 
 The sibling is written by the application in the same write as the field (compute it from
 the plaintext with :func:`with_index_values`) and rewritten by ``migrate --mode reindex``
@@ -69,20 +70,23 @@ def with_index_values(
 
 def field_versions(fields: Mapping[str, Any], path: str) -> list[str] | None:
     """What the field's stored index value is on: each value's version (as text),
-    ``[MISSING]`` or ``[INVALID]``; ``None`` when the field has no value to index."""
+    ``[MISSING]`` or ``[INVALID]``; ``None`` when the field has no value to index, ``[]``
+    when its sibling is an empty list (a list field with no values)."""
     if _get(fields, path) is None:
         return None
     stored = _get(fields, sibling(path))
     if stored is None:
         return [MISSING]
     values = stored if isinstance(stored, list) else [stored]
+    if not values:
+        return []  # a list field with no values (a note without tags): nothing indexed
     out = []
     for value in values:
         try:
             out.append(str(index_key_version_of(value)))
         except UnsupportedFormatError:
             out.append(INVALID)
-    return out or [MISSING]
+    return out
 
 
 def needs_reindex(fields: Mapping[str, Any], path: str, version: int) -> bool:

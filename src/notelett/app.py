@@ -94,6 +94,7 @@ def create_app(
         on_decrypt_failure=metrics.decrypt_failures.inc,
         dek_version=backend.dek_version,
         legacy_binding=settings.legacy_note_binding,
+        tags=backend.tags,
     )
     if settings.legacy_note_binding:
         log.warning(

@@ -34,6 +34,7 @@ from notelett.repositories.base import NotesRepository, WorkspaceDirectory
 from notelett.secret_checks import check_private_file
 from notelett.service import ENCRYPTED_FIELDS
 from notelett.settings import NoteLettSettings, database_url
+from notelett.tags import INDEXED, TagIndex
 
 PRODUCT = "notelett"
 COLLECTIONS = {COLLECTION: list(ENCRYPTED_FIELDS)}
@@ -46,6 +47,9 @@ class Backend:
     runtime: ProductRuntime
     notes: NotesRepository
     directory: WorkspaceDirectory
+    tags: TagIndex
+    """The blind index of tags (:mod:`notelett.tags`), shared by the service and the
+    rotation tools' view of the notes."""
     dek_version: Callable[[str], str | None] = lambda _workspace: None
     """The version a workspace's new DEKs are wrapped under (``None``: the provider's
     default); its own KEK with ``NOTELETT_KEK_PER_WORKSPACE``."""
@@ -105,16 +109,18 @@ def open_backend(
         token_form="binary",
         audit=trail,
     )
+    tags = TagIndex.of(encryptor)
     runtime = ProductRuntime(
         settings=encryption,
         provider=provider,
         dek_store=dek_store,
         encryptor=encryptor,
-        documents={COLLECTION: NotesDocumentStore(notes)},
+        documents={COLLECTION: NotesDocumentStore(notes, tags)},
         database=database,
         resources=[database],
         audit=trail,
         kek_tier=tier,
+        indexed=INDEXED,
     )
     start_background(runtime, watch=False)  # lazy rewrap, if on; the service watches (app.py)
     per_workspace = tier is not None and tier.layout == "kek" and settings.kek_per_workspace
@@ -122,6 +128,7 @@ def open_backend(
         runtime=runtime,
         notes=notes,
         directory=directory,
+        tags=tags,
         dek_version=tier.dek_version if per_workspace and tier is not None else lambda _w: None,
     )
 

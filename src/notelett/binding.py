@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from field_encrypt import (
     ConcurrentUpdateError,
@@ -27,10 +27,13 @@ from field_encrypt import (
     NotFoundError,
 )
 from field_encrypt import token as field_token
-from notelett.repositories.base import NoteRecord, NotesRepository
+from notelett.repositories.base import NoteRecord, NotesRepository, StoredTags
 
 COLLECTION = "notes"
 BINDING_PREFIX = "w1:"
+
+if TYPE_CHECKING:
+    from notelett.tags import TagIndex
 
 log = logging.getLogger("notelett.binding")
 
@@ -48,7 +51,26 @@ def note_id_of(bound_id: str) -> str:
 
 
 def fields_of(record: NoteRecord) -> dict[str, Any]:
-    return {"title": record.title, "body": record.body}
+    """A note's encrypted fields as stored: ``tags`` is one token, or the plaintext list
+    (``None`` when empty: nothing to seal)."""
+    return {"title": record.title, "body": record.body, "tags": stored_tags_field(record.tags)}
+
+
+def stored_tags_field(tags: StoredTags) -> bytes | list[str] | None:
+    """Stored tags as an encrypted field's value: the token, the plaintext list, or
+    ``None`` for no plaintext tags."""
+    if isinstance(tags, bytes):
+        return tags
+    return list(tags) if tags else None
+
+
+def tags_to_store(value: Any) -> StoredTags:
+    """A sealed (or, encryption off, plaintext) ``tags`` field as a repository stores it."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str) and field_token.is_token(value):
+        return field_token.from_text(value)
+    return tuple(value or ())
 
 
 def open_fields(encryptor: FieldEncryptor, record: NoteRecord, *, legacy: bool) -> dict[str, Any]:
@@ -89,13 +111,16 @@ def rebind(
     written bound by the service, so it is counted as already bound. Idempotent: a second
     run finds everything bound.
     """
+    from notelett.tags import TagIndex  # notelett.tags imports this module
+
+    tags = TagIndex.of(encryptor)
     report = RebindReport()
     cursor: str | None = None
     while True:
         page = notes.scan(cursor=cursor, limit=batch, shard=None)
         for record in page.notes:
             report.scanned += 1
-            _rebind_one(encryptor, notes, record, report, dry_run=dry_run)
+            _rebind_one(encryptor, notes, record, report, dry_run=dry_run, tags=tags)
         if page.cursor is None:
             return report
         cursor = page.cursor
@@ -108,6 +133,7 @@ def _rebind_one(
     report: RebindReport,
     *,
     dry_run: bool,
+    tags: TagIndex,
 ) -> None:
     if record.dek_id is None and not any(
         field_token.is_token(v) for v in fields_of(record).values()
@@ -132,15 +158,18 @@ def _rebind_one(
         return
     dek_id = record.dek_id or encryptor.dek_id_of(COLLECTION, fields_of(record))
     sealed = encryptor.encrypt_document(COLLECTION, bound, plain, dek_id=dek_id)
+    plaintext_tags = record.tags if isinstance(record.tags, tuple) and record.tags else None
     try:
         notes.replace(
             record.id,
             expected_revision=record.revision,
             title=sealed["title"],
             body=sealed["body"],
-            tags=record.tags,
+            tags=tags_to_store(sealed["tags"]) if sealed.get("tags") is not None else record.tags,
             dek_id=dek_id,
             updated_at=record.updated_at,
+            # plaintext tags sealed here are indexed in the same write (else ?tag= misses them)
+            tag_index=tags.values(plaintext_tags) if plaintext_tags else None,
         )
     except (ConcurrentUpdateError, NotFoundError):
         report.already_bound += 1  # rewritten (bound) or deleted since the scan

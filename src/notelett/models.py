@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 TITLE_MAX_CHARS = 1_000
 BODY_MAX_CHARS = 100_000
 TAGS_MAX = 32
+TAG_MAX_CHARS = 64
 LIST_DEFAULT_LIMIT = 50
 LIST_MAX_LIMIT = 200
 
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=TAG_MAX_CHARS)]
 WorkspaceId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 

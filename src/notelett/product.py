@@ -11,6 +11,7 @@ from field_encrypt import Settings
 from field_encrypt.products import Product, ProductRuntime
 from notelett.backend import COLLECTIONS, PRODUCT, open_backend
 from notelett.settings import load_notelett_settings
+from notelett.tags import INDEXED
 
 
 def open_runtime(settings: Settings) -> ProductRuntime:
@@ -18,4 +19,4 @@ def open_runtime(settings: Settings) -> ProductRuntime:
     return open_backend(settings, load_notelett_settings()).runtime
 
 
-product = Product(name=PRODUCT, collections=COLLECTIONS, open=open_runtime)
+product = Product(name=PRODUCT, collections=COLLECTIONS, open=open_runtime, indexed=INDEXED)

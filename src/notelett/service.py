@@ -36,7 +36,7 @@ from field_encrypt import (
     StoreError,
 )
 from field_encrypt import token as field_token
-from notelett.binding import COLLECTION, document_id, open_fields
+from notelett.binding import COLLECTION, document_id, fields_of, open_fields, tags_to_store
 from notelett.errors import (
     NoteNotFoundError,
     NoteUnreadableError,
@@ -44,12 +44,19 @@ from notelett.errors import (
     PreconditionRequiredError,
     WorkspaceNotFoundError,
 )
-from notelett.repositories.base import NoteRecord, NotesRepository, StoredValue, WorkspaceDirectory
+from notelett.repositories.base import (
+    NoteRecord,
+    NotesRepository,
+    StoredTags,
+    StoredValue,
+    WorkspaceDirectory,
+)
+from notelett.tags import TagIndex
 
 if TYPE_CHECKING:  # jwt (through auth) stays out of the CLI's start-up
     from notelett.auth import Principal
 
-ENCRYPTED_FIELDS = ("title", "body")
+ENCRYPTED_FIELDS = ("title", "body", "tags")
 CAS_ATTEMPTS = 5
 """How many times a write re-reads a note whose revision moved under it before giving up."""
 
@@ -133,8 +140,11 @@ class NotesService:
         on_decrypt_failure: Callable[[], None] = lambda: None,
         dek_version: Callable[[str], str | None] = lambda _workspace: None,
         legacy_binding: bool = False,
+        tags: TagIndex | None = None,
     ) -> None:
         self.encryptor = encryptor
+        self.tags = tags if tags is not None else TagIndex.of(encryptor)
+        """The blind index of tags (:mod:`notelett.tags`)."""
         self.legacy_binding = legacy_binding
         """Also read notes bound the legacy way (``NOTELETT_LEGACY_NOTE_BINDING``)."""
         self._dek_version = dek_version
@@ -165,19 +175,16 @@ class NotesService:
         try:
             opened = self.encryptor.decrypt_documents(
                 COLLECTION,
-                [
-                    (document_id(r.workspace_id, r.id), {"title": r.title, "body": r.body})
-                    for r in records
-                ],
+                [(document_id(r.workspace_id, r.id), fields_of(r)) for r in records],
             )
         except DecryptionError:
             return self._decrypt_each(records)
         notes = []
         for record, fields in zip(records, opened, strict=True):
-            title, body = fields["title"], fields["body"]
-            if not isinstance(title, str) or not isinstance(body, str):
+            title, body, tags = fields["title"], fields["body"], _tags(fields["tags"])
+            if not isinstance(title, str) or not isinstance(body, str) or tags is None:
                 return self._decrypt_each(records)
-            notes.append(_note(record, title, body))
+            notes.append(_note(record, title, body, tags))
         return NotesPage(notes=notes, unreadable=[], cursor=None)
 
     def _decrypt_each(self, records: Sequence[NoteRecord]) -> NotesPage:
@@ -201,17 +208,34 @@ class NotesService:
         return NotesPage(notes=notes, unreadable=unreadable, cursor=None)
 
     def list(
-        self, principal: Principal, workspace_id: str, *, cursor: str | None, limit: int
+        self,
+        principal: Principal,
+        workspace_id: str,
+        *,
+        cursor: str | None,
+        limit: int,
+        tag: str | None = None,
     ) -> NotesPage:
         """One page of a workspace's notes, newest first, and the cursor of the next page.
 
+        With ``tag``, only the notes carrying it (exact match once normalised, see
+        :mod:`notelett.tags`), found through the tag index: one indexed lookup for the
+        values of every index-key version present, never a decrypting scan.
         A note that fails to decrypt does not fail the page: it is listed in
         ``unreadable`` (its id and a code, never content), counted and logged with its dekId.
         """
         self._check_workspace(principal, workspace_id)
-        page = self.notes.list_workspace(workspace_id, cursor=cursor, limit=limit)
+        if tag is None:
+            page = self.notes.list_workspace(workspace_id, cursor=cursor, limit=limit)
+        else:
+            page = self.notes.list_tagged(
+                workspace_id, self.tags.lookup(tag), cursor=cursor, limit=limit
+            )
         opened = self._decrypt_page(page.notes)
-        return NotesPage(notes=opened.notes, unreadable=opened.unreadable, cursor=page.cursor)
+        notes = opened.notes
+        if tag is not None:  # a truncated index's false positives (none at full length)
+            notes = [n for n in notes if any(self.tags.same(t, tag) for t in n.tags)]
+        return NotesPage(notes=notes, unreadable=opened.unreadable, cursor=page.cursor)
 
     # -- writes --------------------------------------------------------------------------
 
@@ -224,7 +248,8 @@ class NotesService:
             if self.encryptor.enabled
             else None
         )
-        title, body = self._encrypt(workspace_id, note_id, content, dek_id)
+        title, body, tags = self._encrypt(workspace_id, note_id, content, dek_id)
+        tag_index = self.tags.values(content.tags)
         now = self._clock()
         try:
             record = self.notes.insert(
@@ -233,18 +258,19 @@ class NotesService:
                     workspace_id=workspace_id,
                     title=title,
                     body=body,
-                    tags=content.tags,
+                    tags=tags,
                     dek_id=dek_id,
                     revision=1,
                     created_at=now,
                     updated_at=now,
+                    tag_index=tag_index,
                 )
             )
         except StoreError:
             if dek_id is not None:
                 self.encryptor.shred(dek_id)  # never leave a DEK without its note
             raise
-        return _note(record, content.title, content.body)
+        return _note(record, content.title, content.body, content.tags)
 
     def update(
         self, principal: Principal, note_id: str, content: NoteContent, *, if_match: str | None
@@ -279,7 +305,7 @@ class NotesService:
         elif not self.encryptor.enabled:
             dek_id = None
         try:
-            title, body = self._encrypt(record.workspace_id, note_id, content, dek_id)
+            title, body, tags = self._encrypt(record.workspace_id, note_id, content, dek_id)
         except DekMissingError:  # a delete shredded the DEK since the read
             self._check_still_there(note_id)
             raise
@@ -289,9 +315,10 @@ class NotesService:
                 expected_revision=record.revision,
                 title=title,
                 body=body,
-                tags=content.tags,
+                tags=tags,
                 dek_id=dek_id,
                 updated_at=self._clock(),
+                tag_index=self.tags.values(content.tags),
             )
         except StoreError as exc:
             if created is not None:
@@ -301,7 +328,7 @@ class NotesService:
             raise
         if record.dek_id is not None and dek_id is None:
             self.encryptor.shred(record.dek_id)  # written in plaintext now: drop the old DEK
-        return _note(updated, content.title, content.body)
+        return _note(updated, content.title, content.body, content.tags)
 
     def delete(self, principal: Principal, note_id: str, *, if_match: str | None) -> None:
         """Crypto-shred and delete a note (see the module docstring for the order).
@@ -368,14 +395,14 @@ class NotesService:
 
     def _encrypt(
         self, workspace_id: str, note_id: str, content: NoteContent, dek_id: str | None
-    ) -> tuple[StoredValue, StoredValue]:
+    ) -> tuple[StoredValue, StoredValue, StoredTags]:
         sealed = self.encryptor.encrypt_document(
             COLLECTION,
             document_id(workspace_id, note_id),
-            {"title": content.title, "body": content.body},
+            {"title": content.title, "body": content.body, "tags": list(content.tags)},
             dek_id=dek_id,
         )
-        return sealed["title"], sealed["body"]
+        return sealed["title"], sealed["body"], tags_to_store(sealed["tags"])
 
     def _decrypt(self, record: NoteRecord) -> Note:
         try:
@@ -385,20 +412,29 @@ class NotesService:
             raise NoteUnreadableError(
                 note_id=record.id, dek_id=record.dek_id, mek_version=_mek_version(record.title)
             ) from exc
-        title, body = opened["title"], opened["body"]
-        if not isinstance(title, str) or not isinstance(body, str):
+        title, body, tags = opened["title"], opened["body"], _tags(opened["tags"])
+        if not isinstance(title, str) or not isinstance(body, str) or tags is None:
             self._on_decrypt_failure()
             raise NoteUnreadableError(note_id=record.id, dek_id=record.dek_id, mek_version=None)
-        return _note(record, title, body)
+        return _note(record, title, body, tags)
 
 
-def _note(record: NoteRecord, title: str, body: str) -> Note:
+def _tags(value: object) -> tuple[str, ...] | None:
+    """Opened tags (a list of texts; ``None``: no tags stored); ``None`` if not that."""
+    if value is None:
+        return ()
+    if isinstance(value, list | tuple) and all(isinstance(t, str) for t in value):
+        return tuple(value)
+    return None
+
+
+def _note(record: NoteRecord, title: str, body: str, tags: tuple[str, ...]) -> Note:
     return Note(
         id=record.id,
         workspace_id=record.workspace_id,
         title=title,
         body=body,
-        tags=record.tags,
+        tags=tags,
         revision=record.revision,
         created_at=record.created_at,
         updated_at=record.updated_at,

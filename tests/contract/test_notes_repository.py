@@ -7,6 +7,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,3 +206,64 @@ def test_a_fresh_store_takes_the_write_probe_again_and_again(notes: NotesReposit
     for _ in range(3):
         notes.check_writable()
     assert notes.count() == 0
+
+
+def _tagged(notes: NotesRepository, workspace: str, *values: str, **page: Any) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    while True:
+        found = notes.list_tagged(
+            workspace, list(values), cursor=cursor, limit=page.get("limit", 2)
+        )
+        ids += [n.id for n in found.notes]
+        if found.cursor is None:
+            return ids
+        cursor = found.cursor
+
+
+def test_list_tagged_pages_a_workspaces_notes_holding_any_index_value(
+    notes: NotesRepository,
+) -> None:
+    """Newest first, across pages, in one workspace, any of the values (two index-key
+    versions during a rotation), a sealed tags token stored as it is."""
+    a1 = notes.insert(_note(tags=b"\x01sealed", tag_index=("bi1:1:AA", "bi1:1:BB")))
+    notes.insert(_note(tag_index=("bi1:1:CC",)))
+    a3 = notes.insert(_note(tag_index=("bi1:2:AA",)))
+    a4 = notes.insert(_note(tag_index=("bi1:1:AA",)))
+    notes.insert(_note("ws-b", tag_index=("bi1:1:AA",)))
+    assert _tagged(notes, "ws-a", "bi1:1:AA") == [a4.id, a1.id]
+    assert _tagged(notes, "ws-a", "bi1:1:AA", "bi1:2:AA") == [a4.id, a3.id, a1.id]
+    assert _tagged(notes, "ws-a", "bi1:1:ZZ") == []
+    assert _tagged(notes, "ws-a") == []
+    got = notes.get(a1.id)
+    assert got.tags == b"\x01sealed" and got.tag_index == ("bi1:1:AA", "bi1:1:BB")
+
+
+def test_replace_moves_the_tag_index_and_deletes_hide_it(notes: NotesRepository) -> None:
+    """``tag_index=None`` keeps the values, a tuple replaces them; a note being deleted or
+    removed is not found by tag."""
+    note = notes.insert(_note(tag_index=("bi1:1:AA",)))
+
+    def replace(revision: int, tag_index: tuple[str, ...] | None) -> None:
+        notes.replace(
+            note.id,
+            expected_revision=revision,
+            title="t",
+            body="b",
+            tags=b"\x01sealed",
+            dek_id=None,
+            updated_at=note.updated_at,
+            tag_index=tag_index,
+        )
+
+    replace(1, None)
+    assert _tagged(notes, "ws-a", "bi1:1:AA") == [note.id]
+    replace(2, ("bi1:1:BB",))
+    assert _tagged(notes, "ws-a", "bi1:1:AA") == []
+    assert _tagged(notes, "ws-a", "bi1:1:BB") == [note.id]
+    notes.mark_deleting(note.id, expected_revision=None)
+    assert _tagged(notes, "ws-a", "bi1:1:BB") == []
+    notes.remove(note.id)
+    again = notes.insert(dataclasses.replace(note, id=uuid.uuid4().hex, tag_index=None))
+    assert _tagged(notes, "ws-a", "bi1:1:BB") == []
+    assert notes.get(again.id).tag_index in ((), None)

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+import field_encrypt
+from field_encrypt.providers.local import LocalKeyProvider
 from notelett import NoteLettSettings, create_app
 from notelett.backend import Backend, open_backend
 from notelett.binding import document_id, rebind
@@ -47,7 +49,9 @@ def _write_fields(backend: Backend, note_id: str, title: object, body: object) -
     )
 
 
-def _legacy_note(backend: Backend, workspace_id: str, title: str) -> str:
+def _legacy_note(
+    backend: Backend, workspace_id: str, title: str, tags: tuple[str, ...] = ()
+) -> str:
     """A note sealed the way NoteLett did before the workspace binding (bare note id)."""
     note_id = uuid.uuid4().hex
     encryptor = backend.encryptor
@@ -62,7 +66,7 @@ def _legacy_note(backend: Backend, workspace_id: str, title: str) -> str:
             workspace_id=workspace_id,
             title=sealed["title"],
             body=sealed["body"],
-            tags=(),
+            tags=tags,
             dek_id=dek_id,
             revision=1,
             created_at=now,
@@ -165,3 +169,29 @@ def test_rebind_reports_notes_that_open_under_neither_binding(
     assert report.failed == [bad]
     assert (report.scanned, report.already_bound, report.rebound) == (2, 1, 0)
     assert backend.notes.get(good).revision == 1
+
+
+def test_rebind_seals_and_indexes_plaintext_tags(
+    settings: NoteLettSettings,
+    encryption: field_encrypt.Settings,
+    provider: LocalKeyProvider,
+    backend: Backend,
+    client: TestClient,
+) -> None:
+    """A legacy note whose tags are still plaintext, rebound with plaintext allowed (as the
+    docs say): its tags are sealed and indexed in the same write, so ``?tag=`` finds it."""
+    note_id = _legacy_note(backend, "ws-a", "legacy", tags=("legacy-tag-4d2b",))
+    allowing = open_backend(
+        encryption.model_copy(update={"allow_plaintext": True}), settings, provider=provider
+    )
+    try:
+        report = rebind(allowing.encryptor, allowing.notes)
+    finally:
+        allowing.close()
+    assert (report.rebound, report.failed) == (1, [])
+    assert isinstance(backend.notes.get(note_id).tags, bytes)
+    found = client.get(
+        "/api/notes/", params={"workspaceId": "ws-a", "tag": "legacy-tag-4d2b"}, headers=auth()
+    )
+    assert [n["id"] for n in found.json()["items"]] == [note_id]
+    assert found.json()["items"][0]["tags"] == ["legacy-tag-4d2b"]

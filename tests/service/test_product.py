@@ -29,7 +29,8 @@ def test_the_entry_point_opens_a_runtime_on_the_notes_table(
     monkeypatch.setenv("NOTELETT_DATABASE", str(tmp_path / "n.db"))
     product = load_product("notelett")
     assert product.name == "notelett"
-    assert dict(product.collections) == {"notes": ["title", "body"]}
+    assert dict(product.collections) == {"notes": ["title", "body", "tags"]}
+    assert [(f.collection, f.path) for f in product.indexed] == [("notes", "tags")]
     runtime = product.open(load_settings(environ={}, keyring=str(tmp_path / "k.json")))
     try:
         assert isinstance(runtime.documents["notes"], DocumentStore)
@@ -37,6 +38,7 @@ def test_the_entry_point_opens_a_runtime_on_the_notes_table(
         assert runtime.database.path == str(tmp_path / "n.db")
         assert runtime.encryptor.token_form == "binary"
         assert "notelett_0002_notes" in runtime.database.applied_migrations()
+        assert list(runtime.indexed) == list(product.indexed)
     finally:
         runtime.close()
 

@@ -64,3 +64,18 @@ def test_what_needs_a_reindex_and_what_is_counted() -> None:
         "c.profile.note": {"1": 1, "2": 1},
         "c.tags": {"1": 2, "2": 2},
     }
+
+
+def test_an_empty_list_has_nothing_to_index() -> None:
+    """A list field with no values (a note without tags) has the empty list as its index
+    values: nothing counted, nothing to reindex, never ``missing``; a missing sibling of a
+    (sealed) list is still ``missing``."""
+    index = _index(2)
+    empty = with_index_values(index, "c", {"tags": "tok"}, {"tags": []})
+    assert empty["tags__bi"] == []
+    assert field_versions(empty, "tags") == []
+    assert not needs_reindex(empty, "tags", 2)
+    counts: dict[str, dict[str, int]] = {}
+    tally(counts, "c", empty, FIELDS)
+    assert counts == {"c.tags": {}}
+    assert field_versions({"tags": "tok"}, "tags") == [MISSING]

@@ -12,11 +12,15 @@ Errors are the library's store errors: ``NotFoundError``, ``AlreadyExistsError``
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 StoredValue = bytes | str | None
 """A stored encrypted field: a binary token, a text token, or plaintext."""
+StoredTags = tuple[str, ...] | bytes
+"""A note's stored tags: one binary token sealing the whole list, or (written before tags
+were encrypted, or with encryption off) the plaintext tags."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,12 +31,16 @@ class NoteRecord:
     workspace_id: str
     title: StoredValue = field(repr=False)
     body: StoredValue = field(repr=False)
-    tags: tuple[str, ...]
+    tags: StoredTags = field(repr=False)
     dek_id: str | None
     revision: int
     created_at: dt.datetime
     updated_at: dt.datetime
     deleting: bool = False
+    tag_index: tuple[str, ...] | None = None
+    """The blind-index values of the tags (``bi1:…``, one per distinct tag, sorted), kept
+    beside the note for ``list_tagged``. On write ``None`` writes none (``replace``: keeps
+    the stored ones); on read ``None`` means not read (listings do not read them)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +67,13 @@ class NotesRepository(Protocol):
         """A workspace's live notes, newest first (keyset pagination, never offsets)."""
         ...
 
+    def list_tagged(
+        self, workspace_id: str, index_values: Sequence[str], *, cursor: str | None, limit: int
+    ) -> NotePage:
+        """A workspace's live notes whose tag index holds any of ``index_values``, newest
+        first, with the same cursors as :meth:`list_workspace`: one indexed lookup."""
+        ...
+
     def replace(
         self,
         note_id: str,
@@ -66,11 +81,15 @@ class NotesRepository(Protocol):
         expected_revision: int,
         title: StoredValue,
         body: StoredValue,
-        tags: tuple[str, ...],
+        tags: StoredTags,
         dek_id: str | None,
         updated_at: dt.datetime,
+        tag_index: tuple[str, ...] | None = None,
     ) -> NoteRecord:
         """Write new values only if the note is still at ``expected_revision``.
+
+        ``tag_index`` replaces the note's tag index values in the same write (``None``:
+        left as they are).
 
         ``ConcurrentUpdateError`` if the revision moved; ``NotFoundError`` if the note is
         gone or being deleted.

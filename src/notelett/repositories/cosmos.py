@@ -9,8 +9,14 @@ workspace would make listings single-partition but every read by id a fan-out, a
 let two workspaces hold the same note id. Items::
 
     {"id": noteId, "pk": "<2 hex digits>", "workspaceId": ..., "title": ..., "body": ...,
-     "tags": [...], "dekId": ..., "revision": 3, "createdAt": ..., "updatedAt": ...,
-     "deleting": false, "sortKey": "<createdAt>|<noteId>", "bucket": 0..65535}
+     "tags": {"b64": ...} or [...], "tagIndex": ["bi1:...", ...], "dekId": ...,
+     "revision": 3, "createdAt": ..., "updatedAt": ..., "deleting": false,
+     "sortKey": "<createdAt>|<noteId>", "bucket": 0..65535}
+
+``tags`` is one binary token sealing the list or, written before tags were encrypted, the
+plaintext list; ``tagIndex`` (absent on a note never indexed) holds the tags' blind-index
+values, queried with ``ARRAY_CONTAINS`` (the container's default indexing policy indexes
+every path, array elements included) together with the workspace and ``sortKey``.
 
 A stored field is a text token or plaintext (a JSON string), a binary token
 (``{"b64": "..."}``) or ``null``. ``revision`` is NoteLett's counter; the compare-and-swap
@@ -29,6 +35,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from azure.core import MatchConditions
@@ -38,7 +45,7 @@ from field_encrypt.backends.cosmos.db import CosmosDatabase, first_value, transl
 from field_encrypt.backends.cosmos.documents import partition_key
 from field_encrypt.backends.sharding import bucket_of, check_shard
 from notelett.errors import InvalidCursorError
-from notelett.repositories.base import NotePage, NoteRecord, StoredValue, Workspace
+from notelett.repositories.base import NotePage, NoteRecord, StoredTags, StoredValue, Workspace
 
 NOTES = "notes"
 DIRECTORY = "directory"
@@ -93,6 +100,39 @@ class CosmosNotesRepository:
             cursor=items[-1]["sortKey"] if more and items else None,
         )
 
+    def list_tagged(
+        self, workspace_id: str, index_values: Sequence[str], *, cursor: str | None, limit: int
+    ) -> NotePage:
+        values = list(dict.fromkeys(index_values))
+        if not values:
+            return NotePage(notes=[], cursor=None)
+        matches = " OR ".join(f"ARRAY_CONTAINS(c.tagIndex, @v{i})" for i in range(len(values)))
+        where = f"c.workspaceId = @workspace AND c.deleting = false AND ({matches})"
+        parameters: list[dict[str, Any]] = [
+            {"name": "@workspace", "value": workspace_id},
+            {"name": "@n", "value": limit + 1},
+            *({"name": f"@v{i}", "value": v} for i, v in enumerate(values)),
+        ]
+        if cursor is not None:
+            if not _SORT_KEY.fullmatch(cursor):
+                raise InvalidCursorError()
+            where += " AND c.sortKey < @before"
+            parameters.append({"name": "@before", "value": cursor})
+        with translate_errors():
+            items = list(
+                self.container.query_items(
+                    f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.sortKey DESC",
+                    parameters=parameters,
+                    enable_cross_partition_query=True,
+                )
+            )
+        more = len(items) > limit
+        items = items[:limit]
+        return NotePage(
+            notes=[_record(i) for i in items],
+            cursor=items[-1]["sortKey"] if more and items else None,
+        )
+
     def replace(
         self,
         note_id: str,
@@ -100,9 +140,10 @@ class CosmosNotesRepository:
         expected_revision: int,
         title: StoredValue,
         body: StoredValue,
-        tags: tuple[str, ...],
+        tags: StoredTags,
         dek_id: str | None,
         updated_at: dt.datetime,
+        tag_index: tuple[str, ...] | None = None,
     ) -> NoteRecord:
         item = self._find(note_id)
         if item is None or item["deleting"]:
@@ -114,10 +155,11 @@ class CosmosNotesRepository:
             current,
             title=title,
             body=body,
-            tags=tuple(tags),
+            tags=tags,
             dek_id=dek_id,
             updated_at=updated_at,
             revision=current.revision + 1,
+            tag_index=current.tag_index if tag_index is None else tag_index,
         )
         self._swap(item, _item(updated))
         return updated
@@ -319,7 +361,7 @@ def _item(note: NoteRecord) -> dict[str, Any]:
         "workspaceId": note.workspace_id,
         "title": _encode(note.title),
         "body": _encode(note.body),
-        "tags": list(note.tags),
+        "tags": _encode(note.tags) if isinstance(note.tags, bytes) else list(note.tags),
         "dekId": note.dek_id,
         "revision": note.revision,
         "createdAt": created,
@@ -327,6 +369,7 @@ def _item(note: NoteRecord) -> dict[str, Any]:
         "deleting": note.deleting,
         "sortKey": f"{created}|{note.id}",
         "bucket": bucket_of(note.id),
+        **({"tagIndex": list(note.tag_index)} if note.tag_index is not None else {}),
     }
 
 
@@ -336,10 +379,11 @@ def _record(item: dict[str, Any]) -> NoteRecord:
         workspace_id=item["workspaceId"],
         title=_decode(item["title"]),
         body=_decode(item["body"]),
-        tags=tuple(item["tags"]),
+        tags=_decode(item["tags"]) if isinstance(item["tags"], dict) else tuple(item["tags"]),  # type: ignore[arg-type]
         dek_id=item["dekId"],
         revision=int(item["revision"]),
         created_at=dt.datetime.fromisoformat(item["createdAt"]).replace(tzinfo=dt.UTC),
         updated_at=dt.datetime.fromisoformat(item["updatedAt"]).replace(tzinfo=dt.UTC),
         deleting=bool(item["deleting"]),
+        tag_index=tuple(item["tagIndex"]) if "tagIndex" in item else None,
     )

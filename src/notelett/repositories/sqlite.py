@@ -4,6 +4,12 @@ Notes live in the same SQLite file as the dek_store. ``title`` and ``body`` are 
 columns holding binary field tokens (no base64 on the hot path); ``seq`` (the rowid)
 orders listings and scans, so pagination is a keyset walk of the ``(workspace_id, seq)``
 index. Schema changes are named migrations recorded by :class:`SqliteDatabase`.
+
+``tags`` holds the note's tags as one binary token (a BLOB) or, written before tags were
+encrypted, their plaintext as JSON text. Their blind-index values live in ``note_tags``,
+one row per (note, distinct tag), written in the note's transaction; its primary key
+``(workspace_id, index_value, note_seq)`` makes a tag lookup one index range walk in the
+listing's order (docs/queryable.md).
 """
 
 from __future__ import annotations
@@ -11,13 +17,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import sqlite3
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from field_encrypt import ConcurrentUpdateError, NotFoundError
 from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase
 from notelett.errors import InvalidCursorError
-from notelett.repositories.base import NotePage, NoteRecord, StoredValue, Workspace
+from notelett.repositories.base import NotePage, NoteRecord, StoredTags, StoredValue, Workspace
 
 MIGRATIONS = (
     Migration(
@@ -69,6 +77,18 @@ MIGRATIONS = (
         INSERT INTO notelett_write_probe (id, at) VALUES (1, 0)
         """,
     ),
+    Migration(
+        "notelett_0004_note_tags",
+        """
+        CREATE TABLE note_tags (
+            workspace_id TEXT NOT NULL,
+            index_value TEXT NOT NULL,
+            note_seq INTEGER NOT NULL,
+            PRIMARY KEY (workspace_id, index_value, note_seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX note_tags_note ON note_tags (note_seq)
+        """,
+    ),
 )
 
 PROBE_BUSY_TIMEOUT_MS = 100
@@ -77,6 +97,22 @@ PROBE_BUSY_TIMEOUT_MS = 100
 _COLUMNS = (
     "seq, id, workspace_id, title, body, tags, dek_id, revision, created_at, updated_at, deleting"
 )
+_WITH_INDEX = (
+    f"{_COLUMNS}, (SELECT json_group_array(t.index_value) FROM note_tags t "
+    "WHERE t.note_seq = notes.seq)"
+)
+
+
+def tagged_query(count: int, *, table: str = "note_tags", column: str = "index_value") -> str:
+    """The SQL of a tag lookup for ``count`` index values (bench/tag_lookup.py explains it,
+    and runs it on a plaintext baseline table of the same shape)."""
+    columns = ", ".join(f"n.{c.strip()}" for c in _COLUMNS.split(","))
+    marks = ", ".join("?" * count)
+    return (
+        f"SELECT {columns} FROM {table} t JOIN notes n ON n.seq = t.note_seq "
+        f"WHERE t.workspace_id = ? AND t.{column} IN ({marks}) AND t.note_seq < ? "
+        "AND n.deleting = 0 ORDER BY t.note_seq DESC LIMIT ?"
+    )
 
 
 class SqliteNotesRepository:
@@ -90,29 +126,47 @@ class SqliteNotesRepository:
         return f"SqliteNotesRepository({self.database.path!r})"
 
     def insert(self, note: NoteRecord) -> NoteRecord:
-        self.database.execute(  # a taken id raises AlreadyExistsError
-            "INSERT INTO notes (id, workspace_id, title, body, tags, dek_id, revision, "
-            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
-            (
-                note.id,
-                note.workspace_id,
-                note.title,
-                note.body,
-                json.dumps(list(note.tags)),
-                note.dek_id,
-                note.created_at.timestamp(),
-                note.updated_at.timestamp(),
-            ),
-        )
+        with self.database.transaction() as tx:
+            cur = tx.execute(  # a taken id raises AlreadyExistsError
+                "INSERT INTO notes (id, workspace_id, title, body, tags, dek_id, revision, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                (
+                    note.id,
+                    note.workspace_id,
+                    note.title,
+                    note.body,
+                    _tags_column(note.tags),
+                    note.dek_id,
+                    note.created_at.timestamp(),
+                    note.updated_at.timestamp(),
+                ),
+            )
+            _write_index(tx, note.workspace_id, cur.lastrowid, note.tag_index)
         return dataclasses.replace(note, revision=1, deleting=False)
 
     def get(self, note_id: str) -> NoteRecord:
         rows = self.database.query(
-            f"SELECT {_COLUMNS} FROM notes WHERE id = ? AND deleting = 0", (note_id,)
+            f"SELECT {_WITH_INDEX} FROM notes WHERE id = ? AND deleting = 0", (note_id,)
         )
         if not rows:
             raise NotFoundError(f"note {note_id} not found")
         return _record(rows[0])
+
+    def list_tagged(
+        self, workspace_id: str, index_values: Sequence[str], *, cursor: str | None, limit: int
+    ) -> NotePage:
+        before = _position(cursor, default=2**63 - 1)
+        values = list(dict.fromkeys(index_values))
+        if not values:
+            return NotePage(notes=[], cursor=None)
+        rows = self.database.query(
+            tagged_query(len(values)), (workspace_id, *values, before, limit + 1)
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return NotePage(
+            notes=[_record(r) for r in rows], cursor=str(rows[-1][0]) if more and rows else None
+        )
 
     def list_workspace(self, workspace_id: str, *, cursor: str | None, limit: int) -> NotePage:
         before = _position(cursor, default=2**63 - 1)
@@ -134,24 +188,31 @@ class SqliteNotesRepository:
         expected_revision: int,
         title: StoredValue,
         body: StoredValue,
-        tags: tuple[str, ...],
+        tags: StoredTags,
         dek_id: str | None,
         updated_at: dt.datetime,
+        tag_index: tuple[str, ...] | None = None,
     ) -> NoteRecord:
-        cur = self.database.execute(
-            "UPDATE notes SET title = ?, body = ?, tags = ?, dek_id = ?, updated_at = ?, "
-            "revision = revision + 1 WHERE id = ? AND revision = ? AND deleting = 0",
-            (
-                title,
-                body,
-                json.dumps(list(tags)),
-                dek_id,
-                updated_at.timestamp(),
-                note_id,
-                expected_revision,
-            ),
-        )
-        if cur.rowcount != 1:
+        with self.database.transaction() as tx:
+            rows = tx.execute(
+                "UPDATE notes SET title = ?, body = ?, tags = ?, dek_id = ?, updated_at = ?, "
+                "revision = revision + 1 WHERE id = ? AND revision = ? AND deleting = 0 "
+                "RETURNING seq, workspace_id",
+                (
+                    title,
+                    body,
+                    _tags_column(tags),
+                    dek_id,
+                    updated_at.timestamp(),
+                    note_id,
+                    expected_revision,
+                ),
+            ).fetchall()
+            if rows and tag_index is not None:
+                ((seq, workspace_id),) = rows
+                tx.execute("DELETE FROM note_tags WHERE note_seq = ?", (seq,))
+                _write_index(tx, workspace_id, seq, tag_index)
+        if not rows:
             self.get(note_id)  # NotFoundError when it is gone or being deleted
             raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
         return self.get(note_id)
@@ -169,7 +230,12 @@ class SqliteNotesRepository:
         raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
 
     def remove(self, note_id: str) -> bool:
-        return self.database.execute("DELETE FROM notes WHERE id = ?", (note_id,)).rowcount > 0
+        with self.database.transaction() as tx:
+            tx.execute(
+                "DELETE FROM note_tags WHERE note_seq = (SELECT seq FROM notes WHERE id = ?)",
+                (note_id,),
+            )
+            return tx.execute("DELETE FROM notes WHERE id = ?", (note_id,)).rowcount > 0
 
     def pending_deletes(self, *, limit: int) -> list[NoteRecord]:
         rows = self.database.query(
@@ -184,7 +250,8 @@ class SqliteNotesRepository:
             where += " AND seq % ? = ?"
             params += [shard[1], shard[0]]
         rows = self.database.query(
-            f"SELECT {_COLUMNS} FROM notes WHERE {where} ORDER BY seq LIMIT ?", (*params, limit)
+            f"SELECT {_WITH_INDEX} FROM notes WHERE {where} ORDER BY seq LIMIT ?",
+            (*params, limit),
         )
         return NotePage(
             notes=[_record(r) for r in rows],
@@ -273,17 +340,36 @@ def _time(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
+def _tags_column(tags: StoredTags) -> bytes | str:
+    """A binary token as it is, plaintext tags as JSON text."""
+    return tags if isinstance(tags, bytes) else json.dumps(list(tags))
+
+
+def _write_index(
+    tx: sqlite3.Connection, workspace_id: str, seq: int | None, values: tuple[str, ...] | None
+) -> None:
+    if values:
+        tx.executemany(
+            "INSERT OR IGNORE INTO note_tags (workspace_id, index_value, note_seq) "
+            "VALUES (?, ?, ?)",
+            [(workspace_id, value, seq) for value in values],
+        )
+
+
 def _record(row: Any) -> NoteRecord:
-    _, note_id, workspace_id, title, body, tags, dek_id, revision, created, updated, deleting = row
+    _, note_id, workspace_id, title, body, tags, dek_id, revision, created, updated, deleting = row[
+        :11
+    ]
     return NoteRecord(
         id=note_id,
         workspace_id=workspace_id,
         title=title,
         body=body,
-        tags=tuple(json.loads(tags)),
+        tags=tags if isinstance(tags, bytes) else tuple(json.loads(tags)),
         dek_id=dek_id,
         revision=revision,
         created_at=_time(created),
         updated_at=_time(updated),
         deleting=bool(deleting),
+        tag_index=tuple(json.loads(row[11])) if len(row) > 11 else None,
     )

@@ -10,6 +10,7 @@ from notelett.deps import CurrentUser, Cursors, Service, WriteSlot
 from notelett.models import (
     LIST_DEFAULT_LIMIT,
     LIST_MAX_LIMIT,
+    TAG_MAX_CHARS,
     ErrorOut,
     NoteCreate,
     NoteErrorOut,
@@ -88,7 +89,7 @@ def create_note(
 @router.get(
     "",
     responses=_errors(400, 404, 422, *_COMMON),
-    summary="List a workspace's notes",
+    summary="List a workspace's notes, optionally those with a tag",
     operation_id="listNotes",
 )
 def list_notes(
@@ -98,9 +99,18 @@ def list_notes(
     workspace_id: Annotated[str, Query(alias="workspaceId", min_length=1, max_length=128)],
     limit: Annotated[int, Query(ge=1, le=LIST_MAX_LIMIT)] = LIST_DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
+    tag: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=TAG_MAX_CHARS,
+            description="Only notes with this tag (exact match; Unicode NFC, leading and "
+            "trailing spaces ignored), found through the tags' blind index.",
+        ),
+    ] = None,
 ) -> NoteListOut:
     position = cursors.decode(workspace_id, cursor)
-    page = service.list(user, workspace_id, cursor=position, limit=limit)
+    page = service.list(user, workspace_id, cursor=position, limit=limit, tag=tag)
     return NoteListOut(
         items=[_out(n) for n in page.notes],
         errors=[NoteErrorOut(id=u.id, code=u.code) for u in page.unreadable],

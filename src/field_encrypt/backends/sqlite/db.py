@@ -192,7 +192,8 @@ class SqliteDatabase:
             with translate_errors():
                 yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite already rolled back on SQLITE_FULL and kin
+                conn.execute("ROLLBACK")
             raise
         with translate_errors():
             conn.execute("COMMIT")
