@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,18 +82,47 @@ def test_readiness_fails_with_503_when_the_current_version_is_disabled(
         assert secret not in response.text
 
 
-def test_readiness_fails_when_the_database_is_unusable(
-    client: TestClient, backend: Backend, tmp_path: Any
-) -> None:
-    """A database that cannot answer fails the database line only."""
+def _make_unusable(
+    store_kind: str, url: str, backend: Backend, request: pytest.FixtureRequest
+) -> str:
+    """Take the notes database away under the running service; a word naming where it was.
+
+    SQLite: its file's directory is gone (the next connection cannot open it). PostgreSQL and
+    Cosmos DB: the database is dropped on the server (the fixture's clean-up tolerates it).
+    """
     database = backend.runtime.database
-    database.close()
-    database.path = str(tmp_path / "missing-dir" / "gone" / "x.db")
+    if store_kind == "sqlite":
+        database.close()
+        database.path = str(Path(database.path).parent / "missing-dir" / "gone" / "x.db")
+        return "missing-dir"
+    if store_kind == "postgres":
+        import psycopg
+
+        name = urllib.parse.urlsplit(url).path.lstrip("/")
+        server = request.getfixturevalue("postgres_server")
+        with psycopg.connect(server.dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        return name
+    (name,) = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["database"]
+    request.getfixturevalue("cosmos_client").delete_database(name)
+    return name
+
+
+@on_every_store
+def test_readiness_fails_when_the_database_is_unusable(
+    client: TestClient,
+    backend: Backend,
+    store_kind: str,
+    database_url: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A database that cannot answer fails the database line only, without naming it."""
+    where = _make_unusable(store_kind, database_url, backend, request)
     response = client.get("/api/diagnostics/readiness")
     assert response.status_code == 503
     statuses = {c["name"]: c["status"] for c in response.json()["checks"]}
     assert statuses["database"] == "fail"
-    assert "missing-dir" not in response.text
+    assert where not in response.text
 
 
 @on_every_store
