@@ -1,8 +1,10 @@
-"""docs/runbooks/mek-rotation.md, run end to end on the embedded default.
+"""docs/runbooks/mek-rotation.md, run end to end on every store.
 
 The blocks fenced as ``bash rehearsal`` are run in order, as one bash script with
 ``set -euo pipefail``, against a local keyring and a SQLite file in a temporary
-directory: seed, backup, keys create, preflight, migrate rewrap-deks, verify, keys
+directory (the embedded default), and again on a fresh PostgreSQL database and a fresh
+Cosmos DB database, chosen the way an operator chooses one: ``FIELD_ENCRYPT_DATABASE`` (and
+``FIELD_ENCRYPT_COSMOS_KEY``) in the environment before the verbatim blocks. Seed, backup, keys create, preflight, migrate rewrap-deks, verify, keys
 retire (refused during the soak, then retired), read every document. The blocks fenced
 as ``bash rehearsal-automated`` are the automated path and the compromise procedure, run
 the same way on a fresh product: rotate to the soak, rotate to retired, the stop switch,
@@ -18,13 +20,18 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from field_encrypt.backends.sqlite.lifecycle import SqliteLifecycleStore
+import pytest
+
+from field_encrypt.backends.registry import open_lifecycle_store
 from field_encrypt.config import load_settings
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import verify
+from tests.backends import backend_for
 from tests.cli.test_docs import commands
+from tests.support.fixtures import on_every_store
 from tests.support.sample_product import product
 from tests.support.seed import document, read_all
 
@@ -46,40 +53,56 @@ CLEAN_PATH = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bi
 """The only thing the test gives the shell: the installed package's ``bin`` on ``PATH``."""
 
 
-def _rehearse(info: str, directory: Path) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def database(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """What the operator exports before the first block: nothing for the embedded default
+    (the runbook's own SQLite file), else ``FIELD_ENCRYPT_DATABASE`` (and, for Cosmos DB,
+    ``FIELD_ENCRYPT_COSMOS_KEY``) naming a fresh, empty database of ``store_kind``."""
+    if store_kind == "sqlite":
+        return {}
+    return backend_for(store_kind, request, tmp_path / "server").environ
+
+
+def _rehearse(
+    info: str, directory: Path, database: Mapping[str, str]
+) -> subprocess.CompletedProcess[str]:
     """The blocks fenced ``bash INFO``, in order and verbatim, as one script run by a clean
-    ``bash`` in ``directory``: no ``PYTHONPATH``, no ``FIELD_ENCRYPT_*``, no checkout on
-    the import path, only ``PATH`` (the runbook's own ``REHEARSAL`` default applies)."""
+    ``bash`` in ``directory``: no ``PYTHONPATH``, no checkout on the import path, only
+    ``PATH`` and the ``database`` variables (the runbook's own ``REHEARSAL`` default
+    applies)."""
     script = "\n".join(body for i, body in blocks() if i == f"bash {info}")
     return subprocess.run(
         ["bash", "--noprofile", "--norc", "-c", "set -euo pipefail\n" + script],
         cwd=directory,
-        env={"PATH": CLEAN_PATH, "HOME": str(directory), "LANG": "C.UTF-8"},
+        env={"PATH": CLEAN_PATH, "HOME": str(directory), "LANG": "C.UTF-8", **database},
         capture_output=True,
         text=True,
         timeout=300,
     )
 
 
-def _open(directory: Path) -> ProductRuntime:
+def _open(directory: Path, database: Mapping[str, str]) -> ProductRuntime:
+    """The rehearsal's product as its blocks left it: their keyring, their database."""
     settings = load_settings(
         {
             "FIELD_ENCRYPT_KEY_PROVIDER": "local",
             "FIELD_ENCRYPT_KEYRING": str(directory / "keyring.json"),
             "FIELD_ENCRYPT_DATABASE": str(directory / "field-encrypt.db"),
+            **database,
         }
     )
     return product.open(settings)
 
 
-def test_the_runbook_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
+@on_every_store
+def test_the_runbook_rehearsal_runs_end_to_end(tmp_path: Path, database: dict[str, str]) -> None:
     """Seed, create v2, preflight, rewrap, verify 0 off v2, retire v1; then the rollback
     section: garble 3 wraps and delete 2 rows, restore from section 1's backup (refused while
     v1 is retired, then repaired), rewrap, retire again; a rewrap to v3 killed with SIGKILL
     and resumed at once; three orphaned DEKs collected: every document reads."""
     script = "\n".join(body for info, body in blocks() if info == "bash rehearsal")
     assert "migrate" in script and "keys retire 1" in script
-    result = _rehearse("rehearsal", tmp_path)
+    result = _rehearse("rehearsal", tmp_path, database)
     tmp_path = tmp_path / "var" / "rehearsal"  # the runbook's own default for $REHEARSAL
     assert result.returncode == 0, result.stdout + result.stderr
     assert "soak period passed" in result.stderr  # the gate refused first, naming why
@@ -96,7 +119,7 @@ def test_the_runbook_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
     assert "200 documents read, 0 different" in result.stdout
     report = json.loads((tmp_path / "rewrap-report.json").read_text())
     assert (report["rewrapped"], report["failed"], report["remaining"]) == (200, 0, 0)
-    runtime = _open(tmp_path)
+    runtime = _open(tmp_path, database)
     try:
         assert runtime.dek_store.count_by_version() == {"3": 200}
         assert [(v.version, v.enabled) for v in runtime.provider.versions()] == [
@@ -110,15 +133,16 @@ def test_the_runbook_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
         runtime.close()
 
 
-def test_the_automated_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
+@on_every_store
+def test_the_automated_rehearsal_runs_end_to_end(tmp_path: Path, database: dict[str, str]) -> None:
     """rotate to the soak, rotate to retired, stop and resume, then compromise --dek-exposed."""
-    result = _rehearse("rehearsal-automated", tmp_path)
+    result = _rehearse("rehearsal-automated", tmp_path, database)
     tmp_path = tmp_path / "var" / "rehearsal-automated"  # the runbook's default
     assert result.returncode == 0, result.stdout + result.stderr
     assert "waiting for soak" in result.stdout and "rotation 1→2 complete" in result.stdout
     assert "halted at idle" in result.stdout
     assert "200 documents read, 0 different" in result.stdout
-    runtime = _open(tmp_path)
+    runtime = _open(tmp_path, database)
     try:
         assert [(v.version, v.enabled) for v in runtime.provider.versions()] == [
             ("1", False),
@@ -126,7 +150,7 @@ def test_the_automated_rehearsal_runs_end_to_end(tmp_path: Path) -> None:
             ("3", True),
         ]
         assert runtime.dek_store.count_by_version() == {"3": 200}
-        notes = SqliteLifecycleStore(runtime.database).notes("sample")
+        notes = open_lifecycle_store(runtime.database).notes("sample")
         assert notes["1"].retired_at and not notes["1"].compromised
         assert notes["2"].compromised and notes["2"].dek_exposed and notes["2"].retired_at
         assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(200)}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -30,6 +29,7 @@ import pytest
 from tests.backends import Backend, backend_for
 from tests.service.conftest import AUDIENCE, ISSUER, SECRET, auth
 from tests.service.server import NoteLettServer, clean_environ, free_port
+from tests.support.note_traffic import NoteTraffic, read_all, wait_for_version
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = "notelett"
@@ -177,72 +177,6 @@ def _create_version(env: Mapping[str, str]) -> str:
     return version
 
 
-def _wait_for_version(server: NoteLettServer, version: str) -> None:
-    """Runbook step 2: the running service wraps under ``version`` (readiness says so)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        checks = httpx.get(server.base_url + "/api/diagnostics/readiness").json()["checks"]
-        check = next(c for c in checks if c["name"] == "key_provider")
-        if check["status"] == "ok" and check["detail"].endswith(f"version {version}"):
-            return
-        time.sleep(0.1)  # polling another process's state
-    raise AssertionError(f"the service never picked up MEK version {version}")
-
-
-class _Traffic(threading.Thread):
-    """Reads every note, and writes a new one each round, until stopped; any failure is kept."""
-
-    def __init__(self, base_url: str, expected: dict[str, str]) -> None:
-        super().__init__(daemon=True)
-        self.base_url, self.expected = base_url, expected
-        self.written: dict[str, str] = {}
-        self.stop = threading.Event()
-        self.reads = 0
-        self.failures: list[str] = []
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.base_url, headers=auth("carol"), timeout=30) as http:
-            while not self.stop.is_set():
-                for note_id, title in self.expected.items():
-                    got = http.get(f"/api/notes/{note_id}")
-                    self.reads += 1
-                    if got.status_code != 200 or got.json()["title"] != title:
-                        self.failures.append(f"{note_id}: {got.status_code} {got.text[:200]}")
-                title = f"during #{len(self.written)}"
-                created = http.post(
-                    "/api/notes", json={"workspaceId": "ws-b", "title": title, "body": title}
-                )
-                if created.status_code != 201:
-                    self.failures.append(f"create: {created.status_code} {created.text[:200]}")
-                else:
-                    self.written[created.json()["id"]] = title
-
-
-def _read_everything(server: NoteLettServer, expected: dict[str, str]) -> None:
-    """Every note, one by one and through both workspaces' listings."""
-    with httpx.Client(base_url=server.base_url, headers=auth("carol"), timeout=30) as http:
-        for note_id, title in expected.items():
-            got = http.get(f"/api/notes/{note_id}")
-            assert got.status_code == 200, (note_id, got.text)
-            assert (got.json()["title"], got.json()["body"]) == (title, title)
-        listed: dict[str, str] = {}
-        for workspace in ("ws-a", "ws-b"):
-            cursor = None
-            while True:
-                params = {
-                    "workspaceId": workspace,
-                    "limit": 100,
-                    **({"cursor": cursor} if cursor else {}),
-                }
-                page = http.get("/api/notes/", params=params)
-                assert page.status_code == 200, page.text
-                listed.update((n["id"], n["title"]) for n in page.json()["items"])
-                cursor = page.json().get("nextCursor")
-                if not cursor:
-                    break
-    assert listed == expected
-
-
 def test_the_runbook_through_the_cli_with_notelett_serving(
     stack_env: dict[str, str], serve: Any, tmp_path: Path
 ) -> None:
@@ -266,10 +200,10 @@ def test_the_runbook_through_the_cli_with_notelett_serving(
         }
     fe("backup", "--out", str(tmp_path / "dek_store-before-rotation.jsonl"), env=env)
     v2 = _create_version(env)
-    _wait_for_version(before, v2)
+    wait_for_version(before.base_url, v2)
     fe("preflight", "--new-mek-version", v2, env=env)
 
-    traffic = _Traffic(before.base_url, dict(expected))
+    traffic = NoteTraffic(before.base_url, expected, write_to="ws-b")
     traffic.start()
     try:
         while traffic.reads < len(expected) and traffic.is_alive():
@@ -279,8 +213,7 @@ def test_the_runbook_through_the_cli_with_notelett_serving(
         fe("migrate", "--mode", "rewrap-deks", "--old-mek-version", v1, "--new-mek-version", v2,
            "--batch-size", "5", "--report", str(report), env=env)  # fmt: skip
     finally:
-        traffic.stop.set()
-        traffic.join(timeout=60)
+        traffic.finish()
     assert traffic.failures == []
     assert traffic.reads > reads_before and traffic.written  # served during the rewrap
     expected |= traffic.written
@@ -293,13 +226,13 @@ def test_the_runbook_through_the_cli_with_notelett_serving(
     states = {v["version"]: (v["state"], v["current"], v["deks"]) for v in listed}
     assert states == {v1: ("disabled", False, 0), v2: ("enabled", True, len(expected))}
     fe("audit", "verify", env=env)
-    _read_everything(before, expected)  # the warm service, v1 now disabled
+    read_all(before.base_url, expected)  # the warm service, v1 now disabled
     before.stop()
 
     after = serve("after-rotation")  # cold: every DEK (or KEK) unwrapped under v2 now
-    _read_everything(after, expected)
+    read_all(after.base_url, expected)
     with httpx.Client(base_url=after.base_url, headers=auth("carol"), timeout=30) as http:
         expected[_create(http, "v2", "ws-a")] = "v2"
-    _read_everything(after, expected)
+    read_all(after.base_url, expected)
     for server in (before, after):
         assert "Traceback" not in server.log(), server.log()[-3000:]

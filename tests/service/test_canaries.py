@@ -14,10 +14,12 @@ from fastapi.testclient import TestClient
 
 from notelett.backend import Backend
 from tests.reliability.canaries import canary
+from tests.support.fixtures import on_every_store
 
 from .conftest import auth
 
 
+@on_every_store
 def test_error_paths_never_echo_a_notes_plaintext(
     client: TestClient, backend: Backend, create_note: Callable[..., dict[str, Any]]
 ) -> None:

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from notelett.cursors import TAG_BYTES, VERSION, CursorCodec
 from notelett.errors import InvalidCursorError
+from tests.support.fixtures import on_every_store
 
 from .conftest import auth
 
@@ -61,6 +62,7 @@ def test_forged_malformed_or_overflowing_cursors_answer_400(
     }
 
 
+@on_every_store
 def test_an_issued_cursor_pages_on_and_every_altered_byte_is_refused(
     client: TestClient, create_note: Any
 ) -> None:
@@ -78,6 +80,7 @@ def test_an_issued_cursor_pages_on_and_every_altered_byte_is_refused(
         assert _page(client, _b64(bytes(flipped))).status_code == 400, i
 
 
+@on_every_store
 def test_a_cursor_of_one_workspace_is_refused_for_another(
     client: TestClient, create_note: Any
 ) -> None:

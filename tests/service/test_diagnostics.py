@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,8 @@ from fastapi.testclient import TestClient
 from field_encrypt.providers.local import LocalKeyProvider
 from notelett import NoteLettSettings
 from notelett.backend import Backend
+from tests.support.fixtures import on_every_store
+from tests.support.note_damage import lose_dek, tamper_title
 
 from .conftest import SECRET, auth
 
@@ -32,22 +36,7 @@ def _secrets(settings: NoteLettSettings, backend: Backend) -> list[str]:
     ]
 
 
-def _flip_title_byte(backend: Backend, note_id: str) -> None:
-    record = backend.notes.get(note_id)
-    assert isinstance(record.title, bytes)
-    tampered = bytearray(record.title)
-    tampered[-1] ^= 0x01
-    backend.notes.replace(
-        note_id,
-        expected_revision=record.revision,
-        title=bytes(tampered),
-        body=record.body,
-        tags=record.tags,
-        dek_id=record.dek_id,
-        updated_at=record.updated_at,
-    )
-
-
+@on_every_store
 def test_health_answers_ok_and_touches_nothing(client: TestClient, backend: Backend) -> None:
     """/health answers 200 even with the database closed."""
     backend.close()
@@ -56,6 +45,7 @@ def test_health_answers_ok_and_touches_nothing(client: TestClient, backend: Back
     assert response.json() == {"status": "ok"}
 
 
+@on_every_store
 def test_readiness_passes_every_check(client: TestClient) -> None:
     """With the database up and writable and version 1 enabled, readiness is 200 with four
     ok lines."""
@@ -71,6 +61,7 @@ def test_readiness_passes_every_check(client: TestClient) -> None:
     ]
 
 
+@on_every_store
 def test_readiness_fails_with_503_when_the_current_version_is_disabled(
     client: TestClient, provider: LocalKeyProvider, settings: NoteLettSettings, backend: Backend
 ) -> None:
@@ -91,20 +82,50 @@ def test_readiness_fails_with_503_when_the_current_version_is_disabled(
         assert secret not in response.text
 
 
-def test_readiness_fails_when_the_database_is_unusable(
-    client: TestClient, backend: Backend, tmp_path: Any
-) -> None:
-    """A database that cannot answer fails the database line only."""
+def _make_unusable(
+    store_kind: str, url: str, backend: Backend, request: pytest.FixtureRequest
+) -> str:
+    """Take the notes database away under the running service; a word naming where it was.
+
+    SQLite: its file's directory is gone (the next connection cannot open it). PostgreSQL and
+    Cosmos DB: the database is dropped on the server (the fixture's clean-up tolerates it).
+    """
     database = backend.runtime.database
-    database.close()
-    database.path = str(tmp_path / "missing-dir" / "gone" / "x.db")
+    if store_kind == "sqlite":
+        database.close()
+        database.path = str(Path(database.path).parent / "missing-dir" / "gone" / "x.db")
+        return "missing-dir"
+    if store_kind == "postgres":
+        import psycopg
+
+        name = urllib.parse.urlsplit(url).path.lstrip("/")
+        server = request.getfixturevalue("postgres_server")
+        with psycopg.connect(server.dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        return name
+    (name,) = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["database"]
+    request.getfixturevalue("cosmos_client").delete_database(name)
+    return name
+
+
+@on_every_store
+def test_readiness_fails_when_the_database_is_unusable(
+    client: TestClient,
+    backend: Backend,
+    store_kind: str,
+    database_url: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A database that cannot answer fails the database line only, without naming it."""
+    where = _make_unusable(store_kind, database_url, backend, request)
     response = client.get("/api/diagnostics/readiness")
     assert response.status_code == 503
     statuses = {c["name"]: c["status"] for c in response.json()["checks"]}
     assert statuses["database"] == "fail"
-    assert "missing-dir" not in response.text
+    assert where not in response.text
 
 
+@on_every_store
 def test_a_tampered_note_answers_one_generic_500_with_a_correlation_id(
     client: TestClient,
     backend: Backend,
@@ -114,7 +135,7 @@ def test_a_tampered_note_answers_one_generic_500_with_a_correlation_id(
 ) -> None:
     """A decryption failure says nothing but a correlation id; the log has dekId and version."""
     note = create_note(title="will be tampered")
-    _flip_title_byte(backend, note["id"])
+    dek_id = tamper_title(backend, note["id"])
     with caplog.at_level(logging.ERROR, logger="notelett"):
         response = client.get(f"/api/notes/{note['id']}", headers=auth())
     assert response.status_code == 500
@@ -125,7 +146,6 @@ def test_a_tampered_note_answers_one_generic_500_with_a_correlation_id(
         "message": "internal error",
         "correlationId": correlation_id,
     }
-    dek_id = backend.notes.get(note["id"]).dek_id
     logged = [r.getMessage() for r in caplog.records if correlation_id in r.getMessage()]
     assert len(logged) == 1
     assert f"dekId={dek_id}" in logged[0] and "mekVersion=1" in logged[0]
@@ -138,19 +158,19 @@ def test_a_tampered_note_answers_one_generic_500_with_a_correlation_id(
     assert "notelett_decrypt_failures_total 2.0" in metrics
 
 
+@on_every_store
 def test_a_note_whose_dek_is_missing_answers_500(
     client: TestClient, backend: Backend, create_note: CreateNote
 ) -> None:
     """A live row whose DEK was lost (not a delete) is a server error, not a 404."""
     note = create_note()
-    dek_id = backend.notes.get(note["id"]).dek_id
-    assert dek_id is not None
-    backend.encryptor.shred(dek_id)
+    lose_dek(backend, note["id"])
     response = client.get(f"/api/notes/{note['id']}", headers=auth())
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "internal_error"
 
 
+@on_every_store
 def test_a_disabled_mek_version_answers_503_with_a_generic_message(
     client: TestClient,
     backend: Backend,
@@ -175,6 +195,7 @@ def test_a_disabled_mek_version_answers_503_with_a_generic_message(
             assert secret not in response.text
 
 
+@on_every_store
 def test_error_bodies_never_carry_secrets(
     client: TestClient, backend: Backend, settings: NoteLettSettings, create_note: CreateNote
 ) -> None:
@@ -199,6 +220,7 @@ def test_error_bodies_never_carry_secrets(
             assert secret not in response.text, (response.status_code, secret)
 
 
+@on_every_store
 def test_responses_never_carry_tokens_or_key_names(
     client: TestClient, backend: Backend, settings: NoteLettSettings, create_note: CreateNote
 ) -> None:
@@ -217,6 +239,7 @@ def test_responses_never_carry_tokens_or_key_names(
             assert secret not in response.text
 
 
+@on_every_store
 def test_metrics_count_requests_by_route_template_and_the_dek_cache(
     client: TestClient, create_note: CreateNote
 ) -> None:
@@ -237,6 +260,7 @@ def test_metrics_count_requests_by_route_template_and_the_dek_cache(
     assert note["id"] not in text  # route templates, never concrete paths
 
 
+@on_every_store
 def test_metrics_include_the_key_state_the_library_and_the_process(
     client: TestClient, create_note: CreateNote, backend: Backend
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,26 +15,30 @@ from field_encrypt.testing import CountingProvider
 from field_encrypt.usage import dek_counts
 from notelett import NoteLettSettings, create_app
 from notelett.backend import Backend, open_backend
+from tests.support.fixtures import on_every_store
 
 from .conftest import add_members, auth
 
 
 @pytest.fixture
+def kek_layout(encryption: field_encrypt.Settings) -> field_encrypt.Settings:
+    """The test's encryption settings (keyring, MEK, the store's credentials) with
+    FIELD_ENCRYPT_KEY_LAYOUT=kek."""
+    return encryption.model_copy(update={"key_layout": "kek"})
+
+
+@pytest.fixture
 def tiered(
-    tmp_path: Path, settings: NoteLettSettings, provider: LocalKeyProvider
+    kek_layout: field_encrypt.Settings, settings: NoteLettSettings, provider: LocalKeyProvider
 ) -> Iterator[tuple[Backend, CountingProvider]]:
-    encryption = field_encrypt.load_settings(
-        environ={"FIELD_ENCRYPT_KEY_LAYOUT": "kek"},
-        keyring=str(tmp_path / "keyring.json"),
-        mek_name="notelett-test-mek",
-    )
     mek = CountingProvider(provider)
-    opened = open_backend(encryption, settings, provider=mek)
+    opened = open_backend(kek_layout, settings, provider=mek)
     add_members(opened)
     yield opened, mek
     opened.close()
 
 
+@on_every_store
 def test_notes_go_under_a_kek_and_survive_a_mek_rotation(
     tiered: tuple[Backend, CountingProvider], settings: NoteLettSettings
 ) -> None:
@@ -73,18 +76,14 @@ def test_notes_go_under_a_kek_and_survive_a_mek_rotation(
             assert got.status_code == 200 and got.json()["title"] == f"t{i}"
 
 
+@on_every_store
 def test_kek_per_workspace_shreds_one_workspace(
-    tmp_path: Path, settings: NoteLettSettings, provider: LocalKeyProvider
+    kek_layout: field_encrypt.Settings, settings: NoteLettSettings, provider: LocalKeyProvider
 ) -> None:
     """NOTELETT_KEK_PER_WORKSPACE: each workspace's notes go under its own KEK; shredding
     ws-a's partition makes ws-a's notes unreadable (500) and leaves ws-b's readable."""
-    encryption = field_encrypt.load_settings(
-        environ={"FIELD_ENCRYPT_KEY_LAYOUT": "kek"},
-        keyring=str(tmp_path / "keyring.json"),
-        mek_name="notelett-test-mek",
-    )
     per_workspace = settings.model_copy(update={"kek_per_workspace": True})
-    backend = open_backend(encryption, per_workspace, provider=provider)
+    backend = open_backend(kek_layout, per_workspace, provider=provider)
     add_members(backend)
     try:
         tier = backend.runtime.kek_tier

@@ -11,28 +11,13 @@ from fastapi.testclient import TestClient
 
 from notelett.backend import Backend
 from tests.backends import BACKEND_KINDS
+from tests.support.note_damage import lose_dek, tamper_title
 
 from .conftest import auth
 
 pytestmark = pytest.mark.parametrize("store_kind", BACKEND_KINDS, indirect=True)
 
 CreateNote = Callable[..., dict[str, Any]]
-
-
-def _flip_title_byte(backend: Backend, note_id: str) -> None:
-    record = backend.notes.get(note_id)
-    assert isinstance(record.title, bytes)
-    tampered = bytearray(record.title)
-    tampered[-1] ^= 0x01
-    backend.notes.replace(
-        note_id,
-        expected_revision=record.revision,
-        title=bytes(tampered),
-        body=record.body,
-        tags=record.tags,
-        dek_id=record.dek_id,
-        updated_at=record.updated_at,
-    )
 
 
 def test_a_tampered_note_is_an_error_item_and_the_rest_of_the_page_serves(
@@ -45,8 +30,7 @@ def test_a_tampered_note_is_an_error_item_and_the_rest_of_the_page_serves(
     counted in the metric and logged with its dekId."""
     ids = [create_note(title=f"secret title {i}")["id"] for i in range(4)]
     bad = ids[2]
-    _flip_title_byte(backend, bad)
-    dek_id = backend.notes.get(bad).dek_id
+    dek_id = tamper_title(backend, bad)
     with caplog.at_level(logging.ERROR, logger="notelett"):
         page = client.get("/api/notes/", params={"workspaceId": "ws-a", "limit": 3}, headers=auth())
     assert page.status_code == 200, page.text
@@ -76,9 +60,7 @@ def test_a_note_whose_dek_is_missing_is_an_error_item(
     """A live row whose DEK was lost is named in errors; the other notes serve."""
     good = create_note(title="fine")["id"]
     lost = create_note(title="lost")["id"]
-    dek_id = backend.notes.get(lost).dek_id
-    assert dek_id is not None
-    backend.encryptor.shred(dek_id)
+    lose_dek(backend, lost)
     page = client.get("/api/notes/", params={"workspaceId": "ws-a"}, headers=auth())
     assert page.status_code == 200, page.text
     assert [n["id"] for n in page.json()["items"]] == [good]

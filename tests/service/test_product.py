@@ -16,6 +16,7 @@ from field_encrypt.products import load_product
 from notelett import NoteLettSettings
 from notelett.backend import Backend
 from notelett.binding import document_id
+from tests.support.fixtures import on_every_store
 
 from .conftest import add_members, auth
 
@@ -59,6 +60,7 @@ def test_field_encrypt_database_is_used_when_notelett_has_none(
         runtime.close()
 
 
+@on_every_store
 def test_document_store_scans_and_replaces_with_compare_and_swap(
     client: TestClient, backend: Backend, create_note: CreateNote
 ) -> None:
@@ -95,6 +97,7 @@ def test_document_store_scans_and_replaces_with_compare_and_swap(
     assert backend.notes.get(note_id).dek_id == new_dek
 
 
+@on_every_store
 def test_add_members_is_idempotent(backend: Backend) -> None:
     """Seeding the directory twice changes nothing."""
     add_members(backend)

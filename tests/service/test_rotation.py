@@ -8,8 +8,6 @@ answering throughout and afterwards; one started after it reads everything cold.
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ from field_encrypt.rotation import MigrationOptions, migrate, open_ledger
 from notelett import NoteLettSettings, create_app
 from notelett.backend import Backend
 from tests.backends import BACKEND_KINDS
+from tests.support.note_traffic import NoteTraffic, read_all, read_each, wait_for_version
 
 from .conftest import auth
 from .server import NoteLettServer, start_server
@@ -39,59 +38,6 @@ def rewrap_all(runtime: ProductRuntime, *, to_version: str) -> int:
     assert report.status == "completed", report
     assert report.counters.failed == 0
     return report.counters.changed
-
-
-def _wait_for_version(server: NoteLettServer, version: str, timeout: float = 10.0) -> None:
-    """Step 2: poll readiness until the running process canaries under ``version``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        checks = httpx.get(server.base_url + "/api/diagnostics/readiness").json()["checks"]
-        wrap = next(c for c in checks if c["name"] == "key_provider")
-        if wrap["status"] == "ok" and wrap["detail"].endswith(f"version {version}"):
-            return
-        time.sleep(0.05)  # polling another process's state
-    raise AssertionError(f"the service never picked up MEK version {version}")
-
-
-class _Reader(threading.Thread):
-    """Reads notes through a server in a loop and records every non-200 answer."""
-
-    def __init__(self, base_url: str, expected: dict[str, str]) -> None:
-        super().__init__(daemon=True)
-        self.base_url = base_url
-        self.expected = expected
-        self.stop = threading.Event()
-        self.reads = 0
-        self.failures: list[tuple[str, int, str]] = []
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.base_url, headers=auth("carol"), timeout=10) as http:
-            while not self.stop.is_set():
-                for note_id, title in self.expected.items():
-                    response = http.get(f"/api/notes/{note_id}")
-                    self.reads += 1
-                    if response.status_code != 200 or response.json()["title"] != title:
-                        self.failures.append((note_id, response.status_code, response.text))
-
-
-def _read_each(base_url: str, expected: dict[str, str]) -> None:
-    with httpx.Client(base_url=base_url, headers=auth("carol"), timeout=10) as http:
-        for note_id, title in expected.items():
-            response = http.get(f"/api/notes/{note_id}")
-            assert response.status_code == 200, (note_id, response.text)
-            assert response.json()["title"] == title
-
-
-def _read_all(base_url: str, expected: dict[str, str]) -> None:
-    """Every note, one by one and through both workspaces' listings."""
-    _read_each(base_url, expected)
-    listed: dict[str, str] = {}
-    with httpx.Client(base_url=base_url, headers=auth("carol"), timeout=10) as http:
-        for workspace in ("ws-a", "ws-b"):
-            page = http.get("/api/notes/", params={"workspaceId": workspace, "limit": 200})
-            assert page.status_code == 200, page.text
-            listed.update((n["id"], n["title"]) for n in page.json()["items"])
-    assert listed == expected
 
 
 def _cache_misses(server: NoteLettServer) -> float:
@@ -113,51 +59,52 @@ def test_notes_stay_readable_through_a_rotation_from_v1_to_v2(
         expected: dict[str, str] = {}
         with httpx.Client(base_url=old.base_url, headers=auth("carol"), timeout=10) as http:
             for i in range(30):
-                body = {"workspaceId": ("ws-a", "ws-b")[i % 2], "title": f"v1 #{i}", "body": "b"}
+                title = f"v1 #{i}"
+                body = {"workspaceId": ("ws-a", "ws-b")[i % 2], "title": title, "body": title}
                 created = http.post("/api/notes", json=body)
                 assert created.status_code == 201, created.text
                 expected[created.json()["id"]] = body["title"]
         # Notes written by another process: the old server has never cached their DEKs.
         with TestClient(create_app(settings, backend=backend)) as other:
             for i in range(10):
-                body = {"workspaceId": "ws-a", "title": f"cold #{i}", "body": "b"}
+                title = f"cold #{i}"
+                body = {"workspaceId": "ws-a", "title": title, "body": title}
                 created = other.post("/api/notes", json=body, headers=auth("carol"))
                 assert created.status_code == 201
                 expected[created.json()["id"]] = body["title"]
         assert store.count_by_version() == {"1": 40}
         warm = {k: v for k, v in expected.items() if not v.startswith("cold")}
-        _read_each(old.base_url, warm)  # the old process's cache is warm for these only
+        read_each(old.base_url, warm)  # the old process's cache is warm for these only
 
-        reader = _Reader(old.base_url, warm)
+        reader = NoteTraffic(old.base_url, warm)
         reader.start()
         try:
             assert provider.create_version().version == "2"  # step 1
-            _wait_for_version(old, "2")  # step 2
+            wait_for_version(old.base_url, "2", timeout=10.0)  # step 2
             assert rewrap_all(backend.runtime, to_version="2") == 40  # step 3
             assert store.count_not_on("2") == 0  # step 4
             assert rewrap_all(backend.runtime, to_version="2") == 0  # idempotent
             provider.set_enabled("1", False)  # step 5
-            _read_each(old.base_url, {k: v for k, v in expected.items() if k not in warm})
-            _read_all(old.base_url, expected)
+            read_each(old.base_url, {k: v for k, v in expected.items() if k not in warm})
+            read_all(old.base_url, expected)
         finally:
-            reader.stop.set()
-            reader.join(timeout=30)
+            reader.finish(timeout=30)
         assert reader.reads > len(expected)
         assert reader.failures == []
 
         new = start_server(env, workdir=tmp_path, name="after-rotation")
         try:
-            _read_all(new.base_url, expected)
+            read_all(new.base_url, expected)
             for server in (old, new):
                 readiness = httpx.get(server.base_url + "/api/diagnostics/readiness")
                 assert readiness.status_code == 200, readiness.text
             with httpx.Client(base_url=new.base_url, headers=auth("carol"), timeout=10) as http:
                 created = http.post(
-                    "/api/notes", json={"workspaceId": "ws-a", "title": "v2", "body": "b"}
+                    "/api/notes", json={"workspaceId": "ws-a", "title": "v2", "body": "v2"}
                 )
                 assert created.status_code == 201
             expected[created.json()["id"]] = "v2"
-            _read_all(old.base_url, expected)
+            read_all(old.base_url, expected)
         finally:
             new.stop()
         assert store.count_by_version() == {"2": 41}

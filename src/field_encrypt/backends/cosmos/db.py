@@ -30,6 +30,7 @@ failures ``StoreUnavailableError`` (``retry_after`` from ``x-ms-retry-after-ms``
 
 from __future__ import annotations
 
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -127,6 +128,57 @@ def _flag(value: str) -> bool:
     raise ValueError(f"provision={value!r} (use true or false)")
 
 
+class _HeadersPerThread:
+    """``last_response_headers`` of an azure-cosmos client connection, one per thread.
+
+    The SDK keeps the headers of "the last response" in one attribute of the client, sets
+    it after every request and then adds keys to it (the throttle counters) or iterates it
+    (a query copies it into its own headers). Our stores call one client from several
+    threads (the write pool, the SDK's own ``read_items`` pool, a lease heartbeat), so one
+    thread's request replaced or grew the dict another thread was iterating: a query failed
+    with ``RuntimeError: OrderedDict mutated during iteration`` (seen as an internal error of
+    ``field-encrypt rotate`` on Cosmos DB). Each thread only ever reads the headers of its own
+    last request, so keeping them per thread is what the SDK's code expects.
+    """
+
+    def __get__(self, connection: Any, owner: type | None = None) -> Any:
+        local = _thread_state(connection)
+        headers = getattr(local, "headers", None)
+        if headers is None:
+            headers = local.headers = {}
+        return headers
+
+    def __set__(self, connection: Any, headers: Any) -> None:
+        _thread_state(connection).headers = headers
+
+
+def _thread_state(connection: Any) -> threading.local:
+    state: threading.local = connection.__dict__.setdefault(
+        "_field_encrypt_headers", threading.local()
+    )
+    return state
+
+
+_PER_THREAD_CLASSES: dict[type, type] = {}
+
+
+def _headers_per_thread(connection: Any) -> None:
+    """Give ``connection`` (an SDK ``CosmosClientConnection``) per-thread response headers."""
+    if connection is None or isinstance(
+        type(connection).__dict__.get("last_response_headers"), _HeadersPerThread
+    ):
+        return
+    base = type(connection)
+    subclass = _PER_THREAD_CLASSES.get(base)
+    if subclass is None:
+        subclass = type(base.__name__, (base,), {"last_response_headers": _HeadersPerThread()})
+        _PER_THREAD_CLASSES[base] = subclass
+    current = connection.__dict__.pop("last_response_headers", None)
+    connection.__class__ = subclass
+    if current is not None:
+        connection.last_response_headers = current
+
+
 class CosmosDatabase:
     """A Cosmos DB database, its containers, and a thread pool for item-by-item batches."""
 
@@ -140,6 +192,7 @@ class CosmosDatabase:
     ) -> None:
         """Wrap an existing ``DatabaseProxy``; ``client`` is closed by :meth:`close` if given."""
         self.database = database
+        _headers_per_thread(getattr(database, "client_connection", None))
         self.provision = provision
         self.write_concurrency = write_concurrency
         self._client = client
