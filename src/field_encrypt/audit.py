@@ -26,7 +26,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -245,6 +246,70 @@ class AuditTrail(Protocol):
     def verify(self) -> ChainReport:
         """Walk the chain and say whether it is intact, and where it first breaks."""
         ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingIntent:
+    """An act announced (:meth:`Outbox.intend`) whose event was not stored yet."""
+
+    id: str
+    type: str
+    subject: str
+    data: Mapping[str, Any]
+    created_at: str
+
+
+class Outbox(Protocol):
+    """A trail that records acts atomically with their events (the transactional outbox).
+
+    :meth:`within` is a unit of work: the events emitted inside it are stored with the
+    act's own writes, or not at all. An act with a part outside the database (a key
+    service's enable/disable) is announced first with :meth:`intend`; the unit that
+    records it calls :meth:`settle`, and an intent still pending after a crash is
+    resolved by :func:`field_encrypt.audit_outbox.reconcile`.
+    """
+
+    def within(self) -> AbstractContextManager[None]: ...
+
+    def intend(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> str: ...
+
+    def settle(self, intent: str) -> None: ...
+
+    def pending(self) -> list[PendingIntent]: ...
+
+
+def unit_of_work(trail: AuditTrail | None) -> AbstractContextManager[None]:
+    """The trail's unit of work (:meth:`Outbox.within`), or nothing for a trail without one."""
+    within = getattr(trail, "within", None)
+    return within() if within is not None else nullcontext()
+
+
+@contextmanager
+def recorded(
+    trail: AuditTrail | None, type: str, *, subject: str, data: Mapping[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
+    """An act that is not only rows in the product's database, and its event.
+
+    The intent is committed before the block (the act) runs; the event (``data`` as the
+    block leaves the yielded dict) is appended and the intent settled in one unit with
+    the act's own database writes. A crash anywhere in between leaves the intent, which
+    :func:`field_encrypt.audit_outbox.reconcile` resolves. An error in the block leaves
+    it too (the act may have happened before the error).
+    """
+    payload = dict(data or {})
+    if trail is None:
+        yield payload
+        return
+    if not hasattr(trail, "intend"):  # a trail without an outbox: the event after the act
+        yield payload
+        trail.emit(type, subject=subject, data=payload)
+        return
+    outbox: Any = trail
+    intent = outbox.intend(type, subject=subject, data=payload)
+    with outbox.within():
+        yield payload
+        trail.emit(type, subject=subject, data=payload)
+        outbox.settle(intent)
 
 
 def verify_chain(rows: Iterable[tuple[int, dict[str, Any], str]]) -> ChainReport:

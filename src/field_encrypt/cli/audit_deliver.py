@@ -98,6 +98,9 @@ def audit_deliver(
     with opened(product) as rt:
         if rt.audit is None:
             raise ConfigurationError(f"product {product!r} has no audit trail")
+        from field_encrypt.audit_outbox import reconcile
+
+        reconcile(rt)  # acts interrupted before their events: recorded (or dropped) first
         backoff = Backoff(max_attempts=None if follow else max_attempts)
         moved = threading.Event()
         delivery = AuditDelivery(
