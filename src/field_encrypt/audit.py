@@ -257,21 +257,42 @@ class PendingIntent:
     subject: str
     data: Mapping[str, Any]
     created_at: str
+    check: Mapping[str, Any] = field(default_factory=dict)
+    """What :func:`field_encrypt.audit_outbox.reconcile` needs to tell whether the act
+    happened (a run id and shard, a DEK id), beside ``data``."""
 
 
 class Outbox(Protocol):
     """A trail that records acts atomically with their events (the transactional outbox).
 
-    :meth:`within` is a unit of work: the events emitted inside it are stored with the
-    act's own writes, or not at all. An act with a part outside the database (a key
-    service's enable/disable) is announced first with :meth:`intend`; the unit that
-    records it calls :meth:`settle`, and an intent still pending after a crash is
-    resolved by :func:`field_encrypt.audit_outbox.reconcile`.
+    :meth:`within` is a unit of work. Where :attr:`atomic` (SQLite, PostgreSQL) it is one
+    database transaction that the act's own writes join, so its events are stored with
+    the act's rows or not at all. An act with a part outside that transaction (a key
+    service's enable/disable; on Cosmos DB every act, see ``docs/audit.md``) is announced
+    first with :meth:`intend`, and the unit stores its event (:meth:`emit_for`) and
+    settles the intent; an intent still pending after a crash is resolved by
+    :func:`field_encrypt.audit_outbox.reconcile`. Call sites use :func:`recorded`.
     """
+
+    atomic: bool
 
     def within(self) -> AbstractContextManager[None]: ...
 
-    def intend(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> str: ...
+    def intend(
+        self,
+        type: str,
+        *,
+        subject: str,
+        data: Mapping[str, Any] | None = None,
+        check: Mapping[str, Any] | None = None,
+    ) -> str: ...
+
+    def emit_for(
+        self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
+    ) -> AuditEvent:
+        """:meth:`AuditTrail.emit` of the event an intent announced (marked with it where the
+        settling is not in the same transaction, so the reconciler does not store it twice)."""
+        ...
 
     def settle(self, intent: str) -> None: ...
 
@@ -284,32 +305,58 @@ def unit_of_work(trail: AuditTrail | None) -> AbstractContextManager[None]:
     return within() if within is not None else nullcontext()
 
 
+@dataclass(slots=True)
+class Recording:
+    """The event an act in :func:`recorded` will be recorded by: its ``data`` may still be
+    added to, or the event dropped (:meth:`cancel`: the act turned out not to need one)."""
+
+    data: dict[str, Any]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 @contextmanager
 def recorded(
-    trail: AuditTrail | None, type: str, *, subject: str, data: Mapping[str, Any] | None = None
-) -> Iterator[dict[str, Any]]:
-    """An act that is not only rows in the product's database, and its event.
+    trail: AuditTrail | None,
+    type: str,
+    *,
+    subject: str,
+    data: Mapping[str, Any] | None = None,
+    external: bool = False,
+    check: Mapping[str, Any] | None = None,
+) -> Iterator[Recording]:
+    """An act (the block) and its event, stored together or not at all.
 
-    The intent is committed before the block (the act) runs; the event (``data`` as the
-    block leaves the yielded dict) is appended and the intent settled in one unit with
-    the act's own database writes. A crash anywhere in between leaves the intent, which
-    :func:`field_encrypt.audit_outbox.reconcile` resolves. An error in the block leaves
-    it too (the act may have happened before the error).
+    On a trail whose units are database transactions, the act's writes and the event are
+    one transaction. When the act is ``external`` (not only rows in the product's
+    database), or the trail has no such transactions (Cosmos DB), the event is first
+    announced as an intent (``data`` as given, and ``check`` for the reconciler),
+    committed before the act; the event then is stored and the intent settled after it.
+    A crash anywhere in between leaves the intent, which
+    :func:`field_encrypt.audit_outbox.reconcile` resolves. An error in the block leaves it
+    too (the act may have happened before the error).
     """
-    payload = dict(data or {})
+    recording = Recording(dict(data or {}))
     if trail is None:
-        yield payload
+        yield recording
         return
     if not hasattr(trail, "intend"):  # a trail without an outbox: the event after the act
-        yield payload
-        trail.emit(type, subject=subject, data=payload)
+        yield recording
+        if not recording.cancelled:
+            trail.emit(type, subject=subject, data=recording.data)
         return
     outbox: Any = trail
-    intent = outbox.intend(type, subject=subject, data=payload)
+    intent = None
+    if external or not outbox.atomic:
+        intent = outbox.intend(type, subject=subject, data=recording.data, check=check)
     with outbox.within():
-        yield payload
-        trail.emit(type, subject=subject, data=payload)
-        outbox.settle(intent)
+        yield recording
+        if not recording.cancelled:
+            outbox.emit_for(intent, type, subject=subject, data=recording.data)
+        if intent is not None:
+            outbox.settle(intent)
 
 
 def verify_chain(rows: Iterable[tuple[int, dict[str, Any], str]]) -> ChainReport:

@@ -1,11 +1,12 @@
 """Resolving the audit outbox's pending intents: an act interrupted before its event.
 
-An act with a part outside the product's database (a MEK version enabled or disabled in
-the key service) is announced first (:meth:`~field_encrypt.audit.Outbox.intend`), then
-done, then recorded with its event in one unit that settles the intent
+An act with a part outside the product's database transaction (a MEK version enabled or
+disabled in the key service; on Cosmos DB, every act) is announced first (:meth:`~field_encrypt.audit.Outbox.intend`), then
+done, then its event is stored and the intent settled (in one transaction on SQL; on
+Cosmos DB the event carries the intent's id, so it is never stored twice)
 (:func:`~field_encrypt.audit.recorded`). A crash (kill -9, a lost host) between the
-announcement and that unit leaves the intent pending. :func:`reconcile` asks the key
-service whether the act took effect: if it did, the event is appended now (its ``data`` as
+announcement and the settling leaves the intent pending. :func:`reconcile` asks the key
+service, the DEK store or the run ledger whether the act took effect: if it did, the event is appended now (its ``data`` as
 announced, plus ``"recovered": true``); if it did not, the intent is dropped. An intent of
 a type nothing here can check is appended with ``"outcome": "unconfirmed"``, so an act is
 never without its event (at worst an event says the act may have happened).
@@ -17,29 +18,60 @@ from __future__ import annotations
 
 from typing import Any
 
-from field_encrypt.audit import MEK_VERSION_DISABLED, MEK_VERSION_ENABLED, PendingIntent
+from field_encrypt.audit import (
+    DEK_SHREDDED,
+    MEK_VERSION_DISABLED,
+    MEK_VERSION_ENABLED,
+    RUN_COMPLETED,
+    RUN_STARTED,
+    PendingIntent,
+)
+from field_encrypt.errors import NotFoundError
 from field_encrypt.products import ProductRuntime
 
 
 def _took_effect(runtime: ProductRuntime, intent: PendingIntent) -> bool | None:
     """Whether the announced act happened; ``None``: this cannot tell."""
+    check = {**intent.data, **intent.check}
     if intent.type in (MEK_VERSION_ENABLED, MEK_VERSION_DISABLED):
-        version = intent.data.get("version")
         for v in runtime.provider.versions():
-            if v.version == version:
+            if v.version == check.get("version"):
                 return v.enabled == (intent.type == MEK_VERSION_ENABLED)
         return False
+    if intent.type == DEK_SHREDDED and "dekId" in check:
+        try:
+            runtime.dek_store.get(str(check["dekId"]))
+        except NotFoundError:
+            return True
+        return False
+    if intent.type in (RUN_STARTED, RUN_COMPLETED) and "runId" in check:
+        from field_encrypt.backends.registry import open_run_ledger
+
+        try:
+            run = open_run_ledger(runtime.database).get_run(str(check["runId"]))
+        except NotFoundError:
+            return False
+        if intent.type == RUN_COMPLETED:
+            return run.finished
+        shard = run.shard(int(check.get("shard", 0)))
+        return shard.owner is not None or shard.status != "pending"
     return None
 
 
 def reconcile(runtime: ProductRuntime) -> list[tuple[PendingIntent, str]]:
     """Resolve every pending intent of the product's trail; each with what was done
-    (``recorded``, ``dropped`` or ``unconfirmed``)."""
+    (``recorded``, ``dropped``, ``unconfirmed``, or ``settled``: its event was stored,
+    only the intent was left)."""
     trail: Any = runtime.audit
     if trail is None or not hasattr(trail, "pending"):
         return []
     done = []
     for intent in trail.pending():
+        stored = getattr(trail, "emitted_for", None)
+        if stored is not None and stored(intent.id):
+            trail.settle(intent.id)
+            done.append((intent, "settled"))
+            continue
         happened = _took_effect(runtime, intent)
         with trail.within():
             if happened is False:
@@ -49,7 +81,7 @@ def reconcile(runtime: ProductRuntime) -> list[tuple[PendingIntent, str]]:
                 data = {**intent.data, "recovered": True}
                 if happened is None:
                     data["outcome"] = "unconfirmed"
-                trail.emit(intent.type, subject=intent.subject, data=data)
+                trail.emit_for(intent.id, intent.type, subject=intent.subject, data=data)
             trail.settle(intent.id)
         done.append((intent, outcome))
     return done

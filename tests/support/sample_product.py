@@ -269,10 +269,19 @@ class _KillingOutbox:
         return getattr(self.inner, name)
 
     def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
-        hit = type == self.type and not (data or {}).get("recovered")
+        return self.emit_for(None, type, subject=subject, data=data or {})
+
+    def emit_for(
+        self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
+    ) -> AuditEvent:
+        hit = type == self.type and not data.get("recovered")
         if hit and self.stage == "act":
             _kill()
-        event = self.inner.emit(type, subject=subject, data=data)
+        inner: Any = self.inner
+        if hasattr(inner, "emit_for"):
+            event: AuditEvent = inner.emit_for(intent, type, subject=subject, data=data)
+        else:
+            event = inner.emit(type, subject=subject, data=data)
         if hit and self.stage == "emitted":
             _kill()
         if hit and self.stage == "committed":

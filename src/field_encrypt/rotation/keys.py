@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,26 +59,19 @@ def mek_event(
 ) -> AbstractContextManager[Any]:
     """The unit of a MEK version act and its event (subject ``mek/<name>/<version>``).
 
-    With ``intent`` (the act changes the key service, outside the database) the event is
-    announced before the act (:func:`~field_encrypt.audit.recorded`); without, the act's
-    rows and the event are one transaction.
+    With ``intent`` the act changes the key service, outside the database: the event is
+    announced before the act (:func:`~field_encrypt.audit.recorded`, ``external``);
+    without, the act's rows and the event are one unit.
     """
     name = runtime.provider.mek_name
-    subject = f"mek/{name}/{version}"
-    payload = {"mekName": name, "version": version, **data}
-    if intent:
-        return recorded(runtime.audit, type, subject=subject, data=payload)
-    return _unit_then_event(runtime, type, subject, payload)
-
-
-@contextmanager
-def _unit_then_event(
-    runtime: ProductRuntime, type: str, subject: str, data: dict[str, Any]
-) -> Iterator[None]:
-    with unit_of_work(runtime.audit):
-        yield
-        if runtime.audit is not None:
-            runtime.audit.emit(type, subject=subject, data=data)
+    return recorded(
+        runtime.audit,
+        type,
+        subject=f"mek/{name}/{version}",
+        data={"mekName": name, "version": version, **data},
+        external=intent,
+        check={"version": version},
+    )
 
 
 def known_version(runtime: ProductRuntime, version: str) -> tuple[KeyVersion, list[KeyVersion]]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from field_encrypt.audit import LEASE_RECLAIMED, unit_of_work
+from field_encrypt.audit import LEASE_RECLAIMED, RUN_COMPLETED, RUN_STARTED, recorded
 from field_encrypt.errors import (
     ConfigurationError,
     LeaseHeldError,
@@ -426,18 +426,23 @@ def _acquire(
     options: MigrationOptions,
     resumed: bool,
 ) -> ShardState:
-    """Take shard ``index`` and, if it has work left, record ``run.started`` in the same
-    unit (:func:`~field_encrypt.audit.unit_of_work`): the lease and the event are stored
-    together or not at all."""
-    emitted = trail.started_emitted
-    try:
-        with unit_of_work(runtime.audit):
-            state = ledger.acquire_shard(run_id, index, owner=owner, now=now, ttl=options.lease_ttl)
-            if state.status != "done":
-                trail.started(resumed=resumed)
-    except BaseException:
-        trail.started_emitted = emitted  # rolled back with the lease: emitted on the retry
-        raise
+    """Take shard ``index`` and, if it has work left and this worker has not said so yet,
+    record ``run.started`` with it (:func:`~field_encrypt.audit.recorded`): the lease and
+    the event are stored together or not at all."""
+    if trail.started_emitted:
+        return ledger.acquire_shard(run_id, index, owner=owner, now=now, ttl=options.lease_ttl)
+    with recorded(
+        runtime.audit,
+        RUN_STARTED,
+        subject=trail.subject,
+        data=trail.started_data(resumed=resumed),
+        check={"runId": run_id, "shard": index},
+    ) as event:
+        state = ledger.acquire_shard(run_id, index, owner=owner, now=now, ttl=options.lease_ttl)
+        if state.status == "done":
+            event.cancel()
+    if state.status != "done":
+        trail.started(resumed=resumed, emitted=True)
     return state
 
 
@@ -453,23 +458,33 @@ def _release_done(
     duration: Callable[[], float],
 ) -> bool:
     """Give shard ``index`` back as done; when that finishes the run, record
-    ``run.completed`` in the same unit (the run's end and its event are stored together).
-    Whether it was recorded."""
-    with unit_of_work(runtime.audit):
+    ``run.completed`` with it (the run's end and its event are stored together or not at
+    all). Whether it was recorded."""
+    if not trail.started_emitted:
         ledger.release_shard(run_id, index, owner=owner, now=now, done=True)
-        if not trail.started_emitted:
-            return False
+        return False
+    with recorded(
+        runtime.audit,
+        RUN_COMPLETED,
+        subject=trail.subject,
+        data=trail.base(),
+        check={"runId": run_id},
+    ) as event:
+        ledger.release_shard(run_id, index, owner=owner, now=now, done=True)
         final = ledger.get_run(run_id)
         if not final.finished:
+            event.cancel()
             return False
         _, failure_count = ledger.failures(run_id)
-        trail.completed(
-            final,
-            failure_count=failure_count,
-            remaining=job.remaining(),
-            duration_seconds=duration(),
+        event.data.update(
+            trail.completed_data(
+                final,
+                failure_count=failure_count,
+                remaining=job.remaining(),
+                duration_seconds=duration(),
+            )
         )
-        return True
+    return True
 
 
 def _release(

@@ -57,6 +57,7 @@ PENDING_SCHEMA = """
         type {text} NOT NULL,
         subject {text} NOT NULL,
         data {text} NOT NULL,
+        probe {text} NOT NULL,
         created_at {text} NOT NULL,
         PRIMARY KEY (product, id)
     )
@@ -180,7 +181,17 @@ class SqlAuditTrail:
 
     # -- intents: acts outside this database ------------------------------------------
 
-    def intend(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> str:
+    atomic = True
+    """A unit (:meth:`within`) is one transaction: acts in this database need no intent."""
+
+    def intend(
+        self,
+        type: str,
+        *,
+        subject: str,
+        data: Mapping[str, Any] | None = None,
+        check: Mapping[str, Any] | None = None,
+    ) -> str:
         """Record (and commit) that an act is about to happen; the intent's id."""
         payload = checked_data(type, data)
         intent = new_event(
@@ -192,18 +203,25 @@ class SqlAuditTrail:
             prevhash=GENESIS,
         )["id"]
         self.dialect.execute(
-            "INSERT INTO actiontrail_pending (product, id, type, subject, data, created_at) "
-            "VALUES (:product, :id, :type, :subject, :data, :created_at)",
+            "INSERT INTO actiontrail_pending (product, id, type, subject, data, probe, "
+            "created_at) VALUES (:product, :id, :type, :subject, :data, :probe, :created_at)",
             {
                 "product": self.product,
                 "id": intent,
                 "type": type,
                 "subject": subject,
                 "data": json.dumps(payload, sort_keys=True),
+                "probe": json.dumps(dict(check or {}), sort_keys=True),
                 "created_at": self._clock().isoformat(),
             },
         )
         return str(intent)
+
+    def emit_for(
+        self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
+    ) -> AuditEvent:
+        """:meth:`emit`: the intent is settled in the same transaction, so needs no mark."""
+        return self.emit(type, subject=subject, data=data)
 
     def settle(self, intent: str) -> None:
         """Forget an intent (inside the unit that records its act, or once reconciled)."""
@@ -215,13 +233,15 @@ class SqlAuditTrail:
     def pending(self) -> list[PendingIntent]:
         """The intents not settled yet (an act interrupted before its event), oldest first."""
         rows = self.dialect.query(
-            "SELECT id, type, subject, data, created_at FROM actiontrail_pending "
+            "SELECT id, type, subject, data, probe, created_at FROM actiontrail_pending "
             "WHERE product = :product ORDER BY created_at, id",
             {"product": self.product},
         )
         return [
-            PendingIntent(id=i, type=t, subject=s, data=json.loads(d), created_at=c)
-            for i, t, s, d, c in rows
+            PendingIntent(
+                id=i, type=t, subject=s, data=json.loads(d), check=json.loads(k), created_at=c
+            )
+            for i, t, s, d, k, c in rows
         ]
 
     # -- reading ----------------------------------------------------------------------
