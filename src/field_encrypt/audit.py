@@ -27,12 +27,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from field_encrypt.errors import ConfigurationError, StoreError
+from field_encrypt.errors import ConfigurationError, RotationError, StoreError
 
 GENESIS = "0" * 64
 TYPE_PREFIX = "io.field-encrypt."
@@ -336,7 +336,9 @@ def recorded(
     committed before the act; the event then is stored and the intent settled after it.
     A crash anywhere in between leaves the intent, which
     :func:`field_encrypt.audit_outbox.reconcile` resolves. An error in the block leaves it
-    too (the act may have happened before the error).
+    too (the act may have happened before the error), except a refusal
+    (``ConfigurationError``, ``RotationError`` such as a lease held by another worker),
+    which the act raises before acting.
     """
     recording = Recording(dict(data or {}))
     if trail is None:
@@ -351,12 +353,23 @@ def recorded(
     intent = None
     if external or not outbox.atomic:
         intent = outbox.intend(type, subject=subject, data=recording.data, check=check)
-    with outbox.within():
-        yield recording
-        if not recording.cancelled:
-            outbox.emit_for(intent, type, subject=subject, data=recording.data)
-        if intent is not None:
-            outbox.settle(intent)
+    refused = False
+    try:
+        with outbox.within():
+            try:
+                yield recording
+            except (ConfigurationError, RotationError):
+                refused = True  # a refusal: raised before the act, by design
+                raise
+            if not recording.cancelled:
+                outbox.emit_for(intent, type, subject=subject, data=recording.data)
+            if intent is not None:
+                outbox.settle(intent)
+    except BaseException:
+        if refused and intent is not None:
+            with suppress(StoreError):  # left pending otherwise: reconciled later
+                outbox.settle(intent)
+        raise
 
 
 def verify_chain(rows: Iterable[tuple[int, dict[str, Any], str]]) -> ChainReport:
