@@ -11,11 +11,15 @@ announced, plus ``"recovered": true``); if it did not, the intent is dropped. An
 a type nothing here can check is appended with ``"outcome": "unconfirmed"``, so an act is
 never without its event (at worst an event says the act may have happened).
 
-``audit verify`` and ``audit deliver`` reconcile before they read the trail.
+``audit verify`` and ``audit deliver`` reconcile before they read the trail, a background
+delivery (``audit deliver --follow``, NoteLett's worker) before each pass, leaving intents
+younger than :data:`FOLLOW_GRACE_SECONDS` alone: one may belong to an act still under way
+in another process (announced, not yet done), which a probe would find not done.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from field_encrypt.audit import (
@@ -28,6 +32,9 @@ from field_encrypt.audit import (
 )
 from field_encrypt.errors import NotFoundError
 from field_encrypt.products import ProductRuntime
+
+FOLLOW_GRACE_SECONDS = 120.0
+"""How old an intent must be before a background delivery resolves it (acts take seconds)."""
 
 
 def _took_effect(runtime: ProductRuntime, intent: PendingIntent) -> bool | None:
@@ -58,15 +65,26 @@ def _took_effect(runtime: ProductRuntime, intent: PendingIntent) -> bool | None:
     return None
 
 
-def reconcile(runtime: ProductRuntime) -> list[tuple[PendingIntent, str]]:
-    """Resolve every pending intent of the product's trail; each with what was done
-    (``recorded``, ``dropped``, ``unconfirmed``, or ``settled``: its event was stored,
-    only the intent was left)."""
+def _age(intent: PendingIntent, now: dt.datetime) -> float:
+    """Seconds since the intent was written (a time without a zone is UTC)."""
+    created = dt.datetime.fromisoformat(intent.created_at)
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=dt.UTC)
+    return (now - created).total_seconds()
+
+
+def reconcile(runtime: ProductRuntime, *, min_age: float = 0.0) -> list[tuple[PendingIntent, str]]:
+    """Resolve every pending intent of the product's trail at least ``min_age`` seconds
+    old; each with what was done (``recorded``, ``dropped``, ``unconfirmed``, or
+    ``settled``: its event was stored, only the intent was left)."""
     trail: Any = runtime.audit
     if trail is None or not hasattr(trail, "pending"):
         return []
     done = []
+    now = dt.datetime.now(dt.UTC)
     for intent in trail.pending():
+        if min_age and _age(intent, now) < min_age:
+            continue
         stored = getattr(trail, "emitted_for", None)
         if stored is not None and stored(intent.id):
             trail.settle(intent.id)

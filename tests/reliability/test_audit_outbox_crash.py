@@ -29,6 +29,7 @@ from field_encrypt.products import ProductRuntime
 from tests import figures
 from tests.backends import BACKEND_KINDS, new_backend
 from tests.reliability import processes
+from tests.support.event_receiver import EventReceiver
 from tests.support.sample_product import killable_audit_product, product
 from tests.support.seed import seed
 
@@ -201,3 +202,29 @@ def test_kill_9_between_a_shred_and_its_event(
         finally:
             runtime.close()
         _both_or_neither(act, _events(env, "dek.shredded", f"dek/{dek_id}"), where)
+
+
+@pytest.mark.parametrize("store", BACKEND_KINDS)
+def test_the_next_delivery_carries_the_event_of_an_act_killed_before_it(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """``keys disable`` killed right after the key service's call: the next
+    ``audit deliver`` records the event (``recovered``) and delivers it, once, in order."""
+    env = _environment(tmp_path, store, request)
+    version = _two_versions(env)
+    _kill(["keys", "disable", version, "--product", KILLABLE], env, "audit:control:x")
+    assert not _enabled(env, version)
+    with EventReceiver().running() as receiver:
+        args = ["audit", "deliver", "--product", PRODUCT, "--to", receiver.url, "--json"]
+        delivered = processes.run(*args, env=env)
+        assert delivered.returncode == 0, delivered.stderr[-2000:]
+    received = receiver.settled()
+    disabled = [e for e in received if e["type"] == full_type("mek.version.disabled")]
+    assert len(disabled) == 1 and disabled[0]["data"]["recovered"] is True
+    runtime = _open(env)
+    try:
+        assert runtime.audit is not None
+        assert [e["id"] for e in received] == [e.id for e in runtime.audit.events()]
+    finally:
+        runtime.close()
+    figures.record("audit outbox crash", recovered_and_delivered=1)
