@@ -23,7 +23,9 @@ import datetime as dt
 from typing import Any
 
 from field_encrypt.audit import (
+    DEK_COLLECTED,
     DEK_SHREDDED,
+    KEK_DELETED,
     MEK_VERSION_DISABLED,
     MEK_VERSION_ENABLED,
     RUN_COMPLETED,
@@ -45,7 +47,16 @@ def _took_effect(runtime: ProductRuntime, intent: PendingIntent) -> bool | None:
             if v.version == check.get("version"):
                 return v.enabled == (intent.type == MEK_VERSION_ENABLED)
         return False
-    if intent.type == DEK_SHREDDED and "dekId" in check:
+    if intent.type == KEK_DELETED and "kekId" in check:
+        keks = getattr(runtime.provider, "keks", None)
+        if keks is None:
+            return None
+        try:
+            keks.get(str(check["kekId"]))
+        except NotFoundError:
+            return True
+        return False
+    if intent.type in (DEK_SHREDDED, DEK_COLLECTED) and "dekId" in check:
         try:
             runtime.dek_store.get(str(check["dekId"]))
         except NotFoundError:
