@@ -15,6 +15,11 @@ database (:func:`field_encrypt.backends.registry.open_audit_trail`) and hands it
 :class:`~field_encrypt.envelope.FieldEncryptor` (shred, decrypt denied) and to
 :class:`~field_encrypt.products.ProductRuntime` (the rotation engine and the CLI). Where
 no trail is given, nothing is emitted. ``docs/audit.md`` lists every event and its data.
+
+The trail is also the **outbox**: an act and its event are stored together or not at all
+(:func:`recorded`, :class:`Outbox`): in one transaction on SQLite and PostgreSQL, through a
+write-ahead intent where the act is outside that transaction (the key service; every act
+on Cosmos DB), resolved after a crash by :func:`field_encrypt.audit_outbox.reconcile`.
 """
 
 from __future__ import annotations
