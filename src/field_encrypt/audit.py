@@ -15,6 +15,11 @@ database (:func:`field_encrypt.backends.registry.open_audit_trail`) and hands it
 :class:`~field_encrypt.envelope.FieldEncryptor` (shred, decrypt denied) and to
 :class:`~field_encrypt.products.ProductRuntime` (the rotation engine and the CLI). Where
 no trail is given, nothing is emitted. ``docs/audit.md`` lists every event and its data.
+
+The trail is also the **outbox**: an act and its event are stored together or not at all
+(:func:`recorded`, :class:`Outbox`): in one transaction on SQLite and PostgreSQL, through a
+write-ahead intent where the act is outside that transaction (the key service; every act
+on Cosmos DB), resolved after a crash by :func:`field_encrypt.audit_outbox.reconcile`.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from field_encrypt.errors import ConfigurationError, StoreError
+from field_encrypt.errors import ConfigurationError, RotationError, StoreError
 
 GENESIS = "0" * 64
 TYPE_PREFIX = "io.field-encrypt."
@@ -245,6 +251,130 @@ class AuditTrail(Protocol):
     def verify(self) -> ChainReport:
         """Walk the chain and say whether it is intact, and where it first breaks."""
         ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingIntent:
+    """An act announced (:meth:`Outbox.intend`) whose event was not stored yet."""
+
+    id: str
+    type: str
+    subject: str
+    data: Mapping[str, Any]
+    created_at: str
+    check: Mapping[str, Any] = field(default_factory=dict)
+    """What :func:`field_encrypt.audit_outbox.reconcile` needs to tell whether the act
+    happened (a run id and shard, a DEK id), beside ``data``."""
+
+
+class Outbox(Protocol):
+    """A trail that records acts atomically with their events (the transactional outbox).
+
+    :meth:`within` is a unit of work. Where :attr:`atomic` (SQLite, PostgreSQL) it is one
+    database transaction that the act's own writes join, so its events are stored with
+    the act's rows or not at all. An act with a part outside that transaction (a key
+    service's enable/disable; on Cosmos DB every act, see ``docs/audit.md``) is announced
+    first with :meth:`intend`, and the unit stores its event (:meth:`emit_for`) and
+    settles the intent; an intent still pending after a crash is resolved by
+    :func:`field_encrypt.audit_outbox.reconcile`. Call sites use :func:`recorded`.
+    """
+
+    atomic: bool
+
+    def within(self) -> AbstractContextManager[None]: ...
+
+    def intend(
+        self,
+        type: str,
+        *,
+        subject: str,
+        data: Mapping[str, Any] | None = None,
+        check: Mapping[str, Any] | None = None,
+    ) -> str: ...
+
+    def emit_for(
+        self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
+    ) -> AuditEvent:
+        """:meth:`AuditTrail.emit` of the event an intent announced (marked with it where the
+        settling is not in the same transaction, so the reconciler does not store it twice)."""
+        ...
+
+    def settle(self, intent: str) -> None: ...
+
+    def pending(self) -> list[PendingIntent]: ...
+
+
+def unit_of_work(trail: AuditTrail | None) -> AbstractContextManager[None]:
+    """The trail's unit of work (:meth:`Outbox.within`), or nothing for a trail without one."""
+    within = getattr(trail, "within", None)
+    return within() if within is not None else nullcontext()
+
+
+@dataclass(slots=True)
+class Recording:
+    """The event an act in :func:`recorded` will be recorded by: its ``data`` may still be
+    added to, or the event dropped (:meth:`cancel`: the act turned out not to need one)."""
+
+    data: dict[str, Any]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@contextmanager
+def recorded(
+    trail: AuditTrail | None,
+    type: str,
+    *,
+    subject: str,
+    data: Mapping[str, Any] | None = None,
+    external: bool = False,
+    check: Mapping[str, Any] | None = None,
+) -> Iterator[Recording]:
+    """An act (the block) and its event, stored together or not at all.
+
+    On a trail whose units are database transactions, the act's writes and the event are
+    one transaction. When the act is ``external`` (not only rows in the product's
+    database), or the trail has no such transactions (Cosmos DB), the event is first
+    announced as an intent (``data`` as given, and ``check`` for the reconciler),
+    committed before the act; the event then is stored and the intent settled after it.
+    A crash anywhere in between leaves the intent, which
+    :func:`field_encrypt.audit_outbox.reconcile` resolves. An error in the block leaves it
+    too (the act may have happened before the error), except a refusal
+    (``ConfigurationError``, ``RotationError`` such as a lease held by another worker),
+    which the act raises before acting.
+    """
+    recording = Recording(dict(data or {}))
+    if trail is None:
+        yield recording
+        return
+    if not hasattr(trail, "intend"):  # a trail without an outbox: the event after the act
+        yield recording
+        if not recording.cancelled:
+            trail.emit(type, subject=subject, data=recording.data)
+        return
+    outbox: Any = trail
+    intent = None
+    if external or not outbox.atomic:
+        intent = outbox.intend(type, subject=subject, data=recording.data, check=check)
+    refused = False
+    try:
+        with outbox.within():
+            try:
+                yield recording
+            except (ConfigurationError, RotationError):
+                refused = True  # a refusal: raised before the act, by design
+                raise
+            if not recording.cancelled:
+                outbox.emit_for(intent, type, subject=subject, data=recording.data)
+            if intent is not None:
+                outbox.settle(intent)
+    except BaseException:
+        if refused and intent is not None:
+            with suppress(StoreError):  # left pending otherwise: reconciled later
+                outbox.settle(intent)
+        raise
 
 
 def verify_chain(rows: Iterable[tuple[int, dict[str, Any], str]]) -> ChainReport:

@@ -40,7 +40,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from field_encrypt.audit import GENESIS, AuditEvent, event_hash
-from field_encrypt.errors import AuditChainError, ConfigurationError, DeliveryError, StoreError
+from field_encrypt.errors import (
+    AuditChainError,
+    ConfigurationError,
+    DeliveryError,
+    KeyProviderError,
+    StoreError,
+)
 
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 log = logging.getLogger("field_encrypt.audit_delivery")
@@ -208,7 +214,10 @@ class AuditDelivery:
         batch: int = 100,
         backoff: Backoff | None = None,
         on_delivered: Callable[[AuditEvent], None] | None = None,
+        reconcile: Callable[[], object] | None = None,
     ) -> None:
+        """``reconcile`` runs before each pass: the audit outbox's pending intents resolved
+        (:func:`field_encrypt.audit_outbox.reconcile`), so recovered events go out too."""
         if not isinstance(trail, DeliverableTrail):
             raise ConfigurationError(f"{trail!r} cannot be delivered (no delivery checkpoint)")
         if batch < 1:
@@ -218,6 +227,7 @@ class AuditDelivery:
         self.batch = batch
         self.backoff = backoff or Backoff()
         self._on_delivered = on_delivered
+        self._reconcile = reconcile
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -231,6 +241,8 @@ class AuditDelivery:
         was not acknowledged after ``backoff.max_attempts`` attempts, or when the stored
         chain does not follow on from what was delivered (the checkpoint stays where it was).
         """
+        if self._reconcile is not None:
+            self._reconcile()
         name = self.destination.name
         checkpoint = self.trail.delivered(name)
         after, previous = (checkpoint.seq, checkpoint.hash) if checkpoint else (0, GENESIS)
@@ -270,7 +282,7 @@ class AuditDelivery:
                 self.deliver()
                 failures = 0
                 wait = interval
-            except (DeliveryError, AuditChainError, StoreError) as exc:
+            except (DeliveryError, AuditChainError, StoreError, KeyProviderError) as exc:
                 wait = self.backoff.delay(failures)
                 failures += 1
                 log.warning(

@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt import token
-from field_encrypt.audit import DEK_SHREDDED, AuditTrail, DenialRecorder
+from field_encrypt.audit import DEK_SHREDDED, AuditTrail, DenialRecorder, recorded
 from field_encrypt.backends.base import DekRecord, DekStore, check_product_store
 from field_encrypt.cache import DekCache
 from field_encrypt.errors import (
@@ -334,17 +334,20 @@ class FieldEncryptor:
     def shred(self, dek_id: str) -> bool:
         """Delete a DEK: every field sealed under it becomes permanently unreadable.
 
-        Whether there was one to delete; recorded as ``dek.shredded`` in the audit trail
-        once the delete is committed (a crash in between loses the event, never the delete).
+        Whether there was one to delete; recorded as ``dek.shredded`` in the audit trail in
+        the same unit as the delete (:func:`~field_encrypt.audit.recorded`): the delete
+        and its event are stored together or not at all.
         """
         self.cache.invalidate(bytes.fromhex(dek_id))
-        existed = self.store.delete(dek_id)
-        if self.audit is not None:
-            self.audit.emit(
-                DEK_SHREDDED,
-                subject=f"dek/{dek_id}",
-                data={"dekId": dek_id, "existed": existed},
-            )
+        with recorded(
+            self.audit,
+            DEK_SHREDDED,
+            subject=f"dek/{dek_id}",
+            data={"dekId": dek_id},
+            check={"dekId": dek_id},
+        ) as event:
+            existed = self.store.delete(dek_id)
+            event.data["existed"] = existed
         return existed
 
     def _cipher(self, raw_id: bytes) -> tuple[AESGCM, str]:

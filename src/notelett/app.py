@@ -56,10 +56,14 @@ def _audit_delivery(settings: NoteLettSettings, backend: Backend) -> AuditDelive
     destination = HttpDestination(
         settings.audit_delivery_url, token=token.get_secret_value() if token else None
     )
+    from field_encrypt.audit_outbox import FOLLOW_GRACE_SECONDS, reconcile
+
+    runtime = backend.runtime
     return AuditDelivery(
-        backend.runtime.audit,  # type: ignore[arg-type]
+        runtime.audit,  # type: ignore[arg-type]
         destination,
         backoff=Backoff(max_attempts=None),
+        reconcile=lambda: reconcile(runtime, min_age=FOLLOW_GRACE_SECONDS),
     )
 
 

@@ -341,3 +341,51 @@ def test_a_head_left_behind_is_caught_up(harness: TrailHarness) -> None:
     assert (fourth.seq, fourth.prevhash) == (4, raw.read(3)[1])
     assert trail.verify() == audit.ChainReport(events=4, intact=True, head=fourth.hash)
     assert raw.container.read_item("head", partition_key=PRODUCT)["seq"] == 4
+
+
+def test_an_act_that_fails_leaves_no_event(trail: audit.AuditTrail) -> None:
+    """The outbox: an act that fails inside its unit stores no event. SQLite and PostgreSQL
+    roll the unit back; Cosmos DB keeps the announced intent for the reconciler (the act
+    may have happened before the error), and a refusal settles it."""
+    outbox: Any = trail
+    with pytest.raises(RuntimeError), audit.recorded(trail, audit.DEK_SHREDDED, subject="dek/a"):
+        raise RuntimeError("the act failed")
+    assert trail.events() == []
+    assert len(outbox.pending()) == (0 if outbox.atomic else 1)
+    for intent in outbox.pending():
+        outbox.settle(intent.id)
+    with (
+        pytest.raises(ConfigurationError),
+        audit.recorded(trail, audit.DEK_SHREDDED, subject="dek/b", external=True),
+    ):
+        raise ConfigurationError("refused before acting")
+    assert trail.events() == [] and outbox.pending() == []
+    with audit.recorded(trail, audit.DEK_SHREDDED, subject="dek/c", external=True) as event:
+        event.data["existed"] = True
+    assert [(e.subject, dict(e.data)) for e in trail.events()] == [("dek/c", {"existed": True})]
+    assert outbox.pending() == []
+
+
+def test_concurrent_units_never_fork_the_chain(harness: TrailHarness) -> None:
+    """Two writers, each on its own connection, record 25 acts each in units (an act's
+    write and its event together): one intact chain of 50, nothing left pending."""
+    writers = [harness.open(), harness.open()]
+    start = threading.Barrier(len(writers))
+
+    def write(trail: audit.AuditTrail, name: str) -> None:
+        start.wait()
+        for i in range(25):
+            with audit.recorded(trail, audit.RUN_PROGRESS, subject=f"run/{name}") as event:
+                event.data["i"] = i
+
+    with ThreadPoolExecutor(len(writers)) as pool:
+        done = [pool.submit(write, t, str(n)) for n, t in enumerate(writers)]
+        for future in done:
+            future.result()
+    report = writers[0].verify()
+    assert report == audit.ChainReport(events=50, intact=True, head=report.head)
+    events = writers[1].events()
+    for name in ("0", "1"):
+        assert [e.data["i"] for e in events if e.subject == f"run/{name}"] == list(range(25))
+    outbox: Any = writers[0]
+    assert outbox.pending() == []

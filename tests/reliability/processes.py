@@ -54,6 +54,34 @@ def _child(argv: list[str], environ: dict[str, str], out: str, err: str) -> None
     os._exit(code if isinstance(code, int) else 1)
 
 
+def _call_child(target: str, args: tuple[Any, ...], environ: dict[str, str], err: str) -> None:
+    fd = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(ROOT)
+    import importlib
+
+    module, _, name = target.partition(":")
+    getattr(importlib.import_module(module), name)(*args)
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def call(target: str, *args: Any, env: dict[str, str], timeout: float = 120.0) -> Finished:
+    """``module:function(*args)`` in its own process with ``env`` added (for a library call
+    no CLI command makes, killed as a command would be); how it ended (no stdout)."""
+    workdir = Path(tempfile.mkdtemp(prefix="fe-call-"))
+    (workdir / "stdout").touch()
+    process = _context.Process(
+        target=_call_child,
+        args=(target, args, {**os.environ, **env}, str(workdir / "stderr")),
+    )
+    process.start()
+    return finish(process, workdir, timeout)
+
+
 def start(*argv: str, env: dict[str, str]) -> tuple[Any, Path]:
     """Start ``field-encrypt ARGV`` with ``env`` added to this environment; (process, dir)."""
     workdir = Path(tempfile.mkdtemp(prefix="fe-cli-"))

@@ -20,16 +20,24 @@ PostgreSQL or Cosmos DB) with the provider the settings name. Variants for the r
   event stored, before the stage's work), and ``SAMPLE_KILL_AT=control:METHOD`` right
   after the provider's ``create_version`` or ``set_enabled`` returned (before anyone
   recorded it).
+* ``killable_audit_product``: ``SAMPLE_KILL_AT=audit:STAGE:TYPE`` kills the process at one
+  point between an act and its audit event of type ``io.field-encrypt.TYPE``: ``intent``
+  right after the act was announced (an act outside the database), ``control`` right after
+  the key service's ``set_enabled`` returned, ``act`` when the event is about to be
+  written (the act's rows written, uncommitted where the act and the event are one unit),
+  ``emitted`` right after the event was written, ``committed`` right after the unit that
+  holds both committed.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from field_encrypt.audit import ROTATION_STAGE, AuditEvent, AuditTrail, ChainReport
+from field_encrypt.audit import ROTATION_STAGE, TYPE_PREFIX, AuditEvent, AuditTrail, ChainReport
 from field_encrypt.backends.base import DekPage, DekRecord, DekStore, NewDek, WrapUpdate
 from field_encrypt.config import Settings
 from field_encrypt.documents import DocumentWrite, StoredDocument
@@ -38,7 +46,14 @@ from field_encrypt.providers.base import KeyProvider, KeyVersion
 from field_encrypt.rehearsal import COLLECTIONS, NAME, _open, product
 from field_encrypt.testing import CountingProvider, FaultInjectingProvider
 
-__all__ = ["COLLECTIONS", "NAME", "counting_product", "killable_product", "product"]
+__all__ = [
+    "COLLECTIONS",
+    "NAME",
+    "counting_product",
+    "killable_audit_product",
+    "killable_product",
+    "product",
+]
 
 LAST_COUNTER: list[CountingProvider] = []
 
@@ -239,7 +254,87 @@ def _open_killable_rotation(settings: Settings) -> ProductRuntime:
     return runtime
 
 
+class _KillingOutbox:
+    """An audit trail that dies at one point between an act and its event (see the module
+    docstring); everything else is the trail's own."""
+
+    def __init__(self, inner: AuditTrail, stage: str, type: str) -> None:
+        self.inner = inner
+        self.stage = stage
+        self.type = type
+        self._depth = 0
+        self._kill_on_commit = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
+        return self.emit_for(None, type, subject=subject, data=data or {})
+
+    def emit_for(
+        self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
+    ) -> AuditEvent:
+        hit = type == self.type and not data.get("recovered")
+        if hit and self.stage == "act":
+            _kill()
+        inner: Any = self.inner
+        if hasattr(inner, "emit_for"):
+            event: AuditEvent = inner.emit_for(intent, type, subject=subject, data=data)
+        else:
+            event = inner.emit(type, subject=subject, data=data)
+        if hit and self.stage == "emitted":
+            _kill()
+        if hit and self.stage == "committed":
+            if not self._depth:
+                _kill()
+            self._kill_on_commit = True
+        return event
+
+    @contextmanager
+    def within(self) -> Iterator[None]:
+        inner = getattr(self.inner, "within", None)
+        self._depth += 1
+        try:
+            with inner() if inner is not None else nullcontext():
+                yield
+        finally:
+            self._depth -= 1
+        if not self._depth and self._kill_on_commit:
+            _kill()
+
+    def intend(self, type: str, **kwargs: Any) -> str:
+        intent: str = self.inner.intend(type, **kwargs)  # type: ignore[attr-defined]
+        if type == self.type and self.stage == "intent":
+            _kill()
+        return intent
+
+    def events(self, **filters: Any) -> list[AuditEvent]:
+        return self.inner.events(**filters)
+
+    def verify(self) -> ChainReport:
+        return self.inner.verify()
+
+
+def _open_killable_audit(settings: Settings) -> ProductRuntime:
+    runtime = _open(settings)
+    where, _, what = os.environ.get("SAMPLE_KILL_AT", "").partition(":")
+    if where != "audit" or runtime.audit is None:
+        return runtime
+    stage, _, type = what.partition(":")
+    if stage == "control":
+        control = _KillingControl(runtime.provider, "set_enabled")
+        runtime.provider = control
+        runtime.encryptor.provider = control
+    else:
+        trail: Any = _KillingOutbox(runtime.audit, stage, TYPE_PREFIX + type)
+        runtime.audit = trail
+        runtime.encryptor.audit = trail
+    return runtime
+
+
 killable_product = Product(name=NAME, collections=COLLECTIONS, open=_open_killable)
+killable_audit_product = Product(name=NAME, collections=COLLECTIONS, open=_open_killable_audit)
+"""The sample product with kill points between an act and its audit event (``audit:...``)."""
 killable_rotation_product = Product(
     name=NAME, collections=COLLECTIONS, open=_open_killable_rotation
 )

@@ -53,8 +53,12 @@ def audit_verify(
 
         verify_against(product, against, json_=json_)
         return
+    from field_encrypt.audit_outbox import reconcile
+
     with opened(product) as rt:
-        report = _trail(rt).verify()
+        trail = _trail(rt)
+        reconcile(rt)  # acts interrupted before their events: recorded (or dropped) first
+        report = trail.verify()
     if json_:
         output.emit_json(
             {

@@ -98,6 +98,9 @@ def audit_deliver(
     with opened(product) as rt:
         if rt.audit is None:
             raise ConfigurationError(f"product {product!r} has no audit trail")
+        from field_encrypt.audit_outbox import FOLLOW_GRACE_SECONDS, reconcile
+
+        grace = FOLLOW_GRACE_SECONDS if follow else 0.0
         backoff = Backoff(max_attempts=None if follow else max_attempts)
         moved = threading.Event()
         delivery = AuditDelivery(
@@ -105,6 +108,8 @@ def audit_deliver(
             destination,
             backoff=backoff,
             on_delivered=lambda _event: moved.set(),
+            # acts interrupted before their events: recorded (or dropped) before each pass
+            reconcile=lambda: reconcile(rt, min_age=grace),
         )
         if follow:
             _follow(delivery, rt, anchor, interval, moved)

@@ -33,7 +33,7 @@ from typing import Literal
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from field_encrypt.audit import KEK_CREATED, KEK_DELETED, KEK_REWRAPPED, AuditTrail
+from field_encrypt.audit import KEK_CREATED, KEK_DELETED, KEK_REWRAPPED, AuditTrail, recorded
 from field_encrypt.backends.base import KEK_PREFIX, KekRecord, KekStore
 from field_encrypt.cache import DekCache
 from field_encrypt.errors import (
@@ -295,9 +295,8 @@ class KekTierProvider:
                 )
             else:
                 self.cache.invalidate(bytes.fromhex(record.kek_id))
-                if self.keks.delete(record.kek_id):
+                if self._delete(record, reason="unreferenced", deks=0):
                     deleted.append(record.kek_id)
-                    self._event(KEK_DELETED, record, reason="unreferenced", deks=0)
         return deleted, kept
 
     def shred_partition(self, partition: str, *, deks: int | None = None) -> int:
@@ -309,9 +308,23 @@ class KekTierProvider:
         doomed = [k for k in self.keks.all() if k.partition == partition]
         for record in doomed:
             self.cache.invalidate(bytes.fromhex(record.kek_id))
-            if self.keks.delete(record.kek_id):
-                self._event(KEK_DELETED, record, reason="partition-shredded", deks=deks)
+            self._delete(record, reason="partition-shredded", deks=deks)
         return len(doomed)
+
+    def _delete(self, record: KekRecord, **data: object) -> bool:
+        """Delete a KEK and record ``kek.deleted`` with it (stored together or not at all:
+        the audit outbox); whether there was one to delete."""
+        with recorded(
+            self.audit,
+            KEK_DELETED,
+            subject=f"kek/{record.kek_id}",
+            data={"kekId": record.kek_id, "partition": record.partition, **data},
+            check={"kekId": record.kek_id},
+        ) as event:
+            if not self.keks.delete(record.kek_id):
+                event.cancel()
+                return False
+        return True
 
     def _event(self, type: str, record: KekRecord, **data: object) -> None:
         if self.audit is not None:

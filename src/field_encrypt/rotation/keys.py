@@ -12,10 +12,17 @@ import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from field_encrypt.audit import MEK_VERSION_CREATED, MEK_VERSION_DISABLED, MEK_VERSION_ENABLED
+from field_encrypt.audit import (
+    MEK_VERSION_CREATED,
+    MEK_VERSION_DISABLED,
+    MEK_VERSION_ENABLED,
+    recorded,
+    unit_of_work,
+)
 from field_encrypt.errors import ConfigurationError, KeyVersionNotFoundError, RotationError
 from field_encrypt.key_epoch import announce_key_change
 from field_encrypt.products import ProductRuntime
@@ -44,6 +51,26 @@ def emit_mek_event(runtime: ProductRuntime, type: str, version: str, **data: Any
         type,
         subject=f"mek/{name}/{version}",
         data={"mekName": name, "version": version, **data},
+    )
+
+
+def mek_event(
+    runtime: ProductRuntime, type: str, version: str, *, intent: bool = True, **data: Any
+) -> AbstractContextManager[Any]:
+    """The unit of a MEK version act and its event (subject ``mek/<name>/<version>``).
+
+    With ``intent`` the act changes the key service, outside the database: the event is
+    announced before the act (:func:`~field_encrypt.audit.recorded`, ``external``);
+    without, the act's rows and the event are one unit.
+    """
+    name = runtime.provider.mek_name
+    return recorded(
+        runtime.audit,
+        type,
+        subject=f"mek/{name}/{version}",
+        data={"mekName": name, "version": version, **data},
+        external=intent,
+        check={"version": version},
     )
 
 
@@ -80,12 +107,16 @@ def enable_version(
     one stays marked compromised, and the event says so.
     """
     known_version(runtime, version)
-    enabled = runtime.provider.set_enabled(version, True)
     product = runtime.encryptor.product
     note = lifecycle.note(product, version)
-    if note.retired_at is not None or note.disabled_at is not None:
-        lifecycle.save_note(product, dataclasses.replace(note, retired_at=None, disabled_at=None))
-    emit_mek_event(runtime, MEK_VERSION_ENABLED, version, compromised=note.compromised, via=via)
+    # The key service's change is announced first (an intent), then recorded with the
+    # note in one unit: a crash in between leaves the intent for audit verify to settle.
+    with mek_event(runtime, MEK_VERSION_ENABLED, version, compromised=note.compromised, via=via):
+        enabled = runtime.provider.set_enabled(version, True)
+        if note.retired_at is not None or note.disabled_at is not None:
+            lifecycle.save_note(
+                product, dataclasses.replace(note, retired_at=None, disabled_at=None)
+            )
     announce_key_change(runtime, [version], via=via)  # other processes see it within a poll
     return enabled
 
@@ -156,31 +187,37 @@ def disable_version(
             f"(field-encrypt migrate --product PRODUCT --mode rewrap-deks for each)"
         )
     now = clock()
-    if found.enabled:
-        runtime.provider.set_enabled(version, False)
-    evicted = runtime.encryptor.cache.invalidate_version(version)
     product = runtime.encryptor.product
     note = lifecycle.note(product, version)
     retain_until = max(note.retain_until or 0.0, now + retention_days * DAY)
-    lifecycle.save_note(
-        product,
-        dataclasses.replace(note, disabled_at=note.disabled_at or now, retain_until=retain_until),
-    )
-    if found.enabled or note.disabled_at is None or still:
-        # Also when it was disabled behind our back (in the key service, or by a process
-        # killed before it recorded the change): the trail catches up when it first sees it.
-        forced: dict[str, Any] = {"reason": reason} if reason else {}
-        if still:  # the override: who reads those DEKs now fails, and the trail says why
-            forced.update(forced=True, deksWrapped=still)
-        emit_mek_event(
-            runtime,
-            MEK_VERSION_DISABLED,
-            version,
-            retainUntil=iso(retain_until),
-            alreadyDisabled=not found.enabled,
-            via=via,
-            **forced,
+    forced: dict[str, Any] = {"reason": reason} if reason else {}
+    if still:  # the override: who reads those DEKs now fails, and the trail says why
+        forced.update(forced=True, deksWrapped=still)
+    data: dict[str, Any] = {
+        "retainUntil": iso(retain_until),
+        "alreadyDisabled": not found.enabled,
+        "via": via,
+    }
+    # Also when it was disabled behind our back (in the key service, or by a process killed
+    # before it recorded the change): the trail catches up when it first sees it. The key
+    # service's change is announced first (an intent), then the note and the event are
+    # stored in one unit: a crash in between leaves the intent for audit verify to settle.
+    if found.enabled:
+        act = mek_event(runtime, MEK_VERSION_DISABLED, version, **data, **forced)
+    elif note.disabled_at is None or still:
+        act = mek_event(runtime, MEK_VERSION_DISABLED, version, intent=False, **data, **forced)
+    else:
+        act = unit_of_work(runtime.audit)
+    with act:
+        if found.enabled:
+            runtime.provider.set_enabled(version, False)
+        lifecycle.save_note(
+            product,
+            dataclasses.replace(
+                note, disabled_at=note.disabled_at or now, retain_until=retain_until
+            ),
         )
+    evicted = runtime.encryptor.cache.invalidate_version(version)
     announce_key_change(runtime, [version], via=via)  # other processes drop its DEKs
     return Disabled(
         version=version,

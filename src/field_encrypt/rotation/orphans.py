@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from field_encrypt.audit import DEK_COLLECTED
+from field_encrypt.audit import DEK_COLLECTED, recorded
 from field_encrypt.index_keys import is_index_key_id
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation.docwalk import Pending
@@ -143,8 +143,15 @@ def _pending(ledger: RunLedger, product: str) -> set[str]:
 def _delete(runtime: ProductRuntime, dek_id: str) -> int:
     with contextlib.suppress(ValueError):  # not a hex id: never cached
         runtime.encryptor.cache.invalidate(bytes.fromhex(dek_id))
-    if not runtime.dek_store.delete(dek_id):
-        return 0  # gone meanwhile
-    if runtime.audit is not None:
-        runtime.audit.emit(DEK_COLLECTED, subject=f"dek/{dek_id}", data={"dekId": dek_id})
+    # The delete and its event are stored together or not at all (the audit outbox).
+    with recorded(
+        runtime.audit,
+        DEK_COLLECTED,
+        subject=f"dek/{dek_id}",
+        data={"dekId": dek_id},
+        check={"dekId": dek_id},
+    ) as event:
+        if not runtime.dek_store.delete(dek_id):
+            event.cancel()
+            return 0  # gone meanwhile
     return 1

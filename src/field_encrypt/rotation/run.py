@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from field_encrypt.audit import LEASE_RECLAIMED
+from field_encrypt.audit import LEASE_RECLAIMED, RUN_COMPLETED, RUN_STARTED, recorded
 from field_encrypt.errors import (
     ConfigurationError,
     LeaseHeldError,
@@ -325,6 +325,7 @@ def run_job(
     worked = False
     index: int | None = options.worker[0]
     tried: set[int] = set()
+    completed_emitted = False
     while index is not None:
         tried.add(index)
         current = books.call(ledger.get_run, run.run_id)
@@ -332,12 +333,7 @@ def run_job(
             index = _next_free(current, tried, clock())  # another worker of this run has it
             continue
         state = books.call(
-            ledger.acquire_shard,
-            run.run_id,
-            index,
-            owner=owner,
-            now=clock(),
-            ttl=options.lease_ttl,
+            _acquire, runtime, ledger, trail, run.run_id, index, owner, clock(), options, resumed
         )
         worked = True
         lease = Lease(ledger, run.run_id, index, owner, options.lease_ttl, clock, clock())
@@ -350,7 +346,6 @@ def run_job(
                 on_retry=on_retry,
             )
             observer.run_started(current, shard=index, resumed=resumed)
-            trail.started(resumed=resumed)
             work = _work(run, state, options, retrier, lease, ledger, clock, observer, trail)
             try:
                 job.run_shard(work)
@@ -375,7 +370,19 @@ def run_job(
                 trail.failed(exc, cursor=work.cursor)
                 raise
             processed += work.processed
-        books.call(ledger.release_shard, run.run_id, index, owner=owner, now=clock(), done=True)
+        finished = books.call(
+            _release_done,
+            runtime,
+            ledger,
+            trail,
+            job,
+            run.run_id,
+            index,
+            owner,
+            clock(),
+            lambda: monotonic() - started,
+        )
+        completed_emitted = completed_emitted or finished
         index = _next_free(books.call(ledger.get_run, run.run_id), tried, clock())
     if not worked:
         raise LeaseHeldError(
@@ -389,7 +396,7 @@ def run_job(
     duration = monotonic() - started
     if trail.started_emitted and status == "in_progress":
         trail.progress(worker_done=True)
-    elif trail.started_emitted and status != "stopped":
+    elif trail.started_emitted and status != "stopped" and not completed_emitted:
         trail.completed(
             final, failure_count=failure_count, remaining=remaining, duration_seconds=duration
         )
@@ -406,6 +413,78 @@ def run_job(
         remaining=remaining,
         stop_reason=stop_reason,
     )
+
+
+def _acquire(
+    runtime: ProductRuntime,
+    ledger: RunLedger,
+    trail: RunTrail,
+    run_id: str,
+    index: int,
+    owner: str,
+    now: float,
+    options: MigrationOptions,
+    resumed: bool,
+) -> ShardState:
+    """Take shard ``index`` and, if it has work left and this worker has not said so yet,
+    record ``run.started`` with it (:func:`~field_encrypt.audit.recorded`): the lease and
+    the event are stored together or not at all."""
+    if trail.started_emitted:
+        return ledger.acquire_shard(run_id, index, owner=owner, now=now, ttl=options.lease_ttl)
+    with recorded(
+        runtime.audit,
+        RUN_STARTED,
+        subject=trail.subject,
+        data=trail.started_data(resumed=resumed),
+        check={"runId": run_id, "shard": index},
+    ) as event:
+        state = ledger.acquire_shard(run_id, index, owner=owner, now=now, ttl=options.lease_ttl)
+        if state.status == "done":
+            event.cancel()
+    if state.status != "done":
+        trail.started(resumed=resumed, emitted=True)
+    return state
+
+
+def _release_done(
+    runtime: ProductRuntime,
+    ledger: RunLedger,
+    trail: RunTrail,
+    job: Any,
+    run_id: str,
+    index: int,
+    owner: str,
+    now: float,
+    duration: Callable[[], float],
+) -> bool:
+    """Give shard ``index`` back as done; when that finishes the run, record
+    ``run.completed`` with it (the run's end and its event are stored together or not at
+    all). Whether it was recorded."""
+    if not trail.started_emitted:
+        ledger.release_shard(run_id, index, owner=owner, now=now, done=True)
+        return False
+    with recorded(
+        runtime.audit,
+        RUN_COMPLETED,
+        subject=trail.subject,
+        data=trail.base(),
+        check={"runId": run_id},
+    ) as event:
+        ledger.release_shard(run_id, index, owner=owner, now=now, done=True)
+        final = ledger.get_run(run_id)
+        if not final.finished:
+            event.cancel()
+            return False
+        _, failure_count = ledger.failures(run_id)
+        event.data.update(
+            trail.completed_data(
+                final,
+                failure_count=failure_count,
+                remaining=job.remaining(),
+                duration_seconds=duration(),
+            )
+        )
+    return True
 
 
 def _release(

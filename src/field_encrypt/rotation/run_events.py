@@ -69,6 +69,10 @@ class RunTrail:
         if self.trail is not None:
             self.trail.emit(type, subject=subject or self.subject, data=data)
 
+    def base(self) -> dict[str, Any]:
+        """What every event of the run holds (its id, mode, versions, this worker)."""
+        return self._base()
+
     def _base(self) -> dict[str, Any]:
         plan = self.run.plan
         return {
@@ -81,22 +85,25 @@ class RunTrail:
 
     # -- what the run loop calls ---------------------------------------------------------
 
-    def started(self, *, resumed: bool) -> None:
-        """Once per invocation, when this worker first takes a shard with work left."""
+    def started(self, *, resumed: bool, emitted: bool = False) -> None:
+        """Once per invocation, when this worker first takes a shard with work left
+        (``emitted``: the event was already stored with the lease, see ``run._acquire``)."""
         if self.started_emitted:
             return
         self.started_emitted = True
         self._last_progress = self.clock()
-        self._emit(
-            RUN_STARTED,
-            {
-                **self._base(),
-                "shards": self.run.plan.shards,
-                "resumed": resumed,
-                "estimatedTotal": self.run.estimated_total,
-                "skippedAtStart": self.run.skipped_at_start,
-            },
-        )
+        if not emitted:
+            self._emit(RUN_STARTED, self.started_data(resumed=resumed))
+
+    def started_data(self, *, resumed: bool) -> dict[str, Any]:
+        """The data of ``run.started``."""
+        return {
+            **self._base(),
+            "shards": self.run.plan.shards,
+            "resumed": resumed,
+            "estimatedTotal": self.run.estimated_total,
+            "skippedAtStart": self.run.skipped_at_start,
+        }
 
     def checkpoint(self, delta: Counters, failures: Sequence[Failure]) -> None:
         """After each checkpoint: per-item failure events, and progress when due."""
@@ -162,16 +169,32 @@ class RunTrail:
         """The run is finished (every shard done): its totals."""
         self._emit(
             RUN_COMPLETED,
-            {
-                **self._base(),
-                "status": run.status,
-                **run.counters.as_dict(),
-                "failures": failure_count,
-                "failureEventsHeldBack": self._items_held_back,
-                "remaining": remaining,
-                "durationSeconds": round(duration_seconds, 3),
-            },
+            self.completed_data(
+                run,
+                failure_count=failure_count,
+                remaining=remaining,
+                duration_seconds=duration_seconds,
+            ),
         )
+
+    def completed_data(
+        self,
+        run: RunRecord,
+        *,
+        failure_count: int,
+        remaining: int | None,
+        duration_seconds: float,
+    ) -> dict[str, Any]:
+        """The data of ``run.completed``."""
+        return {
+            **self._base(),
+            "status": run.status,
+            **run.counters.as_dict(),
+            "failures": failure_count,
+            "failureEventsHeldBack": self._items_held_back,
+            "remaining": remaining,
+            "durationSeconds": round(duration_seconds, 3),
+        }
 
     def failed(self, error: BaseException, *, cursor: str | None) -> None:
         """This worker stopped before its part was done; the error's class, never key material.

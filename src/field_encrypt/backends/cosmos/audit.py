@@ -23,6 +23,15 @@ test server cannot run one).
 The head also catches what a bare chain cannot: if the trail ends before the event the head
 records, its tail was deleted, and :meth:`CosmosAuditTrail.verify` says so.
 
+- ``pending-<id>``: an **intent**, the outbox's write-ahead record: an act about to happen
+  and the event that will record it (``type``, ``subject``, ``data``, and what tells
+  whether it happened, ``probe``). No transaction spans the act's container (the DEKs,
+  the run ledger) and this one, and the emulator the tests run cannot run a transactional
+  batch, so an act and its event are made inseparable this way instead: the intent is
+  written before the act, the event (marked with the intent's id) after it, then the
+  intent is deleted. An intent left by a crash is resolved by
+  :func:`field_encrypt.audit_outbox.reconcile` (``audit verify``, ``audit deliver``): the
+  event is stored if the act happened and not stored yet, the intent dropped otherwise.
 - ``delivery-<sha256 of the destination, 32 hex>``: a delivery checkpoint
   ``{"destination", "seq", "hash", "updated_at"}``, moved forward only, by compare-and-swap.
 
@@ -37,7 +46,9 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from azure.core import MatchConditions
@@ -47,6 +58,7 @@ from field_encrypt.audit import (
     AuditEvent,
     AuditSink,
     ChainReport,
+    PendingIntent,
     checked_data,
     new_event,
     stored_event,
@@ -64,6 +76,7 @@ from field_encrypt.errors import (
 
 CONTAINER = "actiontrail"
 HEAD = "head"
+PENDING = "pending-"
 MAX_ATTEMPTS = 50
 
 
@@ -93,6 +106,91 @@ class CosmosAuditTrail:
         return f"CosmosAuditTrail({self.database!r}, product={self.product!r})"
 
     def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
+        return self._emit(type, subject, data, intent=None)
+
+    # -- the outbox (field_encrypt.audit.recorded) ----------------------------------------
+
+    atomic = False
+    """No transaction spans the act's container and this one: every act is announced."""
+
+    @contextmanager
+    def within(self) -> Iterator[None]:
+        """A unit of work in name only (each write commits on its own here): what makes an
+        act and its event inseparable on Cosmos DB is the intent written before the act."""
+        yield
+
+    def intend(
+        self,
+        type: str,
+        *,
+        subject: str,
+        data: Mapping[str, Any] | None = None,
+        check: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record (and commit) that an act is about to happen; the intent's id."""
+        payload = checked_data(type, data)
+        intent = uuid.uuid4().hex
+        with translate_errors():
+            self.container.create_item(
+                {
+                    "id": PENDING + intent,
+                    "pk": self.product,
+                    "kind": "pending",
+                    "type": type,
+                    "subject": subject,
+                    "data": json.dumps(payload, sort_keys=True),
+                    "probe": json.dumps(dict(check or {}), sort_keys=True),
+                    "created_at": self._clock().isoformat(),
+                }
+            )
+        return intent
+
+    def emit_for(
+        self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
+    ) -> AuditEvent:
+        """:meth:`emit`, the event's item marked with the intent it settles (outside the
+        hashed CloudEvent), so the reconciler never stores it a second time."""
+        return self._emit(type, subject, data, intent=intent)
+
+    def emitted_for(self, intent: str) -> bool:
+        """Whether the event of ``intent`` is stored (its settling was interrupted)."""
+        return bool(
+            self._query(
+                "SELECT c.seq FROM c WHERE c.pk = @pk AND c.kind = 'event' AND c.intent = @intent",
+                [{"name": "@pk", "value": self.product}, {"name": "@intent", "value": intent}],
+            )
+        )
+
+    def settle(self, intent: str) -> None:
+        """Forget an intent (its event is stored, or its act did not happen)."""
+        try:
+            with translate_errors():
+                self.container.delete_item(PENDING + intent, partition_key=self.product)
+        except NotFoundError:
+            pass
+
+    def pending(self) -> list[PendingIntent]:
+        """The intents not settled yet, oldest first."""
+        items = self._query(
+            "SELECT * FROM c WHERE c.pk = @pk AND c.kind = 'pending'",
+            [{"name": "@pk", "value": self.product}],
+        )
+        items.sort(key=lambda i: (str(i["created_at"]), str(i["id"])))
+        return [
+            PendingIntent(
+                id=str(i["id"])[len(PENDING) :],
+                type=str(i["type"]),
+                subject=str(i["subject"]),
+                data=json.loads(i["data"]),
+                check=json.loads(i.get("probe") or "{}"),
+                created_at=str(i["created_at"]),
+            )
+            for i in items
+        ]
+
+    def _emit(
+        self, type: str, subject: str, data: Mapping[str, Any] | None, *, intent: str | None
+    ) -> AuditEvent:
         payload = checked_data(type, data)
         for attempt in range(MAX_ATTEMPTS):
             seq, prevhash = self._last()
@@ -117,6 +215,7 @@ class CosmosAuditTrail:
                             "time": event["time"],
                             "event": stored_text(event),
                             "hash": event["hash"],
+                            **({"intent": intent} if intent else {}),
                         }
                     )
             except AlreadyExistsError:  # another writer took this position

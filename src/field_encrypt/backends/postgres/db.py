@@ -22,6 +22,7 @@ ours; Rails' or golang-migrate's is left alone).
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -162,6 +163,7 @@ class PostgresDatabase:
             connect_args=connect_args,
         )
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._ambient = threading.local()
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({self.url.render_as_string(hide_password=True)!r})"
@@ -172,13 +174,35 @@ class PostgresDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """``BEGIN`` ... ``COMMIT`` on a pooled connection, rolled back on any error."""
+        """``BEGIN`` ... ``COMMIT`` on a pooled connection, rolled back on any error.
+
+        Inside a transaction already open on this thread (an act and its audit event, see
+        :meth:`~field_encrypt.backends.sql.audit.SqlAuditTrail.within`), it is a
+        ``SAVEPOINT`` of that transaction, and :meth:`connection` is that transaction's
+        connection: what runs inside commits with the outer transaction, as SQLite's
+        per-thread connection does.
+        """
+        outer: Connection | None = getattr(self._ambient, "conn", None)
+        if outer is not None:
+            with translate_errors(), outer.begin_nested():
+                yield outer
+            return
         with translate_errors(), self.engine.begin() as conn:
-            yield conn
+            self._ambient.conn = conn
+            try:
+                yield conn
+            finally:
+                self._ambient.conn = None
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
-        """A pooled connection in autocommit mode: each statement is its own transaction."""
+        """A pooled connection in autocommit mode: each statement is its own transaction
+        (inside a transaction open on this thread: that transaction's connection)."""
+        outer: Connection | None = getattr(self._ambient, "conn", None)
+        if outer is not None:
+            with translate_errors():
+                yield outer
+            return
         with translate_errors(), self._autocommit.connect() as conn:
             yield conn
 

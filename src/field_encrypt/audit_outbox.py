@@ -1,0 +1,116 @@
+"""Resolving the audit outbox's pending intents: an act interrupted before its event.
+
+An act with a part outside the product's database transaction (a MEK version enabled or
+disabled in the key service; on Cosmos DB, every act) is announced first (:meth:`~field_encrypt.audit.Outbox.intend`), then
+done, then its event is stored and the intent settled (in one transaction on SQL; on
+Cosmos DB the event carries the intent's id, so it is never stored twice)
+(:func:`~field_encrypt.audit.recorded`). A crash (kill -9, a lost host) between the
+announcement and the settling leaves the intent pending. :func:`reconcile` asks the key
+service, the DEK store or the run ledger whether the act took effect: if it did, the event is appended now (its ``data`` as
+announced, plus ``"recovered": true``); if it did not, the intent is dropped. An intent of
+a type nothing here can check is appended with ``"outcome": "unconfirmed"``, so an act is
+never without its event (at worst an event says the act may have happened).
+
+``audit verify`` and ``audit deliver`` reconcile before they read the trail, a background
+delivery (``audit deliver --follow``, NoteLett's worker) before each pass, leaving intents
+younger than :data:`FOLLOW_GRACE_SECONDS` alone: one may belong to an act still under way
+in another process (announced, not yet done), which a probe would find not done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from field_encrypt.audit import (
+    DEK_COLLECTED,
+    DEK_SHREDDED,
+    KEK_DELETED,
+    MEK_VERSION_DISABLED,
+    MEK_VERSION_ENABLED,
+    RUN_COMPLETED,
+    RUN_STARTED,
+    PendingIntent,
+)
+from field_encrypt.errors import NotFoundError
+from field_encrypt.products import ProductRuntime
+
+FOLLOW_GRACE_SECONDS = 120.0
+"""How old an intent must be before a background delivery resolves it (acts take seconds)."""
+
+
+def _took_effect(runtime: ProductRuntime, intent: PendingIntent) -> bool | None:
+    """Whether the announced act happened; ``None``: this cannot tell."""
+    check = {**intent.data, **intent.check}
+    if intent.type in (MEK_VERSION_ENABLED, MEK_VERSION_DISABLED):
+        for v in runtime.provider.versions():
+            if v.version == check.get("version"):
+                return v.enabled == (intent.type == MEK_VERSION_ENABLED)
+        return False
+    if intent.type == KEK_DELETED and "kekId" in check:
+        keks = getattr(runtime.provider, "keks", None)
+        if keks is None:
+            return None
+        try:
+            keks.get(str(check["kekId"]))
+        except NotFoundError:
+            return True
+        return False
+    if intent.type in (DEK_SHREDDED, DEK_COLLECTED) and "dekId" in check:
+        try:
+            runtime.dek_store.get(str(check["dekId"]))
+        except NotFoundError:
+            return True
+        return False
+    if intent.type in (RUN_STARTED, RUN_COMPLETED) and "runId" in check:
+        from field_encrypt.backends.registry import open_run_ledger
+
+        try:
+            run = open_run_ledger(runtime.database).get_run(str(check["runId"]))
+        except NotFoundError:
+            return False
+        if intent.type == RUN_COMPLETED:
+            return run.finished
+        shard = run.shard(int(check.get("shard", 0)))
+        return shard.owner is not None or shard.status != "pending"
+    return None
+
+
+def _age(intent: PendingIntent, now: dt.datetime) -> float:
+    """Seconds since the intent was written (a time without a zone is UTC)."""
+    created = dt.datetime.fromisoformat(intent.created_at)
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=dt.UTC)
+    return (now - created).total_seconds()
+
+
+def reconcile(runtime: ProductRuntime, *, min_age: float = 0.0) -> list[tuple[PendingIntent, str]]:
+    """Resolve every pending intent of the product's trail at least ``min_age`` seconds
+    old; each with what was done (``recorded``, ``dropped``, ``unconfirmed``, or
+    ``settled``: its event was stored, only the intent was left)."""
+    trail: Any = runtime.audit
+    if trail is None or not hasattr(trail, "pending"):
+        return []
+    done = []
+    now = dt.datetime.now(dt.UTC)
+    for intent in trail.pending():
+        if min_age and _age(intent, now) < min_age:
+            continue
+        stored = getattr(trail, "emitted_for", None)
+        if stored is not None and stored(intent.id):
+            trail.settle(intent.id)
+            done.append((intent, "settled"))
+            continue
+        happened = _took_effect(runtime, intent)
+        with trail.within():
+            if happened is False:
+                outcome = "dropped"
+            else:
+                outcome = "recorded" if happened else "unconfirmed"
+                data = {**intent.data, "recovered": True}
+                if happened is None:
+                    data["outcome"] = "unconfirmed"
+                trail.emit_for(intent.id, intent.type, subject=intent.subject, data=data)
+            trail.settle(intent.id)
+        done.append((intent, outcome))
+    return done
