@@ -67,6 +67,8 @@ class Dialect(ABC):
     """Whether :meth:`lock` does anything (SQLite's ``BEGIN IMMEDIATE`` already serialises)."""
     label: str
     """How the database shows in a store's repr."""
+    table_exists: str
+    """A query that returns a row when the table ``:name`` exists."""
     types: Mapping[str, str]
     """Its column of :data:`COLUMN_TYPES`."""
 
@@ -94,6 +96,10 @@ class Dialect(ABC):
         """One statement in its own transaction; how many rows it changed."""
         with self.connection() as session:
             return session.run(sql, params)
+
+    def has_table(self, name: str) -> bool:
+        """Whether the table ``name`` exists (another store may not have created it yet)."""
+        return bool(self.query(self.table_exists, {"name": name}))
 
     @abstractmethod
     def migration(self, name: str, sql: str) -> Any:
