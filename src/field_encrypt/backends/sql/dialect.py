@@ -18,6 +18,7 @@ COLUMN_TYPES = {
     "bigint": ("INTEGER", "bigint"),
     "real": ("REAL", "double precision"),
     "blob": ("BLOB", "bytea"),
+    "json": ("TEXT", "jsonb"),
     "bool": ("INTEGER", "boolean"),
     "serial": ("INTEGER", "bigint GENERATED ALWAYS AS IDENTITY"),
     "timestamp": ("REAL NOT NULL", "timestamptz NOT NULL DEFAULT clock_timestamp()"),
@@ -69,6 +70,8 @@ class Dialect(ABC):
     """How the database shows in a store's repr."""
     table_exists: str
     """A query that returns a row when the table ``:name`` exists."""
+    json_value: str
+    """How a ``json`` column takes the JSON text bound as ``:json`` (a cast where needed)."""
     types: Mapping[str, str]
     """Its column of :data:`COLUMN_TYPES`."""
 

@@ -44,6 +44,7 @@ class PostgresDialect(Dialect):
     locks = True
     types = {name: sql[1] for name, sql in COLUMN_TYPES.items()}
     table_exists = "SELECT 1 WHERE to_regclass(:name) IS NOT NULL"
+    json_value = "CAST(:json AS jsonb)"
 
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database

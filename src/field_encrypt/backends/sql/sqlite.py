@@ -42,6 +42,7 @@ class SqliteDialect(Dialect):
     locks = False
     types = {name: sql[0] for name, sql in COLUMN_TYPES.items()}
     table_exists = "SELECT 1 FROM sqlite_master WHERE name = :name"
+    json_value = ":json"
 
     def __init__(self, database: SqliteDatabase) -> None:
         self.database = database
