@@ -238,7 +238,7 @@ def test_the_runtime_watches_on_a_thread_and_stops_when_closed(tmp_path: Path) -
     runtime = open_runtime(settings, product="p", collections=COLLECTIONS)
     watcher = runtime.key_epoch
     assert watcher is not None and watcher.interval == 0.05
-    thread = watcher._thread
+    thread = watcher._poller.thread
     assert thread is not None and thread.is_alive()
     runtime.close()
     assert not thread.is_alive()
