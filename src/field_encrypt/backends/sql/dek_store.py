@@ -24,7 +24,7 @@ from typing import Any
 
 from field_encrypt.backends.base import DekPage, DekRecord, NewDek, WrapUpdate, dek_record_of_row
 from field_encrypt.backends.sharding import bucket_of, check_shard
-from field_encrypt.backends.sql.dialect import Dialect, timestamp
+from field_encrypt.backends.sql.dialect import Dialect, SqlStore, timestamp
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
 
 SCHEMA = """
@@ -74,8 +74,10 @@ CHUNK = 500
 """Ids per ``IN (...)`` list."""
 
 
-class SqlDekStore:
+class SqlDekStore(SqlStore):
     """:class:`~field_encrypt.backends.base.DekStore` in the ``dek_store`` table."""
+
+    scope = "product"
 
     scan_from = "dek_store"
     """The FROM of a scan (where a dialect needs a planner hint)."""
@@ -83,13 +85,8 @@ class SqlDekStore:
     """The product column in ``get_many``'s WHERE (likewise)."""
 
     def __init__(self, dialect: Dialect, *, product: str) -> None:
-        self.dialect = dialect
-        self.database = dialect.database
         self.product = product
-        self.database.migrate(migrations(dialect))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.dialect.label}, product={self.product!r})"
+        super().__init__(dialect, migrations(dialect))
 
     def _new_row(self, dek_id: str, mek_name: str, mek_version: str, wrapped: bytes,
                  algorithm: str) -> dict[str, Any]:  # fmt: skip

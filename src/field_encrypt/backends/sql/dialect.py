@@ -123,6 +123,23 @@ class Dialect(ABC):
         where a transaction holds the database's write lock)."""
 
 
+class SqlStore:
+    """A store on one dialect's database: its schema steps applied on opening, its repr
+    naming the database and :attr:`scope`."""
+
+    scope = ""
+    """The attribute a repr shows beside the database (``product``, ``collection``)."""
+
+    def __init__(self, dialect: Dialect, migrations: Sequence[Any]) -> None:
+        self.dialect = dialect
+        self.database = dialect.database
+        self.database.migrate(migrations)
+
+    def __repr__(self) -> str:
+        shown = f", {self.scope}={getattr(self, self.scope)!r}" if self.scope else ""
+        return f"{type(self).__name__}({self.dialect.label}{shown})"
+
+
 def timestamp(value: Any) -> dt.datetime:
     """A timestamp column's value as an aware datetime (SQLite keeps epoch seconds)."""
     if isinstance(value, dt.datetime):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from field_encrypt.backends.sharding import check_shard
-from field_encrypt.backends.sql.dialect import Dialect
+from field_encrypt.backends.sql.dialect import Dialect, SqlStore
 from field_encrypt.documents import DocumentPage, DocumentWrite, StoredDocument
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 
@@ -55,21 +55,18 @@ REPLACE = (
 )
 
 
-class SqlDocumentStore:
+class SqlDocumentStore(SqlStore):
     """One collection of JSON documents in the product's SQL database."""
+
+    scope = "collection"
 
     scan_from = "documents"
     """The FROM of a scan (where a dialect needs a planner hint)."""
 
     def __init__(self, dialect: Dialect, *, collection: str) -> None:
-        self.dialect = dialect
-        self.database = dialect.database
         self.collection = collection
         self.replace_sql = REPLACE.format(json=dialect.json_value)
-        self.database.migrate(migrations(dialect))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.dialect.label}, collection={self.collection!r})"
+        super().__init__(dialect, migrations(dialect))
 
     def insert(
         self, document_id: str, fields: dict[str, Any], dek_id: str | None
