@@ -18,13 +18,14 @@ over binary arrays (:class:`~field_encrypt.backends.postgres.dek_store.PostgresD
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from field_encrypt.backends.base import DekPage, DekRecord, NewDek, WrapUpdate, dek_record_of_row
 from field_encrypt.backends.sharding import bucket_of, check_shard
-from field_encrypt.backends.sql.dialect import Dialect, SqlStore, timestamp
+from field_encrypt.backends.sql.dialect import Dialect, SqlStore
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
 
 SCHEMA = """
@@ -246,10 +247,17 @@ def batch_exists(exc: AlreadyExistsError) -> AlreadyExistsError:
     )
 
 
+_DATETIME = dt.datetime
+_FROM_TIMESTAMP = dt.datetime.fromtimestamp
+_UTC = dt.UTC
+
+
 def record(row: Sequence[Any]) -> DekRecord:
-    """A :class:`DekRecord` from a row of :data:`COLUMNS` (a scan builds one per row)."""
+    """A :class:`DekRecord` from a row of :data:`COLUMNS` (a scan builds one per row, so
+    SQLite's epoch seconds are converted inline, not through :func:`timestamp`)."""
     seq, dek_id, product, mek_name, mek_version, wrapped, algorithm, created, updated, rev = row
+    if not isinstance(created, _DATETIME):
+        created, updated = _FROM_TIMESTAMP(created, _UTC), _FROM_TIMESTAMP(updated, _UTC)
     return dek_record_of_row(
-        dek_id, product, mek_name, mek_version, wrapped, algorithm,
-        timestamp(created), timestamp(updated), str(rev), seq,
-    )  # fmt: skip
+        dek_id, product, mek_name, mek_version, wrapped, algorithm, created, updated, str(rev), seq
+    )
