@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 from field_encrypt.audit import AuditTrail
 from field_encrypt.backends.base import DekStore, KekStore
@@ -85,10 +86,7 @@ def _remote_provider(name: str, settings: Settings) -> KeyProvider:
                 vault_url=settings.azure_keyvault_url,
                 mek_name=settings.mek_name,
                 key_size=settings.akv_key_size,
-                connect_timeout=settings.provider_connect_timeout_seconds,
-                read_timeout=settings.provider_read_timeout_seconds,
-                max_attempts=settings.provider_max_attempts,
-                refresh_seconds=settings.provider_refresh_seconds,
+                **_remote_options(settings),
             )
         case "aws-kms":
             try:
@@ -99,10 +97,7 @@ def _remote_provider(name: str, settings: Settings) -> KeyProvider:
                 mek_name=settings.mek_name,
                 region=settings.aws_region,
                 endpoint_url=settings.aws_kms_endpoint_url,
-                connect_timeout=settings.provider_connect_timeout_seconds,
-                read_timeout=settings.provider_read_timeout_seconds,
-                max_attempts=settings.provider_max_attempts,
-                refresh_seconds=settings.provider_refresh_seconds,
+                **_remote_options(settings),
             )
         case "pkcs11":
             missing = [
@@ -132,6 +127,23 @@ def _remote_provider(name: str, settings: Settings) -> KeyProvider:
                 refresh_seconds=settings.provider_refresh_seconds,
             )
     raise ConfigurationError(f"key provider {name!r} is not available in this build")
+
+
+class _RemoteOptions(TypedDict):
+    connect_timeout: float
+    read_timeout: float
+    max_attempts: int
+    refresh_seconds: float
+
+
+def _remote_options(settings: Settings) -> _RemoteOptions:
+    """The timeouts, attempts and refresh period every cloud provider takes."""
+    return {
+        "connect_timeout": settings.provider_connect_timeout_seconds,
+        "read_timeout": settings.provider_read_timeout_seconds,
+        "max_attempts": settings.provider_max_attempts,
+        "refresh_seconds": settings.provider_refresh_seconds,
+    }
 
 
 def _missing_extra(name: str, extra: str, exc: ImportError) -> ConfigurationError:

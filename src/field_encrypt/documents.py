@@ -8,7 +8,7 @@ document's revision, so a migration never overwrites a concurrent application wr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -95,3 +95,14 @@ class BatchDocumentStore(DocumentStore, Protocol):
         On SQLite and PostgreSQL the batch is one transaction; on Cosmos DB it is item by item.
         """
         ...
+
+
+def pages(store: DocumentStore, *, limit: int = 1000) -> Iterator[DocumentPage]:
+    """Every page of a whole scan of ``store``, ``limit`` documents a page."""
+    cursor: str | None = None
+    while True:
+        page = store.scan(cursor=cursor, limit=limit)
+        yield page
+        if page.cursor is None:
+            return
+        cursor = page.cursor

@@ -63,12 +63,27 @@ class DekMissingError(DecryptionError):
         self.dek_id = dek_id
 
 
-class KeyProviderError(FieldEncryptError):
-    """The key provider failed; ``cause`` holds the underlying SDK error, if any."""
+class _Caused(FieldEncryptError):
+    """Internal: an error that keeps the SDK's or driver's exception in ``cause``."""
 
     def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+class _Transient(_Caused):
+    """Internal: a transient failure; ``retry_after`` is the delay in seconds the service
+    asked for, when it said one."""
+
+    def __init__(
+        self, message: str, *, cause: BaseException | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, cause=cause)
+        self.retry_after = retry_after
+
+
+class KeyProviderError(_Caused):
+    """The key provider failed; ``cause`` holds the underlying SDK error, if any."""
 
 
 class KeyVersionDisabledError(KeyProviderError):
@@ -79,25 +94,15 @@ class KeyVersionNotFoundError(KeyProviderError):
     """The provider has no MEK version of that name."""
 
 
-class KeyProviderUnavailableError(KeyProviderError):
+class KeyProviderUnavailableError(_Transient, KeyProviderError):
     """A transient provider failure (throttling, timeout, 5xx, dropped connection).
 
     ``retry_after`` is the delay in seconds the service asked for, when it said one.
     """
 
-    def __init__(
-        self, message: str, *, cause: BaseException | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message, cause=cause)
-        self.retry_after = retry_after
 
-
-class StoreError(FieldEncryptError):
+class StoreError(_Caused):
     """The store failed; ``cause`` holds the underlying driver error, if any."""
-
-    def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
-        super().__init__(message)
-        self.cause = cause
 
 
 class NotFoundError(StoreError):
@@ -112,17 +117,11 @@ class ConcurrentUpdateError(StoreError):
     """A compare-and-swap write lost: the row changed (or vanished) since it was read."""
 
 
-class StoreUnavailableError(StoreError):
+class StoreUnavailableError(_Transient, StoreError):
     """A transient store failure (locked database, dropped connection, throttling).
 
     ``retry_after`` is the delay in seconds the service asked for, when it said one.
     """
-
-    def __init__(
-        self, message: str, *, cause: BaseException | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message, cause=cause)
-        self.retry_after = retry_after
 
 
 class RotationError(FieldEncryptError):

@@ -31,7 +31,6 @@ the provider, and works exactly when they do. The first successful read resumes 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
@@ -40,6 +39,7 @@ from field_encrypt import metrics
 from field_encrypt.backends.base import ALL_VERSIONS, KEK_PREFIX, KeyState, KeyStateStore
 from field_encrypt.cache import DekCache
 from field_encrypt.errors import FieldEncryptError
+from field_encrypt.poller import Poller
 from field_encrypt.providers.base import KeyProvider, refresh_provider
 
 if TYPE_CHECKING:
@@ -112,8 +112,9 @@ class KeyEpochWatcher:
         """When the epoch was last read (start-up counts as read: the cache is empty)."""
         self.failures = 0
         """Failed reads in a row."""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller(
+            f"field-encrypt-key-epoch-{self.product}", self.check, self._failed, interval=interval
+        )
 
     def __repr__(self) -> str:
         return (
@@ -223,29 +224,16 @@ class KeyEpochWatcher:
 
     def start(self) -> KeyEpochWatcher:
         """Poll on a daemon thread (the first read at once); idempotent."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"field-encrypt-key-epoch-{self.product}", daemon=True
-            )
-            self._thread.start()
+        self._poller.start()
         return self
 
-    def _run(self) -> None:
-        while True:
-            try:
-                self.check()
-            except Exception as exc:  # the thread's top: a dead watcher would stop revocation
-                log.exception("reading the key state of %s failed", self.product)
-                self.failed(exc)
-            if self._stop.wait(self.interval):
-                return
+    def _failed(self, exc: Exception) -> None:
+        log.exception("reading the key state of %s failed", self.product)
+        self.failed(exc)
 
     def close(self) -> None:
         """Stop polling (before the database it reads is closed)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self.interval + 10.0)
+        self._poller.close(timeout=self.interval + 10.0)
 
 
 def watch_key_state(runtime: ProductRuntime) -> KeyEpochWatcher | None:

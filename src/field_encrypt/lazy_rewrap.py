@@ -39,6 +39,7 @@ from field_encrypt import metrics
 from field_encrypt.audit import DEK_REWRAPPED_LAZILY, AuditTrail
 from field_encrypt.backends.base import KEK_PREFIX, DekRecord, DekStore, WrapUpdate
 from field_encrypt.errors import FieldEncryptError, KeyProviderError
+from field_encrypt.poller import Poller
 from field_encrypt.providers.base import KeyProvider, dek_context
 from field_encrypt.rotation.ratelimit import TokenBucket
 
@@ -92,7 +93,10 @@ class LazyRewrapper:
         self.audit = audit
         self.max_rps = max_rps
         self.batch_size = batch_size
-        self._stop = threading.Event()
+        self._poller = Poller(
+            f"field-encrypt-lazy-rewrap-{product}", self._step, self._step_failed, interval=0.0
+        )
+        self._stop = self._poller.stopped
         self.bucket = TokenBucket(
             max_rps, burst=float(CALLS_PER_DEK), clock=clock, sleep=sleep or self._nap
         )
@@ -100,7 +104,6 @@ class LazyRewrapper:
         self._lock = threading.Lock()
         self._pending: set[str] = set()
         self._target: str | None = None
-        self._thread: threading.Thread | None = None
         self._offered = self._dropped = 0
         self._rewrapped = self._skipped = self._conflicts = self._failed = 0
 
@@ -274,19 +277,14 @@ class LazyRewrapper:
 
     def start(self) -> LazyRewrapper:
         """Rewrap on a daemon thread until :meth:`close`; idempotent."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"field-encrypt-lazy-rewrap-{self.product}", daemon=True
-            )
-            self._thread.start()
+        self._poller.start()
         return self
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_batch(timeout=0.2)
-            except Exception:  # the thread's top: a dead rewrapper would silently stop
-                log.exception("lazy rewrap of %s failed", self.product)
+    def _step(self) -> None:
+        self.run_batch(timeout=0.2)
+
+    def _step_failed(self, exc: Exception) -> None:  # a dead rewrapper would silently stop
+        log.exception("lazy rewrap of %s failed", self.product)
 
     def _nap(self, seconds: float) -> None:
         """The token bucket's sleep: cut short by :meth:`close`."""
@@ -303,10 +301,7 @@ class LazyRewrapper:
 
     def close(self) -> None:
         """Stop (a batch in flight stops before its next DEK; queued rows are dropped)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=10.0)
+        self._poller.close(timeout=10.0)
 
     def stats(self) -> LazyRewrapStats:
         with self._lock:

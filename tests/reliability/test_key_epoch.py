@@ -248,7 +248,7 @@ def test_a_long_running_runtime_watches_on_a_thread_and_stops_when_closed(
     assert watcher is not None and watcher.interval == 0.05
     start_background(runtime, watch=True)
     assert runtime.key_epoch is watcher
-    thread = watcher._thread
+    thread = watcher._poller.thread
     assert thread is not None and thread.is_alive()
     runtime.close()
     assert not thread.is_alive()

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt.audit import KEK_CREATED, KEK_DELETED, KEK_REWRAPPED, AuditTrail, recorded
@@ -43,6 +42,7 @@ from field_encrypt.errors import (
     NotFoundError,
 )
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek, refresh_provider
+from field_encrypt.providers.symmetric import open_sealed
 
 ALGORITHM = "A256GCM-KEK"
 KEK_CALLS = 3
@@ -175,13 +175,7 @@ class KekTierProvider:
     def unwrap(self, ciphertext: bytes, *, version: str, context: bytes) -> bytes:
         if not version.startswith(KEK_PREFIX):
             return self.mek.unwrap(ciphertext, version=version, context=context)
-        cipher = self._kek(version[len(KEK_PREFIX) :])
-        if len(ciphertext) != 12 + 32 + 16:
-            raise DecryptionError()
-        try:
-            return cipher.decrypt(ciphertext[:12], ciphertext[12:], context)
-        except InvalidTag:
-            raise DecryptionError() from None
+        return open_sealed(self._kek(version[len(KEK_PREFIX) :]), ciphertext, context)
 
     def rewrap(
         self, ciphertext: bytes, *, from_version: str, context: bytes, to_version: str | None = None

@@ -25,6 +25,17 @@ from field_encrypt.providers.base import WrappedDek, wrapped_dek_of
 ALGORITHM = "A256GCM"
 
 
+def open_sealed(cipher: AESGCM, ciphertext: bytes, context: bytes) -> bytes:
+    """The 32-byte DEK in ``nonce (12) || sealed DEK and tag (48)`` under ``cipher``;
+    :class:`DecryptionError` (fixed message) for any other length or a failed tag."""
+    if len(ciphertext) != 12 + 32 + 16:
+        raise DecryptionError()
+    try:
+        return cipher.decrypt(ciphertext[:12], ciphertext[12:], context)
+    except InvalidTag:
+        raise DecryptionError() from None
+
+
 class SymmetricKeyring:
     """MEK versions held in memory as ready ciphers, with their enabled state."""
 
@@ -55,13 +66,7 @@ class SymmetricKeyring:
         return WrappedDek(mek_version=version, ciphertext=nonce + sealed, algorithm=ALGORITHM)
 
     def unwrap(self, ciphertext: bytes, *, version: str, context: bytes) -> bytes:
-        cipher = self.cipher(version)
-        if len(ciphertext) != 12 + 32 + 16:
-            raise DecryptionError()
-        try:
-            return cipher.decrypt(ciphertext[:12], ciphertext[12:], context)
-        except InvalidTag:
-            raise DecryptionError() from None
+        return open_sealed(self.cipher(version), ciphertext, context)
 
     def rewrap_many(
         self, items: Sequence[tuple[bytes, str, bytes]], *, to_version: str

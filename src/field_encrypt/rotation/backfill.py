@@ -10,10 +10,9 @@ Both are idempotent: a document already in the desired state is skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Final
 
-from field_encrypt.documents import DocumentPage, DocumentStore, StoredDocument
+from field_encrypt.documents import StoredDocument, pages
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
@@ -36,7 +35,7 @@ class _Backfill(DocumentJob):
         matched = sum(
             len(self.select(name, page.documents))
             for name, docs in self.collections.items()
-            for page in _pages(docs)
+            for page in pages(docs)
         )
         return DryRun(
             by_version=dek_counts(self.runtime),
@@ -125,13 +124,3 @@ class DecryptJob(_Backfill):
         if document.dek_id is None:
             return {"id": document.id}
         return {"id": document.id, "previousDekId": document.dek_id}
-
-
-def _pages(docs: DocumentStore) -> Iterator[DocumentPage]:
-    cursor: str | None = None
-    while True:
-        page = docs.scan(cursor=cursor, limit=1000)
-        yield page
-        if page.cursor is None:
-            return
-        cursor = page.cursor

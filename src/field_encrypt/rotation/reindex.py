@@ -19,12 +19,12 @@ current one and no stored index value is on it (``index-key.retired``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from field_encrypt.blind_index import BlindIndex, IndexedField
-from field_encrypt.documents import DocumentPage, DocumentStore, StoredDocument
+from field_encrypt.documents import StoredDocument, pages
 from field_encrypt.errors import ConfigurationError, RotationError
 from field_encrypt.index_keys import PROBE_WINDOW, IndexKeyring, reachable
 from field_encrypt.index_values import needs_reindex, tally, with_index_values
@@ -121,7 +121,7 @@ class ReindexJob(DocumentJob):
         counts: dict[str, dict[str, int]] = {}
         matched = 0
         for name, docs in self.collections.items():
-            for page in _pages(docs):
+            for page in pages(docs):
                 matched += len(self.select(name, page.documents))
                 for document in page.documents:
                     tally(counts, name, document.fields, self.indexed[name])
@@ -142,7 +142,7 @@ class ReindexJob(DocumentJob):
         return sum(
             len(self.select(name, page.documents))
             for name, docs in self.collections.items()
-            for page in _pages(docs)
+            for page in pages(docs)
         )
 
     def select(self, collection: str, documents: list[StoredDocument]) -> list[StoredDocument]:
@@ -172,7 +172,7 @@ def index_value_counts(runtime: ProductRuntime) -> dict[str, dict[str, int]]:
         f"{spec.collection}.{spec.path}": {} for specs in indexed.values() for spec in specs
     }
     for name, specs in indexed.items():
-        for page in _pages(runtime.documents[name]):
+        for page in pages(runtime.documents[name]):
             for document in page.documents:
                 tally(counts, name, document.fields, specs)
     return counts
@@ -237,13 +237,3 @@ def retire_index_version(runtime: ProductRuntime, version: int) -> IndexRetireme
         )
     keyring.delete(version, via="index-keys retire", data={"current": current})
     return IndexRetirement(product=product, version=version, current=current, counts=counts)
-
-
-def _pages(docs: DocumentStore) -> Iterator[DocumentPage]:
-    cursor: str | None = None
-    while True:
-        page = docs.scan(cursor=cursor, limit=1000)
-        yield page
-        if page.cursor is None:
-            return
-        cursor = page.cursor

@@ -23,11 +23,10 @@ It reads everything once and writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from field_encrypt.documents import DocumentPage, DocumentStore
+from field_encrypt.documents import pages
 from field_encrypt.errors import FieldEncryptError
 from field_encrypt.index_keys import IndexKeyring, is_index_key_id
 from field_encrypt.index_values import INVALID, MISSING, tally
@@ -114,7 +113,7 @@ def verify(runtime: ProductRuntime, *, mek_version: str, sample: int = 100) -> V
     undecryptable: list[str] = []
     sampled = seen = 0
     for name, docs in runtime.documents.items():
-        for page in _pages(docs):
+        for page in pages(docs):
             ids = [d.dek_id for d in page.documents if d.dek_id]
             present = store.get_many(ids)
             for document in page.documents:
@@ -165,13 +164,3 @@ def verify(runtime: ProductRuntime, *, mek_version: str, sample: int = 100) -> V
         index_version=index_versions[-1] if index_versions else None,
         index_values=index_counts,
     )
-
-
-def _pages(docs: DocumentStore) -> Iterator[DocumentPage]:
-    cursor: str | None = None
-    while True:
-        page = docs.scan(cursor=cursor, limit=1000)
-        yield page
-        if page.cursor is None:
-            return
-        cursor = page.cursor

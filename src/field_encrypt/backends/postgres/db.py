@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from field_encrypt.backends.sqlite.db import (
+from field_encrypt.backends.sql.migration import (
     LEGACY_TABLE,
     MIGRATIONS_TABLE,
     Migration,

@@ -18,6 +18,7 @@ COLUMN_TYPES = {
     "bigint": ("INTEGER", "bigint"),
     "real": ("REAL", "double precision"),
     "blob": ("BLOB", "bytea"),
+    "json": ("TEXT", "jsonb"),
     "bool": ("INTEGER", "boolean"),
     "serial": ("INTEGER", "bigint GENERATED ALWAYS AS IDENTITY"),
     "timestamp": ("REAL NOT NULL", "timestamptz NOT NULL DEFAULT clock_timestamp()"),
@@ -67,6 +68,10 @@ class Dialect(ABC):
     """Whether :meth:`lock` does anything (SQLite's ``BEGIN IMMEDIATE`` already serialises)."""
     label: str
     """How the database shows in a store's repr."""
+    table_exists: str
+    """A query that returns a row when the table ``:name`` exists."""
+    json_value: str
+    """How a ``json`` column takes the JSON text bound as ``:json`` (a cast where needed)."""
     types: Mapping[str, str]
     """Its column of :data:`COLUMN_TYPES`."""
 
@@ -95,6 +100,10 @@ class Dialect(ABC):
         with self.connection() as session:
             return session.run(sql, params)
 
+    def has_table(self, name: str) -> bool:
+        """Whether the table ``name`` exists (another store may not have created it yet)."""
+        return bool(self.query(self.table_exists, {"name": name}))
+
     @abstractmethod
     def migration(self, name: str, sql: str) -> Any:
         """The backend's named migration of ``sql``."""
@@ -112,6 +121,23 @@ class Dialect(ABC):
     def lock(self, session: Session, key: str) -> None:  # noqa: B027 - a no-op by default
         """Serialise the decisions about ``key`` until the transaction ends (nothing to do
         where a transaction holds the database's write lock)."""
+
+
+class SqlStore:
+    """A store on one dialect's database: its schema steps applied on opening, its repr
+    naming the database and :attr:`scope`."""
+
+    scope = ""
+    """The attribute a repr shows beside the database (``product``, ``collection``)."""
+
+    def __init__(self, dialect: Dialect, migrations: Sequence[Any]) -> None:
+        self.dialect = dialect
+        self.database = dialect.database
+        self.database.migrate(migrations)
+
+    def __repr__(self) -> str:
+        shown = f", {self.scope}={getattr(self, self.scope)!r}" if self.scope else ""
+        return f"{type(self).__name__}({self.dialect.label}{shown})"
 
 
 def timestamp(value: Any) -> dt.datetime:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from field_encrypt.backends.base import KekRecord
-from field_encrypt.backends.sql.dialect import Dialect, timestamp
+from field_encrypt.backends.sql.dialect import Dialect, SqlStore, timestamp
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
 
 SCHEMA = """
@@ -59,17 +59,14 @@ COLUMNS = (
 )
 
 
-class SqlKekStore:
+class SqlKekStore(SqlStore):
     """:class:`~field_encrypt.backends.base.KekStore` in the ``kek_store`` table."""
 
-    def __init__(self, dialect: Dialect, *, product: str) -> None:
-        self.dialect = dialect
-        self.database = dialect.database
-        self.product = product
-        self.database.migrate(migrations(dialect))
+    scope = "product"
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.dialect.label}, product={self.product!r})"
+    def __init__(self, dialect: Dialect, *, product: str) -> None:
+        self.product = product
+        super().__init__(dialect, migrations(dialect))
 
     def create(
         self, *, kek_id: str, partition: str, mek_name: str, mek_version: str,

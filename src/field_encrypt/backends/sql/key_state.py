@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from field_encrypt.backends.base import KeyState
-from field_encrypt.backends.sql.dialect import Dialect
+from field_encrypt.backends.sql.dialect import Dialect, SqlStore
 
 MIGRATIONS = (
     (
@@ -28,17 +28,14 @@ MIGRATIONS = (
 )
 
 
-class SqlKeyStateStore:
+class SqlKeyStateStore(SqlStore):
     """:class:`~field_encrypt.backends.base.KeyStateStore` in the ``key_state`` table."""
 
-    def __init__(self, dialect: Dialect, *, product: str) -> None:
-        self.dialect = dialect
-        self.database = dialect.database
-        self.product = product
-        self.database.migrate([dialect.schema(name, sql) for name, sql in MIGRATIONS])
+    scope = "product"
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.dialect.label}, product={self.product!r})"
+    def __init__(self, dialect: Dialect, *, product: str) -> None:
+        self.product = product
+        super().__init__(dialect, [dialect.schema(name, sql) for name, sql in MIGRATIONS])
 
     def read(self) -> KeyState:
         rows = self.dialect.query(

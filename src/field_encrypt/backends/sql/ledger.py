@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from field_encrypt.backends.common import abandoned, iso, new_run_id, refuse_if_busy
-from field_encrypt.backends.sql.dialect import Dialect, Session
+from field_encrypt.backends.sql.dialect import Dialect, Session, SqlStore
 from field_encrypt.errors import LeaseHeldError, NotFoundError
 from field_encrypt.rotation.ledger import (
     BackupRecord,
@@ -105,16 +105,11 @@ SHARD_COLUMNS = (
 )
 
 
-class SqlRunLedger:
+class SqlRunLedger(SqlStore):
     """:class:`~field_encrypt.rotation.ledger.RunLedger` in the tables of :data:`SCHEMA`."""
 
     def __init__(self, dialect: Dialect) -> None:
-        self.dialect = dialect
-        self.database = dialect.database
-        self.database.migrate(migrations(dialect))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.dialect.label})"
+        super().__init__(dialect, migrations(dialect))
 
     # -- runs --------------------------------------------------------------------------
 

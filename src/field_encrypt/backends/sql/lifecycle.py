@@ -11,7 +11,7 @@ import dataclasses
 import json
 
 from field_encrypt.backends.common import rotation_state
-from field_encrypt.backends.sql.dialect import Dialect
+from field_encrypt.backends.sql.dialect import Dialect, SqlStore
 from field_encrypt.errors import ConcurrentUpdateError
 from field_encrypt.rotation.lifecycle import RotationState, VersionNote
 
@@ -35,17 +35,12 @@ MIGRATIONS = (
 )
 
 
-class SqlLifecycleStore:
+class SqlLifecycleStore(SqlStore):
     """:class:`~field_encrypt.rotation.lifecycle.LifecycleStore` in the ``mek_version_notes``
     and ``rotation_state`` tables."""
 
     def __init__(self, dialect: Dialect) -> None:
-        self.dialect = dialect
-        self.database = dialect.database
-        self.database.migrate([dialect.schema(name, sql) for name, sql in MIGRATIONS])
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.dialect.label})"
+        super().__init__(dialect, [dialect.schema(name, sql) for name, sql in MIGRATIONS])
 
     def notes(self, product: str) -> dict[str, VersionNote]:
         rows = self.dialect.query(

@@ -43,6 +43,8 @@ class PostgresDialect(Dialect):
     session_type = PostgresSession
     locks = True
     types = {name: sql[1] for name, sql in COLUMN_TYPES.items()}
+    table_exists = "SELECT 1 WHERE to_regclass(:name) IS NOT NULL"
+    json_value = "CAST(:json AS jsonb)"
 
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database
@@ -55,7 +57,8 @@ class PostgresDialect(Dialect):
 
     def query(self, sql: str, params: Params | None = None) -> list[Any]:
         """Reads go through psycopg directly (binary results, no per-row processing)."""
-        rows: list[Any] = self.database.query(_NAMED.sub(r"%(\1)s", sql), dict(params or {}))
+        statement = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
+        rows: list[Any] = self.database.query(statement, dict(params or {}))
         return rows
 
     def migration(self, name: str, sql: str) -> Migration:

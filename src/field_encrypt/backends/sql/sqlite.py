@@ -41,6 +41,8 @@ class SqliteDialect(Dialect):
     session_type = SqliteSession
     locks = False
     types = {name: sql[0] for name, sql in COLUMN_TYPES.items()}
+    table_exists = "SELECT 1 FROM sqlite_master WHERE name = :name"
+    json_value = ":json"
 
     def __init__(self, database: SqliteDatabase) -> None:
         self.database = database
@@ -49,6 +51,15 @@ class SqliteDialect(Dialect):
     @contextmanager
     def connection(self) -> Iterator[Session]:
         yield SqliteSession(self.database.connection())
+
+    def query(self, sql: str, params: Params | None = None) -> list[Any]:
+        """Through the database's own ``query`` (a connection refused as read-only is
+        reopened once outside a transaction)."""
+        rows: list[Any] = self.database.query(sql, params or {})
+        return rows
+
+    def execute(self, sql: str, params: Params | None = None) -> int:
+        return int(self.database.execute(sql, params or {}).rowcount)
 
     def migration(self, name: str, sql: str) -> Migration:
         return Migration(name, sql)

@@ -25,10 +25,16 @@ import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from field_encrypt.backends.sql.migration import (
+    LEGACY_TABLE,
+    MIGRATIONS_TABLE,
+    Migration,
+    is_ours,
+    schema_conflict,
+)
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConfigurationError,
@@ -36,21 +42,10 @@ from field_encrypt.errors import (
     StoreUnavailableError,
 )
 
-MIGRATIONS_TABLE = "field_encrypt_migrations"
-"""Where applied schema steps are recorded: a name no application's framework uses."""
-LEGACY_TABLE = "schema_migrations"
-"""Its name in earlier builds: renamed on first open when it is ours (``name``, ``applied_at``);
-Rails', golang-migrate's and other tools' tables of that name are never touched."""
+__all__ = ["Migration", "SqliteDatabase", "translate_errors"]
+
 _SAVEPOINTS = itertools.count(1)
 """Savepoint names: unique within the process, so nested savepoints never collide."""
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One named schema step; ``sql`` may hold several statements."""
-
-    name: str
-    sql: str
 
 
 def _create_private(path: str) -> None:
@@ -299,21 +294,6 @@ class SqliteDatabase:
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     """The column names of ``table``; empty when there is no such table."""
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-
-
-def is_ours(columns: set[str]) -> bool:
-    """Whether a migrations table with these columns is field-encrypt's."""
-    return columns == {"name", "applied_at"}
-
-
-def schema_conflict(database: str, step: str, detail: str) -> ConfigurationError:
-    """The error for a schema step that failed on a table or index that is not ours."""
-    return ConfigurationError(
-        f"schema conflict in {database}: {step} cannot be applied ({detail}); the database "
-        "holds a table or index of that name that field-encrypt did not create: give "
-        "field-encrypt a database (or PostgreSQL schema) of its own, or rename the other "
-        "object"
-    )
 
 
 def _prepare_file(path: Path, *, create: bool) -> bool:
