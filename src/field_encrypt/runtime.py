@@ -27,7 +27,6 @@ from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.key_epoch import watch_key_state
-from field_encrypt.lazy_rewrap import start_lazy_rewrap
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.observed import observed
@@ -150,7 +149,10 @@ def start_background(runtime: ProductRuntime) -> None:
     On failure the runtime is closed."""
     try:
         watch_key_state(runtime)
-        start_lazy_rewrap(runtime)
+        if runtime.settings.lazy_rewrap:  # its module (and the rate limiter) only when on
+            from field_encrypt.lazy_rewrap import start_lazy_rewrap
+
+            start_lazy_rewrap(runtime)
     except BaseException:
         runtime.close()
         raise
