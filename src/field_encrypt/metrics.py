@@ -284,14 +284,26 @@ def _deferred(hook: Callable[..., None], *args: Any, **kwargs: Any) -> bool:
     return True
 
 
+_flushing = threading.local()
+
+
 def _flush_pending() -> None:
-    """Replay the hook calls kept in :data:`_pending` (the instruments exist now)."""
-    while _pending:
-        try:
-            hook, args, kwargs = _pending.pop(0)
-        except IndexError:  # another thread took the last one
-            return
-        hook(*args, **kwargs)
+    """Replay the hook calls kept in :data:`_pending` (the instruments exist now).
+
+    Not again from inside a replayed hook (its own ``_get()``): the loop here takes the rest.
+    """
+    if getattr(_flushing, "active", False):
+        return
+    _flushing.active = True
+    try:
+        while _pending:
+            try:
+                hook, args, kwargs = _pending.pop(0)
+            except IndexError:  # another thread took the last one
+                return
+            hook(*args, **kwargs)
+    finally:
+        _flushing.active = False
 
 
 def provider_call(provider: str, operation: str, outcome: str, seconds: float) -> None:

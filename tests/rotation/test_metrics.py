@@ -287,3 +287,26 @@ def test_calls_before_the_registry_is_read_are_counted_without_importing_it_firs
         [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
     )
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_process_that_never_reads_the_registry_keeps_a_bounded_number_of_calls() -> None:
+    """Past ``_MAX_PENDING`` kept calls the instruments are made and every call counted
+    (the list does not grow for ever in a server nobody scrapes)."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from field_encrypt import metrics
+        n = metrics._MAX_PENDING + 5
+        for _ in range(n):
+            metrics.key_epoch_polled("p", "unchanged")
+        assert "prometheus_client" in sys.modules and len(metrics._pending) == 0
+        polls = {"product": "p", "outcome": "unchanged"}
+        total = metrics.registry().get_sample_value("field_encrypt_key_epoch_polls_total", polls)
+        assert total == n, total
+        print("ok")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert out.stdout.strip() == "ok", out.stderr
