@@ -279,8 +279,10 @@ def _deferred(hook: Callable[..., None], *args: Any, **kwargs: Any) -> bool:
     if _made or not ENABLED:
         return False
     _pending.append((hook, args, kwargs))
-    if _made or len(_pending) >= _MAX_PENDING:
-        _get()  # made meanwhile, or enough kept: count them now
+    if len(_pending) >= _MAX_PENDING:
+        _get()  # enough kept: make the instruments, which counts them
+    if _made:  # made meanwhile by another thread, perhaps after its replay: count them now
+        _flush_pending()
     return True
 
 
@@ -290,7 +292,7 @@ _flushing = threading.local()
 def _flush_pending() -> None:
     """Replay the hook calls kept in :data:`_pending` (the instruments exist now).
 
-    Not again from inside a replayed hook (its own ``_get()``): the loop here takes the rest.
+    Not again from inside a replayed hook on the same thread: the loop here takes the rest.
     """
     if getattr(_flushing, "active", False):
         return
