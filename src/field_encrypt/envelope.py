@@ -35,7 +35,13 @@ from field_encrypt.errors import (
     KeyVersionDisabledError,
     NotFoundError,
 )
-from field_encrypt.providers.base import KeyProvider, dek_context
+from field_encrypt.providers.base import (
+    BatchWrapper,
+    KeyProvider,
+    dek_context,
+    dek_context_prefix,
+    unwrap_many,
+)
 
 if TYPE_CHECKING:
     from field_encrypt.lazy_rewrap import LazyRewrapper
@@ -379,6 +385,41 @@ class FieldEncryptor:
         raw_id = bytes.fromhex(record.dek_id)
         if cache.lookup(raw_id) is None:
             self._unwrap(raw_id, record, generation)
+
+    def load_records(self, records: Iterable[DekRecord], *, generation: int) -> None:
+        """:meth:`load_record` for many rows, unwrapped in one provider call.
+
+        Only for providers that batch in process (:class:`BatchWrapper`: ``local``,
+        ``env``); with any other, and for a row that fails to unwrap, nothing is done, so
+        the read of that document loads its DEK alone and fails as it always has (a
+        disabled version is recorded as ``decrypt.denied`` there). At most the cache's
+        ``max_entries`` rows are loaded, so none is evicted before it is read.
+        """
+        cache = self.cache
+        provider = self.provider
+        if (
+            not isinstance(provider, BatchWrapper)
+            or not cache.max_entries
+            or not cache.ttl_seconds
+            or cache.suspended
+        ):
+            return
+        lookup = cache.lookup
+        todo = [(raw_id, r) for r in records if lookup(raw_id := bytes.fromhex(r.dek_id)) is None][
+            : cache.max_entries
+        ]
+        if not todo:
+            return
+        prefix = dek_context_prefix(self.product)
+        deks = unwrap_many(
+            provider, [(r.wrapped, r.mek_version, prefix + r.dek_id.encode()) for _, r in todo]
+        )
+        put, rewrapper = cache.put, self.rewrapper
+        for (raw_id, record), dek in zip(todo, deks, strict=True):
+            if dek.__class__ is bytes and len(dek) == 32:
+                put(raw_id, AESGCM(dek), record.mek_version, generation=generation)
+                if rewrapper is not None:
+                    rewrapper.offer(record)  # never blocks, never raises
 
     def _unwrap(self, raw_id: bytes, record: DekRecord, generation: int) -> tuple[AESGCM, str]:
         dek_id = record.dek_id

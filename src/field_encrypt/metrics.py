@@ -246,6 +246,7 @@ def _get() -> _Instruments | None:
     with _making:
         if not _made:
             _made.append(_Instruments())
+    _flush_pending()
     return _made[0]
 
 
@@ -261,11 +262,59 @@ def registry() -> CollectorRegistry | None:
 _children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 
+_pending: list[tuple[Callable[..., None], tuple[Any, ...], dict[str, Any]]] = []
+"""Hook calls made before the instruments were (see :func:`_deferred`)."""
+_MAX_PENDING = 1000
+
+
+def _deferred(hook: Callable[..., None], *args: Any, **kwargs: Any) -> bool:
+    """Keep a hook's call for later if the instruments are not made yet; whether it was kept.
+
+    Until something reads the registry or a hook that is not deferred makes the
+    instruments, up to :data:`_MAX_PENDING` calls of :func:`provider_call` and
+    :func:`key_epoch_polled` are kept in a plain list and replayed, in order, when the
+    instruments are made: a short command that publishes no metrics (``field-encrypt
+    status``) then never imports ``prometheus_client``. Past that, they are made at once.
+    """
+    if _made or not ENABLED:
+        return False
+    _pending.append((hook, args, kwargs))
+    if len(_pending) >= _MAX_PENDING:
+        _get()  # enough kept: make the instruments, which counts them
+    if _made:  # made meanwhile by another thread, perhaps after its replay: count them now
+        _flush_pending()
+    return True
+
+
+_flushing = threading.local()
+
+
+def _flush_pending() -> None:
+    """Replay the hook calls kept in :data:`_pending` (the instruments exist now).
+
+    Not again from inside a replayed hook on the same thread: the loop here takes the rest.
+    """
+    if getattr(_flushing, "active", False):
+        return
+    _flushing.active = True
+    try:
+        while _pending:
+            try:
+                hook, args, kwargs = _pending.pop(0)
+            except IndexError:  # another thread took the last one
+                return
+            hook(*args, **kwargs)
+    finally:
+        _flushing.active = False
+
+
 def provider_call(provider: str, operation: str, outcome: str, seconds: float) -> None:
-    """Count one key-provider call and observe its duration."""
+    """Count one key-provider call and observe its duration (see :func:`_deferred`)."""
     key = (provider, operation, outcome)
     pair = _children.get(key)
     if pair is None:  # label lookups take a lock: done once per label set
+        if _deferred(provider_call, provider, operation, outcome, seconds):
+            return
         if (i := _get()) is None:
             return
         pair = _children.setdefault(
@@ -289,6 +338,8 @@ def rate_limited(provider: str, per_second: float) -> None:
 
 def key_epoch_polled(product: str, outcome: str, *, dropped: int = 0) -> None:
     """Count one read of the key-state epoch (``unchanged``, ``changed`` or ``failed``)."""
+    if _deferred(key_epoch_polled, product, outcome, dropped=dropped):
+        return
     if (i := _get()) is not None:
         i.epoch_polls.labels(product, outcome).inc()
         if dropped:

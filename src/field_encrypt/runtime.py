@@ -31,7 +31,6 @@ from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings
 from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.key_epoch import watch_key_state
-from field_encrypt.lazy_rewrap import start_lazy_rewrap
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.observed import observed
@@ -159,7 +158,9 @@ def start_background(runtime: ProductRuntime, *, watch: bool) -> None:
     try:
         if watch and runtime.key_epoch is None:
             watch_key_state(runtime)
-        if runtime.encryptor.rewrapper is None:
+        if runtime.encryptor.rewrapper is None and runtime.settings.lazy_rewrap:
+            from field_encrypt.lazy_rewrap import start_lazy_rewrap  # only when on
+
             start_lazy_rewrap(runtime)
     except BaseException:
         runtime.close()

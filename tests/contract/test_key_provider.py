@@ -16,7 +16,14 @@ from field_encrypt.errors import (
     KeyVersionDisabledError,
     KeyVersionNotFoundError,
 )
-from field_encrypt.providers.base import KeyProvider, dek_context
+from field_encrypt.providers.base import (
+    KeyProvider,
+    WrappedDek,
+    dek_context,
+    unwrap_many,
+    wrap_many,
+)
+from field_encrypt.providers.observed import ObservedBatchProvider
 from tests.harnesses import AkvHarness, Fault
 
 from .conftest import ProviderHarness, RemoteHarness
@@ -70,6 +77,49 @@ def test_rewrap_moves_a_dek_to_another_version(provider_harness: ProviderHarness
     moved = provider.rewrap(wrapped.ciphertext, from_version=old, context=CTX, to_version=new)
     assert moved.mek_version == new
     assert provider.unwrap(moved.ciphertext, version=new, context=CTX) == dek
+
+
+def test_wrap_many_and_unwrap_many_match_one_call_per_dek(
+    provider_harness: ProviderHarness,
+) -> None:
+    """wrap_many and unwrap_many give what wrap and unwrap give, one result per item in
+    order, and a bad item's error in its place without failing the others."""
+    provider = provider_harness.make(2)
+    old, new = (v.version for v in provider.versions())
+    deks = [(os.urandom(32), dek_context("contract", f"{i:032x}")) for i in range(3)]
+    for subject in (provider, ObservedBatchProvider(provider)):
+        wrapped = wrap_many(subject, deks, version=old)
+        assert all(isinstance(w, WrappedDek) for w in wrapped)
+        wraps = [w for w in wrapped if isinstance(w, WrappedDek)]
+        for (dek, context), w in zip(deks, wraps, strict=True):
+            assert provider.unwrap(w.ciphertext, version=w.mek_version, context=context) == dek
+        items = [(w.ciphertext, w.mek_version, c) for w, (_, c) in zip(wraps, deks, strict=True)]
+        items[1] = (items[1][0], items[1][1], OTHER_CTX)  # moved to another dekId
+        items.append((items[0][0], new, deks[0][1]))  # presented under another version
+        results = unwrap_many(subject, items)
+        assert results[0] == deks[0][0] and results[2] == deks[2][0]
+        assert isinstance(results[1], DecryptionError)
+        assert isinstance(results[3], DecryptionError)
+        current = wrap_many(subject, deks[:1])  # without a version: the current one
+        assert isinstance(current[0], WrappedDek)
+        effective = getattr(provider, "effective_version", lambda version: version)
+        assert effective(current[0].mek_version) == provider.current_version()
+
+
+def test_wrap_many_under_a_disabled_version_fails_each_item(
+    provider_harness: ProviderHarness,
+) -> None:
+    """A disabled or unknown version fails every item of the batch, as it fails wrap."""
+    provider = provider_harness.make(2, disabled=frozenset({0}))
+    old = provider.versions()[0].version
+    deks = [(os.urandom(32), CTX), (os.urandom(32), OTHER_CTX)]
+    results = wrap_many(provider, deks, version=old)
+    assert [type(r) for r in results] == [KeyVersionDisabledError] * 2
+    results = wrap_many(provider, deks, version="no-such-version")
+    assert [type(r) for r in results] == [KeyVersionNotFoundError] * 2
+    assert isinstance(
+        unwrap_many(provider, [(b"\x00" * 60, "no-such-version", CTX)])[0], KeyVersionNotFoundError
+    )
 
 
 def test_wrong_binding_is_refused(provider_harness: ProviderHarness) -> None:

@@ -179,6 +179,21 @@ def test_a_document_deleted_before_its_page_is_written_is_skipped(
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_reencrypt_calls_an_in_process_provider_once_per_page(runtime: ProductRuntime) -> None:
+    """With the local keyring, each page's new DEKs are wrapped in one ``wrap_many`` call and
+    its old DEKs unwrapped in one ``unwrap_many`` call: no provider call per document."""
+    provider = _Recording(runtime.provider)
+    runtime.provider = provider  # type: ignore[assignment]
+    runtime.encryptor.provider = provider  # type: ignore[assignment]
+    runtime.encryptor.cache.clear()  # the seeding cached the old DEKs
+    report = _reencrypt(runtime)
+    assert report.status == "completed"
+    assert (provider.calls["wrap_many"], provider.calls["wrap"]) == (3, 0)
+    assert (provider.calls["unwrap_many"], provider.calls["unwrap"]) == (3, 0)
+    _check_all_on_2(runtime, {f"doc-{i}": document(i) for i in range(COUNT)})
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
 def test_a_wrap_that_fails_fails_only_its_document(runtime: ProductRuntime) -> None:
     """The second new DEK of the run cannot be wrapped: that document is a failure and keeps
     its old DEK, every other one is re-encrypted, and no DEK is left over."""

@@ -257,3 +257,56 @@ def test_without_prometheus_client_the_library_records_nothing_and_says_which_ex
     )
     assert "field-encrypt[metrics]" in out.stdout
     assert "prometheus_client" not in out.stderr
+
+
+def test_calls_before_the_registry_is_read_are_counted_without_importing_it_first() -> None:
+    """Provider calls and epoch polls made before anything reads the registry import no
+    ``prometheus_client``; reading the registry counts each of them, in order, once."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from field_encrypt import metrics
+        metrics.provider_call("local", "wrap", "ok", 0.25)
+        metrics.provider_call("local", "wrap", "ok", 0.5)
+        metrics.key_epoch_polled("p", "changed", dropped=3)
+        assert "prometheus_client" not in sys.modules
+        registry = metrics.registry()
+        calls = {"provider": "local", "operation": "wrap", "outcome": "ok"}
+        assert registry.get_sample_value("field_encrypt_provider_calls_total", calls) == 2
+        timed = {"provider": "local", "operation": "wrap"}
+        seconds = "field_encrypt_provider_call_duration_seconds_sum"
+        assert registry.get_sample_value(seconds, timed) == 0.75
+        polls = {"product": "p", "outcome": "changed"}
+        assert registry.get_sample_value("field_encrypt_key_epoch_polls_total", polls) == 1
+        metrics.provider_call("local", "wrap", "ok", 0.25)  # counted at once from now on
+        assert registry.get_sample_value("field_encrypt_provider_calls_total", calls) == 3
+        print("ok")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_process_that_never_reads_the_registry_keeps_a_bounded_number_of_calls() -> None:
+    """Past ``_MAX_PENDING`` kept calls the instruments are made and every call counted
+    (the list does not grow for ever in a server nobody scrapes)."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from field_encrypt import metrics
+        n = metrics._MAX_PENDING + 5
+        for _ in range(n):
+            metrics.key_epoch_polled("p", "unchanged")
+        assert "prometheus_client" in sys.modules and len(metrics._pending) == 0
+        polls = {"product": "p", "outcome": "unchanged"}
+        total = metrics.registry().get_sample_value("field_encrypt_key_epoch_polls_total", polls)
+        assert total == n, total
+        print("ok")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert out.stdout.strip() == "ok", out.stderr

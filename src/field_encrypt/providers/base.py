@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from field_encrypt.errors import FieldEncryptError
+from field_encrypt.errors import TRANSIENT_ERRORS, FieldEncryptError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,3 +135,65 @@ class BatchRewrapper(Protocol):
     ) -> list[WrappedDek | FieldEncryptError]:
         """``items`` are ``(wrapped, from_version, context)``; one result per item, in order."""
         ...
+
+
+@runtime_checkable
+class BatchWrapper(Protocol):
+    """An in-process provider that wraps or unwraps many DEKs in one call.
+
+    Each MEK version is looked up (and the keyring's freshness checked) once per call
+    instead of once per DEK. One result per item, in order: the wrap (or the DEK), or the
+    error that item met; the batch goes on. Call it through :func:`wrap_many` and
+    :func:`unwrap_many`, which fall back to one ``wrap``/``unwrap`` per item for any other
+    provider.
+    """
+
+    def wrap_many(
+        self, deks: Sequence[tuple[bytes, bytes]], *, version: str | None = None
+    ) -> list[WrappedDek | FieldEncryptError]:
+        """``deks`` are ``(dek, context)``; each wrapped under ``version`` (current if ``None``)."""
+        ...
+
+    def unwrap_many(
+        self, items: Sequence[tuple[bytes, str, bytes]]
+    ) -> list[bytes | FieldEncryptError]:
+        """``items`` are ``(wrapped, version, context)``; the DEK inside each."""
+        ...
+
+
+def wrap_many(
+    provider: KeyProvider, deks: Sequence[tuple[bytes, bytes]], *, version: str | None = None
+) -> list[WrappedDek | FieldEncryptError]:
+    """``provider.wrap`` of each ``(dek, context)``, in one call when the provider batches.
+
+    An item's error is returned in its place; a transient one (throttling, an outage) is
+    raised, so the caller's retry policy sees it as it would for a single call.
+    """
+    if isinstance(provider, BatchWrapper):
+        return provider.wrap_many(deks, version=version)
+    out: list[WrappedDek | FieldEncryptError] = []
+    for dek, context in deks:
+        try:
+            out.append(provider.wrap(dek, context=context, version=version))
+        except TRANSIENT_ERRORS:
+            raise
+        except FieldEncryptError as exc:
+            out.append(exc)
+    return out
+
+
+def unwrap_many(
+    provider: KeyProvider, items: Sequence[tuple[bytes, str, bytes]]
+) -> list[bytes | FieldEncryptError]:
+    """``provider.unwrap`` of each ``(wrapped, version, context)``, like :func:`wrap_many`."""
+    if isinstance(provider, BatchWrapper):
+        return provider.unwrap_many(items)
+    out: list[bytes | FieldEncryptError] = []
+    for wrapped, version, context in items:
+        try:
+            out.append(provider.unwrap(wrapped, version=version, context=context))
+        except TRANSIENT_ERRORS:
+            raise
+        except FieldEncryptError as exc:
+            out.append(exc)
+    return out

@@ -92,6 +92,18 @@ class EnvKeyProvider:
     def unwrap(self, ciphertext: bytes, *, version: str, context: bytes) -> bytes:
         return self._keyring.unwrap(ciphertext, version=version, context=context)
 
+    def wrap_many(
+        self, deks: Sequence[tuple[bytes, bytes]], *, version: str | None = None
+    ) -> list[WrappedDek | FieldEncryptError]:
+        """Wrap a batch in process (see ``BatchWrapper``)."""
+        return self._keyring.wrap_many(deks, version=version or self._current)
+
+    def unwrap_many(
+        self, items: Sequence[tuple[bytes, str, bytes]]
+    ) -> list[bytes | FieldEncryptError]:
+        """Unwrap a batch in process (see ``BatchWrapper``)."""
+        return self._keyring.unwrap_many(items)
+
     def rewrap_many(
         self, items: Sequence[tuple[bytes, str, bytes]], *, to_version: str
     ) -> list[WrappedDek | FieldEncryptError]:

@@ -134,6 +134,21 @@ class LocalKeyProvider:
         self._refresh()
         return self._keyring.unwrap(ciphertext, version=version, context=context)
 
+    def wrap_many(
+        self, deks: Sequence[tuple[bytes, bytes]], *, version: str | None = None
+    ) -> list[WrappedDek | FieldEncryptError]:
+        """Wrap a batch in process, the keyring checked once (see ``BatchWrapper``)."""
+        self._refresh()
+        target = version if version is not None else self._versions[-1].version
+        return self._keyring.wrap_many(deks, version=target)
+
+    def unwrap_many(
+        self, items: Sequence[tuple[bytes, str, bytes]]
+    ) -> list[bytes | FieldEncryptError]:
+        """Unwrap a batch in process, the keyring checked once (see ``BatchWrapper``)."""
+        self._refresh()
+        return self._keyring.unwrap_many(items)
+
     def rewrap_many(
         self, items: Sequence[tuple[bytes, str, bytes]], *, to_version: str
     ) -> list[WrappedDek | FieldEncryptError]:

@@ -14,7 +14,14 @@ from typing import Any, TypeVar
 
 from field_encrypt import metrics, tracing
 from field_encrypt.errors import FieldEncryptError
-from field_encrypt.providers.base import BatchRewrapper, KeyProvider, KeyVersion, WrappedDek
+from field_encrypt.providers.base import (
+    BatchRewrapper,
+    KeyProvider,
+    KeyVersion,
+    WrappedDek,
+    unwrap_many,
+    wrap_many,
+)
 
 T = TypeVar("T")
 
@@ -85,7 +92,20 @@ class ObservedProvider:
 
 
 class ObservedBatchProvider(ObservedProvider):
-    """:class:`ObservedProvider` of a :class:`BatchRewrapper`: ``rewrap_many`` is one call."""
+    """:class:`ObservedProvider` of an in-process provider that batches: ``rewrap_many``,
+    ``wrap_many`` and ``unwrap_many`` are one observed call each (a :class:`~field_encrypt.providers.base.BatchWrapper`
+    and a :class:`BatchRewrapper`; ``wrap_many``/``unwrap_many`` fall back to one call per
+    item on an inner provider that is not a ``BatchWrapper``)."""
+
+    def wrap_many(
+        self, deks: Sequence[tuple[bytes, bytes]], *, version: str | None = None
+    ) -> list[WrappedDek | FieldEncryptError]:
+        return self._call("wrap_many", lambda: wrap_many(self.inner, deks, version=version))
+
+    def unwrap_many(
+        self, items: Sequence[tuple[bytes, str, bytes]]
+    ) -> list[bytes | FieldEncryptError]:
+        return self._call("unwrap_many", lambda: unwrap_many(self.inner, items))
 
     def rewrap_many(
         self, items: Sequence[tuple[bytes, str, bytes]], *, to_version: str

@@ -68,15 +68,60 @@ class SymmetricKeyring:
     def unwrap(self, ciphertext: bytes, *, version: str, context: bytes) -> bytes:
         return open_sealed(self.cipher(version), ciphertext, context)
 
+    def wrap_many(
+        self, deks: Sequence[tuple[bytes, bytes]], *, version: str
+    ) -> list[WrappedDek | FieldEncryptError]:
+        """``wrap`` of each ``(dek, context)``, the version looked up once (``BatchWrapper``)."""
+        try:
+            encrypt = self.cipher(version).encrypt
+        except FieldEncryptError as exc:
+            return [exc for _ in deks]
+        nonces = os.urandom(12 * len(deks))  # one system call for the batch's nonces
+        out: list[WrappedDek | FieldEncryptError] = []
+        append = out.append
+        start = 0
+        for dek, context in deks:
+            nonce = nonces[start : start + 12]
+            start += 12
+            append(wrapped_dek_of(version, nonce + encrypt(nonce, dek, context), ALGORITHM))
+        return out
+
+    def unwrap_many(
+        self, items: Sequence[tuple[bytes, str, bytes]]
+    ) -> list[bytes | FieldEncryptError]:
+        """``unwrap`` of each ``(wrapped, version, context)``, each version looked up once."""
+        ciphers: dict[str, AESGCM] = {}
+        out: list[bytes | FieldEncryptError] = []
+        append = out.append
+        for wrapped, version, context in items:
+            try:
+                source = ciphers.get(version)
+                if source is None:
+                    source = ciphers[version] = self.cipher(version)
+                if len(wrapped) != 60:
+                    raise DecryptionError()
+                append(source.decrypt(wrapped[:12], wrapped[12:], context))
+            except InvalidTag:
+                append(DecryptionError())
+            except FieldEncryptError as exc:
+                append(exc)
+        return out
+
     def rewrap_many(
         self, items: Sequence[tuple[bytes, str, bytes]], *, to_version: str
     ) -> list[WrappedDek | FieldEncryptError]:
         """Unwrap, wrap under ``to_version``, and check each new wrap, with keys looked up once."""
         target = self.cipher(to_version)
+        encrypt, check = target.encrypt, target.decrypt
+        compare = hmac.compare_digest
         ciphers: dict[str, AESGCM] = {}
         out: list[WrappedDek | FieldEncryptError] = []
+        append = out.append
         nonces = os.urandom(12 * len(items))  # one system call for the batch's nonces
-        for i, (wrapped, version, context) in enumerate(items):
+        start = 0
+        for wrapped, version, context in items:
+            nonce = nonces[start : start + 12]
+            start += 12
             try:
                 source = ciphers.get(version)
                 if source is None:
@@ -84,13 +129,12 @@ class SymmetricKeyring:
                 if len(wrapped) != 60:
                     raise DecryptionError()
                 dek = source.decrypt(wrapped[:12], wrapped[12:], context)
-                nonce = nonces[12 * i : 12 * i + 12]
-                sealed = target.encrypt(nonce, dek, context)
-                if not hmac.compare_digest(target.decrypt(nonce, sealed, context), dek):
+                sealed = encrypt(nonce, dek, context)
+                if not compare(check(nonce, sealed, context), dek):
                     raise KeyProviderError("the new wrap does not unwrap to the same DEK")
-                out.append(wrapped_dek_of(to_version, nonce + sealed, ALGORITHM))
+                append(wrapped_dek_of(to_version, nonce + sealed, ALGORITHM))
             except InvalidTag:
-                out.append(DecryptionError())
+                append(DecryptionError())
             except FieldEncryptError as exc:
-                out.append(exc)
+                append(exc)
         return out

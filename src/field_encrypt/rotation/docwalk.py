@@ -56,7 +56,14 @@ from field_encrypt.errors import (
     UnsupportedFormatError,
 )
 from field_encrypt.products import ProductRuntime
-from field_encrypt.providers.base import KeyProvider, dek_context
+from field_encrypt.providers.base import (
+    BatchWrapper,
+    KeyProvider,
+    WrappedDek,
+    dek_context,
+    dek_context_prefix,
+    wrap_many,
+)
 from field_encrypt.rotation.ledger import Counters, Failure
 from field_encrypt.rotation.run import ShardWork
 
@@ -396,6 +403,9 @@ class DocumentJob:
         version = self.wrap_version(self.target)
         failed: dict[str, Exception] = {}
         made: list[tuple[NewDek, bytes]] = []
+        if isinstance(self.provider, BatchWrapper):  # in process: one call for the page
+            made, failed = self._wrap_page(work, dek_ids, version)
+            dek_ids = ()
         for dek_id in dek_ids:
             dek = os.urandom(32)
             try:
@@ -422,6 +432,38 @@ class DocumentJob:
         for new, dek in made:
             put(bytes.fromhex(new.dek_id), AESGCM(dek), new.mek_version)
         return failed
+
+    def _wrap_page(
+        self, work: ShardWork, dek_ids: Sequence[str], version: str
+    ) -> tuple[list[tuple[NewDek, bytes]], dict[str, Exception]]:
+        """Fresh DEKs for ``dek_ids`` wrapped in one ``wrap_many`` call; those that failed."""
+        keys = os.urandom(32 * len(dek_ids))  # one system call for the page's DEKs
+        deks = [keys[i : i + 32] for i in range(0, len(keys), 32)]
+        prefix = dek_context_prefix(self.product)
+        results = work.retry.call(
+            wrap_many,
+            self.provider,
+            [(dek, prefix + dek_id.encode()) for dek, dek_id in zip(deks, dek_ids, strict=True)],
+            version=version,
+        )
+        mek_name = self.provider.mek_name
+        made: list[tuple[NewDek, bytes]] = []
+        failed: dict[str, Exception] = {}
+        for dek_id, dek, wrapped in zip(dek_ids, deks, results, strict=True):
+            if isinstance(wrapped, WrappedDek):
+                new = NewDek(
+                    dek_id=dek_id,
+                    mek_name=mek_name,
+                    mek_version=wrapped.mek_version,
+                    wrapped=wrapped.ciphertext,
+                    algorithm=wrapped.algorithm,
+                )
+                made.append((new, dek))
+            elif isinstance(wrapped, ITEM_ERRORS):
+                failed[dek_id] = wrapped
+            else:  # what would stop the run for one DEK stops it for the page
+                raise wrapped
+        return made, failed
 
     def wrap_version(self, version: str) -> str:
         """Where a new DEK for MEK version ``version`` goes (the active KEK, with the tier)."""

@@ -77,7 +77,7 @@ class ReencryptJob(DocumentJob):
         generation = self.encryptor.cache.generation  # before the rows are read
         records = self.store.get_many([d.dek_id for d in documents if d.dek_id])
         self._records, self._generation = records, generation  # for seal: no second read
-        selected = []
+        selected: list[StoredDocument] = []
         for document in documents:
             if document.dek_id is None:
                 continue
@@ -87,6 +87,12 @@ class ReencryptJob(DocumentJob):
                 version != self.target and (self.only is None or version == self.only)
             ):  # a missing DEK: selected, so the failure is named
                 selected.append(document)
+        # The page's old DEKs unwrapped in one provider call (in-process providers): seal
+        # then finds each in the cache. One that fails is unwrapped again, alone, by seal.
+        self.encryptor.load_records(
+            [r for d in selected if d.dek_id and (r := records.get(d.dek_id)) is not None],
+            generation=generation,
+        )
         return selected
 
     def pending_for(self, collection: str, document: StoredDocument) -> Pending | None:

@@ -388,9 +388,10 @@ class RewrapJob:
         results = work.retry.call(self._batch, items, to_version=target)
         updates: list[WrapUpdate] = []
         failures: list[Failure] = []
+        add = updates.append
         for record, result in zip(records, results, strict=True):
-            if isinstance(result, WrappedDek) and result.mek_version == target:
-                updates.append(wrap_update_of(record, target, result.ciphertext, result.algorithm))
+            if result.__class__ is WrappedDek and result.mek_version == target:
+                add(wrap_update_of(record, target, result.ciphertext, result.algorithm))
             elif isinstance(result, Exception):
                 failures.append(Failure(item=record.dek_id, reason=_reason(result), shard=shard))
             else:
