@@ -17,13 +17,20 @@ import dataclasses
 import datetime as dt
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from field_encrypt import ConcurrentUpdateError, NotFoundError
 from field_encrypt.backends.sharding import check_shard
 from field_encrypt.backends.sql.dialect import Dialect, Session, SqlStore, timestamp
 from notelett.errors import InvalidCursorError
-from notelett.repositories.base import NotePage, NoteRecord, StoredTags, StoredValue, Workspace
+from notelett.repositories.base import (
+    NoteChange,
+    NotePage,
+    NoteRecord,
+    StoredTags,
+    StoredValue,
+    Workspace,
+)
 
 LAST = 2**63 - 1
 """The position before the newest note (a listing's first page)."""
@@ -91,18 +98,11 @@ class SqlNotesRepository(SqlStore):
         title, body, tags = self._values(row[3:end])
         dek_id, revision, created, updated, deleting = row[end : end + 5]
         return NoteRecord(
-            id=note_id,
-            workspace_id=workspace_id,
-            title=title,
-            body=body,
-            tags=tags,
-            dek_id=dek_id,
-            revision=int(revision),
-            created_at=timestamp(created),
-            updated_at=timestamp(updated),
-            deleting=bool(deleting),
+            id=note_id, workspace_id=workspace_id, title=title, body=body, tags=tags,
+            dek_id=dek_id, revision=int(revision), deleting=bool(deleting),
+            created_at=timestamp(created), updated_at=timestamp(updated),
             tag_index=self._index_values(row[end + 5]) if len(row) > end + 5 else None,
-        )
+        )  # fmt: skip
 
     def _page(self, rows: list[Any], *, limit: int) -> NotePage:
         """A listing's page of ``limit + 1`` rows read: the extra one says there is more."""
@@ -160,19 +160,11 @@ class SqlNotesRepository(SqlStore):
         return self._page(rows, limit=limit)
 
     def replace(
-        self,
-        note_id: str,
-        *,
-        expected_revision: int,
-        title: StoredValue,
-        body: StoredValue,
-        tags: StoredTags,
-        dek_id: str | None,
-        updated_at: dt.datetime,
-        tag_index: tuple[str, ...] | None = None,
+        self, note_id: str, *, expected_revision: int, **change: Unpack[NoteChange]
     ) -> NoteRecord:
-        stored = self._stored(title, body, tags)
+        stored = self._stored(change["title"], change["body"], change["tags"])
         sets = "".join(f"{c} = :{c}, " for c in stored)
+        tag_index = change.get("tag_index")
         with self.dialect.transaction() as session:
             rows = session.rows(
                 f"UPDATE notes SET {sets}dek_id = :dek_id, updated_at = :updated_at, "
@@ -180,8 +172,8 @@ class SqlNotesRepository(SqlStore):
                 f"AND {self.live} RETURNING seq, workspace_id",
                 {
                     **stored,
-                    "dek_id": dek_id,
-                    "updated_at": self._stamp(updated_at),
+                    "dek_id": change["dek_id"],
+                    "updated_at": self._stamp(change["updated_at"]),
                     "id": note_id,
                     "revision": expected_revision,
                 },
