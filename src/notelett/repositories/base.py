@@ -2,8 +2,8 @@
 
 Both deal in *stored* values: a note's ``title`` and ``body`` are field tokens (binary
 or text) or, before encryption was enabled, plaintext. Encryption happens one layer up,
-in :mod:`notelett.service`. SQLite implements both today (:mod:`notelett.repositories.sqlite`);
-PostgreSQL and Cosmos implementations only have to honour these two protocols.
+in :mod:`notelett.service`. SQL (:mod:`notelett.repositories.sql`, with its SQLite and
+PostgreSQL dialects) and Cosmos DB (:mod:`notelett.repositories.cosmos`) implement both.
 
 Errors are the library's store errors: ``NotFoundError``, ``AlreadyExistsError``,
 ``ConcurrentUpdateError`` (compare-and-swap on ``revision`` lost), ``StoreError``.
