@@ -2,8 +2,8 @@
 
 Both deal in *stored* values: a note's ``title`` and ``body`` are field tokens (binary
 or text) or, before encryption was enabled, plaintext. Encryption happens one layer up,
-in :mod:`notelett.service`. SQLite implements both today (:mod:`notelett.repositories.sqlite`);
-PostgreSQL and Cosmos implementations only have to honour these two protocols.
+in :mod:`notelett.service`. SQL (:mod:`notelett.repositories.sql`, with its SQLite and
+PostgreSQL dialects) and Cosmos DB (:mod:`notelett.repositories.cosmos`) implement both.
 
 Errors are the library's store errors: ``NotFoundError``, ``AlreadyExistsError``,
 ``ConcurrentUpdateError`` (compare-and-swap on ``revision`` lost), ``StoreError``.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NotRequired, Protocol, TypedDict, Unpack, runtime_checkable
 
 StoredValue = bytes | str | None
 """A stored encrypted field: a binary token, a text token, or plaintext."""
@@ -41,6 +41,18 @@ class NoteRecord:
     """The blind-index values of the tags (``bi1:…``, one per distinct tag, sorted), kept
     beside the note for ``list_tagged``. On write ``None`` writes none (``replace``: keeps
     the stored ones); on read ``None`` means not read (listings do not read them)."""
+
+
+class NoteChange(TypedDict):
+    """What :meth:`NotesRepository.replace` writes: a note's new stored values, its DEK and
+    time, and (optionally) its tag index values."""
+
+    title: StoredValue
+    body: StoredValue
+    tags: StoredTags
+    dek_id: str | None
+    updated_at: dt.datetime
+    tag_index: NotRequired[tuple[str, ...] | None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,18 +87,10 @@ class NotesRepository(Protocol):
         ...
 
     def replace(
-        self,
-        note_id: str,
-        *,
-        expected_revision: int,
-        title: StoredValue,
-        body: StoredValue,
-        tags: StoredTags,
-        dek_id: str | None,
-        updated_at: dt.datetime,
-        tag_index: tuple[str, ...] | None = None,
+        self, note_id: str, *, expected_revision: int, **change: Unpack[NoteChange]
     ) -> NoteRecord:
-        """Write new values only if the note is still at ``expected_revision``.
+        """Write new values (:class:`NoteChange`) only if the note is still at
+        ``expected_revision``.
 
         ``tag_index`` replaces the note's tag index values in the same write (``None``:
         left as they are).

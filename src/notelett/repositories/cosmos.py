@@ -36,7 +36,7 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from azure.core import MatchConditions
 
@@ -45,7 +45,13 @@ from field_encrypt.backends.cosmos.db import CosmosDatabase, first_value, transl
 from field_encrypt.backends.cosmos.documents import partition_key
 from field_encrypt.backends.sharding import bucket_of, check_shard
 from notelett.errors import InvalidCursorError
-from notelett.repositories.base import NotePage, NoteRecord, StoredTags, StoredValue, Workspace
+from notelett.repositories.base import (
+    NoteChange,
+    NotePage,
+    NoteRecord,
+    StoredValue,
+    Workspace,
+)
 
 NOTES = "notes"
 DIRECTORY = "directory"
@@ -134,16 +140,7 @@ class CosmosNotesRepository:
         )
 
     def replace(
-        self,
-        note_id: str,
-        *,
-        expected_revision: int,
-        title: StoredValue,
-        body: StoredValue,
-        tags: StoredTags,
-        dek_id: str | None,
-        updated_at: dt.datetime,
-        tag_index: tuple[str, ...] | None = None,
+        self, note_id: str, *, expected_revision: int, **change: Unpack[NoteChange]
     ) -> NoteRecord:
         item = self._find(note_id)
         if item is None or item["deleting"]:
@@ -151,16 +148,10 @@ class CosmosNotesRepository:
         if item["revision"] != expected_revision:
             raise ConcurrentUpdateError(f"note {note_id} changed since it was read")
         current = _record(item)
-        updated = dataclasses.replace(
-            current,
-            title=title,
-            body=body,
-            tags=tags,
-            dek_id=dek_id,
-            updated_at=updated_at,
-            revision=current.revision + 1,
-            tag_index=current.tag_index if tag_index is None else tag_index,
-        )
+        fields: dict[str, Any] = {**change, "revision": current.revision + 1}
+        if change.get("tag_index") is None:
+            fields["tag_index"] = current.tag_index  # kept as stored
+        updated = dataclasses.replace(current, **fields)
         self._swap(item, _item(updated))
         return updated
 
