@@ -6,7 +6,7 @@ done, then its event is stored and the intent settled (in one transaction on SQL
 Cosmos DB the event carries the intent's id, so it is never stored twice)
 (:func:`~field_encrypt.audit.recorded`). A crash (kill -9, a lost host) between the
 announcement and the settling leaves the intent pending. :func:`reconcile` asks the key
-service, the DEK store or the run ledger whether the act took effect: if it did, the event is appended now (its ``data`` as
+service, the DEK store, the run ledger or the version notes whether the act took effect: if it did, the event is appended now (its ``data`` as
 announced, plus ``"recovered": true``); if it did not, the intent is dropped. An intent of
 a type nothing here can check is appended with ``"outcome": "unconfirmed"``, so an act is
 never without its event (at worst an event says the act may have happened).
@@ -26,8 +26,10 @@ from field_encrypt.audit import (
     DEK_COLLECTED,
     DEK_SHREDDED,
     KEK_DELETED,
+    MEK_VERSION_COMPROMISED,
     MEK_VERSION_DISABLED,
     MEK_VERSION_ENABLED,
+    MEK_VERSION_RETIRED,
     RUN_COMPLETED,
     RUN_STARTED,
     PendingIntent,
@@ -47,6 +49,15 @@ def _took_effect(runtime: ProductRuntime, intent: PendingIntent) -> bool | None:
             if v.version == check.get("version"):
                 return v.enabled == (intent.type == MEK_VERSION_ENABLED)
         return False
+    if intent.type in (MEK_VERSION_RETIRED, MEK_VERSION_COMPROMISED) and "version" in check:
+        from field_encrypt.backends.registry import open_lifecycle_store
+
+        note = open_lifecycle_store(runtime.database).note(
+            runtime.encryptor.product, str(check["version"])
+        )
+        if intent.type == MEK_VERSION_RETIRED:
+            return note.retired_at is not None
+        return note.compromised and (note.dek_exposed or not check.get("dekExposed"))
     if intent.type == KEK_DELETED and "kekId" in check:
         keks = getattr(runtime.provider, "keks", None)
         if keks is None:

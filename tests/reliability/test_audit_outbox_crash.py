@@ -3,7 +3,8 @@
 The audit trail is a transactional outbox (``docs/audit.md``): an act's rows and its event
 commit in one unit, and an act outside the database (a MEK version enabled or disabled in
 the key service) is announced first and reconciled by ``audit verify``. Each act below is
-the real command (``field-encrypt keys disable``, ``keys enable``, ``migrate``) or the
+the real command (``field-encrypt keys disable``, ``keys enable``, ``keys retire``,
+``keys compromised``, ``migrate``) or the
 library call (``FieldEncryptor.shred``) in its own OS process on the killable sample
 product (``SAMPLE_KILL_AT=audit:STAGE:TYPE``, see ``tests/support/sample_product.py``),
 killed with SIGKILL at each point, on a fresh database of every kind each time. After each
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from field_encrypt.audit import full_type
-from field_encrypt.backends.registry import open_run_ledger
+from field_encrypt.backends.registry import open_lifecycle_store, open_run_ledger
 from field_encrypt.config import load_settings
 from field_encrypt.errors import NotFoundError
 from field_encrypt.products import ProductRuntime
@@ -123,6 +124,36 @@ def test_kill_9_between_a_key_change_and_its_event(
         _both_or_neither(act, _events(env, type), where)
         seen.add(act)
     assert seen == {True, False}  # the points cover both sides of the act
+
+
+def _note(env: dict[str, str], version: str) -> Any:
+    runtime = _open(env)
+    try:
+        return open_lifecycle_store(runtime.database).note(product.name, version)
+    finally:
+        runtime.close()
+
+
+@pytest.mark.parametrize("store", BACKEND_KINDS)
+@pytest.mark.parametrize("command", ["retire", "compromised"])
+def test_kill_9_between_a_version_note_and_its_event(
+    tmp_path: Path, store: str, command: str, request: pytest.FixtureRequest
+) -> None:
+    """``keys retire`` / ``keys compromised``: the version's note (retired, compromised)
+    and ``mek.version.retired`` / ``mek.version.compromised``."""
+    type = f"mek.version.{command}" if command == "compromised" else "mek.version.retired"
+    for stage in DATABASE_POINTS:
+        env = _environment(tmp_path / stage, store, request)
+        version = _two_versions(env)
+        args = ["keys", command, version, "--product", KILLABLE]
+        if command == "retire":
+            args += ["--soak", "0"]
+        _kill(args, env, f"audit:{stage}:{type}")
+        where = f"{store}: keys {command} killed at {stage}"
+        _verify(env, where)
+        note = _note(env, version)
+        act = note.retired_at is not None if command == "retire" else note.compromised
+        _both_or_neither(act, _events(env, type), where)
 
 
 def _rewrap_ready(env: dict[str, str]) -> None:
