@@ -20,12 +20,15 @@ in another process (announced, not yet done), which a probe would find not done.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
 from field_encrypt.audit import (
     DEK_COLLECTED,
+    DEK_RESTORED,
     DEK_SHREDDED,
     KEK_DELETED,
+    LEASE_RECLAIMED,
     MEK_VERSION_COMPROMISED,
     MEK_VERSION_DISABLED,
     MEK_VERSION_ENABLED,
@@ -73,6 +76,20 @@ def _took_effect(runtime: ProductRuntime, intent: PendingIntent) -> bool | None:
         except NotFoundError:
             return True
         return False
+    if intent.type == DEK_RESTORED and "wrappedSha256" in check:
+        try:
+            row = runtime.dek_store.get(str(check["dekId"]))
+        except NotFoundError:
+            return False
+        return bool(hashlib.sha256(row.wrapped).hexdigest() == check["wrappedSha256"])
+    if intent.type == LEASE_RECLAIMED and "holder" in check:
+        from field_encrypt.backends.registry import open_run_ledger
+
+        try:
+            run = open_run_ledger(runtime.database).get_run(str(check["runId"]))
+        except NotFoundError:
+            return False
+        return bool(run.shard(int(check["shard"])).owner != check["holder"])
     if intent.type in (RUN_STARTED, RUN_COMPLETED) and "runId" in check:
         from field_encrypt.backends.registry import open_run_ledger
 

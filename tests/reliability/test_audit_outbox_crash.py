@@ -4,7 +4,7 @@ The audit trail is a transactional outbox (``docs/audit.md``): an act's rows and
 commit in one unit, and an act outside the database (a MEK version enabled or disabled in
 the key service) is announced first and reconciled by ``audit verify``. Each act below is
 the real command (``field-encrypt keys disable``, ``keys enable``, ``keys retire``,
-``keys compromised``, ``migrate``) or the
+``keys compromised``, ``migrate``, ``restore``) or the
 library call (``FieldEncryptor.shred``) in its own OS process on the killable sample
 product (``SAMPLE_KILL_AT=audit:STAGE:TYPE``, see ``tests/support/sample_product.py``),
 killed with SIGKILL at each point, on a fresh database of every kind each time. After each
@@ -14,6 +14,7 @@ be there or both be absent.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -27,6 +28,8 @@ from field_encrypt.backends.registry import open_lifecycle_store, open_run_ledge
 from field_encrypt.config import load_settings
 from field_encrypt.errors import NotFoundError
 from field_encrypt.products import ProductRuntime
+from field_encrypt.rehearsal import corrupt, delete
+from field_encrypt.rotation import backup, open_ledger
 from tests import figures
 from tests.backends import BACKEND_KINDS, new_backend
 from tests.reliability import processes
@@ -195,6 +198,26 @@ def test_kill_9_between_a_run_step_and_its_event(
         _both_or_neither(act, _events(env, event), where)
 
 
+@pytest.mark.parametrize("store", BACKEND_KINDS)
+def test_kill_9_between_a_lease_reclaimed_and_its_event(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """``migrate`` after a run killed holding its shard (lease TTL one hour): the dead
+    holder's lease released and ``run.lease.reclaimed``."""
+    args = ["migrate", "--product", KILLABLE, "--mode", "rewrap-deks", "--lease-ttl", "3600"]
+    for stage in DATABASE_POINTS:
+        env = _environment(tmp_path / stage, store, request)
+        _rewrap_ready(env)
+        _kill(args, env, "audit:committed:run.started")  # dies holding the shard
+        holder = _latest_run(env).shards[0].owner
+        assert holder is not None
+        _kill(args, env, f"audit:{stage}:run.lease.reclaimed")
+        where = f"{store}: migrate killed at {stage} of run.lease.reclaimed"
+        _verify(env, where)
+        act = _latest_run(env).shards[0].owner != holder
+        _both_or_neither(act, _events(env, "run.lease.reclaimed"), where)
+
+
 def shred_in_process(dek_id: str) -> None:
     """The child of :func:`test_kill_9_between_a_shred_and_its_event`."""
     runtime = killable_audit_product.open(load_settings(dict(os.environ)))
@@ -233,6 +256,41 @@ def test_kill_9_between_a_shred_and_its_event(
         finally:
             runtime.close()
         _both_or_neither(act, _events(env, "dek.shredded", f"dek/{dek_id}"), where)
+
+
+@pytest.mark.parametrize("store", BACKEND_KINDS)
+@pytest.mark.parametrize("damage", ["missing", "unreadable"])
+def test_kill_9_between_a_restored_row_and_its_event(
+    tmp_path: Path, store: str, damage: str, request: pytest.FixtureRequest
+) -> None:
+    """``restore``: a DEK row put back (deleted) or repaired (garbled wrap, compare-and-swap)
+    and ``dek.restored``."""
+    for stage in DATABASE_POINTS:
+        env = _environment(tmp_path / stage, store, request)
+        backup_file = tmp_path / stage / "deks.jsonl"
+        runtime = _open(env)
+        try:
+            seed(runtime, 2, encrypt=True)
+            backup(runtime, open_ledger(runtime), backup_file)
+            damaged = (delete if damage == "missing" else corrupt)(runtime, 1)[0]
+            wrapped = [json.loads(line) for line in backup_file.read_text().splitlines()[1:-1]]
+            expected = next(r["wrapped"] for r in wrapped if r["dek_id"] == damaged)
+        finally:
+            runtime.close()
+        args = ["restore", "--product", KILLABLE, "--in", str(backup_file)]
+        _kill(args, env, f"audit:{stage}:dek.restored")
+        where = f"{store}: restore of a {damage} row killed at {stage}"
+        _verify(env, where)
+        runtime = _open(env)
+        try:
+            try:
+                row = runtime.dek_store.get(damaged)
+                act = base64.b64encode(row.wrapped).decode() == expected
+            except NotFoundError:
+                act = False
+        finally:
+            runtime.close()
+        _both_or_neither(act, _events(env, "dek.restored", f"dek/{damaged}"), where)
 
 
 @pytest.mark.parametrize("store", BACKEND_KINDS)
