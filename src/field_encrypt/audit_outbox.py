@@ -27,7 +27,11 @@ from field_encrypt.audit import (
     DEK_COLLECTED,
     DEK_RESTORED,
     DEK_SHREDDED,
+    INDEX_KEY_CREATED,
+    INDEX_KEY_RETIRED,
+    KEK_CREATED,
     KEK_DELETED,
+    KEK_REWRAPPED,
     LEASE_RECLAIMED,
     MEK_VERSION_COMPROMISED,
     MEK_VERSION_DISABLED,
@@ -61,24 +65,26 @@ def _took_effect(runtime: ProductRuntime, intent: PendingIntent) -> bool | None:
         if intent.type == MEK_VERSION_RETIRED:
             return note.retired_at is not None
         return note.compromised and (note.dek_exposed or not check.get("dekExposed"))
-    if intent.type == KEK_DELETED and "kekId" in check:
+    if intent.type in (KEK_DELETED, KEK_CREATED, KEK_REWRAPPED) and "kekId" in check:
         keks = getattr(runtime.provider, "keks", None)
         if keks is None:
             return None
         try:
-            keks.get(str(check["kekId"]))
+            kek = keks.get(str(check["kekId"]))
         except NotFoundError:
-            return True
-        return False
-    if intent.type in (DEK_SHREDDED, DEK_COLLECTED) and "dekId" in check:
+            return intent.type == KEK_DELETED
+        if intent.type == KEK_REWRAPPED:  # its wrap is under the version it moved to
+            return bool(kek.mek_version == check.get("toVersion"))
+        return intent.type == KEK_CREATED
+    if intent.type in (DEK_SHREDDED, DEK_COLLECTED, INDEX_KEY_RETIRED) and "dekId" in check:
         try:
             runtime.dek_store.get(str(check["dekId"]))
         except NotFoundError:
             return True
         return False
-    if intent.type == DEK_RESTORED and "wrappedSha256" in check:
-        try:
-            row = runtime.dek_store.get(str(check["dekId"]))
+    if intent.type in (DEK_RESTORED, INDEX_KEY_CREATED) and "wrappedSha256" in check:
+        try:  # the row holds the wrap this act wrote
+            row = runtime.dek_store.get(str(check.get("dekId", check.get("keyId"))))
         except NotFoundError:
             return False
         return bool(hashlib.sha256(row.wrapped).hexdigest() == check["wrappedSha256"])

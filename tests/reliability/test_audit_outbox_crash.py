@@ -4,8 +4,9 @@ The audit trail is a transactional outbox (``docs/audit.md``): an act's rows and
 commit in one unit, and an act outside the database (a MEK version enabled or disabled in
 the key service) is announced first and reconciled by ``audit verify``. Each act below is
 the real command (``field-encrypt keys disable``, ``keys enable``, ``keys retire``,
-``keys compromised``, ``migrate``, ``restore``) or the
-library call (``FieldEncryptor.shred``) in its own OS process on the killable sample
+``keys compromised``, ``migrate``, ``restore``, ``index-keys create``, ``index-keys
+retire``) or the library call (``FieldEncryptor.shred``, ``KekTierProvider.new_kek``) in
+its own OS process on the killable sample
 product (``SAMPLE_KILL_AT=audit:STAGE:TYPE``, see ``tests/support/sample_product.py``),
 killed with SIGKILL at each point, on a fresh database of every kind each time. After each
 kill ``field-encrypt audit verify`` must pass, and the act and its event must either both
@@ -27,6 +28,7 @@ from field_encrypt.audit import full_type
 from field_encrypt.backends.registry import open_lifecycle_store, open_run_ledger
 from field_encrypt.config import load_settings
 from field_encrypt.errors import NotFoundError
+from field_encrypt.index_keys import index_key_id
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rehearsal import corrupt, delete
 from field_encrypt.rotation import backup, open_ledger
@@ -291,6 +293,88 @@ def test_kill_9_between_a_restored_row_and_its_event(
         finally:
             runtime.close()
         _both_or_neither(act, _events(env, "dek.restored", f"dek/{damaged}"), where)
+
+
+def _index_key_exists(env: dict[str, str], version: int) -> bool:
+    runtime = _open(env)
+    try:
+        runtime.dek_store.get(index_key_id(product.name, version))
+        return True
+    except NotFoundError:
+        return False
+    finally:
+        runtime.close()
+
+
+@pytest.mark.parametrize("store", BACKEND_KINDS)
+@pytest.mark.parametrize("command", ["create", "retire"])
+def test_kill_9_between_an_index_key_change_and_its_event(
+    tmp_path: Path, store: str, command: str, request: pytest.FixtureRequest
+) -> None:
+    """``index-keys create`` / ``index-keys retire``: the root key's row written or deleted
+    and ``index-key.created`` / ``index-key.retired``."""
+    type = f"index-key.{command}d"
+    for stage in DATABASE_POINTS:
+        env = _environment(tmp_path / stage, store, request)
+        _open(env).close()  # the keyring and the database
+        args = ["index-keys", "create", "--product", KILLABLE]
+        if command == "retire":
+            for _ in range(2):
+                done = processes.run("index-keys", "create", "--product", PRODUCT, env=env)
+                assert done.returncode == 0, done.stderr[-2000:]
+            args = ["index-keys", "retire", "1", "--product", KILLABLE]
+        _kill(args, env, f"audit:{stage}:{type}")
+        where = f"{store}: index-keys {command} killed at {stage}"
+        _verify(env, where)
+        act = _index_key_exists(env, 1) == (command == "create")
+        _both_or_neither(act, _events(env, type, f"index-key/{product.name}/1"), where)
+
+
+def new_kek_in_process() -> None:
+    """The child of :func:`test_kill_9_between_a_kek_change_and_its_event` (``created``)."""
+    runtime = killable_audit_product.open(load_settings(dict(os.environ)))
+    assert runtime.kek_tier is not None
+    runtime.kek_tier.new_kek()
+    runtime.close()
+
+
+def _keks(env: dict[str, str]) -> list[Any]:
+    runtime = _open(env)
+    try:
+        assert runtime.kek_tier is not None
+        return list(runtime.kek_tier.keks.all())
+    finally:
+        runtime.close()
+
+
+@pytest.mark.parametrize("store", BACKEND_KINDS)
+@pytest.mark.parametrize("event", ["kek.created", "kek.rewrapped"])
+def test_kill_9_between_a_kek_change_and_its_event(
+    tmp_path: Path, store: str, event: str, request: pytest.FixtureRequest
+) -> None:
+    """The KEK tier: a KEK stored and ``kek.created`` (``KekTierProvider.new_kek``); a KEK's
+    new wrap swapped in and ``kek.rewrapped`` (``migrate`` after a new MEK version)."""
+    for stage in DATABASE_POINTS:
+        env = {**_environment(tmp_path / stage, store, request), "FIELD_ENCRYPT_KEY_LAYOUT": "kek"}
+        point = {**env, "SAMPLE_KILL_AT": f"audit:{stage}:{event}"}
+        if event == "kek.created":
+            killed = processes.call(f"{__name__}:new_kek_in_process", env=point)
+            assert killed.returncode == KILLED, (stage, killed.returncode, killed.stderr[-2000:])
+            act = len(_keks(env)) == 1
+        else:
+            runtime = _open(env)
+            try:
+                seed(runtime, 4, encrypt=True)
+                target = runtime.provider.create_version().version
+            finally:
+                runtime.close()
+            args = ["migrate", "--product", KILLABLE, "--mode", "rewrap-deks"]
+            _kill(args, env, f"audit:{stage}:{event}")
+            (kek,) = _keks(env)
+            act = kek.mek_version == target
+        where = f"{store}: {event} killed at {stage}"
+        _verify(env, where)
+        _both_or_neither(act, _events(env, event), where)
 
 
 @pytest.mark.parametrize("store", BACKEND_KINDS)
