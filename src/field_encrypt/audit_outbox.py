@@ -6,8 +6,9 @@ done, then its event is stored and the intent settled (in one transaction on SQL
 Cosmos DB the event carries the intent's id, so it is never stored twice)
 (:func:`~field_encrypt.audit.recorded`). A crash (kill -9, a lost host) between the
 announcement and the settling leaves the intent pending. :func:`reconcile` asks the key
-service, the DEK store, the run ledger or the version notes whether the act took effect: if it did, the event is appended now (its ``data`` as
-announced, plus ``"recovered": true``); if it did not, the intent is dropped. An intent of
+service, the DEK store, the KEK store, the run ledger or the version notes whether the act
+took effect: if it did, the event is appended now (its ``data`` as announced, plus
+``"recovered": true``); if it did not, the intent is dropped. An intent of
 a type nothing here can check is appended with ``"outcome": "unconfirmed"``, so an act is
 never without its event (at worst an event says the act may have happened).
 

@@ -46,6 +46,12 @@ DATABASE_POINTS = ("act", "emitted", "committed")
 KEY_SERVICE_POINTS = ("intent", "control", *DATABASE_POINTS)
 
 
+def _points(store: str) -> tuple[str, ...]:
+    """The kill points of a database act: on Cosmos DB also right after its intent (the
+    reconciler must tell from the store that the act did not happen, and drop it)."""
+    return ("intent", *DATABASE_POINTS) if store == "cosmos" else DATABASE_POINTS
+
+
 def _environment(directory: Path, store: str, request: pytest.FixtureRequest) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     return {
@@ -147,7 +153,7 @@ def test_kill_9_between_a_version_note_and_its_event(
     """``keys retire`` / ``keys compromised``: the version's note (retired, compromised)
     and ``mek.version.retired`` / ``mek.version.compromised``."""
     type = f"mek.version.{command}" if command == "compromised" else "mek.version.retired"
-    for stage in DATABASE_POINTS:
+    for stage in _points(store):
         env = _environment(tmp_path / stage, store, request)
         version = _two_versions(env)
         args = ["keys", command, version, "--product", KILLABLE]
@@ -207,7 +213,7 @@ def test_kill_9_between_a_lease_reclaimed_and_its_event(
     """``migrate`` after a run killed holding its shard (lease TTL one hour): the dead
     holder's lease released and ``run.lease.reclaimed``."""
     args = ["migrate", "--product", KILLABLE, "--mode", "rewrap-deks", "--lease-ttl", "3600"]
-    for stage in DATABASE_POINTS:
+    for stage in _points(store):
         env = _environment(tmp_path / stage, store, request)
         _rewrap_ready(env)
         _kill(args, env, "audit:committed:run.started")  # dies holding the shard
@@ -267,7 +273,7 @@ def test_kill_9_between_a_restored_row_and_its_event(
 ) -> None:
     """``restore``: a DEK row put back (deleted) or repaired (garbled wrap, compare-and-swap)
     and ``dek.restored``."""
-    for stage in DATABASE_POINTS:
+    for stage in _points(store):
         env = _environment(tmp_path / stage, store, request)
         backup_file = tmp_path / stage / "deks.jsonl"
         runtime = _open(env)
@@ -314,7 +320,7 @@ def test_kill_9_between_an_index_key_change_and_its_event(
     """``index-keys create`` / ``index-keys retire``: the root key's row written or deleted
     and ``index-key.created`` / ``index-key.retired``."""
     type = f"index-key.{command}d"
-    for stage in DATABASE_POINTS:
+    for stage in _points(store):
         env = _environment(tmp_path / stage, store, request)
         _open(env).close()  # the keyring and the database
         args = ["index-keys", "create", "--product", KILLABLE]
@@ -354,7 +360,7 @@ def test_kill_9_between_a_kek_change_and_its_event(
 ) -> None:
     """The KEK tier: a KEK stored and ``kek.created`` (``KekTierProvider.new_kek``); a KEK's
     new wrap swapped in and ``kek.rewrapped`` (``migrate`` after a new MEK version)."""
-    for stage in DATABASE_POINTS:
+    for stage in _points(store):
         env = {**_environment(tmp_path / stage, store, request), "FIELD_ENCRYPT_KEY_LAYOUT": "kek"}
         point = {**env, "SAMPLE_KILL_AT": f"audit:{stage}:{event}"}
         if event == "kek.created":
