@@ -6,8 +6,9 @@ done, then its event is stored and the intent settled (in one transaction on SQL
 Cosmos DB the event carries the intent's id, so it is never stored twice)
 (:func:`~field_encrypt.audit.recorded`). A crash (kill -9, a lost host) between the
 announcement and the settling leaves the intent pending. :func:`reconcile` asks the key
-service, the DEK store or the run ledger whether the act took effect: if it did, the event is appended now (its ``data`` as
-announced, plus ``"recovered": true``); if it did not, the intent is dropped. An intent of
+service, the DEK store, the KEK store, the run ledger or the version notes whether the act
+took effect: if it did, the event is appended now (its ``data`` as announced, plus
+``"recovered": true``); if it did not, the intent is dropped. An intent of
 a type nothing here can check is appended with ``"outcome": "unconfirmed"``, so an act is
 never without its event (at worst an event says the act may have happened).
 
@@ -20,14 +21,23 @@ in another process (announced, not yet done), which a probe would find not done.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
 from field_encrypt.audit import (
     DEK_COLLECTED,
+    DEK_RESTORED,
     DEK_SHREDDED,
+    INDEX_KEY_CREATED,
+    INDEX_KEY_RETIRED,
+    KEK_CREATED,
     KEK_DELETED,
+    KEK_REWRAPPED,
+    LEASE_RECLAIMED,
+    MEK_VERSION_COMPROMISED,
     MEK_VERSION_DISABLED,
     MEK_VERSION_ENABLED,
+    MEK_VERSION_RETIRED,
     RUN_COMPLETED,
     RUN_STARTED,
     PendingIntent,
@@ -47,21 +57,46 @@ def _took_effect(runtime: ProductRuntime, intent: PendingIntent) -> bool | None:
             if v.version == check.get("version"):
                 return v.enabled == (intent.type == MEK_VERSION_ENABLED)
         return False
-    if intent.type == KEK_DELETED and "kekId" in check:
+    if intent.type in (MEK_VERSION_RETIRED, MEK_VERSION_COMPROMISED) and "version" in check:
+        from field_encrypt.backends.registry import open_lifecycle_store
+
+        note = open_lifecycle_store(runtime.database).note(
+            runtime.encryptor.product, str(check["version"])
+        )
+        if intent.type == MEK_VERSION_RETIRED:
+            return note.retired_at is not None
+        return note.compromised and (note.dek_exposed or not check.get("dekExposed"))
+    if intent.type in (KEK_DELETED, KEK_CREATED, KEK_REWRAPPED) and "kekId" in check:
         keks = getattr(runtime.provider, "keks", None)
         if keks is None:
             return None
         try:
-            keks.get(str(check["kekId"]))
+            kek = keks.get(str(check["kekId"]))
         except NotFoundError:
-            return True
-        return False
-    if intent.type in (DEK_SHREDDED, DEK_COLLECTED) and "dekId" in check:
+            return intent.type == KEK_DELETED
+        if intent.type == KEK_REWRAPPED:  # its wrap is under the version it moved to
+            return bool(kek.mek_version == check.get("toVersion"))
+        return intent.type == KEK_CREATED
+    if intent.type in (DEK_SHREDDED, DEK_COLLECTED, INDEX_KEY_RETIRED) and "dekId" in check:
         try:
             runtime.dek_store.get(str(check["dekId"]))
         except NotFoundError:
             return True
         return False
+    if intent.type in (DEK_RESTORED, INDEX_KEY_CREATED) and "wrappedSha256" in check:
+        try:  # the row holds the wrap this act wrote
+            row = runtime.dek_store.get(str(check.get("dekId", check.get("keyId"))))
+        except NotFoundError:
+            return False
+        return bool(hashlib.sha256(row.wrapped).hexdigest() == check["wrappedSha256"])
+    if intent.type == LEASE_RECLAIMED and "holder" in check:
+        from field_encrypt.backends.registry import open_run_ledger
+
+        try:
+            run = open_run_ledger(runtime.database).get_run(str(check["runId"]))
+        except NotFoundError:
+            return False
+        return bool(run.shard(int(check["shard"])).owner != check["holder"])
     if intent.type in (RUN_STARTED, RUN_COMPLETED) and "runId" in check:
         from field_encrypt.backends.registry import open_run_ledger
 

@@ -36,7 +36,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 
-from field_encrypt.audit import INDEX_KEY_CREATED, INDEX_KEY_RETIRED, AuditTrail
+from field_encrypt.audit import INDEX_KEY_CREATED, INDEX_KEY_RETIRED, AuditTrail, recorded
 from field_encrypt.backends.base import DekStore, check_product_store
 from field_encrypt.blind_index import MAX_VERSION, BlindIndex, IndexedField, check_version
 from field_encrypt.errors import (
@@ -125,22 +125,23 @@ class IndexKeyring:
         if len(root_key) != 32:
             raise ConfigurationError("random_bytes returned the wrong length")
         wrapped = self.provider.wrap(root_key, context=dek_context(self.product, key_id))
-        try:
-            self.store.create(
-                dek_id=key_id,
-                mek_name=self.provider.mek_name,
-                mek_version=wrapped.mek_version,
-                wrapped=wrapped.ciphertext,
-                algorithm=wrapped.algorithm,
-            )
-        except AlreadyExistsError:
-            return False
-        if self.audit is not None:
-            self.audit.emit(
+        try:  # the row and its event are one unit; a failed insert rolls it back
+            with recorded(
+                self.audit,
                 INDEX_KEY_CREATED,
                 subject=f"index-key/{self.product}/{version}",
                 data={"version": version, "keyId": key_id, "mekVersion": wrapped.mek_version},
-            )
+                check={"wrappedSha256": hashlib.sha256(wrapped.ciphertext).hexdigest()},
+            ):
+                self.store.create(
+                    dek_id=key_id,
+                    mek_name=self.provider.mek_name,
+                    mek_version=wrapped.mek_version,
+                    wrapped=wrapped.ciphertext,
+                    algorithm=wrapped.algorithm,
+                )
+        except AlreadyExistsError:
+            return False
         return True
 
     def versions(self) -> list[int]:
@@ -184,13 +185,16 @@ class IndexKeyring:
         which checks that no index value is left on it; recorded as ``index-key.retired``.
         """
         key_id = index_key_id(self.product, version)
-        existed = self.store.delete(key_id)
-        if existed and self.audit is not None:
-            self.audit.emit(
-                INDEX_KEY_RETIRED,
-                subject=f"index-key/{self.product}/{version}",
-                data={"version": version, "keyId": key_id, "via": via, **(data or {})},
-            )
+        with recorded(  # the deletion and its event are one unit
+            self.audit,
+            INDEX_KEY_RETIRED,
+            subject=f"index-key/{self.product}/{version}",
+            data={"version": version, "keyId": key_id, "via": via, **(data or {})},
+            check={"dekId": key_id},
+        ) as event:
+            existed = self.store.delete(key_id)
+            if not existed:
+                event.cancel()
         return existed
 
     def exists(self, version: int) -> bool:

@@ -329,6 +329,8 @@ def _open_killable_audit(settings: Settings) -> ProductRuntime:
         trail: Any = _KillingOutbox(runtime.audit, stage, TYPE_PREFIX + type)
         runtime.audit = trail
         runtime.encryptor.audit = trail
+        if runtime.kek_tier is not None:
+            runtime.kek_tier.audit = trail
     return runtime
 
 

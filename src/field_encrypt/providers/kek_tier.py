@@ -27,12 +27,20 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from field_encrypt.audit import KEK_CREATED, KEK_DELETED, KEK_REWRAPPED, AuditTrail, recorded
+from field_encrypt.audit import (
+    KEK_CREATED,
+    KEK_DELETED,
+    KEK_REWRAPPED,
+    AuditTrail,
+    Recording,
+    recorded,
+)
 from field_encrypt.backends.base import KEK_PREFIX, KekRecord, KekStore
 from field_encrypt.cache import DekCache
 from field_encrypt.errors import (
@@ -195,16 +203,18 @@ class KekTierProvider:
         kek_id = uuid.UUID(bytes=self._random(16), version=4).hex
         key = self._random(32)
         wrapped = self.mek.wrap(key, context=kek_context(self.product, kek_id))
-        record = self.keks.create(
-            kek_id=kek_id,
-            partition=partition,
-            mek_name=self.mek.mek_name,
-            mek_version=wrapped.mek_version,
-            wrapped=wrapped.ciphertext,
-            algorithm=wrapped.algorithm,
-        )
+        with self._recorded(  # the KEK and kek.created: stored together or not at all
+            KEK_CREATED, kek_id, partition, mekVersion=wrapped.mek_version
+        ):
+            record = self.keks.create(
+                kek_id=kek_id,
+                partition=partition,
+                mek_name=self.mek.mek_name,
+                mek_version=wrapped.mek_version,
+                wrapped=wrapped.ciphertext,
+                algorithm=wrapped.algorithm,
+            )
         self.cache.put(bytes.fromhex(kek_id), AESGCM(key), wrapped.mek_version)
-        self._event(KEK_CREATED, record, mekVersion=record.mek_version)
         return record
 
     def rewrap_keks(
@@ -234,18 +244,24 @@ class KekTierProvider:
                     self.mek.unwrap(new.ciphertext, version=target, context=context), key
                 ):
                     raise KeyProviderError(f"the new wrap of KEK {record.kek_id} does not hold it")
-                if self.keks.replace_wrap(
-                    record,
-                    mek_version=new.mek_version,
-                    wrapped=new.ciphertext,
-                    algorithm=new.algorithm,
-                ):
+                with self._recorded(  # the new wrap and kek.rewrapped: one unit
+                    KEK_REWRAPPED,
+                    record.kek_id,
+                    record.partition,
+                    fromVersion=record.mek_version,
+                    toVersion=target,
+                ) as event:
+                    if not self.keks.replace_wrap(
+                        record,
+                        mek_version=new.mek_version,
+                        wrapped=new.ciphertext,
+                        algorithm=new.algorithm,
+                    ):
+                        event.cancel()  # changed concurrently: re-read, try again
+                if not event.cancelled:
                     self.cache.invalidate(bytes.fromhex(record.kek_id))
                     rewrapped += 1
                     moved.append(record.kek_id)
-                    self._event(
-                        KEK_REWRAPPED, record, fromVersion=record.mek_version, toVersion=target
-                    )
                     break
                 record = self.keks.get(record.kek_id)
             else:
@@ -320,13 +336,17 @@ class KekTierProvider:
                 return False
         return True
 
-    def _event(self, type: str, record: KekRecord, **data: object) -> None:
-        if self.audit is not None:
-            self.audit.emit(
-                type,
-                subject=f"kek/{record.kek_id}",
-                data={"kekId": record.kek_id, "partition": record.partition, **data},
-            )
+    def _recorded(
+        self, type: str, kek_id: str, partition: str, **data: object
+    ) -> AbstractContextManager[Recording]:
+        """The unit of a KEK act and its event (:func:`~field_encrypt.audit.recorded`)."""
+        return recorded(
+            self.audit,
+            type,
+            subject=f"kek/{kek_id}",
+            data={"kekId": kek_id, "partition": partition, **data},
+            check={"kekId": kek_id},
+        )
 
     def _kek(self, kek_id: str) -> AESGCM:
         raw_id = bytes.fromhex(kek_id)

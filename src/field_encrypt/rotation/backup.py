@@ -12,7 +12,8 @@ its wrap, so an existing row that unwraps is as good as the backed-up one or new
 backed-up DEK's live row is unwrapped through the provider (one unwrap each); a row that
 does not unwrap (a corrupted wrap, a garbled version) is replaced by the backed-up wrap,
 if that one unwraps, with compare-and-swap (a concurrent writer wins), and counted as
-``repaired``. Each row written is recorded as ``dek.restored`` in the audit trail. The
+``repaired``. Each row written is recorded as ``dek.restored`` in the audit trail, in the
+same unit as the write (:func:`~field_encrypt.audit.recorded`). The
 DEKs that still do not unwrap afterwards are counted as ``unreadable`` and named.
 A backup is read page by page from the live store, not from one snapshot: rows created
 while it runs may or may not be in it.
@@ -26,11 +27,12 @@ import json
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from field_encrypt.audit import DEK_RESTORED
+from field_encrypt.audit import DEK_RESTORED, Recording, recorded
 from field_encrypt.backends.base import DekRecord, WrapUpdate
 from field_encrypt.errors import (
     AlreadyExistsError,
@@ -172,17 +174,17 @@ def _restore_row(
     dek_id = row["dek_id"]
     wrapped = base64.b64decode(row["wrapped"], validate=True)
     if live is None:
-        try:
-            store.create(
-                dek_id=dek_id,
-                mek_name=row["mek_name"],
-                mek_version=row["mek_version"],
-                wrapped=wrapped,
-                algorithm=row["algorithm"],
-            )
+        try:  # the failed insert rolls the unit back (an intent left is dropped later)
+            with _restoring(runtime, dek_id, row["mek_version"], wrapped, "missing"):
+                store.create(
+                    dek_id=dek_id,
+                    mek_name=row["mek_name"],
+                    mek_version=row["mek_version"],
+                    wrapped=wrapped,
+                    algorithm=row["algorithm"],
+                )
         except AlreadyExistsError:  # created since it was read: judge the row now there
             return _restore_row(runtime, row, store.get(dek_id))
-        _audit(runtime, dek_id, row["mek_version"], "missing")
         return "inserted", _unwraps(runtime, dek_id, wrapped, row["mek_version"])
     same = live.wrapped == wrapped and live.mek_version == row["mek_version"]
     if _unwraps(runtime, dek_id, live.wrapped, live.mek_version):
@@ -192,10 +194,12 @@ def _restore_row(
     update = WrapUpdate(
         record=live, mek_version=row["mek_version"], wrapped=wrapped, algorithm=row["algorithm"]
     )
-    if store.replace_wraps([update]):  # lost the compare-and-swap: judge the row now there
+    with _restoring(runtime, dek_id, row["mek_version"], wrapped, "unreadable") as event:
+        if store.replace_wraps([update]):
+            event.cancel()
+    if event.cancelled:  # lost the compare-and-swap: judge the row now there
         return _restore_row(runtime, row, store.get_many([dek_id]).get(dek_id))
     runtime.encryptor.cache.invalidate(bytes.fromhex(dek_id))
-    _audit(runtime, dek_id, row["mek_version"], "unreadable")
     return "repaired", True
 
 
@@ -211,13 +215,18 @@ def _unwraps(runtime: ProductRuntime, dek_id: str, wrapped: bytes, version: str)
     return True
 
 
-def _audit(runtime: ProductRuntime, dek_id: str, version: str, reason: str) -> None:
-    if runtime.audit is not None:
-        runtime.audit.emit(
-            DEK_RESTORED,
-            subject=f"dek/{dek_id}",
-            data={"dekId": dek_id, "mekVersion": version, "reason": reason},
-        )
+def _restoring(
+    runtime: ProductRuntime, dek_id: str, version: str, wrapped: bytes, reason: str
+) -> AbstractContextManager[Recording]:
+    """The unit of one row written and its ``dek.restored`` (:func:`recorded`; the
+    reconciler tells the act by the row's wrap, named by its SHA-256, never the wrap)."""
+    return recorded(
+        runtime.audit,
+        DEK_RESTORED,
+        subject=f"dek/{dek_id}",
+        data={"dekId": dek_id, "mekVersion": version, "reason": reason},
+        check={"wrappedSha256": hashlib.sha256(wrapped).hexdigest()},
+    )
 
 
 def _read_checked(path: Path, product: str) -> list[dict[str, Any]]:

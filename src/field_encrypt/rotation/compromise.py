@@ -42,9 +42,9 @@ from field_encrypt.providers.base import KeyProvider
 from field_encrypt.rotation.keys import (
     DEFAULT_RETENTION_DAYS,
     create_version,
-    emit_mek_event,
     iso,
     known_version,
+    mek_event,
 )
 from field_encrypt.rotation.ledger import RunLedger, RunPlan
 from field_encrypt.rotation.lifecycle import LifecycleStore, VersionNote
@@ -125,16 +125,19 @@ def respond_to_compromise(
             compromised_at=note.compromised_at or now,
             dek_exposed=note.dek_exposed or dek_exposed,
         )
-        lifecycle.save_note(product, note)
-        emit_mek_event(
+        # The note and its event are one unit (an intent first on Cosmos DB, which audit
+        # verify settles by reading the note back).
+        with mek_event(
             runtime,
             MEK_VERSION_COMPROMISED,
             version,
+            intent=False,
             dekExposed=note.dek_exposed,
             wasCurrent=found.current,
             deksWrapped=dek_counts(runtime).get(version, 0),
             via="keys compromised",
-        )
+        ):
+            lifecycle.save_note(product, note)
         announce_key_change(runtime, [version], via="keys compromised")
     created = None
     if found.current:

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from field_encrypt.audit import LEASE_RECLAIMED, AuditTrail, recorded
 from field_encrypt.rotation.ledger import RunLedger, RunRecord, ShardState
 
 DEFAULT_TTL = 60.0
@@ -50,17 +51,30 @@ def dead_here(owner: str | None) -> bool:
 
 
 def reclaim_dead_leases(
-    ledger: RunLedger, product: str, *, now: float
+    ledger: RunLedger, product: str, *, now: float, audit: AuditTrail | None = None
 ) -> list[tuple[RunRecord, ShardState]]:
     """Free the product's shards whose lease holder is a dead process of this host; the
     shards freed (as they were). Each release is conditional on the dead holder still
-    being the owner, so a live worker that took the shard meanwhile keeps it."""
+    being the owner, so a live worker that took the shard meanwhile keeps it. Each release
+    is recorded as ``run.lease.reclaimed`` in ``audit``, in the same unit
+    (:func:`~field_encrypt.audit.recorded`)."""
     freed = []
     for run, shard in ledger.live_leases(product, now=now):
         if dead_here(shard.owner):
             assert shard.owner is not None
-            ledger.release_shard(run.run_id, shard.index, owner=shard.owner, now=now, done=False)
-            freed.append((run, shard))
+            with recorded(
+                audit,
+                LEASE_RECLAIMED,
+                subject=f"run/{run.run_id}",
+                data={"runId": run.run_id, "shard": shard.index, "holder": shard.owner},
+            ) as event:
+                after = ledger.release_shard(
+                    run.run_id, shard.index, owner=shard.owner, now=now, done=False
+                )
+                if after.shard(shard.index).owner is not None:  # a live worker took it
+                    event.cancel()
+            if not event.cancelled:
+                freed.append((run, shard))
     return freed
 
 

@@ -35,9 +35,9 @@ from field_encrypt.rotation.keys import (
     DAY,
     DEFAULT_RETENTION_DAYS,
     disable_version,
-    emit_mek_event,
     iso,
     known_version,
+    mek_event,
 )
 from field_encrypt.rotation.ledger import RunLedger
 from field_encrypt.rotation.lifecycle import LifecycleStore
@@ -190,13 +190,13 @@ def retire(
     retain_until = max(disabled.retain_until, now + retention_days * DAY)
     product = report.product
     note = lifecycle.note(product, version)
-    lifecycle.save_note(
-        product, dataclasses.replace(note, retired_at=now, retain_until=retain_until)
-    )
-    emit_mek_event(
+    # The note and its event are one unit (an intent first on Cosmos DB, which audit
+    # verify settles by reading the note back): a crash cannot keep one without the other.
+    with mek_event(
         runtime,
         MEK_VERSION_RETIRED,
         version,
+        intent=False,
         retainUntil=iso(retain_until),
         soakHours=soak_hours,
         soakStartedAt=iso(report.soak_started_at),
@@ -205,7 +205,10 @@ def retire(
         checks=[c.name for c in report.checks],
         clockOverride=clock_override,
         via=via,
-    )
+    ):
+        lifecycle.save_note(
+            product, dataclasses.replace(note, retired_at=now, retain_until=retain_until)
+        )
     return dataclasses.replace(report, retired=True, retain_until=retain_until)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from field_encrypt.audit import LEASE_RECLAIMED, RUN_COMPLETED, RUN_STARTED, recorded
+from field_encrypt.audit import RUN_COMPLETED, RUN_STARTED, recorded
 from field_encrypt.errors import (
     ConfigurationError,
     LeaseHeldError,
@@ -291,19 +291,14 @@ def run_job(
     # Ledger writes are retried on transient store errors (a locked SQLite file, a dropped
     # PostgreSQL connection) like every other store call of the run.
     books = Retrier(options.retry, clock=monotonic, sleep=sleep, rng=rng)
-    for dead, shard in books.call(reclaim_dead_leases, ledger, product, now=clock()):
+    reclaimed = books.call(reclaim_dead_leases, ledger, product, now=clock(), audit=runtime.audit)
+    for dead, shard in reclaimed:  # each release and its run.lease.reclaimed: one unit
         fields = {
             "run_id": dead.run_id,
             "shard": f"{shard.index + 1}/{dead.plan.shards}",
             "holder": shard.owner,
         }
         observer.event("lease_reclaimed", fields)
-        if runtime.audit is not None:
-            runtime.audit.emit(
-                LEASE_RECLAIMED,
-                subject=f"run/{dead.run_id}",
-                data={"runId": dead.run_id, "shard": shard.index, "holder": shard.owner},
-            )
     run, resumed = books.call(
         ledger.open_run,
         product=product,
