@@ -103,8 +103,19 @@ def _boundaries(mode: str) -> list[str]:
     )
 
 
-def _kill_then_resume(env: dict[str, str], args: list[str], point: str, count: int) -> None:
+LAST_SCAN = f"scan:{BATCHES + 1}"
+"""The scan that finds the empty page. A store whose last full page already says it is the
+last (Cosmos DB when the last DEK is in the last of its 256 partitions: no cursor comes
+back) finishes without it; the run must then have completed."""
+
+
+def _kill_then_resume(env: dict[str, str], args: list[str], point: str, count: int) -> bool:
+    """Kill the run at ``point`` and check the dead run's state; False if the run completed
+    without reaching ``point`` (only :data:`LAST_SCAN` may be skipped so)."""
     killed = processes.run(*args, env={**env, "SAMPLE_KILL_AT": point})
+    if point == LAST_SCAN and killed.returncode == 0:
+        figures.record("crash consistency", last_scan_not_needed=1)
+        return False
     assert killed.returncode == KILLED, (point, killed.returncode, killed.stderr[-2000:])
     _check(env, count, completed_on=None, where=f"after kill -9 at {point}")
     # A dead holder on this host is taken over at once (the random-kill test below); one
@@ -114,6 +125,7 @@ def _kill_then_resume(env: dict[str, str], args: list[str], point: str, count: i
     assert refused.returncode == 6, (point, refused.stderr[-2000:])  # the dead run's lease
     assert expire_leases(env) == 1
     figures.record("crash consistency", kills=1, refusals_while_leased=1)
+    return True
 
 
 @pytest.mark.parametrize(
@@ -132,9 +144,9 @@ def test_kill_9_at_every_batch_boundary(
     for point in points:
         env, target = _prepare(tmp_path / point.replace(":", "-"), mode, count, store, request)
         args = _args(mode, BATCH)
-        _kill_then_resume(env, args, point, count)
-        resumed = processes.run(*args, env=env)
-        assert resumed.returncode == 0, (point, resumed.stderr[-2000:])
+        if _kill_then_resume(env, args, point, count):
+            resumed = processes.run(*args, env=env)
+            assert resumed.returncode == 0, (point, resumed.stderr[-2000:])
         _check(env, count, completed_on=target, where=f"after resuming from {point}")
         assert ledger_runs(env) == [(mode, "completed")]
         figures.record("crash consistency", crash_points=1, resumes=1)
