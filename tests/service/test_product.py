@@ -125,7 +125,7 @@ def test_only_the_serving_app_watches_the_key_state(
     with TestClient(create_app(settings, backend=backend)):
         watcher = backend.runtime.key_epoch
         assert watcher is not None
-        thread = watcher._thread
+        thread = watcher._poller.thread
         assert thread is not None and thread.is_alive()
     backend.close()
     assert not thread.is_alive()
