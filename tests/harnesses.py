@@ -215,7 +215,8 @@ def akv_harness(keyvault: Any) -> Iterator[AkvHarness]:
 
 class AwsKmsHarness:
     throttle_retry_after: float | None = None  # KMS sends no Retry-After with a throttle
-    stall_seconds: float | None = 1.5  # then moto answers the stalled request
+    stall_seconds: float | None = 4.0  # then moto answers the stalled request (room for a slow,
+    # loaded machine: the timeout test needs 5 answered calls under it; CI once had 0.34 s each)
 
     def __init__(self, kms: Any) -> None:
         self.kms = kms
