@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import shutil
 import urllib.parse
 import uuid
@@ -32,7 +33,25 @@ if TYPE_CHECKING:
     from tests.servers.cosmos import CosmosServer
     from tests.servers.postgres import PostgresServer
 
-BACKEND_KINDS = ["sqlite", "postgres", "cosmos"]
+ALL_BACKEND_KINDS = ("sqlite", "postgres", "cosmos")
+
+
+def _backend_kinds(chosen: str | None) -> list[str]:
+    """The kinds the store-parametrised suites run on: all of them, unless
+    ``FIELD_ENCRYPT_TEST_STORES`` (comma-separated) narrows a run, as the secret-hygiene
+    slice does (it runs on SQLite; the full run covers every store)."""
+    if not chosen:
+        return list(ALL_BACKEND_KINDS)
+    kinds = [kind.strip() for kind in chosen.split(",") if kind.strip()]
+    unknown = sorted(set(kinds) - set(ALL_BACKEND_KINDS))
+    if unknown or not kinds:
+        raise pytest.UsageError(
+            f"FIELD_ENCRYPT_TEST_STORES={chosen!r}: name some of {', '.join(ALL_BACKEND_KINDS)}"
+        )
+    return kinds
+
+
+BACKEND_KINDS = _backend_kinds(os.environ.get("FIELD_ENCRYPT_TEST_STORES"))
 
 
 @dataclass(kw_only=True)

@@ -1,7 +1,9 @@
 """Secret hygiene: a broad slice of the suite, at DEBUG, leaks no key, token or plaintext.
 
 The slice (the NoteLett service tests, the rotation, CLI and console tests, the unit tests
-and the provider contract and integration tests against the real servers) runs in a separate
+and the provider contract and integration tests against the real servers) runs on SQLite
+(``FIELD_ENCRYPT_TEST_STORES=sqlite``: the code above the store is the same on every store,
+and the full run covers the other stores' variants; this halves the slice) in a separate
 pytest with the scanning plugin ``tests/reliability/secret_scan.py`` and
 ``--log-level=DEBUG``: every MEK, DEK, bearer token and note plaintext canary the tests
 make is recorded, and every log line, captured output, HTTP error body, subprocess output
@@ -49,6 +51,7 @@ def test_a_debug_run_of_the_suite_leaks_no_secret(tmp_path: Path) -> None:
         env={
             **os.environ,
             "SECRET_SCAN_REPORT": str(report_path),
+            "FIELD_ENCRYPT_TEST_STORES": "sqlite",
             "FIELD_ENCRYPT_FIGURES": str(tmp_path / "figures.json"),
         },
         capture_output=True,
