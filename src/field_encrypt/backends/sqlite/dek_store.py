@@ -8,8 +8,10 @@ rewrap's batch write, which stays on the stdlib driver (positional ``executemany
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
+from itertools import chain
 
 from field_encrypt.backends.base import WrapUpdate
 from field_encrypt.backends.sharding import bucket_of
@@ -38,20 +40,21 @@ class SqliteDekStore(SqlDekStore):
     def replace_wraps(self, updates: Sequence[WrapUpdate]) -> list[str]:
         if not updates:
             return []
+        by_target: dict[tuple[str, str], list[WrapUpdate]] = {}
+        for u in updates:  # a rewrap's batch has one target: one group
+            by_target.setdefault((u.mek_version, u.algorithm), []).append(u)
         now = time.time()
-        params = [
-            (u.mek_version, u.wrapped, u.algorithm, now, u.record.row, int(u.record.revision),
-             u.record.dek_id)
-            for u in updates
-        ]  # fmt: skip
         with self.database.transaction() as tx:
             before = tx.total_changes
-            tx.executemany(
-                "UPDATE dek_store SET mek_version = ?, wrapped = ?, algorithm = ?, "
-                "updated_at = ?, revision = revision + 1 "
-                "WHERE seq = ? AND revision = ? AND dek_id = ?",
-                params,
-            )
+            for (version, algorithm), group in by_target.items():
+                for start in range(0, len(group), _ROWS_PER_UPDATE):
+                    chunk = group[start : start + _ROWS_PER_UPDATE]
+                    params: list[object] = [version, algorithm, now]
+                    params += chain.from_iterable(
+                        (u.record.row, int(u.record.revision), u.record.dek_id, u.wrapped)
+                        for u in chunk
+                    )
+                    tx.execute(_replace_statement(len(chunk)), params)
             if tx.total_changes - before == len(updates):
                 return []
             # Some rows moved on since they were read. Inside this write transaction, a row
@@ -66,3 +69,28 @@ class SqliteDekStore(SqlDekStore):
                     ).fetchall()
                 )
         return [u.record.dek_id for u in updates if current.get(u.record.row) != u.wrapped]
+
+
+_ROWS_PER_UPDATE = 4096
+"""Rows per ``UPDATE`` statement: 4 parameters each, under SQLite's 32,766 (3.32+)."""
+
+
+@functools.lru_cache(maxsize=8)
+def _replace_statement(rows: int) -> str:
+    """One compare-and-swap ``UPDATE ... FROM (VALUES ...)`` for ``rows`` rows.
+
+    A batch written as one statement is one ``sqlite3_step``, during which the driver
+    releases the GIL: the write runs on the other core while the engine rewraps the next
+    batch (``executemany`` releases the GIL around each row's step and must take it back
+    between rows, so a writer thread barely progressed while the rewrapping thread held
+    it). Parameters: ``?1`` version, ``?2`` algorithm, ``?3`` time, then per row ``seq,
+    revision, dek_id, wrapped``. A row updates only if its seq, revision and dekId still
+    match (compare-and-swap); SQLite finds each by its rowid.
+    """
+    values = ",".join(["(?,?,?,?)"] * rows)
+    return (
+        "UPDATE dek_store SET mek_version = ?1, algorithm = ?2, updated_at = ?3, "
+        "wrapped = u.column4, revision = dek_store.revision + 1 "
+        f"FROM (VALUES {values}) AS u WHERE dek_store.seq = u.column1 "
+        "AND dek_store.revision = u.column2 AND dek_store.dek_id = u.column3"
+    )
