@@ -150,6 +150,8 @@ class RewrapJob:
         if self.only == self.target:
             raise ConfigurationError("--old-mek-version is already the target version")
         self.sources = sources if sources is not None else self._default_sources
+        self._scan_selects = sources is None and tier is None
+        """Whether the scan's version filters keep exactly the rows ``sources`` would."""
         self.concurrency = options.concurrency if provider.remote else 1
         self.sample = options.verify_sample if verify_sample is None else verify_sample
         self.batch_size = options.batch_size
@@ -302,6 +304,7 @@ class RewrapJob:
                 tracing.annotate(traced, items=len(page.rows))
                 return page
 
+        sources, scan_selects = self.sources, self._scan_selects
         try:
             cursor = work.cursor
             next_page = reader.submit(copy_context().run, scan, cursor)
@@ -309,8 +312,9 @@ class RewrapJob:
                 page = next_page.result()
                 if page.cursor is not None:  # read ahead: the rows after this page
                     next_page = reader.submit(copy_context().run, scan, page.cursor)
-                sources = self.sources
-                rows = [r for r in page.rows if sources(r[3])]  # r[3]: the row's version
+                rows = page.rows
+                if not scan_selects:  # r[3]: the row's version
+                    rows = [r for r in rows if sources(r[3])]
                 rewrapped = self._rewrap(work, rows, pool)
                 if pending is not None:
                     batch, pending = pending, None  # checkpointed once, whatever happens
