@@ -31,7 +31,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from field_encrypt.backends.base import DekPage, DekRecord, DekStore, WrapUpdate
+from field_encrypt.backends.base import (
+    DekPage,
+    DekRecord,
+    DekStore,
+    NewWrap,
+    WrapPage,
+    WrapUpdate,
+)
 from field_encrypt.blind_index import BlindIndex, IndexedField
 from field_encrypt.config import Settings, load_settings
 from field_encrypt.errors import FieldEncryptError
@@ -56,7 +63,8 @@ product = Product(name=NAME, collections=COLLECTIONS, open=_open, indexed=INDEXE
 
 
 class _CrashAfterFirstWrite:
-    """A DekStore whose process dies right after its first ``replace_wraps`` committed."""
+    """A DekStore whose process dies right after its first batch write (``replace_wraps``
+    or ``swap_wraps``) committed."""
 
     def __init__(self, inner: DekStore) -> None:
         self.inner = inner
@@ -84,6 +92,16 @@ class _CrashAfterFirstWrite:
 
     def scan(self, **kwargs: Any) -> DekPage:
         return self.inner.scan(**kwargs)
+
+    def swap_wraps(
+        self, wraps: Sequence[NewWrap], *, mek_version: str, algorithm: str
+    ) -> list[str]:
+        self.inner.swap_wraps(wraps, mek_version=mek_version, algorithm=algorithm)
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def scan_wraps(self, **kwargs: Any) -> WrapPage:
+        return self.inner.scan_wraps(**kwargs)
 
     def count_by_version(self) -> dict[str, int]:
         return self.inner.count_by_version()

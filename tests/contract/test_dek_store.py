@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from field_encrypt.backends.base import DekRecord, DekStore, NewDek, WrapUpdate
+from field_encrypt.backends.base import DekRecord, DekStore, NewDek, WrapRow, WrapUpdate
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
 
 
@@ -162,6 +162,77 @@ def test_replace_batch_applies_the_winners(dek_store: DekStore) -> None:
         rows[2].dek_id: "2",
         rows[3].dek_id: "2",
     }
+
+
+def _all_wraps(store: DekStore, limit: int, **filters: object) -> list[WrapRow]:
+    out: list[WrapRow] = []
+    cursor = None
+    while True:
+        page = store.scan_wraps(cursor=cursor, limit=limit, **filters)  # type: ignore[arg-type]
+        out += page.rows
+        if page.cursor is None:
+            return out
+        cursor = page.cursor
+
+
+@pytest.mark.parametrize(
+    "filters", [{}, {"exclude_version": "2"}, {"only_version": "2"}, {"shard": (1, 2)}]
+)
+def test_scan_wraps_is_scan_as_tuples(dek_store: DekStore, filters: dict[str, object]) -> None:
+    """scan_wraps returns scan's rows, in its order and with its cursors, each as
+    (row, revision, dekId, version, wrap)."""
+    for i in range(17):
+        _new(dek_store, str(i % 3 + 1))
+    pages = []
+    cursor = None
+    while True:
+        page = dek_store.scan(cursor=cursor, limit=5, **filters)  # type: ignore[arg-type]
+        wraps = dek_store.scan_wraps(cursor=cursor, limit=5, **filters)  # type: ignore[arg-type]
+        assert wraps.cursor == page.cursor
+        pages.append((page.records, wraps.rows))
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    for records, rows in pages:
+        assert [(r.dek_id, r.mek_version, r.wrapped) for r in records] == [
+            (dek_id, version, wrapped) for _, _, dek_id, version, wrapped in rows
+        ]
+        assert all(isinstance(w, bytes) for *_, w in rows)
+    assert len(_all_wraps(dek_store, 4, **filters)) == sum(len(rows) for _, rows in pages)
+
+
+def test_swap_wraps_is_compare_and_swap(dek_store: DekStore) -> None:
+    """swap_wraps writes new wraps to the rows scan_wraps read, each only if unchanged: a
+    row changed or deleted since the scan loses (and is not recreated), the others win."""
+    made = [_new(dek_store) for _ in range(4)]
+    rows = {r[2]: r for r in _all_wraps(dek_store, 100)}
+    changed, deleted = made[1], made[2]
+    dek_store.replace_wraps(
+        [WrapUpdate(record=changed, mek_version="9", wrapped=b"other", algorithm="A")]
+    )
+    dek_store.delete(deleted.dek_id)
+    new = [
+        (row, revision, dek_id, b"new-" + dek_id.encode())
+        for row, revision, dek_id, _, _ in rows.values()
+    ]
+    lost = dek_store.swap_wraps(new, mek_version="2", algorithm="A256GCM")
+    assert sorted(lost) == sorted([changed.dek_id, deleted.dek_id])
+    for record in (made[0], made[3]):
+        after = dek_store.get(record.dek_id)
+        assert (after.mek_version, after.wrapped, after.algorithm) == (
+            "2",
+            b"new-" + record.dek_id.encode(),
+            "A256GCM",
+        )
+        assert after.revision != record.revision
+    assert dek_store.get(changed.dek_id).wrapped == b"other"
+    with pytest.raises(NotFoundError):
+        dek_store.get(deleted.dek_id)
+    stale = [(row, revision, dek_id, b"stale") for row, revision, dek_id, _, _ in rows.values()]
+    assert sorted(dek_store.swap_wraps(stale, mek_version="3", algorithm="A")) == sorted(
+        r.dek_id for r in made
+    )
+    assert dek_store.swap_wraps([], mek_version="3", algorithm="A") == []
 
 
 def test_scan_pages_cover_every_row_once(dek_store: DekStore) -> None:

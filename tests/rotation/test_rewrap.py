@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import pytest
 
 from field_encrypt.backends.base import WrapUpdate
@@ -243,6 +246,34 @@ def test_remote_providers_run_calls_concurrently(runtime: ProductRuntime, clock:
     report = run(runtime, clock, concurrency=4, batch_size=16)
     assert report.status == "completed"
     assert versions_of(runtime) == {"2": 40}
+
+
+def test_an_embedded_store_is_read_and_written_on_the_rewrapping_thread(
+    runtime: ProductRuntime, clock: FakeClock, store_kind: str
+) -> None:
+    """SQLite (``remote`` false) is scanned and written on the thread that rewraps (on
+    threads its driver waited for the GIL); a networked store on a reader and a writer
+    thread, which overlap the crypto."""
+    seed(runtime, 30)
+    runtime.provider.create_version()
+    store = runtime.dek_store
+    threads: dict[str, set[str]] = {"scan_wraps": set(), "swap_wraps": set()}
+    for name in threads:
+        method = getattr(store, name)
+
+        def recorded(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
+            threads[_name].add(threading.current_thread().name)
+            return _method(*args, **kwargs)
+
+        setattr(store, name, recorded)
+    report = run(runtime, clock, batch_size=7)
+    assert report.status == "completed" and versions_of(runtime) == {"2": 30}
+    here = threading.current_thread().name
+    if store_kind == "sqlite":
+        assert threads == {"scan_wraps": {here}, "swap_wraps": {here}}
+    else:
+        assert {n.split("_")[0] for n in threads["scan_wraps"]} == {"rewrap-scan"}
+        assert {n.split("_")[0] for n in threads["swap_wraps"]} == {"rewrap-write"}
 
 
 def test_a_dead_workers_shard_is_taken_over_after_its_lease_expires(

@@ -10,7 +10,8 @@ PostgreSQL or Cosmos DB) with the provider the settings name. Variants for the r
 * ``unreachable_product``: every data-plane call fails transiently, for ever;
 * ``killable_product``: ``SAMPLE_KILL_AT=provider:N`` kills the process with SIGKILL
   just before the N-th data-plane provider call, ``SAMPLE_KILL_AT=store:N`` right after
-  the N-th ``replace_wraps`` committed (before the ledger heard of it), and
+  the N-th batch write (``replace_wraps``, ``swap_wraps``) committed (before the ledger
+  heard of it), and
   ``SAMPLE_KILL_AT=document:N`` right after the N-th document write committed (with a
   page written in one batch: right after the batch that holds the N-th write committed),
   ``SAMPLE_KILL_AT=scan:N`` just before the N-th page is read (dek_store or documents):
@@ -38,7 +39,15 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from field_encrypt.audit import ROTATION_STAGE, TYPE_PREFIX, AuditEvent, AuditTrail, ChainReport
-from field_encrypt.backends.base import DekPage, DekRecord, DekStore, NewDek, WrapUpdate
+from field_encrypt.backends.base import (
+    DekPage,
+    DekRecord,
+    DekStore,
+    NewDek,
+    NewWrap,
+    WrapPage,
+    WrapUpdate,
+)
 from field_encrypt.config import Settings
 from field_encrypt.documents import DocumentWrite, StoredDocument
 from field_encrypt.products import Product, ProductRuntime
@@ -85,13 +94,15 @@ class _Countdown:
 
 
 class _KillingStore:
-    """A DekStore that dies right after its N-th replace_wraps has committed."""
+    """A DekStore that dies right after its N-th batch write (``replace_wraps`` or
+    ``swap_wraps``) has committed, or on its N-th scan."""
 
     def __init__(
         self, inner: DekStore, countdown: _Countdown | None, scans: _Countdown | None = None
     ) -> None:
         self.inner = inner
         self.product = inner.product
+        self.remote = inner.remote
         self.countdown = countdown
         self.scans = scans
 
@@ -119,10 +130,23 @@ class _KillingStore:
             self.countdown.tick()
         return lost
 
+    def swap_wraps(
+        self, wraps: Sequence[NewWrap], *, mek_version: str, algorithm: str
+    ) -> list[str]:
+        lost = self.inner.swap_wraps(wraps, mek_version=mek_version, algorithm=algorithm)
+        if self.countdown is not None:
+            self.countdown.tick()
+        return lost
+
     def scan(self, **kwargs: Any) -> DekPage:
         if self.scans is not None:
             self.scans.tick()
         return self.inner.scan(**kwargs)
+
+    def scan_wraps(self, **kwargs: Any) -> WrapPage:
+        if self.scans is not None:
+            self.scans.tick()
+        return self.inner.scan_wraps(**kwargs)
 
     def count_by_version(self) -> dict[str, int]:
         return self.inner.count_by_version()

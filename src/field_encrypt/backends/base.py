@@ -136,6 +136,25 @@ class DekPage:
     cursor: str | None
 
 
+WrapRow = tuple[object, object, str, str, bytes]
+"""What a rewrap reads of one DEK row, as a plain tuple (:meth:`DekStore.scan_wraps`):
+``(row, revision, dek_id, mek_version, wrapped)``. ``row`` and ``revision`` are the
+store's own locator and compare-and-swap token, opaque to everyone else: they go back
+unchanged in a :data:`NewWrap`."""
+
+NewWrap = tuple[object, object, str, bytes]
+"""A new wrap for a row read by :meth:`DekStore.scan_wraps`: ``(row, revision, dek_id,
+wrapped)``, the first three as the scan gave them (:meth:`DekStore.swap_wraps`)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrapPage:
+    """One page of :meth:`DekStore.scan_wraps`; ``cursor`` as in :class:`DekPage`."""
+
+    rows: list[WrapRow]
+    cursor: str | None
+
+
 @runtime_checkable
 class DekStore(Protocol):
     """The durable home of one product's wrapped DEKs.
@@ -145,6 +164,9 @@ class DekStore(Protocol):
     """
 
     product: str
+    remote: bool
+    """Whether reads and writes cross a network (the rotation engine then overlaps them
+    with the rewrap on threads; an embedded store's run on the rewrapping thread)."""
 
     def create(
         self, *, dek_id: str, mek_name: str, mek_version: str, wrapped: bytes, algorithm: str
@@ -194,6 +216,30 @@ class DekStore(Protocol):
         ``shard=(index, count)`` keeps the rows whose dekId hashes into part ``index``
         of ``count``, so several workers can split one scan.
         """
+        ...
+
+    def scan_wraps(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 1000,
+        exclude_version: str | None = None,
+        only_version: str | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> WrapPage:
+        """:meth:`scan`'s rows, order and cursors, each row only as a :data:`WrapRow`.
+
+        The rewrap's hot path: no record object per row (a SQL store hands over the
+        driver's tuples as they come).
+        """
+        ...
+
+    def swap_wraps(
+        self, wraps: Sequence[NewWrap], *, mek_version: str, algorithm: str
+    ) -> list[str]:
+        """:meth:`replace_wraps` for rows read by :meth:`scan_wraps`, every one moving to
+        ``mek_version`` and ``algorithm``: in one batch, each row only if it is still at
+        the revision read (compare-and-swap); the dekIds that lost."""
         ...
 
     def count_by_version(self) -> dict[str, int]:

@@ -35,13 +35,20 @@ import hmac
 import math
 import random
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import suppress
 from contextvars import copy_context
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
 from field_encrypt import tracing
-from field_encrypt.backends.base import KEK_PREFIX, DekPage, DekRecord, WrapUpdate, wrap_update_of
+from field_encrypt.backends.base import (
+    KEK_PREFIX,
+    DekRecord,
+    NewWrap,
+    WrapPage,
+    WrapRow,
+    WrapUpdate,
+)
 from field_encrypt.errors import (
     TRANSIENT_ERRORS,
     ConfigurationError,
@@ -65,12 +72,22 @@ from field_encrypt.rotation.ledger import Counters, Failure, Mode, RunPlan
 from field_encrypt.rotation.run import DryRun, MigrationOptions, ShardWork
 from field_encrypt.usage import dek_counts
 
+_T = TypeVar("_T")
+
 MAX_CONFLICT_ROUNDS: Final = 3
 CALLS_PER_CHECKED_DEK: Final = 3
 """Remote: rewrap, then unwrap of the new and of the old wrap. In-process: unwrap, wrap, unwrap."""
 
 _ITEM_ERRORS = (DecryptionError, UnsupportedFormatError, KeyProviderError)
 """Errors that fail one DEK and let the run go on (transient ones are retried first)."""
+
+
+class _Rewrapped(NamedTuple):
+    """A batch rewrapped: its new wraps by algorithm (one group, unless a provider mixes
+    algorithms), and the DEKs that could not be rewrapped."""
+
+    wraps: dict[str, list[NewWrap]]
+    failures: list[Failure]
 
 
 class _Writing(NamedTuple):
@@ -80,6 +97,19 @@ class _Writing(NamedTuple):
     cursor: str | None
     matched: int
     failures: list[Failure]
+
+
+class _Inline(Executor):
+    """An executor that runs each task at once, on the calling thread (an error is kept in
+    the future, as a worker thread's would be; an interrupt goes straight up)."""
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        future: Future[_T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - kept in the future, as a worker thread does
+            future.set_exception(exc)
+        return future
 
 
 def is_kek_version(version: str) -> bool:
@@ -120,6 +150,8 @@ class RewrapJob:
         if self.only == self.target:
             raise ConfigurationError("--old-mek-version is already the target version")
         self.sources = sources if sources is not None else self._default_sources
+        self._scan_selects = sources is None and tier is None
+        """Whether the scan's version filters keep exactly the rows ``sources`` would."""
         self.concurrency = options.concurrency if provider.remote else 1
         self.sample = options.verify_sample if verify_sample is None else verify_sample
         self.batch_size = options.batch_size
@@ -239,28 +271,40 @@ class RewrapJob:
         time; a reader thread scans the next page as soon as the previous one is in.
         This thread checkpoints batch k once its write is back, after rewrapping batch
         k+1: the ledger's cursor still moves only past committed batches, in order, and
-        memory holds three batches at most. (SQLite and the network drivers release the
-        GIL while the database works, so reads and writes overlap the crypto.) Each task
-        runs in a copy of this thread's context, so its spans join the run's trace.
+        memory holds three batches at most. (The network drivers release the GIL while
+        they wait, so reads and writes overlap the crypto.) Each task runs in a copy of
+        this thread's context, so its spans join the run's trace.
+
+        An embedded store (``store.remote`` false: SQLite) does its reads and writes on
+        this thread instead, in the same order: its driver gives up the GIL around each
+        row's step and must take it back from the rewrapping thread (up to the 5 ms switch
+        interval each time), so on threads its work mostly waited, and under load the run
+        took 1.3-3x as long as inline (``docs/performance.md``).
         """
         pool = ThreadPoolExecutor(self.concurrency) if self.concurrency > 1 else None
-        writer = ThreadPoolExecutor(1, thread_name_prefix="rewrap-write")
-        reader = ThreadPoolExecutor(1, thread_name_prefix="rewrap-scan")
+        writer: Executor
+        reader: Executor
+        if self.store.remote:
+            writer = ThreadPoolExecutor(1, thread_name_prefix="rewrap-write")
+            reader = ThreadPoolExecutor(1, thread_name_prefix="rewrap-scan")
+        else:
+            writer = reader = _Inline()
         pending: _Writing | None = None
 
-        def scan(after: str | None) -> DekPage:
+        def scan(after: str | None) -> WrapPage:
             with tracing.span("field_encrypt.store.scan", store="dek_store") as traced:
                 page = work.retry.call(
-                    self.store.scan,
+                    self.store.scan_wraps,
                     cursor=after,
                     limit=work.batch_size,
                     exclude_version=self.target,
                     only_version=self.only,
                     shard=work.sharding,
                 )
-                tracing.annotate(traced, items=len(page.records))
+                tracing.annotate(traced, items=len(page.rows))
                 return page
 
+        sources, scan_selects = self.sources, self._scan_selects
         try:
             cursor = work.cursor
             next_page = reader.submit(copy_context().run, scan, cursor)
@@ -268,16 +312,18 @@ class RewrapJob:
                 page = next_page.result()
                 if page.cursor is not None:  # read ahead: the rows after this page
                     next_page = reader.submit(copy_context().run, scan, page.cursor)
-                records = [r for r in page.records if self.sources(r.mek_version)]
-                updates, failures = self._rewrap(work, records, pool)
+                rows = page.rows
+                if not scan_selects:  # r[3]: the row's version
+                    rows = [r for r in rows if sources(r[3])]
+                rewrapped = self._rewrap(work, rows, pool)
                 if pending is not None:
                     batch, pending = pending, None  # checkpointed once, whatever happens
                     self._checkpoint_written(work, batch)
                 pending = _Writing(
-                    writer.submit(copy_context().run, self._swap_in, work, updates, pool),
+                    writer.submit(copy_context().run, self._swap_in, work, rewrapped.wraps, pool),
                     page.cursor or cursor,
-                    len(records),
-                    failures,
+                    len(rows),
+                    rewrapped.failures,
                 )
                 if page.cursor is None:
                     break
@@ -324,32 +370,43 @@ class RewrapJob:
         work.checkpoint(cursor=work.cursor, delta=Counters(matched=moved, changed=moved))
 
     def _rewrap(
-        self, work: ShardWork, records: list[DekRecord], pool: ThreadPoolExecutor | None
-    ) -> tuple[list[WrapUpdate], list[Failure]]:
-        """Each record rewrapped (and checked, or sampled), or the reason it could not be."""
+        self, work: ShardWork, rows: list[WrapRow], pool: ThreadPoolExecutor | None
+    ) -> _Rewrapped:
+        """Each row rewrapped (and checked, or sampled), or the reason it could not be."""
         if self._batch is not None:
-            return self._rewrap_batch(work, records)
+            return self._rewrap_batch(work, rows)
         shard = work.shard[0]
         rewrap_one = self._rewrap_one
 
-        def attempt(record: DekRecord) -> WrapUpdate | Failure:
+        def attempt(row: WrapRow) -> WrappedDek | Failure:
             try:
                 try:
-                    return rewrap_one(record)
+                    return rewrap_one(row)
                 except TRANSIENT_ERRORS as exc:  # back off (and honour retry_after) first
-                    return work.retry.call_after(exc, rewrap_one, record)
+                    return work.retry.call_after(exc, rewrap_one, row)
             except _ITEM_ERRORS as exc:
-                return Failure(item=record.dek_id, reason=_reason(exc), shard=shard)
+                return Failure(item=row[2], reason=_reason(exc), shard=shard)
 
-        results = list(pool.map(attempt, records)) if pool else [attempt(r) for r in records]
-        updates = [r for r in results if r.__class__ is WrapUpdate]
-        failures = [r for r in results if r.__class__ is Failure]
-        if self.provider.remote and updates:
-            self._check_sample(work, updates, pool)
-        return updates, failures
+        results = list(pool.map(attempt, rows)) if pool else [attempt(r) for r in rows]
+        done: list[tuple[WrapRow, WrappedDek]] = []
+        failures: list[Failure] = []
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, Failure):
+                failures.append(result)
+            else:
+                done.append((row, result))
+        if self.provider.remote and done:
+            self._check_sample(work, done, pool)
+        wraps: dict[str, list[NewWrap]] = {}
+        for (locator, revision, dek_id, _, _), new in done:
+            wraps.setdefault(new.algorithm, []).append((locator, revision, dek_id, new.ciphertext))
+        return _Rewrapped(wraps, failures)
 
     def _check_sample(
-        self, work: ShardWork, updates: list[WrapUpdate], pool: ThreadPoolExecutor | None
+        self,
+        work: ShardWork,
+        done: list[tuple[WrapRow, WrappedDek]],
+        pool: ThreadPoolExecutor | None,
     ) -> None:
         """Check the first new wrap of the batch and a ``verify_sample`` share of the rest.
 
@@ -357,106 +414,119 @@ class RewrapJob:
         """
         rng = self._rng
         sample = self.sample
-        chosen = [u for i, u in enumerate(updates) if i == 0 or sample >= 1.0 or rng() < sample]
+        chosen = [d for i, d in enumerate(done) if i == 0 or sample >= 1.0 or rng() < sample]
 
-        def check(update: WrapUpdate) -> str | None:
+        def check(pair: tuple[WrapRow, WrappedDek]) -> str | None:
             try:
-                return None if work.retry.call(self._holds_same_dek, update) else "differs"
+                return None if work.retry.call(self._holds_same_dek, *pair) else "differs"
             except (DecryptionError, UnsupportedFormatError, KeyProviderError) as exc:
                 return _reason(exc)
 
-        verdicts = list(pool.map(check, chosen)) if pool else [check(u) for u in chosen]
-        bad = [(u, why) for u, why in zip(chosen, verdicts, strict=True) if why is not None]
+        verdicts = list(pool.map(check, chosen)) if pool else [check(d) for d in chosen]
+        bad = [(d, why) for d, why in zip(chosen, verdicts, strict=True) if why is not None]
         if bad:
-            update, why = bad[0]
+            ((row, _), why) = bad[0]
             raise RewrapCheckError(
-                f"the new wrap of DEK {update.record.dek_id} does not unwrap to the same DEK "
+                f"the new wrap of DEK {row[2]} does not unwrap to the same DEK "
                 f"({why}); {len(bad)} of {len(chosen)} checked in this batch failed. Nothing "
-                f"of the batch ({len(updates)} DEKs) was committed; the run stopped"
+                f"of the batch ({len(done)} DEKs) was committed; the run stopped"
             )
         if chosen:
-            work.note("checked", count=len(chosen), of=len(updates))
+            work.note("checked", count=len(chosen), of=len(done))
 
-    def _rewrap_batch(
-        self, work: ShardWork, records: list[DekRecord]
-    ) -> tuple[list[WrapUpdate], list[Failure]]:
-        """An in-process provider's ``rewrap_many``: keys looked up once per batch."""
+    def _rewrap_batch(self, work: ShardWork, rows: list[WrapRow]) -> _Rewrapped:
+        """An in-process provider's ``rewrap_many``: keys looked up once per batch.
+
+        The hot path of a rewrap on the embedded default: rows stay the store's tuples and
+        new wraps go out as tuples, no object per DEK but the provider's ``WrappedDek``.
+        """
         assert self._batch is not None
-        product, target, shard = self.product, self.target, work.shard[0]
-        context = dek_context_prefix(product)  # + the dekId: dek_context(product, dek_id)
-        items = [(r.wrapped, r.mek_version, context + r.dek_id.encode()) for r in records]
+        target, shard = self.target, work.shard[0]
+        context = dek_context_prefix(self.product)  # + the dekId: dek_context(product, dek_id)
+        items = [
+            (wrapped, version, context + dek_id.encode()) for _, _, dek_id, version, wrapped in rows
+        ]
         results = work.retry.call(self._batch, items, to_version=target)
-        updates: list[WrapUpdate] = []
+        wraps: dict[str, list[NewWrap]] = {}
         failures: list[Failure] = []
-        add = updates.append
-        for record, result in zip(records, results, strict=True):
+        algorithm: str | None = None
+        group: list[NewWrap] = []
+        for (locator, revision, dek_id, _, _), result in zip(rows, results, strict=True):
             if result.__class__ is WrappedDek and result.mek_version == target:
-                add(wrap_update_of(record, target, result.ciphertext, result.algorithm))
+                if result.algorithm != algorithm:
+                    algorithm = result.algorithm
+                    group = wraps.setdefault(algorithm, [])
+                group.append((locator, revision, dek_id, result.ciphertext))
             elif isinstance(result, Exception):
-                failures.append(Failure(item=record.dek_id, reason=_reason(result), shard=shard))
+                failures.append(Failure(item=dek_id, reason=_reason(result), shard=shard))
             else:
                 failures.append(
-                    Failure(
-                        item=record.dek_id, reason="wrapped under the wrong version", shard=shard
-                    )
+                    Failure(item=dek_id, reason="wrapped under the wrong version", shard=shard)
                 )
-        return updates, failures
+        return _Rewrapped(wraps, failures)
 
-    def _holds_same_dek(self, update: WrapUpdate) -> bool:
+    def _holds_same_dek(self, row: WrapRow, new: WrappedDek) -> bool:
         provider = self.provider
-        record = update.record
-        context = dek_context(self.product, record.dek_id)
+        _, _, dek_id, version, wrapped = row
+        context = dek_context(self.product, dek_id)
         return hmac.compare_digest(
-            provider.unwrap(update.wrapped, version=update.mek_version, context=context),
-            provider.unwrap(record.wrapped, version=record.mek_version, context=context),
+            provider.unwrap(new.ciphertext, version=new.mek_version, context=context),
+            provider.unwrap(wrapped, version=version, context=context),
         )
 
-    def _rewrap_remote(self, record: DekRecord) -> WrapUpdate:
+    def _rewrap_remote(self, row: WrapRow) -> WrappedDek:
         """``provider.rewrap``: one remote call (server-side where the service can)."""
+        _, _, dek_id, version, wrapped = row
         new = self.provider.rewrap(
-            record.wrapped,
-            from_version=record.mek_version,
-            context=dek_context(self.product, record.dek_id),
+            wrapped,
+            from_version=version,
+            context=dek_context(self.product, dek_id),
             to_version=self.target,
         )
         if new.mek_version != self.target:
             raise KeyProviderError(
                 f"the provider wrapped under {new.mek_version!r}, not {self.target!r}"
             )
-        return WrapUpdate(
-            record=record, mek_version=self.target, wrapped=new.ciphertext, algorithm=new.algorithm
-        )
+        return new
 
-    def _rewrap_in_process(self, record: DekRecord) -> WrapUpdate:
+    def _rewrap_in_process(self, row: WrapRow) -> WrappedDek:
         """What ``rewrap`` is for an in-process provider (unwrap, wrap), then the check."""
         provider = self.provider
-        context = dek_context(self.product, record.dek_id)
-        dek = provider.unwrap(record.wrapped, version=record.mek_version, context=context)
+        _, _, dek_id, version, wrapped = row
+        context = dek_context(self.product, dek_id)
+        dek = provider.unwrap(wrapped, version=version, context=context)
         new = provider.wrap(dek, context=context, version=self.target)
         if new.mek_version != self.target or not hmac.compare_digest(
             provider.unwrap(new.ciphertext, version=self.target, context=context), dek
         ):
             raise KeyProviderError("the new wrap does not unwrap to the same DEK")
-        return WrapUpdate(
-            record=record, mek_version=self.target, wrapped=new.ciphertext, algorithm=new.algorithm
-        )
+        return new
 
     def _swap_in(
-        self, work: ShardWork, updates: list[WrapUpdate], pool: ThreadPoolExecutor | None
+        self, work: ShardWork, wraps: dict[str, list[NewWrap]], pool: ThreadPoolExecutor | None
     ) -> tuple[Counters, list[Failure]]:
-        """Write the new wraps with compare-and-swap; rows that lost are read and redone."""
+        """Write the new wraps with compare-and-swap; rows that lost are read and redone.
+
+        The scanned rows go back through ``swap_wraps``; the rows read again after a lost
+        compare-and-swap are records (``get_many``), whose new wraps go back through
+        ``replace_wraps``: each such row's locator is its record.
+        """
         changed = skipped = conflicts = 0
         failures: list[Failure] = []
+        redo = False
         for round_ in range(MAX_CONFLICT_ROUNDS + 1):
-            with tracing.span(
-                "field_encrypt.store.replace_wraps", store="dek_store", items=len(updates)
-            ):
-                lost = set(work.retry.call(self.store.replace_wraps, updates))
+            written = [w for group in wraps.values() for w in group]
+            lost: set[str] = set()
+            for algorithm, group in wraps.items():
+                with tracing.span(
+                    "field_encrypt.store.replace_wraps", store="dek_store", items=len(group)
+                ):
+                    lost.update(work.retry.call(self._write, group, algorithm, redo))
             if self.cache.stats().size:  # an empty cache (the CLI's own) has nothing to forget
-                for u in updates:
-                    if u.record.dek_id not in lost:
-                        self.cache.invalidate(bytes.fromhex(u.record.dek_id))
-            changed += len(updates) - len(lost)
+                for _, _, dek_id, _ in written:
+                    if dek_id not in lost:
+                        self.cache.invalidate(bytes.fromhex(dek_id))
+            changed += len(written) - len(lost)
             if not lost:
                 break
             conflicts += len(lost)
@@ -476,9 +546,27 @@ class RewrapJob:
                     for r in again
                 ]
                 break
-            updates, more = self._rewrap(work, again, pool)
+            rows: list[WrapRow] = [
+                (r, r.revision, r.dek_id, r.mek_version, r.wrapped) for r in again
+            ]
+            wraps, more = self._rewrap(work, rows, pool)
             failures += more
+            redo = True
         return Counters(changed=changed, skipped=skipped, conflicts=conflicts), failures
+
+    def _write(self, wraps: list[NewWrap], algorithm: str, redo: bool) -> list[str]:
+        """One group's compare-and-swap write; the dekIds that lost."""
+        if not redo:
+            return self.store.swap_wraps(wraps, mek_version=self.target, algorithm=algorithm)
+        updates = []
+        for record, _, _, wrapped in wraps:
+            assert isinstance(record, DekRecord)  # a redo row's locator is its record
+            updates.append(
+                WrapUpdate(
+                    record=record, mek_version=self.target, wrapped=wrapped, algorithm=algorithm
+                )
+            )
+        return self.store.replace_wraps(updates)
 
     def _selects(self, record: DekRecord) -> bool:
         return record.mek_version != self.target and self.sources(record.mek_version)

@@ -30,7 +30,16 @@ from typing import Any
 
 from azure.core import MatchConditions
 
-from field_encrypt.backends.base import KEK_PREFIX, DekPage, DekRecord, NewDek, WrapUpdate
+from field_encrypt.backends.base import (
+    KEK_PREFIX,
+    DekPage,
+    DekRecord,
+    NewDek,
+    NewWrap,
+    WrapPage,
+    WrapRow,
+    WrapUpdate,
+)
 from field_encrypt.backends.cosmos.db import (
     PARTITIONS,
     CosmosDatabase,
@@ -47,6 +56,8 @@ CONTAINER = "dek_store"
 
 class CosmosDekStore:
     """A product's wrapped DEKs in the ``dek_store`` container of a Cosmos DB database."""
+
+    remote = True
 
     def __init__(self, database: CosmosDatabase, *, product: str) -> None:
         if ":" in product:
@@ -182,6 +193,43 @@ class CosmosDekStore:
             limit=limit,
         )
         return DekPage(records=[_record(item) for item in items], cursor=next_cursor)
+
+    def scan_wraps(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 1000,
+        exclude_version: str | None = None,
+        only_version: str | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> WrapPage:
+        # An item is replaced whole, so a row's locator is its record (the items hold
+        # base64 and ISO dates: the scan builds the records anyway).
+        page = self.scan(
+            cursor=cursor,
+            limit=limit,
+            exclude_version=exclude_version,
+            only_version=only_version,
+            shard=shard,
+        )
+        rows: list[WrapRow] = [
+            (r, r.revision, r.dek_id, r.mek_version, r.wrapped) for r in page.records
+        ]
+        return WrapPage(rows=rows, cursor=page.cursor)
+
+    def swap_wraps(
+        self, wraps: Sequence[NewWrap], *, mek_version: str, algorithm: str
+    ) -> list[str]:
+        updates = []
+        for row, _, _, wrapped in wraps:
+            if not isinstance(row, DekRecord):
+                raise TypeError("swap_wraps takes rows read by this store's scan_wraps")
+            updates.append(
+                WrapUpdate(
+                    record=row, mek_version=mek_version, wrapped=wrapped, algorithm=algorithm
+                )
+            )
+        return self.replace_wraps(updates)
 
     def count_by_version(self) -> dict[str, int]:
         # GROUP BY is not portable (the Python SDK's cross-partition support and the test

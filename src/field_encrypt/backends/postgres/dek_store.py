@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from field_encrypt.backends.base import NewDek, WrapUpdate
+from field_encrypt.backends.base import NewDek, NewWrap, WrapUpdate
 from field_encrypt.backends.postgres.db import PostgresDatabase
 from field_encrypt.backends.sharding import bucket_of
 from field_encrypt.backends.sql.dek_store import SqlDekStore, batch_exists
@@ -131,3 +131,27 @@ class PostgresDekStore(SqlDekStore):
         statement = _REPLACE_STATEMENTS[by_seq, uniform]
         won = {dek_id for (dek_id,) in self.database.query(statement, params)}
         return [u.record.dek_id for u in chosen if u.record.dek_id not in won] + lost
+
+    def swap_wraps(
+        self, wraps: Sequence[NewWrap], *, mek_version: str, algorithm: str
+    ) -> list[str]:
+        if not wraps:
+            return []
+        batch: dict[str, NewWrap] = {}
+        lost: list[str] = []
+        for wrap in wraps:
+            if wrap[2] in batch:
+                lost.append(wrap[2])  # the first one moves the revision on
+            else:
+                batch[wrap[2]] = wrap
+        chosen = list(batch.values())
+        params: dict[str, Any] = {
+            "product": self.product,
+            "seqs": [seq for seq, _, _, _ in chosen],
+            "revisions": [revision for _, revision, _, _ in chosen],
+            "wraps": [wrapped for _, _, _, wrapped in chosen],
+            "version": mek_version,
+            "algorithm": algorithm,
+        }
+        won = {dek_id for (dek_id,) in self.database.query(_REPLACE_STATEMENTS[True, True], params)}
+        return [dek_id for dek_id in batch if dek_id not in won] + lost

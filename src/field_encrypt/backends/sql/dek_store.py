@@ -23,7 +23,15 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from field_encrypt.backends.base import DekPage, DekRecord, NewDek, WrapUpdate, dek_record_of_row
+from field_encrypt.backends.base import (
+    DekPage,
+    DekRecord,
+    NewDek,
+    NewWrap,
+    WrapPage,
+    WrapUpdate,
+    dek_record_of_row,
+)
 from field_encrypt.backends.sharding import bucket_of, check_shard
 from field_encrypt.backends.sql.dialect import Dialect, SqlStore
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
@@ -66,6 +74,8 @@ COLUMNS = (
     "seq, dek_id, product, mek_name, mek_version, wrapped, algorithm, "
     "created_at, updated_at, revision"
 )
+WRAP_COLUMNS = "seq, revision, dek_id, mek_version, wrapped"
+"""A :data:`~field_encrypt.backends.base.WrapRow`: the row is found again by ``seq``."""
 INSERT = (
     "INSERT INTO dek_store (dek_id, bucket, product, mek_name, mek_version, wrapped, "
     "algorithm, created_at, updated_at, revision) VALUES (:dek_id, :bucket, :product, "
@@ -79,6 +89,8 @@ class SqlDekStore(SqlStore):
     """:class:`~field_encrypt.backends.base.DekStore` in the ``dek_store`` table."""
 
     scope = "product"
+    remote = True
+    """PostgreSQL's; SQLite's store says ``False``."""
 
     scan_from = "dek_store"
     """The FROM of a scan (where a dialect needs a planner hint)."""
@@ -168,6 +180,11 @@ class SqlDekStore(SqlStore):
     def replace_wraps(self, updates: Sequence[WrapUpdate]) -> list[str]:
         raise NotImplementedError  # the dialect's batch write
 
+    def swap_wraps(
+        self, wraps: Sequence[NewWrap], *, mek_version: str, algorithm: str
+    ) -> list[str]:
+        raise NotImplementedError  # likewise
+
     def scan(
         self,
         *,
@@ -177,6 +194,33 @@ class SqlDekStore(SqlStore):
         only_version: str | None = None,
         shard: tuple[int, int] | None = None,
     ) -> DekPage:
+        rows = self._scan(COLUMNS, cursor, limit, exclude_version, only_version, shard)
+        next_cursor = str(rows[-1][0]) if len(rows) == limit else None
+        return DekPage(records=[record(row) for row in rows], cursor=next_cursor)
+
+    def scan_wraps(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 1000,
+        exclude_version: str | None = None,
+        only_version: str | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> WrapPage:
+        rows = self._scan(WRAP_COLUMNS, cursor, limit, exclude_version, only_version, shard)
+        next_cursor = str(rows[-1][0]) if len(rows) == limit else None
+        return WrapPage(rows=rows, cursor=next_cursor)  # the driver's tuples, as they come
+
+    def _scan(
+        self,
+        columns: str,
+        cursor: str | None,
+        limit: int,
+        exclude_version: str | None,
+        only_version: str | None,
+        shard: tuple[int, int] | None,
+    ) -> list[Any]:
+        """One page of ``columns`` (``seq`` first), in ``seq`` order after ``cursor``."""
         where = ["product = :product", "seq > :after"]
         params: dict[str, Any] = {"product": self.product, "after": int(cursor or 0)}
         if exclude_version is not None:
@@ -191,14 +235,11 @@ class SqlDekStore(SqlStore):
                 where.append("bucket % :count = :index")
                 params.update(count=count, index=index)
         params["limit"] = limit
-        rows = self.dialect.query(
-            f"SELECT {COLUMNS} FROM {self.scan_from} "
+        return self.dialect.query(
+            f"SELECT {columns} FROM {self.scan_from} "
             f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT :limit",
             params,
         )
-        records = [record(row) for row in rows]
-        next_cursor = str(rows[-1][0]) if len(rows) == limit else None
-        return DekPage(records=records, cursor=next_cursor)
 
     def count_by_version(self) -> dict[str, int]:
         rows = self.dialect.query(
