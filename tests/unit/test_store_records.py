@@ -1,4 +1,4 @@
-"""The stores' fast record builders give exactly what the dataclasses' constructors give."""
+"""The stores' fast record builder gives exactly what the dataclass' constructor gives."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from field_encrypt.backends.base import DekRecord, WrapUpdate, dek_record_of_row, wrap_update_of
+from field_encrypt.backends.base import DekRecord, dek_record_of_row
 
 NOW = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
 
@@ -23,12 +23,3 @@ def test_dek_record_of_row_equals_the_constructor() -> None:
     assert dataclasses.astuple(built) == dataclasses.astuple(expected)
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.mek_version = "9"  # type: ignore[misc]
-
-
-def test_wrap_update_of_equals_the_constructor() -> None:
-    """Same fields, equal, and still immutable."""
-    record = dek_record_of_row("d1", "p", "mek", "1", b"old", "A256GCM", NOW, NOW, "1", 1)
-    built = wrap_update_of(record, "2", b"new", "A256GCM")
-    assert built == WrapUpdate(record=record, mek_version="2", wrapped=b"new", algorithm="A256GCM")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        built.wrapped = b"x"  # type: ignore[misc]

@@ -99,24 +99,6 @@ def dek_record_of_row(
     return record
 
 
-_SET_RECORD = _slot_setter(WrapUpdate, "record")
-_SET_UPDATE_VERSION = _slot_setter(WrapUpdate, "mek_version")
-_SET_UPDATE_WRAPPED = _slot_setter(WrapUpdate, "wrapped")
-_SET_UPDATE_ALGORITHM = _slot_setter(WrapUpdate, "algorithm")
-
-
-def wrap_update_of(
-    record: DekRecord, mek_version: str, wrapped: bytes, algorithm: str
-) -> WrapUpdate:
-    """``WrapUpdate(...)`` positionally, built like :func:`dek_record_of_row` (one per DEK)."""
-    update: WrapUpdate = _new(WrapUpdate)
-    _SET_RECORD(update, record)
-    _SET_UPDATE_VERSION(update, mek_version)
-    _SET_UPDATE_WRAPPED(update, wrapped)
-    _SET_UPDATE_ALGORITHM(update, algorithm)
-    return update
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewDek:
     """One row for :meth:`DekStore.create_many`: what :meth:`DekStore.create` takes."""
