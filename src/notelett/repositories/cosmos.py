@@ -81,30 +81,7 @@ class CosmosNotesRepository:
         return _record(item)
 
     def list_workspace(self, workspace_id: str, *, cursor: str | None, limit: int) -> NotePage:
-        where = "c.workspaceId = @workspace AND c.deleting = false"
-        parameters: list[dict[str, Any]] = [
-            {"name": "@workspace", "value": workspace_id},
-            {"name": "@n", "value": limit + 1},
-        ]
-        if cursor is not None:
-            if not _SORT_KEY.fullmatch(cursor):
-                raise InvalidCursorError()
-            where += " AND c.sortKey < @before"
-            parameters.append({"name": "@before", "value": cursor})
-        with translate_errors():
-            items = list(
-                self.container.query_items(
-                    f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.sortKey DESC",
-                    parameters=parameters,
-                    enable_cross_partition_query=True,
-                )
-            )
-        more = len(items) > limit
-        items = items[:limit]
-        return NotePage(
-            notes=[_record(i) for i in items],
-            cursor=items[-1]["sortKey"] if more and items else None,
-        )
+        return self._page("", [], workspace_id, cursor=cursor, limit=limit)
 
     def list_tagged(
         self, workspace_id: str, index_values: Sequence[str], *, cursor: str | None, limit: int
@@ -113,11 +90,25 @@ class CosmosNotesRepository:
         if not values:
             return NotePage(notes=[], cursor=None)
         matches = " OR ".join(f"ARRAY_CONTAINS(c.tagIndex, @v{i})" for i in range(len(values)))
-        where = f"c.workspaceId = @workspace AND c.deleting = false AND ({matches})"
-        parameters: list[dict[str, Any]] = [
+        parameters = [{"name": f"@v{i}", "value": v} for i, v in enumerate(values)]
+        return self._page(f" AND ({matches})", parameters, workspace_id, cursor=cursor, limit=limit)
+
+    def _page(
+        self,
+        where: str,
+        parameters: list[dict[str, Any]],
+        workspace_id: str,
+        *,
+        cursor: str | None,
+        limit: int,
+    ) -> NotePage:
+        """One listing page of a workspace's live notes matching ``where`` (added to the
+        workspace's condition), newest first, after ``cursor`` (a ``sortKey``)."""
+        where = f"c.workspaceId = @workspace AND c.deleting = false{where}"
+        parameters = [
             {"name": "@workspace", "value": workspace_id},
             {"name": "@n", "value": limit + 1},
-            *({"name": f"@v{i}", "value": v} for i, v in enumerate(values)),
+            *parameters,
         ]
         if cursor is not None:
             if not _SORT_KEY.fullmatch(cursor):
