@@ -46,8 +46,7 @@ import hashlib
 import json
 import random
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -58,10 +57,12 @@ from field_encrypt.audit import (
     AuditEvent,
     AuditSink,
     ChainReport,
+    EventQuery,
     PendingIntent,
+    StoredTrail,
     checked_data,
-    new_event,
     stored_event,
+    stored_intent,
     stored_text,
     verify_chain,
 )
@@ -85,7 +86,7 @@ def event_id(seq: int) -> str:
     return f"{seq:020d}"
 
 
-class CosmosAuditTrail:
+class CosmosAuditTrail(StoredTrail):
     """:class:`~field_encrypt.audit.AuditTrail` on a :class:`CosmosDatabase`."""
 
     def __init__(
@@ -96,10 +97,8 @@ class CosmosAuditTrail:
         sinks: Iterable[AuditSink] = (),
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
+        super().__init__(product=product, sinks=sinks, clock=clock)
         self.database = database
-        self.product = product
-        self.sinks = list(sinks)
-        self._clock = clock
         self.container = database.container(CONTAINER)
 
     def __repr__(self) -> str:
@@ -119,31 +118,12 @@ class CosmosAuditTrail:
         act and its event inseparable on Cosmos DB is the intent written before the act."""
         yield
 
-    def intend(
-        self,
-        type: str,
-        *,
-        subject: str,
-        data: Mapping[str, Any] | None = None,
-        check: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Record (and commit) that an act is about to happen; the intent's id."""
-        payload = checked_data(type, data)
-        intent = uuid.uuid4().hex
+    def _record_intent(self, intent: PendingIntent) -> None:
         with translate_errors():
             self.container.create_item(
-                {
-                    "id": PENDING + intent,
-                    "pk": self.product,
-                    "kind": "pending",
-                    "type": type,
-                    "subject": subject,
-                    "data": json.dumps(payload, sort_keys=True),
-                    "probe": json.dumps(dict(check or {}), sort_keys=True),
-                    "created_at": self._clock().isoformat(),
-                }
+                {"id": PENDING + intent.id, "pk": self.product, "kind": "pending"}
+                | stored_intent(intent)
             )
-        return intent
 
     def emit_for(
         self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
@@ -194,14 +174,7 @@ class CosmosAuditTrail:
         payload = checked_data(type, data)
         for attempt in range(MAX_ATTEMPTS):
             seq, prevhash = self._last()
-            event = new_event(
-                product=self.product,
-                type=type,
-                subject=subject,
-                data=payload,
-                time=self._clock(),
-                prevhash=prevhash,
-            )
+            event = self._next_event(type, subject, payload, prevhash=prevhash)
             try:
                 with translate_errors():
                     self.container.create_item(
@@ -222,41 +195,26 @@ class CosmosAuditTrail:
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
             self._advance_head(seq + 1, event["hash"])
-            for sink in self.sinks:
-                sink.send(event)
+            self._forward(event)
             return stored_event(seq + 1, event)
         raise StoreUnavailableError(f"the audit trail of {self.product} kept moving; try again")
 
-    def events(
-        self,
-        *,
-        types: Sequence[str] = (),
-        subject: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        limit: int | None = None,
-    ) -> list[AuditEvent]:
+    def _select(self, query: EventQuery) -> list[AuditEvent]:
         where = ["c.pk = @pk", "c.kind = 'event'"]
         parameters: list[dict[str, Any]] = [{"name": "@pk", "value": self.product}]
-        if types:
-            names = [f"@type{i}" for i in range(len(types))]
-            where.append(f"c.type IN ({', '.join(names)})")
-            parameters += [{"name": n, "value": t} for n, t in zip(names, types, strict=True)]
-        if subject is not None:
-            where.append("c.subject = @subject")
-            parameters.append({"name": "@subject", "value": subject})
-        if since is not None:
-            where.append("c.time >= @since")
-            parameters.append({"name": "@since", "value": since.isoformat()})
-        if until is not None:
-            where.append("c.time < @until")
-            parameters.append({"name": "@until", "value": until.isoformat()})
+        for attribute, operator, values in query.conditions():
+            names = [f"@p{len(parameters) + i}" for i in range(len(values))]
+            parameters += [
+                {"name": n, "value": v.isoformat() if isinstance(v, dt.datetime) else v}
+                for n, v in zip(names, values, strict=True)
+            ]
+            where.append(f"c.{attribute} {operator} ({', '.join(names)})")
         top = ""
-        if limit is not None:
+        if query.limit is not None:
             top = "TOP @limit "
-            parameters.append({"name": "@limit", "value": int(limit)})
-        query = f"SELECT {top}c.seq, c.event FROM c WHERE {' AND '.join(where)} ORDER BY c.seq"
-        items = self._query(query, parameters)
+            parameters.append({"name": "@limit", "value": int(query.limit)})
+        query_text = f"SELECT {top}c.seq, c.event FROM c WHERE {' AND '.join(where)} ORDER BY c.seq"
+        items = self._query(query_text, parameters)
         return [stored_event(int(i["seq"]), json.loads(i["event"])) for i in items]
 
     def verify(self) -> ChainReport:
