@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from field_encrypt import tracing
-from field_encrypt.audit import ROTATION_STAGE
 from field_encrypt.errors import ConcurrentUpdateError, LeaseHeldError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation.keys import DAY, iso
@@ -38,7 +37,7 @@ from field_encrypt.rotation.policy import Policy
 from field_encrypt.rotation.preflight import Check
 from field_encrypt.rotation.retire import RetireReport
 from field_encrypt.rotation.run import NullObserver, RunObserver, RunReport
-from field_encrypt.rotation.stages import LEASE_TTL, Blocker, Outcome, Rotation, Stop
+from field_encrypt.rotation.stages import LEASE_TTL, Blocker, Outcome, Rotation, Stop, emit_stage
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,17 +196,7 @@ def set_halted(
             )
         except ConcurrentUpdateError:
             continue
-        if runtime.audit is not None:
-            runtime.audit.emit(
-                ROTATION_STAGE,
-                subject="rotation",
-                data={
-                    "stage": state.stage,
-                    "fromVersion": state.from_version,
-                    "toVersion": state.to_version,
-                    "halted": halted,
-                },
-            )
+        emit_stage(runtime, state, halted=halted)
         return state
 
 
