@@ -41,7 +41,13 @@ from typing import Any, Unpack
 from azure.core import MatchConditions
 
 from field_encrypt import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
-from field_encrypt.backends.cosmos.db import CosmosDatabase, first_value, translate_errors
+from field_encrypt.backends.cosmos.db import (
+    CosmosDatabase,
+    first_value,
+    query_all,
+    read_or_none,
+    translate_errors,
+)
 from field_encrypt.backends.cosmos.documents import partition_key
 from field_encrypt.backends.sharding import bucket_of, check_shard
 from notelett.errors import InvalidCursorError
@@ -81,7 +87,7 @@ class CosmosNotesRepository:
         return _record(item)
 
     def list_workspace(self, workspace_id: str, *, cursor: str | None, limit: int) -> NotePage:
-        return self._page("", [], workspace_id, cursor=cursor, limit=limit)
+        return self._page("", {}, workspace_id, cursor=cursor, limit=limit)
 
     def list_tagged(
         self, workspace_id: str, index_values: Sequence[str], *, cursor: str | None, limit: int
@@ -90,13 +96,13 @@ class CosmosNotesRepository:
         if not values:
             return NotePage(notes=[], cursor=None)
         matches = " OR ".join(f"ARRAY_CONTAINS(c.tagIndex, @v{i})" for i in range(len(values)))
-        parameters = [{"name": f"@v{i}", "value": v} for i, v in enumerate(values)]
+        parameters = {f"@v{i}": v for i, v in enumerate(values)}
         return self._page(f" AND ({matches})", parameters, workspace_id, cursor=cursor, limit=limit)
 
     def _page(
         self,
         where: str,
-        parameters: list[dict[str, Any]],
+        parameters: dict[str, Any],
         workspace_id: str,
         *,
         cursor: str | None,
@@ -105,24 +111,17 @@ class CosmosNotesRepository:
         """One listing page of a workspace's live notes matching ``where`` (added to the
         workspace's condition), newest first, after ``cursor`` (a ``sortKey``)."""
         where = f"c.workspaceId = @workspace AND c.deleting = false{where}"
-        parameters = [
-            {"name": "@workspace", "value": workspace_id},
-            {"name": "@n", "value": limit + 1},
-            *parameters,
-        ]
+        parameters = {"@workspace": workspace_id, "@n": limit + 1, **parameters}
         if cursor is not None:
             if not _SORT_KEY.fullmatch(cursor):
                 raise InvalidCursorError()
             where += " AND c.sortKey < @before"
-            parameters.append({"name": "@before", "value": cursor})
-        with translate_errors():
-            items = list(
-                self.container.query_items(
-                    f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.sortKey DESC",
-                    parameters=parameters,
-                    enable_cross_partition_query=True,
-                )
-            )
+            parameters["@before"] = cursor
+        items = query_all(
+            self.container,
+            f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.sortKey DESC",
+            parameters,
+        )
         more = len(items) > limit
         items = items[:limit]
         return NotePage(
@@ -168,32 +167,23 @@ class CosmosNotesRepository:
         return True
 
     def pending_deletes(self, *, limit: int) -> list[NoteRecord]:
-        with translate_errors():
-            items = self.container.query_items(
-                "SELECT TOP @n * FROM c WHERE c.deleting = true ORDER BY c.sortKey",
-                parameters=[{"name": "@n", "value": limit}],
-                enable_cross_partition_query=True,
-            )
-            return [_record(i) for i in items]
+        items = query_all(
+            self.container,
+            "SELECT TOP @n * FROM c WHERE c.deleting = true ORDER BY c.sortKey",
+            {"@n": limit},
+        )
+        return [_record(i) for i in items]
 
     def scan(self, *, cursor: str | None, limit: int, shard: tuple[int, int] | None) -> NotePage:
         where = "c.deleting = false AND c.id > @after"
-        parameters: list[dict[str, Any]] = [
-            {"name": "@after", "value": cursor or ""},
-            {"name": "@n", "value": limit},
-        ]
+        parameters: dict[str, Any] = {"@after": cursor or "", "@n": limit}
         if shard is not None:
             index, count = check_shard(shard)
             where += " AND c.bucket % @count = @index"
-            parameters += [{"name": "@count", "value": count}, {"name": "@index", "value": index}]
-        with translate_errors():
-            items = list(
-                self.container.query_items(
-                    f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.id",
-                    parameters=parameters,
-                    enable_cross_partition_query=True,
-                )
-            )
+            parameters |= {"@count": count, "@index": index}
+        items = query_all(
+            self.container, f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.id", parameters
+        )
         return NotePage(
             notes=[_record(i) for i in items],
             cursor=items[-1]["id"] if len(items) == limit else None,
@@ -218,14 +208,7 @@ class CosmosNotesRepository:
 
     def _find(self, note_id: str) -> dict[str, Any] | None:
         """The note's item (marked for deletion or not), or ``None``: one point read."""
-        try:
-            with translate_errors():
-                item: dict[str, Any] = self.container.read_item(
-                    note_id, partition_key=partition_key(note_id)
-                )
-        except NotFoundError:
-            return None
-        return item
+        return read_or_none(self.container, note_id, partition_key(note_id))
 
     def _swap(self, read: dict[str, Any], new: dict[str, Any]) -> None:
         """Replace ``read`` with ``new`` only if the item still has ``read``'s ETag."""
@@ -295,17 +278,12 @@ class CosmosWorkspaceDirectory:
     def list_members(self, workspace_id: str) -> list[str]:
         items = self._query(
             "SELECT c.userId FROM c WHERE c.kind = 'member' AND c.workspaceId = @w",
-            [{"name": "@w", "value": workspace_id}],
+            {"@w": workspace_id},
         )
         return sorted(i["userId"] for i in items)
 
-    def _query(self, query: str, parameters: list[dict[str, Any]] | None = None) -> list[Any]:
-        with translate_errors():
-            return list(
-                self.container.query_items(
-                    query, parameters=parameters or [], enable_cross_partition_query=True
-                )
-            )
+    def _query(self, query: str, parameters: dict[str, Any] | None = None) -> list[Any]:
+        return query_all(self.container, query, parameters or {})
 
     def _add(self, key: str, **fields: str) -> None:
         try:

@@ -67,7 +67,12 @@ from field_encrypt.audit import (
     verify_chain,
 )
 from field_encrypt.audit_delivery import DeliveryCheckpoint
-from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
+from field_encrypt.backends.cosmos.db import (
+    CosmosDatabase,
+    query_all,
+    read_or_none,
+    translate_errors,
+)
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConcurrentUpdateError,
@@ -137,7 +142,7 @@ class CosmosAuditTrail(StoredTrail):
         return bool(
             self._query(
                 "SELECT c.seq FROM c WHERE c.pk = @pk AND c.kind = 'event' AND c.intent = @intent",
-                [{"name": "@pk", "value": self.product}, {"name": "@intent", "value": intent}],
+                {"@pk": self.product, "@intent": intent},
             )
         )
 
@@ -152,8 +157,7 @@ class CosmosAuditTrail(StoredTrail):
     def pending(self) -> list[PendingIntent]:
         """The intents not settled yet, oldest first."""
         items = self._query(
-            "SELECT * FROM c WHERE c.pk = @pk AND c.kind = 'pending'",
-            [{"name": "@pk", "value": self.product}],
+            "SELECT * FROM c WHERE c.pk = @pk AND c.kind = 'pending'", {"@pk": self.product}
         )
         items.sort(key=lambda i: (str(i["created_at"]), str(i["id"])))
         return [
@@ -201,18 +205,18 @@ class CosmosAuditTrail(StoredTrail):
 
     def _select(self, query: EventQuery) -> list[AuditEvent]:
         where = ["c.pk = @pk", "c.kind = 'event'"]
-        parameters: list[dict[str, Any]] = [{"name": "@pk", "value": self.product}]
+        parameters: dict[str, Any] = {"@pk": self.product}
         for attribute, operator, values in query.conditions():
             names = [f"@p{len(parameters) + i}" for i in range(len(values))]
-            parameters += [
-                {"name": n, "value": v.isoformat() if isinstance(v, dt.datetime) else v}
+            parameters |= {
+                n: v.isoformat() if isinstance(v, dt.datetime) else v
                 for n, v in zip(names, values, strict=True)
-            ]
+            }
             where.append(f"c.{attribute} {operator} ({', '.join(names)})")
         top = ""
         if query.limit is not None:
             top = "TOP @limit "
-            parameters.append({"name": "@limit", "value": int(query.limit)})
+            parameters["@limit"] = int(query.limit)
         query_text = f"SELECT {top}c.seq, c.event FROM c WHERE {' AND '.join(where)} ORDER BY c.seq"
         items = self._query(query_text, parameters)
         return [stored_event(int(i["seq"]), json.loads(i["event"])) for i in items]
@@ -221,7 +225,7 @@ class CosmosAuditTrail(StoredTrail):
         items = self._query(
             "SELECT c.seq, c.event, c.hash FROM c WHERE c.pk = @pk AND c.kind = 'event' "
             "ORDER BY c.seq",
-            [{"name": "@pk", "value": self.product}],
+            {"@pk": self.product},
         )
         report = verify_chain((int(i["seq"]), json.loads(i["event"]), i["hash"]) for i in items)
         last = int(items[-1]["seq"]) if items else 0
@@ -242,11 +246,7 @@ class CosmosAuditTrail(StoredTrail):
         items = self._query(
             "SELECT TOP @limit c.seq, c.event FROM c WHERE c.pk = @pk AND c.kind = 'event' "
             "AND c.seq > @after ORDER BY c.seq",
-            [
-                {"name": "@pk", "value": self.product},
-                {"name": "@after", "value": int(seq)},
-                {"name": "@limit", "value": int(limit)},
-            ],
+            {"@pk": self.product, "@after": int(seq), "@limit": int(limit)},
         )
         return [stored_event(int(i["seq"]), json.loads(i["event"])) for i in items]
 
@@ -330,18 +330,10 @@ class CosmosAuditTrail(StoredTrail):
         # Left behind: the next writer reads forward past it, so the event is not lost.
 
     def _read(self, item_id: str) -> dict[str, Any] | None:
-        try:
-            with translate_errors():
-                item: dict[str, Any] = self.container.read_item(item_id, partition_key=self.product)
-        except NotFoundError:
-            return None
-        return item
+        return read_or_none(self.container, item_id, self.product)
 
-    def _query(self, query: str, parameters: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        with translate_errors():
-            return list(
-                self.container.query_items(query, parameters=parameters, partition_key=self.product)
-            )
+    def _query(self, query: str, parameters: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return query_all(self.container, query, parameters, partition_key=self.product)
 
 
 def _delivery_id(destination: str) -> str:

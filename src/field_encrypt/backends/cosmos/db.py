@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -356,6 +356,40 @@ def scan_partitions(
     if position >= len(partition_keys):
         return items, None
     return items, f"{position}:{token or ''}"
+
+
+def read_or_none(
+    container: ContainerProxy, item_id: str, partition_key: str
+) -> dict[str, Any] | None:
+    """The item (a point read), or ``None`` if there is none."""
+    try:
+        with translate_errors():
+            item: dict[str, Any] = container.read_item(item_id, partition_key=partition_key)
+    except NotFoundError:
+        return None
+    return item
+
+
+def query_all(
+    container: ContainerProxy,
+    query: str,
+    parameters: Mapping[str, Any],
+    *,
+    partition_key: str | None = None,
+) -> list[Any]:
+    """Every item (or value) ``query`` selects, ``parameters`` given as ``{"@name": value}``:
+    in one logical partition if ``partition_key`` names it, across them all otherwise."""
+    where: dict[str, Any] = (
+        {"enable_cross_partition_query": True}
+        if partition_key is None
+        else {"partition_key": partition_key}
+    )
+    with translate_errors():
+        return list(
+            container.query_items(
+                query, parameters=[{"name": k, "value": v} for k, v in parameters.items()], **where
+            )
+        )
 
 
 def first_value(result: Iterable[Any]) -> Any:

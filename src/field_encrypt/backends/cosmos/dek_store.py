@@ -36,6 +36,7 @@ from field_encrypt.backends.cosmos.db import (
     CosmosDatabase,
     first_value,
     partition_of,
+    query_all,
     scan_partitions,
     translate_errors,
 )
@@ -213,17 +214,11 @@ class CosmosDekStore:
             keks = self.database.container("kek_store")
         except ConfigurationError:  # no KEK tier was ever opened on this database
             return dict(counts)
-        with translate_errors():
-            kek_ids = list(
-                keks.query_items(
-                    "SELECT VALUE c.kekId FROM c WHERE c.mekName = @n AND c.mekVersion = @v",
-                    parameters=[
-                        {"name": "@n", "value": mek_name},
-                        {"name": "@v", "value": version},
-                    ],
-                    enable_cross_partition_query=True,
-                )
-            )
+        kek_ids = query_all(
+            keks,
+            "SELECT VALUE c.kekId FROM c WHERE c.mekName = @n AND c.mekVersion = @v",
+            {"@n": mek_name, "@v": version},
+        )
         for kek_id in kek_ids:  # a few per product: one query each
             counts.update(self._products("c.mekVersion = @n", KEK_PREFIX + str(kek_id), None))
         return dict(counts)

@@ -23,7 +23,12 @@ from typing import Any
 from azure.core import MatchConditions
 
 from field_encrypt.backends.base import KekRecord
-from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
+from field_encrypt.backends.cosmos.db import (
+    CosmosDatabase,
+    query_all,
+    read_or_none,
+    translate_errors,
+)
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 
 CONTAINER = "kek_store"
@@ -131,26 +136,16 @@ class CosmosKekStore:
         return True
 
     def _read(self, kek_id: str) -> dict[str, Any] | None:
-        try:
-            with translate_errors():
-                item: dict[str, Any] = self.container.read_item(kek_id, partition_key=self.product)
-        except NotFoundError:
-            return None
-        return item
+        return read_or_none(self.container, kek_id, self.product)
 
     def _items(self) -> list[dict[str, Any]]:
         """The product's KEK items, oldest first."""
-        with translate_errors():
-            items = list(
-                self.container.query_items(
-                    "SELECT * FROM c WHERE c.pk = @pk AND c.product = @product",
-                    parameters=[
-                        {"name": "@pk", "value": self.product},
-                        {"name": "@product", "value": self.product},
-                    ],
-                    partition_key=self.product,
-                )
-            )
+        items = query_all(
+            self.container,
+            "SELECT * FROM c WHERE c.pk = @pk AND c.product = @product",
+            {"@pk": self.product, "@product": self.product},
+            partition_key=self.product,
+        )
         return sorted(items, key=lambda i: (i["created"], i["id"]))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from azure.core import MatchConditions
 
 from field_encrypt.backends.base import KeyState
-from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
+from field_encrypt.backends.cosmos.db import CosmosDatabase, read_or_none, translate_errors
 from field_encrypt.backends.cosmos.ledger import CONTAINER, PARTITION
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 
@@ -78,11 +78,4 @@ class CosmosKeyStateStore:
         )
 
     def _read(self) -> dict[str, Any] | None:
-        try:
-            with translate_errors():
-                item: dict[str, Any] = self.container.read_item(
-                    self.item_id, partition_key=PARTITION
-                )
-        except NotFoundError:
-            return None
-        return item
+        return read_or_none(self.container, self.item_id, PARTITION)

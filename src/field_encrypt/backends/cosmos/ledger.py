@@ -42,7 +42,12 @@ from field_encrypt.backends.common import abandoned as _abandoned
 from field_encrypt.backends.common import iso as _iso
 from field_encrypt.backends.common import new_run_id as _new_run_id
 from field_encrypt.backends.common import refuse_if_busy as _refuse_if_busy
-from field_encrypt.backends.cosmos.db import CosmosDatabase, first_value, translate_errors
+from field_encrypt.backends.cosmos.db import (
+    CosmosDatabase,
+    query_all,
+    read_or_none,
+    translate_errors,
+)
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConcurrentUpdateError,
@@ -160,19 +165,13 @@ class CosmosRunLedger:
         return _run(index["final"])
 
     def latest_runs(self, product: str, *, limit: int = 10) -> list[RunRecord]:
-        with translate_errors():
-            index = list(
-                self.container.query_items(
-                    "SELECT TOP @n * FROM c WHERE c.pk = @pk AND c.kind = 'run' "
-                    "AND c.product = @product ORDER BY c.startedAt DESC",
-                    parameters=[
-                        {"name": "@n", "value": 2 * limit + 10},  # room for orphan items
-                        {"name": "@pk", "value": PARTITION},
-                        {"name": "@product", "value": product},
-                    ],
-                    partition_key=PARTITION,
-                )
-            )
+        index = query_all(
+            self.container,
+            "SELECT TOP @n * FROM c WHERE c.pk = @pk AND c.kind = 'run' "
+            "AND c.product = @product ORDER BY c.startedAt DESC",
+            {"@n": 2 * limit + 10, "@pk": PARTITION, "@product": product},  # room for orphans
+            partition_key=PARTITION,
+        )
         head = self._read(_head_id(product))
         live = {r["run_id"]: r for r in (head["runs"] if head else [])}
         runs = []
@@ -304,27 +303,20 @@ class CosmosRunLedger:
             return finished.run
 
     def failures(self, run_id: str, *, limit: int = 10) -> tuple[list[Failure], int]:
-        parameters: list[dict[str, object]] = [
-            {"name": "@pk", "value": PARTITION},
-            {"name": "@run", "value": run_id},
-            {"name": "@n", "value": limit},
-        ]
+        parameters = {"@pk": PARTITION, "@run": run_id}
         where = "c.pk = @pk AND c.kind = 'failure' AND c.runId = @run"
-        with translate_errors():
-            items = list(
-                self.container.query_items(
-                    f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.at",
-                    parameters=parameters,
-                    partition_key=PARTITION,
-                )
-            )
-            count = first_value(
-                self.container.query_items(
-                    f"SELECT VALUE COUNT(1) FROM c WHERE {where}",
-                    parameters=parameters[:2],
-                    partition_key=PARTITION,
-                )
-            )
+        items = query_all(
+            self.container,
+            f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.at",
+            {**parameters, "@n": limit},
+            partition_key=PARTITION,
+        )
+        (count,) = query_all(
+            self.container,
+            f"SELECT VALUE COUNT(1) FROM c WHERE {where}",
+            parameters,
+            partition_key=PARTITION,
+        )
         failures = [Failure(item=i["item"], reason=i["reason"], shard=i["shard"]) for i in items]
         return failures, int(count)
 
@@ -350,18 +342,13 @@ class CosmosRunLedger:
         )
 
     def last_backup(self, product: str) -> BackupRecord | None:
-        with translate_errors():
-            items = list(
-                self.container.query_items(
-                    "SELECT TOP 1 * FROM c WHERE c.pk = @pk AND c.kind = 'backup' "
-                    "AND c.product = @product ORDER BY c.at DESC",
-                    parameters=[
-                        {"name": "@pk", "value": PARTITION},
-                        {"name": "@product", "value": product},
-                    ],
-                    partition_key=PARTITION,
-                )
-            )
+        items = query_all(
+            self.container,
+            "SELECT TOP 1 * FROM c WHERE c.pk = @pk AND c.kind = 'backup' "
+            "AND c.product = @product ORDER BY c.at DESC",
+            {"@pk": PARTITION, "@product": product},
+            partition_key=PARTITION,
+        )
         if not items:
             return None
         i = items[0]
@@ -444,12 +431,7 @@ class CosmosRunLedger:
             pass
 
     def _read(self, item_id: str) -> dict[str, Any] | None:
-        try:
-            with translate_errors():
-                item: dict[str, Any] = self.container.read_item(item_id, partition_key=PARTITION)
-        except NotFoundError:
-            return None
-        return item
+        return read_or_none(self.container, item_id, PARTITION)
 
     def _write(self, item: dict[str, Any]) -> None:
         with translate_errors():

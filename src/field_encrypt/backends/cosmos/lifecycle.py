@@ -16,7 +16,12 @@ from typing import Any
 from azure.core import MatchConditions
 
 from field_encrypt.backends.common import rotation_state as _state
-from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
+from field_encrypt.backends.cosmos.db import (
+    CosmosDatabase,
+    query_all,
+    read_or_none,
+    translate_errors,
+)
 from field_encrypt.backends.cosmos.ledger import CONTAINER, PARTITION
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 from field_encrypt.rotation.lifecycle import RotationState, VersionNote
@@ -33,16 +38,13 @@ class CosmosLifecycleStore:
         return f"CosmosLifecycleStore({self.database!r})"
 
     def notes(self, product: str) -> dict[str, VersionNote]:
-        with translate_errors():
-            items = self.container.query_items(
-                "SELECT * FROM c WHERE c.pk = @pk AND c.kind = 'note' AND c.product = @product",
-                parameters=[
-                    {"name": "@pk", "value": PARTITION},
-                    {"name": "@product", "value": product},
-                ],
-                partition_key=PARTITION,
-            )
-            notes = [VersionNote(**item["note"]) for item in items]
+        items = query_all(
+            self.container,
+            "SELECT * FROM c WHERE c.pk = @pk AND c.kind = 'note' AND c.product = @product",
+            {"@pk": PARTITION, "@product": product},
+            partition_key=PARTITION,
+        )
+        notes = [VersionNote(**item["note"]) for item in items]
         return {n.version: n for n in notes}
 
     def note(self, product: str, version: str) -> VersionNote:
@@ -100,12 +102,7 @@ class CosmosLifecycleStore:
         return saved
 
     def _read(self, item_id: str) -> dict[str, Any] | None:
-        try:
-            with translate_errors():
-                item: dict[str, Any] = self.container.read_item(item_id, partition_key=PARTITION)
-        except NotFoundError:
-            return None
-        return item
+        return read_or_none(self.container, item_id, PARTITION)
 
 
 def _digest(value: str) -> str:
