@@ -43,6 +43,7 @@ from azure.core import MatchConditions
 from field_encrypt import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 from field_encrypt.backends.cosmos.db import (
     CosmosDatabase,
+    delete_if_present,
     first_value,
     query_all,
     read_or_none,
@@ -159,12 +160,7 @@ class CosmosNotesRepository:
         item = self._find(note_id)
         if item is None:
             return False
-        try:
-            with translate_errors():
-                self.container.delete_item(note_id, partition_key=item["pk"])
-        except NotFoundError:
-            return False
-        return True
+        return delete_if_present(self.container, note_id, item["pk"])
 
     def pending_deletes(self, *, limit: int) -> list[NoteRecord]:
         items = query_all(
@@ -238,12 +234,7 @@ class CosmosWorkspaceDirectory:
 
     def is_member(self, user_id: str, workspace_id: str) -> bool:
         key = _key("member", user_id, workspace_id)
-        try:
-            with translate_errors():
-                self.container.read_item(key, partition_key=key)
-        except NotFoundError:
-            return False
-        return True
+        return read_or_none(self.container, key, key) is not None
 
     def add_workspace(self, workspace_id: str, *, name: str) -> None:
         self._add(
@@ -263,12 +254,7 @@ class CosmosWorkspaceDirectory:
 
     def remove_member(self, user_id: str, workspace_id: str) -> bool:
         key = _key("member", user_id, workspace_id)
-        try:
-            with translate_errors():
-                self.container.delete_item(key, partition_key=key)
-        except NotFoundError:
-            return False
-        return True
+        return delete_if_present(self.container, key, key)
 
     def list_workspaces(self) -> list[Workspace]:
         items = self._query("SELECT c.workspaceId, c.name FROM c WHERE c.kind = 'workspace'")

@@ -69,6 +69,7 @@ from field_encrypt.audit import (
 from field_encrypt.audit_delivery import DeliveryCheckpoint
 from field_encrypt.backends.cosmos.db import (
     CosmosDatabase,
+    delete_if_present,
     query_all,
     read_or_none,
     translate_errors,
@@ -76,7 +77,6 @@ from field_encrypt.backends.cosmos.db import (
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConcurrentUpdateError,
-    NotFoundError,
     StoreUnavailableError,
 )
 
@@ -148,11 +148,7 @@ class CosmosAuditTrail(StoredTrail):
 
     def settle(self, intent: str) -> None:
         """Forget an intent (its event is stored, or its act did not happen)."""
-        try:
-            with translate_errors():
-                self.container.delete_item(PENDING + intent, partition_key=self.product)
-        except NotFoundError:
-            pass
+        delete_if_present(self.container, PENDING + intent, self.product)
 
     def pending(self) -> list[PendingIntent]:
         """The intents not settled yet, oldest first."""

@@ -370,6 +370,16 @@ def read_or_none(
     return item
 
 
+def delete_if_present(container: ContainerProxy, item_id: str, partition_key: str) -> bool:
+    """Delete the item; whether there was one."""
+    try:
+        with translate_errors():
+            container.delete_item(item_id, partition_key=partition_key)
+    except NotFoundError:
+        return False
+    return True
+
+
 def query_all(
     container: ContainerProxy,
     query: str,

@@ -34,6 +34,7 @@ from field_encrypt.backends.base import KEK_PREFIX, DekPage, DekRecord, NewDek, 
 from field_encrypt.backends.cosmos.db import (
     PARTITIONS,
     CosmosDatabase,
+    delete_if_present,
     first_value,
     partition_of,
     query_all,
@@ -119,12 +120,7 @@ class CosmosDekStore:
         return {item["dekId"]: _record(item) for item in items}
 
     def delete(self, dek_id: str) -> bool:
-        try:
-            with translate_errors():
-                self.container.delete_item(dek_id, partition_key=self.partition_key(dek_id))
-        except NotFoundError:
-            return False
-        return True
+        return delete_if_present(self.container, dek_id, self.partition_key(dek_id))
 
     def delete_many(self, dek_ids: Sequence[str]) -> int:
         return sum(self.database.each(self.delete, list(dict.fromkeys(dek_ids))))

@@ -18,6 +18,7 @@ from azure.core import MatchConditions
 from field_encrypt.backends.cosmos.db import (
     PARTITIONS,
     CosmosDatabase,
+    delete_if_present,
     first_value,
     partition_of,
     scan_partitions,
@@ -63,12 +64,7 @@ class CosmosDocumentStore:
 
     def delete(self, document_id: str) -> bool:
         """Remove a document; whether there was one."""
-        try:
-            with translate_errors():
-                self.container.delete_item(document_id, partition_key=partition_key(document_id))
-        except NotFoundError:
-            return False
-        return True
+        return delete_if_present(self.container, document_id, partition_key(document_id))
 
     def scan(
         self,

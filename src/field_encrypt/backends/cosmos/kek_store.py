@@ -25,6 +25,7 @@ from azure.core import MatchConditions
 from field_encrypt.backends.base import KekRecord
 from field_encrypt.backends.cosmos.db import (
     CosmosDatabase,
+    delete_if_present,
     query_all,
     read_or_none,
     translate_errors,
@@ -115,12 +116,7 @@ class CosmosKekStore:
         raise ConcurrentUpdateError(f"KEK {kek_id} kept changing while it was being retired")
 
     def delete(self, kek_id: str) -> bool:
-        try:
-            with translate_errors():
-                self.container.delete_item(kek_id, partition_key=self.product)
-        except NotFoundError:
-            return False
-        return True
+        return delete_if_present(self.container, kek_id, self.product)
 
     def _replace(self, current: dict[str, Any], item: dict[str, Any]) -> bool:
         try:

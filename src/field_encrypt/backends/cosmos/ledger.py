@@ -44,6 +44,7 @@ from field_encrypt.backends.common import new_run_id as _new_run_id
 from field_encrypt.backends.common import refuse_if_busy as _refuse_if_busy
 from field_encrypt.backends.cosmos.db import (
     CosmosDatabase,
+    delete_if_present,
     query_all,
     read_or_none,
     translate_errors,
@@ -424,11 +425,7 @@ class CosmosRunLedger:
         head["runs"] = [r for r in head["runs"] if r["status"] == "running"]
 
     def _delete(self, item_id: str) -> None:
-        try:
-            with translate_errors():
-                self.container.delete_item(item_id, partition_key=PARTITION)
-        except NotFoundError:
-            pass
+        delete_if_present(self.container, item_id, PARTITION)
 
     def _read(self, item_id: str) -> dict[str, Any] | None:
         return read_or_none(self.container, item_id, PARTITION)
