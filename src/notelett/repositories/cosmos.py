@@ -42,7 +42,7 @@ from azure.core import MatchConditions
 
 from field_encrypt import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 from field_encrypt.backends.cosmos.db import (
-    CosmosDatabase,
+    ContainerStore,
     delete_if_present,
     first_value,
     query_all,
@@ -65,15 +65,10 @@ DIRECTORY = "directory"
 _SORT_KEY = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\|[^|]{1,255}")
 
 
-class CosmosNotesRepository:
+class CosmosNotesRepository(ContainerStore):
     """Notes in the ``notes`` container of the product's Cosmos DB database."""
 
-    def __init__(self, database: CosmosDatabase) -> None:
-        self.database = database
-        self.container = database.container(NOTES)
-
-    def __repr__(self) -> str:
-        return f"CosmosNotesRepository({self.database!r})"
+    container_name = NOTES
 
     def insert(self, note: NoteRecord) -> NoteRecord:
         stored = dataclasses.replace(note, revision=1, deleting=False)
@@ -222,15 +217,10 @@ class CosmosNotesRepository:
             raise NotFoundError(f"note {read['id']} not found") from None
 
 
-class CosmosWorkspaceDirectory:
+class CosmosWorkspaceDirectory(ContainerStore):
     """Workspaces, users and memberships in the ``directory`` container."""
 
-    def __init__(self, database: CosmosDatabase) -> None:
-        self.database = database
-        self.container = database.container(DIRECTORY)
-
-    def __repr__(self) -> str:
-        return f"CosmosWorkspaceDirectory({self.database!r})"
+    container_name = DIRECTORY
 
     def is_member(self, user_id: str, workspace_id: str) -> bool:
         key = _key("member", user_id, workspace_id)

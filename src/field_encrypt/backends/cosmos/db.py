@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from field_encrypt.errors import (
     AlreadyExistsError,
@@ -305,6 +305,22 @@ class CosmosDatabase:
         self._executor.shutdown(wait=True)
         if self._client is not None:
             self._client.close()
+
+
+class ContainerStore:
+    """A store kept in one container (:attr:`container_name`) of a :class:`CosmosDatabase`;
+    its repr names the database, and the product for a product's store."""
+
+    container_name: ClassVar[str]
+
+    def __init__(self, database: CosmosDatabase) -> None:
+        self.database = database
+        self.container = database.container(self.container_name)
+
+    def __repr__(self) -> str:
+        product = getattr(self, "product", None)
+        named = "" if product is None else f", product={product!r}"
+        return f"{type(self).__name__}({self.database!r}{named})"
 
 
 def partition_of(bucket: int) -> int:

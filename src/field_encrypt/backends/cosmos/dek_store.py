@@ -33,6 +33,7 @@ from azure.core import MatchConditions
 from field_encrypt.backends.base import KEK_PREFIX, DekPage, DekRecord, NewDek, WrapUpdate
 from field_encrypt.backends.cosmos.db import (
     PARTITIONS,
+    ContainerStore,
     CosmosDatabase,
     delete_if_present,
     first_value,
@@ -47,18 +48,16 @@ from field_encrypt.errors import ConcurrentUpdateError, ConfigurationError, NotF
 CONTAINER = "dek_store"
 
 
-class CosmosDekStore:
+class CosmosDekStore(ContainerStore):
     """A product's wrapped DEKs in the ``dek_store`` container of a Cosmos DB database."""
+
+    container_name = CONTAINER
 
     def __init__(self, database: CosmosDatabase, *, product: str) -> None:
         if ":" in product:
             raise ValueError("a product name must not contain ':' (it is part of the /pk value)")
-        self.database = database
+        super().__init__(database)
         self.product = product
-        self.container = database.container(CONTAINER)
-
-    def __repr__(self) -> str:
-        return f"CosmosDekStore({self.database!r}, product={self.product!r})"
 
     def partition_key(self, dek_id: str) -> str:
         """The ``/pk`` value of ``dek_id``'s item."""

@@ -24,6 +24,7 @@ from azure.core import MatchConditions
 
 from field_encrypt.backends.base import KekRecord
 from field_encrypt.backends.cosmos.db import (
+    ContainerStore,
     CosmosDatabase,
     delete_if_present,
     query_all,
@@ -36,16 +37,14 @@ CONTAINER = "kek_store"
 MAX_ROUNDS = 5
 
 
-class CosmosKekStore:
+class CosmosKekStore(ContainerStore):
     """:class:`~field_encrypt.backends.base.KekStore` on a :class:`CosmosDatabase`."""
 
-    def __init__(self, database: CosmosDatabase, *, product: str) -> None:
-        self.database = database
-        self.product = product
-        self.container = database.container(CONTAINER)
+    container_name = CONTAINER
 
-    def __repr__(self) -> str:
-        return f"CosmosKekStore({self.database!r}, product={self.product!r})"
+    def __init__(self, database: CosmosDatabase, *, product: str) -> None:
+        super().__init__(database)
+        self.product = product
 
     def create(
         self, *, kek_id: str, partition: str, mek_name: str, mek_version: str,

@@ -16,7 +16,12 @@ from typing import Any
 from azure.core import MatchConditions
 
 from field_encrypt.backends.base import KeyState
-from field_encrypt.backends.cosmos.db import CosmosDatabase, read_or_none, translate_errors
+from field_encrypt.backends.cosmos.db import (
+    ContainerStore,
+    CosmosDatabase,
+    read_or_none,
+    translate_errors,
+)
 from field_encrypt.backends.cosmos.ledger import CONTAINER, PARTITION
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 
@@ -24,17 +29,15 @@ ATTEMPTS = 20
 """Bumps lost to concurrent bumps before giving up (each loss means another one won)."""
 
 
-class CosmosKeyStateStore:
+class CosmosKeyStateStore(ContainerStore):
     """:class:`~field_encrypt.backends.base.KeyStateStore` on a :class:`CosmosDatabase`."""
 
-    def __init__(self, database: CosmosDatabase, *, product: str) -> None:
-        self.database = database
-        self.product = product
-        self.container = database.container(CONTAINER)
-        self.item_id = "keystate:" + hashlib.sha256(product.encode()).hexdigest()[:32]
+    container_name = CONTAINER
 
-    def __repr__(self) -> str:
-        return f"CosmosKeyStateStore({self.database!r}, product={self.product!r})"
+    def __init__(self, database: CosmosDatabase, *, product: str) -> None:
+        super().__init__(database)
+        self.product = product
+        self.item_id = "keystate:" + hashlib.sha256(product.encode()).hexdigest()[:32]
 
     def read(self) -> KeyState:
         item = self._read()

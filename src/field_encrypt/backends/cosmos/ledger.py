@@ -43,6 +43,7 @@ from field_encrypt.backends.common import iso as _iso
 from field_encrypt.backends.common import new_run_id as _new_run_id
 from field_encrypt.backends.common import refuse_if_busy as _refuse_if_busy
 from field_encrypt.backends.cosmos.db import (
+    ContainerStore,
     CosmosDatabase,
     delete_if_present,
     query_all,
@@ -86,16 +87,14 @@ class _Unchanged:
     value: Any
 
 
-class CosmosRunLedger:
+class CosmosRunLedger(ContainerStore):
     """:class:`~field_encrypt.rotation.ledger.RunLedger` on a :class:`CosmosDatabase`."""
 
-    def __init__(self, database: CosmosDatabase) -> None:
-        self.database = database
-        self.container = database.container(CONTAINER)
-        self._products: dict[str, str] = {}  # run id -> product (never changes)
+    container_name = CONTAINER
 
-    def __repr__(self) -> str:
-        return f"CosmosRunLedger({self.database!r})"
+    def __init__(self, database: CosmosDatabase) -> None:
+        super().__init__(database)
+        self._products: dict[str, str] = {}  # run id -> product (never changes)
 
     # -- runs --------------------------------------------------------------------------
 

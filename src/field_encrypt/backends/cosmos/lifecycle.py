@@ -17,7 +17,7 @@ from azure.core import MatchConditions
 
 from field_encrypt.backends.common import rotation_state as _state
 from field_encrypt.backends.cosmos.db import (
-    CosmosDatabase,
+    ContainerStore,
     query_all,
     read_or_none,
     translate_errors,
@@ -27,15 +27,10 @@ from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotF
 from field_encrypt.rotation.lifecycle import RotationState, VersionNote
 
 
-class CosmosLifecycleStore:
+class CosmosLifecycleStore(ContainerStore):
     """:class:`~field_encrypt.rotation.lifecycle.LifecycleStore` on a :class:`CosmosDatabase`."""
 
-    def __init__(self, database: CosmosDatabase) -> None:
-        self.database = database
-        self.container = database.container(CONTAINER)
-
-    def __repr__(self) -> str:
-        return f"CosmosLifecycleStore({self.database!r})"
+    container_name = CONTAINER
 
     def notes(self, product: str) -> dict[str, VersionNote]:
         items = query_all(
