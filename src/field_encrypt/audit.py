@@ -35,11 +35,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Generic, Protocol, TextIO, TypeVar
 
 from field_encrypt.errors import ConfigurationError, RotationError, StoreError
 
 GENESIS = "0" * 64
+D = TypeVar("D")
+"""The database type of a :class:`StoredTrail`."""
 TYPE_PREFIX = "io.field-encrypt."
 
 # Every event type the library and CLI emit, so documentation and tests can list them.
@@ -439,14 +441,16 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class StoredTrail:
+class StoredTrail(Generic[D]):
     """What every trail kept in a database shares (SQL, Cosmos DB): the product, the sinks
     and the clock; the event that follows the chain head; :meth:`events`' filters; an
-    intent's record. A backend stores and reads: it implements :meth:`_select` and
-    :meth:`_record_intent`, and ``emit`` (reading the chain head, appending after it)."""
+    intent's record. A backend stores and reads: it implements :meth:`_open` (its place in
+    the database ``D``), :meth:`_select`, :meth:`_record_intent`, and ``emit`` (reading the
+    chain head, appending after it)."""
 
     def __init__(
         self,
+        database: D,
         *,
         product: str,
         sinks: Iterable[AuditSink] = (),
@@ -455,6 +459,10 @@ class StoredTrail:
         self.product = product
         self.sinks = list(sinks)
         self._clock = clock
+        self._open(database)
+
+    def _open(self, database: D) -> None:
+        raise NotImplementedError
 
     def _next_event(
         self,

@@ -46,7 +46,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -55,7 +55,6 @@ from azure.core import MatchConditions
 from field_encrypt.audit import (
     GENESIS,
     AuditEvent,
-    AuditSink,
     ChainReport,
     EventQuery,
     PendingIntent,
@@ -91,18 +90,10 @@ def event_id(seq: int) -> str:
     return f"{seq:020d}"
 
 
-class CosmosAuditTrail(StoredTrail):
+class CosmosAuditTrail(StoredTrail[CosmosDatabase]):
     """:class:`~field_encrypt.audit.AuditTrail` on a :class:`CosmosDatabase`."""
 
-    def __init__(
-        self,
-        database: CosmosDatabase,
-        *,
-        product: str,
-        sinks: Iterable[AuditSink] = (),
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    ) -> None:
-        super().__init__(product=product, sinks=sinks, clock=clock)
+    def _open(self, database: CosmosDatabase) -> None:
         self.database = database
         self.container = database.container(CONTAINER)
 

@@ -31,14 +31,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from field_encrypt.audit import (
     GENESIS,
     AuditEvent,
-    AuditSink,
     ChainReport,
     EventQuery,
     PendingIntent,
@@ -51,6 +50,9 @@ from field_encrypt.audit import (
 )
 from field_encrypt.audit_delivery import DeliveryCheckpoint
 from field_encrypt.backends.sql.dialect import Dialect, Session
+
+D = TypeVar("D")
+"""The database type of a dialect's trail."""
 
 PENDING_SCHEMA = """
     CREATE TABLE actiontrail_pending (
@@ -66,23 +68,19 @@ PENDING_SCHEMA = """
 """
 
 
-class SqlAuditTrail(StoredTrail):
+class SqlAuditTrail(StoredTrail[D]):
     """:class:`~field_encrypt.audit.AuditTrail` (and its outbox) on a SQL :class:`Dialect`."""
 
     migrations: Sequence[Any] = ()
     """The dialect's schema steps (``actiontrail``, ``actiontrail_delivery``), as earlier
     releases named them; the pending intents' table is added after them."""
 
-    def __init__(
-        self,
-        dialect: Dialect,
-        *,
-        product: str,
-        sinks: Iterable[AuditSink] = (),
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    ) -> None:
-        super().__init__(product=product, sinks=sinks, clock=clock)
-        self.dialect = dialect
+    def _dialect(self, database: D) -> Dialect:
+        """The dialect of ``database``."""
+        raise NotImplementedError
+
+    def _open(self, database: D) -> None:
+        self.dialect = dialect = self._dialect(database)
         self.database = dialect.database
         self._local = threading.local()
         self.database.migrate(
