@@ -390,13 +390,7 @@ class DocumentJob:
         wrapped = self.provider.wrap(
             dek, context=dek_context(self.product, dek_id), version=self.wrap_version(version)
         )
-        self.store.create(
-            dek_id=dek_id,
-            mek_name=self.provider.mek_name,
-            mek_version=wrapped.mek_version,
-            wrapped=wrapped.ciphertext,
-            algorithm=wrapped.algorithm,
-        )
+        NewDek.of(dek_id, mek_name=self.provider.mek_name, wrapped=wrapped).create_in(self.store)
         self.encryptor.cache.put(bytes.fromhex(dek_id), AESGCM(dek), wrapped.mek_version)
 
     def _create_deks(self, work: ShardWork, dek_ids: Sequence[str]) -> dict[str, Exception]:
@@ -425,13 +419,7 @@ class DocumentJob:
             except ITEM_ERRORS as exc:
                 failed[dek_id] = exc
                 continue
-            new = NewDek(
-                dek_id=dek_id,
-                mek_name=self.provider.mek_name,
-                mek_version=wrapped.mek_version,
-                wrapped=wrapped.ciphertext,
-                algorithm=wrapped.algorithm,
-            )
+            new = NewDek.of(dek_id, mek_name=self.provider.mek_name, wrapped=wrapped)
             made.append((new, dek))
         if made:
             work.retry.call(self.store.create_many, [new for new, _ in made])
@@ -458,13 +446,7 @@ class DocumentJob:
         failed: dict[str, Exception] = {}
         for dek_id, dek, wrapped in zip(dek_ids, deks, results, strict=True):
             if isinstance(wrapped, WrappedDek):
-                new = NewDek(
-                    dek_id=dek_id,
-                    mek_name=mek_name,
-                    mek_version=wrapped.mek_version,
-                    wrapped=wrapped.ciphertext,
-                    algorithm=wrapped.algorithm,
-                )
+                new = NewDek.of(dek_id, mek_name=mek_name, wrapped=wrapped)
                 made.append((new, dek))
             elif isinstance(wrapped, ITEM_ERRORS):
                 failed[dek_id] = wrapped

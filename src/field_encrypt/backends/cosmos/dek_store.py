@@ -88,16 +88,7 @@ class CosmosDekStore(ContainerStore):
 
     def create_many(self, deks: Sequence[NewDek]) -> None:
         """Item by item on the write threads: a failure may leave some of them created."""
-        self.database.each(self._create_one, list(deks))
-
-    def _create_one(self, dek: NewDek) -> None:
-        self.create(
-            dek_id=dek.dek_id,
-            mek_name=dek.mek_name,
-            mek_version=dek.mek_version,
-            wrapped=dek.wrapped,
-            algorithm=dek.algorithm,
-        )
+        self.database.each(lambda dek: dek.create_in(self), list(deks))
 
     def get(self, dek_id: str) -> DekRecord:
         try:
