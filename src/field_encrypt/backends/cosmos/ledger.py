@@ -28,6 +28,7 @@ clocks in sync (NTP) to well under the lease TTL.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import random
 import time
@@ -40,6 +41,7 @@ from azure.core import MatchConditions
 
 from field_encrypt.backends.common import abandoned as _abandoned
 from field_encrypt.backends.common import iso as _iso
+from field_encrypt.backends.common import new_run_fields, run_to_resume
 from field_encrypt.backends.common import new_run_id as _new_run_id
 from field_encrypt.backends.common import refuse_if_busy as _refuse_if_busy
 from field_encrypt.backends.cosmos.db import (
@@ -111,25 +113,21 @@ class CosmosRunLedger(ContainerStore):
 
         def decide(runs: list[dict[str, Any]]) -> Any:
             open_runs = [r for r in runs if r["status"] == "running"]
+            resumed = run_to_resume([_run(r) for r in open_runs], plan, now)
+            if resumed is not None:
+                return _Unchanged((resumed, True))
             for run in open_runs:
-                record = _run(run)
-                if record.plan == plan:
-                    return _Unchanged((record, True))
-            for run in open_runs:
-                _refuse_if_busy(_run(run), now)
                 run["status"], run["finished_at"] = "abandoned", now
-            new = {
-                "run_id": run_id,
-                "product": product,
-                "mode": plan.mode,
-                "from_version": plan.from_version,
-                "to_version": plan.to_version,
-                "shards": plan.shards,
+            new = new_run_fields(
+                run_id,
+                product,
+                plan,
+                estimated_total=estimated_total,
+                skipped_at_start=skipped_at_start,
+            ) | {
                 "status": "running",
                 "started_at": now,
                 "finished_at": None,
-                "estimated_total": estimated_total,
-                "skipped_at_start": skipped_at_start,
                 "states": [_new_shard(i) for i in range(plan.shards)],
             }
             runs.append(new)
@@ -333,11 +331,7 @@ class CosmosRunLedger(ContainerStore):
                 "id": f"backup:{_digest(backup.product)}:{uuid.uuid4().hex}",
                 "pk": PARTITION,
                 "kind": "backup",
-                "product": backup.product,
-                "at": backup.at,
-                "path": backup.path,
-                "count": backup.count,
-                "checksum": backup.checksum,
+                **dataclasses.asdict(backup),
             }
         )
 
@@ -351,14 +345,7 @@ class CosmosRunLedger(ContainerStore):
         )
         if not items:
             return None
-        i = items[0]
-        return BackupRecord(
-            product=i["product"],
-            at=i["at"],
-            path=i["path"],
-            count=i["count"],
-            checksum=i["checksum"],
-        )
+        return BackupRecord(**{f.name: items[0][f.name] for f in dataclasses.fields(BackupRecord)})
 
     # -- the compare-and-swap loop -------------------------------------------------------
 
