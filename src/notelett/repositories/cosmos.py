@@ -43,10 +43,8 @@ from azure.core import MatchConditions
 from field_encrypt import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 from field_encrypt.backends.cosmos.db import (
     ContainerStore,
-    delete_if_present,
     first_value,
     query_all,
-    read_or_none,
     translate_errors,
 )
 from field_encrypt.backends.cosmos.documents import partition_key
@@ -113,8 +111,7 @@ class CosmosNotesRepository(ContainerStore):
                 raise InvalidCursorError()
             where += " AND c.sortKey < @before"
             parameters["@before"] = cursor
-        items = query_all(
-            self.container,
+        items = self._query_items(
             f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.sortKey DESC",
             parameters,
         )
@@ -155,11 +152,10 @@ class CosmosNotesRepository(ContainerStore):
         item = self._find(note_id)
         if item is None:
             return False
-        return delete_if_present(self.container, note_id, item["pk"])
+        return self._delete_item(note_id, item["pk"])
 
     def pending_deletes(self, *, limit: int) -> list[NoteRecord]:
-        items = query_all(
-            self.container,
+        items = self._query_items(
             "SELECT TOP @n * FROM c WHERE c.deleting = true ORDER BY c.sortKey",
             {"@n": limit},
         )
@@ -199,7 +195,7 @@ class CosmosNotesRepository(ContainerStore):
 
     def _find(self, note_id: str) -> dict[str, Any] | None:
         """The note's item (marked for deletion or not), or ``None``: one point read."""
-        return read_or_none(self.container, note_id, partition_key(note_id))
+        return self._read_item(note_id, partition_key(note_id))
 
     def _swap(self, read: dict[str, Any], new: dict[str, Any]) -> None:
         """Replace ``read`` with ``new`` only if the item still has ``read``'s ETag."""
@@ -224,7 +220,7 @@ class CosmosWorkspaceDirectory(ContainerStore):
 
     def is_member(self, user_id: str, workspace_id: str) -> bool:
         key = _key("member", user_id, workspace_id)
-        return read_or_none(self.container, key, key) is not None
+        return self._read_item(key, key) is not None
 
     def add_workspace(self, workspace_id: str, *, name: str) -> None:
         self._add(
@@ -244,7 +240,7 @@ class CosmosWorkspaceDirectory(ContainerStore):
 
     def remove_member(self, user_id: str, workspace_id: str) -> bool:
         key = _key("member", user_id, workspace_id)
-        return delete_if_present(self.container, key, key)
+        return self._delete_item(key, key)
 
     def list_workspaces(self) -> list[Workspace]:
         items = self._query("SELECT c.workspaceId, c.name FROM c WHERE c.kind = 'workspace'")
@@ -259,7 +255,7 @@ class CosmosWorkspaceDirectory(ContainerStore):
         return sorted(i["userId"] for i in items)
 
     def _query(self, query: str, parameters: dict[str, Any] | None = None) -> list[Any]:
-        return query_all(self.container, query, parameters or {})
+        return self._query_items(query, parameters or {})
 
     def _add(self, key: str, **fields: str) -> None:
         try:

@@ -67,10 +67,8 @@ from field_encrypt.audit import (
 )
 from field_encrypt.audit_delivery import DeliveryCheckpoint
 from field_encrypt.backends.cosmos.db import (
+    ContainerStore,
     CosmosDatabase,
-    delete_if_present,
-    query_all,
-    read_or_none,
     translate_errors,
 )
 from field_encrypt.errors import (
@@ -90,7 +88,7 @@ def event_id(seq: int) -> str:
     return f"{seq:020d}"
 
 
-class CosmosAuditTrail(StoredTrail[CosmosDatabase]):
+class CosmosAuditTrail(StoredTrail[CosmosDatabase], ContainerStore):
     """:class:`~field_encrypt.audit.AuditTrail` on a :class:`CosmosDatabase`."""
 
     def _open(self, database: CosmosDatabase) -> None:
@@ -139,7 +137,7 @@ class CosmosAuditTrail(StoredTrail[CosmosDatabase]):
 
     def settle(self, intent: str) -> None:
         """Forget an intent (its event is stored, or its act did not happen)."""
-        delete_if_present(self.container, PENDING + intent, self.product)
+        self._delete_item(PENDING + intent, self.product)
 
     def pending(self) -> list[PendingIntent]:
         """The intents not settled yet, oldest first."""
@@ -317,10 +315,10 @@ class CosmosAuditTrail(StoredTrail[CosmosDatabase]):
         # Left behind: the next writer reads forward past it, so the event is not lost.
 
     def _read(self, item_id: str) -> dict[str, Any] | None:
-        return read_or_none(self.container, item_id, self.product)
+        return self._read_item(item_id, self.product)
 
     def _query(self, query: str, parameters: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return query_all(self.container, query, parameters, partition_key=self.product)
+        return self._query_items(query, parameters, partition_key=self.product)
 
 
 def _delivery_id(destination: str) -> str:

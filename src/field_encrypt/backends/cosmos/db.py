@@ -308,8 +308,9 @@ class CosmosDatabase:
 
 
 class ContainerStore:
-    """A store kept in one container (:attr:`container_name`) of a :class:`CosmosDatabase`;
-    its repr names the database, and the product for a product's store."""
+    """A store kept in one container (:attr:`container_name`) of a :class:`CosmosDatabase`:
+    its point reads, queries and deletes there; its repr names the database, and the
+    product for a product's store."""
 
     container_name: ClassVar[str]
 
@@ -321,6 +322,20 @@ class ContainerStore:
         product = getattr(self, "product", None)
         named = "" if product is None else f", product={product!r}"
         return f"{type(self).__name__}({self.database!r}{named})"
+
+    def _read_item(self, item_id: str, partition_key: str) -> dict[str, Any] | None:
+        """:func:`read_or_none` in this container."""
+        return read_or_none(self.container, item_id, partition_key)
+
+    def _query_items(
+        self, query: str, parameters: Mapping[str, Any], *, partition_key: str | None = None
+    ) -> list[Any]:
+        """:func:`query_all` in this container."""
+        return query_all(self.container, query, parameters, partition_key=partition_key)
+
+    def _delete_item(self, item_id: str, partition_key: str) -> bool:
+        """:func:`delete_if_present` in this container."""
+        return delete_if_present(self.container, item_id, partition_key)
 
 
 def partition_of(bucket: int) -> int:

@@ -35,7 +35,6 @@ from field_encrypt.backends.cosmos.db import (
     PARTITIONS,
     ContainerStore,
     CosmosDatabase,
-    delete_if_present,
     first_value,
     partition_of,
     query_all,
@@ -110,7 +109,7 @@ class CosmosDekStore(ContainerStore):
         return {item["dekId"]: _record(item) for item in items}
 
     def delete(self, dek_id: str) -> bool:
-        return delete_if_present(self.container, dek_id, self.partition_key(dek_id))
+        return self._delete_item(dek_id, self.partition_key(dek_id))
 
     def delete_many(self, dek_ids: Sequence[str]) -> int:
         return sum(self.database.each(self.delete, list(dict.fromkeys(dek_ids))))

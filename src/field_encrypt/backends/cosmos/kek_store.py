@@ -26,9 +26,6 @@ from field_encrypt.backends.base import KekRecord
 from field_encrypt.backends.cosmos.db import (
     ContainerStore,
     CosmosDatabase,
-    delete_if_present,
-    query_all,
-    read_or_none,
     translate_errors,
 )
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
@@ -115,7 +112,7 @@ class CosmosKekStore(ContainerStore):
         raise ConcurrentUpdateError(f"KEK {kek_id} kept changing while it was being retired")
 
     def delete(self, kek_id: str) -> bool:
-        return delete_if_present(self.container, kek_id, self.product)
+        return self._delete_item(kek_id, self.product)
 
     def _replace(self, current: dict[str, Any], item: dict[str, Any]) -> bool:
         try:
@@ -131,12 +128,11 @@ class CosmosKekStore(ContainerStore):
         return True
 
     def _read(self, kek_id: str) -> dict[str, Any] | None:
-        return read_or_none(self.container, kek_id, self.product)
+        return self._read_item(kek_id, self.product)
 
     def _items(self) -> list[dict[str, Any]]:
         """The product's KEK items, oldest first."""
-        items = query_all(
-            self.container,
+        items = self._query_items(
             "SELECT * FROM c WHERE c.pk = @pk AND c.product = @product",
             {"@pk": self.product, "@product": self.product},
             partition_key=self.product,

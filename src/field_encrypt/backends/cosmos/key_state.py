@@ -19,7 +19,6 @@ from field_encrypt.backends.base import KeyState
 from field_encrypt.backends.cosmos.db import (
     ContainerStore,
     CosmosDatabase,
-    read_or_none,
     translate_errors,
 )
 from field_encrypt.backends.cosmos.ledger import CONTAINER, PARTITION
@@ -81,4 +80,4 @@ class CosmosKeyStateStore(ContainerStore):
         )
 
     def _read(self) -> dict[str, Any] | None:
-        return read_or_none(self.container, self.item_id, PARTITION)
+        return self._read_item(self.item_id, PARTITION)

@@ -47,9 +47,6 @@ from field_encrypt.backends.common import refuse_if_busy as _refuse_if_busy
 from field_encrypt.backends.cosmos.db import (
     ContainerStore,
     CosmosDatabase,
-    delete_if_present,
-    query_all,
-    read_or_none,
     translate_errors,
 )
 from field_encrypt.errors import (
@@ -163,8 +160,7 @@ class CosmosRunLedger(ContainerStore):
         return _run(index["final"])
 
     def latest_runs(self, product: str, *, limit: int = 10) -> list[RunRecord]:
-        index = query_all(
-            self.container,
+        index = self._query_items(
             "SELECT TOP @n * FROM c WHERE c.pk = @pk AND c.kind = 'run' "
             "AND c.product = @product ORDER BY c.startedAt DESC",
             {"@n": 2 * limit + 10, "@pk": PARTITION, "@product": product},  # room for orphans
@@ -303,14 +299,12 @@ class CosmosRunLedger(ContainerStore):
     def failures(self, run_id: str, *, limit: int = 10) -> tuple[list[Failure], int]:
         parameters = {"@pk": PARTITION, "@run": run_id}
         where = "c.pk = @pk AND c.kind = 'failure' AND c.runId = @run"
-        items = query_all(
-            self.container,
+        items = self._query_items(
             f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.at",
             {**parameters, "@n": limit},
             partition_key=PARTITION,
         )
-        (count,) = query_all(
-            self.container,
+        (count,) = self._query_items(
             f"SELECT VALUE COUNT(1) FROM c WHERE {where}",
             parameters,
             partition_key=PARTITION,
@@ -336,8 +330,7 @@ class CosmosRunLedger(ContainerStore):
         )
 
     def last_backup(self, product: str) -> BackupRecord | None:
-        items = query_all(
-            self.container,
+        items = self._query_items(
             "SELECT TOP 1 * FROM c WHERE c.pk = @pk AND c.kind = 'backup' "
             "AND c.product = @product ORDER BY c.at DESC",
             {"@pk": PARTITION, "@product": product},
@@ -411,10 +404,10 @@ class CosmosRunLedger(ContainerStore):
         head["runs"] = [r for r in head["runs"] if r["status"] == "running"]
 
     def _delete(self, item_id: str) -> None:
-        delete_if_present(self.container, item_id, PARTITION)
+        self._delete_item(item_id, PARTITION)
 
     def _read(self, item_id: str) -> dict[str, Any] | None:
-        return read_or_none(self.container, item_id, PARTITION)
+        return self._read_item(item_id, PARTITION)
 
     def _write(self, item: dict[str, Any]) -> None:
         with translate_errors():

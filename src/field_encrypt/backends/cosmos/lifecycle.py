@@ -18,8 +18,6 @@ from azure.core import MatchConditions
 from field_encrypt.backends.common import rotation_state as _state
 from field_encrypt.backends.cosmos.db import (
     ContainerStore,
-    query_all,
-    read_or_none,
     translate_errors,
 )
 from field_encrypt.backends.cosmos.ledger import CONTAINER, PARTITION
@@ -33,8 +31,7 @@ class CosmosLifecycleStore(ContainerStore):
     container_name = CONTAINER
 
     def notes(self, product: str) -> dict[str, VersionNote]:
-        items = query_all(
-            self.container,
+        items = self._query_items(
             "SELECT * FROM c WHERE c.pk = @pk AND c.kind = 'note' AND c.product = @product",
             {"@pk": PARTITION, "@product": product},
             partition_key=PARTITION,
@@ -97,7 +94,7 @@ class CosmosLifecycleStore(ContainerStore):
         return saved
 
     def _read(self, item_id: str) -> dict[str, Any] | None:
-        return read_or_none(self.container, item_id, PARTITION)
+        return self._read_item(item_id, PARTITION)
 
 
 def _digest(value: str) -> str:
