@@ -26,13 +26,15 @@ from field_encrypt.backends.registry import (
 )
 from field_encrypt.backends.sqlite.db import SqliteDatabase
 from field_encrypt.blind_index import IndexedField
-from field_encrypt.bootstrap import build_key_layout, build_provider
-from field_encrypt.cache import DekCache
+from field_encrypt.bootstrap import (
+    build_key_layout,
+    build_provider,
+    configured_encryptor,
+    layered_provider,
+)
 from field_encrypt.config import Settings
-from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.key_epoch import watch_key_state
 from field_encrypt.products import ProductRuntime
-from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.observed import observed
 
 
@@ -111,19 +113,13 @@ def _assemble(
     except BaseException:
         database.close()
         raise
-    provider: KeyProvider = tier if tier is not None else mek
-    if tier is not None:
-        tier.audit = trail
-    encryptor = FieldEncryptor(
+    provider = layered_provider(mek, tier, trail)
+    encryptor = configured_encryptor(
+        settings,
         product=product,
         provider=provider,
         store=store,
         collections=collections,
-        cache=DekCache(
-            max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds
-        ),
-        enabled=settings.enabled,
-        allow_plaintext=settings.plaintext_allowed,
         audit=trail,
     )
     return _started(

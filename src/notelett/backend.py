@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build_provider
+from field_encrypt import FieldEncryptor, KeyProvider, Settings, build_provider
 from field_encrypt.backends.registry import (
     database_kind,
     open_audit_trail,
@@ -24,7 +24,7 @@ from field_encrypt.backends.registry import (
     open_dek_store,
     open_kek_store,
 )
-from field_encrypt.bootstrap import build_key_layout
+from field_encrypt.bootstrap import build_key_layout, configured_encryptor, layered_provider
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.observed import observed
 from field_encrypt.runtime import start_background
@@ -93,21 +93,15 @@ def open_backend(
     except BaseException:
         database.close()
         raise
-    provider = tier if tier is not None else mek
-    if tier is not None:
-        tier.audit = trail
-    encryptor = FieldEncryptor(
+    provider = layered_provider(mek, tier, trail)
+    encryptor = configured_encryptor(
+        encryption,
         product=PRODUCT,
         provider=provider,
         store=dek_store,
         collections=COLLECTIONS,
-        cache=DekCache(
-            max_entries=encryption.cache_max_entries, ttl_seconds=encryption.cache_ttl_seconds
-        ),
-        enabled=encryption.enabled,
-        allow_plaintext=encryption.plaintext_allowed,
-        token_form="binary",
         audit=trail,
+        token_form="binary",
     )
     tags = TagIndex.of(encryptor)
     runtime = ProductRuntime(
