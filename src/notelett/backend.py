@@ -19,15 +19,12 @@ from typing import Any
 from field_encrypt import FieldEncryptor, KeyProvider, Settings, build_provider
 from field_encrypt.backends.registry import (
     database_kind,
-    open_audit_trail,
     open_database,
-    open_dek_store,
-    open_kek_store,
 )
-from field_encrypt.bootstrap import build_key_layout, configured_encryptor, layered_provider
+from field_encrypt.bootstrap import configured_encryptor
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.observed import observed
-from field_encrypt.runtime import start_background
+from field_encrypt.runtime import open_keys, start_background
 from notelett.binding import COLLECTION
 from notelett.documents import NotesDocumentStore
 from notelett.repositories.base import NotesRepository, WorkspaceDirectory
@@ -78,22 +75,11 @@ def open_backend(
     database = open_database(encryption.model_copy(update={"database": url}))
     kind = database_kind(url)
     try:
-        dek_store = open_dek_store(database, product=PRODUCT)
-        tier = build_key_layout(
-            mek, encryption, open_kek_store(database, product=PRODUCT), product=PRODUCT
-        )
+        dek_store, tier, provider, trail = open_keys(database, encryption, mek, product=PRODUCT)
         notes, directory = _repositories(database, kind)
-        trail = open_audit_trail(
-            database,
-            product=PRODUCT,
-            sink=encryption.audit_sink,
-            oncall_webhook=encryption.oncall_webhook,
-            oncall_format=encryption.oncall_format,
-        )
     except BaseException:
         database.close()
         raise
-    provider = layered_provider(mek, tier, trail)
     encryptor = configured_encryptor(
         encryption,
         product=PRODUCT,
