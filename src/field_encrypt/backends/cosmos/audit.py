@@ -50,8 +50,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from azure.core import MatchConditions
-
 from field_encrypt.audit import (
     GENESIS,
     AuditEvent,
@@ -247,38 +245,12 @@ class CosmosAuditTrail(StoredTrail[CosmosDatabase], ContainerStore):
         )
 
     def record_delivered(self, destination: str, *, seq: int, hash: str) -> None:
-        item_id = _delivery_id(destination)
-        for attempt in range(MAX_ATTEMPTS):
-            current = self._read(item_id)
-            if current is not None and int(current["seq"]) >= seq:
-                return
-            body = {
-                "id": item_id,
-                "pk": self.product,
-                "kind": "delivery",
-                "destination": destination,
-                "seq": seq,
-                "hash": hash,
-                "updated_at": self._clock().isoformat(),
-            }
-            try:
-                with translate_errors():
-                    if current is None:
-                        self.container.create_item(body)
-                    else:
-                        self.container.replace_item(
-                            item_id,
-                            body,
-                            etag=current["_etag"],
-                            match_condition=MatchConditions.IfNotModified,
-                        )
-            except (AlreadyExistsError, ConcurrentUpdateError):
-                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-                continue
-            return
-        raise StoreUnavailableError(
-            f"the delivery checkpoint of {self.product} kept moving; try again"
-        )
+        fields = {"kind": "delivery", "destination": destination, "hash": hash}
+        fields["updated_at"] = self._clock().isoformat()
+        if not self._move_forward(_delivery_id(destination), seq, fields):
+            raise StoreUnavailableError(
+                f"the delivery checkpoint of {self.product} kept moving; try again"
+            )
 
     # -- the append ----------------------------------------------------------------------
 
@@ -292,27 +264,23 @@ class CosmosAuditTrail(StoredTrail[CosmosDatabase], ContainerStore):
 
     def _advance_head(self, seq: int, hash: str) -> None:
         """Move the head forward to ``seq`` (never back), by compare-and-swap."""
+        self._move_forward(HEAD, seq, {"kind": "head", "hash": hash})
+        # If left behind: the next writer reads forward past it, so the event is not lost.
+
+    def _move_forward(self, item_id: str, seq: int, fields: dict[str, Any]) -> bool:
+        """Set the item to ``seq`` and ``fields`` unless it is at ``seq`` or past it
+        already, by compare-and-swap; ``False`` if other writers kept winning."""
         for attempt in range(MAX_ATTEMPTS):
-            head = self._read(HEAD)
-            if head is not None and int(head["seq"]) >= seq:
-                return
-            body = {"id": HEAD, "pk": self.product, "kind": "head", "seq": seq, "hash": hash}
+            current = self._read(item_id)
+            if current is not None and int(current["seq"]) >= seq:
+                return True
             try:
-                with translate_errors():
-                    if head is None:
-                        self.container.create_item(body)
-                    else:
-                        self.container.replace_item(
-                            HEAD,
-                            body,
-                            etag=head["_etag"],
-                            match_condition=MatchConditions.IfNotModified,
-                        )
+                self._write_over(current, {"id": item_id, "pk": self.product, "seq": seq, **fields})
             except (AlreadyExistsError, ConcurrentUpdateError):
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
-            return
-        # Left behind: the next writer reads forward past it, so the event is not lost.
+            return True
+        return False
 
     def _read(self, item_id: str) -> dict[str, Any] | None:
         return self._read_item(item_id, self.product)

@@ -49,6 +49,7 @@ from field_encrypt.errors import (
 from field_encrypt.retry_after import retry_after_from
 
 try:
+    from azure.core import MatchConditions
     from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
     from azure.cosmos import (
         ContainerProxy,
@@ -336,6 +337,21 @@ class ContainerStore:
     def _delete_item(self, item_id: str, partition_key: str) -> bool:
         """:func:`delete_if_present` in this container."""
         return delete_if_present(self.container, item_id, partition_key)
+
+    def _write_over(self, read: Mapping[str, Any] | None, item: dict[str, Any]) -> None:
+        """Create ``item`` (``read`` is ``None``: there was none), or replace the item
+        ``read`` with it only if it is unchanged since (its ETag); ``AlreadyExistsError`` or
+        ``ConcurrentUpdateError`` when another writer came first."""
+        with translate_errors():
+            if read is None:
+                self.container.create_item(item)
+            else:
+                self.container.replace_item(
+                    item["id"],
+                    item,
+                    etag=read["_etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
 
 
 def partition_of(bucket: int) -> int:

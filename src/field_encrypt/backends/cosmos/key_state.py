@@ -13,13 +13,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from azure.core import MatchConditions
-
 from field_encrypt.backends.base import KeyState
 from field_encrypt.backends.cosmos.db import (
     ContainerStore,
     CosmosDatabase,
-    translate_errors,
 )
 from field_encrypt.backends.cosmos.ledger import CONTAINER, PARTITION
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
@@ -62,16 +59,7 @@ class CosmosKeyStateStore(ContainerStore):
                 "changes": new.changes_json(),
             }
             try:
-                with translate_errors():
-                    if item is None:
-                        self.container.create_item(body)
-                    else:
-                        self.container.replace_item(
-                            self.item_id,
-                            body,
-                            etag=item["_etag"],
-                            match_condition=MatchConditions.IfNotModified,
-                        )
+                self._write_over(item, body)
             except (AlreadyExistsError, ConcurrentUpdateError, NotFoundError):
                 continue  # another bump won: read again and count this one after it
             return new

@@ -37,8 +37,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from azure.core import MatchConditions
-
 from field_encrypt.backends.common import abandoned as _abandoned
 from field_encrypt.backends.common import iso as _iso
 from field_encrypt.backends.common import new_run_fields, run_to_resume
@@ -371,16 +369,7 @@ class CosmosRunLedger(ContainerStore):
             if isinstance(outcome, _Unchanged):
                 return outcome.value
             try:
-                with translate_errors():
-                    if "_etag" in head:
-                        self.container.replace_item(
-                            head["id"],
-                            {**_body(head), "runs": runs},
-                            etag=head["_etag"],
-                            match_condition=MatchConditions.IfNotModified,
-                        )
-                    else:
-                        self.container.create_item({**_body(head), "runs": runs})
+                self._write_over(head if "_etag" in head else None, {**_body(head), "runs": runs})
             except (ConcurrentUpdateError, AlreadyExistsError):
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # another worker wrote
                 continue

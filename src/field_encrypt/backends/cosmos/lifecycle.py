@@ -13,8 +13,6 @@ import dataclasses
 import hashlib
 from typing import Any
 
-from azure.core import MatchConditions
-
 from field_encrypt.backends.common import rotation_state as _state
 from field_encrypt.backends.cosmos.db import (
     ContainerStore,
@@ -76,19 +74,12 @@ class CosmosLifecycleStore(ContainerStore):
             f"the rotation state of {state.product!r} changed since it was read"
         )
         try:
-            with translate_errors():
-                if state.revision == 0:
-                    self.container.create_item(item)
-                else:
-                    current = self._read(item_id)
-                    if current is None or current["revision"] != state.revision:
-                        raise changed
-                    self.container.replace_item(
-                        item_id,
-                        item,
-                        etag=current["_etag"],
-                        match_condition=MatchConditions.IfNotModified,
-                    )
+            current = None
+            if state.revision != 0:
+                current = self._read(item_id)
+                if current is None or current["revision"] != state.revision:
+                    raise changed
+            self._write_over(current, item)
         except (AlreadyExistsError, ConcurrentUpdateError, NotFoundError):
             raise changed from None
         return saved
