@@ -38,8 +38,6 @@ import re
 from collections.abc import Sequence
 from typing import Any, Unpack
 
-from azure.core import MatchConditions
-
 from field_encrypt import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 from field_encrypt.backends.cosmos.db import (
     ContainerStore,
@@ -200,13 +198,7 @@ class CosmosNotesRepository(ContainerStore):
     def _swap(self, read: dict[str, Any], new: dict[str, Any]) -> None:
         """Replace ``read`` with ``new`` only if the item still has ``read``'s ETag."""
         try:
-            with translate_errors():
-                self.container.replace_item(
-                    read["id"],
-                    new,
-                    etag=read["_etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
+            self._write_over(read, new)
         except ConcurrentUpdateError:
             raise ConcurrentUpdateError(f"note {read['id']} changed since it was read") from None
         except NotFoundError:

@@ -20,8 +20,6 @@ import datetime as dt
 import time
 from typing import Any
 
-from azure.core import MatchConditions
-
 from field_encrypt.backends.base import KekRecord
 from field_encrypt.backends.cosmos.db import (
     ContainerStore,
@@ -116,13 +114,7 @@ class CosmosKekStore(ContainerStore):
 
     def _replace(self, current: dict[str, Any], item: dict[str, Any]) -> bool:
         try:
-            with translate_errors():
-                self.container.replace_item(
-                    current["id"],
-                    item,
-                    etag=current["_etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
+            self._write_over(current, item)
         except (ConcurrentUpdateError, NotFoundError):
             return False
         return True
