@@ -488,6 +488,23 @@ class StoredTrail(Generic[D]):
         for sink in self.sinks:
             sink.send(event)
 
+    def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
+        """Append an event after the chain head (and forward it to the sinks)."""
+        return self._append(type, subject, checked_data(type, data), intent=None)
+
+    def emit_for(
+        self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
+    ) -> AuditEvent:
+        """:meth:`emit` of the event ``intent`` announced (:meth:`Outbox.emit_for`)."""
+        return self._append(type, subject, checked_data(type, data), intent=intent)
+
+    def _append(
+        self, type: str, subject: str, payload: Mapping[str, Any], *, intent: str | None
+    ) -> AuditEvent:
+        """Store the event after the chain head (:meth:`_next_event`), checked ``payload``
+        its data; the backend marks it with ``intent`` where settling it is a later write."""
+        raise NotImplementedError
+
     def events(
         self,
         *,

@@ -57,7 +57,6 @@ from field_encrypt.audit import (
     EventQuery,
     PendingIntent,
     StoredTrail,
-    checked_data,
     stored_event,
     stored_intent,
     stored_text,
@@ -96,9 +95,6 @@ class CosmosAuditTrail(StoredTrail[CosmosDatabase], ContainerStore):
     def __repr__(self) -> str:
         return f"CosmosAuditTrail({self.database!r}, product={self.product!r})"
 
-    def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
-        return self._emit(type, subject, data, intent=None)
-
     # -- the outbox (field_encrypt.audit.recorded) ----------------------------------------
 
     atomic = False
@@ -116,13 +112,6 @@ class CosmosAuditTrail(StoredTrail[CosmosDatabase], ContainerStore):
                 {"id": PENDING + intent.id, "pk": self.product, "kind": "pending"}
                 | stored_intent(intent)
             )
-
-    def emit_for(
-        self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
-    ) -> AuditEvent:
-        """:meth:`emit`, the event's item marked with the intent it settles (outside the
-        hashed CloudEvent), so the reconciler never stores it a second time."""
-        return self._emit(type, subject, data, intent=intent)
 
     def emitted_for(self, intent: str) -> bool:
         """Whether the event of ``intent`` is stored (its settling was interrupted)."""
@@ -155,10 +144,11 @@ class CosmosAuditTrail(StoredTrail[CosmosDatabase], ContainerStore):
             for i in items
         ]
 
-    def _emit(
-        self, type: str, subject: str, data: Mapping[str, Any] | None, *, intent: str | None
+    def _append(
+        self, type: str, subject: str, payload: Mapping[str, Any], *, intent: str | None
     ) -> AuditEvent:
-        payload = checked_data(type, data)
+        """The event's item is marked with the intent it settles (outside the hashed
+        CloudEvent), so the reconciler never stores it a second time."""
         for attempt in range(MAX_ATTEMPTS):
             seq, prevhash = self._last()
             event = self._next_event(type, subject, payload, prevhash=prevhash)

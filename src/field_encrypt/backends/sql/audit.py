@@ -42,7 +42,6 @@ from field_encrypt.audit import (
     EventQuery,
     PendingIntent,
     StoredTrail,
-    checked_data,
     stored_event,
     stored_intent,
     stored_text,
@@ -133,10 +132,12 @@ class SqlAuditTrail(StoredTrail[D]):
         for event in held:
             self._forward(event)
 
-    def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
-        payload = checked_data(type, data)
+    def _append(
+        self, type: str, subject: str, payload: Mapping[str, Any], *, intent: str | None
+    ) -> AuditEvent:
+        """The intent (if any) is settled in the same transaction: the event needs no mark."""
         with self.dialect.transaction() as tx:
-            seq, event = self._append(tx, type, subject, payload)
+            seq, event = self._insert(tx, type, subject, payload)
         held: list[dict[str, Any]] | None = getattr(self._local, "held", None)
         if held is not None:
             held.append(event)  # forwarded once the unit commits
@@ -144,7 +145,7 @@ class SqlAuditTrail(StoredTrail[D]):
             self._forward(event)
         return stored_event(seq, event)
 
-    def _append(
+    def _insert(
         self, tx: Session, type: str, subject: str, payload: Mapping[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         seq, prevhash = self._next_seq(tx)
@@ -177,12 +178,6 @@ class SqlAuditTrail(StoredTrail[D]):
             "created_at) VALUES (:product, :id, :type, :subject, :data, :probe, :created_at)",
             {"product": self.product, "id": intent.id, **stored_intent(intent)},
         )
-
-    def emit_for(
-        self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
-    ) -> AuditEvent:
-        """:meth:`emit`: the intent is settled in the same transaction, so needs no mark."""
-        return self.emit(type, subject=subject, data=data)
 
     def settle(self, intent: str) -> None:
         """Forget an intent (inside the unit that records its act, or once reconciled)."""
