@@ -35,11 +35,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Generic, Protocol, TextIO, TypeVar
 
 from field_encrypt.errors import ConfigurationError, RotationError, StoreError
 
 GENESIS = "0" * 64
+D = TypeVar("D")
+"""The database type of a :class:`StoredTrail`."""
 TYPE_PREFIX = "io.field-encrypt."
 
 # Every event type the library and CLI emit, so documentation and tests can list them.
@@ -410,6 +412,150 @@ def stored_event(seq: int, event: Mapping[str, Any]) -> AuditEvent:
         prevhash=event["prevhash"],
         hash=event["hash"],
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventQuery:
+    """The filters of :meth:`AuditTrail.events`, as a stored trail's :meth:`StoredTrail._select`
+    gets them."""
+
+    types: tuple[str, ...] = ()
+    subject: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    limit: int | None = None
+
+    def conditions(self) -> list[tuple[str, str, list[Any]]]:
+        """``(attribute, operator, values)`` for each filter given, in this order: ``type IN``
+        (the values), ``subject =``, ``time >=`` (since), ``time <`` (until)."""
+        given: list[tuple[str, str, list[Any]]] = [
+            ("type", "IN", list(self.types)),
+            ("subject", "=", [] if self.subject is None else [self.subject]),
+            ("time", ">=", [] if self.since is None else [self.since]),
+            ("time", "<", [] if self.until is None else [self.until]),
+        ]
+        return [condition for condition in given if condition[2]]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class StoredTrail(Generic[D]):
+    """What every trail kept in a database shares (SQL, Cosmos DB): the product, the sinks
+    and the clock; the event that follows the chain head; :meth:`events`' filters; an
+    intent's record. A backend stores and reads: it implements :meth:`_open` (its place in
+    the database ``D``), :meth:`_select`, :meth:`_record_intent`, and ``emit`` (reading the
+    chain head, appending after it)."""
+
+    def __init__(
+        self,
+        database: D,
+        *,
+        product: str,
+        sinks: Iterable[AuditSink] = (),
+        clock: Callable[[], dt.datetime] = _now,
+    ) -> None:
+        self.product = product
+        self.sinks = list(sinks)
+        self._clock = clock
+        self._open(database)
+
+    def _open(self, database: D) -> None:
+        raise NotImplementedError
+
+    def _next_event(
+        self,
+        type: str,
+        subject: str,
+        payload: Mapping[str, Any],
+        *,
+        prevhash: str,
+        time: dt.datetime | None = None,
+    ) -> dict[str, Any]:
+        """The event after the chain head whose hash is ``prevhash``, hashed (now, unless
+        ``time``)."""
+        return new_event(
+            product=self.product,
+            type=type,
+            subject=subject,
+            data=payload,
+            time=self._clock() if time is None else time,
+            prevhash=prevhash,
+        )
+
+    def _forward(self, event: Mapping[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.send(event)
+
+    def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
+        """Append an event after the chain head (and forward it to the sinks)."""
+        return self._append(type, subject, checked_data(type, data), intent=None)
+
+    def emit_for(
+        self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
+    ) -> AuditEvent:
+        """:meth:`emit` of the event ``intent`` announced (:meth:`Outbox.emit_for`)."""
+        return self._append(type, subject, checked_data(type, data), intent=intent)
+
+    def _append(
+        self, type: str, subject: str, payload: Mapping[str, Any], *, intent: str | None
+    ) -> AuditEvent:
+        """Store the event after the chain head (:meth:`_next_event`), checked ``payload``
+        its data; the backend marks it with ``intent`` where settling it is a later write."""
+        raise NotImplementedError
+
+    def events(
+        self,
+        *,
+        types: Sequence[str] = (),
+        subject: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEvent]:
+        """Stored events in order, filtered."""
+        query = EventQuery(
+            types=tuple(types), subject=subject, since=since, until=until, limit=limit
+        )
+        return self._select(query)
+
+    def _select(self, query: EventQuery) -> list[AuditEvent]:
+        raise NotImplementedError
+
+    def intend(
+        self,
+        type: str,
+        *,
+        subject: str,
+        data: Mapping[str, Any] | None = None,
+        check: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record (and commit) that an act is about to happen; the intent's id."""
+        intent = PendingIntent(
+            id=uuid.uuid4().hex,
+            type=type,
+            subject=subject,
+            data=checked_data(type, data),
+            check=dict(check or {}),
+            created_at=self._clock().isoformat(),
+        )
+        self._record_intent(intent)
+        return intent.id
+
+    def _record_intent(self, intent: PendingIntent) -> None:
+        raise NotImplementedError
+
+
+def stored_intent(intent: PendingIntent) -> dict[str, str]:
+    """What a store keeps of an intent besides its id (``data`` and ``probe`` as JSON text)."""
+    return {
+        "type": intent.type,
+        "subject": intent.subject,
+        "data": json.dumps(dict(intent.data), sort_keys=True),
+        "probe": json.dumps(dict(intent.check), sort_keys=True),
+        "created_at": intent.created_at,
+    }
 
 
 def full_type(name: str) -> str:

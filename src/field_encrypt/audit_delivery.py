@@ -121,6 +121,41 @@ def no_redirect_opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(_RefuseRedirects())
 
 
+def http_url(url: str, what: str) -> urllib.parse.SplitResult:
+    """``url`` split, if it is an http:// or https:// URL with a host; a
+    :class:`ConfigurationError` naming ``what`` otherwise."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{what} must be an http:// or https:// URL with a host")
+    return parts
+
+
+def post(
+    opener: urllib.request.OpenerDirector,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    timeout: float,
+    what: str,
+    on_redirect: str = "",
+) -> None:
+    """POST ``body`` to ``url``; a :class:`DeliveryError` naming ``what`` (the endpoint
+    without its secrets) if it did not answer or did not take it (``on_redirect``: added
+    to the message of a 3xx)."""
+    request = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        moved = on_redirect if 300 <= exc.code < 400 else ""
+        raise DeliveryError(f"{what} answered HTTP {exc.code}{moved}", status=exc.code) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise DeliveryError(f"{what} did not answer ({reason})") from None
+
+
 class HttpDestination:
     """An HTTP endpoint taking CloudEvents in structured mode (one event per POST).
 
@@ -136,14 +171,11 @@ class HttpDestination:
         token: str | None = None,
         opener: urllib.request.OpenerDirector | None = None,
     ) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(
-                "the audit destination must be an http:// or https:// URL with a host"
-            )
+        parts = http_url(url, "the audit destination")
         if timeout <= 0:
             raise ConfigurationError("the audit destination's timeout must be positive")
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        hostname = parts.hostname or ""  # http_url checked there is one
+        host = hostname if ":" not in hostname else f"[{hostname}]"
         port = f":{parts.port}" if parts.port else ""
         self.name = f"{parts.scheme}://{host}{port}{parts.path or '/'}"
         self._url = url
@@ -159,22 +191,15 @@ class HttpDestination:
         headers = {"Content-Type": CONTENT_TYPE}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        request = urllib.request.Request(self._url, data=body, method="POST", headers=headers)
-        try:
-            with self._opener.open(request, timeout=self._timeout) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            moved = " (a redirect: point --to at the final URL)" if 300 <= exc.code < 400 else ""
-            raise DeliveryError(
-                f"the audit destination {self.name} answered HTTP {exc.code}{moved}",
-                status=exc.code,
-            ) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            raise DeliveryError(
-                f"the audit destination {self.name} did not answer ({reason})"
-            ) from None
+        post(
+            self._opener,
+            self._url,
+            body,
+            headers,
+            timeout=self._timeout,
+            what=f"the audit destination {self.name}",
+            on_redirect=" (a redirect: point --to at the final URL)",
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,7 +9,7 @@ from field_encrypt.audit import AuditTrail
 from field_encrypt.backends.base import DekStore, KekStore
 from field_encrypt.cache import DekCache
 from field_encrypt.config import Settings, load_settings
-from field_encrypt.envelope import FieldEncryptor
+from field_encrypt.envelope import FieldEncryptor, TokenForm
 from field_encrypt.errors import ConfigurationError
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.providers.kek_tier import KekTierProvider
@@ -68,6 +68,44 @@ def build_key_layout(
         return None
     cache = DekCache(max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds)
     return KekTierProvider(mek, keks, product=product, layout=settings.key_layout, cache=cache)
+
+
+def layered_provider(
+    mek: KeyProvider, tier: KekTierProvider | None, audit: AuditTrail | None
+) -> KeyProvider:
+    """What wraps the DEKs: the KEK tier (its KEK events recorded to ``audit``) if the
+    layout has one, else the MEK provider."""
+    if tier is None:
+        return mek
+    tier.audit = audit
+    return tier
+
+
+def configured_encryptor(
+    settings: Settings,
+    *,
+    product: str,
+    provider: KeyProvider,
+    store: DekStore,
+    collections: Mapping[str, Sequence[str]],
+    audit: AuditTrail | None,
+    token_form: TokenForm = "text",
+) -> FieldEncryptor:
+    """The product's :class:`FieldEncryptor` with what ``settings`` configure: the DEK
+    cache, whether encryption is on, whether plaintext is still read."""
+    return FieldEncryptor(
+        product=product,
+        provider=provider,
+        store=store,
+        collections=collections,
+        cache=DekCache(
+            max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds
+        ),
+        enabled=settings.enabled,
+        allow_plaintext=settings.plaintext_allowed,
+        token_form=token_form,
+        audit=audit,
+    )
 
 
 def _remote_provider(name: str, settings: Settings) -> KeyProvider:
@@ -200,15 +238,12 @@ def init_encryption(
             raise ConfigurationError(
                 "FIELD_ENCRYPT_KEY_LAYOUT=kek needs a kek_store: this store has none in this build"
             )
-    cache = DekCache(max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds)
-    encryptor = FieldEncryptor(
+    encryptor = configured_encryptor(
+        settings,
         product=product,
         provider=provider,
         store=store,
         collections=collections,
-        cache=cache,
-        enabled=settings.enabled,
-        allow_plaintext=settings.plaintext_allowed,
         audit=audit,
     )
     if settings.enabled:

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from field_encrypt.backends.sharding import check_shard
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoredDocument:
@@ -77,6 +79,25 @@ class DocumentStore(Protocol):
     def count(self) -> int:
         """How many documents the collection holds."""
         ...
+
+
+class ScannedStore:
+    """:meth:`DocumentStore.scan` for an implementation: the shard checked once, then the
+    store's :meth:`_scan`."""
+
+    def scan(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 500,
+        shard: tuple[int, int] | None = None,
+    ) -> DocumentPage:
+        """Documents in a stable order after ``cursor`` (keyset pagination)."""
+        return self._scan(cursor, limit, None if shard is None else check_shard(shard))
+
+    def _scan(self, cursor: str | None, limit: int, shard: tuple[int, int] | None) -> DocumentPage:
+        """One page; ``shard`` (index, count) is a valid part of a split, or ``None``."""
+        raise NotImplementedError
 
 
 @runtime_checkable

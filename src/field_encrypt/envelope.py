@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt import token
 from field_encrypt.audit import DEK_SHREDDED, AuditTrail, DenialRecorder, recorded
-from field_encrypt.backends.base import DekRecord, DekStore, check_product_store
+from field_encrypt.backends.base import DekRecord, DekStore, NewDek, check_product_store
 from field_encrypt.cache import DekCache
 from field_encrypt.errors import (
     ConfigurationError,
@@ -327,13 +327,7 @@ class FieldEncryptor:
         wrapped = self.provider.wrap(
             dek, context=dek_context(self.product, dek_id), version=version
         )
-        self.store.create(
-            dek_id=dek_id,
-            mek_name=self.provider.mek_name,
-            mek_version=wrapped.mek_version,
-            wrapped=wrapped.ciphertext,
-            algorithm=wrapped.algorithm,
-        )
+        NewDek.of(dek_id, mek_name=self.provider.mek_name, wrapped=wrapped).create_in(self.store)
         self.cache.put(bytes.fromhex(dek_id), AESGCM(dek), wrapped.mek_version)
         return dek_id
 

@@ -37,7 +37,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 
 from field_encrypt.audit import INDEX_KEY_CREATED, INDEX_KEY_RETIRED, AuditTrail, recorded
-from field_encrypt.backends.base import DekStore, check_product_store
+from field_encrypt.backends.base import DekStore, NewDek, check_product_store
 from field_encrypt.blind_index import MAX_VERSION, BlindIndex, IndexedField, check_version
 from field_encrypt.errors import (
     AlreadyExistsError,
@@ -133,13 +133,8 @@ class IndexKeyring:
                 data={"version": version, "keyId": key_id, "mekVersion": wrapped.mek_version},
                 check={"wrappedSha256": hashlib.sha256(wrapped.ciphertext).hexdigest()},
             ):
-                self.store.create(
-                    dek_id=key_id,
-                    mek_name=self.provider.mek_name,
-                    mek_version=wrapped.mek_version,
-                    wrapped=wrapped.ciphertext,
-                    algorithm=wrapped.algorithm,
-                )
+                new = NewDek.of(key_id, mek_name=self.provider.mek_name, wrapped=wrapped)
+                new.create_in(self.store)
         except AlreadyExistsError:
             return False
         return True

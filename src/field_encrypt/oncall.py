@@ -46,7 +46,7 @@ from field_encrypt.audit import (
     RUN_FAILED,
     checked_data,
 )
-from field_encrypt.audit_delivery import no_redirect_opener
+from field_encrypt.audit_delivery import http_url, no_redirect_opener, post
 from field_encrypt.errors import ConfigurationError, DeliveryError
 
 log = logging.getLogger("field_encrypt.oncall")
@@ -132,11 +132,7 @@ class OnCallNotifier:
         timeout: float = 5.0,
         opener: urllib.request.OpenerDirector | None = None,
     ) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(
-                "FIELD_ENCRYPT_ONCALL_WEBHOOK must be an http:// or https:// URL with a host"
-            )
+        parts = http_url(url, "FIELD_ENCRYPT_ONCALL_WEBHOOK")
         if form not in ("slack", "cloudevents"):
             raise ConfigurationError("FIELD_ENCRYPT_ONCALL_FORMAT must be slack or cloudevents")
         self.name = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
@@ -171,25 +167,14 @@ class OnCallNotifier:
             body, content_type = notice.slack(), "application/json"
         else:
             body, content_type = notice.cloudevent(), "application/cloudevents+json; charset=utf-8"
-        request = urllib.request.Request(
+        post(
+            self._opener,
             self._url,
-            data=json.dumps(body, ensure_ascii=False).encode(),
-            method="POST",
-            headers={"Content-Type": content_type},
+            json.dumps(body, ensure_ascii=False).encode(),
+            {"Content-Type": content_type},
+            timeout=self._timeout,
+            what=f"the on-call webhook {self.name}",
         )
-        try:
-            with self._opener.open(request, timeout=self._timeout) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            raise DeliveryError(
-                f"the on-call webhook {self.name} answered HTTP {exc.code}", status=exc.code
-            ) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            raise DeliveryError(
-                f"the on-call webhook {self.name} did not answer ({reason})"
-            ) from None
 
     def _post(self, notice: Notice) -> None:
         for attempt in (1, 2):

@@ -13,8 +13,10 @@ one-shot command has no cache worth keeping fresh and starts no watcher.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+from field_encrypt.audit import AuditTrail
+from field_encrypt.backends.base import DekStore
 from field_encrypt.backends.registry import (
     database_kind,
     open_audit_trail,
@@ -26,13 +28,17 @@ from field_encrypt.backends.registry import (
 )
 from field_encrypt.backends.sqlite.db import SqliteDatabase
 from field_encrypt.blind_index import IndexedField
-from field_encrypt.bootstrap import build_key_layout, build_provider
-from field_encrypt.cache import DekCache
+from field_encrypt.bootstrap import (
+    build_key_layout,
+    build_provider,
+    configured_encryptor,
+    layered_provider,
+)
 from field_encrypt.config import Settings
-from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.key_epoch import watch_key_state
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
+from field_encrypt.providers.kek_tier import KekTierProvider
 from field_encrypt.providers.observed import observed
 
 
@@ -82,6 +88,33 @@ def open_runtime(
     )
 
 
+class ProductKeys(NamedTuple):
+    """A product's DEK store, KEK tier (``None`` in the direct layout), the provider that
+    wraps its DEKs (the tier, else the MEK's) and its audit trail."""
+
+    store: DekStore
+    tier: KekTierProvider | None
+    provider: KeyProvider
+    trail: AuditTrail
+
+
+def open_keys(database: Any, settings: Settings, mek: KeyProvider, *, product: str) -> ProductKeys:
+    """A product's :class:`ProductKeys` in ``database`` (the tier's kek_store beside the
+    DEK store)."""
+    store = open_dek_store(database, product=product)
+    tier = build_key_layout(
+        mek, settings, open_kek_store(database, product=product), product=product
+    )
+    trail = open_audit_trail(
+        database,
+        product=product,
+        sink=settings.audit_sink,
+        oncall_webhook=settings.oncall_webhook,
+        oncall_format=settings.oncall_format,
+    )
+    return ProductKeys(store, tier, layered_provider(mek, tier, trail), trail)
+
+
 def _assemble(
     settings: Settings,
     open_db: Callable[[], Any],
@@ -96,34 +129,17 @@ def _assemble(
     mek = observed(build_provider(settings))  # every provider call measured
     database = open_db()
     try:
-        store = open_dek_store(database, product=product)
+        store, tier, provider, trail = open_keys(database, settings, mek, product=product)
         documents = {name: open_document_store(database, collection=name) for name in collections}
-        tier = build_key_layout(
-            mek, settings, open_kek_store(database, product=product), product=product
-        )
-        trail = open_audit_trail(
-            database,
-            product=product,
-            sink=settings.audit_sink,
-            oncall_webhook=settings.oncall_webhook,
-            oncall_format=settings.oncall_format,
-        )
     except BaseException:
         database.close()
         raise
-    provider: KeyProvider = tier if tier is not None else mek
-    if tier is not None:
-        tier.audit = trail
-    encryptor = FieldEncryptor(
+    encryptor = configured_encryptor(
+        settings,
         product=product,
         provider=provider,
         store=store,
         collections=collections,
-        cache=DekCache(
-            max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds
-        ),
-        enabled=settings.enabled,
-        allow_plaintext=settings.plaintext_allowed,
         audit=trail,
     )
     return _started(

@@ -16,18 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from field_encrypt import DekCache, FieldEncryptor, KeyProvider, Settings, build_provider
+from field_encrypt import FieldEncryptor, KeyProvider, Settings, build_provider
 from field_encrypt.backends.registry import (
     database_kind,
-    open_audit_trail,
     open_database,
-    open_dek_store,
-    open_kek_store,
 )
-from field_encrypt.bootstrap import build_key_layout
+from field_encrypt.bootstrap import configured_encryptor
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.observed import observed
-from field_encrypt.runtime import start_background
+from field_encrypt.runtime import open_keys, start_background
 from notelett.binding import COLLECTION
 from notelett.documents import NotesDocumentStore
 from notelett.repositories.base import NotesRepository, WorkspaceDirectory
@@ -78,36 +75,19 @@ def open_backend(
     database = open_database(encryption.model_copy(update={"database": url}))
     kind = database_kind(url)
     try:
-        dek_store = open_dek_store(database, product=PRODUCT)
-        tier = build_key_layout(
-            mek, encryption, open_kek_store(database, product=PRODUCT), product=PRODUCT
-        )
+        dek_store, tier, provider, trail = open_keys(database, encryption, mek, product=PRODUCT)
         notes, directory = _repositories(database, kind)
-        trail = open_audit_trail(
-            database,
-            product=PRODUCT,
-            sink=encryption.audit_sink,
-            oncall_webhook=encryption.oncall_webhook,
-            oncall_format=encryption.oncall_format,
-        )
     except BaseException:
         database.close()
         raise
-    provider = tier if tier is not None else mek
-    if tier is not None:
-        tier.audit = trail
-    encryptor = FieldEncryptor(
+    encryptor = configured_encryptor(
+        encryption,
         product=PRODUCT,
         provider=provider,
         store=dek_store,
         collections=COLLECTIONS,
-        cache=DekCache(
-            max_entries=encryption.cache_max_entries, ttl_seconds=encryption.cache_ttl_seconds
-        ),
-        enabled=encryption.enabled,
-        allow_plaintext=encryption.plaintext_allowed,
-        token_form="binary",
         audit=trail,
+        token_form="binary",
     )
     tags = TagIndex.of(encryptor)
     runtime = ProductRuntime(

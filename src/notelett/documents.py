@@ -19,13 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 from field_encrypt import ConcurrentUpdateError
-from field_encrypt.documents import DocumentPage, StoredDocument
+from field_encrypt.documents import DocumentPage, ScannedStore, StoredDocument
 from notelett.binding import COLLECTION, document_id, fields_of, note_id_of, tags_to_store
 from notelett.repositories.base import NoteRecord, NotesRepository
 from notelett.tags import TAG_INDEX_FIELD, TagIndex
 
 
-class NotesDocumentStore:
+class NotesDocumentStore(ScannedStore):
     """``notes`` for ``re-encrypt``, ``encrypt``, ``decrypt``, ``reindex`` and ``verify``."""
 
     collection = COLLECTION
@@ -38,13 +38,7 @@ class NotesDocumentStore:
     def __repr__(self) -> str:
         return f"NotesDocumentStore({self.notes!r})"
 
-    def scan(
-        self,
-        *,
-        cursor: str | None = None,
-        limit: int = 500,
-        shard: tuple[int, int] | None = None,
-    ) -> DocumentPage:
+    def _scan(self, cursor: str | None, limit: int, shard: tuple[int, int] | None) -> DocumentPage:
         page = self.notes.scan(cursor=cursor, limit=limit, shard=shard)
         return DocumentPage(documents=[_stored(n) for n in page.notes], cursor=page.cursor)
 

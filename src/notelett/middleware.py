@@ -16,21 +16,9 @@ REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 """An incoming ``X-Request-ID`` is kept only if it matches (bounded, no spaces or quotes)."""
 
 
-def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
-    """The caller's ``X-Request-ID`` when it is valid, else a new random one."""
-    for name, value in headers:
-        if name == b"x-request-id" and REQUEST_ID_PATTERN.fullmatch(value):
-            return value.decode("ascii")
-    return uuid.uuid4().hex
-
-
-class RequestIdMiddleware:
-    """Give each request a correlation id (``request.state.request_id``), bind it to the
-    log context, and send it back in ``X-Request-ID``.
-
-    The caller's ``X-Request-ID`` is honoured when it is 1-128 characters of
-    ``A-Z a-z 0-9 . _ : -``; anything else is replaced by a random id.
-    """
+class HttpMiddleware:
+    """An ASGI middleware for HTTP requests: other scopes (lifespan) go straight on to the
+    app, an HTTP request to :meth:`handle`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -39,6 +27,47 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class StatusSeen:
+    """A ``send`` that notes the status of the answer it passes on (500 until one is sent)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that matched (``/api/notes/{note_id}``), or ``unmatched``."""
+    return getattr(scope.get("route"), "path", None) or "unmatched"
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's ``X-Request-ID`` when it is valid, else a new random one."""
+    for name, value in headers:
+        if name == b"x-request-id" and REQUEST_ID_PATTERN.fullmatch(value):
+            return value.decode("ascii")
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware(HttpMiddleware):
+    """Give each request a correlation id (``request.state.request_id``), bind it to the
+    log context, and send it back in ``X-Request-ID``.
+
+    The caller's ``X-Request-ID`` is honoured when it is 1-128 characters of
+    ``A-Z a-z 0-9 . _ : -``; anything else is replaced by a random id.
+    """
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = request_id_of(scope.get("headers", []))
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
@@ -55,7 +84,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
 
 
-class RequestTargetMiddleware:
+class RequestTargetMiddleware(HttpMiddleware):
     """Refuse with 400 a request whose query string is not ASCII, and serve a path with a
     trailing slash exactly as the path without it.
 
@@ -66,13 +95,7 @@ class RequestTargetMiddleware:
     ``Host`` header, which the caller controls).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not scope.get("query_string", b"").isascii():
             await _answer(scope, receive, send, 400, "bad_request", "bad request")
             return
@@ -85,7 +108,7 @@ class RequestTargetMiddleware:
         await self.app(scope, receive, send)
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """Refuse bodies above ``max_bytes`` with 413, without reading more than that.
 
     A ``Content-Length`` above the limit is refused before any byte is read; a chunked
@@ -94,13 +117,10 @@ class BodyLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import logging
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from field_encrypt import tracing
+from notelett.middleware import HttpMiddleware, StatusSeen, route_template
 
 
-class TracingMiddleware:
+class TracingMiddleware(HttpMiddleware):
     """One server span around each HTTP request."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not tracing.active():
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not tracing.active():
             await self.app(scope, receive, send)
             return
         method = scope["method"]
@@ -33,25 +31,18 @@ class TracingMiddleware:
             for k, v in scope.get("headers", [])
             if k in (b"traceparent", b"tracestate")
         }
-        status = 500
-
-        async def send_and_see(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        seen = StatusSeen(send)
         with tracing.span(
             method, kind="server", carrier=carrier, attributes={"http.request.method": method}
         ) as current:
             try:
-                await self.app(scope, receive, send_and_see)
+                await self.app(scope, receive, seen)
             finally:
-                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                route = route_template(scope)
                 tracing.rename(current, f"{method} {route}")
                 tracing.annotate(
                     current,
-                    {"http.route": route, "http.response.status_code": status},
+                    {"http.route": route, "http.response.status_code": seen.status},
                 )
 
 

@@ -10,24 +10,25 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 from tests.cli.helpers import ROOT
 
 NEVER_AT_START = ("sqlalchemy", "psycopg", "azure", "boto3", "botocore", "pkcs11", "fastapi")
 
 
-def _modules_after(args: list[str], env: dict[str, str]) -> set[str]:
-    """The top-level packages loaded by ``field-encrypt ARGS`` run in a fresh interpreter."""
+def _probed(args: list[str], env: dict[str, str], *, before: str = "", after: str) -> Any:
+    """Run ``field-encrypt ARGS`` in a fresh interpreter: ``before`` runs first, then the
+    command (which must succeed); what ``after``, a JSON-able expression, then says."""
     code = (
-        "import json, sys\n"
+        f"import json, sys\n{before}"
         f"sys.argv = ['field-encrypt', *{args!r}]\n"
         "from field_encrypt.cli.entry import field_encrypt as main\n"
         "try:\n"
         "    main()\n"
         "except SystemExit as exc:\n"
         "    assert not exc.code, exc.code\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} | "
-        "{m for m in sys.modules if m.startswith(('field_encrypt.rotation.', 'field_encrypt.backends.'))})))\n"
+        f"print(json.dumps({after}))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -36,9 +37,21 @@ def _modules_after(args: list[str], env: dict[str, str]) -> set[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
     )
-    return set(json.loads(done.stdout.splitlines()[-1]))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _modules_after(args: list[str], env: dict[str, str]) -> set[str]:
+    """The top-level packages loaded by ``field-encrypt ARGS`` (and the engine's and the
+    backends' modules by name)."""
+    loaded = _probed(
+        args,
+        env,
+        after="sorted({m.split('.')[0] for m in sys.modules} | {m for m in sys.modules "
+        "if m.startswith(('field_encrypt.rotation.', 'field_encrypt.backends.'))})",
+    )
+    return set(loaded)
 
 
 def test_help_imports_no_sdk_database_driver_or_settings() -> None:
@@ -63,34 +76,17 @@ def test_status_on_sqlite_loads_neither_the_engine_nor_the_web_stack(env: dict[s
 
 
 def _threads_started(args: list[str], env: dict[str, str]) -> list[str]:
-    """The names of the threads ``field-encrypt ARGS``, run in a fresh interpreter, started."""
-    code = (
-        "import json, threading\n"
+    """The names of the threads ``field-encrypt ARGS`` started."""
+    before = (
+        "import threading\n"
         "started = []\n"
         "original = threading.Thread.start\n"
         "def start(self):\n"
         "    started.append(self.name)\n"
         "    original(self)\n"
         "threading.Thread.start = start\n"
-        "import sys\n"
-        f"sys.argv = ['field-encrypt', *{args!r}]\n"
-        "from field_encrypt.cli.entry import field_encrypt as main\n"
-        "try:\n"
-        "    main()\n"
-        "except SystemExit as exc:\n"
-        "    assert not exc.code, exc.code\n"
-        "print(json.dumps(started))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return list(json.loads(done.stdout.splitlines()[-1]))
+    return list(_probed(args, env, before=before, after="started"))
 
 
 WATCHER = "field-encrypt-key-epoch-"

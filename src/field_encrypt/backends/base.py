@@ -11,9 +11,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from field_encrypt.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from field_encrypt.providers.base import WrappedDek
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +111,27 @@ class NewDek:
     mek_version: str
     wrapped: bytes = field(repr=False)
     algorithm: str
+
+    @classmethod
+    def of(cls, dek_id: str, *, mek_name: str, wrapped: WrappedDek) -> NewDek:
+        """The row of DEK ``dek_id`` as a provider of MEK ``mek_name`` ``wrapped`` it."""
+        return cls(
+            dek_id=dek_id,
+            mek_name=mek_name,
+            mek_version=wrapped.mek_version,
+            wrapped=wrapped.ciphertext,
+            algorithm=wrapped.algorithm,
+        )
+
+    def create_in(self, store: DekStore) -> DekRecord:
+        """:meth:`DekStore.create` of this row."""
+        return store.create(
+            dek_id=self.dek_id,
+            mek_name=self.mek_name,
+            mek_version=self.mek_version,
+            wrapped=self.wrapped,
+            algorithm=self.algorithm,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from field_encrypt.errors import LeaseHeldError, RotationError
-from field_encrypt.rotation.ledger import RunRecord
+from field_encrypt.rotation.ledger import RunPlan, RunRecord
 from field_encrypt.rotation.lifecycle import RotationState
 
 
@@ -36,6 +37,33 @@ def refuse_if_busy(run: RunRecord, now: float) -> None:
             f"migration run {run.run_id} ({run.plan.mode}) was interrupted with documents "
             "half-migrated; finish it first by re-running the same command"
         )
+
+
+def run_to_resume(open_runs: Sequence[RunRecord], plan: RunPlan, now: float) -> RunRecord | None:
+    """``open_run``'s choice: the open run with the same plan (resumed), or ``None`` once
+    none of the others is busy (:func:`refuse_if_busy`): they are abandoned for a new run."""
+    for run in open_runs:
+        if run.plan == plan:
+            return run
+    for run in open_runs:
+        refuse_if_busy(run, now)
+    return None
+
+
+def new_run_fields(
+    run_id: str, product: str, plan: RunPlan, *, estimated_total: int, skipped_at_start: int
+) -> dict[str, Any]:
+    """What a store records of a new run beside its times, status and shards."""
+    return {
+        "run_id": run_id,
+        "product": product,
+        "mode": plan.mode,
+        "from_version": plan.from_version,
+        "to_version": plan.to_version,
+        "shards": plan.shards,
+        "estimated_total": estimated_total,
+        "skipped_at_start": skipped_at_start,
+    }
 
 
 def new_run_id(now: float) -> str:

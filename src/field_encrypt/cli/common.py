@@ -43,6 +43,16 @@ VersionOpt = Annotated[
         callback=version_callback,
     ),
 ]
+MaxRpsOpt = Annotated[
+    float | None,
+    typer.Option("--max-rps", min=0.001, help="Provider calls per second at most."),
+]
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Items per batch and per DB write.")
+]
+GateSampleOpt = Annotated[
+    int, typer.Option("--sample", min=0, help="Documents the gate decrypts without the version.")
+]
 NowOpt = Annotated[
     str | None,
     typer.Option(

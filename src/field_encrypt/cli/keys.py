@@ -14,7 +14,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from field_encrypt.cli import output
-from field_encrypt.cli.common import JsonOpt, NowOpt, ProductOpt, clock_from, guarded, iso, opened
+from field_encrypt.cli.common import (
+    BatchSizeOpt,
+    GateSampleOpt,
+    JsonOpt,
+    MaxRpsOpt,
+    NowOpt,
+    ProductOpt,
+    clock_from,
+    guarded,
+    iso,
+    opened,
+)
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.errors import ConfigurationError, RotationError
 
@@ -176,9 +187,7 @@ def keys_retire(
         typer.Option("--soak", min=0, help="Hours since the rotation off it completed."),
     ] = 24.0,
     retention_days: RetentionOpt = 30.0,
-    sample: Annotated[
-        int, typer.Option("--sample", min=0, help="Documents to decrypt without the version.")
-    ] = 100,
+    sample: GateSampleOpt = 100,
     json_: JsonOpt = False,
     now: NowOpt = None,
 ) -> None:
@@ -243,16 +252,9 @@ def keys_compromised(
         bool,
         typer.Option("--dek-exposed", help="The DEKs may be exposed too: re-encrypt them."),
     ] = False,
-    max_rps: Annotated[
-        float | None,
-        typer.Option("--max-rps", min=0.001, help="Provider calls per second at most."),
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Items per batch and per DB write.")
-    ] = 1000,
-    sample: Annotated[
-        int, typer.Option("--sample", min=0, help="Documents to decrypt at the gate.")
-    ] = 100,
+    max_rps: MaxRpsOpt = None,
+    batch_size: BatchSizeOpt = 1000,
+    sample: GateSampleOpt = 100,
     retention_days: RetentionOpt = 30.0,
     json_: JsonOpt = False,
 ) -> None:

@@ -15,7 +15,9 @@ from field_encrypt import metrics
 from field_encrypt.cli import output, publishing
 from field_encrypt.cli.audit import audit_app
 from field_encrypt.cli.common import (
+    BatchSizeOpt,
     JsonOpt,
+    MaxRpsOpt,
     ProductOpt,
     VersionOpt,
     guarded,
@@ -277,16 +279,11 @@ def migrate_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be done; write nothing.")
     ] = False,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Items per batch and per DB write.")
-    ] = 1000,
+    batch_size: BatchSizeOpt = 1000,
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, help="Parallel calls to a remote provider.")
     ] = 8,
-    max_rps: Annotated[
-        float | None,
-        typer.Option("--max-rps", min=0.001, help="Provider calls per second at most."),
-    ] = None,
+    max_rps: MaxRpsOpt = None,
     worker: Annotated[
         str | None,
         typer.Option(

@@ -17,7 +17,15 @@ import typer
 
 from field_encrypt import metrics
 from field_encrypt.cli import output, publishing
-from field_encrypt.cli.common import JsonOpt, NowOpt, ProductOpt, clock_from, guarded, opened
+from field_encrypt.cli.common import (
+    JsonOpt,
+    MaxRpsOpt,
+    NowOpt,
+    ProductOpt,
+    clock_from,
+    guarded,
+    opened,
+)
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.cli.publishing import PushgatewayOpt, TextfileOpt
 from field_encrypt.errors import ConfigurationError, FieldEncryptError
@@ -61,10 +69,7 @@ def rotate_command(
         float | None,
         typer.Option("--retention-days", min=0, help="Keep a retired version this long."),
     ] = None,
-    max_rps: Annotated[
-        float | None,
-        typer.Option("--max-rps", min=0.001, help="Provider calls per second at most."),
-    ] = None,
+    max_rps: MaxRpsOpt = None,
     stop: Annotated[
         bool, typer.Option("--stop", help="Set the stop switch: halt advancing, and exit.")
     ] = False,

@@ -64,7 +64,7 @@ from field_encrypt.errors import (
     KeyVersionNotFoundError,
 )
 from field_encrypt.providers import binding
-from field_encrypt.providers.base import KeyVersion, WrappedDek
+from field_encrypt.providers.base import KeyVersion, RewrapByUnwrapping, WrappedDek
 from field_encrypt.retry_after import retry_after_from
 
 ALGORITHM = "RSA-OAEP-256+CTX"
@@ -86,7 +86,7 @@ class _Version:
     checked_at: float
 
 
-class AzureKeyVaultProvider:
+class AzureKeyVaultProvider(RewrapByUnwrapping):
     """The versions of one Key Vault RSA key as MEK versions."""
 
     kind = "akv"
@@ -232,12 +232,6 @@ class AzureKeyVaultProvider:
                 f"the vault answered unwrapKey under {version} without a key"
             )
         return binding.open_(result.key, context)
-
-    def rewrap(
-        self, ciphertext: bytes, *, from_version: str, context: bytes, to_version: str | None = None
-    ) -> WrappedDek:
-        dek = self.unwrap(ciphertext, version=from_version, context=context)
-        return self.wrap(dek, context=context, version=to_version)
 
     def refresh(self) -> None:
         """Ask the vault again for the current version and each version's state on the next

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from field_encrypt.errors import TRANSIENT_ERRORS, FieldEncryptError
 
@@ -118,6 +118,18 @@ def refresh_provider(provider: object) -> None:
     refresh = getattr(provider, "refresh", None)
     if callable(refresh):
         refresh()
+
+
+class RewrapByUnwrapping:
+    """``rewrap`` for a provider with no server-side re-encryption: unwrap under the old
+    version, wrap under the new (the DEK passes through this process, as on decrypt)."""
+
+    def rewrap(
+        self, ciphertext: bytes, *, from_version: str, context: bytes, to_version: str | None = None
+    ) -> WrappedDek:
+        provider = cast("KeyProvider", self)
+        dek = provider.unwrap(ciphertext, version=from_version, context=context)
+        return provider.wrap(dek, context=context, version=to_version)
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 
 from field_encrypt.errors import ConfigurationError, FieldEncryptError, KeyVersionNotFoundError
-from field_encrypt.providers.base import KeyVersion, WrappedDek
+from field_encrypt.providers.base import KeyVersion, RewrapByUnwrapping, WrappedDek
 from field_encrypt.providers.symmetric import SymmetricKeyring
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -25,7 +25,7 @@ _KEYGEN = "python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).
 """A command that prints a fresh key, for the messages that ask for one."""
 
 
-class EnvKeyProvider:
+class EnvKeyProvider(RewrapByUnwrapping):
     """Read-only MEK versions taken from the environment at construction."""
 
     kind = "env"
@@ -109,12 +109,6 @@ class EnvKeyProvider:
     ) -> list[WrappedDek | FieldEncryptError]:
         """Rewrap a batch in process, each new wrap checked (see ``BatchRewrapper``)."""
         return self._keyring.rewrap_many(items, to_version=to_version)
-
-    def rewrap(
-        self, ciphertext: bytes, *, from_version: str, context: bytes, to_version: str | None = None
-    ) -> WrappedDek:
-        dek = self.unwrap(ciphertext, version=from_version, context=context)
-        return self.wrap(dek, context=context, version=to_version)
 
 
 def _pairs(text: str) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from field_encrypt.errors import ConfigurationError, FieldEncryptError, KeyVersionNotFoundError
-from field_encrypt.providers.base import KeyVersion, WrappedDek
+from field_encrypt.providers.base import KeyVersion, RewrapByUnwrapping, WrappedDek
 from field_encrypt.providers.symmetric import SymmetricKeyring
 
 _FORMAT = 1
@@ -36,7 +36,7 @@ class _Version:
     key: bytes = field(repr=False)
 
 
-class LocalKeyProvider:
+class LocalKeyProvider(RewrapByUnwrapping):
     """MEK versions ``"1"``, ``"2"``... in a keyring file; the newest is current."""
 
     kind = "local"
@@ -155,12 +155,6 @@ class LocalKeyProvider:
         """Rewrap a batch in process, each new wrap checked (see ``BatchRewrapper``)."""
         self._refresh()
         return self._keyring.rewrap_many(items, to_version=to_version)
-
-    def rewrap(
-        self, ciphertext: bytes, *, from_version: str, context: bytes, to_version: str | None = None
-    ) -> WrappedDek:
-        dek = self.unwrap(ciphertext, version=from_version, context=context)
-        return self.wrap(dek, context=context, version=to_version)
 
     def refresh(self) -> None:
         """Read the keyring again on the next call, whatever ``refresh_seconds`` says (the

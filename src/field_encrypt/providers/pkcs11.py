@@ -51,7 +51,7 @@ from field_encrypt.errors import (
     KeyVersionNotFoundError,
 )
 from field_encrypt.providers import binding
-from field_encrypt.providers.base import KeyVersion, WrappedDek
+from field_encrypt.providers.base import KeyVersion, RewrapByUnwrapping, WrappedDek
 
 ALGORITHM = "AES-KWP+CTX"
 MECHANISMS = {
@@ -163,7 +163,7 @@ class _Connection:
         self.generation += 1
 
 
-class Pkcs11KeyProvider:
+class Pkcs11KeyProvider(RewrapByUnwrapping):
     """MEK versions ``"1"``, ``"2"``... as non-extractable AES-256 keys in a PKCS#11 token."""
 
     kind = "pkcs11"
@@ -317,12 +317,6 @@ class Pkcs11KeyProvider:
             finally:
                 sealed_object.destroy()
         return binding.open_(sealed, context)
-
-    def rewrap(
-        self, ciphertext: bytes, *, from_version: str, context: bytes, to_version: str | None = None
-    ) -> WrappedDek:
-        dek = self.unwrap(ciphertext, version=from_version, context=context)
-        return self.wrap(dek, context=context, version=to_version)
 
     # -- the token ---------------------------------------------------------------------
 

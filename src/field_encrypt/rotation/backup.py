@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -69,17 +69,7 @@ class RestoreReport:
     unreadable_examples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "product": self.product,
-            "rows": self.rows,
-            "inserted": self.inserted,
-            "repaired": self.repaired,
-            "identical": self.identical,
-            "kept": self.kept,
-            "unreadable": self.unreadable,
-            "kept_examples": self.kept_examples,
-            "unreadable_examples": self.unreadable_examples,
-        }
+        return asdict(self)
 
 
 def backup(

@@ -51,6 +51,7 @@ from field_encrypt.rotation.lifecycle import LifecycleStore, VersionNote
 from field_encrypt.rotation.migrate import migrate
 from field_encrypt.rotation.ratelimit import ThrottledProvider, TokenBucket
 from field_encrypt.rotation.reencrypt import ReencryptJob
+from field_encrypt.rotation.reports import report_dict
 from field_encrypt.rotation.retire import RetireReport, retire
 from field_encrypt.rotation.run import MigrationOptions, RunObserver, RunReport, run_job
 from field_encrypt.rotation.verify import dek_counts
@@ -85,18 +86,7 @@ class CompromiseReport:
         return None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "product": self.product,
-            "version": self.version,
-            "dek_exposed": self.dek_exposed,
-            "recorded_now": self.recorded_now,
-            "created_version": self.created_version,
-            "current_version": self.current_version,
-            "rewrap": None if self.rewrap is None else self.rewrap.as_dict(),
-            "re_encrypt": None if self.reencrypt is None else self.reencrypt.as_dict(),
-            "retire": None if self.retire is None else self.retire.as_dict(),
-            "stopped_at": self.stopped_at,
-        }
+        return report_dict(self, rename={"reencrypt": "re_encrypt"}, stopped_at=self.stopped_at)
 
 
 def respond_to_compromise(

@@ -29,10 +29,11 @@ a crashed step's leftover) are named there, not as separate ``dek.shredded`` eve
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -193,20 +194,36 @@ class DocumentJob:
             return self._migrate_batch(work, collection, docs, todo, steps)
         page = _Page()
         for document, step in zip(todo, steps, strict=True):
-            try:
-                if step is not None and step.new is not None:
-                    work.retry.call(self.create_dek, step.new, self.target)
-                page.conflicts += self._migrate_one(work, collection, document, step)
-                page.changed += 1
-                page.migrated.append(self.audit_item(document, step))
-                if step is not None:
-                    self.settle_committed(step)
-            except Skip:
-                page.skipped += 1
-                self._settle_one(work, step)
-            except ITEM_ERRORS as exc:
-                self._item_failed(work, collection, document, step, exc, page)
+            self._migrate_item(work, collection, document, step, page, page.migrated.append)
         return page.result()
+
+    def _migrate_item(
+        self,
+        work: ShardWork,
+        collection: str,
+        document: StoredDocument,
+        step: Pending | None,
+        page: _Page,
+        record: Callable[[dict[str, str]], None],
+        *,
+        lost: bool = False,
+    ) -> None:
+        """One document on its own (its new DEK created first, unless a batch that ``lost``
+        the write created it): migrated (its audit item to ``record``), skipped or failed,
+        counted on ``page``."""
+        try:
+            if not lost and step is not None and step.new is not None:
+                work.retry.call(self.create_dek, step.new, self.target)
+            page.conflicts += self._migrate_one(work, collection, document, step, lost=lost)
+            page.changed += 1
+            record(self.audit_item(document, step))
+            if step is not None:
+                self.settle_committed(step)
+        except Skip:
+            page.skipped += 1
+            self._settle_one(work, step)
+        except ITEM_ERRORS as exc:
+            self._item_failed(work, collection, document, step, exc, page)
 
     def _migrate_batch(
         self,
@@ -260,18 +277,8 @@ class DocumentJob:
             self.drop_deks([s.new for i in won if (s := steps[i]) and s.old in shredded and s.new])
         self.settle_committed_many(committed)
         for index in again:  # changed or deleted since the scan: one at a time, read again
-            document, step = todo[index], steps[index]
-            try:
-                page.conflicts += self._migrate_one(work, collection, document, step, lost=True)
-                page.changed += 1
-                outcome[index] = self.audit_item(document, step)
-                if step is not None:
-                    self.settle_committed(step)
-            except Skip:
-                page.skipped += 1
-                self._settle_one(work, step)
-            except ITEM_ERRORS as exc:
-                self._item_failed(work, collection, document, step, exc, page)
+            record = functools.partial(outcome.__setitem__, index)
+            self._migrate_item(work, collection, todo[index], steps[index], page, record, lost=True)
         page.migrated = [item for item in outcome if item is not None]
         return page.result()
 
@@ -383,13 +390,7 @@ class DocumentJob:
         wrapped = self.provider.wrap(
             dek, context=dek_context(self.product, dek_id), version=self.wrap_version(version)
         )
-        self.store.create(
-            dek_id=dek_id,
-            mek_name=self.provider.mek_name,
-            mek_version=wrapped.mek_version,
-            wrapped=wrapped.ciphertext,
-            algorithm=wrapped.algorithm,
-        )
+        NewDek.of(dek_id, mek_name=self.provider.mek_name, wrapped=wrapped).create_in(self.store)
         self.encryptor.cache.put(bytes.fromhex(dek_id), AESGCM(dek), wrapped.mek_version)
 
     def _create_deks(self, work: ShardWork, dek_ids: Sequence[str]) -> dict[str, Exception]:
@@ -418,13 +419,7 @@ class DocumentJob:
             except ITEM_ERRORS as exc:
                 failed[dek_id] = exc
                 continue
-            new = NewDek(
-                dek_id=dek_id,
-                mek_name=self.provider.mek_name,
-                mek_version=wrapped.mek_version,
-                wrapped=wrapped.ciphertext,
-                algorithm=wrapped.algorithm,
-            )
+            new = NewDek.of(dek_id, mek_name=self.provider.mek_name, wrapped=wrapped)
             made.append((new, dek))
         if made:
             work.retry.call(self.store.create_many, [new for new, _ in made])
@@ -451,13 +446,7 @@ class DocumentJob:
         failed: dict[str, Exception] = {}
         for dek_id, dek, wrapped in zip(dek_ids, deks, results, strict=True):
             if isinstance(wrapped, WrappedDek):
-                new = NewDek(
-                    dek_id=dek_id,
-                    mek_name=mek_name,
-                    mek_version=wrapped.mek_version,
-                    wrapped=wrapped.ciphertext,
-                    algorithm=wrapped.algorithm,
-                )
+                new = NewDek.of(dek_id, mek_name=mek_name, wrapped=wrapped)
                 made.append((new, dek))
             elif isinstance(wrapped, ITEM_ERRORS):
                 failed[dek_id] = wrapped

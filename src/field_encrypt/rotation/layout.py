@@ -48,7 +48,15 @@ def _tier(runtime: ProductRuntime, mode: str, layout: str) -> KekTierProvider:
 
 
 class _TierJob(RewrapJob):
-    """A rewrap between layouts or KEKs; deletes the KEKs no DEK needs any more at the end."""
+    """A rewrap between layouts or KEKs; deletes the KEKs no DEK needs any more at the end.
+
+    A mode says which key layout it needs (:attr:`key_layout`) and :meth:`layout_plan`: its
+    target and which rows move."""
+
+    key_layout = "kek"
+    """The ``FIELD_ENCRYPT_KEY_LAYOUT`` the mode needs."""
+    layout_verify_sample: float | None = None
+    """The share of new wraps checked (``None``: the options' ``verify_sample``)."""
 
     def __init__(
         self,
@@ -56,13 +64,11 @@ class _TierJob(RewrapJob):
         options: MigrationOptions,
         *,
         provider: KeyProvider,
-        tier: KekTierProvider,
-        target: str,
-        sources: Callable[[str], bool],
-        verify_sample: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        tier = _tier(runtime, self.layout_mode, self.key_layout)
+        target, sources = self.layout_plan(runtime, options, tier)
         self.layout_tier = tier
         self.grace = runtime.settings.kek_retire_grace_seconds
         self._sleep = sleep
@@ -77,8 +83,14 @@ class _TierJob(RewrapJob):
             target=target,
             tier=tier,
             sources=sources,
-            verify_sample=verify_sample,
+            verify_sample=self.layout_verify_sample,
         )
+
+    def layout_plan(
+        self, runtime: ProductRuntime, options: MigrationOptions, tier: KekTierProvider
+    ) -> tuple[str, Callable[[str], bool]]:
+        """The target version, and which rows move (by the version they are under)."""
+        raise NotImplementedError
 
     layout_mode: Mode = "to-kek"
 
@@ -113,15 +125,9 @@ class ToKekJob(_TierJob):
 
     layout_mode: Mode = "to-kek"
 
-    def __init__(
-        self,
-        runtime: ProductRuntime,
-        options: MigrationOptions,
-        *,
-        provider: KeyProvider,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        tier = _tier(runtime, "to-kek", "kek")
+    def layout_plan(
+        self, runtime: ProductRuntime, options: MigrationOptions, tier: KekTierProvider
+    ) -> tuple[str, Callable[[str], bool]]:
         active = tier.keks.active("")
         if active is None and not options.dry_run:
             active = tier.new_kek("")
@@ -133,10 +139,7 @@ class ToKekJob(_TierJob):
                 return False
             return only is None or version == only
 
-        super().__init__(
-            runtime, options, provider=provider, tier=tier, target=target, sources=sources,
-            sleep=sleep,
-        )  # fmt: skip
+        return target, sources
 
     def after_shard(self, work: ShardWork) -> None:
         """Moving in deletes nothing."""
@@ -146,26 +149,18 @@ class ToDirectJob(_TierJob):
     """``to-direct``: DEKs under KEKs move back under the MEK; the KEKs are then deleted."""
 
     layout_mode: Mode = "to-direct"
+    key_layout = "direct"
 
-    def __init__(
-        self,
-        runtime: ProductRuntime,
-        options: MigrationOptions,
-        *,
-        provider: KeyProvider,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        tier = _tier(runtime, "to-direct", "direct")
+    def layout_plan(
+        self, runtime: ProductRuntime, options: MigrationOptions, tier: KekTierProvider
+    ) -> tuple[str, Callable[[str], bool]]:
         existing = {KEK_PREFIX + k.kek_id for k in tier.keks.all()}
         target = options.new_version or tier.mek.current_version()
 
         def sources(version: str) -> bool:
             return version in existing  # a DEK whose KEK was shredded cannot move
 
-        super().__init__(
-            runtime, options, provider=provider, tier=tier, target=target, sources=sources,
-            sleep=sleep,
-        )  # fmt: skip
+        return target, sources
 
     def before_shard(self, work: ShardWork) -> None:
         for record in self.layout_tier.keks.all():
@@ -182,16 +177,12 @@ class RotateKekJob(_TierJob):
     """
 
     layout_mode: Mode = "rotate-kek"
+    layout_verify_sample = 1.0
+    """Local AES on both sides: checking every DEK costs no remote call."""
 
-    def __init__(
-        self,
-        runtime: ProductRuntime,
-        options: MigrationOptions,
-        *,
-        provider: KeyProvider,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        tier = _tier(runtime, "rotate-kek", "kek")
+    def layout_plan(
+        self, runtime: ProductRuntime, options: MigrationOptions, tier: KekTierProvider
+    ) -> tuple[str, Callable[[str], bool]]:
         partition = options.partition
         counts = runtime.dek_store.count_by_version()
         mine = [k for k in tier.keks.all() if k.partition == partition]
@@ -208,8 +199,4 @@ class RotateKekJob(_TierJob):
         def sources(version: str) -> bool:
             return version in old
 
-        # Local AES on both sides: checking every DEK costs no remote call.
-        super().__init__(
-            runtime, options, provider=provider, tier=tier, target=target, sources=sources,
-            verify_sample=1.0, sleep=sleep,
-        )  # fmt: skip
+        return target, sources

@@ -16,7 +16,7 @@ atomic: check and write in one transaction (or one conditional write).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal, Protocol, runtime_checkable
 
 Mode = Literal[
@@ -64,21 +64,11 @@ class Counters:
 
     def __add__(self, other: Counters) -> Counters:
         return Counters(
-            matched=self.matched + other.matched,
-            changed=self.changed + other.changed,
-            skipped=self.skipped + other.skipped,
-            failed=self.failed + other.failed,
-            conflicts=self.conflicts + other.conflicts,
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
         )
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "matched": self.matched,
-            "changed": self.changed,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "conflicts": self.conflicts,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

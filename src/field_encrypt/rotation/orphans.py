@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from field_encrypt.audit import DEK_COLLECTED, recorded
@@ -53,16 +53,7 @@ class OrphanReport:
     examples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "product": self.product,
-            "dry_run": self.dry_run,
-            "older_than_seconds": self.older_than_seconds,
-            "orphans": self.orphans,
-            "deleted": self.deleted,
-            "too_new": self.too_new,
-            "pending": self.pending,
-            "examples": self.examples,
-        }
+        return asdict(self)
 
 
 def collect_orphans(

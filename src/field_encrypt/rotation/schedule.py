@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from field_encrypt import tracing
-from field_encrypt.audit import ROTATION_STAGE
 from field_encrypt.errors import ConcurrentUpdateError, LeaseHeldError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation.keys import DAY, iso
@@ -36,9 +35,10 @@ from field_encrypt.rotation.ledger import Counters, RunLedger, RunRecord
 from field_encrypt.rotation.lifecycle import LifecycleStore, RotationState, Stage
 from field_encrypt.rotation.policy import Policy
 from field_encrypt.rotation.preflight import Check
+from field_encrypt.rotation.reports import report_dict
 from field_encrypt.rotation.retire import RetireReport
 from field_encrypt.rotation.run import NullObserver, RunObserver, RunReport
-from field_encrypt.rotation.stages import LEASE_TTL, Blocker, Outcome, Rotation, Stop
+from field_encrypt.rotation.stages import LEASE_TTL, Blocker, Outcome, Rotation, Stop, emit_stage
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,18 +58,7 @@ class Advance:
     state: RotationState | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "product": self.product,
-            "outcome": self.outcome,
-            "stage": self.stage,
-            "summary": self.summary,
-            "entered": list(self.entered),
-            "blocked_by": self.blocked_by,
-            "checks": [c.as_dict() for c in self.checks],
-            "rewrap": None if self.rewrap is None else self.rewrap.as_dict(),
-            "retire": None if self.retire is None else self.retire.as_dict(),
-            "state": None if self.state is None else state_dict(self.state),
-        }
+        return report_dict(self, state=None if self.state is None else state_dict(self.state))
 
 
 def advance(
@@ -197,17 +186,7 @@ def set_halted(
             )
         except ConcurrentUpdateError:
             continue
-        if runtime.audit is not None:
-            runtime.audit.emit(
-                ROTATION_STAGE,
-                subject="rotation",
-                data={
-                    "stage": state.stage,
-                    "fromVersion": state.from_version,
-                    "toVersion": state.to_version,
-                    "halted": halted,
-                },
-            )
+        emit_stage(runtime, state, halted=halted)
         return state
 
 

@@ -296,18 +296,22 @@ class Rotation:
                     ) from None
 
     def emit(self, state: RotationState, **data: Any) -> None:
-        if self.runtime.audit is not None:
-            self.runtime.audit.emit(
-                ROTATION_STAGE,
-                subject="rotation",
-                data={
-                    "stage": state.stage,
-                    "fromVersion": state.from_version,
-                    "toVersion": state.to_version,
-                    "clockOverride": self.clock_override,
-                    **data,
-                },
-            )
+        emit_stage(self.runtime, state, clockOverride=self.clock_override, **data)
+
+
+def emit_stage(runtime: ProductRuntime, state: RotationState, **data: Any) -> None:
+    """Record the rotation's stage (``rotation.stage``), with ``data`` besides."""
+    if runtime.audit is not None:
+        runtime.audit.emit(
+            ROTATION_STAGE,
+            subject="rotation",
+            data={
+                "stage": state.stage,
+                "fromVersion": state.from_version,
+                "toVersion": state.to_version,
+                **data,
+            },
+        )
 
 
 def _counts(run: RunRecord) -> dict[str, int]:

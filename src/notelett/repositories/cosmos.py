@@ -38,10 +38,13 @@ import re
 from collections.abc import Sequence
 from typing import Any, Unpack
 
-from azure.core import MatchConditions
-
 from field_encrypt import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
-from field_encrypt.backends.cosmos.db import CosmosDatabase, first_value, translate_errors
+from field_encrypt.backends.cosmos.db import (
+    ContainerStore,
+    first_value,
+    query_all,
+    translate_errors,
+)
 from field_encrypt.backends.cosmos.documents import partition_key
 from field_encrypt.backends.sharding import bucket_of, check_shard
 from notelett.errors import InvalidCursorError
@@ -58,15 +61,10 @@ DIRECTORY = "directory"
 _SORT_KEY = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\|[^|]{1,255}")
 
 
-class CosmosNotesRepository:
+class CosmosNotesRepository(ContainerStore):
     """Notes in the ``notes`` container of the product's Cosmos DB database."""
 
-    def __init__(self, database: CosmosDatabase) -> None:
-        self.database = database
-        self.container = database.container(NOTES)
-
-    def __repr__(self) -> str:
-        return f"CosmosNotesRepository({self.database!r})"
+    container_name = NOTES
 
     def insert(self, note: NoteRecord) -> NoteRecord:
         stored = dataclasses.replace(note, revision=1, deleting=False)
@@ -81,30 +79,7 @@ class CosmosNotesRepository:
         return _record(item)
 
     def list_workspace(self, workspace_id: str, *, cursor: str | None, limit: int) -> NotePage:
-        where = "c.workspaceId = @workspace AND c.deleting = false"
-        parameters: list[dict[str, Any]] = [
-            {"name": "@workspace", "value": workspace_id},
-            {"name": "@n", "value": limit + 1},
-        ]
-        if cursor is not None:
-            if not _SORT_KEY.fullmatch(cursor):
-                raise InvalidCursorError()
-            where += " AND c.sortKey < @before"
-            parameters.append({"name": "@before", "value": cursor})
-        with translate_errors():
-            items = list(
-                self.container.query_items(
-                    f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.sortKey DESC",
-                    parameters=parameters,
-                    enable_cross_partition_query=True,
-                )
-            )
-        more = len(items) > limit
-        items = items[:limit]
-        return NotePage(
-            notes=[_record(i) for i in items],
-            cursor=items[-1]["sortKey"] if more and items else None,
-        )
+        return self._page("", {}, workspace_id, cursor=cursor, limit=limit)
 
     def list_tagged(
         self, workspace_id: str, index_values: Sequence[str], *, cursor: str | None, limit: int
@@ -113,25 +88,31 @@ class CosmosNotesRepository:
         if not values:
             return NotePage(notes=[], cursor=None)
         matches = " OR ".join(f"ARRAY_CONTAINS(c.tagIndex, @v{i})" for i in range(len(values)))
-        where = f"c.workspaceId = @workspace AND c.deleting = false AND ({matches})"
-        parameters: list[dict[str, Any]] = [
-            {"name": "@workspace", "value": workspace_id},
-            {"name": "@n", "value": limit + 1},
-            *({"name": f"@v{i}", "value": v} for i, v in enumerate(values)),
-        ]
+        parameters = {f"@v{i}": v for i, v in enumerate(values)}
+        return self._page(f" AND ({matches})", parameters, workspace_id, cursor=cursor, limit=limit)
+
+    def _page(
+        self,
+        where: str,
+        parameters: dict[str, Any],
+        workspace_id: str,
+        *,
+        cursor: str | None,
+        limit: int,
+    ) -> NotePage:
+        """One listing page of a workspace's live notes matching ``where`` (added to the
+        workspace's condition), newest first, after ``cursor`` (a ``sortKey``)."""
+        where = f"c.workspaceId = @workspace AND c.deleting = false{where}"
+        parameters = {"@workspace": workspace_id, "@n": limit + 1, **parameters}
         if cursor is not None:
             if not _SORT_KEY.fullmatch(cursor):
                 raise InvalidCursorError()
             where += " AND c.sortKey < @before"
-            parameters.append({"name": "@before", "value": cursor})
-        with translate_errors():
-            items = list(
-                self.container.query_items(
-                    f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.sortKey DESC",
-                    parameters=parameters,
-                    enable_cross_partition_query=True,
-                )
-            )
+            parameters["@before"] = cursor
+        items = self._query_items(
+            f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.sortKey DESC",
+            parameters,
+        )
         more = len(items) > limit
         items = items[:limit]
         return NotePage(
@@ -169,40 +150,25 @@ class CosmosNotesRepository:
         item = self._find(note_id)
         if item is None:
             return False
-        try:
-            with translate_errors():
-                self.container.delete_item(note_id, partition_key=item["pk"])
-        except NotFoundError:
-            return False
-        return True
+        return self._delete_item(note_id, item["pk"])
 
     def pending_deletes(self, *, limit: int) -> list[NoteRecord]:
-        with translate_errors():
-            items = self.container.query_items(
-                "SELECT TOP @n * FROM c WHERE c.deleting = true ORDER BY c.sortKey",
-                parameters=[{"name": "@n", "value": limit}],
-                enable_cross_partition_query=True,
-            )
-            return [_record(i) for i in items]
+        items = self._query_items(
+            "SELECT TOP @n * FROM c WHERE c.deleting = true ORDER BY c.sortKey",
+            {"@n": limit},
+        )
+        return [_record(i) for i in items]
 
     def scan(self, *, cursor: str | None, limit: int, shard: tuple[int, int] | None) -> NotePage:
         where = "c.deleting = false AND c.id > @after"
-        parameters: list[dict[str, Any]] = [
-            {"name": "@after", "value": cursor or ""},
-            {"name": "@n", "value": limit},
-        ]
+        parameters: dict[str, Any] = {"@after": cursor or "", "@n": limit}
         if shard is not None:
             index, count = check_shard(shard)
             where += " AND c.bucket % @count = @index"
-            parameters += [{"name": "@count", "value": count}, {"name": "@index", "value": index}]
-        with translate_errors():
-            items = list(
-                self.container.query_items(
-                    f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.id",
-                    parameters=parameters,
-                    enable_cross_partition_query=True,
-                )
-            )
+            parameters |= {"@count": count, "@index": index}
+        items = query_all(
+            self.container, f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.id", parameters
+        )
         return NotePage(
             notes=[_record(i) for i in items],
             cursor=items[-1]["id"] if len(items) == limit else None,
@@ -227,49 +193,26 @@ class CosmosNotesRepository:
 
     def _find(self, note_id: str) -> dict[str, Any] | None:
         """The note's item (marked for deletion or not), or ``None``: one point read."""
-        try:
-            with translate_errors():
-                item: dict[str, Any] = self.container.read_item(
-                    note_id, partition_key=partition_key(note_id)
-                )
-        except NotFoundError:
-            return None
-        return item
+        return self._read_item(note_id, partition_key(note_id))
 
     def _swap(self, read: dict[str, Any], new: dict[str, Any]) -> None:
         """Replace ``read`` with ``new`` only if the item still has ``read``'s ETag."""
         try:
-            with translate_errors():
-                self.container.replace_item(
-                    read["id"],
-                    new,
-                    etag=read["_etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
+            self._write_over(read, new)
         except ConcurrentUpdateError:
             raise ConcurrentUpdateError(f"note {read['id']} changed since it was read") from None
         except NotFoundError:
             raise NotFoundError(f"note {read['id']} not found") from None
 
 
-class CosmosWorkspaceDirectory:
+class CosmosWorkspaceDirectory(ContainerStore):
     """Workspaces, users and memberships in the ``directory`` container."""
 
-    def __init__(self, database: CosmosDatabase) -> None:
-        self.database = database
-        self.container = database.container(DIRECTORY)
-
-    def __repr__(self) -> str:
-        return f"CosmosWorkspaceDirectory({self.database!r})"
+    container_name = DIRECTORY
 
     def is_member(self, user_id: str, workspace_id: str) -> bool:
         key = _key("member", user_id, workspace_id)
-        try:
-            with translate_errors():
-                self.container.read_item(key, partition_key=key)
-        except NotFoundError:
-            return False
-        return True
+        return self._read_item(key, key) is not None
 
     def add_workspace(self, workspace_id: str, *, name: str) -> None:
         self._add(
@@ -289,12 +232,7 @@ class CosmosWorkspaceDirectory:
 
     def remove_member(self, user_id: str, workspace_id: str) -> bool:
         key = _key("member", user_id, workspace_id)
-        try:
-            with translate_errors():
-                self.container.delete_item(key, partition_key=key)
-        except NotFoundError:
-            return False
-        return True
+        return self._delete_item(key, key)
 
     def list_workspaces(self) -> list[Workspace]:
         items = self._query("SELECT c.workspaceId, c.name FROM c WHERE c.kind = 'workspace'")
@@ -304,17 +242,12 @@ class CosmosWorkspaceDirectory:
     def list_members(self, workspace_id: str) -> list[str]:
         items = self._query(
             "SELECT c.userId FROM c WHERE c.kind = 'member' AND c.workspaceId = @w",
-            [{"name": "@w", "value": workspace_id}],
+            {"@w": workspace_id},
         )
         return sorted(i["userId"] for i in items)
 
-    def _query(self, query: str, parameters: list[dict[str, Any]] | None = None) -> list[Any]:
-        with translate_errors():
-            return list(
-                self.container.query_items(
-                    query, parameters=parameters or [], enable_cross_partition_query=True
-                )
-            )
+    def _query(self, query: str, parameters: dict[str, Any] | None = None) -> list[Any]:
+        return self._query_items(query, parameters or {})
 
     def _add(self, key: str, **fields: str) -> None:
         try:

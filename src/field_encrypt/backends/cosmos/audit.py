@@ -46,31 +46,31 @@ import hashlib
 import json
 import random
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-
-from azure.core import MatchConditions
 
 from field_encrypt.audit import (
     GENESIS,
     AuditEvent,
-    AuditSink,
     ChainReport,
+    EventQuery,
     PendingIntent,
-    checked_data,
-    new_event,
+    StoredTrail,
     stored_event,
+    stored_intent,
     stored_text,
     verify_chain,
 )
 from field_encrypt.audit_delivery import DeliveryCheckpoint
-from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
+from field_encrypt.backends.cosmos.db import (
+    ContainerStore,
+    CosmosDatabase,
+    translate_errors,
+)
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConcurrentUpdateError,
-    NotFoundError,
     StoreUnavailableError,
 )
 
@@ -85,28 +85,15 @@ def event_id(seq: int) -> str:
     return f"{seq:020d}"
 
 
-class CosmosAuditTrail:
+class CosmosAuditTrail(StoredTrail[CosmosDatabase], ContainerStore):
     """:class:`~field_encrypt.audit.AuditTrail` on a :class:`CosmosDatabase`."""
 
-    def __init__(
-        self,
-        database: CosmosDatabase,
-        *,
-        product: str,
-        sinks: Iterable[AuditSink] = (),
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    ) -> None:
+    def _open(self, database: CosmosDatabase) -> None:
         self.database = database
-        self.product = product
-        self.sinks = list(sinks)
-        self._clock = clock
         self.container = database.container(CONTAINER)
 
     def __repr__(self) -> str:
         return f"CosmosAuditTrail({self.database!r}, product={self.product!r})"
-
-    def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
-        return self._emit(type, subject, data, intent=None)
 
     # -- the outbox (field_encrypt.audit.recorded) ----------------------------------------
 
@@ -119,61 +106,30 @@ class CosmosAuditTrail:
         act and its event inseparable on Cosmos DB is the intent written before the act."""
         yield
 
-    def intend(
-        self,
-        type: str,
-        *,
-        subject: str,
-        data: Mapping[str, Any] | None = None,
-        check: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Record (and commit) that an act is about to happen; the intent's id."""
-        payload = checked_data(type, data)
-        intent = uuid.uuid4().hex
+    def _record_intent(self, intent: PendingIntent) -> None:
         with translate_errors():
             self.container.create_item(
-                {
-                    "id": PENDING + intent,
-                    "pk": self.product,
-                    "kind": "pending",
-                    "type": type,
-                    "subject": subject,
-                    "data": json.dumps(payload, sort_keys=True),
-                    "probe": json.dumps(dict(check or {}), sort_keys=True),
-                    "created_at": self._clock().isoformat(),
-                }
+                {"id": PENDING + intent.id, "pk": self.product, "kind": "pending"}
+                | stored_intent(intent)
             )
-        return intent
-
-    def emit_for(
-        self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
-    ) -> AuditEvent:
-        """:meth:`emit`, the event's item marked with the intent it settles (outside the
-        hashed CloudEvent), so the reconciler never stores it a second time."""
-        return self._emit(type, subject, data, intent=intent)
 
     def emitted_for(self, intent: str) -> bool:
         """Whether the event of ``intent`` is stored (its settling was interrupted)."""
         return bool(
             self._query(
                 "SELECT c.seq FROM c WHERE c.pk = @pk AND c.kind = 'event' AND c.intent = @intent",
-                [{"name": "@pk", "value": self.product}, {"name": "@intent", "value": intent}],
+                {"@pk": self.product, "@intent": intent},
             )
         )
 
     def settle(self, intent: str) -> None:
         """Forget an intent (its event is stored, or its act did not happen)."""
-        try:
-            with translate_errors():
-                self.container.delete_item(PENDING + intent, partition_key=self.product)
-        except NotFoundError:
-            pass
+        self._delete_item(PENDING + intent, self.product)
 
     def pending(self) -> list[PendingIntent]:
         """The intents not settled yet, oldest first."""
         items = self._query(
-            "SELECT * FROM c WHERE c.pk = @pk AND c.kind = 'pending'",
-            [{"name": "@pk", "value": self.product}],
+            "SELECT * FROM c WHERE c.pk = @pk AND c.kind = 'pending'", {"@pk": self.product}
         )
         items.sort(key=lambda i: (str(i["created_at"]), str(i["id"])))
         return [
@@ -188,20 +144,14 @@ class CosmosAuditTrail:
             for i in items
         ]
 
-    def _emit(
-        self, type: str, subject: str, data: Mapping[str, Any] | None, *, intent: str | None
+    def _append(
+        self, type: str, subject: str, payload: Mapping[str, Any], *, intent: str | None
     ) -> AuditEvent:
-        payload = checked_data(type, data)
+        """The event's item is marked with the intent it settles (outside the hashed
+        CloudEvent), so the reconciler never stores it a second time."""
         for attempt in range(MAX_ATTEMPTS):
             seq, prevhash = self._last()
-            event = new_event(
-                product=self.product,
-                type=type,
-                subject=subject,
-                data=payload,
-                time=self._clock(),
-                prevhash=prevhash,
-            )
+            event = self._next_event(type, subject, payload, prevhash=prevhash)
             try:
                 with translate_errors():
                     self.container.create_item(
@@ -222,48 +172,33 @@ class CosmosAuditTrail:
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
             self._advance_head(seq + 1, event["hash"])
-            for sink in self.sinks:
-                sink.send(event)
+            self._forward(event)
             return stored_event(seq + 1, event)
         raise StoreUnavailableError(f"the audit trail of {self.product} kept moving; try again")
 
-    def events(
-        self,
-        *,
-        types: Sequence[str] = (),
-        subject: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        limit: int | None = None,
-    ) -> list[AuditEvent]:
+    def _select(self, query: EventQuery) -> list[AuditEvent]:
         where = ["c.pk = @pk", "c.kind = 'event'"]
-        parameters: list[dict[str, Any]] = [{"name": "@pk", "value": self.product}]
-        if types:
-            names = [f"@type{i}" for i in range(len(types))]
-            where.append(f"c.type IN ({', '.join(names)})")
-            parameters += [{"name": n, "value": t} for n, t in zip(names, types, strict=True)]
-        if subject is not None:
-            where.append("c.subject = @subject")
-            parameters.append({"name": "@subject", "value": subject})
-        if since is not None:
-            where.append("c.time >= @since")
-            parameters.append({"name": "@since", "value": since.isoformat()})
-        if until is not None:
-            where.append("c.time < @until")
-            parameters.append({"name": "@until", "value": until.isoformat()})
+        parameters: dict[str, Any] = {"@pk": self.product}
+        for attribute, operator, values in query.conditions():
+            names = [f"@p{len(parameters) + i}" for i in range(len(values))]
+            parameters |= {
+                n: v.isoformat() if isinstance(v, dt.datetime) else v
+                for n, v in zip(names, values, strict=True)
+            }
+            where.append(f"c.{attribute} {operator} ({', '.join(names)})")
         top = ""
-        if limit is not None:
+        if query.limit is not None:
             top = "TOP @limit "
-            parameters.append({"name": "@limit", "value": int(limit)})
-        query = f"SELECT {top}c.seq, c.event FROM c WHERE {' AND '.join(where)} ORDER BY c.seq"
-        items = self._query(query, parameters)
+            parameters["@limit"] = int(query.limit)
+        query_text = f"SELECT {top}c.seq, c.event FROM c WHERE {' AND '.join(where)} ORDER BY c.seq"
+        items = self._query(query_text, parameters)
         return [stored_event(int(i["seq"]), json.loads(i["event"])) for i in items]
 
     def verify(self) -> ChainReport:
         items = self._query(
             "SELECT c.seq, c.event, c.hash FROM c WHERE c.pk = @pk AND c.kind = 'event' "
             "ORDER BY c.seq",
-            [{"name": "@pk", "value": self.product}],
+            {"@pk": self.product},
         )
         report = verify_chain((int(i["seq"]), json.loads(i["event"]), i["hash"]) for i in items)
         last = int(items[-1]["seq"]) if items else 0
@@ -284,11 +219,7 @@ class CosmosAuditTrail:
         items = self._query(
             "SELECT TOP @limit c.seq, c.event FROM c WHERE c.pk = @pk AND c.kind = 'event' "
             "AND c.seq > @after ORDER BY c.seq",
-            [
-                {"name": "@pk", "value": self.product},
-                {"name": "@after", "value": int(seq)},
-                {"name": "@limit", "value": int(limit)},
-            ],
+            {"@pk": self.product, "@after": int(seq), "@limit": int(limit)},
         )
         return [stored_event(int(i["seq"]), json.loads(i["event"])) for i in items]
 
@@ -304,38 +235,12 @@ class CosmosAuditTrail:
         )
 
     def record_delivered(self, destination: str, *, seq: int, hash: str) -> None:
-        item_id = _delivery_id(destination)
-        for attempt in range(MAX_ATTEMPTS):
-            current = self._read(item_id)
-            if current is not None and int(current["seq"]) >= seq:
-                return
-            body = {
-                "id": item_id,
-                "pk": self.product,
-                "kind": "delivery",
-                "destination": destination,
-                "seq": seq,
-                "hash": hash,
-                "updated_at": self._clock().isoformat(),
-            }
-            try:
-                with translate_errors():
-                    if current is None:
-                        self.container.create_item(body)
-                    else:
-                        self.container.replace_item(
-                            item_id,
-                            body,
-                            etag=current["_etag"],
-                            match_condition=MatchConditions.IfNotModified,
-                        )
-            except (AlreadyExistsError, ConcurrentUpdateError):
-                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-                continue
-            return
-        raise StoreUnavailableError(
-            f"the delivery checkpoint of {self.product} kept moving; try again"
-        )
+        fields = {"kind": "delivery", "destination": destination, "hash": hash}
+        fields["updated_at"] = self._clock().isoformat()
+        if not self._move_forward(_delivery_id(destination), seq, fields):
+            raise StoreUnavailableError(
+                f"the delivery checkpoint of {self.product} kept moving; try again"
+            )
 
     # -- the append ----------------------------------------------------------------------
 
@@ -349,41 +254,29 @@ class CosmosAuditTrail:
 
     def _advance_head(self, seq: int, hash: str) -> None:
         """Move the head forward to ``seq`` (never back), by compare-and-swap."""
+        self._move_forward(HEAD, seq, {"kind": "head", "hash": hash})
+        # If left behind: the next writer reads forward past it, so the event is not lost.
+
+    def _move_forward(self, item_id: str, seq: int, fields: dict[str, Any]) -> bool:
+        """Set the item to ``seq`` and ``fields`` unless it is at ``seq`` or past it
+        already, by compare-and-swap; ``False`` if other writers kept winning."""
         for attempt in range(MAX_ATTEMPTS):
-            head = self._read(HEAD)
-            if head is not None and int(head["seq"]) >= seq:
-                return
-            body = {"id": HEAD, "pk": self.product, "kind": "head", "seq": seq, "hash": hash}
+            current = self._read(item_id)
+            if current is not None and int(current["seq"]) >= seq:
+                return True
             try:
-                with translate_errors():
-                    if head is None:
-                        self.container.create_item(body)
-                    else:
-                        self.container.replace_item(
-                            HEAD,
-                            body,
-                            etag=head["_etag"],
-                            match_condition=MatchConditions.IfNotModified,
-                        )
+                self._write_over(current, {"id": item_id, "pk": self.product, "seq": seq, **fields})
             except (AlreadyExistsError, ConcurrentUpdateError):
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
-            return
-        # Left behind: the next writer reads forward past it, so the event is not lost.
+            return True
+        return False
 
     def _read(self, item_id: str) -> dict[str, Any] | None:
-        try:
-            with translate_errors():
-                item: dict[str, Any] = self.container.read_item(item_id, partition_key=self.product)
-        except NotFoundError:
-            return None
-        return item
+        return self._read_item(item_id, self.product)
 
-    def _query(self, query: str, parameters: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        with translate_errors():
-            return list(
-                self.container.query_items(query, parameters=parameters, partition_key=self.product)
-            )
+    def _query(self, query: str, parameters: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return self._query_items(query, parameters, partition_key=self.product)
 
 
 def _delivery_id(destination: str) -> str:

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from field_encrypt.errors import (
     AlreadyExistsError,
@@ -49,6 +49,7 @@ from field_encrypt.errors import (
 from field_encrypt.retry_after import retry_after_from
 
 try:
+    from azure.core import MatchConditions
     from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
     from azure.cosmos import (
         ContainerProxy,
@@ -307,6 +308,52 @@ class CosmosDatabase:
             self._client.close()
 
 
+class ContainerStore:
+    """A store kept in one container (:attr:`container_name`) of a :class:`CosmosDatabase`:
+    its point reads, queries and deletes there; its repr names the database, and the
+    product for a product's store."""
+
+    container_name: ClassVar[str]
+
+    def __init__(self, database: CosmosDatabase) -> None:
+        self.database = database
+        self.container = database.container(self.container_name)
+
+    def __repr__(self) -> str:
+        product = getattr(self, "product", None)
+        named = "" if product is None else f", product={product!r}"
+        return f"{type(self).__name__}({self.database!r}{named})"
+
+    def _read_item(self, item_id: str, partition_key: str) -> dict[str, Any] | None:
+        """:func:`read_or_none` in this container."""
+        return read_or_none(self.container, item_id, partition_key)
+
+    def _query_items(
+        self, query: str, parameters: Mapping[str, Any], *, partition_key: str | None = None
+    ) -> list[Any]:
+        """:func:`query_all` in this container."""
+        return query_all(self.container, query, parameters, partition_key=partition_key)
+
+    def _delete_item(self, item_id: str, partition_key: str) -> bool:
+        """:func:`delete_if_present` in this container."""
+        return delete_if_present(self.container, item_id, partition_key)
+
+    def _write_over(self, read: Mapping[str, Any] | None, item: dict[str, Any]) -> None:
+        """Create ``item`` (``read`` is ``None``: there was none), or replace the item
+        ``read`` with it only if it is unchanged since (its ETag); ``AlreadyExistsError`` or
+        ``ConcurrentUpdateError`` when another writer came first."""
+        with translate_errors():
+            if read is None:
+                self.container.create_item(item)
+            else:
+                self.container.replace_item(
+                    item["id"],
+                    item,
+                    etag=read["_etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+
+
 def partition_of(bucket: int) -> int:
     """The logical partition (0 .. PARTITIONS - 1) of a 16-bit hash bucket."""
     return bucket * PARTITIONS // 65536
@@ -356,6 +403,50 @@ def scan_partitions(
     if position >= len(partition_keys):
         return items, None
     return items, f"{position}:{token or ''}"
+
+
+def read_or_none(
+    container: ContainerProxy, item_id: str, partition_key: str
+) -> dict[str, Any] | None:
+    """The item (a point read), or ``None`` if there is none."""
+    try:
+        with translate_errors():
+            item: dict[str, Any] = container.read_item(item_id, partition_key=partition_key)
+    except NotFoundError:
+        return None
+    return item
+
+
+def delete_if_present(container: ContainerProxy, item_id: str, partition_key: str) -> bool:
+    """Delete the item; whether there was one."""
+    try:
+        with translate_errors():
+            container.delete_item(item_id, partition_key=partition_key)
+    except NotFoundError:
+        return False
+    return True
+
+
+def query_all(
+    container: ContainerProxy,
+    query: str,
+    parameters: Mapping[str, Any],
+    *,
+    partition_key: str | None = None,
+) -> list[Any]:
+    """Every item (or value) ``query`` selects, ``parameters`` given as ``{"@name": value}``:
+    in one logical partition if ``partition_key`` names it, across them all otherwise."""
+    where: dict[str, Any] = (
+        {"enable_cross_partition_query": True}
+        if partition_key is None
+        else {"partition_key": partition_key}
+    )
+    with translate_errors():
+        return list(
+            container.query_items(
+                query, parameters=[{"name": k, "value": v} for k, v in parameters.items()], **where
+            )
+        )
 
 
 def first_value(result: Iterable[Any]) -> Any:

@@ -42,9 +42,11 @@ from field_encrypt.backends.base import (
 )
 from field_encrypt.backends.cosmos.db import (
     PARTITIONS,
+    ContainerStore,
     CosmosDatabase,
     first_value,
     partition_of,
+    query_all,
     scan_partitions,
     translate_errors,
 )
@@ -54,20 +56,17 @@ from field_encrypt.errors import ConcurrentUpdateError, ConfigurationError, NotF
 CONTAINER = "dek_store"
 
 
-class CosmosDekStore:
+class CosmosDekStore(ContainerStore):
     """A product's wrapped DEKs in the ``dek_store`` container of a Cosmos DB database."""
 
     remote = True
+    container_name = CONTAINER
 
     def __init__(self, database: CosmosDatabase, *, product: str) -> None:
         if ":" in product:
             raise ValueError("a product name must not contain ':' (it is part of the /pk value)")
-        self.database = database
+        super().__init__(database)
         self.product = product
-        self.container = database.container(CONTAINER)
-
-    def __repr__(self) -> str:
-        return f"CosmosDekStore({self.database!r}, product={self.product!r})"
 
     def partition_key(self, dek_id: str) -> str:
         """The ``/pk`` value of ``dek_id``'s item."""
@@ -98,16 +97,7 @@ class CosmosDekStore:
 
     def create_many(self, deks: Sequence[NewDek]) -> None:
         """Item by item on the write threads: a failure may leave some of them created."""
-        self.database.each(self._create_one, list(deks))
-
-    def _create_one(self, dek: NewDek) -> None:
-        self.create(
-            dek_id=dek.dek_id,
-            mek_name=dek.mek_name,
-            mek_version=dek.mek_version,
-            wrapped=dek.wrapped,
-            algorithm=dek.algorithm,
-        )
+        self.database.each(lambda dek: dek.create_in(self), list(deks))
 
     def get(self, dek_id: str) -> DekRecord:
         try:
@@ -129,12 +119,7 @@ class CosmosDekStore:
         return {item["dekId"]: _record(item) for item in items}
 
     def delete(self, dek_id: str) -> bool:
-        try:
-            with translate_errors():
-                self.container.delete_item(dek_id, partition_key=self.partition_key(dek_id))
-        except NotFoundError:
-            return False
-        return True
+        return self._delete_item(dek_id, self.partition_key(dek_id))
 
     def delete_many(self, dek_ids: Sequence[str]) -> int:
         return sum(self.database.each(self.delete, list(dict.fromkeys(dek_ids))))
@@ -261,17 +246,11 @@ class CosmosDekStore:
             keks = self.database.container("kek_store")
         except ConfigurationError:  # no KEK tier was ever opened on this database
             return dict(counts)
-        with translate_errors():
-            kek_ids = list(
-                keks.query_items(
-                    "SELECT VALUE c.kekId FROM c WHERE c.mekName = @n AND c.mekVersion = @v",
-                    parameters=[
-                        {"name": "@n", "value": mek_name},
-                        {"name": "@v", "value": version},
-                    ],
-                    enable_cross_partition_query=True,
-                )
-            )
+        kek_ids = query_all(
+            keks,
+            "SELECT VALUE c.kekId FROM c WHERE c.mekName = @n AND c.mekVersion = @v",
+            {"@n": mek_name, "@v": version},
+        )
         for kek_id in kek_ids:  # a few per product: one query each
             counts.update(self._products("c.mekVersion = @n", KEK_PREFIX + str(kek_id), None))
         return dict(counts)

@@ -18,13 +18,14 @@ from azure.core import MatchConditions
 from field_encrypt.backends.cosmos.db import (
     PARTITIONS,
     CosmosDatabase,
+    delete_if_present,
     first_value,
     partition_of,
     scan_partitions,
     translate_errors,
 )
-from field_encrypt.backends.sharding import bucket_of, check_shard
-from field_encrypt.documents import DocumentPage, DocumentWrite, StoredDocument
+from field_encrypt.backends.sharding import bucket_of
+from field_encrypt.documents import DocumentPage, DocumentWrite, ScannedStore, StoredDocument
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 
 
@@ -33,7 +34,7 @@ def partition_key(document_id: str) -> str:
     return f"{partition_of(bucket_of(document_id)):02x}"
 
 
-class CosmosDocumentStore:
+class CosmosDocumentStore(ScannedStore):
     """One collection of JSON documents: a container of the product's Cosmos DB database."""
 
     def __init__(self, database: CosmosDatabase, *, collection: str) -> None:
@@ -63,21 +64,10 @@ class CosmosDocumentStore:
 
     def delete(self, document_id: str) -> bool:
         """Remove a document; whether there was one."""
-        try:
-            with translate_errors():
-                self.container.delete_item(document_id, partition_key=partition_key(document_id))
-        except NotFoundError:
-            return False
-        return True
+        return delete_if_present(self.container, document_id, partition_key(document_id))
 
-    def scan(
-        self,
-        *,
-        cursor: str | None = None,
-        limit: int = 500,
-        shard: tuple[int, int] | None = None,
-    ) -> DocumentPage:
-        index, count = check_shard(shard) if shard is not None else (0, 1)
+    def _scan(self, cursor: str | None, limit: int, shard: tuple[int, int] | None) -> DocumentPage:
+        index, count = shard or (0, 1)
         keys = [f"{p:02x}" for p in range(PARTITIONS) if p % count == index]
         items, next_cursor = scan_partitions(
             self.container, partition_keys=keys, where="", parameters=[], cursor=cursor, limit=limit

@@ -20,26 +20,26 @@ import datetime as dt
 import time
 from typing import Any
 
-from azure.core import MatchConditions
-
 from field_encrypt.backends.base import KekRecord
-from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
+from field_encrypt.backends.cosmos.db import (
+    ContainerStore,
+    CosmosDatabase,
+    translate_errors,
+)
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 
 CONTAINER = "kek_store"
 MAX_ROUNDS = 5
 
 
-class CosmosKekStore:
+class CosmosKekStore(ContainerStore):
     """:class:`~field_encrypt.backends.base.KekStore` on a :class:`CosmosDatabase`."""
 
-    def __init__(self, database: CosmosDatabase, *, product: str) -> None:
-        self.database = database
-        self.product = product
-        self.container = database.container(CONTAINER)
+    container_name = CONTAINER
 
-    def __repr__(self) -> str:
-        return f"CosmosKekStore({self.database!r}, product={self.product!r})"
+    def __init__(self, database: CosmosDatabase, *, product: str) -> None:
+        super().__init__(database)
+        self.product = product
 
     def create(
         self, *, kek_id: str, partition: str, mek_name: str, mek_version: str,
@@ -110,47 +110,25 @@ class CosmosKekStore:
         raise ConcurrentUpdateError(f"KEK {kek_id} kept changing while it was being retired")
 
     def delete(self, kek_id: str) -> bool:
-        try:
-            with translate_errors():
-                self.container.delete_item(kek_id, partition_key=self.product)
-        except NotFoundError:
-            return False
-        return True
+        return self._delete_item(kek_id, self.product)
 
     def _replace(self, current: dict[str, Any], item: dict[str, Any]) -> bool:
         try:
-            with translate_errors():
-                self.container.replace_item(
-                    current["id"],
-                    item,
-                    etag=current["_etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
+            self._write_over(current, item)
         except (ConcurrentUpdateError, NotFoundError):
             return False
         return True
 
     def _read(self, kek_id: str) -> dict[str, Any] | None:
-        try:
-            with translate_errors():
-                item: dict[str, Any] = self.container.read_item(kek_id, partition_key=self.product)
-        except NotFoundError:
-            return None
-        return item
+        return self._read_item(kek_id, self.product)
 
     def _items(self) -> list[dict[str, Any]]:
         """The product's KEK items, oldest first."""
-        with translate_errors():
-            items = list(
-                self.container.query_items(
-                    "SELECT * FROM c WHERE c.pk = @pk AND c.product = @product",
-                    parameters=[
-                        {"name": "@pk", "value": self.product},
-                        {"name": "@product", "value": self.product},
-                    ],
-                    partition_key=self.product,
-                )
-            )
+        items = self._query_items(
+            "SELECT * FROM c WHERE c.pk = @pk AND c.product = @product",
+            {"@pk": self.product, "@product": self.product},
+            partition_key=self.product,
+        )
         return sorted(items, key=lambda i: (i["created"], i["id"]))
 
 

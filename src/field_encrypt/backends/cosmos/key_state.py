@@ -13,10 +13,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from azure.core import MatchConditions
-
 from field_encrypt.backends.base import KeyState
-from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
+from field_encrypt.backends.cosmos.db import (
+    ContainerStore,
+    CosmosDatabase,
+)
 from field_encrypt.backends.cosmos.ledger import CONTAINER, PARTITION
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 
@@ -24,17 +25,15 @@ ATTEMPTS = 20
 """Bumps lost to concurrent bumps before giving up (each loss means another one won)."""
 
 
-class CosmosKeyStateStore:
+class CosmosKeyStateStore(ContainerStore):
     """:class:`~field_encrypt.backends.base.KeyStateStore` on a :class:`CosmosDatabase`."""
 
-    def __init__(self, database: CosmosDatabase, *, product: str) -> None:
-        self.database = database
-        self.product = product
-        self.container = database.container(CONTAINER)
-        self.item_id = "keystate:" + hashlib.sha256(product.encode()).hexdigest()[:32]
+    container_name = CONTAINER
 
-    def __repr__(self) -> str:
-        return f"CosmosKeyStateStore({self.database!r}, product={self.product!r})"
+    def __init__(self, database: CosmosDatabase, *, product: str) -> None:
+        super().__init__(database)
+        self.product = product
+        self.item_id = "keystate:" + hashlib.sha256(product.encode()).hexdigest()[:32]
 
     def read(self) -> KeyState:
         item = self._read()
@@ -60,16 +59,7 @@ class CosmosKeyStateStore:
                 "changes": new.changes_json(),
             }
             try:
-                with translate_errors():
-                    if item is None:
-                        self.container.create_item(body)
-                    else:
-                        self.container.replace_item(
-                            self.item_id,
-                            body,
-                            etag=item["_etag"],
-                            match_condition=MatchConditions.IfNotModified,
-                        )
+                self._write_over(item, body)
             except (AlreadyExistsError, ConcurrentUpdateError, NotFoundError):
                 continue  # another bump won: read again and count this one after it
             return new
@@ -78,11 +68,4 @@ class CosmosKeyStateStore:
         )
 
     def _read(self) -> dict[str, Any] | None:
-        try:
-            with translate_errors():
-                item: dict[str, Any] = self.container.read_item(
-                    self.item_id, partition_key=PARTITION
-                )
-        except NotFoundError:
-            return None
-        return item
+        return self._read_item(self.item_id, PARTITION)

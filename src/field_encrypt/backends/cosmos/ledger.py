@@ -28,6 +28,7 @@ clocks in sync (NTP) to well under the lease TTL.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import random
 import time
@@ -36,13 +37,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from azure.core import MatchConditions
-
 from field_encrypt.backends.common import abandoned as _abandoned
 from field_encrypt.backends.common import iso as _iso
+from field_encrypt.backends.common import new_run_fields, run_to_resume
 from field_encrypt.backends.common import new_run_id as _new_run_id
 from field_encrypt.backends.common import refuse_if_busy as _refuse_if_busy
-from field_encrypt.backends.cosmos.db import CosmosDatabase, first_value, translate_errors
+from field_encrypt.backends.cosmos.db import (
+    ContainerStore,
+    CosmosDatabase,
+    translate_errors,
+)
 from field_encrypt.errors import (
     AlreadyExistsError,
     ConcurrentUpdateError,
@@ -80,16 +84,14 @@ class _Unchanged:
     value: Any
 
 
-class CosmosRunLedger:
+class CosmosRunLedger(ContainerStore):
     """:class:`~field_encrypt.rotation.ledger.RunLedger` on a :class:`CosmosDatabase`."""
 
-    def __init__(self, database: CosmosDatabase) -> None:
-        self.database = database
-        self.container = database.container(CONTAINER)
-        self._products: dict[str, str] = {}  # run id -> product (never changes)
+    container_name = CONTAINER
 
-    def __repr__(self) -> str:
-        return f"CosmosRunLedger({self.database!r})"
+    def __init__(self, database: CosmosDatabase) -> None:
+        super().__init__(database)
+        self._products: dict[str, str] = {}  # run id -> product (never changes)
 
     # -- runs --------------------------------------------------------------------------
 
@@ -106,25 +108,21 @@ class CosmosRunLedger:
 
         def decide(runs: list[dict[str, Any]]) -> Any:
             open_runs = [r for r in runs if r["status"] == "running"]
+            resumed = run_to_resume([_run(r) for r in open_runs], plan, now)
+            if resumed is not None:
+                return _Unchanged((resumed, True))
             for run in open_runs:
-                record = _run(run)
-                if record.plan == plan:
-                    return _Unchanged((record, True))
-            for run in open_runs:
-                _refuse_if_busy(_run(run), now)
                 run["status"], run["finished_at"] = "abandoned", now
-            new = {
-                "run_id": run_id,
-                "product": product,
-                "mode": plan.mode,
-                "from_version": plan.from_version,
-                "to_version": plan.to_version,
-                "shards": plan.shards,
+            new = new_run_fields(
+                run_id,
+                product,
+                plan,
+                estimated_total=estimated_total,
+                skipped_at_start=skipped_at_start,
+            ) | {
                 "status": "running",
                 "started_at": now,
                 "finished_at": None,
-                "estimated_total": estimated_total,
-                "skipped_at_start": skipped_at_start,
                 "states": [_new_shard(i) for i in range(plan.shards)],
             }
             runs.append(new)
@@ -160,19 +158,12 @@ class CosmosRunLedger:
         return _run(index["final"])
 
     def latest_runs(self, product: str, *, limit: int = 10) -> list[RunRecord]:
-        with translate_errors():
-            index = list(
-                self.container.query_items(
-                    "SELECT TOP @n * FROM c WHERE c.pk = @pk AND c.kind = 'run' "
-                    "AND c.product = @product ORDER BY c.startedAt DESC",
-                    parameters=[
-                        {"name": "@n", "value": 2 * limit + 10},  # room for orphan items
-                        {"name": "@pk", "value": PARTITION},
-                        {"name": "@product", "value": product},
-                    ],
-                    partition_key=PARTITION,
-                )
-            )
+        index = self._query_items(
+            "SELECT TOP @n * FROM c WHERE c.pk = @pk AND c.kind = 'run' "
+            "AND c.product = @product ORDER BY c.startedAt DESC",
+            {"@n": 2 * limit + 10, "@pk": PARTITION, "@product": product},  # room for orphans
+            partition_key=PARTITION,
+        )
         head = self._read(_head_id(product))
         live = {r["run_id"]: r for r in (head["runs"] if head else [])}
         runs = []
@@ -304,27 +295,18 @@ class CosmosRunLedger:
             return finished.run
 
     def failures(self, run_id: str, *, limit: int = 10) -> tuple[list[Failure], int]:
-        parameters: list[dict[str, object]] = [
-            {"name": "@pk", "value": PARTITION},
-            {"name": "@run", "value": run_id},
-            {"name": "@n", "value": limit},
-        ]
+        parameters = {"@pk": PARTITION, "@run": run_id}
         where = "c.pk = @pk AND c.kind = 'failure' AND c.runId = @run"
-        with translate_errors():
-            items = list(
-                self.container.query_items(
-                    f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.at",
-                    parameters=parameters,
-                    partition_key=PARTITION,
-                )
-            )
-            count = first_value(
-                self.container.query_items(
-                    f"SELECT VALUE COUNT(1) FROM c WHERE {where}",
-                    parameters=parameters[:2],
-                    partition_key=PARTITION,
-                )
-            )
+        items = self._query_items(
+            f"SELECT TOP @n * FROM c WHERE {where} ORDER BY c.at",
+            {**parameters, "@n": limit},
+            partition_key=PARTITION,
+        )
+        (count,) = self._query_items(
+            f"SELECT VALUE COUNT(1) FROM c WHERE {where}",
+            parameters,
+            partition_key=PARTITION,
+        )
         failures = [Failure(item=i["item"], reason=i["reason"], shard=i["shard"]) for i in items]
         return failures, int(count)
 
@@ -341,37 +323,20 @@ class CosmosRunLedger:
                 "id": f"backup:{_digest(backup.product)}:{uuid.uuid4().hex}",
                 "pk": PARTITION,
                 "kind": "backup",
-                "product": backup.product,
-                "at": backup.at,
-                "path": backup.path,
-                "count": backup.count,
-                "checksum": backup.checksum,
+                **dataclasses.asdict(backup),
             }
         )
 
     def last_backup(self, product: str) -> BackupRecord | None:
-        with translate_errors():
-            items = list(
-                self.container.query_items(
-                    "SELECT TOP 1 * FROM c WHERE c.pk = @pk AND c.kind = 'backup' "
-                    "AND c.product = @product ORDER BY c.at DESC",
-                    parameters=[
-                        {"name": "@pk", "value": PARTITION},
-                        {"name": "@product", "value": product},
-                    ],
-                    partition_key=PARTITION,
-                )
-            )
+        items = self._query_items(
+            "SELECT TOP 1 * FROM c WHERE c.pk = @pk AND c.kind = 'backup' "
+            "AND c.product = @product ORDER BY c.at DESC",
+            {"@pk": PARTITION, "@product": product},
+            partition_key=PARTITION,
+        )
         if not items:
             return None
-        i = items[0]
-        return BackupRecord(
-            product=i["product"],
-            at=i["at"],
-            path=i["path"],
-            count=i["count"],
-            checksum=i["checksum"],
-        )
+        return BackupRecord(**{f.name: items[0][f.name] for f in dataclasses.fields(BackupRecord)})
 
     # -- the compare-and-swap loop -------------------------------------------------------
 
@@ -404,16 +369,7 @@ class CosmosRunLedger:
             if isinstance(outcome, _Unchanged):
                 return outcome.value
             try:
-                with translate_errors():
-                    if "_etag" in head:
-                        self.container.replace_item(
-                            head["id"],
-                            {**_body(head), "runs": runs},
-                            etag=head["_etag"],
-                            match_condition=MatchConditions.IfNotModified,
-                        )
-                    else:
-                        self.container.create_item({**_body(head), "runs": runs})
+                self._write_over(head if "_etag" in head else None, {**_body(head), "runs": runs})
             except (ConcurrentUpdateError, AlreadyExistsError):
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # another worker wrote
                 continue
@@ -437,19 +393,10 @@ class CosmosRunLedger:
         head["runs"] = [r for r in head["runs"] if r["status"] == "running"]
 
     def _delete(self, item_id: str) -> None:
-        try:
-            with translate_errors():
-                self.container.delete_item(item_id, partition_key=PARTITION)
-        except NotFoundError:
-            pass
+        self._delete_item(item_id, PARTITION)
 
     def _read(self, item_id: str) -> dict[str, Any] | None:
-        try:
-            with translate_errors():
-                item: dict[str, Any] = self.container.read_item(item_id, partition_key=PARTITION)
-        except NotFoundError:
-            return None
-        return item
+        return self._read_item(item_id, PARTITION)
 
     def _write(self, item: dict[str, Any]) -> None:
         with translate_errors():

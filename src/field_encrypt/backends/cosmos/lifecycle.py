@@ -13,36 +13,28 @@ import dataclasses
 import hashlib
 from typing import Any
 
-from azure.core import MatchConditions
-
 from field_encrypt.backends.common import rotation_state as _state
-from field_encrypt.backends.cosmos.db import CosmosDatabase, translate_errors
+from field_encrypt.backends.cosmos.db import (
+    ContainerStore,
+    translate_errors,
+)
 from field_encrypt.backends.cosmos.ledger import CONTAINER, PARTITION
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 from field_encrypt.rotation.lifecycle import RotationState, VersionNote
 
 
-class CosmosLifecycleStore:
+class CosmosLifecycleStore(ContainerStore):
     """:class:`~field_encrypt.rotation.lifecycle.LifecycleStore` on a :class:`CosmosDatabase`."""
 
-    def __init__(self, database: CosmosDatabase) -> None:
-        self.database = database
-        self.container = database.container(CONTAINER)
-
-    def __repr__(self) -> str:
-        return f"CosmosLifecycleStore({self.database!r})"
+    container_name = CONTAINER
 
     def notes(self, product: str) -> dict[str, VersionNote]:
-        with translate_errors():
-            items = self.container.query_items(
-                "SELECT * FROM c WHERE c.pk = @pk AND c.kind = 'note' AND c.product = @product",
-                parameters=[
-                    {"name": "@pk", "value": PARTITION},
-                    {"name": "@product", "value": product},
-                ],
-                partition_key=PARTITION,
-            )
-            notes = [VersionNote(**item["note"]) for item in items]
+        items = self._query_items(
+            "SELECT * FROM c WHERE c.pk = @pk AND c.kind = 'note' AND c.product = @product",
+            {"@pk": PARTITION, "@product": product},
+            partition_key=PARTITION,
+        )
+        notes = [VersionNote(**item["note"]) for item in items]
         return {n.version: n for n in notes}
 
     def note(self, product: str, version: str) -> VersionNote:
@@ -82,30 +74,18 @@ class CosmosLifecycleStore:
             f"the rotation state of {state.product!r} changed since it was read"
         )
         try:
-            with translate_errors():
-                if state.revision == 0:
-                    self.container.create_item(item)
-                else:
-                    current = self._read(item_id)
-                    if current is None or current["revision"] != state.revision:
-                        raise changed
-                    self.container.replace_item(
-                        item_id,
-                        item,
-                        etag=current["_etag"],
-                        match_condition=MatchConditions.IfNotModified,
-                    )
+            current = None
+            if state.revision != 0:
+                current = self._read(item_id)
+                if current is None or current["revision"] != state.revision:
+                    raise changed
+            self._write_over(current, item)
         except (AlreadyExistsError, ConcurrentUpdateError, NotFoundError):
             raise changed from None
         return saved
 
     def _read(self, item_id: str) -> dict[str, Any] | None:
-        try:
-            with translate_errors():
-                item: dict[str, Any] = self.container.read_item(item_id, partition_key=PARTITION)
-        except NotFoundError:
-            return None
-        return item
+        return self._read_item(item_id, PARTITION)
 
 
 def _digest(value: str) -> str:

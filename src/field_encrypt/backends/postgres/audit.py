@@ -6,10 +6,6 @@ The logic is :class:`~field_encrypt.backends.sql.audit.SqlAuditTrail`'s; what is
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable, Iterable
-
-from field_encrypt.audit import AuditSink
 from field_encrypt.backends.postgres.db import Migration, PostgresDatabase
 from field_encrypt.backends.sql.audit import SqlAuditTrail
 from field_encrypt.backends.sql.postgres import PostgresDialect
@@ -49,17 +45,10 @@ MIGRATIONS = (
 )
 
 
-class PostgresAuditTrail(SqlAuditTrail):
+class PostgresAuditTrail(SqlAuditTrail[PostgresDatabase]):
     """:class:`~field_encrypt.audit.AuditTrail` on a :class:`PostgresDatabase`."""
 
     migrations = MIGRATIONS
 
-    def __init__(
-        self,
-        database: PostgresDatabase,
-        *,
-        product: str,
-        sinks: Iterable[AuditSink] = (),
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    ) -> None:
-        super().__init__(PostgresDialect(database), product=product, sinks=sinks, clock=clock)
+    def _dialect(self, database: PostgresDatabase) -> PostgresDialect:
+        return PostgresDialect(database)

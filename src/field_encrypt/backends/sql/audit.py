@@ -31,24 +31,27 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from field_encrypt.audit import (
     GENESIS,
     AuditEvent,
-    AuditSink,
     ChainReport,
+    EventQuery,
     PendingIntent,
-    checked_data,
-    new_event,
+    StoredTrail,
     stored_event,
+    stored_intent,
     stored_text,
     verify_chain,
 )
 from field_encrypt.audit_delivery import DeliveryCheckpoint
 from field_encrypt.backends.sql.dialect import Dialect, Session
+
+D = TypeVar("D")
+"""The database type of a dialect's trail."""
 
 PENDING_SCHEMA = """
     CREATE TABLE actiontrail_pending (
@@ -64,26 +67,20 @@ PENDING_SCHEMA = """
 """
 
 
-class SqlAuditTrail:
+class SqlAuditTrail(StoredTrail[D]):
     """:class:`~field_encrypt.audit.AuditTrail` (and its outbox) on a SQL :class:`Dialect`."""
 
     migrations: Sequence[Any] = ()
     """The dialect's schema steps (``actiontrail``, ``actiontrail_delivery``), as earlier
     releases named them; the pending intents' table is added after them."""
 
-    def __init__(
-        self,
-        dialect: Dialect,
-        *,
-        product: str,
-        sinks: Iterable[AuditSink] = (),
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    ) -> None:
-        self.dialect = dialect
+    def _dialect(self, database: D) -> Dialect:
+        """The dialect of ``database``."""
+        raise NotImplementedError
+
+    def _open(self, database: D) -> None:
+        self.dialect = dialect = self._dialect(database)
         self.database = dialect.database
-        self.product = product
-        self.sinks = list(sinks)
-        self._clock = clock
         self._local = threading.local()
         self.database.migrate(
             [*self.migrations, dialect.schema("0003_actiontrail_pending", PENDING_SCHEMA)]
@@ -135,14 +132,12 @@ class SqlAuditTrail:
         for event in held:
             self._forward(event)
 
-    def _forward(self, event: Mapping[str, Any]) -> None:
-        for sink in self.sinks:
-            sink.send(event)
-
-    def emit(self, type: str, *, subject: str, data: Mapping[str, Any] | None = None) -> AuditEvent:
-        payload = checked_data(type, data)
+    def _append(
+        self, type: str, subject: str, payload: Mapping[str, Any], *, intent: str | None
+    ) -> AuditEvent:
+        """The intent (if any) is settled in the same transaction: the event needs no mark."""
         with self.dialect.transaction() as tx:
-            seq, event = self._append(tx, type, subject, payload)
+            seq, event = self._insert(tx, type, subject, payload)
         held: list[dict[str, Any]] | None = getattr(self._local, "held", None)
         if held is not None:
             held.append(event)  # forwarded once the unit commits
@@ -150,19 +145,12 @@ class SqlAuditTrail:
             self._forward(event)
         return stored_event(seq, event)
 
-    def _append(
+    def _insert(
         self, tx: Session, type: str, subject: str, payload: Mapping[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         seq, prevhash = self._next_seq(tx)
         now = self._clock()
-        event = new_event(
-            product=self.product,
-            type=type,
-            subject=subject,
-            data=payload,
-            time=now,
-            prevhash=prevhash,
-        )
+        event = self._next_event(type, subject, payload, prevhash=prevhash, time=now)
         tx.run(
             "INSERT INTO actiontrail (product, seq, id, type, subject, time, event, hash) "
             "VALUES (:product, :seq, :id, :type, :subject, :time, :event, :hash)",
@@ -184,44 +172,12 @@ class SqlAuditTrail:
     atomic = True
     """A unit (:meth:`within`) is one transaction: acts in this database need no intent."""
 
-    def intend(
-        self,
-        type: str,
-        *,
-        subject: str,
-        data: Mapping[str, Any] | None = None,
-        check: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Record (and commit) that an act is about to happen; the intent's id."""
-        payload = checked_data(type, data)
-        intent = new_event(
-            product=self.product,
-            type=type,
-            subject=subject,
-            data=payload,
-            time=self._clock(),
-            prevhash=GENESIS,
-        )["id"]
+    def _record_intent(self, intent: PendingIntent) -> None:
         self.dialect.execute(
             "INSERT INTO actiontrail_pending (product, id, type, subject, data, probe, "
             "created_at) VALUES (:product, :id, :type, :subject, :data, :probe, :created_at)",
-            {
-                "product": self.product,
-                "id": intent,
-                "type": type,
-                "subject": subject,
-                "data": json.dumps(payload, sort_keys=True),
-                "probe": json.dumps(dict(check or {}), sort_keys=True),
-                "created_at": self._clock().isoformat(),
-            },
+            {"product": self.product, "id": intent.id, **stored_intent(intent)},
         )
-        return str(intent)
-
-    def emit_for(
-        self, intent: str | None, type: str, *, subject: str, data: Mapping[str, Any]
-    ) -> AuditEvent:
-        """:meth:`emit`: the intent is settled in the same transaction, so needs no mark."""
-        return self.emit(type, subject=subject, data=data)
 
     def settle(self, intent: str) -> None:
         """Forget an intent (inside the unit that records its act, or once reconciled)."""
@@ -246,33 +202,20 @@ class SqlAuditTrail:
 
     # -- reading ----------------------------------------------------------------------
 
-    def events(
-        self,
-        *,
-        types: Sequence[str] = (),
-        subject: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        limit: int | None = None,
-    ) -> list[AuditEvent]:
+    def _select(self, query: EventQuery) -> list[AuditEvent]:
         where = ["product = :product"]
         params: dict[str, Any] = {"product": self.product}
-        if types:
-            names = [f"t{i}" for i in range(len(types))]
-            where.append(f"type IN ({', '.join(':' + n for n in names)})")
-            params |= dict(zip(names, types, strict=True))
-        if subject is not None:
-            where.append("subject = :subject")
-            params["subject"] = subject
-        if since is not None:
-            where.append("time >= :since")
-            params["since"] = self._time(since)
-        if until is not None:
-            where.append("time < :until")
-            params["until"] = self._time(until)
+        for column, operator, values in query.conditions():
+            names = [f"p{len(params) + i}" for i in range(len(values))]
+            params |= {
+                n: self._time(v) if isinstance(v, dt.datetime) else v
+                for n, v in zip(names, values, strict=True)
+            }
+            operand = ", ".join(":" + n for n in names)
+            where.append(f"{column} {operator} ({operand})")
         sql = f"SELECT seq, event FROM actiontrail WHERE {' AND '.join(where)} ORDER BY seq"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+        if query.limit is not None:
+            sql += f" LIMIT {int(query.limit)}"
         return [
             stored_event(int(seq), json.loads(raw)) for seq, raw in self.dialect.query(sql, params)
         ]

@@ -13,9 +13,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from field_encrypt.backends.sharding import check_shard
 from field_encrypt.backends.sql.dialect import Dialect, SqlStore
-from field_encrypt.documents import DocumentPage, DocumentWrite, StoredDocument
+from field_encrypt.documents import DocumentPage, DocumentWrite, ScannedStore, StoredDocument
 from field_encrypt.errors import AlreadyExistsError, ConcurrentUpdateError, NotFoundError
 
 SCHEMA = """
@@ -55,7 +54,7 @@ REPLACE = (
 )
 
 
-class SqlDocumentStore(SqlStore):
+class SqlDocumentStore(SqlStore, ScannedStore):
     """One collection of JSON documents in the product's SQL database."""
 
     scope = "collection"
@@ -91,17 +90,11 @@ class SqlDocumentStore(SqlStore):
         )
         return deleted > 0
 
-    def scan(
-        self,
-        *,
-        cursor: str | None = None,
-        limit: int = 500,
-        shard: tuple[int, int] | None = None,
-    ) -> DocumentPage:
+    def _scan(self, cursor: str | None, limit: int, shard: tuple[int, int] | None) -> DocumentPage:
         where = "collection = :collection AND seq > :after"
         params: dict[str, Any] = {"collection": self.collection, "after": int(cursor or 0)}
         if shard is not None:
-            index, count = check_shard(shard)
+            index, count = shard
             where += " AND seq % :count = :index"
             params.update(count=count, index=index)
         rows = self.dialect.query(

@@ -18,7 +18,14 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from field_encrypt.backends.common import abandoned, iso, new_run_id, refuse_if_busy
+from field_encrypt.backends.common import (
+    abandoned,
+    iso,
+    new_run_fields,
+    new_run_id,
+    refuse_if_busy,
+    run_to_resume,
+)
 from field_encrypt.backends.sql.dialect import Dialect, Session, SqlStore
 from field_encrypt.errors import LeaseHeldError, NotFoundError
 from field_encrypt.rotation.ledger import (
@@ -125,11 +132,10 @@ class SqlRunLedger(SqlStore):
         with self.dialect.transaction() as tx:
             self._lock(tx, product)
             open_runs = self._open_runs(tx, product)
+            resumed = run_to_resume(open_runs, plan, now)
+            if resumed is not None:
+                return resumed, True
             for run in open_runs:
-                if run.plan == plan:
-                    return run, True
-            for run in open_runs:
-                refuse_if_busy(run, now)
                 tx.run(
                     "UPDATE rotation_runs SET status = 'abandoned', finished_at = :now "
                     "WHERE run_id = :run_id",
@@ -140,17 +146,14 @@ class SqlRunLedger(SqlStore):
                 f"INSERT INTO rotation_runs ({RUN_COLUMNS}) VALUES (:run_id, :product, "
                 ":mode, :from_version, :to_version, :shards, 'running', :now, NULL, "
                 ":estimated_total, :skipped_at_start)",
-                {
-                    "run_id": run_id,
-                    "product": product,
-                    "mode": plan.mode,
-                    "from_version": plan.from_version,
-                    "to_version": plan.to_version,
-                    "shards": plan.shards,
-                    "now": now,
-                    "estimated_total": estimated_total,
-                    "skipped_at_start": skipped_at_start,
-                },
+                new_run_fields(
+                    run_id,
+                    product,
+                    plan,
+                    estimated_total=estimated_total,
+                    skipped_at_start=skipped_at_start,
+                )
+                | {"now": now},
             )
             tx.run_many(
                 "INSERT INTO rotation_shards (run_id, shard, status) "

@@ -6,10 +6,6 @@ The logic is :class:`~field_encrypt.backends.sql.audit.SqlAuditTrail`'s; what is
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable, Iterable
-
-from field_encrypt.audit import AuditSink
 from field_encrypt.backends.sql.audit import SqlAuditTrail
 from field_encrypt.backends.sql.sqlite import SqliteDialect
 from field_encrypt.backends.sqlite.db import Migration, SqliteDatabase
@@ -47,17 +43,10 @@ MIGRATIONS = (
 )
 
 
-class SqliteAuditTrail(SqlAuditTrail):
+class SqliteAuditTrail(SqlAuditTrail[SqliteDatabase]):
     """:class:`~field_encrypt.audit.AuditTrail` on a :class:`SqliteDatabase`."""
 
     migrations = MIGRATIONS
 
-    def __init__(
-        self,
-        database: SqliteDatabase,
-        *,
-        product: str,
-        sinks: Iterable[AuditSink] = (),
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    ) -> None:
-        super().__init__(SqliteDialect(database), product=product, sinks=sinks, clock=clock)
+    def _dialect(self, database: SqliteDatabase) -> SqliteDialect:
+        return SqliteDialect(database)
