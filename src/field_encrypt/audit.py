@@ -333,6 +333,7 @@ def recorded(
     data: Mapping[str, Any] | None = None,
     external: bool = False,
     check: Mapping[str, Any] | None = None,
+    refusals: tuple[type[BaseException], ...] = (ConfigurationError, RotationError),
 ) -> Iterator[Recording]:
     """An act (the block) and its event, stored together or not at all.
 
@@ -344,8 +345,9 @@ def recorded(
     A crash anywhere in between leaves the intent, which
     :func:`field_encrypt.audit_outbox.reconcile` resolves. An error in the block leaves it
     too (the act may have happened before the error), except a refusal
-    (``ConfigurationError``, ``RotationError`` such as a lease held by another worker),
-    which the act raises before acting.
+    (``refusals``: ``ConfigurationError``, ``RotationError`` such as a lease held by another
+    worker), which the act raises before acting; a block that may raise one after acting
+    (a page of documents written, then its checkpoint refused) passes ``refusals=()``.
     """
     recording = Recording(dict(data or {}), subject=subject)
     if trail is None:
@@ -365,7 +367,7 @@ def recorded(
         with outbox.within():
             try:
                 yield recording
-            except (ConfigurationError, RotationError):
+            except refusals:
                 refused = True  # a refusal: raised before the act, by design
                 raise
             if not recording.cancelled:

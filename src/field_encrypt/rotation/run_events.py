@@ -185,6 +185,7 @@ class RunTrail:
             subject=self.subject,
             data=self._documents_data(collection, announced, settled=False),
             check={"shard": shard},
+            refusals=(),  # the checkpoint may lose the lease after the writes: keep the intent
         )
 
     def completed(
