@@ -5,7 +5,7 @@ commit in one unit, and an act outside the database (a MEK version created, enab
 disabled in the key service; every act on Cosmos DB) is announced first and reconciled by
 ``audit verify``. Each act below (:data:`ACTS`) is the real command (``field-encrypt keys
 create``, ``keys disable``, ``keys enable``, ``keys retire``, ``keys compromised``,
-``migrate`` in the rewrap, ``re-encrypt``, ``encrypt`` and ``reindex`` modes, ``restore``,
+``migrate`` in the rewrap, ``re-encrypt``, ``encrypt``, ``decrypt`` and ``reindex`` modes, ``restore``,
 ``index-keys create``, ``index-keys retire``) or the library call
 (``FieldEncryptor.shred``, ``KekTierProvider.new_kek``) in its own OS process on the
 killable sample product (``SAMPLE_KILL_AT=audit:STAGE:TYPE``, see
@@ -337,7 +337,7 @@ def _moved(mode: str, before: tuple[str | None, dict[str, Any]], now: tuple[Any,
     """Whether one document was migrated by a ``mode`` run (from what it was before)."""
     if mode == "reindex":
         return index_key_version_of(now[1]["ssn__bi"]) == 2
-    return bool(now[0] != before[0])  # re-encrypt: a new DEK; encrypt: a DEK at all
+    return bool(now[0] != before[0])  # re-encrypt: a new DEK; encrypt: a DEK; decrypt: none
 
 
 def _document_run(mode: str, event: str) -> Act:
@@ -570,6 +570,7 @@ ACTS = [
     _lease_reclaimed(),
     _document_run("re-encrypt", "document.reencrypted"),
     _document_run("encrypt", "document.backfilled"),
+    _document_run("decrypt", "document.backfilled"),
     _document_run("reindex", "document.reindexed"),
     _shred(),
     _restore("missing"),
