@@ -27,8 +27,9 @@ page's document writes and its checkpoint (one transaction on SQLite and Postgre
 Cosmos DB an intent announcing the page first, which ``audit verify`` resolves to the
 documents whose write took effect, :func:`page_item_done`). Steps settled on resume are
 recorded (``settled``) only where the trail has no such unit (a trail of the
-application's own); elsewhere their page's unit recorded them. DEKs a run deletes (the old DEK of a re-encrypted document,
-a crashed step's leftover) are named there, not as separate ``dek.shredded`` events.
+application's own); elsewhere their page's unit recorded them. DEKs a run deletes (the
+old DEK of a re-encrypted document, a crashed step's leftover) are named there, not as
+separate ``dek.shredded`` events.
 """
 
 from __future__ import annotations
@@ -204,9 +205,8 @@ class DocumentJob:
 
         A batch's new DEKs are created and its documents sealed first; then the page's
         writes (one at a time: with each document's DEK), its checkpoint and its event are
-        one unit of the audit outbox
-        (:meth:`ShardWork.documents_recorded`): one transaction on SQLite and PostgreSQL,
-        announced first by an intent on Cosmos DB.
+        one unit of the audit outbox (:meth:`ShardWork.documents_recorded`): one
+        transaction on SQLite and PostgreSQL, announced first by an intent on Cosmos DB.
         """
         docs = self.collections[collection]
         page = _Page()

@@ -6,7 +6,8 @@ event per :data:`PROGRESS_BATCHES` checkpoints or per :data:`PROGRESS_SECONDS`, 
 comes first, never one per DEK. Items that fail get an event each (``dek.rewrap.failed``
 for a DEK: its dekId and the error's class, never a message that could quote a value),
 up to :data:`MAX_ITEM_EVENTS` per process; the rest are counted in the final event.
-Documents re-encrypted or backfilled are recorded one event per page, listing them.
+Documents re-encrypted, backfilled or reindexed are recorded one event per page, listing
+them, in one unit with the page's writes (:meth:`RunTrail.documents_recorded`).
 """
 
 from __future__ import annotations
@@ -162,9 +163,10 @@ class RunTrail:
     ) -> None:
         """One page of documents migrated (``settled``: finished on resume after a crash).
 
-        Settled steps are recorded only where the trail is not an outbox: there the
-        page's unit (:meth:`documents_recorded`) recorded them with their writes, or left
-        an intent that ``audit verify`` resolves.
+        Settled steps are recorded only where the trail is not an outbox: on an outbox
+        their page's unit (:meth:`documents_recorded`) recorded them with their writes, or
+        left an intent that ``audit verify`` resolves, and a second event would name them
+        twice.
         """
         if not items or (settled and hasattr(self.trail, "intend")):
             return
