@@ -315,10 +315,12 @@ def unit_of_work(trail: AuditTrail | None) -> AbstractContextManager[None]:
 @dataclass(slots=True)
 class Recording:
     """The event an act in :func:`recorded` will be recorded by: its ``data`` may still be
-    added to, or the event dropped (:meth:`cancel`: the act turned out not to need one)."""
+    added to, its ``subject`` named once the act knows it (a MEK version's number), or the
+    event dropped (:meth:`cancel`: the act turned out not to need one)."""
 
     data: dict[str, Any]
     cancelled: bool = False
+    subject: str = ""
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -333,6 +335,7 @@ def recorded(
     data: Mapping[str, Any] | None = None,
     external: bool = False,
     check: Mapping[str, Any] | None = None,
+    refusals: tuple[type[BaseException], ...] = (ConfigurationError, RotationError),
 ) -> Iterator[Recording]:
     """An act (the block) and its event, stored together or not at all.
 
@@ -344,17 +347,18 @@ def recorded(
     A crash anywhere in between leaves the intent, which
     :func:`field_encrypt.audit_outbox.reconcile` resolves. An error in the block leaves it
     too (the act may have happened before the error), except a refusal
-    (``ConfigurationError``, ``RotationError`` such as a lease held by another worker),
-    which the act raises before acting.
+    (``refusals``: ``ConfigurationError``, ``RotationError`` such as a lease held by another
+    worker), which the act raises before acting; a block that may raise one after acting
+    (a page of documents written, then its checkpoint refused) passes ``refusals=()``.
     """
-    recording = Recording(dict(data or {}))
+    recording = Recording(dict(data or {}), subject=subject)
     if trail is None:
         yield recording
         return
     if not hasattr(trail, "intend"):  # a trail without an outbox: the event after the act
         yield recording
         if not recording.cancelled:
-            trail.emit(type, subject=subject, data=recording.data)
+            trail.emit(type, subject=recording.subject, data=recording.data)
         return
     outbox: Any = trail
     intent = None
@@ -365,11 +369,11 @@ def recorded(
         with outbox.within():
             try:
                 yield recording
-            except (ConfigurationError, RotationError):
+            except refusals:
                 refused = True  # a refusal: raised before the act, by design
                 raise
             if not recording.cancelled:
-                outbox.emit_for(intent, type, subject=subject, data=recording.data)
+                outbox.emit_for(intent, type, subject=recording.subject, data=recording.data)
             if intent is not None:
                 outbox.settle(intent)
     except BaseException:

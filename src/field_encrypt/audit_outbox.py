@@ -1,14 +1,18 @@
 """Resolving the audit outbox's pending intents: an act interrupted before its event.
 
-An act with a part outside the product's database transaction (a MEK version enabled or
-disabled in the key service; on Cosmos DB, every act) is announced first (:meth:`~field_encrypt.audit.Outbox.intend`), then
+An act with a part outside the product's database transaction (a MEK version created,
+enabled or disabled in the key service; on Cosmos DB, every act) is announced first (:meth:`~field_encrypt.audit.Outbox.intend`), then
 done, then its event is stored and the intent settled (in one transaction on SQL; on
 Cosmos DB the event carries the intent's id, so it is never stored twice)
 (:func:`~field_encrypt.audit.recorded`). A crash (kill -9, a lost host) between the
 announcement and the settling leaves the intent pending. :func:`reconcile` asks the key
 service, the DEK store, the KEK store, the run ledger or the version notes whether the act
 took effect: if it did, the event is appended now (its ``data`` as announced, plus
-``"recovered": true``); if it did not, the intent is dropped. An intent of
+``"recovered": true``); if it did not, the intent is dropped. Two acts are told apart
+by more than yes or no: a MEK version's creation names its version only once made (the
+first version the key service has beyond those the intent listed, and has no event yet),
+and a page of a document run records the announced documents whose write took effect
+(none: dropped). An intent of
 a type nothing here can check is appended with ``"outcome": "unconfirmed"``, so an act is
 never without its event (at worst an event says the act may have happened).
 
@@ -28,6 +32,9 @@ from field_encrypt.audit import (
     DEK_COLLECTED,
     DEK_RESTORED,
     DEK_SHREDDED,
+    DOCUMENT_BACKFILLED,
+    DOCUMENT_REENCRYPTED,
+    DOCUMENT_REINDEXED,
     INDEX_KEY_CREATED,
     INDEX_KEY_RETIRED,
     KEK_CREATED,
@@ -35,6 +42,7 @@ from field_encrypt.audit import (
     KEK_REWRAPPED,
     LEASE_RECLAIMED,
     MEK_VERSION_COMPROMISED,
+    MEK_VERSION_CREATED,
     MEK_VERSION_DISABLED,
     MEK_VERSION_ENABLED,
     MEK_VERSION_RETIRED,
@@ -44,6 +52,8 @@ from field_encrypt.audit import (
 )
 from field_encrypt.errors import NotFoundError
 from field_encrypt.products import ProductRuntime
+
+DOCUMENT_TYPES = (DOCUMENT_REENCRYPTED, DOCUMENT_BACKFILLED, DOCUMENT_REINDEXED)
 
 FOLLOW_GRACE_SECONDS = 120.0
 """How old an intent must be before a background delivery resolves it (acts take seconds)."""
@@ -136,16 +146,61 @@ def reconcile(runtime: ProductRuntime, *, min_age: float = 0.0) -> list[tuple[Pe
             trail.settle(intent.id)
             done.append((intent, "settled"))
             continue
-        happened = _took_effect(runtime, intent)
+        subject, data = intent.subject, dict(intent.data)
+        happened: bool | None
+        if intent.type == MEK_VERSION_CREATED:
+            happened, version = _version_created(runtime, intent)
+            if happened and version is None:  # made, and recorded already (rotate adopted it)
+                trail.settle(intent.id)
+                done.append((intent, "settled"))
+                continue
+            if version is not None:
+                subject, data = f"{subject}/{version}", {**data, "version": version}
+        elif intent.type in DOCUMENT_TYPES:
+            items = _documents_done(runtime, intent)
+            happened = bool(items)
+            data.update(count=len(items), documents=items)
+        else:
+            happened = _took_effect(runtime, intent)
         with trail.within():
             if happened is False:
                 outcome = "dropped"
             else:
                 outcome = "recorded" if happened else "unconfirmed"
-                data = {**intent.data, "recovered": True}
+                data["recovered"] = True
                 if happened is None:
                     data["outcome"] = "unconfirmed"
-                trail.emit_for(intent.id, intent.type, subject=intent.subject, data=data)
+                trail.emit_for(intent.id, intent.type, subject=subject, data=data)
             trail.settle(intent.id)
         done.append((intent, outcome))
     return done
+
+
+def _version_created(runtime: ProductRuntime, intent: PendingIntent) -> tuple[bool, str | None]:
+    """Whether a MEK version was created after the intent (one the key service has and the
+    intent's ``knownVersions`` does not), and the first such one with no event yet
+    (``None`` when each has its event: a ``rotate`` that adopted it recorded it late)."""
+    known = set(intent.check.get("knownVersions", ()))
+    new = sorted(
+        (v for v in runtime.provider.versions() if v.version not in known),
+        key=lambda v: v.created_at,
+    )
+    trail: Any = runtime.audit
+    for v in new:  # the intent's subject is mek/NAME: the version is what the act made
+        subject = f"{intent.subject}/{v.version}"
+        if not trail.events(types=[MEK_VERSION_CREATED], subject=subject, limit=1):
+            return True, v.version
+    return bool(new), None
+
+
+def _documents_done(runtime: ProductRuntime, intent: PendingIntent) -> list[dict[str, Any]]:
+    """The announced documents of a page whose write took effect (see ``docwalk``)."""
+    from field_encrypt.rotation.docwalk import page_item_done
+
+    collection = str(intent.data.get("collection", ""))
+    mode = str(intent.data.get("mode", ""))
+    return [
+        dict(item)
+        for item in intent.data.get("documents", ())
+        if page_item_done(runtime, mode, collection, item)
+    ]

@@ -15,6 +15,7 @@ import sqlite3
 from pathlib import Path
 
 from field_encrypt import audit
+from field_encrypt.audit_outbox import reconcile
 from field_encrypt.backends.sqlite.lifecycle import SqliteLifecycleStore
 from field_encrypt.cli.exit_codes import ExitCode
 from field_encrypt.config import load_settings
@@ -126,6 +127,11 @@ def test_rotate_survives_kill_9_at_every_stage(env: dict[str, str], tmp_path: Pa
         assert types.count(audit.MEK_VERSION_RETIRED) == 1
         (created,) = runtime.audit.events(types=[audit.MEK_VERSION_CREATED])
         assert created.data["recordedLate"] is True
+        # The killed call's intent, resolved as audit verify does: the version it made has
+        # its event (recorded late), so the intent settles without a second one.
+        resolved = {i.type: outcome for i, outcome in reconcile(runtime)}
+        assert resolved[audit.MEK_VERSION_CREATED] == "settled"
+        assert len(runtime.audit.events(types=[audit.MEK_VERSION_CREATED])) == 1
     finally:
         runtime.close()
     conn = sqlite3.connect(env["FIELD_ENCRYPT_DATABASE"])

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 
 from field_encrypt import audit
+from field_encrypt.audit_outbox import reconcile
 from field_encrypt.backends.base import NewDek
 from field_encrypt.backends.registry import open_lifecycle_store, open_run_ledger
 from field_encrypt.config import load_settings
 from field_encrypt.documents import BatchDocumentStore, DocumentWrite
-from field_encrypt.errors import DekMissingError, KeyProviderError
+from field_encrypt.errors import DekMissingError, KeyProviderError, LeaseHeldError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import (
     MigrationOptions,
@@ -369,3 +370,42 @@ def test_a_store_without_replace_many_is_migrated_one_document_at_a_time(
     assert (deks.calls["create_many"], deks.calls["delete_many"]) == (0, 0)
     runtime.dek_store = deks.inner
     _check_all_on_2(runtime, {f"doc-{i}": document(i) for i in range(COUNT)})
+
+
+class _LosesLease:
+    """A run ledger whose ``at``-th checkpoint finds the lease taken over (after the page's
+    writes: the first checkpoint of a re-encrypt page names its new DEKs, the second ends it)."""
+
+    def __init__(self, inner: Any, at: int) -> None:
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.at:
+            raise LeaseHeldError("the shard's lease was taken over")
+        return self.inner.checkpoint(*args, **kwargs)
+
+
+@pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
+def test_a_page_whose_checkpoint_loses_the_lease_keeps_its_event(
+    runtime: ProductRuntime, store_backend: Backend
+) -> None:
+    """The lease lost at a page's checkpoint, after the page's documents were written: on
+    SQLite and PostgreSQL the page rolls back with its event; on Cosmos DB its writes stand
+    and its intent stays (a lost lease is no refusal before the act), so the reconciliation
+    ``audit verify`` runs records them. No document is left migrated without its event."""
+    before = _dek_ids(runtime)
+    ledger = _LosesLease(open_run_ledger(runtime.database), at=2)
+    with pytest.raises(LeaseHeldError):
+        migrate(runtime, ledger, MigrationOptions(mode="re-encrypt", batch_size=5))  # type: ignore[arg-type]
+    reconcile(runtime)
+    after = _dek_ids(runtime)
+    moved = sorted(i for i in before if after[i] != before[i])
+    assert runtime.audit is not None
+    pages = runtime.audit.events(types=[audit.DOCUMENT_REENCRYPTED])
+    assert sorted(d["id"] for p in pages for d in p.data["documents"]) == moved
+    assert bool(moved) == (store_backend.kind == "cosmos")
+    assert runtime.audit.verify().intact

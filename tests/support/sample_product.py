@@ -24,7 +24,7 @@ PostgreSQL or Cosmos DB) with the provider the settings name. Variants for the r
 * ``killable_audit_product``: ``SAMPLE_KILL_AT=audit:STAGE:TYPE`` kills the process at one
   point between an act and its audit event of type ``io.field-encrypt.TYPE``: ``intent``
   right after the act was announced (an act outside the database), ``control`` right after
-  the key service's ``set_enabled`` returned, ``act`` when the event is about to be
+  the key service's ``set_enabled`` (``create_version`` for ``mek.version.created``) returned, ``act`` when the event is about to be
   written (the act's rows written, uncommitted where the act and the event are one unit),
   ``emitted`` right after the event was written, ``committed`` right after the unit that
   holds both committed.
@@ -346,7 +346,8 @@ def _open_killable_audit(settings: Settings) -> ProductRuntime:
         return runtime
     stage, _, type = what.partition(":")
     if stage == "control":
-        control = _KillingControl(runtime.provider, "set_enabled")
+        method = "create_version" if type == "mek.version.created" else "set_enabled"
+        control = _KillingControl(runtime.provider, method)
         runtime.provider = control
         runtime.encryptor.provider = control
     else:

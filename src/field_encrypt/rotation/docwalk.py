@@ -21,10 +21,15 @@ which reads it again. Because a page's old DEKs are read before its documents ar
 shredded in the meantime is a failure (``DekMissingError``, as one at a time) and its new DEK
 is deleted, so the shred stands.
 
-Each page's migrated documents are recorded in the audit trail after the page's
-checkpoint (``document.reencrypted`` or ``document.backfilled``: ids and dekIds), and so
-are steps settled on resume. DEKs a run deletes (the old DEK of a re-encrypted document,
-a crashed step's leftover) are named there, not as separate ``dek.shredded`` events.
+Each page's migrated documents are recorded in the audit trail (``document.reencrypted``,
+``document.backfilled`` or ``document.reindexed``: ids and dekIds) in one unit with the
+page's document writes and its checkpoint (one transaction on SQLite and PostgreSQL; on
+Cosmos DB an intent announcing the page first, which ``audit verify`` resolves to the
+documents whose write took effect, :func:`page_item_done`). Steps settled on resume are
+recorded (``settled``) only where the trail has no such unit (a trail of the
+application's own); elsewhere their page's unit recorded them. DEKs a run deletes (the
+old DEK of a re-encrypted document, a crashed step's leftover) are named there, not as
+separate ``dek.shredded`` events.
 """
 
 from __future__ import annotations
@@ -89,6 +94,15 @@ class Pending:
     def decode(cls, text: str) -> Pending:
         collection, document, new, old = json.loads(text)
         return cls(collection, document, new, old)
+
+
+@dataclass(frozen=True, slots=True)
+class _PageEnd:
+    """Where a page leaves the shard's cursor, and what its scan matched and skipped."""
+
+    cursor: str
+    matched: int
+    skipped: int
 
 
 class Skip(Exception):
@@ -169,15 +183,13 @@ class DocumentJob:
                 pending = [s.encode() for s in steps if s is not None]
                 if pending:  # name the new DEKs before creating them
                     work.checkpoint(cursor=work.cursor, delta=Counters(), pending=pending)
-                delta, failures, migrated = self._migrate_page(work, name, todo, steps)
                 done = page.cursor is None
-                work.checkpoint(
+                end = _PageEnd(
                     cursor=_encode(index + 1, None) if done else _encode(index, page.cursor),
-                    delta=delta
-                    + Counters(matched=len(todo), skipped=len(page.documents) - len(todo)),
-                    failures=failures,
+                    matched=len(todo),
+                    skipped=len(page.documents) - len(todo),
                 )
-                work.documents_done(name, migrated)
+                self._migrate_page(work, name, todo, steps, end)
                 if done:
                     break
                 cursor = page.cursor
@@ -188,14 +200,55 @@ class DocumentJob:
         collection: str,
         todo: Sequence[StoredDocument],
         steps: Sequence[Pending | None],
-    ) -> tuple[Counters, list[Failure], list[dict[str, str]]]:
+        end: _PageEnd,
+    ) -> None:
+        """Migrate a page, then checkpoint it; its event is recorded with its writes.
+
+        A batch's new DEKs are created and its documents sealed first; then the page's
+        writes (one at a time: with each document's DEK), its checkpoint and its event are
+        one unit of the audit outbox (:meth:`ShardWork.documents_recorded`): one
+        transaction on SQLite and PostgreSQL, announced first by an intent on Cosmos DB.
+        """
         docs = self.collections[collection]
-        if isinstance(docs, BatchDocumentStore) and len(todo) > 1:
-            return self._migrate_batch(work, collection, docs, todo, steps)
         page = _Page()
+        batch = isinstance(docs, BatchDocumentStore) and len(todo) > 1
+        writes: list[DocumentWrite] = []
+        written: list[int] = []
+        if batch:
+            failed = self._create_deks(
+                work, [s.new for s in steps if s is not None and s.new is not None]
+            )
+            writes, written = self._seal_batch(work, collection, todo, steps, failed, page)
+        announced = [self.audit_item(d, s) for d, s in zip(todo, steps, strict=True)]
+        with work.documents_recorded(collection, announced) as recording:
+            if batch:
+                assert isinstance(docs, BatchDocumentStore)
+                self._write_batch(work, collection, docs, todo, steps, writes, written, page)
+            else:
+                self._write_each(work, collection, todo, steps, page)
+            delta, failures, migrated = page.result()
+            work.checkpoint(
+                cursor=end.cursor,
+                delta=delta + Counters(matched=end.matched, skipped=end.skipped),
+                failures=failures,
+            )
+            if migrated:
+                recording.data.update(count=len(migrated), documents=migrated)
+            else:
+                recording.cancel()
+
+    def _write_each(
+        self,
+        work: ShardWork,
+        collection: str,
+        todo: Sequence[StoredDocument],
+        steps: Sequence[Pending | None],
+        page: _Page,
+    ) -> None:
+        """A page one document at a time (a store that cannot write a page at once): each
+        document's DEK created, its write, its old DEK deleted."""
         for document, step in zip(todo, steps, strict=True):
             self._migrate_item(work, collection, document, step, page, page.migrated.append)
-        return page.result()
 
     def _migrate_item(
         self,
@@ -225,25 +278,21 @@ class DocumentJob:
         except ITEM_ERRORS as exc:
             self._item_failed(work, collection, document, step, exc, page)
 
-    def _migrate_batch(
+    def _seal_batch(
         self,
         work: ShardWork,
         collection: str,
-        docs: BatchDocumentStore,
         todo: Sequence[StoredDocument],
         steps: Sequence[Pending | None],
-    ) -> tuple[Counters, list[Failure], list[dict[str, str]]]:
-        """The page in batches (see the module docstring): the same steps, in the same order."""
-        page = _Page()
-        outcome: list[dict[str, str] | None] = [None] * len(todo)  # audit items, in page order
-        failed = self._create_deks(
-            work, [s.new for s in steps if s is not None and s.new is not None]
-        )
+        failed: Mapping[str, Exception],
+        page: _Page,
+    ) -> tuple[list[DocumentWrite], list[int]]:
+        """A batch's writes (see the module docstring), sealed; and their indexes in ``todo``."""
         writes: list[DocumentWrite] = []
         written: list[int] = []
         for index, (document, step) in enumerate(zip(todo, steps, strict=True)):
             try:
-                if step is not None and step.new in failed:
+                if step is not None and step.new is not None and step.new in failed:
                     raise failed[step.new]
                 fields, dek_id = work.retry.call(self.seal, collection, document, step)
             except ITEM_ERRORS as exc:
@@ -251,6 +300,21 @@ class DocumentJob:
                 continue
             writes.append(DocumentWrite(document, fields, dek_id))
             written.append(index)
+        return writes, written
+
+    def _write_batch(
+        self,
+        work: ShardWork,
+        collection: str,
+        docs: BatchDocumentStore,
+        todo: Sequence[StoredDocument],
+        steps: Sequence[Pending | None],
+        writes: Sequence[DocumentWrite],
+        written: Sequence[int],
+        page: _Page,
+    ) -> None:
+        """A batch's sealed writes, then what each committed step leaves to do."""
+        outcome: list[dict[str, str] | None] = [None] * len(todo)  # audit items, in page order
         lost = set(work.retry.call(docs.replace_many, writes)) if writes else set()
         again = [i for i in written if todo[i].id in lost]
         won = [i for i in written if todo[i].id not in lost]
@@ -280,7 +344,6 @@ class DocumentJob:
             record = functools.partial(outcome.__setitem__, index)
             self._migrate_item(work, collection, todo[index], steps[index], page, record, lost=True)
         page.migrated = [item for item in outcome if item is not None]
-        return page.result()
 
     def _item_failed(
         self,
@@ -514,6 +577,37 @@ class _Page:
     def result(self) -> tuple[Counters, list[Failure], list[dict[str, str]]]:
         delta = Counters(changed=self.changed, skipped=self.skipped, failed=len(self.failures))
         return delta + Counters(conflicts=self.conflicts), self.failures, self.migrated
+
+
+def page_item_done(
+    runtime: ProductRuntime, mode: str, collection: str, item: Mapping[str, Any]
+) -> bool:
+    """Whether the write of one document a page announced (an item of its event) took
+    effect: the document now is what the step makes it (for ``audit verify`` resolving the
+    intent of a page interrupted on Cosmos DB). ``re-encrypt`` and ``encrypt`` name the
+    DEK the document must be under (a fresh one: nothing else writes it); ``encrypt``
+    also leaves no plaintext, ``decrypt`` no DEK and no token, ``reindex`` every index
+    value on the announced version. A document deleted since is not counted."""
+    docs = runtime.documents.get(collection)
+    if docs is None:
+        return False
+    try:
+        document = docs.get(str(item["id"]))
+    except NotFoundError:
+        return False
+    if mode == "reindex":
+        from field_encrypt.index_values import needs_reindex
+        from field_encrypt.rotation.reindex import indexed_collections
+
+        version = int(item["indexKeyVersion"])
+        specs = indexed_collections(runtime).get(collection, [])
+        return not any(needs_reindex(document.fields, f.path, version) for f in specs)
+    values = _values(document, runtime.encryptor.collections.get(collection, ()))
+    if mode == "decrypt":
+        return document.dek_id is None and not any(token.is_token(v) for v in values)
+    if document.dek_id != item.get("dekId"):
+        return False
+    return mode != "encrypt" or all(v is None or token.is_token(v) for v in values)
 
 
 def new_dek_id() -> str:

@@ -93,8 +93,22 @@ def create_version(runtime: ProductRuntime, *, via: str = "keys create") -> KeyV
         previous: str | None = runtime.provider.current_version()
     except KeyVersionNotFoundError:  # an empty MEK: the providers say so this way only
         previous = None
-    version = runtime.provider.create_version()
-    emit_mek_event(runtime, MEK_VERSION_CREATED, version.version, previousVersion=previous, via=via)
+    # The key service's act is announced first (an intent naming the versions there are
+    # before it), so a crash after the call leaves the intent for audit verify to settle:
+    # recorded if a version not among those exists, dropped if none does.
+    name = runtime.provider.mek_name
+    known = [v.version for v in runtime.provider.versions()] if runtime.audit else []
+    with recorded(
+        runtime.audit,
+        MEK_VERSION_CREATED,
+        subject=f"mek/{name}",
+        data={"mekName": name, "previousVersion": previous, "via": via},
+        external=True,
+        check={"knownVersions": known},
+    ) as recording:
+        version = runtime.provider.create_version()
+        recording.subject = f"mek/{name}/{version.version}"
+        recording.data["version"] = version.version
     return version
 
 

@@ -12,10 +12,11 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from field_encrypt.audit import RUN_COMPLETED, RUN_STARTED, recorded
+from field_encrypt.audit import RUN_COMPLETED, RUN_STARTED, Recording, recorded
 from field_encrypt.errors import (
     ConfigurationError,
     LeaseHeldError,
@@ -229,6 +230,13 @@ class ShardWork:
     ) -> None:
         """Record a page of migrated documents in the audit trail (after its checkpoint)."""
         self.trail.documents(collection, items, settled=settled)
+
+    def documents_recorded(
+        self, collection: str, announced: Sequence[Mapping[str, Any]]
+    ) -> AbstractContextManager[Recording]:
+        """The unit of a page's writes, its checkpoint and its event (see
+        :meth:`RunTrail.documents_recorded`)."""
+        return self.trail.documents_recorded(collection, announced, shard=self.shard[0])
 
 
 class Job(Protocol):

@@ -6,12 +6,14 @@ event per :data:`PROGRESS_BATCHES` checkpoints or per :data:`PROGRESS_SECONDS`, 
 comes first, never one per DEK. Items that fail get an event each (``dek.rewrap.failed``
 for a DEK: its dekId and the error's class, never a message that could quote a value),
 up to :data:`MAX_ITEM_EVENTS` per process; the rest are counted in the final event.
-Documents re-encrypted or backfilled are recorded one event per page, listing them.
+Documents re-encrypted, backfilled or reindexed are recorded one event per page, listing
+them, in one unit with the page's writes (:meth:`RunTrail.documents_recorded`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Final
 
 from field_encrypt.audit import (
@@ -24,6 +26,8 @@ from field_encrypt.audit import (
     RUN_PROGRESS,
     RUN_STARTED,
     AuditTrail,
+    Recording,
+    recorded,
 )
 from field_encrypt.errors import StoreError
 from field_encrypt.rotation.ledger import Counters, Failure, RunRecord
@@ -137,25 +141,53 @@ class RunTrail:
         self._last_progress = self.clock()
         self._emit(RUN_PROGRESS, {**self._base(), **self.done.as_dict(), "workerDone": worker_done})
 
+    def _documents_type(self) -> str:
+        mode = self.run.plan.mode
+        return {"re-encrypt": DOCUMENT_REENCRYPTED, "reindex": DOCUMENT_REINDEXED}.get(
+            mode, DOCUMENT_BACKFILLED
+        )
+
+    def _documents_data(
+        self, collection: str, items: Sequence[Mapping[str, Any]], *, settled: bool
+    ) -> dict[str, Any]:
+        return {
+            **self._base(),
+            "collection": collection,
+            "count": len(items),
+            "settled": settled,
+            "documents": [dict(item) for item in items],
+        }
+
     def documents(
         self, collection: str, items: Sequence[Mapping[str, Any]], *, settled: bool = False
     ) -> None:
-        """One page of documents migrated (``settled``: finished on resume after a crash)."""
-        if not items:
+        """One page of documents migrated (``settled``: finished on resume after a crash).
+
+        Settled steps are recorded only where the trail is not an outbox: on an outbox
+        their page's unit (:meth:`documents_recorded`) recorded them with their writes, or
+        left an intent that ``audit verify`` resolves, and a second event would name them
+        twice.
+        """
+        if not items or (settled and hasattr(self.trail, "intend")):
             return
-        mode = self.run.plan.mode
-        type = {"re-encrypt": DOCUMENT_REENCRYPTED, "reindex": DOCUMENT_REINDEXED}.get(
-            mode, DOCUMENT_BACKFILLED
-        )
-        self._emit(
-            type,
-            {
-                **self._base(),
-                "collection": collection,
-                "count": len(items),
-                "settled": settled,
-                "documents": [dict(item) for item in items],
-            },
+        self._emit(self._documents_type(), self._documents_data(collection, items, settled=settled))
+
+    def documents_recorded(
+        self, collection: str, announced: Sequence[Mapping[str, Any]], *, shard: int
+    ) -> AbstractContextManager[Recording]:
+        """The unit of one page's document writes and its event
+        (:func:`~field_encrypt.audit.recorded`): the block migrates the page and sets the
+        event's ``documents`` and ``count`` to those migrated (or cancels it when none
+        were). On Cosmos DB the page is announced first, ``announced`` listing every
+        document the page may migrate; ``audit verify`` keeps those whose write took effect.
+        """
+        return recorded(
+            self.trail if announced else None,
+            self._documents_type(),
+            subject=self.subject,
+            data=self._documents_data(collection, announced, settled=False),
+            check={"shard": shard},
+            refusals=(),  # the checkpoint may lose the lease after the writes: keep the intent
         )
 
     def completed(
