@@ -56,7 +56,7 @@ def test_a_debug_run_of_the_suite_leaks_no_secret(tmp_path: Path) -> None:
         },
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,  # 13 min at load 6-7 (2026-12-07); a hang, not a slow machine, should trip it
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     report = json.loads(report_path.read_text())
