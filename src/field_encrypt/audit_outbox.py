@@ -54,6 +54,9 @@ from field_encrypt.errors import NotFoundError
 from field_encrypt.products import ProductRuntime
 
 DOCUMENT_TYPES = (DOCUMENT_REENCRYPTED, DOCUMENT_BACKFILLED, DOCUMENT_REINDEXED)
+CAUGHT_UP_TYPES = (MEK_VERSION_ENABLED, MEK_VERSION_DISABLED)
+"""Acts a later call records when it finds them done (a re-run after a kill): their
+intent settles without a second event."""
 
 FOLLOW_GRACE_SECONDS = 120.0
 """How old an intent must be before a background delivery resolves it (acts take seconds)."""
@@ -121,12 +124,24 @@ def _took_effect(runtime: ProductRuntime, intent: PendingIntent) -> bool | None:
     return None
 
 
-def _age(intent: PendingIntent, now: dt.datetime) -> float:
-    """Seconds since the intent was written (a time without a zone is UTC)."""
+def _created(intent: PendingIntent) -> dt.datetime:
+    """When the intent was written (a time without a zone is UTC)."""
     created = dt.datetime.fromisoformat(intent.created_at)
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=dt.UTC)
-    return (now - created).total_seconds()
+    return created if created.tzinfo is not None else created.replace(tzinfo=dt.UTC)
+
+
+def _age(intent: PendingIntent, now: dt.datetime) -> float:
+    """Seconds since the intent was written."""
+    return (now - _created(intent)).total_seconds()
+
+
+def _caught_up(trail: Any, intent: PendingIntent) -> bool:
+    """Whether a later call already recorded the act (a ``keys disable`` re-run after a
+    kill records a version it finds disabled, ``alreadyDisabled``): an event of the
+    intent's type and subject stored since the intent was written."""
+    return bool(
+        trail.events(types=[intent.type], subject=intent.subject, since=_created(intent), limit=1)
+    )
 
 
 def reconcile(runtime: ProductRuntime, *, min_age: float = 0.0) -> list[tuple[PendingIntent, str]]:
@@ -162,6 +177,10 @@ def reconcile(runtime: ProductRuntime, *, min_age: float = 0.0) -> list[tuple[Pe
             data.update(count=len(items), documents=items)
         else:
             happened = _took_effect(runtime, intent)
+            if happened and intent.type in CAUGHT_UP_TYPES and _caught_up(trail, intent):
+                trail.settle(intent.id)
+                done.append((intent, "settled"))
+                continue
         with trail.within():
             if happened is False:
                 outcome = "dropped"

@@ -132,6 +132,10 @@ def test_rotate_survives_kill_9_at_every_stage(env: dict[str, str], tmp_path: Pa
         resolved = {i.type: outcome for i, outcome in reconcile(runtime)}
         assert resolved[audit.MEK_VERSION_CREATED] == "settled"
         assert len(runtime.audit.events(types=[audit.MEK_VERSION_CREATED])) == 1
+        # Likewise the disable killed after the key service's call (control:set_enabled):
+        # the next call recorded it (alreadyDisabled), so its intent adds no second event.
+        assert resolved[audit.MEK_VERSION_DISABLED] == "settled"
+        assert len(runtime.audit.events(types=[audit.MEK_VERSION_DISABLED])) == 1
     finally:
         runtime.close()
     conn = sqlite3.connect(env["FIELD_ENCRYPT_DATABASE"])
