@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast, runtime_checkable
 
-from field_encrypt.errors import TRANSIENT_ERRORS, FieldEncryptError
+from field_encrypt.errors import TRANSIENT_ERRORS, FieldEncryptError, KeyVersionNotFoundError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +106,16 @@ class KeyProvider(Protocol):
         plaintext DEK never reaches this process.
         """
         ...
+
+
+def listed_versions(provider: KeyProvider) -> list[KeyVersion]:
+    """``provider.versions()``, and none for a MEK the key service does not have yet (a new
+    Key Vault key name, KMS alias or token label, whose first version is not made: the
+    providers answer :class:`KeyVersionNotFoundError`, as ``current_version`` does)."""
+    try:
+        return provider.versions()
+    except KeyVersionNotFoundError:
+        return []
 
 
 def refresh_provider(provider: object) -> None:
