@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from field_encrypt.blind_index import BlindIndex, IndexedField, index_key_version_of
-from field_encrypt.errors import UnsupportedFormatError
+from field_encrypt.errors import ConfigurationError, UnsupportedFormatError
+
+if TYPE_CHECKING:
+    from field_encrypt.products import ProductRuntime
 
 __all__ = [
     "INVALID",
     "MISSING",
     "SUFFIX",
     "field_versions",
+    "indexed_collections",
     "needs_reindex",
     "sibling",
     "tally",
@@ -136,3 +140,22 @@ def _set(fields: dict[str, Any], path: str, value: Any) -> None:
         node.pop(last, None)
     else:
         node[last] = value
+
+
+def indexed_collections(runtime: ProductRuntime) -> dict[str, list[IndexedField]]:
+    """The product's indexed fields per collection; a field of an unknown collection, or
+    not encrypted, is a :class:`ConfigurationError`."""
+    by_collection: dict[str, list[IndexedField]] = {}
+    for spec in runtime.indexed:
+        paths = runtime.encryptor.collections.get(spec.collection)
+        if spec.collection not in runtime.documents or paths is None:
+            raise ConfigurationError(
+                f"indexed field {spec.collection}.{spec.path}: the product has no encrypted "
+                f"collection {spec.collection!r}"
+            )
+        if spec.path not in paths:
+            raise ConfigurationError(
+                f"indexed field {spec.collection}.{spec.path} is not an encrypted field"
+            )
+        by_collection.setdefault(spec.collection, []).append(spec)
+    return by_collection

@@ -596,8 +596,7 @@ def page_item_done(
     except NotFoundError:
         return False
     if mode == "reindex":
-        from field_encrypt.index_values import needs_reindex
-        from field_encrypt.rotation.reindex import indexed_collections
+        from field_encrypt.index_values import indexed_collections, needs_reindex
 
         version = int(item["indexKeyVersion"])
         specs = indexed_collections(runtime).get(collection, [])

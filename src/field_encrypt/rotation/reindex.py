@@ -23,11 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from field_encrypt.blind_index import BlindIndex, IndexedField
+from field_encrypt.blind_index import BlindIndex
 from field_encrypt.documents import StoredDocument, pages
 from field_encrypt.errors import ConfigurationError, RotationError
 from field_encrypt.index_keys import PROBE_WINDOW, IndexKeyring, reachable
-from field_encrypt.index_values import needs_reindex, tally, with_index_values
+from field_encrypt.index_values import indexed_collections, needs_reindex, tally, with_index_values
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyProvider
 from field_encrypt.rotation.docwalk import DocumentJob, Pending
@@ -45,25 +45,6 @@ def keyring_of(runtime: ProductRuntime, provider: KeyProvider | None = None) -> 
         store=runtime.dek_store,
         audit=runtime.audit,
     )
-
-
-def indexed_collections(runtime: ProductRuntime) -> dict[str, list[IndexedField]]:
-    """The product's indexed fields per collection; a field of an unknown collection, or
-    not encrypted, is a :class:`ConfigurationError`."""
-    by_collection: dict[str, list[IndexedField]] = {}
-    for spec in runtime.indexed:
-        paths = runtime.encryptor.collections.get(spec.collection)
-        if spec.collection not in runtime.documents or paths is None:
-            raise ConfigurationError(
-                f"indexed field {spec.collection}.{spec.path}: the product has no encrypted "
-                f"collection {spec.collection!r}"
-            )
-        if spec.path not in paths:
-            raise ConfigurationError(
-                f"indexed field {spec.collection}.{spec.path} is not an encrypted field"
-            )
-        by_collection.setdefault(spec.collection, []).append(spec)
-    return by_collection
 
 
 class ReindexJob(DocumentJob):
