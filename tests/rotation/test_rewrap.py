@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 from typing import Any
 
 import pytest
 
+from field_encrypt import audit
 from field_encrypt.backends.base import WrapUpdate
 from field_encrypt.backends.registry import open_run_ledger
 from field_encrypt.errors import LeaseHeldError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
-from field_encrypt.rotation import RetryPolicy
+from field_encrypt.rotation import RetryPolicy, migrate
+from field_encrypt.rotation.run import NullObserver
 from field_encrypt.testing import FakeClock
 from tests.rotation.helpers import faulty, run, versions_of
 from tests.support.fixtures import on_every_store
@@ -301,3 +306,51 @@ def test_a_dead_workers_shard_is_taken_over_after_its_lease_expires(
     assert report.status == "completed" and report.run_id == open_run.run_id
     assert versions_of(runtime) == {"3": 40}
     assert report.counters.changed == 40
+
+
+def test_a_shard_of_a_worker_that_died_here_meanwhile_is_taken_over_at_once(
+    runtime: ProductRuntime, clock: FakeClock
+) -> None:
+    """Worker 1 of 2 starts while worker 2, a process of this host, holds shard 2; worker 2
+    dies while worker 1 works. Worker 1, done with its shard, sees the holder is gone and
+    takes shard 2 over (audited) instead of stopping with the run half done."""
+    seed(runtime, 40)
+    runtime.provider.create_version()
+    ledger = open_run_ledger(runtime.database)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = f"{socket.gethostname()}:{child.pid}:abc123"
+    from field_encrypt.rotation import MigrationOptions, prepare_job
+
+    plan = prepare_job(runtime, MigrationOptions(mode="rewrap-deks", worker=(0, 2))).plan
+    open_run, _ = ledger.open_run(
+        product="sample", plan=plan, now=clock.time(), estimated_total=40, skipped_at_start=0
+    )
+    ledger.acquire_shard(open_run.run_id, 1, owner=holder, now=clock.time(), ttl=3600)
+    heard: list[str] = []
+
+    class Killer(NullObserver):
+        def run_started(self, run: Any, *, shard: int, resumed: bool) -> None:
+            heard.append(f"started {shard}")
+            if shard == 0:  # worker 2 dies while worker 1 rewraps its own shard
+                child.kill()
+                child.wait()
+
+        def event(self, name: str, fields: Any) -> None:
+            heard.append(name)
+
+    report = migrate(
+        runtime,
+        ledger,
+        MigrationOptions(mode="rewrap-deks", worker=(0, 2), lease_ttl=3600),
+        clock=clock.time,
+        monotonic=clock.monotonic,
+        sleep=clock.sleep,
+        observer=Killer(),
+        owner="w1",
+    )
+    assert heard[0] == "started 0" and "lease_reclaimed" in heard and "started 1" in heard
+    assert report.status == "completed" and report.run_id == open_run.run_id
+    assert versions_of(runtime) == {"2": 40}
+    assert runtime.audit is not None
+    (event,) = runtime.audit.events(types=[audit.LEASE_RECLAIMED])
+    assert event.data == {"runId": open_run.run_id, "shard": 1, "holder": holder}

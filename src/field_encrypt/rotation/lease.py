@@ -7,7 +7,8 @@ this worker at its next checkpoint with :class:`~field_encrypt.errors.LeaseHeldE
 its writes so far were compare-and-swap, so nothing it did is lost or doubled.
 
 A lease whose holder is a process of this host that no longer exists (killed with
-``kill -9``, the OOM killer, a crash) is taken over at once instead of after its TTL:
+``kill -9``, the OOM killer, a crash) is taken over at once instead of after its TTL,
+when a run starts and each time a worker finishes a shard:
 :func:`dead_here` reads the holder's host and pid from its name (``HOST:PID:suffix``)
 and asks the kernel whether that pid exists. A holder on another host still holds its
 lease until it expires: nothing here can tell whether it is alive. A wrong verdict costs

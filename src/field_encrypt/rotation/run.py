@@ -299,14 +299,7 @@ def run_job(
     # Ledger writes are retried on transient store errors (a locked SQLite file, a dropped
     # PostgreSQL connection) like every other store call of the run.
     books = Retrier(options.retry, clock=monotonic, sleep=sleep, rng=rng)
-    reclaimed = books.call(reclaim_dead_leases, ledger, product, now=clock(), audit=runtime.audit)
-    for dead, shard in reclaimed:  # each release and its run.lease.reclaimed: one unit
-        fields = {
-            "run_id": dead.run_id,
-            "shard": f"{shard.index + 1}/{dead.plan.shards}",
-            "holder": shard.owner,
-        }
-        observer.event("lease_reclaimed", fields)
+    _reclaim(books, ledger, product, runtime, clock, observer)
     run, resumed = books.call(
         ledger.open_run,
         product=product,
@@ -386,6 +379,11 @@ def run_job(
             lambda: monotonic() - started,
         )
         completed_emitted = completed_emitted or finished
+        # A worker of this host that died while this one worked holds its shard until
+        # its TTL: free it now, so that this worker takes it over instead of stopping.
+        for dead, shard in _reclaim(books, ledger, product, runtime, clock, observer):
+            if dead.run_id == run.run_id:
+                tried.discard(shard.index)
         index = _next_free(books.call(ledger.get_run, run.run_id), tried, clock())
     if not worked:
         raise LeaseHeldError(
@@ -515,6 +513,27 @@ def _release(
     except (RetryBudgetExhausted, StoreError):
         return False
     return True
+
+
+def _reclaim(
+    books: Retrier,
+    ledger: RunLedger,
+    product: str,
+    runtime: ProductRuntime,
+    clock: Callable[[], float],
+    observer: RunObserver,
+) -> list[tuple[RunRecord, ShardState]]:
+    """Free the shards of ``product`` held by dead workers of this host (each release and
+    its ``run.lease.reclaimed`` one unit), telling ``observer``; the shards freed."""
+    reclaimed = books.call(reclaim_dead_leases, ledger, product, now=clock(), audit=runtime.audit)
+    for dead, shard in reclaimed:
+        fields = {
+            "run_id": dead.run_id,
+            "shard": f"{shard.index + 1}/{dead.plan.shards}",
+            "holder": shard.owner,
+        }
+        observer.event("lease_reclaimed", fields)
+    return reclaimed
 
 
 def _next_free(run: RunRecord, tried: set[int], now: float) -> int | None:
