@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,23 @@ def test_dead_here_reads_host_and_pid() -> None:
     assert not dead_here(f"{host}:{os.getppid()}:abc123")
     assert not dead_here(f"elsewhere.invalid:{_dead_pid()}:abc123")
     assert not dead_here(None) and not dead_here("") and not dead_here(f"{host}:x:y")
+
+
+def test_an_exited_child_not_yet_reaped_is_dead() -> None:
+    """A worker killed while its parent waits on another child stays a zombie until
+    reaped: its pid exists, but it will never run again."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner = f"{socket.gethostname()}:{child.pid}:abc123"
+    for _ in range(200):  # until it has exited (left unreaped: no wait() here)
+        with open(f"/proc/{child.pid}/stat", "rb") as stat:
+            if stat.read().rpartition(b")")[2].split()[0] == b"Z":
+                break
+        time.sleep(0.01)
+    try:
+        assert dead_here(owner)
+    finally:
+        child.wait()
+    assert dead_here(owner)  # reaped: gone
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ A lease whose holder is a process of this host that no longer exists (killed wit
 ``kill -9``, the OOM killer, a crash) is taken over at once instead of after its TTL,
 when a run starts and each time a worker finishes a shard:
 :func:`dead_here` reads the holder's host and pid from its name (``HOST:PID:suffix``)
-and asks the kernel whether that pid exists. A holder on another host still holds its
+and asks the kernel whether that pid exists (an exited process its parent has not
+reaped yet counts as gone). A holder on another host still holds its
 lease until it expires: nothing here can tell whether it is alive. A wrong verdict costs
 nothing worse than an expiry would (the pid reused by a live process: the lease is waited
 out; another PID namespace under the same host name: the holder loses its lease at its
@@ -48,7 +49,19 @@ def dead_here(owner: str | None) -> bool:
         return True
     except OSError:  # PermissionError: alive, another user's
         return False
-    return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but its parent has not reaped it yet (state ``Z`` in
+    ``/proc``; a supervisor busy with another child): it exists, and it will never run
+    again. False where ``/proc`` cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (comm) state ...": comm may hold spaces and parentheses; the last ")" ends it
+            return stat.read().rpartition(b")")[2].split()[:1] == [b"Z"]
+    except OSError:
+        return False
 
 
 def reclaim_dead_leases(
