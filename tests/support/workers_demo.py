@@ -6,8 +6,8 @@
 Starts a throwaway PostgreSQL cluster or the Cosmos DB test server, seeds the sample
 product with ``--deks`` encrypted documents under MEK version 1, creates version 2, and
 starts ``--workers`` ``field-encrypt migrate --worker I/N`` processes at once; worker 2 is
-killed with SIGKILL after its second batch. Then it re-runs worker 2 until its dead lease
-has expired and prints ``status`` and ``verify`` as an operator would see them.
+killed with SIGKILL after its second batch. A survivor that finishes after the kill takes
+its shard over; if none did, it re-runs worker 2 until the shard is free. Then it prints ``status`` and ``verify`` as an operator would see them.
 ``scripts/demo-workers`` runs it for both stores.
 """
 
