@@ -112,6 +112,9 @@ class _CrashAfterFirstWrite:
     def count_under(self, mek_name: str, version: str) -> dict[str, int]:
         return self.inner.count_under(mek_name, version)
 
+    def active_keks_under(self, mek_name: str, version: str) -> dict[str, int]:
+        return self.inner.active_keks_under(mek_name, version)
+
 
 def _open_crashing(settings: Settings) -> ProductRuntime:
     runtime = _open(settings)

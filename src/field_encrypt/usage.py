@@ -47,6 +47,24 @@ def other_products_on(runtime: ProductRuntime, version: str) -> dict[str, int]:
     return {product: n for product, n in sorted(others.items()) if n}
 
 
+def keks_on(runtime: ProductRuntime, version: str) -> dict[str, int]:
+    """Active KEKs of every product of the database (this one's too) wrapped under
+    ``version`` of this product's MEK. An active KEK takes its product's next DEKs even
+    while it wraps none, and opening it needs ``version``: disabling the version would
+    break those writes, so ``keys disable`` and the retirement gate refuse while one is
+    there (``migrate --mode rewrap-deks`` moves a product's KEKs, empty ones included)."""
+    found = runtime.dek_store.active_keks_under(runtime.provider.mek_name, version)
+    return {product: n for product, n in sorted(found.items()) if n}
+
+
+def kek_detail(keks: dict[str, int]) -> str:
+    """``the active KEK of product 'billing'`` (and so on), for refusals."""
+    return ", ".join(
+        f"{'the active KEK' if n == 1 else f'{n} active KEKs'} of product {p!r}"
+        for p, n in keks.items()
+    )
+
+
 def shared_detail(others: dict[str, int]) -> str:
     """``10 DEKs of product 'billing'`` (and so on), for refusals."""
     return ", ".join(f"{n} DEKs of product {p!r}" for p, n in others.items())
@@ -71,4 +89,12 @@ def kek_usage(runtime: ProductRuntime) -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["count_not_on", "dek_counts", "kek_usage", "other_products_on", "shared_detail"]
+__all__ = [
+    "count_not_on",
+    "dek_counts",
+    "kek_detail",
+    "kek_usage",
+    "keks_on",
+    "other_products_on",
+    "shared_detail",
+]

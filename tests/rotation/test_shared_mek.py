@@ -80,3 +80,54 @@ def test_the_gate_counts_every_product_under_the_version(
     (gone, *_) = report.checks
     assert not gone.ok and "10 DEKs of product 'billing'" in gone.detail
     assert report.refusals and report.deks_left == 10
+
+
+@pytest.mark.parametrize("store_backend", BACKEND_KINDS, indirect=True)
+def test_an_empty_active_kek_of_another_product_blocks_disable_and_the_gate(
+    store_backend: Backend, tmp_path: Path
+) -> None:
+    """``billing`` (KEK layout) has an active KEK under version 1 and no DEK yet; the
+    rehearsal product is rewrapped onto version 2. Disabling version 1 is refused naming
+    billing's KEK, with or without --force (it went through, and billing's next write then
+    failed on its KEK); the gate says the same; after billing's own rewrap (which moves
+    its KEK) both go through, and billing still writes."""
+    keyring = str(tmp_path / "keyring.json")
+    sample = product.open(store_backend.settings(keyring=keyring))
+    layout = store_backend.settings(keyring=keyring, key_layout="kek")
+    billing = open_runtime(layout, product="billing", collections={"invoices": ["iban"]})
+    try:
+        seed(sample, 6)
+        assert billing.kek_tier is not None
+        billing.kek_tier.dek_version()  # its active KEK, under version 1, wrapping nothing
+        sample.provider.create_version()
+        migrate(sample, open_ledger(sample), MigrationOptions(mode="rewrap-deks"))
+        assert billing.dek_store.count_under(sample.provider.mek_name, "1") == {}
+        for force in (False, True):
+            with pytest.raises(RotationError, match="the active KEK of product 'billing'"):
+                disable_version(
+                    sample,
+                    open_lifecycle(sample),
+                    "1",
+                    force=force,
+                    reason="test" if force else None,
+                )
+        assert [v.enabled for v in sample.provider.versions()] == [True, True]
+        report = retire_gate(sample, open_ledger(sample), open_lifecycle(sample), "1", soak_hours=0)
+        (gone, *_) = report.checks
+        assert not gone.ok and "the active KEK of product 'billing'" in gone.detail
+    finally:
+        billing.close()
+    fresh = open_runtime(layout, product="billing", collections={"invoices": ["iban"]})
+    try:
+        migrate(fresh, open_ledger(fresh), MigrationOptions(mode="rewrap-deks"))
+        report = retire_gate(sample, open_ledger(sample), open_lifecycle(sample), "1", soak_hours=0)
+        assert report.checks[0].ok, report.checks[0].detail
+        disable_version(sample, open_lifecycle(sample), "1")
+        fresh.encryptor.create_dek()  # billing's next DEK: under its KEK, now on version 2
+        assert fresh.dek_store.count_under(sample.provider.mek_name, "2") == {
+            "billing": 1,
+            "sample": 6,
+        }
+    finally:
+        fresh.close()
+        sample.close()

@@ -157,6 +157,9 @@ class _KillingStore:
     def count_under(self, mek_name: str, version: str) -> dict[str, int]:
         return self.inner.count_under(mek_name, version)
 
+    def active_keks_under(self, mek_name: str, version: str) -> dict[str, int]:
+        return self.inner.active_keks_under(mek_name, version)
+
 
 class _KillingDocuments:
     """A DocumentStore that dies right after its N-th write has committed."""

@@ -262,6 +262,13 @@ class DekStore(Protocol):
         (every product, not only this store's: they share the key)."""
         ...
 
+    def active_keks_under(self, mek_name: str, version: str) -> dict[str, int]:
+        """How many *active* KEKs of each product of the database are wrapped under
+        ``version`` of the MEK ``mek_name`` (this product's too; {} without a KEK tier).
+        An active KEK takes the product's next DEKs even when it wraps none yet, so the
+        version must stay enabled while one is under it."""
+        ...
+
 
 def check_product_store(product: str, store: DekStore) -> None:
     """Refuse a missing product name, or a dek_store that belongs to another product: what

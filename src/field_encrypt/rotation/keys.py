@@ -29,7 +29,7 @@ from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyVersion, listed_versions
 from field_encrypt.rotation.lifecycle import LifecycleStore, VersionNote
 from field_encrypt.rotation.verify import dek_counts
-from field_encrypt.usage import other_products_on, shared_detail
+from field_encrypt.usage import kek_detail, keks_on, other_products_on, shared_detail
 
 DEFAULT_RETENTION_DAYS = 30.0
 DAY = 86_400.0
@@ -162,8 +162,9 @@ def disable_version(
 ) -> Disabled:
     """Disable ``version`` and record its retention deadline; never deletes it.
 
-    Refused (:class:`RotationError`) for the current version and while any DEK is
-    wrapped under it (counted as ``verify`` counts), unless ``force``: the emergency
+    Refused (:class:`RotationError`) for the current version, while another product of
+    the database has DEKs or an active KEK under it, and while any DEK or active KEK of
+    this product is under it (DEKs counted as ``verify`` counts), unless ``force``: the emergency
     override, which needs a ``reason`` and disables it anyway, accepting that the reads of
     those DEKs fail until they are rewrapped or restored; the audit event records the
     override, the reason and how many DEKs it cut off. A deadline already recorded is only
@@ -200,8 +201,17 @@ def disable_version(
             f"wrapped under it (the same MEK, in the same database): rewrap them first "
             f"(field-encrypt migrate --product PRODUCT --mode rewrap-deks for each)"
         )
-    now = clock()
     product = runtime.encryptor.product
+    keks = keks_on(runtime, version)
+    if keks and (set(keks) - {product} or not force):
+        raise RotationError(
+            f"refusing to disable version {version}: {kek_detail(keks)} "
+            f"{'is' if sum(keks.values()) == 1 else 'are'} wrapped under it, and new DEKs "
+            "go under the active KEK even while it wraps none: once disabled, those writes "
+            "fail. Move them first: field-encrypt migrate --product PRODUCT --mode "
+            "rewrap-deks (it rewraps the product's KEKs)"
+        )
+    now = clock()
     note = lifecycle.note(product, version)
     retain_until = max(note.retain_until or 0.0, now + retention_days * DAY)
     forced: dict[str, Any] = {"reason": reason} if reason else {}

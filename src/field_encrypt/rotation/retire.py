@@ -4,7 +4,9 @@
 
 1. **no DEK is wrapped under it**, counted as ``verify`` counts (:func:`dek_counts`), and
    none of another product of the same database under the same MEK either
-   (:func:`~field_encrypt.usage.other_products_on`: they share the key);
+   (:func:`~field_encrypt.usage.other_products_on`: they share the key); nor an active
+   KEK of any product, even one that wraps no DEK yet
+   (:func:`~field_encrypt.usage.keks_on`: the product's next DEKs go under it);
 2. **a sample of documents decrypts end to end without it**: the sample is read through
    the product's provider with ``version`` refused, exactly as it will be once disabled;
 3. **the soak period has passed** since the rotation off it completed (the last
@@ -43,7 +45,7 @@ from field_encrypt.rotation.ledger import RunLedger
 from field_encrypt.rotation.lifecycle import LifecycleStore
 from field_encrypt.rotation.preflight import Check
 from field_encrypt.rotation.verify import dek_counts, verify
-from field_encrypt.usage import other_products_on, shared_detail
+from field_encrypt.usage import kek_detail, keks_on, other_products_on, shared_detail
 
 DEFAULT_SOAK_HOURS = 24.0
 HOUR = 3600.0
@@ -134,7 +136,7 @@ def retire_gate(
     still = dek_counts(runtime).get(version, 0)
     others = other_products_on(runtime, version)
     checks = (
-        _deks_gone(version, still, others),
+        _deks_gone(version, still, others, keks_on(runtime, version)),
         _sample_reads(runtime, version, sample),
         _soak(now, started, soak_until, origin, compromised=note.compromised),
     )
@@ -240,7 +242,7 @@ def soak_started_at(
     )
 
 
-def _deks_gone(version: str, still: int, others: dict[str, int]) -> Check:
+def _deks_gone(version: str, still: int, others: dict[str, int], keks: dict[str, int]) -> Check:
     if still:
         detail = (
             f"{still} DEKs still wrapped under version {version} "
@@ -251,9 +253,15 @@ def _deks_gone(version: str, still: int, others: dict[str, int]) -> Check:
             f"{shared_detail(others)} still wrapped under version {version} (the same MEK, "
             "in the same database: rewrap them with --product PRODUCT)"
         )
+    elif keks:
+        detail = (
+            f"0 DEKs, but {kek_detail(keks)} still wrapped under version {version} (new "
+            "DEKs go under it: move it with field-encrypt migrate --product PRODUCT "
+            "--mode rewrap-deks)"
+        )
     else:
         detail = "0 DEKs"
-    return Check(name=DEKS_GONE, ok=not still and not others, detail=detail)
+    return Check(name=DEKS_GONE, ok=not still and not others and not keks, detail=detail)
 
 
 def _sample_reads(runtime: ProductRuntime, version: str, sample: int) -> Check:

@@ -255,6 +255,19 @@ class CosmosDekStore(ContainerStore):
             counts.update(self._products("c.mekVersion = @n", KEK_PREFIX + str(kek_id), None))
         return dict(counts)
 
+    def active_keks_under(self, mek_name: str, version: str) -> dict[str, int]:
+        try:
+            keks = self.database.container("kek_store")
+        except ConfigurationError:  # no KEK tier was ever opened on this database
+            return {}
+        products = query_all(
+            keks,
+            "SELECT VALUE c.product FROM c WHERE c.mekName = @n AND c.mekVersion = @v "
+            "AND c.active = true",
+            {"@n": mek_name, "@v": version},
+        )
+        return dict(Counter(str(p) for p in products))
+
     def _products(self, where: str, n: str, v: str | None) -> list[str]:
         """The product of each DEK item matching ``where`` (parameters ``@n``, ``@v``)."""
         parameters: list[dict[str, object]] = [{"name": "@n", "value": n}]

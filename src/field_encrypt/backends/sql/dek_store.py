@@ -274,6 +274,16 @@ class SqlDekStore(SqlStore):
             counts.update({product: int(count) for product, count in rows})
         return dict(counts)
 
+    def active_keks_under(self, mek_name: str, version: str) -> dict[str, int]:
+        if not self.dialect.has_table("kek_store"):
+            return {}
+        rows = self.dialect.query(
+            "SELECT product, COUNT(*) FROM kek_store WHERE mek_name = :mek_name "
+            "AND mek_version = :version AND active GROUP BY product",
+            {"mek_name": mek_name, "version": version},
+        )
+        return {product: int(count) for product, count in rows}
+
 
 def in_list(values: Sequence[object]) -> tuple[str, dict[str, object]]:
     """``:v0, :v1, ...`` for an ``IN (...)`` list, and its parameters."""
