@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast, runtime_checkable
 
-from field_encrypt.errors import TRANSIENT_ERRORS, FieldEncryptError, KeyVersionNotFoundError
+from field_encrypt.errors import TRANSIENT_ERRORS, FieldEncryptError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,7 +74,13 @@ class KeyProvider(Protocol):
     """Whether calls cross a network (the rotation engine then runs them concurrently)."""
 
     def versions(self) -> list[KeyVersion]:
-        """Every version of the MEK, oldest first, with its state."""
+        """Every version of the MEK, oldest first, with its state.
+
+        None (``[]``, not :class:`KeyVersionNotFoundError`) for a MEK the key service does
+        not have yet (a new Key Vault key name, KMS alias or token label whose first version
+        is not made), so that ``keys create`` can announce its first version and ``audit
+        verify`` can settle that intent after a crash; ``current_version`` still raises.
+        """
         ...
 
     def current_version(self) -> str:
@@ -106,16 +112,6 @@ class KeyProvider(Protocol):
         plaintext DEK never reaches this process.
         """
         ...
-
-
-def listed_versions(provider: KeyProvider) -> list[KeyVersion]:
-    """``provider.versions()``, and none for a MEK the key service does not have yet (a new
-    Key Vault key name, KMS alias or token label, whose first version is not made: the
-    providers answer :class:`KeyVersionNotFoundError`, as ``current_version`` does)."""
-    try:
-        return provider.versions()
-    except KeyVersionNotFoundError:
-        return []
 
 
 def refresh_provider(provider: object) -> None:
