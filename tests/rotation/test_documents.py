@@ -11,6 +11,7 @@ from field_encrypt.backends.registry import open_run_ledger
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import Counters, MigrationOptions, prepare_job, verify
 from field_encrypt.rotation.docwalk import Pending
+from field_encrypt.rotation.ledger import Progress
 from field_encrypt.testing import FakeClock
 from tests.rotation.helpers import faulty, run, versions_of
 from tests.support.fixtures import on_every_store
@@ -72,9 +73,7 @@ def test_reencrypt_settles_pending_steps_left_by_a_crash(
         owner="dead",
         now=clock.time(),
         ttl=60,
-        cursor=None,
-        delta=Counters(),
-        pending=[s.encode() for s in steps],
+        progress=Progress(cursor=None, delta=Counters(), pending=[s.encode() for s in steps]),
     )
     for step in steps:
         job.create_dek(step.new, "2")  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from field_encrypt.products import ProductRuntime
 from field_encrypt.rehearsal import check, product, seed
 from field_encrypt.rotation import RunPlan, collect_orphans, open_ledger, verify
 from field_encrypt.rotation.docwalk import Pending
-from field_encrypt.rotation.ledger import Counters
+from field_encrypt.rotation.ledger import Counters, Progress
 from tests.backends import BACKEND_KINDS, Backend
 from tests.cli.helpers import PRODUCT, cli
 
@@ -80,8 +80,8 @@ def test_a_dek_an_unfinished_run_names_is_left(orphaned: ProductRuntime) -> None
     ledger.acquire_shard(run.run_id, 0, owner="t", now=time.time(), ttl=60)
     step = Pending("records", "doc-0", named, None).encode()
     ledger.checkpoint(
-        run.run_id, 0, owner="t", now=time.time(), ttl=60, cursor=None, delta=Counters(),
-        pending=[step],
+        run.run_id, 0, owner="t", now=time.time(), ttl=60,
+        progress=Progress(cursor=None, delta=Counters(), pending=[step]),
     )  # fmt: skip
 
     report = collect_orphans(orphaned, ledger, dry_run=False, clock=_later)

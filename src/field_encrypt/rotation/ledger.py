@@ -82,6 +82,17 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """What one checkpoint of a shard records (:meth:`RunLedger.checkpoint`): its new
+    cursor, the counters to add, the failures met and the items left pending."""
+
+    cursor: str | None
+    delta: Counters
+    failures: Sequence[Failure] = ()
+    pending: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ShardState:
     """One shard of a run, as the ledger holds it."""
 
@@ -201,19 +212,10 @@ class RunLedger(Protocol):
         ...
 
     def checkpoint(
-        self,
-        run_id: str,
-        index: int,
-        *,
-        owner: str,
-        now: float,
-        ttl: float,
-        cursor: str | None,
-        delta: Counters,
-        failures: Sequence[Failure] = (),
-        pending: Sequence[str] = (),
+        self, run_id: str, index: int, *, owner: str, now: float, ttl: float, progress: Progress
     ) -> None:
-        """Record progress (cursor, counters += delta, failures, pending) and renew the lease.
+        """Record ``progress`` (cursor, counters += delta, failures, pending) and renew the
+        lease.
 
         One atomic write; :class:`LeaseHeldError` if ``owner`` no longer holds the shard.
         """

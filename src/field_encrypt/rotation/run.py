@@ -29,6 +29,7 @@ from field_encrypt.rotation.ledger import (
     Counters,
     Failure,
     Mode,
+    Progress,
     RunLedger,
     RunPlan,
     RunRecord,
@@ -210,10 +211,7 @@ class ShardWork:
             owner=self.lease.owner,
             now=now,
             ttl=self.lease.ttl,
-            cursor=cursor,
-            delta=delta,
-            failures=failures,
-            pending=pending,
+            progress=Progress(cursor=cursor, delta=delta, failures=failures, pending=pending),
         )
         self.lease.renewed(now)
         self.cursor = cursor

@@ -33,7 +33,7 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -58,6 +58,7 @@ from field_encrypt.rotation.ledger import (
     BackupRecord,
     Counters,
     Failure,
+    Progress,
     RunPlan,
     RunRecord,
     ShardState,
@@ -223,17 +224,7 @@ class CosmosRunLedger(ContainerStore):
             raise LeaseHeldError(f"run {run_id} shard {index + 1}: the run has ended") from None
 
     def checkpoint(
-        self,
-        run_id: str,
-        index: int,
-        *,
-        owner: str,
-        now: float,
-        ttl: float,
-        cursor: str | None,
-        delta: Counters,
-        failures: Sequence[Failure] = (),
-        pending: Sequence[str] = (),
+        self, run_id: str, index: int, *, owner: str, now: float, ttl: float, progress: Progress
     ) -> None:
         self.database.each(
             self._write,
@@ -248,7 +239,7 @@ class CosmosRunLedger(ContainerStore):
                     "reason": f.reason,
                     "at": now,
                 }
-                for f in failures
+                for f in progress.failures
             ],
         )
 
@@ -259,11 +250,11 @@ class CosmosRunLedger(ContainerStore):
                     f"run {run_id} shard {index + 1}: lease lost to another worker"
                 )
             counters = state["counters"]
-            for name, value in delta.as_dict().items():
+            for name, value in progress.delta.as_dict().items():
                 counters[name] = counters.get(name, 0) + value
             state.update(
-                cursor=cursor,
-                pending=list(pending),
+                cursor=progress.cursor,
+                pending=list(progress.pending),
                 lease_expires_at=now + ttl,
                 heartbeat_at=now,
             )

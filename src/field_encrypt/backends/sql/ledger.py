@@ -15,7 +15,6 @@ clocks in sync (NTP) to well under the lease TTL.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from field_encrypt.backends.common import (
@@ -32,6 +31,7 @@ from field_encrypt.rotation.ledger import (
     BackupRecord,
     Counters,
     Failure,
+    Progress,
     RunPlan,
     RunRecord,
     ShardState,
@@ -219,17 +219,7 @@ class SqlRunLedger(SqlStore):
             raise LeaseHeldError(f"run {run_id} shard {index + 1}: lease lost to another worker")
 
     def checkpoint(
-        self,
-        run_id: str,
-        index: int,
-        *,
-        owner: str,
-        now: float,
-        ttl: float,
-        cursor: str | None,
-        delta: Counters,
-        failures: Sequence[Failure] = (),
-        pending: Sequence[str] = (),
+        self, run_id: str, index: int, *, owner: str, now: float, ttl: float, progress: Progress
     ) -> None:
         with self.dialect.transaction() as tx:
             saved = tx.run(
@@ -240,9 +230,9 @@ class SqlRunLedger(SqlStore):
                 "heartbeat_at = :now WHERE run_id = :run_id AND shard = :shard "
                 "AND owner = :owner",
                 {
-                    "cursor": cursor,
-                    "pending": json.dumps(list(pending)),
-                    **delta.as_dict(),
+                    "cursor": progress.cursor,
+                    "pending": json.dumps(list(progress.pending)),
+                    **progress.delta.as_dict(),
                     "expires": now + ttl,
                     "now": now,
                     "run_id": run_id,
@@ -262,7 +252,7 @@ class SqlRunLedger(SqlStore):
                 [
                     {"run_id": run_id, "item": f.item, "shard": f.shard, "reason": f.reason,
                      "at": now}
-                    for f in failures
+                    for f in progress.failures
                 ],
             )  # fmt: skip
 
