@@ -16,7 +16,7 @@ from field_encrypt.backends.registry import database_kind_of, open_database
 from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.errors import LeaseHeldError, RotationError
 from field_encrypt.rotation import Counters, Failure, RunLedger, RunPlan
-from field_encrypt.rotation.ledger import Progress
+from field_encrypt.rotation.ledger import NewRun, Progress
 from tests.backends import BACKEND_KINDS, backend_for
 
 PLAN = RunPlan(mode="rewrap-deks", from_version=None, to_version="2", shards=3)
@@ -51,7 +51,7 @@ def ledger(database: Any) -> RunLedger:
 
 def _open(ledger: RunLedger, plan: RunPlan = PLAN, now: float = NOW) -> tuple[str, bool]:
     run, resumed = ledger.open_run(
-        product="p", plan=plan, now=now, estimated_total=90, skipped_at_start=4
+        new=NewRun(product="p", plan=plan, estimated_total=90, skipped_at_start=4), now=now
     )
     return run.run_id, resumed
 

@@ -29,6 +29,7 @@ from field_encrypt.rotation.ledger import (
     Counters,
     Failure,
     Mode,
+    NewRun,
     Progress,
     RunLedger,
     RunPlan,
@@ -307,11 +308,13 @@ def run_job(
         observer.event("lease_reclaimed", fields)
     run, resumed = books.call(
         ledger.open_run,
-        product=product,
-        plan=plan,
+        new=NewRun(
+            product=product,
+            plan=plan,
+            estimated_total=job.estimated_total,
+            skipped_at_start=job.skipped_at_start,
+        ),
         now=clock(),
-        estimated_total=job.estimated_total,
-        skipped_at_start=job.skipped_at_start,
     )
     trail = RunTrail(runtime.audit, run, worker=options.worker, clock=clock)
 

@@ -58,6 +58,7 @@ from field_encrypt.rotation.ledger import (
     BackupRecord,
     Counters,
     Failure,
+    NewRun,
     Progress,
     RunPlan,
     RunRecord,
@@ -96,38 +97,24 @@ class CosmosRunLedger(ContainerStore):
 
     # -- runs --------------------------------------------------------------------------
 
-    def open_run(
-        self,
-        *,
-        product: str,
-        plan: RunPlan,
-        now: float,
-        estimated_total: int,
-        skipped_at_start: int,
-    ) -> tuple[RunRecord, bool]:
+    def open_run(self, *, new: NewRun, now: float) -> tuple[RunRecord, bool]:
         run_id = _new_run_id(now)
 
         def decide(runs: list[dict[str, Any]]) -> Any:
             open_runs = [r for r in runs if r["status"] == "running"]
-            resumed = run_to_resume([_run(r) for r in open_runs], plan, now)
+            resumed = run_to_resume([_run(r) for r in open_runs], new.plan, now)
             if resumed is not None:
                 return _Unchanged((resumed, True))
             for run in open_runs:
                 run["status"], run["finished_at"] = "abandoned", now
-            new = new_run_fields(
-                run_id,
-                product,
-                plan,
-                estimated_total=estimated_total,
-                skipped_at_start=skipped_at_start,
-            ) | {
+            fields = new_run_fields(run_id, new) | {
                 "status": "running",
                 "started_at": now,
                 "finished_at": None,
-                "states": [_new_shard(i) for i in range(plan.shards)],
+                "states": [_new_shard(i) for i in range(new.plan.shards)],
             }
-            runs.append(new)
-            return (_run(new), False)
+            runs.append(fields)
+            return (_run(fields), False)
 
         # The index item comes first, so a run in the head can always be found by its id;
         # when the open run is resumed instead, the unused index item is removed again.
@@ -136,12 +123,12 @@ class CosmosRunLedger(ContainerStore):
                 "id": f"run:{run_id}",
                 "pk": PARTITION,
                 "kind": "run",
-                "product": product,
+                "product": new.product,
                 "startedAt": now,
                 "final": None,
             }
         )
-        record, resumed = self._decide(product, decide)
+        record, resumed = self._decide(new.product, decide)
         if resumed:
             self._delete(f"run:{run_id}")
         return record, resumed

@@ -31,6 +31,7 @@ from field_encrypt.rotation.ledger import (
     BackupRecord,
     Counters,
     Failure,
+    NewRun,
     Progress,
     RunPlan,
     RunRecord,
@@ -120,19 +121,11 @@ class SqlRunLedger(SqlStore):
 
     # -- runs --------------------------------------------------------------------------
 
-    def open_run(
-        self,
-        *,
-        product: str,
-        plan: RunPlan,
-        now: float,
-        estimated_total: int,
-        skipped_at_start: int,
-    ) -> tuple[RunRecord, bool]:
+    def open_run(self, *, new: NewRun, now: float) -> tuple[RunRecord, bool]:
         with self.dialect.transaction() as tx:
-            self._lock(tx, product)
-            open_runs = self._open_runs(tx, product)
-            resumed = run_to_resume(open_runs, plan, now)
+            self._lock(tx, new.product)
+            open_runs = self._open_runs(tx, new.product)
+            resumed = run_to_resume(open_runs, new.plan, now)
             if resumed is not None:
                 return resumed, True
             for run in open_runs:
@@ -146,19 +139,12 @@ class SqlRunLedger(SqlStore):
                 f"INSERT INTO rotation_runs ({RUN_COLUMNS}) VALUES (:run_id, :product, "
                 ":mode, :from_version, :to_version, :shards, 'running', :now, NULL, "
                 ":estimated_total, :skipped_at_start)",
-                new_run_fields(
-                    run_id,
-                    product,
-                    plan,
-                    estimated_total=estimated_total,
-                    skipped_at_start=skipped_at_start,
-                )
-                | {"now": now},
+                new_run_fields(run_id, new) | {"now": now},
             )
             tx.run_many(
                 "INSERT INTO rotation_shards (run_id, shard, status) "
                 "VALUES (:run_id, :shard, 'pending')",
-                [{"run_id": run_id, "shard": i} for i in range(plan.shards)],
+                [{"run_id": run_id, "shard": i} for i in range(new.plan.shards)],
             )
             return self._load(tx, run_id), False
 
