@@ -20,7 +20,7 @@ The table holds ``--deks`` DEKs wrapped by a local-keyring provider. For each wo
      keyset scan of its shard, unwrap -> wrap -> unwrap-and-compare check per DEK,
      compare-and-swap batch write, cache invalidation, one ledger checkpoint per batch.
 5.   **loop**: the same work without the engine: ``scan(shard=(i, W),
-     exclude_version=target)`` -> ``provider.rewrap`` -> ``replace_wraps``; no check, no
+     where=ScanFilter(exclude_version=target, shard=...))`` -> ``provider.rewrap`` -> ``replace_wraps``; no check, no
      ledger (what the store alone costs).
 6.   **pipelined**: the loop with batch k's write in flight while batch k+1 is read and
      rewrapped (psycopg releases the GIL while it waits).
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.servers
 
 from sqlalchemy import text
 
-from field_encrypt.backends.base import DekRecord, WrapUpdate
+from field_encrypt.backends.base import DekRecord, ScanFilter, WrapUpdate
 from field_encrypt.backends.postgres.db import PostgresDatabase
 from field_encrypt.backends.postgres.dek_store import PostgresDekStore
 from field_encrypt.backends.sharding import bucket_of
@@ -72,6 +72,11 @@ class Job:
     batch: int
     target: str
     method: str  # one of METHODS, or "rewrap"
+
+    @property
+    def rows(self) -> ScanFilter:
+        """This worker's part of the rows not yet on the target."""
+        return ScanFilter(exclude_version=self.target, shard=(self.index, self.count))
 
 
 def main() -> None:
@@ -251,9 +256,7 @@ def rewrap_shard(store: PostgresDekStore, provider: LocalKeyProvider, job: Job) 
     moved = 0
     cursor = None
     while True:
-        page = store.scan(
-            cursor=cursor, limit=job.batch, exclude_version=job.target, shard=(job.index, job.count)
-        )
+        page = store.scan(cursor=cursor, limit=job.batch, where=job.rows)
         updates = rewrapped(provider, page.records, job.target)
         lost = store.replace_wraps(updates)
         moved += len(updates) - len(lost)
@@ -275,12 +278,7 @@ def rewrap_shard_pipelined(store: PostgresDekStore, provider: LocalKeyProvider, 
     sizes: list[int] = []
     with ThreadPoolExecutor(1, thread_name_prefix="writer") as writer:
         while True:
-            page = store.scan(
-                cursor=cursor,
-                limit=job.batch,
-                exclude_version=job.target,
-                shard=(job.index, job.count),
-            )
+            page = store.scan(cursor=cursor, limit=job.batch, where=job.rows)
             updates = rewrapped(provider, page.records, job.target)
             if writing is not None:
                 moved += sizes.pop() - len(writing.result())

@@ -97,6 +97,11 @@ class Pkcs11Harness:
         self._providers.append(provider)
         return provider
 
+    def unmade(self) -> KeyProvider:
+        """A provider on a MEK the service does not have yet (a new name, no version made)."""
+        provider: KeyProvider = self.provider()
+        return provider
+
     def make(self, versions: int, disabled: frozenset[int] = frozenset()) -> KeyProvider:
         provider: KeyProvider = _populate(self.provider(), versions, disabled)
         return provider
@@ -161,6 +166,11 @@ class AkvHarness:
             **options,
         )
         self._providers.append(provider)
+        return provider
+
+    def unmade(self) -> KeyProvider:
+        """A provider on a MEK the service does not have yet (a new name, no version made)."""
+        provider: KeyProvider = self.provider()
         return provider
 
     def make(
@@ -237,6 +247,11 @@ class AwsKmsHarness:
             session=session,
             **options,
         )
+
+    def unmade(self) -> KeyProvider:
+        """A provider on a MEK the service does not have yet (a new name, no version made)."""
+        provider: KeyProvider = self.provider()
+        return provider
 
     def make(
         self, versions: int, disabled: frozenset[int] = frozenset(), *, read_timeout: float = 10.0

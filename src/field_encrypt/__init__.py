@@ -9,7 +9,7 @@ are imported on first use (PEP 562), so a program that needs only the error tree
 """
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from field_encrypt.backends.base import DekPage, DekRecord, DekStore, WrapUpdate
 from field_encrypt.errors import (
@@ -31,6 +31,7 @@ from field_encrypt.errors import (
     StoreUnavailableError,
     UnsupportedFormatError,
 )
+from field_encrypt.lazy_names import lazy_names
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
 
 if TYPE_CHECKING:
@@ -56,20 +57,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """A public name whose module is imported on first use."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'field_encrypt' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 
 try:

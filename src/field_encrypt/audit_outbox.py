@@ -52,7 +52,6 @@ from field_encrypt.audit import (
 )
 from field_encrypt.errors import NotFoundError
 from field_encrypt.products import ProductRuntime
-from field_encrypt.providers.base import listed_versions
 
 DOCUMENT_TYPES = (DOCUMENT_REENCRYPTED, DOCUMENT_BACKFILLED, DOCUMENT_REINDEXED)
 CAUGHT_UP_TYPES = (MEK_VERSION_ENABLED, MEK_VERSION_DISABLED)
@@ -202,7 +201,7 @@ def _version_created(runtime: ProductRuntime, intent: PendingIntent) -> tuple[bo
     (``None`` when each has its event: a ``rotate`` that adopted it recorded it late)."""
     known = set(intent.check.get("knownVersions", ()))
     new = sorted(
-        (v for v in listed_versions(runtime.provider) if v.version not in known),
+        (v for v in runtime.provider.versions() if v.version not in known),
         key=lambda v: v.created_at,
     )
     trail: Any = runtime.audit

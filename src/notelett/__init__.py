@@ -7,7 +7,9 @@ Both names are imported on first use (PEP 562): the CLI loads ``notelett.product
 which must not pay for FastAPI.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from field_encrypt.lazy_names import lazy_names
 
 if TYPE_CHECKING:
     from notelett.app import create_app
@@ -18,13 +20,4 @@ __all__ = ["NoteLettSettings", "create_app"]
 _LAZY = {"create_app": "notelett.app", "NoteLettSettings": "notelett.settings"}
 
 
-def __getattr__(name: str) -> Any:
-    """A public name whose module is imported on first use."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'notelett' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY, globals())[0]

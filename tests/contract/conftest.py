@@ -45,6 +45,11 @@ class ProviderHarness(Protocol):
         with the versions at the ``disabled`` positions disabled."""
         ...
 
+    def unmade(self) -> KeyProvider | None:
+        """A provider on a MEK the key service does not have yet (no version made), or
+        ``None`` where a provider cannot be without a version."""
+        ...
+
     secrets: list[bytes]
     """Key material the harness knows of, which must never appear in reprs or errors."""
 
@@ -69,6 +74,9 @@ class LocalHarness:
         self.secrets += [base64.b64decode(v["key"]) for v in data["versions"]]
         return provider
 
+    def unmade(self) -> KeyProvider | None:
+        return None  # a keyring file is created with its first version
+
 
 class EnvHarness:
     def __init__(self) -> None:
@@ -88,6 +96,9 @@ class EnvHarness:
             disabled_versions=[f"v{i + 1}" for i in disabled],
         )
 
+    def unmade(self) -> KeyProvider | None:
+        return None  # the key is the provider's configuration: there is always one version
+
 
 class KekTierHarness:
     """The KEK tier over a local keyring: it must honour the same contract."""
@@ -103,6 +114,9 @@ class KekTierHarness:
         return KekTierProvider(
             mek, SqliteKekStore(database, product="contract"), product="contract"
         )
+
+    def unmade(self) -> KeyProvider | None:
+        return None  # over a local keyring, which always has a version
 
 
 PROVIDER_KINDS = ["local", "env", "kek-tier", "akv", "aws-kms", "pkcs11"]

@@ -7,7 +7,15 @@ import uuid
 
 import pytest
 
-from field_encrypt.backends.base import DekRecord, DekStore, NewDek, WrapRow, WrapUpdate
+from field_encrypt.backends.base import (
+    EVERY_ROW,
+    DekRecord,
+    DekStore,
+    NewDek,
+    ScanFilter,
+    WrapRow,
+    WrapUpdate,
+)
 from field_encrypt.errors import AlreadyExistsError, NotFoundError
 
 
@@ -21,11 +29,11 @@ def _new(store: DekStore, version: str = "1") -> DekRecord:
     )
 
 
-def _all(store: DekStore, **filters: object) -> list[DekRecord]:
+def _all(store: DekStore, where: ScanFilter = EVERY_ROW) -> list[DekRecord]:
     out: list[DekRecord] = []
     cursor = None
     while True:
-        page = store.scan(cursor=cursor, limit=7, **filters)  # type: ignore[arg-type]
+        page = store.scan(cursor=cursor, limit=7, where=where)
         out += page.records
         if page.cursor is None:
             return out
@@ -164,11 +172,11 @@ def test_replace_batch_applies_the_winners(dek_store: DekStore) -> None:
     }
 
 
-def _all_wraps(store: DekStore, limit: int, **filters: object) -> list[WrapRow]:
+def _all_wraps(store: DekStore, limit: int, where: ScanFilter = EVERY_ROW) -> list[WrapRow]:
     out: list[WrapRow] = []
     cursor = None
     while True:
-        page = store.scan_wraps(cursor=cursor, limit=limit, **filters)  # type: ignore[arg-type]
+        page = store.scan_wraps(cursor=cursor, limit=limit, where=where)
         out += page.rows
         if page.cursor is None:
             return out
@@ -176,9 +184,15 @@ def _all_wraps(store: DekStore, limit: int, **filters: object) -> list[WrapRow]:
 
 
 @pytest.mark.parametrize(
-    "filters", [{}, {"exclude_version": "2"}, {"only_version": "2"}, {"shard": (1, 2)}]
+    "where",
+    [
+        EVERY_ROW,
+        ScanFilter(exclude_version="2"),
+        ScanFilter(only_version="2"),
+        ScanFilter(shard=(1, 2)),
+    ],
 )
-def test_scan_wraps_is_scan_as_tuples(dek_store: DekStore, filters: dict[str, object]) -> None:
+def test_scan_wraps_is_scan_as_tuples(dek_store: DekStore, where: ScanFilter) -> None:
     """scan_wraps returns scan's rows, in its order and with its cursors, each as
     (row, revision, dekId, version, wrap)."""
     for i in range(17):
@@ -186,8 +200,8 @@ def test_scan_wraps_is_scan_as_tuples(dek_store: DekStore, filters: dict[str, ob
     pages = []
     cursor = None
     while True:
-        page = dek_store.scan(cursor=cursor, limit=5, **filters)  # type: ignore[arg-type]
-        wraps = dek_store.scan_wraps(cursor=cursor, limit=5, **filters)  # type: ignore[arg-type]
+        page = dek_store.scan(cursor=cursor, limit=5, where=where)
+        wraps = dek_store.scan_wraps(cursor=cursor, limit=5, where=where)
         assert wraps.cursor == page.cursor
         pages.append((page.records, wraps.rows))
         if page.cursor is None:
@@ -198,7 +212,7 @@ def test_scan_wraps_is_scan_as_tuples(dek_store: DekStore, filters: dict[str, ob
             (dek_id, version, wrapped) for _, _, dek_id, version, wrapped in rows
         ]
         assert all(isinstance(w, bytes) for *_, w in rows)
-    assert len(_all_wraps(dek_store, 4, **filters)) == sum(len(rows) for _, rows in pages)
+    assert len(_all_wraps(dek_store, 4, where)) == sum(len(rows) for _, rows in pages)
 
 
 def test_swap_wraps_is_compare_and_swap(dek_store: DekStore) -> None:
@@ -246,14 +260,14 @@ def test_scan_filters_by_version(dek_store: DekStore) -> None:
     """exclude_version and only_version select the rows on or off a version."""
     ones = {_new(dek_store, "1").dek_id for _ in range(9)}
     twos = {_new(dek_store, "2").dek_id for _ in range(5)}
-    assert {r.dek_id for r in _all(dek_store, exclude_version="2")} == ones
-    assert {r.dek_id for r in _all(dek_store, only_version="2")} == twos
+    assert {r.dek_id for r in _all(dek_store, ScanFilter(exclude_version="2"))} == ones
+    assert {r.dek_id for r in _all(dek_store, ScanFilter(only_version="2"))} == twos
 
 
 def test_scan_shards_split_the_rows(dek_store: DekStore) -> None:
     """Shards of a scan are disjoint and together hold every row."""
     rows = {_new(dek_store).dek_id for _ in range(40)}
-    parts = [{r.dek_id for r in _all(dek_store, shard=(i, 3))} for i in range(3)]
+    parts = [{r.dek_id for r in _all(dek_store, ScanFilter(shard=(i, 3)))} for i in range(3)]
     assert set().union(*parts) == rows
     assert sum(len(p) for p in parts) == len(rows)
 

@@ -7,6 +7,7 @@ import pytest
 from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import BackupRecord, RunPlan, preflight, verify
+from field_encrypt.rotation.ledger import NewRun
 from field_encrypt.testing import FakeClock
 from tests.support.seed import seed
 
@@ -54,11 +55,13 @@ def test_preflight_passes_when_ready_and_names_each_failure(runtime: ProductRunt
     clock.advance(25 * 3600)
     runtime.provider.set_enabled("1", False)
     run, _ = ledger.open_run(
-        product="sample",
-        plan=RunPlan(mode="rewrap-deks", from_version=None, to_version="2"),
+        new=NewRun(
+            product="sample",
+            plan=RunPlan(mode="rewrap-deks", from_version=None, to_version="2"),
+            estimated_total=3,
+            skipped_at_start=0,
+        ),
         now=clock.time(),
-        estimated_total=3,
-        skipped_at_start=0,
     )
     ledger.acquire_shard(run.run_id, 0, owner="host:1", now=clock.time(), ttl=60)
     failed = {

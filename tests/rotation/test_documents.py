@@ -11,6 +11,7 @@ from field_encrypt.backends.registry import open_run_ledger
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import Counters, MigrationOptions, prepare_job, verify
 from field_encrypt.rotation.docwalk import Pending
+from field_encrypt.rotation.ledger import NewRun, Progress
 from field_encrypt.testing import FakeClock
 from tests.rotation.helpers import faulty, run, versions_of
 from tests.support.fixtures import on_every_store
@@ -60,7 +61,8 @@ def test_reencrypt_settles_pending_steps_left_by_a_crash(
     # Simulate a crash: two steps named, both new DEKs created, only the first document written.
     job = prepare_job(runtime, MigrationOptions(mode="re-encrypt"))
     run_record, _ = ledger.open_run(
-        product="sample", plan=job.plan, now=clock.time(), estimated_total=4, skipped_at_start=0
+        new=NewRun(product="sample", plan=job.plan, estimated_total=4, skipped_at_start=0),
+        now=clock.time(),
     )
     steps = [
         Pending("records", d.id, f"{i:032x}", d.dek_id) for i, d in enumerate((first, second), 1)
@@ -72,9 +74,7 @@ def test_reencrypt_settles_pending_steps_left_by_a_crash(
         owner="dead",
         now=clock.time(),
         ttl=60,
-        cursor=None,
-        delta=Counters(),
-        pending=[s.encode() for s in steps],
+        progress=Progress(cursor=None, delta=Counters(), pending=[s.encode() for s in steps]),
     )
     for step in steps:
         job.create_dek(step.new, "2")  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from field_encrypt.backends.registry import database_kind_of, open_database
 from field_encrypt.backends.sqlite.ledger import SqliteRunLedger
 from field_encrypt.errors import LeaseHeldError, RotationError
 from field_encrypt.rotation import Counters, Failure, RunLedger, RunPlan
+from field_encrypt.rotation.ledger import NewRun, Progress
 from tests.backends import BACKEND_KINDS, backend_for
 
 PLAN = RunPlan(mode="rewrap-deks", from_version=None, to_version="2", shards=3)
@@ -50,7 +51,7 @@ def ledger(database: Any) -> RunLedger:
 
 def _open(ledger: RunLedger, plan: RunPlan = PLAN, now: float = NOW) -> tuple[str, bool]:
     run, resumed = ledger.open_run(
-        product="p", plan=plan, now=now, estimated_total=90, skipped_at_start=4
+        new=NewRun(product="p", plan=plan, estimated_total=90, skipped_at_start=4), now=now
     )
     return run.run_id, resumed
 
@@ -93,7 +94,12 @@ def test_a_lost_lease_stops_renewals_and_checkpoints(ledger: RunLedger) -> None:
         ledger.renew_lease(run_id, 0, owner="a", now=NOW + 62, ttl=60)
     with pytest.raises(LeaseHeldError):
         ledger.checkpoint(
-            run_id, 0, owner="a", now=NOW + 62, ttl=60, cursor="9", delta=Counters(matched=1)
+            run_id,
+            0,
+            owner="a",
+            now=NOW + 62,
+            ttl=60,
+            progress=Progress(cursor="9", delta=Counters(matched=1)),
         )
 
 
@@ -108,9 +114,11 @@ def test_shards_add_up_and_the_last_one_done_completes_the_run(ledger: RunLedger
             owner=f"w{index}",
             now=NOW,
             ttl=60,
-            cursor="10",
-            delta=Counters(matched=10, changed=9, failed=1),
-            failures=[Failure(item=f"dek{index}", reason="DecryptionError", shard=index)],
+            progress=Progress(
+                cursor="10",
+                delta=Counters(matched=10, changed=9, failed=1),
+                failures=[Failure(item=f"dek{index}", reason="DecryptionError", shard=index)],
+            ),
         )
     assert ledger.release_shard(run_id, 0, owner="w0", now=NOW, done=True).status == "running"
     assert ledger.release_shard(run_id, 1, owner="w1", now=NOW, done=False).status == "running"
@@ -129,7 +137,12 @@ def test_pending_items_block_another_plan(ledger: RunLedger) -> None:
     run_id, _ = _open(ledger)
     ledger.acquire_shard(run_id, 0, owner="a", now=NOW, ttl=60)
     ledger.checkpoint(
-        run_id, 0, owner="a", now=NOW, ttl=60, cursor=None, delta=Counters(), pending=["x"]
+        run_id,
+        0,
+        owner="a",
+        now=NOW,
+        ttl=60,
+        progress=Progress(cursor=None, delta=Counters(), pending=["x"]),
     )
     other = RunPlan(mode="re-encrypt", from_version=None, to_version="2", shards=1)
     with pytest.raises(RotationError, match="half-migrated"):
@@ -189,9 +202,11 @@ def test_runs_are_listed_newest_first_with_backups_and_failures(ledger: RunLedge
         owner="a",
         now=NOW,
         ttl=60,
-        cursor=None,
-        delta=Counters(matched=2, changed=1, failed=1),
-        failures=[Failure(item="dek/1", reason="DecryptionError: decryption failed")],
+        progress=Progress(
+            cursor=None,
+            delta=Counters(matched=2, changed=1, failed=1),
+            failures=[Failure(item="dek/1", reason="DecryptionError: decryption failed")],
+        ),
     )
     assert ledger.release_shard(first, 0, owner="a", now=NOW + 1, done=True).finished
     second, _ = _open(ledger, PLAN, now=NOW + 2)

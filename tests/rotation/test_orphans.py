@@ -15,7 +15,7 @@ from field_encrypt.products import ProductRuntime
 from field_encrypt.rehearsal import check, product, seed
 from field_encrypt.rotation import RunPlan, collect_orphans, open_ledger, verify
 from field_encrypt.rotation.docwalk import Pending
-from field_encrypt.rotation.ledger import Counters
+from field_encrypt.rotation.ledger import Counters, NewRun, Progress
 from tests.backends import BACKEND_KINDS, Backend
 from tests.cli.helpers import PRODUCT, cli
 
@@ -71,17 +71,19 @@ def test_a_dek_an_unfinished_run_names_is_left(orphaned: ProductRuntime) -> None
     ledger = open_ledger(orphaned)
     (named, *_) = collect_orphans(orphaned, ledger, clock=_later).examples
     run, _ = ledger.open_run(
-        product="sample",
-        plan=RunPlan(mode="re-encrypt", from_version=None, to_version="1"),
+        new=NewRun(
+            product="sample",
+            plan=RunPlan(mode="re-encrypt", from_version=None, to_version="1"),
+            estimated_total=6,
+            skipped_at_start=0,
+        ),
         now=time.time(),
-        estimated_total=6,
-        skipped_at_start=0,
     )
     ledger.acquire_shard(run.run_id, 0, owner="t", now=time.time(), ttl=60)
     step = Pending("records", "doc-0", named, None).encode()
     ledger.checkpoint(
-        run.run_id, 0, owner="t", now=time.time(), ttl=60, cursor=None, delta=Counters(),
-        pending=[step],
+        run.run_id, 0, owner="t", now=time.time(), ttl=60,
+        progress=Progress(cursor=None, delta=Counters(), pending=[step]),
     )  # fmt: skip
 
     report = collect_orphans(orphaned, ledger, dry_run=False, clock=_later)

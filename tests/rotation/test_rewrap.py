@@ -17,6 +17,7 @@ from field_encrypt.errors import LeaseHeldError
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import dek_context
 from field_encrypt.rotation import RetryPolicy, migrate
+from field_encrypt.rotation.ledger import NewRun
 from field_encrypt.rotation.run import NullObserver
 from field_encrypt.testing import FakeClock
 from tests.rotation.helpers import faulty, run, versions_of
@@ -295,7 +296,8 @@ def test_a_dead_workers_shard_is_taken_over_after_its_lease_expires(
 
     plan = prepare_job(runtime, MigrationOptions(mode="rewrap-deks", worker=(0, 2))).plan
     open_run, _ = ledger.open_run(
-        product="sample", plan=plan, now=clock.time(), estimated_total=40, skipped_at_start=0
+        new=NewRun(product="sample", plan=plan, estimated_total=40, skipped_at_start=0),
+        now=clock.time(),
     )
     ledger.acquire_shard(open_run.run_id, 1, owner="dead", now=clock.time(), ttl=60)
     report = run(runtime, clock, worker=(0, 2), owner="w1", lease_ttl=60)
@@ -323,7 +325,8 @@ def test_a_shard_of_a_worker_that_died_here_meanwhile_is_taken_over_at_once(
 
     plan = prepare_job(runtime, MigrationOptions(mode="rewrap-deks", worker=(0, 2))).plan
     open_run, _ = ledger.open_run(
-        product="sample", plan=plan, now=clock.time(), estimated_total=40, skipped_at_start=0
+        new=NewRun(product="sample", plan=plan, estimated_total=40, skipped_at_start=0),
+        now=clock.time(),
     )
     ledger.acquire_shard(open_run.run_id, 1, owner=holder, now=clock.time(), ttl=3600)
     heard: list[str] = []

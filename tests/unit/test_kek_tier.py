@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from field_encrypt import DecryptionError, FieldEncryptor, KeyVersionDisabledError
-from field_encrypt.backends.base import WrapUpdate, effective_counts
+from field_encrypt.backends.base import ScanFilter, WrapUpdate, effective_counts
 from field_encrypt.backends.sqlite.db import SqliteDatabase
 from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
 from field_encrypt.backends.sqlite.kek_store import SqliteKekStore
@@ -82,7 +82,7 @@ def _rewrap_all(provider: KeyProvider, store: SqliteDekStore, target: str) -> in
     moved = 0
     cursor = None
     while True:
-        page = store.scan(cursor=cursor, limit=50, exclude_version=target)
+        page = store.scan(cursor=cursor, limit=50, where=ScanFilter(exclude_version=target))
         updates = []
         for record in page.records:
             wrapped = provider.rewrap(

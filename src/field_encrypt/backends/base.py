@@ -135,6 +135,22 @@ class NewDek:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ScanFilter:
+    """Which rows a DEK scan returns (:meth:`DekStore.scan`): those not on
+    ``exclude_version``, those on ``only_version``, those in ``shard``; each ``None``:
+    no limit. ``shard=(index, count)`` keeps the rows whose dekId hashes into part
+    ``index`` of ``count``, so several workers can split one scan."""
+
+    exclude_version: str | None = None
+    only_version: str | None = None
+    shard: tuple[int, int] | None = None
+
+
+EVERY_ROW = ScanFilter()
+"""The filter that keeps every row."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DekPage:
     """One page of a scan; ``cursor`` continues it, ``None`` when the scan is done."""
 
@@ -209,29 +225,14 @@ class DekStore(Protocol):
         ...
 
     def scan(
-        self,
-        *,
-        cursor: str | None = None,
-        limit: int = 1000,
-        exclude_version: str | None = None,
-        only_version: str | None = None,
-        shard: tuple[int, int] | None = None,
+        self, *, cursor: str | None = None, limit: int = 1000, where: ScanFilter = EVERY_ROW
     ) -> DekPage:
-        """Rows in a stable order after ``cursor`` (keyset pagination, never offsets).
-
-        ``shard=(index, count)`` keeps the rows whose dekId hashes into part ``index``
-        of ``count``, so several workers can split one scan.
-        """
+        """The rows ``where`` keeps, in a stable order after ``cursor`` (keyset pagination,
+        never offsets)."""
         ...
 
     def scan_wraps(
-        self,
-        *,
-        cursor: str | None = None,
-        limit: int = 1000,
-        exclude_version: str | None = None,
-        only_version: str | None = None,
-        shard: tuple[int, int] | None = None,
+        self, *, cursor: str | None = None, limit: int = 1000, where: ScanFilter = EVERY_ROW
     ) -> WrapPage:
         """:meth:`scan`'s rows, order and cursors, each row only as a :data:`WrapRow`.
 

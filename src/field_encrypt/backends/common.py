@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from field_encrypt.errors import LeaseHeldError, RotationError
-from field_encrypt.rotation.ledger import RunPlan, RunRecord
+from field_encrypt.rotation.ledger import NewRun, RunPlan, RunRecord
 from field_encrypt.rotation.lifecycle import RotationState
 
 
@@ -50,19 +50,18 @@ def run_to_resume(open_runs: Sequence[RunRecord], plan: RunPlan, now: float) -> 
     return None
 
 
-def new_run_fields(
-    run_id: str, product: str, plan: RunPlan, *, estimated_total: int, skipped_at_start: int
-) -> dict[str, Any]:
+def new_run_fields(run_id: str, new: NewRun) -> dict[str, Any]:
     """What a store records of a new run beside its times, status and shards."""
+    plan = new.plan
     return {
         "run_id": run_id,
-        "product": product,
+        "product": new.product,
         "mode": plan.mode,
         "from_version": plan.from_version,
         "to_version": plan.to_version,
         "shards": plan.shards,
-        "estimated_total": estimated_total,
-        "skipped_at_start": skipped_at_start,
+        "estimated_total": new.estimated_total,
+        "skipped_at_start": new.skipped_at_start,
     }
 
 

@@ -162,8 +162,13 @@ class AzureKeyVaultProvider(RewrapByUnwrapping):
     # -- reading -----------------------------------------------------------------------
 
     def versions(self) -> list[KeyVersion]:
-        with self._boundary("list the key's versions"):
-            listed = list(self._keys.list_properties_of_key_versions(self.mek_name))
+        try:
+            with self._boundary("list the key's versions"):
+                listed = list(self._keys.list_properties_of_key_versions(self.mek_name))
+        except KeyVersionNotFoundError:
+            return []  # a key name the vault does not have yet: the protocol's rule
+        if not listed:
+            return []
         latest = self._fetch_current()
         found = [(p.version, bool(p.enabled), p.created_on or _EPOCH) for p in listed if p.version]
         found.sort(key=lambda v: (v[2], v[0] == latest, v[0]))

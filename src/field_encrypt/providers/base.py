@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, cast, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
-from field_encrypt.errors import TRANSIENT_ERRORS, FieldEncryptError, KeyVersionNotFoundError
+from field_encrypt.errors import TRANSIENT_ERRORS, FieldEncryptError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,7 +76,13 @@ class KeyProvider(Protocol):
     """Whether calls cross a network (the rotation engine then runs them concurrently)."""
 
     def versions(self) -> list[KeyVersion]:
-        """Every version of the MEK, oldest first, with its state."""
+        """Every version of the MEK, oldest first, with its state.
+
+        None (``[]``, not :class:`KeyVersionNotFoundError`) for a MEK the key service does
+        not have yet (a new Key Vault key name, KMS alias or token label whose first version
+        is not made), so that ``keys create`` can announce its first version and ``audit
+        verify`` can settle that intent after a crash; ``current_version`` still raises.
+        """
         ...
 
     def current_version(self) -> str:
@@ -106,16 +114,6 @@ class KeyProvider(Protocol):
         plaintext DEK never reaches this process.
         """
         ...
-
-
-def listed_versions(provider: KeyProvider) -> list[KeyVersion]:
-    """``provider.versions()``, and none for a MEK the key service does not have yet (a new
-    Key Vault key name, KMS alias or token label, whose first version is not made: the
-    providers answer :class:`KeyVersionNotFoundError`, as ``current_version`` does)."""
-    try:
-        return provider.versions()
-    except KeyVersionNotFoundError:
-        return []
 
 
 def refresh_provider(provider: object) -> None:
@@ -193,15 +191,9 @@ def wrap_many(
     """
     if isinstance(provider, BatchWrapper):
         return provider.wrap_many(deks, version=version)
-    out: list[WrappedDek | FieldEncryptError] = []
-    for dek, context in deks:
-        try:
-            out.append(provider.wrap(dek, context=context, version=version))
-        except TRANSIENT_ERRORS:
-            raise
-        except FieldEncryptError as exc:
-            out.append(exc)
-    return out
+    return _one_by_one(
+        deks, lambda dek, context: provider.wrap(dek, context=context, version=version)
+    )
 
 
 def unwrap_many(
@@ -210,10 +202,23 @@ def unwrap_many(
     """``provider.unwrap`` of each ``(wrapped, version, context)``, like :func:`wrap_many`."""
     if isinstance(provider, BatchWrapper):
         return provider.unwrap_many(items)
-    out: list[bytes | FieldEncryptError] = []
-    for wrapped, version, context in items:
+    return _one_by_one(
+        items,
+        lambda wrapped, version, context: provider.unwrap(
+            wrapped, version=version, context=context
+        ),
+    )
+
+
+def _one_by_one(
+    items: Iterable[tuple[Any, ...]], call: Callable[..., T]
+) -> list[T | FieldEncryptError]:
+    """``call(*item)`` of each item, in order: an item's error in its place, a transient
+    one raised (the fallback of :func:`wrap_many` and :func:`unwrap_many`)."""
+    out: list[T | FieldEncryptError] = []
+    for item in items:
         try:
-            out.append(provider.unwrap(wrapped, version=version, context=context))
+            out.append(call(*item))
         except TRANSIENT_ERRORS:
             raise
         except FieldEncryptError as exc:

@@ -114,21 +114,17 @@ class SymmetricKeyring:
         target = self.cipher(to_version)
         encrypt, check = target.encrypt, target.decrypt
         compare = hmac.compare_digest
-        ciphers: dict[str, AESGCM] = {}
         out: list[WrappedDek | FieldEncryptError] = []
         append = out.append
         nonces = os.urandom(12 * len(items))  # one system call for the batch's nonces
         start = 0
-        for wrapped, version, context in items:
+        for (_, _, context), dek in zip(items, self.unwrap_many(items), strict=True):
             nonce = nonces[start : start + 12]
             start += 12
+            if not isinstance(dek, bytes):
+                append(dek)  # the item's unwrap failed: its error, in its place
+                continue
             try:
-                source = ciphers.get(version)
-                if source is None:
-                    source = ciphers[version] = self.cipher(version)
-                if len(wrapped) != 60:
-                    raise DecryptionError()
-                dek = source.decrypt(wrapped[:12], wrapped[12:], context)
                 sealed = encrypt(nonce, dek, context)
                 if not compare(check(nonce, sealed, context), dek):
                     raise KeyProviderError("the new wrap does not unwrap to the same DEK")

@@ -12,10 +12,11 @@ name with the function they define (``backup``, ``migrate``, ``preflight``, ``re
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from field_encrypt.lazy_names import lazy_names
 
 if TYPE_CHECKING:
     from field_encrypt.products import ProductRuntime
@@ -139,18 +140,7 @@ def open_lifecycle(runtime: ProductRuntime) -> LifecycleStore:
     return open_lifecycle_store(runtime.database)
 
 
-def __getattr__(name: str) -> Any:
-    """An exported name, imported from its module on first use."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 
 class _Package(types.ModuleType):

@@ -26,7 +26,7 @@ from field_encrypt.audit import (
 from field_encrypt.errors import ConfigurationError, KeyVersionNotFoundError, RotationError
 from field_encrypt.key_epoch import announce_key_change
 from field_encrypt.products import ProductRuntime
-from field_encrypt.providers.base import KeyVersion, listed_versions
+from field_encrypt.providers.base import KeyVersion
 from field_encrypt.rotation.lifecycle import LifecycleStore, VersionNote
 from field_encrypt.rotation.verify import dek_counts
 from field_encrypt.usage import kek_detail, keks_on, other_products_on, shared_detail
@@ -97,7 +97,7 @@ def create_version(runtime: ProductRuntime, *, via: str = "keys create") -> KeyV
     # before it), so a crash after the call leaves the intent for audit verify to settle:
     # recorded if a version not among those exists, dropped if none does.
     name = runtime.provider.mek_name
-    known = [v.version for v in listed_versions(runtime.provider)] if runtime.audit else []
+    known = [v.version for v in runtime.provider.versions()] if runtime.audit else []
     with recorded(
         runtime.audit,
         MEK_VERSION_CREATED,

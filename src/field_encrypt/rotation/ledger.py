@@ -47,6 +47,18 @@ class RunPlan:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NewRun:
+    """What :meth:`RunLedger.open_run` opens (or resumes): the product's run of ``plan``,
+    with what was counted before it (``estimated_total`` items to migrate,
+    ``skipped_at_start`` already on the target)."""
+
+    product: str
+    plan: RunPlan
+    estimated_total: int
+    skipped_at_start: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Counters:
     """What a shard (or a whole run) has done so far.
 
@@ -79,6 +91,17 @@ class Failure:
     """A dekId, or ``collection/documentId`` for the document modes."""
     reason: str
     shard: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """What one checkpoint of a shard records (:meth:`RunLedger.checkpoint`): its new
+    cursor, the counters to add, the failures met and the items left pending."""
+
+    cursor: str | None
+    delta: Counters
+    failures: Sequence[Failure] = ()
+    pending: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,16 +183,9 @@ class RunLedger(Protocol):
     clock). A lease is held by ``owner`` on one shard until ``lease_expires_at``.
     """
 
-    def open_run(
-        self,
-        *,
-        product: str,
-        plan: RunPlan,
-        now: float,
-        estimated_total: int,
-        skipped_at_start: int,
-    ) -> tuple[RunRecord, bool]:
-        """The open run with this plan (and ``True``: resumed), or a new one (``False``).
+    def open_run(self, *, new: NewRun, now: float) -> tuple[RunRecord, bool]:
+        """The product's open run with ``new.plan`` (and ``True``: resumed), or a new one
+        (``False``).
 
         Atomic. An open run with another plan is abandoned first when nobody holds a
         lease on it and it has nothing pending; otherwise :class:`LeaseHeldError`
@@ -201,19 +217,10 @@ class RunLedger(Protocol):
         ...
 
     def checkpoint(
-        self,
-        run_id: str,
-        index: int,
-        *,
-        owner: str,
-        now: float,
-        ttl: float,
-        cursor: str | None,
-        delta: Counters,
-        failures: Sequence[Failure] = (),
-        pending: Sequence[str] = (),
+        self, run_id: str, index: int, *, owner: str, now: float, ttl: float, progress: Progress
     ) -> None:
-        """Record progress (cursor, counters += delta, failures, pending) and renew the lease.
+        """Record ``progress`` (cursor, counters += delta, failures, pending) and renew the
+        lease.
 
         One atomic write; :class:`LeaseHeldError` if ``owner`` no longer holds the shard.
         """

@@ -45,6 +45,7 @@ from field_encrypt.backends.base import (
     KEK_PREFIX,
     DekRecord,
     NewWrap,
+    ScanFilter,
     WrapPage,
     WrapRow,
     WrapUpdate,
@@ -297,9 +298,9 @@ class RewrapJob:
                     self.store.scan_wraps,
                     cursor=after,
                     limit=work.batch_size,
-                    exclude_version=self.target,
-                    only_version=self.only,
-                    shard=work.sharding,
+                    where=ScanFilter(
+                        exclude_version=self.target, only_version=self.only, shard=work.sharding
+                    ),
                 )
                 tracing.annotate(traced, items=len(page.rows))
                 return page

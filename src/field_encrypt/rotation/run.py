@@ -29,6 +29,8 @@ from field_encrypt.rotation.ledger import (
     Counters,
     Failure,
     Mode,
+    NewRun,
+    Progress,
     RunLedger,
     RunPlan,
     RunRecord,
@@ -210,10 +212,7 @@ class ShardWork:
             owner=self.lease.owner,
             now=now,
             ttl=self.lease.ttl,
-            cursor=cursor,
-            delta=delta,
-            failures=failures,
-            pending=pending,
+            progress=Progress(cursor=cursor, delta=delta, failures=failures, pending=pending),
         )
         self.lease.renewed(now)
         self.cursor = cursor
@@ -302,11 +301,13 @@ def run_job(
     _reclaim(books, ledger, product, runtime, clock, observer)
     run, resumed = books.call(
         ledger.open_run,
-        product=product,
-        plan=plan,
+        new=NewRun(
+            product=product,
+            plan=plan,
+            estimated_total=job.estimated_total,
+            skipped_at_start=job.skipped_at_start,
+        ),
         now=clock(),
-        estimated_total=job.estimated_total,
-        skipped_at_start=job.skipped_at_start,
     )
     trail = RunTrail(runtime.audit, run, worker=options.worker, clock=clock)
 

@@ -31,11 +31,13 @@ from typing import Any
 from azure.core import MatchConditions
 
 from field_encrypt.backends.base import (
+    EVERY_ROW,
     KEK_PREFIX,
     DekPage,
     DekRecord,
     NewDek,
     NewWrap,
+    ScanFilter,
     WrapPage,
     WrapRow,
     WrapUpdate,
@@ -151,28 +153,22 @@ class CosmosDekStore(ContainerStore):
         return None
 
     def scan(
-        self,
-        *,
-        cursor: str | None = None,
-        limit: int = 1000,
-        exclude_version: str | None = None,
-        only_version: str | None = None,
-        shard: tuple[int, int] | None = None,
+        self, *, cursor: str | None = None, limit: int = 1000, where: ScanFilter = EVERY_ROW
     ) -> DekPage:
-        index, count = check_shard(shard) if shard is not None else (0, 1)
+        index, count = check_shard(where.shard) if where.shard is not None else (0, 1)
         keys = [self._key(p) for p in range(PARTITIONS) if p % count == index]
-        where: list[str] = []
+        conditions: list[str] = []
         parameters: list[dict[str, Any]] = []
-        if exclude_version is not None:
-            where.append("c.mekVersion != @exclude")
-            parameters.append({"name": "@exclude", "value": exclude_version})
-        if only_version is not None:
-            where.append("c.mekVersion = @only")
-            parameters.append({"name": "@only", "value": only_version})
+        if where.exclude_version is not None:
+            conditions.append("c.mekVersion != @exclude")
+            parameters.append({"name": "@exclude", "value": where.exclude_version})
+        if where.only_version is not None:
+            conditions.append("c.mekVersion = @only")
+            parameters.append({"name": "@only", "value": where.only_version})
         items, next_cursor = scan_partitions(
             self.container,
             partition_keys=keys,
-            where=" AND ".join(where),
+            where=" AND ".join(conditions),
             parameters=parameters,
             cursor=cursor,
             limit=limit,
@@ -180,23 +176,11 @@ class CosmosDekStore(ContainerStore):
         return DekPage(records=[_record(item) for item in items], cursor=next_cursor)
 
     def scan_wraps(
-        self,
-        *,
-        cursor: str | None = None,
-        limit: int = 1000,
-        exclude_version: str | None = None,
-        only_version: str | None = None,
-        shard: tuple[int, int] | None = None,
+        self, *, cursor: str | None = None, limit: int = 1000, where: ScanFilter = EVERY_ROW
     ) -> WrapPage:
         # An item is replaced whole, so a row's locator is its record (the items hold
         # base64 and ISO dates: the scan builds the records anyway).
-        page = self.scan(
-            cursor=cursor,
-            limit=limit,
-            exclude_version=exclude_version,
-            only_version=only_version,
-            shard=shard,
-        )
+        page = self.scan(cursor=cursor, limit=limit, where=where)
         rows: list[WrapRow] = [
             (r, r.revision, r.dek_id, r.mek_version, r.wrapped) for r in page.records
         ]

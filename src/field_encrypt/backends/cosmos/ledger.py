@@ -33,7 +33,7 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -58,6 +58,8 @@ from field_encrypt.rotation.ledger import (
     BackupRecord,
     Counters,
     Failure,
+    NewRun,
+    Progress,
     RunPlan,
     RunRecord,
     ShardState,
@@ -95,38 +97,24 @@ class CosmosRunLedger(ContainerStore):
 
     # -- runs --------------------------------------------------------------------------
 
-    def open_run(
-        self,
-        *,
-        product: str,
-        plan: RunPlan,
-        now: float,
-        estimated_total: int,
-        skipped_at_start: int,
-    ) -> tuple[RunRecord, bool]:
+    def open_run(self, *, new: NewRun, now: float) -> tuple[RunRecord, bool]:
         run_id = _new_run_id(now)
 
         def decide(runs: list[dict[str, Any]]) -> Any:
             open_runs = [r for r in runs if r["status"] == "running"]
-            resumed = run_to_resume([_run(r) for r in open_runs], plan, now)
+            resumed = run_to_resume([_run(r) for r in open_runs], new.plan, now)
             if resumed is not None:
                 return _Unchanged((resumed, True))
             for run in open_runs:
                 run["status"], run["finished_at"] = "abandoned", now
-            new = new_run_fields(
-                run_id,
-                product,
-                plan,
-                estimated_total=estimated_total,
-                skipped_at_start=skipped_at_start,
-            ) | {
+            fields = new_run_fields(run_id, new) | {
                 "status": "running",
                 "started_at": now,
                 "finished_at": None,
-                "states": [_new_shard(i) for i in range(plan.shards)],
+                "states": [_new_shard(i) for i in range(new.plan.shards)],
             }
-            runs.append(new)
-            return (_run(new), False)
+            runs.append(fields)
+            return (_run(fields), False)
 
         # The index item comes first, so a run in the head can always be found by its id;
         # when the open run is resumed instead, the unused index item is removed again.
@@ -135,12 +123,12 @@ class CosmosRunLedger(ContainerStore):
                 "id": f"run:{run_id}",
                 "pk": PARTITION,
                 "kind": "run",
-                "product": product,
+                "product": new.product,
                 "startedAt": now,
                 "final": None,
             }
         )
-        record, resumed = self._decide(product, decide)
+        record, resumed = self._decide(new.product, decide)
         if resumed:
             self._delete(f"run:{run_id}")
         return record, resumed
@@ -223,17 +211,7 @@ class CosmosRunLedger(ContainerStore):
             raise LeaseHeldError(f"run {run_id} shard {index + 1}: the run has ended") from None
 
     def checkpoint(
-        self,
-        run_id: str,
-        index: int,
-        *,
-        owner: str,
-        now: float,
-        ttl: float,
-        cursor: str | None,
-        delta: Counters,
-        failures: Sequence[Failure] = (),
-        pending: Sequence[str] = (),
+        self, run_id: str, index: int, *, owner: str, now: float, ttl: float, progress: Progress
     ) -> None:
         self.database.each(
             self._write,
@@ -248,7 +226,7 @@ class CosmosRunLedger(ContainerStore):
                     "reason": f.reason,
                     "at": now,
                 }
-                for f in failures
+                for f in progress.failures
             ],
         )
 
@@ -259,11 +237,11 @@ class CosmosRunLedger(ContainerStore):
                     f"run {run_id} shard {index + 1}: lease lost to another worker"
                 )
             counters = state["counters"]
-            for name, value in delta.as_dict().items():
+            for name, value in progress.delta.as_dict().items():
                 counters[name] = counters.get(name, 0) + value
             state.update(
-                cursor=cursor,
-                pending=list(pending),
+                cursor=progress.cursor,
+                pending=list(progress.pending),
                 lease_expires_at=now + ttl,
                 heartbeat_at=now,
             )

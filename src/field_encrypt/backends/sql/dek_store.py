@@ -24,10 +24,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from field_encrypt.backends.base import (
+    EVERY_ROW,
     DekPage,
     DekRecord,
     NewDek,
     NewWrap,
+    ScanFilter,
     WrapPage,
     WrapUpdate,
     dek_record_of_row,
@@ -186,51 +188,31 @@ class SqlDekStore(SqlStore):
         raise NotImplementedError  # likewise
 
     def scan(
-        self,
-        *,
-        cursor: str | None = None,
-        limit: int = 1000,
-        exclude_version: str | None = None,
-        only_version: str | None = None,
-        shard: tuple[int, int] | None = None,
+        self, *, cursor: str | None = None, limit: int = 1000, where: ScanFilter = EVERY_ROW
     ) -> DekPage:
-        rows = self._scan(COLUMNS, cursor, limit, exclude_version, only_version, shard)
+        rows = self._scan(COLUMNS, cursor, limit, where)
         next_cursor = str(rows[-1][0]) if len(rows) == limit else None
         return DekPage(records=[record(row) for row in rows], cursor=next_cursor)
 
     def scan_wraps(
-        self,
-        *,
-        cursor: str | None = None,
-        limit: int = 1000,
-        exclude_version: str | None = None,
-        only_version: str | None = None,
-        shard: tuple[int, int] | None = None,
+        self, *, cursor: str | None = None, limit: int = 1000, where: ScanFilter = EVERY_ROW
     ) -> WrapPage:
-        rows = self._scan(WRAP_COLUMNS, cursor, limit, exclude_version, only_version, shard)
+        rows = self._scan(WRAP_COLUMNS, cursor, limit, where)
         next_cursor = str(rows[-1][0]) if len(rows) == limit else None
         return WrapPage(rows=rows, cursor=next_cursor)  # the driver's tuples, as they come
 
-    def _scan(
-        self,
-        columns: str,
-        cursor: str | None,
-        limit: int,
-        exclude_version: str | None,
-        only_version: str | None,
-        shard: tuple[int, int] | None,
-    ) -> list[Any]:
+    def _scan(self, columns: str, cursor: str | None, limit: int, rows: ScanFilter) -> list[Any]:
         """One page of ``columns`` (``seq`` first), in ``seq`` order after ``cursor``."""
         where = ["product = :product", "seq > :after"]
         params: dict[str, Any] = {"product": self.product, "after": int(cursor or 0)}
-        if exclude_version is not None:
+        if rows.exclude_version is not None:
             where.append("mek_version <> :exclude")
-            params["exclude"] = exclude_version
-        if only_version is not None:
+            params["exclude"] = rows.exclude_version
+        if rows.only_version is not None:
             where.append("mek_version = :only")
-            params["only"] = only_version
-        if shard is not None:
-            index, count = check_shard(shard)
+            params["only"] = rows.only_version
+        if rows.shard is not None:
+            index, count = check_shard(rows.shard)
             if count > 1:
                 where.append("bucket % :count = :index")
                 params.update(count=count, index=index)

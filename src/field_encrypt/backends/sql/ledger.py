@@ -15,7 +15,6 @@ clocks in sync (NTP) to well under the lease TTL.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from field_encrypt.backends.common import (
@@ -32,6 +31,8 @@ from field_encrypt.rotation.ledger import (
     BackupRecord,
     Counters,
     Failure,
+    NewRun,
+    Progress,
     RunPlan,
     RunRecord,
     ShardState,
@@ -120,19 +121,11 @@ class SqlRunLedger(SqlStore):
 
     # -- runs --------------------------------------------------------------------------
 
-    def open_run(
-        self,
-        *,
-        product: str,
-        plan: RunPlan,
-        now: float,
-        estimated_total: int,
-        skipped_at_start: int,
-    ) -> tuple[RunRecord, bool]:
+    def open_run(self, *, new: NewRun, now: float) -> tuple[RunRecord, bool]:
         with self.dialect.transaction() as tx:
-            self._lock(tx, product)
-            open_runs = self._open_runs(tx, product)
-            resumed = run_to_resume(open_runs, plan, now)
+            self._lock(tx, new.product)
+            open_runs = self._open_runs(tx, new.product)
+            resumed = run_to_resume(open_runs, new.plan, now)
             if resumed is not None:
                 return resumed, True
             for run in open_runs:
@@ -146,19 +139,12 @@ class SqlRunLedger(SqlStore):
                 f"INSERT INTO rotation_runs ({RUN_COLUMNS}) VALUES (:run_id, :product, "
                 ":mode, :from_version, :to_version, :shards, 'running', :now, NULL, "
                 ":estimated_total, :skipped_at_start)",
-                new_run_fields(
-                    run_id,
-                    product,
-                    plan,
-                    estimated_total=estimated_total,
-                    skipped_at_start=skipped_at_start,
-                )
-                | {"now": now},
+                new_run_fields(run_id, new) | {"now": now},
             )
             tx.run_many(
                 "INSERT INTO rotation_shards (run_id, shard, status) "
                 "VALUES (:run_id, :shard, 'pending')",
-                [{"run_id": run_id, "shard": i} for i in range(plan.shards)],
+                [{"run_id": run_id, "shard": i} for i in range(new.plan.shards)],
             )
             return self._load(tx, run_id), False
 
@@ -219,17 +205,7 @@ class SqlRunLedger(SqlStore):
             raise LeaseHeldError(f"run {run_id} shard {index + 1}: lease lost to another worker")
 
     def checkpoint(
-        self,
-        run_id: str,
-        index: int,
-        *,
-        owner: str,
-        now: float,
-        ttl: float,
-        cursor: str | None,
-        delta: Counters,
-        failures: Sequence[Failure] = (),
-        pending: Sequence[str] = (),
+        self, run_id: str, index: int, *, owner: str, now: float, ttl: float, progress: Progress
     ) -> None:
         with self.dialect.transaction() as tx:
             saved = tx.run(
@@ -240,9 +216,9 @@ class SqlRunLedger(SqlStore):
                 "heartbeat_at = :now WHERE run_id = :run_id AND shard = :shard "
                 "AND owner = :owner",
                 {
-                    "cursor": cursor,
-                    "pending": json.dumps(list(pending)),
-                    **delta.as_dict(),
+                    "cursor": progress.cursor,
+                    "pending": json.dumps(list(progress.pending)),
+                    **progress.delta.as_dict(),
                     "expires": now + ttl,
                     "now": now,
                     "run_id": run_id,
@@ -262,7 +238,7 @@ class SqlRunLedger(SqlStore):
                 [
                     {"run_id": run_id, "item": f.item, "shard": f.shard, "reason": f.reason,
                      "at": now}
-                    for f in failures
+                    for f in progress.failures
                 ],
             )  # fmt: skip
 
