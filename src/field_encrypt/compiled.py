@@ -1,0 +1,62 @@
+"""The compiled read path, when it is there: ``field_encrypt._gcm`` (``_gcm.c``).
+
+It opens the binary tokens of many documents in one call (OpenSSL's AES-256-GCM from C), and
+only ever opens what the pure-Python path opens, to the same value; at anything else it
+stops and the pure-Python path takes that document, with the errors it always raised
+(docs/FORMAT.md, "Reading"). Without the extension (no compiler or headers when the package
+was installed) or with ``FIELD_ENCRYPT_PURE_PYTHON=1``, reads take the pure-Python path only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from field_encrypt._gcm import Key
+
+try:
+    from field_encrypt import _gcm
+except ImportError:  # not built: the pure-Python path
+    _gcm = None  # type: ignore[assignment]
+
+PURE_PYTHON_ENV: Final = "FIELD_ENCRYPT_PURE_PYTHON"
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """The extension's two entry points (see ``_gcm.pyi``)."""
+
+    key: Callable[[bytes], Key]
+    open_documents: Callable[
+        [
+            list[dict[str, Any]],
+            list[str],
+            bytes,
+            tuple[tuple[str, bytes], ...],
+            Callable[[bytes], Key | None],
+            Callable[[bytes], object],
+            int,
+        ],
+        int,
+    ]
+
+
+_READER: Final = Reader(key=_gcm.Key, open_documents=_gcm.open_documents) if _gcm else None
+
+
+def built() -> bool:
+    """Whether the extension was built and imports."""
+    return _READER is not None
+
+
+def forced_off() -> bool:
+    """Whether ``FIELD_ENCRYPT_PURE_PYTHON`` asks for the pure-Python path."""
+    return os.environ.get(PURE_PYTHON_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def reader() -> Reader | None:
+    """The compiled path for an encryptor made now, or ``None``: the pure-Python path."""
+    return None if forced_off() else _READER
