@@ -2,7 +2,7 @@
  * documents (docs/FORMAT.md) in one call, with OpenSSL's AES-256-GCM (libcrypto EVP).
  *
  * It only ever opens what the pure-Python path (envelope.py, token.py) would open to the
- * same value: anything else (a text token, plaintext, a malformed header, an unknown DEK,
+ * same value: anything else (plaintext, a text token not in canonical base64, a malformed header, an unknown DEK,
  * a tag that does not verify, a type byte it does not decode itself) stops it at that
  * document and returns the document's index, and the caller opens that document with the
  * pure-Python path, which raises exactly the error it always raised. So every check of the
@@ -141,6 +141,7 @@ typedef struct {
     unsigned char dek_id[DEK_ID_SIZE];
     Buffer aad;
     Buffer plaintext;
+    Buffer decoded; /* a text token's binary form */
 } Opener;
 
 /* The key of ``dek_id`` on the context: set only when it differs from the last one. */
@@ -186,18 +187,98 @@ use_key(Opener *op, const unsigned char *dek_id, const unsigned char *nonce)
     return OPENED;
 }
 
-/* Open one binary token ``value`` bound to ``prefix`` (product, collection, document) and
- * ``binding`` (field path); on OPENED, ``*out`` is the new value (a new reference). */
+static signed char b64_index[256];
+
+static void
+b64_index_init(void)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    memset(b64_index, -1, sizeof(b64_index));
+    for (int i = 0; i < 64; i++) {
+        b64_index[(unsigned char)alphabet[i]] = (signed char)i;
+    }
+}
+
+/* The binary form of text token ``value`` ("fe1:" + base64) in op->decoded, or STOP for
+ * anything but the canonical encoding of the standard alphabet (the pure-Python path then
+ * says what is wrong: token.from_text). */
+static int
+decode_text(Opener *op, PyObject *value, const unsigned char **raw, Py_ssize_t *len)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(value) < 0) {
+        return FAILED;
+    }
+#endif
+    if (!PyUnicode_IS_ASCII(value)) {
+        return STOP;
+    }
+    const unsigned char *text = PyUnicode_1BYTE_DATA(value);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value) - 4;
+    if (n <= 0 || n % 4 != 0 || memcmp(text, "fe1:", 4) != 0) {
+        return STOP;
+    }
+    text += 4;
+    Py_ssize_t pad = text[n - 1] == '=' ? (text[n - 2] == '=' ? 2 : 1) : 0;
+    if (buffer_reserve(&op->decoded, (size_t)(n / 4 * 3)) < 0) {
+        return FAILED;
+    }
+    unsigned char *out = op->decoded.data;
+    Py_ssize_t o = 0;
+    for (Py_ssize_t i = 0; i < n; i += 4) {
+        int last = i + 4 == n;
+        int a = b64_index[text[i]], b = b64_index[text[i + 1]];
+        int c = last && pad == 2 ? 0 : b64_index[text[i + 2]];
+        int d = last && pad >= 1 ? 0 : b64_index[text[i + 3]];
+        if ((a | b | c | d) < 0) {
+            return STOP; /* outside the alphabet, or '=' before the end */
+        }
+        unsigned int quad = (unsigned int)(a << 18 | b << 12 | c << 6 | d);
+        out[o++] = (unsigned char)(quad >> 16);
+        if (last && pad == 2) {
+            if (b & 0x0F) {
+                return STOP; /* unused bits set: not the canonical encoding */
+            }
+            break;
+        }
+        out[o++] = (unsigned char)(quad >> 8);
+        if (last && pad == 1) {
+            if (c & 0x03) {
+                return STOP;
+            }
+            break;
+        }
+        out[o++] = (unsigned char)quad;
+    }
+    *raw = out;
+    *len = o;
+    return OPENED;
+}
+
+/* Open one token ``value`` (binary, or its text form) bound to ``prefix`` (product,
+ * collection), the document id and ``binding`` (field path); on OPENED, ``*out`` is the new
+ * value (a new reference). */
 static int
 open_token(Opener *op, PyObject *value, const char *prefix, Py_ssize_t prefix_len,
            const char *doc_id, Py_ssize_t doc_id_len, const char *binding,
            Py_ssize_t binding_len, PyObject **out)
 {
-    if (!PyBytes_CheckExact(value)) {
-        return STOP; /* text token, plaintext or another type: the pure-Python path */
+    const unsigned char *raw;
+    Py_ssize_t len;
+    if (PyBytes_CheckExact(value)) {
+        raw = (const unsigned char *)PyBytes_AS_STRING(value);
+        len = PyBytes_GET_SIZE(value);
     }
-    const unsigned char *raw = (const unsigned char *)PyBytes_AS_STRING(value);
-    Py_ssize_t len = PyBytes_GET_SIZE(value);
+    else if (PyUnicode_CheckExact(value)) {
+        int status = decode_text(op, value, &raw, &len);
+        if (status != OPENED) {
+            return status;
+        }
+    }
+    else {
+        return STOP; /* plaintext of another type: the pure-Python path */
+    }
     if (len < MIN_SIZE || raw[0] != VERSION || raw[17] == 0) {
         return STOP;
     }
@@ -384,6 +465,7 @@ open_documents(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XDECREF(op.key);
     buffer_free(&op.aad);
     buffer_free(&op.plaintext);
+    buffer_free(&op.decoded);
     if (failed) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed while opening a field token");
@@ -421,6 +503,7 @@ PyInit__gcm(void)
             return NULL;
         }
     }
+    b64_index_init();
     if (PyType_Ready(&KeyType) < 0) {
         return NULL;
     }

@@ -38,8 +38,10 @@ def test_ci_builds_the_compiled_path() -> None:
     assert not compiled.forced_off(), f"{compiled.PURE_PYTHON_ENV} is set in CI"
 
 
-def _pair(encryptor: FieldEncryptor, monkeypatch: pytest.MonkeyPatch) -> tuple[FieldEncryptor, ...]:
-    """A compiled-path and a pure-Python encryptor on the same keys, flat fields, binary."""
+def _pair(
+    encryptor: FieldEncryptor, monkeypatch: pytest.MonkeyPatch, form: str = "binary"
+) -> tuple[FieldEncryptor, ...]:
+    """A compiled-path and a pure-Python encryptor on the same keys, flat fields."""
     made = []
     for pure in ("", "1"):
         monkeypatch.setenv(compiled.PURE_PYTHON_ENV, pure)
@@ -49,7 +51,7 @@ def _pair(encryptor: FieldEncryptor, monkeypatch: pytest.MonkeyPatch) -> tuple[F
                 provider=encryptor.provider,
                 store=encryptor.store,
                 collections=FIELDS,
-                token_form="binary",
+                token_form=form,  # type: ignore[arg-type]
                 cache=DekCache(ttl_seconds=60),
             )
         )
@@ -84,12 +86,13 @@ def test_the_environment_variable_turns_it_off(
 
 
 @needs_extension
+@pytest.mark.parametrize("form", ["binary", "text"])
 @pytest.mark.parametrize("value", VALUES, ids=repr)
 def test_every_value_type_reads_alike(
-    encryptor: FieldEncryptor, monkeypatch: pytest.MonkeyPatch, value: object
+    encryptor: FieldEncryptor, monkeypatch: pytest.MonkeyPatch, value: object, form: str
 ) -> None:
     """Text, bytes and JSON values come back equal, and of the same type, on both paths."""
-    fast, pure = _pair(encryptor, monkeypatch)
+    fast, pure = _pair(encryptor, monkeypatch, form)
     page = [(f"n{i}", fast.encrypt_document("notes", f"n{i}", {"title": value})) for i in range(3)]
     got = fast.decrypt_documents("notes", page)
     assert got == pure.decrypt_documents("notes", page) == [{"title": value}] * 3
@@ -98,30 +101,53 @@ def test_every_value_type_reads_alike(
 
 
 @needs_extension
+@pytest.mark.parametrize("form", ["binary", "text"])
 @pytest.mark.parametrize("strict", [True, False])
 def test_every_flipped_byte_fails_alike(
-    encryptor: FieldEncryptor, monkeypatch: pytest.MonkeyPatch, strict: bool
+    encryptor: FieldEncryptor, monkeypatch: pytest.MonkeyPatch, strict: bool, form: str
 ) -> None:
     """Every single-bit flip of every byte of a token, on a page and alone: the same error
     class and message (or, when it stops being a token under allow_plaintext, the same
     pass-through) on both paths; never a partly opened page."""
-    fast, pure = _pair(encryptor, monkeypatch)
+    fast, pure = _pair(encryptor, monkeypatch, form)
     for fe in (fast, pure):
         fe.allow_plaintext = not strict
     page = [
         (f"n{i}", fast.encrypt_document("notes", f"n{i}", {"title": f"t{i}", "body": f"b{i}"}))
         for i in range(3)
     ]
-    raw = page[1][1]["body"]
+    raw = tokens.as_binary(page[1][1]["body"])
     for i in range(len(raw)):
         for bit in (0x01, 0x80):
-            bad = raw[:i] + bytes([raw[i] ^ bit]) + raw[i + 1 :]
+            flipped = raw[:i] + bytes([raw[i] ^ bit]) + raw[i + 1 :]
+            bad = tokens.to_text(flipped) if form == "text" else flipped
             tampered = [page[0], ("n1", {**page[1][1], "body": bad}), page[2]]
             expected = _outcome(pure, tampered)
             assert _outcome(fast, tampered) == expected, (i, bit)
             assert _one(fast, *tampered[1]) == _one(pure, *tampered[1]), (i, bit)
             if strict:
                 assert expected[0] != "ok", (i, bit)
+
+
+@needs_extension
+def test_every_changed_character_of_a_text_token_fails_alike(
+    encryptor: FieldEncryptor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text token with any character replaced (outside the alphabet, padding, non-ASCII,
+    whitespace, the unused bits of the last character), cut short or lengthened: the same
+    outcome on both paths."""
+    fast, pure = _pair(encryptor, monkeypatch, "text")
+    for value in ("ab", "abcd", "abcde", "x" * 5):  # every padding length
+        doc = ("n1", fast.encrypt_document("notes", "n1", {"title": value}))
+        text = doc[1]["title"]
+        variants = [text[:-1], text + "=", text + "A===", text[:-4], "fe1:", "fe1:" + "A" * 4]
+        for i in range(len(text)):
+            for c in ("A", "B", "=", "-", "_", "é", " ", "\n", "/", "+"):
+                variants.append(text[:i] + c + text[i + 1 :])
+        for bad in variants:
+            tampered = ("n1", {**doc[1], "title": bad})
+            assert _one(fast, *tampered) == _one(pure, *tampered), bad
+            assert _outcome(fast, [doc, tampered]) == _outcome(pure, [doc, tampered]), bad
 
 
 @needs_extension

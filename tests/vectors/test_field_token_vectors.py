@@ -52,9 +52,9 @@ PATHS = [
 ]
 
 
-def _open_compiled(case: dict[str, Any], raw: bytes) -> dict[str, Any] | None:
-    """The vector's binary token opened by the compiled path; ``None`` where it stops (and
-    the pure-Python path, which raises the errors, takes the document)."""
+def _open_compiled(case: dict[str, Any], raw: bytes | str) -> dict[str, Any] | None:
+    """The vector's token (binary or text) opened by the compiled path; ``None`` where it
+    stops (and the pure-Python path, which raises the errors, takes the document)."""
     from field_encrypt import _gcm
 
     key = _gcm.Key(bytes.fromhex(case["key"]))
@@ -79,6 +79,7 @@ def test_verify(case: dict[str, Any], path: str) -> None:
     raw = token.from_text(case["token"])
     if path == "compiled":
         assert _open_compiled(case, raw) == {"field": _value(case)}
+        assert _open_compiled(case, case["token"]) == {"field": _value(case)}
         return
     key = cipher(bytes.fromhex(case["key"]))
     assert token.open_(key, raw, _binding(case)) == _value(case)
@@ -91,6 +92,7 @@ def test_invalid(case: dict[str, Any], path: str) -> None:
     compiled path opens none of them: it stops, and the pure-Python path raises)."""
     expected = DecryptionError if case["error"] == "decryption" else UnsupportedFormatError
     if path == "compiled":
+        assert _open_compiled(case, case["token"]) is None
         try:
             raw = token.from_text(case["token"])
         except (DecryptionError, UnsupportedFormatError):
