@@ -9,7 +9,8 @@ in both token forms. Each figure is the best of ``--repeat`` timed loops (µs pe
 
 Reads are measured on both read paths in the same run: ``compiled`` (``field_encrypt._gcm``,
 when it was built) and ``pure`` (``FIELD_ENCRYPT_PURE_PYTHON=1`` at the encryptor's
-construction). The load average is printed before and after the timings.
+construction). The load average is printed before and after the timings; the figures
+are timed in rounds, each round timing every figure and its floor one after the other.
 """
 
 from __future__ import annotations
@@ -50,11 +51,22 @@ def encryptor(
         del os.environ[compiled.PURE_PYTHON_ENV]
 
 
-def best_us(fn: Callable[[], object], seconds: float, repeat: int) -> float:
-    """Best time per call in µs over ``repeat`` loops of about ``seconds`` each."""
-    number, _ = timeit.Timer(fn).autorange()
-    number = max(1, int(number * seconds / 0.2))
-    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
+def best_us(
+    timed: dict[str, Callable[[], object]], seconds: float, repeat: int, per: int = 1
+) -> dict[str, float]:
+    """Best time in µs per call (divided by ``per``) of each function over ``repeat``
+    rounds; each round times every function for about ``seconds``, one after the other,
+    so a change of load in the middle of a run hits a figure and its floor alike."""
+    loops = {
+        name: max(1, int(timeit.Timer(fn).autorange()[0] * seconds / 0.2))
+        for name, fn in timed.items()
+    }
+    figures: dict[str, float] = {}
+    for _ in range(repeat):
+        for name, fn in timed.items():
+            us = timeit.timeit(fn, number=loops[name]) / loops[name] / per * 1e6
+            figures[name] = min(figures.get(name, us), us)
+    return figures
 
 
 def main() -> None:
@@ -85,9 +97,9 @@ def main() -> None:
         database = SqliteDatabase(Path(tmp) / "bench.db")
         store = SqliteDekStore(database, product="notelett")
         doc = {"workspaceId": "w1", "title": TITLE, "body": BODY, "tags": ["q3"]}
-        results = {
-            "raw AES-GCM open, 2 fields": best_us(raw_open, args.seconds, args.repeat),
-            "raw AES-GCM seal, 2 fields": best_us(raw_seal, args.seconds, args.repeat),
+        timed: dict[str, Callable[[], object]] = {
+            "raw AES-GCM open, 2 fields": raw_open,
+            "raw AES-GCM seal, 2 fields": raw_seal,
         }
         for form in ("binary", "text"):
             fe = encryptor(provider, store, form, "pure")
@@ -96,18 +108,13 @@ def main() -> None:
             for path in PATHS:
                 reader = encryptor(provider, store, form, path)
                 assert reader.decrypt_document("notes", "note-1", sealed) == doc
-                results[f"decrypt_document, {form} tokens, {path}"] = best_us(
-                    lambda fe=reader, sealed=sealed: fe.decrypt_document("notes", "note-1", sealed),
-                    args.seconds,
-                    args.repeat,
+                timed[f"decrypt_document, {form} tokens, {path}"] = (
+                    lambda fe=reader, sealed=sealed: fe.decrypt_document("notes", "note-1", sealed)
                 )
-            results[f"encrypt_document (existing DEK), {form} tokens"] = best_us(
-                lambda fe=fe, dek_id=dek_id: fe.encrypt_document(
-                    "notes", "note-1", doc, dek_id=dek_id
-                ),
-                args.seconds,
-                args.repeat,
+            timed[f"encrypt_document (existing DEK), {form} tokens"] = lambda fe=fe, dek_id=dek_id: (
+                fe.encrypt_document("notes", "note-1", doc, dek_id=dek_id)
             )
+        results = best_us(timed, args.seconds, args.repeat)
         page = page_figures(provider, store, args.page, args.seconds, args.repeat)
         database.close()
 
@@ -185,22 +192,12 @@ def page_figures(
 
     bound_page()  # the bindings above are the library's: this opens every token
 
-    timed: dict[str, Callable[[], None]] = {"raw AES-GCM open, 2 fields, page": raw_page}
+    timed: dict[str, Callable[[], object]] = {"raw AES-GCM open, 2 fields, page": raw_page}
     for path, reader in readers.items():
         timed[f"decrypt_document x page, binary tokens, {path}"] = single_page(reader)
         timed[f"decrypt_documents (batch), binary tokens, {path}"] = batch_page(reader)
     timed["lower bound: slice + open only, pure Python"] = bound_page
-    loops = {
-        name: max(1, int(timeit.Timer(fn).autorange()[0] * seconds / 0.2))
-        for name, fn in timed.items()
-    }
-    figures: dict[str, float] = {}
-    # interleaved: each round times them all, so drift hits them alike
-    for _ in range(repeat):
-        for name, fn in timed.items():
-            us = timeit.timeit(fn, number=loops[name]) / loops[name] / size * 1e6
-            figures[name] = min(figures.get(name, us), us)
-    return figures
+    return best_us(timed, seconds, repeat, per=size)
 
 
 if __name__ == "__main__":

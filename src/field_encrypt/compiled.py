@@ -3,7 +3,7 @@
 It opens the binary tokens of many documents in one call (OpenSSL's AES-256-GCM from C), and
 only ever opens what the pure-Python path opens, to the same value; at anything else it
 stops and the pure-Python path takes that document, with the errors it always raised
-(docs/FORMAT.md, "Reading"). Without the extension (no compiler or headers when the package
+(docs/FORMAT.md, "Reading: the two read paths"). Without the extension (no compiler or headers when the package
 was installed) or with ``FIELD_ENCRYPT_PURE_PYTHON=1``, reads take the pure-Python path only.
 """
 
