@@ -25,23 +25,27 @@ except ImportError:  # not built: the pure-Python path
 PURE_PYTHON_ENV: Final = "FIELD_ENCRYPT_PURE_PYTHON"
 
 
+OpenDocuments = Callable[
+    [
+        list[dict[str, Any]],
+        list[str],
+        bytes,
+        tuple[tuple[str, bytes], ...],
+        Callable[[bytes], "Key | None"],
+        Callable[[bytes], object],
+        int,
+    ],
+    int,
+]
+"""``_gcm.open_documents``: documents, their ids, prefix, fields, key_of, decode, start."""
+
+
 @dataclass(frozen=True, slots=True)
 class Reader:
     """The extension's two entry points (see ``_gcm.pyi``)."""
 
     key: Callable[[bytes], Key]
-    open_documents: Callable[
-        [
-            list[dict[str, Any]],
-            list[str],
-            bytes,
-            tuple[tuple[str, bytes], ...],
-            Callable[[bytes], Key | None],
-            Callable[[bytes], object],
-            int,
-        ],
-        int,
-    ]
+    open_documents: OpenDocuments
 
 
 _READER: Final = Reader(key=_gcm.Key, open_documents=_gcm.open_documents) if _gcm else None

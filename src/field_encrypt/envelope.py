@@ -257,7 +257,7 @@ class FieldEncryptor:
         if plan.nested or not docs:
             return [self.decrypt_document(collection, i, d) for i, d in docs]
         if self._open is not None:
-            return self._open_page(plan, docs)
+            return self._open_page(self._open, plan, docs)
         outs = [dict(d) for _, d in docs]
         columns: list[tuple[str, bytes, list[bytes], list[bytes]]] = []
         for f in plan.fields:
@@ -304,13 +304,15 @@ class FieldEncryptor:
         return outs
 
     def _open_page(
-        self, plan: _Collection, docs: list[tuple[str, Mapping[str, Any]]]
+        self,
+        open_: compiled.OpenDocuments,
+        plan: _Collection,
+        docs: list[tuple[str, Mapping[str, Any]]],
     ) -> list[dict[str, Any]]:
-        """:meth:`decrypt_documents` on the compiled path (flat fields)."""
-        assert self._open is not None
+        """:meth:`decrypt_documents` on the compiled path ``open_`` (flat fields)."""
         outs = [dict(d) for _, d in docs]
         ids = [i for i, _ in docs]
-        prefix, columns, key_of, open_ = plan.prefix, plan.columns, self.cache.key, self._open
+        prefix, columns, key_of = plan.prefix, plan.columns, self.cache.key
         at = open_(outs, ids, prefix, columns, key_of, _decode, 0)
         while at < len(outs):  # the document it stopped at: the pure-Python path says why
             outs[at] = self._decrypt_pure(plan, *docs[at])
