@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
+import threading
 from typing import Any
 
 import pytest
@@ -215,3 +217,38 @@ def test_a_key_holds_no_readable_key_material() -> None:
         pickle.dumps(key)
     with pytest.raises(ValueError, match="32-byte"):
         Key(secret[:31])
+
+
+@needs_extension
+def test_threads_reading_pages_at_once_get_their_own_documents(
+    encryptor: FieldEncryptor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four threads decrypting pages through one encryptor (the C call lets other threads
+    run while it asks the cache for a key) each get exactly their documents."""
+    fast, _ = _pair(encryptor, monkeypatch)
+    pages = [
+        [
+            (f"p{p}n{i}", fast.encrypt_document("notes", f"p{p}n{i}", {"title": f"{p}/{i}"}))
+            for i in range(20)
+        ]
+        for p in range(4)
+    ]
+    wrong: list[int] = []
+
+    def read(p: int) -> None:
+        expected = [{"title": f"{p}/{i}"} for i in range(20)]
+        for _ in range(100):
+            if fast.decrypt_documents("notes", pages[p]) != expected:
+                wrong.append(p)
+
+    threads = [threading.Thread(target=read, args=(p,)) for p in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []
