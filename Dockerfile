@@ -3,6 +3,11 @@
 # (It is not built or tested here: the development machines have no container engine.)
 
 FROM python:3.11-slim AS build
+# gcc and OpenSSL's headers build the compiled read path (src/field_encrypt/_gcm.c); the
+# image has Python.h, and the runtime stage already has libcrypto (libssl3, for Python's ssl).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
@@ -14,7 +19,8 @@ RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin 
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels \
       "field-encrypt[notelett,akv,aws-kms,postgres,cosmos]" \
-    && rm -rf /wheels
+    && rm -rf /wheels \
+    && python -c "import field_encrypt._gcm"  # the compiled read path built: fail here if not
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10001:10001
 WORKDIR /tmp

@@ -19,8 +19,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+if TYPE_CHECKING:
+    from field_encrypt._gcm import Key
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +38,11 @@ class CacheStats:
 
 
 class DekCache:
-    """``dekId -> (cipher, mekVersion)``, oldest evicted first, with a time-to-live per entry."""
+    """``dekId -> (cipher, mekVersion)``, oldest evicted first, with a time-to-live per entry.
+
+    An entry may also hold the DEK as a :class:`field_encrypt._gcm.Key`, for the compiled
+    read path (:mod:`field_encrypt.compiled`); :meth:`key` reads it.
+    """
 
     def __init__(
         self,
@@ -48,7 +56,7 @@ class DekCache:
         self.max_entries = max_entries
         self.ttl_seconds = ttl_seconds
         self._clock = clock
-        self._entries: OrderedDict[bytes, tuple[AESGCM, str, float]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[AESGCM, str, float, Key | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
@@ -107,10 +115,27 @@ class DekCache:
         self._misses += asked - len(found)
         return found
 
+    def key(self, dek_id: bytes) -> Key | None:
+        """The compiled path's key for ``dek_id``, or ``None`` when absent, expired or put
+        without one (a hit is counted only when there is one; the caller then reads the
+        DEK through :meth:`lookup`, which counts the rest)."""
+        entry = self._entries.get(dek_id)
+        if entry is not None and entry[3] is not None and entry[2] > self._clock():
+            self._hits += 1
+            return entry[3]
+        return None
+
     def put(
-        self, dek_id: bytes, cipher: AESGCM, mek_version: str, *, generation: int | None = None
+        self,
+        dek_id: bytes,
+        cipher: AESGCM,
+        mek_version: str,
+        *,
+        generation: int | None = None,
+        key: Key | None = None,
     ) -> None:
-        """Remember ``cipher`` for ``dek_id``, unwrapped under ``mek_version``.
+        """Remember ``cipher`` (and the compiled path's ``key``) for ``dek_id``, unwrapped
+        under ``mek_version``.
 
         ``generation``: :attr:`generation` read before the key was loaded; if the cache was
         invalidated since, the key is not kept (it may have been loaded from a revoked state).
@@ -120,7 +145,7 @@ class DekCache:
         with self._lock:
             if generation is not None and generation != self.generation:
                 return
-            self._entries[dek_id] = (cipher, mek_version, self._clock() + self.ttl_seconds)
+            self._entries[dek_id] = (cipher, mek_version, self._clock() + self.ttl_seconds, key)
             self._entries.move_to_end(dek_id)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -135,7 +160,7 @@ class DekCache:
         """Forget every DEK unwrapped under ``mek_version``; how many were dropped."""
         with self._lock:
             self.generation += 1
-            doomed = [k for k, (_, v, _) in self._entries.items() if v == mek_version]
+            doomed = [k for k, entry in self._entries.items() if entry[1] == mek_version]
             for key in doomed:
                 del self._entries[key]
             self._evictions += len(doomed)
@@ -145,7 +170,7 @@ class DekCache:
         """Forget every DEK unwrapped under one of ``versions``; the dekIds dropped."""
         with self._lock:
             self.generation += 1
-            doomed = [k for k, (_, v, _) in self._entries.items() if v in versions]
+            doomed = [k for k, entry in self._entries.items() if entry[1] in versions]
             for key in doomed:
                 del self._entries[key]
             self._evictions += len(doomed)

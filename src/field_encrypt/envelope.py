@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from field_encrypt import token
+from field_encrypt import compiled, token
 from field_encrypt.audit import DEK_SHREDDED, AuditTrail, DenialRecorder, recorded
 from field_encrypt.backends.base import DekRecord, DekStore, NewDek, check_product_store
 from field_encrypt.cache import DekCache
@@ -44,6 +44,7 @@ from field_encrypt.providers.base import (
 )
 
 if TYPE_CHECKING:
+    from field_encrypt._gcm import Key
     from field_encrypt.lazy_rewrap import LazyRewrapper
 
 TokenForm = Literal["text", "binary"]
@@ -51,6 +52,7 @@ _VERSION_BYTE = bytes((token.VERSION,))
 _VERSION = token.VERSION
 _TYPE_STR = token.TYPE_STR
 _MIN_TOKEN = token.MIN_SIZE
+_decode = token.decode_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ class _Collection:
     prefix: bytes  # length-prefixed product and collection
     fields: tuple[_Field, ...]
     nested: bool
+    columns: tuple[tuple[str, bytes], ...]  # (name, binding) of each field, for the compiled path
 
 
 class FieldEncryptor:
@@ -82,6 +85,11 @@ class FieldEncryptor:
     backfill, passes it through instead. Left unset (``None``) it follows ``enabled``, as
     ``FIELD_ENCRYPT_ALLOW_PLAINTEXT`` does: refused when on, read when off.
     ``audit`` is the product's audit trail (``None``: no events).
+
+    Reads of top-level fields take the compiled path (:mod:`field_encrypt.compiled`) when it
+    was built and ``FIELD_ENCRYPT_PURE_PYTHON`` does not turn it off at construction: the
+    same values and the same errors, since at anything unusual it hands the document to the
+    pure-Python path.
     """
 
     def __init__(
@@ -123,9 +131,13 @@ class FieldEncryptor:
                     for p in paths
                 ),
                 nested=any("." in p for p in paths),
+                columns=tuple((p, token.lp(p)) for p in paths),
             )
             for name, paths in self.collections.items()
         }
+        reader = compiled.reader()
+        self._open = reader.open_documents if reader is not None else None
+        self._new_key = reader.key if reader is not None else None
 
     def __repr__(self) -> str:
         return (
@@ -183,6 +195,18 @@ class FieldEncryptor:
         """A copy of ``document`` with its encrypted fields opened (plaintext in one is a
         :class:`DecryptionError` unless ``allow_plaintext``)."""
         plan = self._plan(collection)
+        if self._open is not None and not plan.nested:
+            out = dict(document)
+            if self._open(
+                [out], [document_id], plan.prefix, plan.columns, self.cache.key, _decode, 0
+            ):
+                return out
+        return self._decrypt_pure(plan, document_id, document)
+
+    def _decrypt_pure(
+        self, plan: _Collection, document_id: str, document: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """:meth:`decrypt_document` in pure Python: every check of a read, and its errors."""
         out = _copy(document, plan) if plan.nested else dict(document)
         doc_id = document_id.encode()
         prefix = plan.prefix + len(doc_id).to_bytes(2, "big") + doc_id
@@ -222,11 +246,18 @@ class FieldEncryptor:
         plan, one read of the DEK cache for every DEK on it) and each field is opened a
         column at a time. Pages of binary tokens take that path; text tokens, plaintext
         and nested fields take the one-document path for each document.
+
+        With the compiled path, the page is opened a document at a time in one call, and a
+        document it stops at (text tokens, plaintext, an uncached DEK, a token that does not
+        open) takes the pure-Python path alone, so a failing page raises exactly what its
+        first failing document raises.
         """
         plan = self._plan(collection)
         docs = documents if isinstance(documents, list) else list(documents)
         if plan.nested or not docs:
             return [self.decrypt_document(collection, i, d) for i, d in docs]
+        if self._open is not None:
+            return self._open_page(self._open, plan, docs)
         outs = [dict(d) for _, d in docs]
         columns: list[tuple[str, bytes, list[bytes], list[bytes]]] = []
         for f in plan.fields:
@@ -270,6 +301,22 @@ class FieldEncryptor:
                     if plaintext[0] == _TYPE_STR
                     else token.decode_value(plaintext)
                 )
+        return outs
+
+    def _open_page(
+        self,
+        open_: compiled.OpenDocuments,
+        plan: _Collection,
+        docs: list[tuple[str, Mapping[str, Any]]],
+    ) -> list[dict[str, Any]]:
+        """:meth:`decrypt_documents` on the compiled path ``open_`` (flat fields)."""
+        outs = [dict(d) for _, d in docs]
+        ids = [i for i, _ in docs]
+        prefix, columns, key_of = plan.prefix, plan.columns, self.cache.key
+        at = open_(outs, ids, prefix, columns, key_of, _decode, 0)
+        while at < len(outs):  # the document it stopped at: the pure-Python path says why
+            outs[at] = self._decrypt_pure(plan, *docs[at])
+            at = open_(outs, ids, prefix, columns, key_of, _decode, at + 1)
         return outs
 
     def _page_cipher(self, ciphers: dict[bytes, AESGCM], raw_id: bytes) -> AESGCM:
@@ -328,7 +375,7 @@ class FieldEncryptor:
             dek, context=dek_context(self.product, dek_id), version=version
         )
         NewDek.of(dek_id, mek_name=self.provider.mek_name, wrapped=wrapped).create_in(self.store)
-        self.cache.put(bytes.fromhex(dek_id), AESGCM(dek), wrapped.mek_version)
+        self.cache.put(bytes.fromhex(dek_id), AESGCM(dek), wrapped.mek_version, key=self._key(dek))
         return dek_id
 
     def shred(self, dek_id: str) -> bool:
@@ -411,7 +458,13 @@ class FieldEncryptor:
         put, rewrapper = cache.put, self.rewrapper
         for (raw_id, record), dek in zip(todo, deks, strict=True):
             if dek.__class__ is bytes and len(dek) == 32:
-                put(raw_id, AESGCM(dek), record.mek_version, generation=generation)
+                put(
+                    raw_id,
+                    AESGCM(dek),
+                    record.mek_version,
+                    generation=generation,
+                    key=self._key(dek),
+                )
                 if rewrapper is not None:
                     rewrapper.offer(record)  # never blocks, never raises
 
@@ -432,10 +485,16 @@ class FieldEncryptor:
         if len(dek) != 32:
             raise DecryptionError()
         cipher = AESGCM(dek)
-        self.cache.put(raw_id, cipher, record.mek_version, generation=generation)
+        self.cache.put(
+            raw_id, cipher, record.mek_version, generation=generation, key=self._key(dek)
+        )
         if self.rewrapper is not None:
             self.rewrapper.offer(record)  # never blocks, never raises
         return cipher, record.mek_version
+
+    def _key(self, dek: bytes) -> Key | None:
+        """The DEK as the compiled path's key, when this encryptor reads with it."""
+        return self._new_key(dek) if self._new_key is not None else None
 
     def _plan(self, collection: str) -> _Collection:
         try:

@@ -4,7 +4,10 @@
 
 The target feeds arbitrary bytes, as a binary token and as a text token, to
 ``FieldEncryptor.decrypt_document`` (strict and permissive modes), ``token.read_header``
-and ``token.from_text``. Anything raised that is not a ``FieldEncryptError`` is a crash.
+and ``token.from_text``. Anything raised that is not a ``FieldEncryptError`` is a crash,
+and so is any difference between the compiled read path (``field_encrypt._gcm``, when
+built) and the pure-Python one on a top-level field: value, or error class and message,
+for one document and for a page.
 It also seeds the corpus with real tokens so the fuzzer starts from valid structure.
 libFuzzer prints ``Done N runs`` at the end (tests/fuzz/test_fuzz.py reads it).
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from field_encrypt import FieldEncryptor, token
+    from field_encrypt import FieldEncryptor, compiled, token
     from field_encrypt.backends.sqlite.db import SqliteDatabase
     from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
     from field_encrypt.errors import FieldEncryptError
@@ -47,6 +50,38 @@ _strict = FieldEncryptor(
 )
 
 
+def _flat(path: str) -> FieldEncryptor:
+    """A permissive encryptor of the top-level field ``f`` reading with ``path``."""
+    os.environ[compiled.PURE_PYTHON_ENV] = "1" if path == "pure" else ""
+    try:
+        return FieldEncryptor(
+            product="fuzz",
+            provider=_provider,
+            store=_store,
+            collections={"c": ["f"]},
+            allow_plaintext=True,
+        )
+    finally:
+        del os.environ[compiled.PURE_PYTHON_ENV]
+
+
+_paths = [_flat("compiled"), _flat("pure")] if compiled.built() else []
+
+
+def _outcome(fe: FieldEncryptor, value: object) -> object:
+    """What reading ``value`` gives, alone and on a page after a valid document."""
+    results: list[object] = []
+    for read in (
+        lambda: fe.decrypt_document("c", "d", {"f": value}),
+        lambda: fe.decrypt_documents("c", [("d", _valid), ("d", {"f": value})]),
+    ):
+        try:
+            results.append(read())
+        except FieldEncryptError as error:
+            results.append((type(error), str(error)))
+    return results
+
+
 def seeds() -> list[bytes]:
     """Real tokens of a few sizes, binary form, to start the corpus."""
     out = []
@@ -62,6 +97,10 @@ def target(data: bytes) -> None:
         for fe in (_fe, _strict):
             with contextlib.suppress(FieldEncryptError):
                 fe.decrypt_document("c", "d", {"f": value, "a": {"b": value}})
+        if _paths:
+            fast, pure = (_outcome(fe, value) for fe in _paths)
+            if fast != pure:
+                raise AssertionError(f"the read paths differ on {value!r}: {fast!r} != {pure!r}")
     with contextlib.suppress(FieldEncryptError):
         token.read_header(data)
     with contextlib.suppress(FieldEncryptError):
@@ -76,6 +115,8 @@ def main() -> None:
     atheris.Setup([*sys.argv, str(corpus)], target)
     atheris.Fuzz()
 
+
+_valid = _fe.encrypt_document("c", "d", {"f": "seed"})
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONHASHSEED", "0")

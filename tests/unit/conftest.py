@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from field_encrypt import FieldEncryptor
+from field_encrypt import FieldEncryptor, compiled
 from field_encrypt.backends.sqlite.db import SqliteDatabase
 from field_encrypt.backends.sqlite.dek_store import SqliteDekStore
 from field_encrypt.cache import DekCache
@@ -55,3 +55,20 @@ def encryptor(provider: LocalKeyProvider, store: SqliteDekStore, clock: Clock) -
         collections=COLLECTIONS,
         cache=DekCache(ttl_seconds=60, clock=clock),
     )
+
+
+@pytest.fixture(params=["compiled", "pure"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each read test runs on the compiled path (``field_encrypt._gcm``) and on pure Python.
+
+    Set before the encryptor is made (list it first, or in ``usefixtures``): an encryptor
+    picks its path at construction. Without the extension the compiled run is skipped
+    (tests/unit/test_compiled.py fails instead when ``CI`` is set).
+    """
+    if request.param == "compiled":
+        if not compiled.built():
+            pytest.skip("field_encrypt._gcm is not built")
+        monkeypatch.delenv(compiled.PURE_PYTHON_ENV, raising=False)
+    else:
+        monkeypatch.setenv(compiled.PURE_PYTHON_ENV, "1")
+    return str(request.param)

@@ -10,6 +10,8 @@ from field_encrypt import DecryptionError, DekMissingError, FieldEncryptor
 from field_encrypt import token as tokens
 from field_encrypt.cache import DekCache
 
+pytestmark = pytest.mark.usefixtures("read_path")  # compiled and pure-Python reads
+
 PAGE_FIELDS = {"notes": ["title", "body"]}
 
 
@@ -30,6 +32,13 @@ def _page(fe: FieldEncryptor, n: int) -> list[tuple[str, dict[str, Any]]]:
         (f"n{i}", fe.encrypt_document("notes", f"n{i}", {"title": f"t{i}", "body": f"b{i}"}))
         for i in range(n)
     ]
+
+
+def test_the_encryptor_reads_with_the_path_under_test(
+    encryptor: FieldEncryptor, read_path: str
+) -> None:
+    """The read_path fixture is set before the encryptor is made, so it takes that path."""
+    assert (encryptor._open is not None) == (read_path == "compiled")
 
 
 @pytest.mark.parametrize("form", ["binary", "text"])

@@ -20,6 +20,8 @@ from field_encrypt.providers.local import LocalKeyProvider
 
 from .conftest import COLLECTIONS
 
+pytestmark = pytest.mark.usefixtures("read_path")  # compiled and pure-Python reads
+
 NOTE: dict[str, Any] = {
     "workspaceId": "w1",
     "title": "Shopping list",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from field_encrypt import token
+from field_encrypt import compiled, token
 from field_encrypt.aead import cipher
 from field_encrypt.errors import DecryptionError, UnsupportedFormatError
 
@@ -43,18 +43,62 @@ def test_generate(case: dict[str, Any]) -> None:
     assert token.to_text(raw) == case["token"]
 
 
+PATHS = [
+    "pure",
+    pytest.param(
+        "compiled",
+        marks=pytest.mark.skipif(not compiled.built(), reason="field_encrypt._gcm is not built"),
+    ),
+]
+
+
+def _open_compiled(case: dict[str, Any], raw: bytes | str) -> dict[str, Any] | None:
+    """The vector's token (binary or text) opened by the compiled path; ``None`` where it
+    stops (and the pure-Python path, which raises the errors, takes the document)."""
+    from field_encrypt import _gcm
+
+    key = _gcm.Key(bytes.fromhex(case["key"]))
+    doc: dict[str, Any] = {"field": raw}
+    opened = _gcm.open_documents(
+        [doc],
+        [case["document_id"]],
+        token.lp(case["product"]) + token.lp(case["collection"]),
+        (("field", token.lp(case["field_path"])),),
+        lambda _dek_id: key,
+        token.decode_value,
+        0,
+    )
+    return doc if opened == 1 else None
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", _load("verify"), ids=lambda c: c["description"])
-def test_verify(case: dict[str, Any]) -> None:
-    """Every published token opens to its published value, from text and binary form alike."""
-    key = cipher(bytes.fromhex(case["key"]))
+def test_verify(case: dict[str, Any], path: str) -> None:
+    """Every published token opens to its published value, from text and binary form alike,
+    on the pure-Python and the compiled read path."""
     raw = token.from_text(case["token"])
+    if path == "compiled":
+        assert _open_compiled(case, raw) == {"field": _value(case)}
+        assert _open_compiled(case, case["token"]) == {"field": _value(case)}
+        return
+    key = cipher(bytes.fromhex(case["key"]))
     assert token.open_(key, raw, _binding(case)) == _value(case)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", _load("invalid"), ids=lambda c: c["description"])
-def test_invalid(case: dict[str, Any]) -> None:
-    """Every invalid vector is refused with the documented error and nothing else."""
+def test_invalid(case: dict[str, Any], path: str) -> None:
+    """Every invalid vector is refused with the documented error and nothing else (the
+    compiled path opens none of them: it stops, and the pure-Python path raises)."""
     expected = DecryptionError if case["error"] == "decryption" else UnsupportedFormatError
+    if path == "compiled":
+        assert _open_compiled(case, case["token"]) is None
+        try:
+            raw = token.from_text(case["token"])
+        except (DecryptionError, UnsupportedFormatError):
+            raw = None  # not a binary token at all: nothing reaches the compiled path
+        if raw is not None:
+            assert _open_compiled(case, raw) is None
     with pytest.raises(expected):
         token.open_(
             cipher(bytes.fromhex(case["key"])), token.from_text(case["token"]), _binding(case)
