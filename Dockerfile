@@ -9,7 +9,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY src ./src
 # Wheels for the project and every dependency of the extras production uses.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[notelett,akv,aws-kms,postgres,cosmos]"

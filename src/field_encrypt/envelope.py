@@ -375,8 +375,18 @@ class FieldEncryptor:
             dek, context=dek_context(self.product, dek_id), version=version
         )
         NewDek.of(dek_id, mek_name=self.provider.mek_name, wrapped=wrapped).create_in(self.store)
-        self.cache.put(bytes.fromhex(dek_id), AESGCM(dek), wrapped.mek_version, key=self._key(dek))
+        self.remember(bytes.fromhex(dek_id), dek, wrapped.mek_version)
         return dek_id
+
+    def remember(
+        self, raw_id: bytes, dek: bytes, mek_version: str, *, generation: int | None = None
+    ) -> AESGCM:
+        """Cache ``dek`` (unwrapped under ``mek_version``) for reads: its cipher, and the
+        compiled path's key when this encryptor reads with it; the cipher. What a rotation
+        that makes DEKs of its own (re-encrypt) calls, so its documents read as fast."""
+        cipher = AESGCM(dek)
+        self.cache.put(raw_id, cipher, mek_version, generation=generation, key=self._key(dek))
+        return cipher
 
     def shred(self, dek_id: str) -> bool:
         """Delete a DEK: every field sealed under it becomes permanently unreadable.
@@ -455,16 +465,10 @@ class FieldEncryptor:
         deks = unwrap_many(
             provider, [(r.wrapped, r.mek_version, prefix + r.dek_id.encode()) for _, r in todo]
         )
-        put, rewrapper = cache.put, self.rewrapper
+        remember, rewrapper = self.remember, self.rewrapper
         for (raw_id, record), dek in zip(todo, deks, strict=True):
             if dek.__class__ is bytes and len(dek) == 32:
-                put(
-                    raw_id,
-                    AESGCM(dek),
-                    record.mek_version,
-                    generation=generation,
-                    key=self._key(dek),
-                )
+                remember(raw_id, dek, record.mek_version, generation=generation)
                 if rewrapper is not None:
                     rewrapper.offer(record)  # never blocks, never raises
 
@@ -484,10 +488,7 @@ class FieldEncryptor:
             raise
         if len(dek) != 32:
             raise DecryptionError()
-        cipher = AESGCM(dek)
-        self.cache.put(
-            raw_id, cipher, record.mek_version, generation=generation, key=self._key(dek)
-        )
+        cipher = self.remember(raw_id, dek, record.mek_version, generation=generation)
         if self.rewrapper is not None:
             self.rewrapper.offer(record)  # never blocks, never raises
         return cipher, record.mek_version

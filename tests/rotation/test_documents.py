@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from field_encrypt import token
+from field_encrypt import compiled, token
 from field_encrypt.backends.registry import open_run_ledger
 from field_encrypt.products import ProductRuntime
 from field_encrypt.rotation import Counters, MigrationOptions, prepare_job, verify
@@ -47,6 +47,24 @@ def test_reencrypt_gives_every_document_a_fresh_dek_and_deletes_the_old(
     assert verify(runtime, mek_version="2").clean
     again = run(runtime, clock, mode="re-encrypt")
     assert (again.counters.changed, again.counters.skipped) == (0, 30)
+
+
+@pytest.mark.skipif(not compiled.built(), reason="field_encrypt._gcm is not built")
+def test_the_fresh_deks_of_reencrypt_are_cached_for_the_compiled_read_path(
+    runtime: ProductRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DEKs re-encrypt makes are cached with the compiled path's key as well as the
+    cipher, like every DEK the encryptor loads itself: reads of the re-encrypted
+    documents in the same process take the compiled path (they fell back to Python)."""
+    if runtime.encryptor._open is None:
+        pytest.skip("this runtime reads in pure Python (FIELD_ENCRYPT_PURE_PYTHON)")
+    seed(runtime, 5)
+    runtime.provider.create_version()
+    runtime.encryptor.cache.clear()
+    assert run(runtime, clock, mode="re-encrypt").counters.changed == 5
+    cache = runtime.encryptor.cache
+    assert all(cache.key(bytes.fromhex(d)) is not None for d in _dek_ids(runtime))
+    assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(5)}
 
 
 def test_reencrypt_settles_pending_steps_left_by_a_crash(

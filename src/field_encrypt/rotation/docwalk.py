@@ -42,8 +42,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from field_encrypt import token, tracing
 from field_encrypt.backends.base import KEK_PREFIX, NewDek
 from field_encrypt.documents import (
@@ -454,7 +452,7 @@ class DocumentJob:
             dek, context=dek_context(self.product, dek_id), version=self.wrap_version(version)
         )
         NewDek.of(dek_id, mek_name=self.provider.mek_name, wrapped=wrapped).create_in(self.store)
-        self.encryptor.cache.put(bytes.fromhex(dek_id), AESGCM(dek), wrapped.mek_version)
+        self.encryptor.remember(bytes.fromhex(dek_id), dek, wrapped.mek_version)
 
     def _create_deks(self, work: ShardWork, dek_ids: Sequence[str]) -> dict[str, Exception]:
         """:meth:`create_dek` for a page, the rows in one store batch; the wraps that failed.
@@ -486,9 +484,9 @@ class DocumentJob:
             made.append((new, dek))
         if made:
             work.retry.call(self.store.create_many, [new for new, _ in made])
-        put = self.encryptor.cache.put
+        remember = self.encryptor.remember
         for new, dek in made:
-            put(bytes.fromhex(new.dek_id), AESGCM(dek), new.mek_version)
+            remember(bytes.fromhex(new.dek_id), dek, new.mek_version)
         return failed
 
     def _wrap_page(
