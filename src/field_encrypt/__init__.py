@@ -5,10 +5,10 @@ The public API is what ``__all__`` lists; a test pins it. Everything else is pri
 The errors and the two protocols' records are imported here; the names that pull in
 pydantic-settings or the AEAD (``Settings``, ``FieldEncryptor``, ``init_encryption``...)
 are imported on first use (PEP 562), so a program that needs only the error tree, like
-``field-encrypt --help``, does not pay for them.
+``field-encrypt --help``, does not pay for them. ``__version__`` too: reading the installed
+metadata imports ``importlib.metadata`` (~40 ms of start-up).
 """
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from field_encrypt.backends.base import DekPage, DekRecord, DekStore, WrapUpdate
@@ -34,6 +34,7 @@ from field_encrypt.errors import (
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
 
 if TYPE_CHECKING:
+    __version__: str
     from field_encrypt.blind_index import BlindIndex, IndexedField
     from field_encrypt.bootstrap import build_provider, build_store, init_encryption
     from field_encrypt.cache import CacheStats, DekCache
@@ -58,6 +59,10 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     """A public name whose module is imported on first use."""
+    if name == "__version__":
+        global __version__
+        __version__ = _installed_version()
+        return __version__
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'field_encrypt' has no attribute {name!r}")
@@ -69,13 +74,18 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, "__version__"})
 
 
-try:
-    __version__ = version("field-encrypt")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+def _installed_version() -> str:
+    """The installed distribution's version (``0+unknown`` from a never-installed tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("field-encrypt")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
 
 __all__ = [
     "AlreadyExistsError",

@@ -10,7 +10,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.cli.helpers import ROOT
 
@@ -103,3 +106,44 @@ def test_one_shot_commands_start_no_key_state_watcher(env: dict[str, str]) -> No
         assert [n for n in started if n.startswith(WATCHER)] == [], args
     rotating = _threads_started(["rotate", "--product", "notelett"], env)
     assert f"{WATCHER}notelett" in rotating
+
+
+def test_built_in_products_are_the_distributions_entry_points() -> None:
+    """The products found without scanning entry points (``BUILT_IN``) are exactly the ones
+    this distribution registers, with the same targets, so the two cannot drift apart."""
+    from importlib.metadata import entry_points
+
+    from field_encrypt.products import BUILT_IN, ENTRY_POINT_GROUP
+
+    registered = {
+        ep.name: ep.value
+        for ep in entry_points(group=ENTRY_POINT_GROUP)
+        if ep.dist is not None and ep.dist.name == "field-encrypt"
+    }
+    assert registered == BUILT_IN
+
+
+def test_a_third_party_product_is_still_found_by_its_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A product another package registers under ``field_encrypt.products`` loads by name;
+    an unknown name lists the installed products, the built-in one among them."""
+    (tmp_path / "acme_product.py").write_text(
+        "from field_encrypt.products import Product\n"
+        "product = Product(name='acme', collections={'orders': ['card']}, open=print)\n"
+    )
+    info = tmp_path / "acme_product-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-product\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[field_encrypt.products]\nacme = acme_product:product\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    from field_encrypt.errors import ConfigurationError
+    from field_encrypt.products import load_product
+
+    assert load_product("acme").collections == {"orders": ["card"]}
+    assert load_product("notelett").name == "notelett"
+    with pytest.raises(ConfigurationError, match=r"installed products: acme, notelett"):
+        load_product("nosuch")
