@@ -66,13 +66,15 @@ def test_help_imports_no_sdk_database_driver_or_settings() -> None:
 
 
 def test_status_on_sqlite_loads_neither_the_engine_nor_the_web_stack(env: dict[str, str]) -> None:
-    """``status`` on SQLite with the local keyring loads no SDK, FastAPI, JWT, structlog or
-    prometheus-client (its provider calls are counted only if something reads them), and
-    of the rotation engine only the ledger."""
+    """``status`` on SQLite with the local keyring loads no SDK, FastAPI, JWT, structlog,
+    prometheus-client (its provider calls are counted only if something reads them) or
+    pydantic-settings, and of the rotation engine only the ledger."""
     _modules_after(["init", "--product", "notelett"], env)  # status creates nothing
     loaded = _modules_after(["status", "--product", "notelett", "--json"], env)
     assert "field_encrypt.backends.sqlite.ledger" in loaded  # the probe saw status run
     assert loaded & {*NEVER_AT_START, "jwt", "starlette", "structlog", "prometheus_client"} == set()
+    # the settings are read without pydantic-settings (and the asyncio and dotenv it imports)
+    assert loaded & {"pydantic_settings", "asyncio", "dotenv"} == set()
     engine = {"migrate", "run", "rewrap", "reencrypt", "docwalk", "compromise", "schedule"}
     engine.add("ratelimit")  # the lazy rewrapper's, loaded only with FIELD_ENCRYPT_LAZY_REWRAP
     assert {f"field_encrypt.rotation.{m}" for m in engine} & loaded == set()
