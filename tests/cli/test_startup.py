@@ -46,13 +46,14 @@ def _probed(args: list[str], env: dict[str, str], *, before: str = "", after: st
 
 
 def _modules_after(args: list[str], env: dict[str, str]) -> set[str]:
-    """The top-level packages loaded by ``field-encrypt ARGS`` (and the engine's and the
-    backends' modules by name)."""
+    """The top-level packages loaded by ``field-encrypt ARGS`` (and the engine's, the
+    backends', urllib's and http's modules by name)."""
     loaded = _probed(
         args,
         env,
         after="sorted({m.split('.')[0] for m in sys.modules} | {m for m in sys.modules "
-        "if m.startswith(('field_encrypt.rotation.', 'field_encrypt.backends.'))})",
+        "if m.startswith(('field_encrypt.rotation.', 'field_encrypt.backends.', 'urllib.', "
+        "'http.'))})",
     )
     return set(loaded)
 
@@ -67,14 +68,17 @@ def test_help_imports_no_sdk_database_driver_or_settings() -> None:
 
 def test_status_on_sqlite_loads_neither_the_engine_nor_the_web_stack(env: dict[str, str]) -> None:
     """``status`` on SQLite with the local keyring loads no SDK, FastAPI, JWT, structlog,
-    prometheus-client (its provider calls are counted only if something reads them) or
-    pydantic-settings, and of the rotation engine only the ledger."""
+    prometheus-client (its provider calls are counted only if something reads them),
+    pydantic-settings, rich or HTTP client, and of the rotation engine only the ledger."""
     _modules_after(["init", "--product", "notelett"], env)  # status creates nothing
-    loaded = _modules_after(["status", "--product", "notelett", "--json"], env)
+    loaded = _modules_after(["status", "--product", "notelett"], env)  # its table, not --json
     assert "field_encrypt.backends.sqlite.ledger" in loaded  # the probe saw status run
     assert loaded & {*NEVER_AT_START, "jwt", "starlette", "structlog", "prometheus_client"} == set()
-    # the settings are read without pydantic-settings (and the asyncio and dotenv it imports)
-    assert loaded & {"pydantic_settings", "asyncio", "dotenv"} == set()
+    # the settings are read without pydantic-settings (and the asyncio and dotenv it imports),
+    # the table is printed without rich, the audit trail sends nothing (no urllib.request),
+    # and the runs' report needs none of the key-version commands
+    assert loaded & {"pydantic_settings", "asyncio", "dotenv", "rich"} == set()
+    assert {"urllib.request", "http.client", "field_encrypt.rotation.keys"} & loaded == set()
     engine = {"migrate", "run", "rewrap", "reencrypt", "docwalk", "compromise", "schedule"}
     engine.add("ratelimit")  # the lazy rewrapper's, loaded only with FIELD_ENCRYPT_LAZY_REWRAP
     assert {f"field_encrypt.rotation.{m}" for m in engine} & loaded == set()
