@@ -5,10 +5,10 @@ The public API is what ``__all__`` lists; a test pins it. Everything else is pri
 The errors and the two protocols' records are imported here; the names that pull in
 pydantic-settings or the AEAD (``Settings``, ``FieldEncryptor``, ``init_encryption``...)
 are imported on first use (PEP 562), so a program that needs only the error tree, like
-``field-encrypt --help``, does not pay for them.
+``field-encrypt --help``, does not pay for them. ``__version__`` too: reading the installed
+metadata imports ``importlib.metadata`` (~40 ms of start-up).
 """
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from field_encrypt.backends.base import DekPage, DekRecord, DekStore, WrapUpdate
@@ -35,6 +35,7 @@ from field_encrypt.lazy_names import lazy_names
 from field_encrypt.providers.base import KeyProvider, KeyVersion, WrappedDek
 
 if TYPE_CHECKING:
+    __version__: str
     from field_encrypt.blind_index import BlindIndex, IndexedField
     from field_encrypt.bootstrap import build_provider, build_store, init_encryption
     from field_encrypt.cache import CacheStats, DekCache
@@ -57,13 +58,20 @@ _LAZY = {
 }
 
 
-__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
+def _installed_version() -> str:
+    """The installed distribution's version (``0+unknown`` from a never-installed tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("field-encrypt")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
 
 
-try:
-    __version__ = version("field-encrypt")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+__getattr__, __dir__ = lazy_names(
+    __name__, _LAZY, globals(), computed={"__version__": _installed_version}
+)
+
 
 __all__ = [
     "AlreadyExistsError",

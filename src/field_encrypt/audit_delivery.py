@@ -32,12 +32,10 @@ import json
 import logging
 import random
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from field_encrypt.audit import GENESIS, AuditEvent, event_hash
 from field_encrypt.errors import (
@@ -47,6 +45,9 @@ from field_encrypt.errors import (
     KeyProviderError,
     StoreError,
 )
+
+if TYPE_CHECKING:  # urllib.request (with http.client) is imported when something is sent:
+    import urllib.request  # every product runtime imports this module (start-up time)
 
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 log = logging.getLogger("field_encrypt.audit_delivery")
@@ -108,17 +109,19 @@ def received_hash(event: Mapping[str, Any]) -> str:
     return event_hash({k: v for k, v in event.items() if k != "sequence"})
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is an error, not something to follow: urllib would turn the POST into a
-    GET without its body, and the 2xx that follows would acknowledge an event never sent."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 def no_redirect_opener() -> urllib.request.OpenerDirector:
     """An opener for POSTs that must reach their URL: 3xx answers raise ``HTTPError``."""
-    return urllib.request.build_opener(_RefuseRedirects())
+    import urllib.request
+
+    class RefuseRedirects(urllib.request.HTTPRedirectHandler):
+        """A redirect is an error, not something to follow: urllib would turn the POST into
+        a GET without its body, and the 2xx that follows would acknowledge an event never
+        sent."""
+
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    return urllib.request.build_opener(RefuseRedirects())
 
 
 def http_url(url: str, what: str) -> urllib.parse.SplitResult:
@@ -143,6 +146,9 @@ def post(
     """POST ``body`` to ``url``; a :class:`DeliveryError` naming ``what`` (the endpoint
     without its secrets) if it did not answer or did not take it (``on_redirect``: added
     to the message of a 3xx)."""
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))
     try:
         with opener.open(request, timeout=timeout) as response:

@@ -1,30 +1,40 @@
-"""Settings from ``FIELD_ENCRYPT_*`` (and ``AZURE_KEYVAULT_URL``), read with pydantic-settings.
+"""Settings from ``FIELD_ENCRYPT_*`` (and ``AZURE_KEYVAULT_URL``), read into a pydantic model.
 
-pydantic-settings gives typed parsing, ``SecretStr`` for keys (hidden from reprs) and one
+pydantic gives typed parsing, ``SecretStr`` for keys (hidden from reprs) and one
 validation error listing every bad variable, which :func:`load_settings` turns into a
-:class:`~field_encrypt.errors.ConfigurationError` at start-up.
+:class:`~field_encrypt.errors.ConfigurationError` at start-up. The environment is read as
+pydantic-settings' ``BaseSettings`` reads it (:mod:`field_encrypt.environment`), without
+importing pydantic-settings: the CLI's start-up time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
+from field_encrypt.environment import EnvironmentModel
 from field_encrypt.errors import ConfigurationError
 
 ProviderName = Literal["env", "local", "akv", "aws-kms", "pkcs11"]
 
 
-class Settings(BaseSettings):
-    """Every setting of the library, one environment variable each."""
+class Settings(EnvironmentModel):
+    """Every setting of the library, one environment variable each (``FIELD_ENCRYPT_`` +
+    upper name); ``Settings(**values)`` reads the process environment, ``values`` first."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="FIELD_ENCRYPT_", extra="ignore", frozen=True, populate_by_name=True
-    )
+    model_config = ConfigDict(populate_by_name=True)
+    env_prefix: ClassVar[str] = "FIELD_ENCRYPT_"
 
     enabled: bool = True
     allow_plaintext: bool | None = None
@@ -148,18 +158,10 @@ class Settings(BaseSettings):
 class _MappingSettings(Settings):
     """Settings read from a given mapping only, never from the process environment."""
 
-    model_config = SettingsConfigDict(defer_build=True)  # its schema is built on first use
+    model_config = ConfigDict(defer_build=True)  # its schema is built on first use
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+    def __init__(self, **values: Any) -> None:
+        BaseModel.__init__(self, **values)  # not EnvironmentModel's: no os.environ
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -13,21 +13,30 @@ from typing import Any
 
 
 def lazy_names(
-    package: str, modules: Mapping[str, str], namespace: dict[str, Any]
+    package: str,
+    modules: Mapping[str, str],
+    namespace: dict[str, Any],
+    computed: Mapping[str, Callable[[], Any]] | None = None,
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package``, whose globals are ``namespace``: a name in
     ``modules`` (name -> the module that defines it) is imported on first use and bound in
-    ``namespace``, so the next use finds it there; any other name is an AttributeError."""
+    ``namespace``, so the next use finds it there; a name in ``computed`` likewise, its
+    value made by calling its function (``field_encrypt.__version__``); any other name is
+    an AttributeError."""
+    computed = computed or {}
 
     def __getattr__(name: str) -> Any:
-        module = modules.get(name)
-        if module is None:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
+        if name in computed:
+            value = computed[name]()
+        else:
+            module = modules.get(name)
+            if module is None:
+                raise AttributeError(f"module {package!r} has no attribute {name!r}")
+            value = getattr(importlib.import_module(module), name)
         namespace[name] = value
         return value
 
     def __dir__() -> list[str]:
-        return sorted({*namespace, *modules})
+        return sorted({*namespace, *modules, *computed})
 
     return __getattr__, __dir__

@@ -4,6 +4,10 @@ A product names its encrypted collections and knows how to open its parts (key
 provider, dek_store, documents, run ledger) from settings. It registers itself under the
 ``field_encrypt.products`` entry-point group when its package is installed; ``--product``
 takes that name, or a ``module:attribute`` path for products not installed as packages.
+
+The products this distribution ships (NoteLett) are found without scanning the installed
+packages' entry points: ``importlib.metadata`` alone costs ~40 ms of every command's
+start-up (docs/performance.md). Any other name is looked up in the entry points as before.
 """
 
 from __future__ import annotations
@@ -11,23 +15,25 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
-from field_encrypt.audit import AuditTrail
-from field_encrypt.backends.base import DekStore, KeyStateStore
-from field_encrypt.blind_index import IndexedField
-from field_encrypt.config import Settings
-from field_encrypt.documents import DocumentStore
-from field_encrypt.envelope import FieldEncryptor
 from field_encrypt.errors import ConfigurationError
-from field_encrypt.providers.base import KeyProvider
-from field_encrypt.providers.kek_tier import KekTierProvider
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: a command imports what its product's ``open`` needs
+    from field_encrypt.audit import AuditTrail
+    from field_encrypt.backends.base import DekStore, KeyStateStore
+    from field_encrypt.blind_index import IndexedField
+    from field_encrypt.config import Settings
+    from field_encrypt.documents import DocumentStore
+    from field_encrypt.envelope import FieldEncryptor
     from field_encrypt.key_epoch import KeyEpochWatcher
+    from field_encrypt.providers.base import KeyProvider
+    from field_encrypt.providers.kek_tier import KekTierProvider
 
 ENTRY_POINT_GROUP = "field_encrypt.products"
+BUILT_IN = {"notelett": "notelett.product:product"}
+"""The products shipped in this distribution, by name: the same targets as its
+``field_encrypt.products`` entry points in pyproject.toml (a test keeps them equal)."""
 
 
 class Closeable(Protocol):
@@ -80,13 +86,16 @@ class Product:
 
 def load_product(name: str) -> Product:
     """The product registered as ``name``, or found at ``module:attribute``."""
-    if ":" in name:
-        module_name, _, attribute = name.partition(":")
+    target = BUILT_IN.get(name, name)
+    if ":" in target:
+        module_name, _, attribute = target.partition(":")
         try:
             found = getattr(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError) as exc:
             raise ConfigurationError(f"cannot load product {name!r}: {exc}") from None
     else:
+        from importlib.metadata import entry_points
+
         matches = entry_points(group=ENTRY_POINT_GROUP, name=name)
         if not matches:
             known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))

@@ -10,22 +10,23 @@ from __future__ import annotations
 import base64
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from field_encrypt import ConfigurationError, Settings
 from field_encrypt.backends.registry import sqlite_path
+from field_encrypt.environment import EnvironmentModel
 from notelett.secret_checks import check_private_file, check_secret_strength
 
 DEFAULT_DATABASE = "var/notelett.db"
 
 
-class NoteLettSettings(BaseSettings):
-    """Every NoteLett setting, one environment variable each (``NOTELETT_`` + upper name)."""
+class NoteLettSettings(EnvironmentModel):
+    """Every NoteLett setting, one environment variable each (``NOTELETT_`` + upper name),
+    read as pydantic-settings would (:mod:`field_encrypt.environment`)."""
 
-    model_config = SettingsConfigDict(env_prefix="NOTELETT_", extra="ignore", frozen=True)
+    env_prefix: ClassVar[str] = "NOTELETT_"
 
     host: str = "127.0.0.1"
     port: int = Field(default=4016, ge=1, le=65535)

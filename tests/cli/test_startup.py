@@ -10,7 +10,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.cli.helpers import ROOT
 
@@ -43,13 +46,14 @@ def _probed(args: list[str], env: dict[str, str], *, before: str = "", after: st
 
 
 def _modules_after(args: list[str], env: dict[str, str]) -> set[str]:
-    """The top-level packages loaded by ``field-encrypt ARGS`` (and the engine's and the
-    backends' modules by name)."""
+    """The top-level packages loaded by ``field-encrypt ARGS`` (and the engine's, the
+    backends', urllib's and http's modules by name)."""
     loaded = _probed(
         args,
         env,
         after="sorted({m.split('.')[0] for m in sys.modules} | {m for m in sys.modules "
-        "if m.startswith(('field_encrypt.rotation.', 'field_encrypt.backends.'))})",
+        "if m.startswith(('field_encrypt.rotation.', 'field_encrypt.backends.', 'urllib.', "
+        "'http.'))})",
     )
     return set(loaded)
 
@@ -63,13 +67,18 @@ def test_help_imports_no_sdk_database_driver_or_settings() -> None:
 
 
 def test_status_on_sqlite_loads_neither_the_engine_nor_the_web_stack(env: dict[str, str]) -> None:
-    """``status`` on SQLite with the local keyring loads no SDK, FastAPI, JWT, structlog or
-    prometheus-client (its provider calls are counted only if something reads them), and
-    of the rotation engine only the ledger."""
+    """``status`` on SQLite with the local keyring loads no SDK, FastAPI, JWT, structlog,
+    prometheus-client (its provider calls are counted only if something reads them),
+    pydantic-settings, rich or HTTP client, and of the rotation engine only the ledger."""
     _modules_after(["init", "--product", "notelett"], env)  # status creates nothing
-    loaded = _modules_after(["status", "--product", "notelett", "--json"], env)
+    loaded = _modules_after(["status", "--product", "notelett"], env)  # its table, not --json
     assert "field_encrypt.backends.sqlite.ledger" in loaded  # the probe saw status run
     assert loaded & {*NEVER_AT_START, "jwt", "starlette", "structlog", "prometheus_client"} == set()
+    # the settings are read without pydantic-settings (and the asyncio and dotenv it imports),
+    # the table is printed without rich, the audit trail sends nothing (no urllib.request),
+    # and the runs' report needs none of the key-version commands
+    assert loaded & {"pydantic_settings", "asyncio", "dotenv", "rich"} == set()
+    assert {"urllib.request", "http.client", "field_encrypt.rotation.keys"} & loaded == set()
     engine = {"migrate", "run", "rewrap", "reencrypt", "docwalk", "compromise", "schedule"}
     engine.add("ratelimit")  # the lazy rewrapper's, loaded only with FIELD_ENCRYPT_LAZY_REWRAP
     assert {f"field_encrypt.rotation.{m}" for m in engine} & loaded == set()
@@ -103,3 +112,46 @@ def test_one_shot_commands_start_no_key_state_watcher(env: dict[str, str]) -> No
         assert [n for n in started if n.startswith(WATCHER)] == [], args
     rotating = _threads_started(["rotate", "--product", "notelett"], env)
     assert f"{WATCHER}notelett" in rotating
+
+
+def test_built_in_products_are_the_distributions_entry_points() -> None:
+    """The products found without scanning entry points (``BUILT_IN``) are exactly the ones
+    this distribution registers, with the same targets, so the two cannot drift apart."""
+    from importlib.metadata import entry_points
+
+    from field_encrypt.products import BUILT_IN, ENTRY_POINT_GROUP
+
+    registered = {
+        ep.name: ep.value
+        for ep in entry_points(group=ENTRY_POINT_GROUP)
+        if ep.dist is not None and ep.dist.name == "field-encrypt"
+    }
+    assert registered == BUILT_IN
+
+
+def test_a_third_party_product_is_still_found_by_its_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A product another package registers under ``field_encrypt.products`` loads by name;
+    an unknown name lists the installed products, the built-in one among them."""
+    (tmp_path / "acme_product.py").write_text(
+        "from field_encrypt.products import Product\n"
+        "product = Product(name='acme', collections={'orders': ['card']}, open=print)\n"
+    )
+    info = tmp_path / "acme_product-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-product\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[field_encrypt.products]\nacme = acme_product:product\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    from field_encrypt.errors import ConfigurationError
+    from field_encrypt.products import load_product
+
+    assert load_product("acme").collections == {"orders": ["card"]}
+    assert load_product("notelett").name == "notelett"
+    with pytest.raises(ConfigurationError, match=r"unknown product 'nosuch'") as refused:
+        load_product("nosuch")
+    listed = str(refused.value).partition("installed products: ")[2].split(", ")
+    assert {"acme", "notelett"} <= set(listed)

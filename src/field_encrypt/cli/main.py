@@ -208,13 +208,12 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
     if json_:
         output.emit_json({**data, "runs": runs})
         return
-    console = output.stdout()
-    console.print(
+    lines = [  # plain text, not rich: ``status`` is what an operator runs to look (start-up)
         f"product {product}: current MEK version {current}; DEKs per version: "
         + (", ".join(f"{v}={n}" for v, n in sorted(counts.items())) or "none")
-    )
+    ]
     if keks:
-        console.print(
+        lines.append(
             f"KEK tier ({data['layout']} layout): "
             + ", ".join(
                 f"{k['kek_id'][:8]} partition={k['partition'] or '-'} on {k['mek_version']}"
@@ -222,8 +221,8 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
                 for k in keks
             )
         )
-    console.print(
-        output.table(
+    lines.append(
+        output.text_table(
             "Latest migration runs",
             ["run", "mode", "versions", "state", "done/est.", "changed", "failed", "started"],
             [
@@ -241,6 +240,7 @@ def status_command(product: ProductOpt, json_: JsonOpt = False) -> None:
             ],
         )
     )
+    print("\n".join(lines))
 
 
 # -- migrate ------------------------------------------------------------------------------

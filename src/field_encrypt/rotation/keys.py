@@ -9,7 +9,6 @@ Nothing here deletes a MEK version: there is no such operation in field-encrypt.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -27,19 +26,13 @@ from field_encrypt.errors import ConfigurationError, KeyVersionNotFoundError, Ro
 from field_encrypt.key_epoch import announce_key_change
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.base import KeyVersion
+from field_encrypt.rotation.ledger import iso as iso  # re-exported: the key commands use it
 from field_encrypt.rotation.lifecycle import LifecycleStore, VersionNote
 from field_encrypt.rotation.verify import dek_counts
 from field_encrypt.usage import kek_detail, keks_on, other_products_on, shared_detail
 
 DEFAULT_RETENTION_DAYS = 30.0
 DAY = 86_400.0
-
-
-def iso(seconds: float | None) -> str | None:
-    """Epoch seconds as an ISO 8601 UTC time (``None`` stays ``None``)."""
-    if seconds is None:
-        return None
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
 
 
 def emit_mek_event(runtime: ProductRuntime, type: str, version: str, **data: Any) -> None:

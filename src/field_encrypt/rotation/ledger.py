@@ -15,6 +15,7 @@ atomic: check and write in one transaction (or one conditional write).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal, Protocol, runtime_checkable
@@ -32,6 +33,15 @@ RunStatus = Literal["running", "completed", "completed_with_failures", "abandone
 """``running`` until every shard is done (a stopped or killed run stays ``running``)."""
 
 ShardStatus = Literal["pending", "running", "stopped", "done"]
+
+
+def iso(seconds: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC time (``None`` stays ``None``), for the reports of
+    runs and key versions (here, not in ``keys``: ``status`` reports runs without loading
+    the key-version commands)."""
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from field_encrypt.products import ProductRuntime
-from field_encrypt.rotation.keys import iso
-from field_encrypt.rotation.ledger import RunLedger, RunRecord
+from field_encrypt.rotation.ledger import RunLedger, RunRecord, iso
 
 FAILURE_EXAMPLES = 3
 
