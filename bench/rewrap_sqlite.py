@@ -24,7 +24,8 @@ With ``--cli``, the figure an operator sees: NoteLett's embedded default made by
 new version, the same floor, and the real ``field-encrypt migrate --product notelett
 --mode rewrap-deks`` run as a subprocess (start-up, pre-run counts, ledger, audit events,
 report: everything), timed by wall clock and by its CPU (``RUSAGE_CHILDREN``). A second
-run right after, with nothing left to move, gives the fixed cost of a run.
+run right after, with nothing left to move, gives the fixed cost of a run (start-up,
+counts, ledger, audit, report); ``CPU ratio`` is the floor's CPU over the command's.
 """
 
 from __future__ import annotations
@@ -251,7 +252,8 @@ def one_cli(size: int, batch: int, repeat: int) -> dict[str, float]:
 def main_cli(args: argparse.Namespace) -> None:
     print(
         f"{'DEKs':>9} {'floor DEKs/s':>13} {'CLI DEKs/s':>11} {'ratio':>6} {'floor s':>8} "
-        f"{'CLI s':>7} {'CLI CPU':>8} {'no-op run s':>11} {'no-op CPU':>9}"
+        f"{'CLI s':>7} {'no-op run s':>11} {'floor CPU':>9} {'CLI CPU':>8} {'CPU ratio':>9} "
+        f"{'no-op CPU':>9}"
     )
     for size in args.sizes:
         r = one_cli(size, args.batch_size, args.repeat)
@@ -259,7 +261,8 @@ def main_cli(args: argparse.Namespace) -> None:
         print(
             f"{size:>9,} {size / floor_s:>13,.0f} {size / r['cli_s']:>11,.0f} "
             f"{floor_s / r['cli_s']:>6.0%} {floor_s:>8.2f} {r['cli_s']:>7.2f} "
-            f"{r['cli_cpu_s']:>7.2f}s {r['idle_s']:>11.2f} {r['idle_cpu_s']:>8.2f}s"
+            f"{r['idle_s']:>11.2f} {r['floor_cpu_s']:>8.2f}s {r['cli_cpu_s']:>7.2f}s "
+            f"{r['floor_cpu_s'] / r['cli_cpu_s']:>9.0%} {r['idle_cpu_s']:>8.2f}s"
         )
 
 
