@@ -208,6 +208,33 @@ def test_encrypt_migrate_takes_the_runbook_flags(
     assert json.loads(result.stdout)["rewrapped"] == 5
 
 
+def test_log_lines_keep_their_shape_without_loading_structlog(
+    env: dict[str, str], runtime: ProductRuntime
+) -> None:
+    """Off a terminal, migrate writes one JSON object per line (the fields, then event,
+    level and a UTC timestamp) and does not import structlog to do it (~0.1 s a run)."""
+    seed(runtime, 5)
+    runtime.provider.create_version()
+    result = cli_process(
+        "migrate",
+        "--product",
+        PRODUCT,
+        "--mode",
+        "rewrap-deks",
+        env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    imported = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert imported  # the interpreter reported its imports
+    assert not [line for line in imported if line.split("|")[-1].strip() == "structlog"]
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert [line["event"] for line in lines] == ["run_started", "batch", "run_finished"]
+    first = lines[0]
+    assert list(first)[-3:] == ["event", "level", "timestamp"]
+    assert first["level"] == "info" and first["timestamp"].endswith("Z")
+    assert (first["to_version"], first["estimated_total"], first["resumed"]) == ("2", 5, False)
+
+
 @on_every_store
 def test_backup_and_restore_round_trip(
     env: dict[str, str], runtime: ProductRuntime, tmp_path: Path

@@ -37,12 +37,17 @@ def _bench(script: str, *args: str) -> str:
         ),
         ("rewrap_sqlite.py", ("--sizes", "300", "--batch-size", "100", "--repeat", "1"), "300"),
         (
+            "rewrap_sqlite.py",
+            ("--cli", "--sizes", "300", "--batch-size", "100", "--repeat", "1"),
+            "CLI DEKs/s",
+        ),
+        (
             "reencrypt_sqlite.py",
             ("--documents", "200", "--batch-size", "50", "--repeat", "1"),
             "engine / floor",
         ),
     ],
-    ids=["cli_startup", "field_throughput", "rewrap_sqlite", "reencrypt_sqlite"],
+    ids=["cli_startup", "field_throughput", "rewrap_sqlite", "rewrap_cli", "reencrypt_sqlite"],
 )
 def test_bench_script_runs(script: str, args: tuple[str, ...], expected: str) -> None:
     """Each bench script completes on a tiny size (its own asserts check the work was done)."""

@@ -48,6 +48,29 @@ def test_rewrap_moves_every_dek_and_documents_still_read(
     assert read_all(runtime) == {f"doc-{i}": document(i) for i in range(120)}
 
 
+def test_rewrap_counts_the_deks_once_before_and_once_after(
+    runtime: ProductRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run counts the product's DEKs by version once for its plan and once at its end
+    (the run.completed event and the report share that count): each count reads every row."""
+    seed(runtime, 30)
+    runtime.provider.create_version()
+    store_type = type(runtime.dek_store)
+    counted = store_type.count_by_version
+    calls: list[int] = []
+
+    def counting(self: Any) -> dict[str, int]:
+        calls.append(1)
+        return counted(self)
+
+    monkeypatch.setattr(store_type, "count_by_version", counting)
+    report = run(runtime, clock, batch_size=10)
+    assert (report.status, report.counters.changed, report.remaining) == ("completed", 30, 0)
+    assert len(calls) == 2
+    (completed,) = runtime.audit.events(types=[audit.RUN_COMPLETED])
+    assert completed.data["remaining"] == 0
+
+
 def test_rewrap_invalidates_the_cached_deks(runtime: ProductRuntime, clock: FakeClock) -> None:
     """A rewrapped DEK is dropped from the cache, so readers pick up the new wrap."""
     seed(runtime, 10)

@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from field_encrypt import tracing
 
-if TYPE_CHECKING:  # rich and structlog are imported where used: start-up stays fast
+if TYPE_CHECKING:  # rich is imported where used: start-up stays fast
     from rich.console import Console
     from rich.progress import TaskID
     from rich.table import Table
@@ -38,21 +38,36 @@ def _console(file: IO[str]) -> Console:
     return Console(file=file, highlight=False, soft_wrap=True, width=width)
 
 
-def logger() -> Any:
-    """A structlog logger writing one JSON object per line to the current stderr."""
-    import structlog
+def logger() -> JsonLines:
+    """A logger writing one JSON object per line to the current stderr."""
+    return JsonLines(sys.stderr)
 
-    structlog.configure(
-        processors=[
-            _trace_id,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(sort_keys=False),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
-    return structlog.get_logger("field-encrypt")
+
+class JsonLines:
+    """One JSON object per log line: the fields given, then ``event``, ``trace_id`` (inside
+    a span), ``level`` and an ISO-8601 UTC ``timestamp``, on ``file``, flushed.
+
+    The lines structlog's ``JSONRenderer`` wrote here before, without importing structlog
+    (about 0.1 s of every ``migrate`` when stderr is not a terminal).
+    """
+
+    def __init__(self, file: IO[str]) -> None:
+        self.file = file
+
+    def info(self, event: str, **fields: object) -> None:
+        self._line("info", event, fields)
+
+    def warning(self, event: str, **fields: object) -> None:
+        self._line("warning", event, fields)
+
+    def _line(self, level: str, event: str, fields: dict[str, object]) -> None:
+        import datetime as dt
+
+        line: MutableMapping[str, Any] = {**fields, "event": event}
+        _trace_id(None, level, line)
+        line["level"] = level
+        line["timestamp"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        print(json.dumps(line, default=repr), file=self.file, flush=True)
 
 
 def _trace_id(

@@ -323,6 +323,7 @@ def run_job(
     index: int | None = options.worker[0]
     tried: set[int] = set()
     completed_emitted = False
+    counted_at_end: tuple[int | None] | None = None  # what is left, when this worker ended it
     while index is not None:
         tried.add(index)
         current = books.call(ledger.get_run, run.run_id)
@@ -367,7 +368,7 @@ def run_job(
                 trail.failed(exc, cursor=work.cursor)
                 raise
             processed += work.processed
-        finished = books.call(
+        finished, counted = books.call(
             _release_done,
             runtime,
             ledger,
@@ -380,6 +381,7 @@ def run_job(
             lambda: monotonic() - started,
         )
         completed_emitted = completed_emitted or finished
+        counted_at_end = (counted,) if finished else None
         # A worker of this host that died while this one worked holds its shard until
         # its TTL: free it now, so that this worker takes it over instead of stopping.
         for dead, shard in _reclaim(books, ledger, product, runtime, clock, observer):
@@ -394,7 +396,9 @@ def run_job(
     if status is None:
         status = final.status if final.finished else "in_progress"
     failures, failure_count = books.call(ledger.failures, run.run_id)
-    remaining = job.remaining()
+    # The run's end was just counted for its run.completed event (one count of every DEK
+    # or document of the product): report that figure rather than counting them again.
+    (remaining,) = counted_at_end or (job.remaining(),)
     duration = monotonic() - started
     if trail.started_emitted and status == "in_progress":
         trail.progress(worker_done=True)
@@ -458,13 +462,13 @@ def _release_done(
     owner: str,
     now: float,
     duration: Callable[[], float],
-) -> bool:
+) -> tuple[bool, int | None]:
     """Give shard ``index`` back as done; when that finishes the run, record
     ``run.completed`` with it (the run's end and its event are stored together or not at
-    all). Whether it was recorded."""
+    all). Whether it was recorded, and the ``remaining`` count the event holds."""
     if not trail.started_emitted:
         ledger.release_shard(run_id, index, owner=owner, now=now, done=True)
-        return False
+        return False, None
     with recorded(
         runtime.audit,
         RUN_COMPLETED,
@@ -476,17 +480,18 @@ def _release_done(
         final = ledger.get_run(run_id)
         if not final.finished:
             event.cancel()
-            return False
+            return False, None
         _, failure_count = ledger.failures(run_id)
+        remaining = job.remaining()
         event.data.update(
             trail.completed_data(
                 final,
                 failure_count=failure_count,
-                remaining=job.remaining(),
+                remaining=remaining,
                 duration_seconds=duration(),
             )
         )
-    return True
+    return True, remaining
 
 
 def _release(
