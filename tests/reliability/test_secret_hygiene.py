@@ -182,6 +182,9 @@ def test_the_full_run_takes_the_slices_own_tests_from_the_slice() -> None:
     slice's outcome, and one the slice did not run fails."""
     from types import SimpleNamespace
 
+    here = Path(__file__).relative_to(ROOT).as_posix()
+    assert f"{here}::{test_a_debug_run_of_the_suite_leaks_no_secret.__name__}" == HYGIENE
+
     def item(path: str, **params: object) -> Any:
         callspec = SimpleNamespace(params=params) if params else None
         return SimpleNamespace(path=ROOT / path, callspec=callspec, nodeid=f"{path}::t")
