@@ -45,8 +45,10 @@ def _backend_kinds(chosen: str | None) -> list[str]:
     kinds = [kind.strip() for kind in chosen.split(",") if kind.strip()]
     unknown = sorted(set(kinds) - set(ALL_BACKEND_KINDS))
     if unknown or not kinds:
+        named = f" (unknown: {', '.join(unknown)})" if unknown else ""
         raise pytest.UsageError(
-            f"FIELD_ENCRYPT_TEST_STORES={chosen!r}: name some of {', '.join(ALL_BACKEND_KINDS)}"
+            f"FIELD_ENCRYPT_TEST_STORES={chosen!r}{named}: "
+            f"name some of {', '.join(ALL_BACKEND_KINDS)}, comma-separated"
         )
     return kinds
 

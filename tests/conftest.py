@@ -59,6 +59,13 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.hookimpl(trylast=True)  # after -k, -m and the other selections
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from tests.reliability.test_secret_hygiene import share_with_the_slice
+
+    share_with_the_slice(config, items)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and not hasattr(report, "wasxfail"):
         _skipped.append(f"{report.nodeid}: {report.longrepr}")

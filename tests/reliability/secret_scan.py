@@ -19,7 +19,7 @@ status), through an exporter of the SDK. At the end it looks for each secret in
 every form it could take in text: hex, base64 (standard and URL-safe, with and without
 padding), a Python ``bytes`` repr, and the token or canary as is. The JSON report (path
 in ``$SECRET_SCAN_REPORT``) lists how many of each secret were recorded, how much text was
-scanned, and every hit.
+scanned, every hit, and each test's outcome.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ TOKENS: set[str] = set()
 CANARIES: set[str] = set()
 TEXTS: list[tuple[str, str]] = []
 SPANS: list[int] = []
+OUTCOMES: dict[str, dict[str, str]] = {}
+"""Each test's outcome (passed, failed or skipped, and why): the main run reports the
+slice's tests from it (``tests/reliability/test_secret_hygiene.py``)."""
 CANARY = re.compile(r"CANARY-[0-9a-f]{32}")
 PREFIX = 16  # bytes of a key that identify it
 CONSOLE_PATHS = ("/api/versions", "/api/runs", "/api/gate", "/api/audit", "/api/rotation")
@@ -211,6 +214,15 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _text(f"{report.nodeid} [{name}]", content)
     if report.longreprtext:
         _text(f"{report.nodeid} [failure]", report.longreprtext)
+    outcome = OUTCOMES.setdefault(report.nodeid, {"outcome": "passed", "detail": ""})
+    if report.failed:
+        outcome["outcome"] = "failed"
+        detail = f"{outcome['detail']}[{report.when}] {report.longreprtext}"
+        outcome["detail"] = detail[-6000:]
+    elif report.skipped and outcome["outcome"] == "passed":
+        reason = report.longrepr
+        outcome["outcome"] = "skipped"
+        outcome["detail"] = str(reason[2] if isinstance(reason, tuple) else reason)
 
 
 def _forms(secret: bytes) -> dict[str, str]:
@@ -286,6 +298,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "characters_scanned": sum(len(t) for _, t in TEXTS),
         "hits": hits[:50],
         "hit_count": len(hits),
+        "outcomes": OUTCOMES,
     }
     path = os.environ.get("SECRET_SCAN_REPORT")
     if path:

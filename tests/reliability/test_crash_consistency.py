@@ -90,11 +90,18 @@ def _args(mode: str, batch: int) -> list[str]:
     return ["migrate", "--product", KILLABLE, "--mode", mode, "--batch-size", str(batch)]
 
 
-def _boundaries(mode: str) -> list[str]:
-    """Every batch boundary of a five-batch run of ``mode`` (see the module docstring)."""
+def _boundaries(mode: str, store: str = "sqlite") -> list[str]:
+    """Every batch boundary of a five-batch run of ``mode`` (see the module docstring); on
+    Cosmos DB, whose test server is slow, the first two and the last two of each kind
+    (``scan:3``, ``scan:4``, ``store:3`` and ``store:4`` leave a run in the same state as
+    ``scan:2`` and ``scan:5``, ``store:2`` and ``store:5``: some batches done, some left)."""
     scans = [f"scan:{n}" for n in range(1, BATCHES + 2)]
     if mode == "rewrap-deks":
-        return scans + [f"store:{n}" for n in range(1, BATCHES + 2)]
+        points = scans + [f"store:{n}" for n in range(1, BATCHES + 2)]
+        if store == "cosmos":
+            interior = {f"{kind}:{n}" for kind in ("scan", "store") for n in range(3, BATCHES)}
+            points = [point for point in points if point not in interior]
+        return points
     calls_per_document = 2 if mode == "re-encrypt" else 1  # wrap the new DEK (+ unwrap the old)
     return (
         scans
@@ -138,10 +145,11 @@ def test_kill_9_at_every_batch_boundary(
     tmp_path: Path, mode: str, store: str, request: pytest.FixtureRequest
 ) -> None:
     """Killed at each boundary of a five-batch run, the same command completes the run (the
-    runbook's rewrap on every store; the document modes, whose random kills below run on
-    every store, at each boundary on SQLite)."""
+    runbook's rewrap on every store, on Cosmos DB at the first two and the last two of each
+    kind; the document modes, whose random kills below run on every store, at each boundary
+    on SQLite)."""
     count = BATCH * BATCHES
-    points = _boundaries(mode)
+    points = _boundaries(mode, store)
     for point in points:
         env, target = _prepare(tmp_path / point.replace(":", "-"), mode, count, store, request)
         args = _args(mode, BATCH)

@@ -57,12 +57,22 @@ def _seeded(runtime: ProductRuntime) -> IndexKeyring:
 
 def _find(runtime: ProductRuntime, index: BlindIndex, ssn: str) -> list[str]:
     """What an application's equality query does: match any of the value's index values."""
-    wanted = set(index.lookup_values("records", "ssn", ssn))
+    return _find_each(runtime, index, [ssn])[0]
+
+
+def _find_each(runtime: ProductRuntime, index: BlindIndex, ssns: list[str]) -> list[list[str]]:
+    """:func:`_find` for each of ``ssns``, in one scan of the documents (a scan per lookup
+    made the Cosmos DB variant a minute long)."""
+    wanted = [set(index.lookup_values("records", "ssn", ssn)) for ssn in ssns]
     docs = runtime.documents["records"]
-    found, cursor = [], None
+    found: list[list[str]] = [[] for _ in ssns]
+    cursor = None
     while True:
         page = docs.scan(cursor=cursor, limit=50)
-        found += [d.id for d in page.documents if d.fields.get("ssn__bi") in wanted]
+        for d in page.documents:
+            for values, ids in zip(wanted, found, strict=True):
+                if d.fields.get("ssn__bi") in values:
+                    ids.append(d.id)
         if page.cursor is None:
             return found
         cursor = page.cursor
@@ -118,12 +128,13 @@ def test_reindex_moves_every_value_while_lookups_find_both_versions(rt: ProductR
     index = keyring.open(product.indexed)
     assert index.versions == (2, 1)
     docs = rt.documents["records"]
+    ssns = [document(i)["ssn"] for i in range(N)]
     seen: dict[str, Any] = {}
 
     def during() -> None:
         seen["versions"] = _ssn_versions(rt)
         seen["verify"] = verify(rt, mek_version="1", sample=0)
-        seen["found"] = [_find(rt, index, document(i)["ssn"]) for i in range(N)]
+        seen["found"] = _find_each(rt, index, ssns)
 
     rt.documents = {"records": _AfterWrites(docs, 10, during)}
     report = _run(rt, clock, batch_size=5)
@@ -141,9 +152,8 @@ def test_reindex_moves_every_value_while_lookups_find_both_versions(rt: ProductR
     after = _stored(rt)
     for doc_id, (fields, dek_id) in before.items():
         assert after[doc_id][1] == dek_id and after[doc_id][0]["ssn"] == fields["ssn"]
-    for i in range(N):
-        assert _find(rt, index, document(i)["ssn"]) == [f"doc-{i}"]
-        assert _find(rt, keyring.blind_index(product.indexed, version=2), document(i)["ssn"])
+    assert _find_each(rt, index, ssns) == [[f"doc-{i}"] for i in range(N)]
+    assert all(_find_each(rt, keyring.blind_index(product.indexed, version=2), ssns))
     report = verify(rt, mek_version="1", sample=N)
     assert report.clean and report.old_index_values == {"records.ssn": 0, "records.profile.note": 0}
     again = _run(rt, clock)
