@@ -23,7 +23,7 @@ from pydantic import (
     field_validator,
 )
 
-from field_encrypt.environment import EnvironmentModel
+from field_encrypt.environment import EnvironmentModel, pydantic_plugins_off
 from field_encrypt.errors import ConfigurationError
 
 ProviderName = Literal["env", "local", "akv", "aws-kms", "pkcs11"]
@@ -158,7 +158,7 @@ class Settings(EnvironmentModel):
 class _MappingSettings(Settings):
     """Settings read from a given mapping only, never from the process environment."""
 
-    model_config = ConfigDict(defer_build=True)  # its schema is built on first use
+    build_on_first_use: ClassVar[bool] = True  # only load_settings(environ) uses it
 
     def __init__(self, **values: Any) -> None:
         BaseModel.__init__(self, **values)  # not EnvironmentModel's: no os.environ
@@ -180,7 +180,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         if "AZURE_KEYVAULT_URL" in environ:
             values["azure_keyvault_url"] = environ["AZURE_KEYVAULT_URL"]
         values.update({k: str(v) for k, v in overrides.items()})
-        return _MappingSettings.model_validate(values)
+        with pydantic_plugins_off():  # its validator is built on first use (defer_build)
+            return _MappingSettings.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(
             f"FIELD_ENCRYPT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"

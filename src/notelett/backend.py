@@ -25,11 +25,10 @@ from field_encrypt.bootstrap import configured_encryptor
 from field_encrypt.products import ProductRuntime
 from field_encrypt.providers.observed import observed
 from field_encrypt.runtime import open_keys, start_background
-from notelett.binding import COLLECTION
+from notelett.binding import COLLECTION, ENCRYPTED_FIELDS
 from notelett.documents import NotesDocumentStore
 from notelett.repositories.base import NotesRepository, WorkspaceDirectory
 from notelett.secret_checks import check_private_file
-from notelett.service import ENCRYPTED_FIELDS
 from notelett.settings import NoteLettSettings, database_url
 from notelett.tags import INDEXED, TagIndex
 

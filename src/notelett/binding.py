@@ -30,6 +30,8 @@ from field_encrypt import token as field_token
 from notelett.repositories.base import NoteRecord, NotesRepository, StoredTags
 
 COLLECTION = "notes"
+ENCRYPTED_FIELDS = ("title", "body", "tags")
+"""A note's encrypted fields (the ``notes`` collection's, for the rotation tools too)."""
 BINDING_PREFIX = "w1:"
 
 if TYPE_CHECKING:

@@ -56,7 +56,6 @@ from notelett.tags import TagIndex
 if TYPE_CHECKING:  # jwt (through auth) stays out of the CLI's start-up
     from notelett.auth import Principal
 
-ENCRYPTED_FIELDS = ("title", "body", "tags")
 CAS_ATTEMPTS = 5
 """How many times a write re-reads a note whose revision moved under it before giving up."""
 

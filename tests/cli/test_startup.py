@@ -84,6 +84,37 @@ def test_status_on_sqlite_loads_neither_the_engine_nor_the_web_stack(env: dict[s
     assert {f"field_encrypt.rotation.{m}" for m in engine} & loaded == set()
 
 
+def test_status_scans_no_entry_points_nor_loads_the_notes_service(env: dict[str, str]) -> None:
+    """``status`` reads no installed distribution's entry points: the settings models are
+    built without pydantic plugins (whose first use scans every distribution for them) and
+    the product is a built-in one; nor does it load the notes service, the audit trail's
+    delivery or the rotation lifecycle (its stages), which it does not use."""
+    _modules_after(["init", "--product", "notelett"], env)
+    before = (
+        "import importlib.metadata\n"
+        "scans = []\n"
+        "original_entry_points = importlib.metadata.entry_points\n"
+        "def entry_points(**selection):\n"
+        "    scans.append(sorted(selection.items()))\n"
+        "    return original_entry_points(**selection)\n"
+        "importlib.metadata.entry_points = entry_points\n"
+    )
+    after = (
+        "{'scans': scans, 'loaded': sorted(m for m in sys.modules if m.startswith("
+        "('notelett.', 'field_encrypt.audit', 'field_encrypt.backends.sql', "
+        "'field_encrypt.rotation.')))}"
+    )
+    seen = _probed(["status", "--product", "notelett"], env, before=before, after=after)
+    assert "field_encrypt.backends.sql.ledger" in seen["loaded"]  # the probe saw status run
+    assert seen["scans"] == []
+    unused = {
+        "notelett.service",
+        "field_encrypt.audit_delivery",
+        "field_encrypt.rotation.lifecycle",
+    }
+    assert unused & set(seen["loaded"]) == set()
+
+
 def _threads_started(args: list[str], env: dict[str, str]) -> list[str]:
     """The names of the threads ``field-encrypt ARGS`` started."""
     before = (

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from field_encrypt.config import Settings
-from field_encrypt.environment import EnvironmentModel
+from field_encrypt.environment import PLUGINS_SWITCH, EnvironmentModel, pydantic_plugins_off
 from notelett.settings import NoteLettSettings
 
 OPTIONS = ("extra", "frozen", "populate_by_name")
@@ -136,3 +136,34 @@ def test_the_environment_is_read_as_pydantic_settings_reads_it(
         monkeypatch.setenv(name, value)
     kwargs = {k: v for k, v in overrides.items() if k in model.model_fields}
     assert _outcome(model, kwargs) == _outcome(_reference(model), kwargs)
+
+
+@pytest.mark.parametrize("previous", [None, "logfire"])
+def test_plugins_are_off_only_while_a_settings_model_is_made(
+    previous: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settings model is made with pydantic's plugin switch set, and the switch is left
+    as it was (unset, or the user's own list of plugins to skip), also after an error."""
+    if previous is None:
+        monkeypatch.delenv(PLUGINS_SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(PLUGINS_SWITCH, previous)
+    seen: list[str | None] = []
+
+    class Seen(int):
+        """An int whose schema notes the switch when the model's validator is built."""
+
+        @classmethod
+        def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+            seen.append(os.environ.get(PLUGINS_SWITCH))
+            return handler(int)
+
+    class Probe(EnvironmentModel):
+        value: Seen = Seen(0)
+
+    assert seen == ["__all__"]
+    assert os.environ.get(PLUGINS_SWITCH) == previous
+    with pytest.raises(RuntimeError), pydantic_plugins_off():
+        raise RuntimeError
+    assert os.environ.get(PLUGINS_SWITCH) == previous
+    assert Probe(value=3).value == 3

@@ -6,11 +6,13 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from field_encrypt.errors import LeaseHeldError, RotationError
 from field_encrypt.rotation.ledger import NewRun, RunPlan, RunRecord
-from field_encrypt.rotation.lifecycle import RotationState
+
+if TYPE_CHECKING:  # imported where used: the ledger (``status``) needs no lifecycle
+    from field_encrypt.rotation.lifecycle import RotationState
 
 
 def abandoned(run: RunRecord) -> LeaseHeldError:
@@ -80,5 +82,7 @@ def iso(seconds: float | None) -> str:
 
 def rotation_state(body: dict[str, Any], revision: int) -> RotationState:
     """A stored rotation state (fields this build does not know are dropped)."""
+    from field_encrypt.rotation.lifecycle import RotationState
+
     known = {f.name for f in dataclasses.fields(RotationState)}
     return RotationState(**{k: v for k, v in body.items() if k in known}, revision=revision)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -99,6 +98,8 @@ def console_command(
             f"refusing to serve the console on {host}: binding anything but loopback needs a "
             f"token (--token-file FILE or {TOKEN_ENV})"
         )
+    import socket  # here, not at the module's top: every command's start-up paid for it
+
     from field_encrypt.config import load_settings
     from field_encrypt.products import load_product
     from field_encrypt.rotation import load_policy

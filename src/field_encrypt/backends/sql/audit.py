@@ -33,7 +33,7 @@ import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from field_encrypt.audit import (
     GENESIS,
@@ -47,8 +47,10 @@ from field_encrypt.audit import (
     stored_text,
     verify_chain,
 )
-from field_encrypt.audit_delivery import DeliveryCheckpoint
 from field_encrypt.backends.sql.dialect import Dialect, Session
+
+if TYPE_CHECKING:  # imported where used: a command that delivers nothing does not load it
+    from field_encrypt.audit_delivery import DeliveryCheckpoint
 
 D = TypeVar("D")
 """The database type of a dialect's trail."""
@@ -238,6 +240,8 @@ class SqlAuditTrail(StoredTrail[D]):
         return [stored_event(int(s), json.loads(raw)) for s, raw in rows]
 
     def delivered(self, destination: str) -> DeliveryCheckpoint | None:
+        from field_encrypt.audit_delivery import DeliveryCheckpoint
+
         row = self.dialect.query(
             "SELECT seq, hash, updated_at FROM actiontrail_delivery "
             "WHERE product = :product AND destination = :destination",
