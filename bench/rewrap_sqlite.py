@@ -42,6 +42,7 @@ import time
 import uuid
 from pathlib import Path
 
+from cli_startup import run_once  # bench/ is this script's directory: the same timing
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from field_encrypt.backends.sqlite.db import SqliteDatabase
@@ -195,15 +196,7 @@ def cli_run(env: dict[str, str], batch: int) -> tuple[float, float]:
         *("migrate", "--product", CLI_PRODUCT, "--mode", "rewrap-deks"),
         *("--batch-size", str(batch)),
     ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise SystemExit(f"field-encrypt migrate exited {done.returncode}: {done.stderr}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
+    return run_once(command, env)
 
 
 def one_cli(size: int, batch: int, repeat: int) -> dict[str, float]:
