@@ -30,6 +30,11 @@ from tests.harnesses import AkvHarness, Fault
 from .conftest import ProviderHarness, RemoteHarness
 
 CTX = dek_context("contract", "0" * 32)
+UNMADE_KINDS = ["akv", "aws-kms", "pkcs11"]
+"""The providers that can name a MEK with no version yet (a local keyring file is created
+with its first version, the env key is its configuration, the KEK tier sits on local)."""
+BATCH_REWRAP_KINDS = ["local", "env"]
+"""The providers that rewrap in batches (``BatchRewrapper``); the others one DEK at a time."""
 OTHER_CTX = dek_context("contract", "1" * 32)
 
 
@@ -49,6 +54,17 @@ def test_versions_and_states(provider_harness: ProviderHarness) -> None:
     assert len({v.version for v in versions}) == 3
 
 
+def test_the_kind_lists_say_what_each_provider_can(
+    provider_harness: ProviderHarness, request: pytest.FixtureRequest
+) -> None:
+    """UNMADE_KINDS and BATCH_REWRAP_KINDS name exactly the providers the two tests below
+    apply to, so a provider that gains either ability is tested, not left out."""
+    kind = request.node.callspec.params["provider_harness"]
+    assert (provider_harness.unmade() is not None) == (kind in UNMADE_KINDS)
+    assert isinstance(provider_harness.make(1), BatchRewrapper) == (kind in BATCH_REWRAP_KINDS)
+
+
+@pytest.mark.parametrize("provider_harness", UNMADE_KINDS, indirect=True)
 def test_a_mek_the_service_does_not_have_yet_lists_no_versions(
     provider_harness: ProviderHarness,
 ) -> None:
@@ -57,8 +73,7 @@ def test_a_mek_the_service_does_not_have_yet_lists_no_versions(
     so that ``keys create`` can announce its first version and ``audit verify`` can resolve
     that intent after a crash (a 404 there once stopped `keys create` on a new Key Vault key)."""
     provider = provider_harness.unmade()
-    if provider is None:
-        pytest.skip("this provider cannot be without a version (local keyring, env key)")
+    assert provider is not None
     with pytest.raises(KeyVersionNotFoundError):
         provider.current_version()
     assert provider.versions() == []
@@ -125,14 +140,14 @@ def test_wrap_many_and_unwrap_many_match_one_call_per_dek(
         assert effective(current[0].mek_version) == provider.current_version()
 
 
+@pytest.mark.parametrize("provider_harness", BATCH_REWRAP_KINDS, indirect=True)
 def test_rewrap_many_gives_each_bad_item_its_error_in_place(
     provider_harness: ProviderHarness,
 ) -> None:
     """A provider that rewraps in batches (BatchRewrapper) moves each good item to the
     target and puts a bad item's error (altered binding, unknown version) in its place."""
     provider = provider_harness.make(2)
-    if not isinstance(provider, BatchRewrapper):
-        pytest.skip("this provider rewraps one DEK at a time")
+    assert isinstance(provider, BatchRewrapper)
     old, new = (v.version for v in provider.versions())
     deks = [(os.urandom(32), dek_context("contract", f"{i:032x}")) for i in range(3)]
     wraps = [provider.wrap(dek, context=context, version=old) for dek, context in deks]
