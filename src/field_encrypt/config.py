@@ -180,8 +180,10 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         if "AZURE_KEYVAULT_URL" in environ:
             values["azure_keyvault_url"] = environ["AZURE_KEYVAULT_URL"]
         values.update({k: str(v) for k, v in overrides.items()})
-        with pydantic_plugins_off():  # its validator is built on first use (defer_build)
-            return _MappingSettings.model_validate(values)
+        if not _MappingSettings.__pydantic_complete__:  # its validator: built on first use
+            with pydantic_plugins_off():  # the environment switched once, not at every call
+                _MappingSettings.model_rebuild(raise_errors=False)
+        return _MappingSettings.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(
             f"FIELD_ENCRYPT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
