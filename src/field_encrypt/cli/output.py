@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from field_encrypt import tracing
@@ -63,21 +63,13 @@ class JsonLines:
     def _line(self, level: str, event: str, fields: dict[str, object]) -> None:
         import datetime as dt
 
-        line: MutableMapping[str, Any] = {**fields, "event": event}
-        _trace_id(None, level, line)
+        line: dict[str, Any] = {**fields, "event": event}
+        trace_id = tracing.trace_id()
+        if trace_id is not None:  # inside a span (only when tracing is on)
+            line["trace_id"] = trace_id
         line["level"] = level
         line["timestamp"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
         print(json.dumps(line, default=repr), file=self.file, flush=True)
-
-
-def _trace_id(
-    _logger: Any, _method: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """The current trace id on a line logged inside a span (only when tracing is on)."""
-    trace_id = tracing.trace_id()
-    if trace_id is not None:
-        event["trace_id"] = trace_id
-    return event
 
 
 def live_terminal(json_mode: bool) -> bool:
